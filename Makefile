@@ -1,0 +1,37 @@
+# The two commands a new user needs: `make run` and `make test`. Both create .venv and install first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: run test install services lint typecheck bench bench-quick fuzz clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[mysql,kafka,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the service on its embedded default (SQLite file ./chronos.db, in-process bus).
+run: $(STAMP)
+	$(VENV)/bin/chronos serve --host $(HOST) --port $(PORT)
+
+## Install, start what the tests need (MariaDB if it is down; the tests start Kafka and SMTP), run them.
+test: $(STAMP) services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+services:
+	@bash scripts/start-services
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check chronos_core chronos_adapters chronos_app tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

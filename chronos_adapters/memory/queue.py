@@ -1,0 +1,41 @@
+"""An in-process dispatch queue: the embedded default between scheduler and worker, and a test double."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from chronos_core.ports import Dispatch, DispatchQueue
+
+__all__ = ["MemoryDispatchQueue"]
+
+
+class MemoryDispatchQueue(DispatchQueue):
+    """FIFO in memory; not durable (the scheduler re-dispatches unstarted runs from the store after a
+    restart). ``ack`` has nothing to do: a dispatch leaves the queue when it is taken."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._q: asyncio.Queue[Dispatch] = asyncio.Queue()
+        self.acked = 0
+
+    async def put(self, dispatches: Sequence[Dispatch]) -> None:
+        for d in dispatches:
+            self._q.put_nowait(d)
+
+    async def get(self) -> Dispatch:
+        return await self._q.get()
+
+    def get_nowait(self) -> Dispatch | None:
+        """The next dispatch, or None if the queue is empty (for tests that drive a worker by hand)."""
+        try:
+            return self._q.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    async def ack(self, dispatch: Dispatch) -> None:
+        self.acked += 1
+
+    async def depth(self) -> int:
+        return self._q.qsize()

@@ -1,0 +1,322 @@
+"""The in-memory store: the reference implementation of the ``Store`` contract and every user's test
+double. Nothing survives the process.
+
+Due jobs, undispatched runs and leases sit in heaps keyed by time (stale heap entries are skipped when
+popped), so a claim costs O(due work · log n), not O(stored jobs). Every method runs without awaiting,
+which makes each one atomic on the event loop.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import heapq
+import itertools
+from collections import defaultdict, deque
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+
+from chronos_core.errors import JobNotFound, NameConflict, RunConflict, RunNotFound
+from chronos_core.models import ACTIVE_RUN_STATUSES, FINISHED_RUN_STATUSES, Job, JobStatus, Run, RunStatus
+from chronos_core.ports import Claim, Dispatch, Planner, Store
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._names: dict[str, str] = {}
+        self._runs: dict[str, Run] = {}
+        self._slots: set[tuple[str, datetime, int]] = set()
+        self._job_runs: dict[str, list[str]] = defaultdict(list)  # run ids in id order
+        self._active: dict[str, dict[str, None]] = defaultdict(dict)  # job id -> active run ids
+        self._seq = itertools.count()
+        self._due: list[tuple[datetime, int, str]] = []  # (next_run_at, seq, job id)
+        self._undispatched: dict[str, None] = {}
+        self._waiting: list[tuple[datetime, int, str]] = []  # (due_at, seq, run id), undispatched
+        self._leases: list[tuple[datetime, int, str]] = []  # (lease_expires_at, seq, run id)
+        self._finished: deque[tuple[datetime, str]] = deque()  # (finished_at, run id)
+
+    # jobs -------------------------------------------------------------------------------------------
+    def _index_due(self, job: Job) -> None:
+        if job.status is JobStatus.ACTIVE and job.next_run_at is not None:
+            heapq.heappush(self._due, (job.next_run_at, next(self._seq), job.id))
+
+    async def add_jobs(self, jobs: Sequence[Job]) -> None:
+        seen: set[str] = set()
+        for job in jobs:
+            if job.name in self._names or job.name in seen:
+                raise NameConflict(job.name)
+            seen.add(job.name)
+        for job in jobs:
+            self._jobs[job.id] = job
+            self._names[job.name] = job.id
+            self._index_due(job)
+
+    async def get_job(self, job_id: str) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    async def get_job_by_name(self, name: str) -> Job:
+        try:
+            return self._jobs[self._names[name]]
+        except KeyError:
+            raise JobNotFound(name) from None
+
+    async def list_jobs(self, *, status: JobStatus | None = None, type: str | None = None,
+                        name: str | None = None, after: str | None = None, limit: int = 100) -> list[Job]:
+        out = []
+        for job_id in sorted(self._jobs):
+            if after is not None and job_id <= after:
+                continue
+            job = self._jobs[job_id]
+            if ((status is None or job.status is status) and (type is None or job.type == type)
+                    and (name is None or job.name.startswith(name))):
+                out.append(job)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def update_job(self, job: Job) -> None:
+        old = await self.get_job(job.id)
+        if job.name != old.name:
+            if job.name in self._names:
+                raise NameConflict(job.name)
+            del self._names[old.name]
+            self._names[job.name] = job.id
+        self._jobs[job.id] = job
+        if job.next_run_at != old.next_run_at or job.status is not old.status:
+            self._index_due(job)
+
+    async def delete_job(self, job_id: str) -> None:
+        job = await self.get_job(job_id)
+        del self._jobs[job_id]
+        del self._names[job.name]
+        for run_id in self._job_runs.pop(job_id, []):
+            self._forget_run(run_id)
+        self._active.pop(job_id, None)
+
+    def _forget_run(self, run_id: str) -> None:
+        run = self._runs.pop(run_id)
+        self._slots.discard((run.job_id, run.scheduled_for, run.attempt))
+        self._undispatched.pop(run_id, None)
+
+    # scheduling -------------------------------------------------------------------------------------
+    def _insert_run(self, run: Run, dispatched: bool) -> bool:
+        key = (run.job_id, run.scheduled_for, run.attempt)
+        if key in self._slots:
+            return False
+        self._slots.add(key)
+        self._runs[run.id] = run
+        ids = self._job_runs[run.job_id]
+        if not ids or ids[-1] < run.id:
+            ids.append(run.id)
+        else:
+            bisect.insort(ids, run.id)
+        if run.status in ACTIVE_RUN_STATUSES:
+            self._active[run.job_id][run.id] = None
+        elif run.finished_at is not None:
+            self._finished.append((run.finished_at, run.id))
+        if run.status is RunStatus.QUEUED and not dispatched:
+            self._undispatched[run.id] = None
+            heapq.heappush(self._waiting, (run.due_at, next(self._seq), run.id))
+        return True
+
+    async def claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
+        claim = Claim()
+        due = self._due
+        while due and claim.jobs < limit and due[0][0] <= now:
+            at, _, job_id = heapq.heappop(due)
+            job = self._jobs.get(job_id)
+            if job is None or job.status is not JobStatus.ACTIVE or job.next_run_at != at:
+                continue  # stale entry: the job changed since it was indexed
+            claim.jobs += 1
+            plan = planner(job, list(self._active.get(job_id, ())), now)
+            for run in plan.runs:
+                if not self._insert_run(run, dispatched=True):
+                    claim.duplicates += 1
+                elif run.status is RunStatus.QUEUED:
+                    claim.dispatch.append(Dispatch(run, job))
+                else:
+                    claim.recorded.append(run)
+            claim.cancel.extend(plan.cancel)
+            job = dataclasses.replace(job, next_run_at=plan.next_run_at)
+            self._jobs[job_id] = job
+            self._index_due(job)
+        return claim
+
+    async def claim_due_runs(self, now: datetime, limit: int) -> list[Dispatch]:
+        out: list[Dispatch] = []
+        waiting = self._waiting
+        while waiting and len(out) < limit and waiting[0][0] <= now:
+            _, _, run_id = heapq.heappop(waiting)
+            if run_id not in self._undispatched:
+                continue
+            del self._undispatched[run_id]
+            run = self._runs[run_id]
+            if run.status is RunStatus.QUEUED:
+                out.append(Dispatch(run, self._jobs[run.job_id]))
+        return out
+
+    async def next_due_time(self) -> datetime | None:
+        while self._due:
+            at, _, job_id = self._due[0]
+            job = self._jobs.get(job_id)
+            if job is not None and job.status is JobStatus.ACTIVE and job.next_run_at == at:
+                break
+            heapq.heappop(self._due)
+        while self._waiting and self._waiting[0][2] not in self._undispatched:
+            heapq.heappop(self._waiting)
+        times = [h[0][0] for h in (self._due, self._waiting) if h]
+        return min(times) if times else None
+
+    async def release_undispatched(self) -> int:
+        count = 0
+        for job_runs in self._active.values():
+            for run_id in job_runs:
+                run = self._runs[run_id]
+                if run.status is RunStatus.QUEUED and run_id not in self._undispatched:
+                    self._undispatched[run_id] = None
+                    heapq.heappush(self._waiting, (run.due_at, next(self._seq), run_id))
+                    count += 1
+        return count
+
+    # runs -------------------------------------------------------------------------------------------
+    async def add_run(self, run: Run, *, dispatched: bool) -> None:
+        if run.job_id not in self._jobs:
+            raise JobNotFound(run.job_id)
+        if not self._insert_run(run, dispatched):
+            raise RunConflict(f"a run of job {run.job_id} for {run.scheduled_for.isoformat()} attempt "
+                              f"{run.attempt} already exists")
+
+    async def get_run(self, run_id: str) -> Run:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise RunNotFound(run_id) from None
+
+    async def list_runs(self, job_id: str | None = None, *, status: Collection[RunStatus] | None = None,
+                        before: str | None = None, limit: int = 50) -> list[Run]:
+        if job_id is not None:
+            ids: Sequence[str] = self._job_runs.get(job_id, [])
+        else:
+            ids = sorted(self._runs)
+        end = len(ids) if before is None else bisect.bisect_left(ids, before)
+        out = []
+        for i in range(end - 1, -1, -1):
+            run = self._runs[ids[i]]
+            if status is None or run.status in status:
+                out.append(run)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def start_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.status is not RunStatus.QUEUED:
+            return False
+        self._undispatched.pop(run_id, None)
+        self._runs[run_id] = dataclasses.replace(run, status=RunStatus.RUNNING, started_at=now,
+                                                 owner=owner, lease_expires_at=lease_until)
+        heapq.heappush(self._leases, (lease_until, next(self._seq), run_id))
+        return True
+
+    async def renew_leases(self, run_ids: Collection[str], owner: str, until: datetime) -> set[str]:
+        held = set()
+        for run_id in run_ids:
+            run = self._runs.get(run_id)
+            if run is not None and run.status is RunStatus.RUNNING and run.owner == owner:
+                self._runs[run_id] = dataclasses.replace(run, lease_expires_at=until)
+                heapq.heappush(self._leases, (until, next(self._seq), run_id))
+                held.add(run_id)
+        return held
+
+    async def finish_run(self, run_id: str, owner: str | None, *, status: RunStatus,
+                         finished_at: datetime, exit_code: int | None = None, output: str = "",
+                         error: str | None = None, retry: Run | None = None) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.status is not RunStatus.RUNNING or run.owner != owner:
+            return False
+        if status not in FINISHED_RUN_STATUSES:
+            raise ValueError(f"{status} is not a finished status")
+        if retry is not None and (retry.job_id, retry.scheduled_for, retry.attempt) in self._slots:
+            raise RunConflict(f"attempt {retry.attempt} of this slot already exists")
+        self._runs[run_id] = dataclasses.replace(run, status=status, finished_at=finished_at,
+                                                 exit_code=exit_code, output=output, error=error,
+                                                 lease_expires_at=None)
+        self._active[run.job_id].pop(run_id, None)
+        self._finished.append((finished_at, run_id))
+        if retry is not None:
+            self._insert_run(retry, dispatched=False)
+        return True
+
+    async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.status is not RunStatus.QUEUED:
+            return False
+        self._runs[run_id] = dataclasses.replace(run, status=RunStatus.CANCELLED, finished_at=now,
+                                                 error=reason)
+        self._active[run.job_id].pop(run_id, None)
+        self._undispatched.pop(run_id, None)
+        self._finished.append((now, run_id))
+        return True
+
+    async def expired_leases(self, now: datetime, limit: int) -> list[Run]:
+        out: list[Run] = []
+        leases = self._leases
+        seen = set()
+        while leases and len(out) < limit and leases[0][0] < now:
+            until, _, run_id = heapq.heappop(leases)
+            run = self._runs.get(run_id)
+            if (run is None or run.status is not RunStatus.RUNNING or run.lease_expires_at != until
+                    or run_id in seen):
+                continue
+            seen.add(run_id)
+            out.append(run)
+        for run in out:  # still running until someone finishes them: keep them findable
+            heapq.heappush(leases, (run.lease_expires_at or now, next(self._seq), run.id))
+        return out
+
+    async def delete_runs(self, job_id: str) -> int:
+        await self.get_job(job_id)
+        ids = self._job_runs.get(job_id, [])
+        keep = [r for r in ids if self._runs[r].status in ACTIVE_RUN_STATUSES]
+        for run_id in ids:
+            if self._runs[run_id].status not in ACTIVE_RUN_STATUSES:
+                self._forget_run(run_id)
+        self._job_runs[job_id] = keep
+        return len(ids) - len(keep)
+
+    async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
+        deleted = 0
+        for job_id, ids in self._job_runs.items():
+            job = self._jobs.get(job_id)
+            if job is None or job.history_limit is None:
+                continue
+            finished = [r for r in ids if self._runs[r].status in FINISHED_RUN_STATUSES]
+            excess = len(finished) - job.history_limit
+            if excess > 0:
+                doomed = set(finished[:min(excess, limit - deleted)])
+                for run_id in doomed:
+                    self._forget_run(run_id)
+                ids[:] = [r for r in ids if r not in doomed]
+                deleted += len(doomed)
+            if deleted >= limit:
+                return deleted
+        if max_age is not None:
+            cutoff = now - max_age
+            while self._finished and deleted < limit and self._finished[0][0] < cutoff:
+                _, run_id = self._finished.popleft()
+                run = self._runs.get(run_id)
+                if run is None or run.status not in FINISHED_RUN_STATUSES:
+                    continue
+                self._forget_run(run_id)
+                ids = self._job_runs[run.job_id]
+                i = bisect.bisect_left(ids, run_id)
+                if i < len(ids) and ids[i] == run_id:
+                    del ids[i]
+                deleted += 1
+        return deleted

@@ -1,0 +1,147 @@
+"""``Chronos``: the engines and the operations wired together, for embedding in a Python program.
+
+::
+
+    async with Chronos.embedded() as chronos:
+        job = await chronos.jobs.create({"name": "hello", "type": "shell",
+                                         "schedule": "*/1 * * * * *", "payload": {"command": "echo hi"}})
+        async for event in chronos.events.subscribe(job_id=job.id): ...
+
+``Chronos.embedded()`` keeps everything in memory; ``database_url=`` makes the store durable. Tests and
+advanced users build a ``Chronos`` from their own adapters with the constructor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from chronos_core import (
+    Clock,
+    DispatchQueue,
+    EventBus,
+    Events,
+    Executor,
+    Jobs,
+    JobTypes,
+    Payload,
+    Runs,
+    Scheduler,
+    Store,
+    SystemClock,
+    Worker,
+)
+
+__all__ = ["Chronos"]
+
+
+class Chronos:
+    """A running Chronos: ``jobs``, ``runs`` and ``events`` for the user; a scheduler and a worker
+    inside (either can be switched off, e.g. for an API-only process)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        queue: DispatchQueue,
+        bus: EventBus,
+        executors: Iterable[Executor] = (),
+        clock: Clock | None = None,
+        job_types: JobTypes | None = None,
+        allow_shell: bool = True,
+        scheduler: bool = True,
+        worker: bool = True,
+        concurrency: int = 16,
+        lease: float = 30.0,
+        output_limit: int = 64 * 1024,
+        batch_size: int = 1000,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.bus = bus
+        self.clock = clock or SystemClock()
+        self.job_types = job_types or JobTypes()
+        self.executors: dict[str, Executor] = {e.type_name: e for e in executors}
+        self.jobs = Jobs(store, queue, bus, self.clock, self.job_types, allow_shell=allow_shell)
+        self.runs = Runs(store, bus, self.clock)
+        self.events = Events(bus)
+        self.shutdown_grace = shutdown_grace
+        self.scheduler = (Scheduler(store, queue, bus, self.clock, batch_size=batch_size)
+                          if scheduler else None)
+        self.worker = (Worker(store, queue, bus, self.clock, self.executors, job_types=self.job_types,
+                              concurrency=concurrency, lease=lease, output_limit=output_limit)
+                       if worker else None)
+        self._started = False
+
+    @classmethod
+    def embedded(
+        cls,
+        database_url: str | None = None,
+        *,
+        allow_shell: bool = True,
+        executors: Iterable[Executor] | None = None,
+        **options: Any,
+    ) -> Chronos:
+        """Everything in this process: the in-process queue and bus, the memory store (or, with
+        ``database_url``, a durable SQL store), and the built-in executors."""
+        from chronos_adapters.executors import ShellExecutor
+        from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus, MemoryStore
+
+        store: Store
+        if database_url is None:
+            store = MemoryStore()
+        else:
+            from chronos_adapters.sql import SqlStore
+
+            store = SqlStore(database_url)
+        if executors is None:
+            executors = [ShellExecutor()]
+        return cls(store=store, queue=MemoryDispatchQueue(), bus=MemoryEventBus(), executors=executors,
+                   allow_shell=allow_shell, **options)
+
+    def register_job_type(self, name: str, payload_model: type[Payload], executor: Executor) -> None:
+        """Add a job type: its payload model (validated on create) and the executor that runs it."""
+        self.job_types.register(name, payload_model)
+        self.executors[name] = executor
+        if self.worker is not None:
+            self.worker.executors[name] = executor
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await self.store.start()
+        await self.queue.start()
+        await self.bus.start()
+        for executor in self.executors.values():
+            await executor.start()
+        if self.worker is not None:
+            await self.worker.start()
+        if self.scheduler is not None:
+            await self.scheduler.start()
+        self._started = True
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming, let running attempts finish for ``grace`` seconds, cancel what is left (it is
+        recorded as cancelled), then close every adapter."""
+        if not self._started:
+            return
+        self._started = False
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.worker is not None:
+            await self.worker.stop(self.shutdown_grace if grace is None else grace)
+        for executor in self.executors.values():
+            await executor.stop()
+        await self.bus.stop()
+        await self.queue.stop()
+        await self.store.stop()
+
+    async def __aenter__(self) -> Chronos:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()

@@ -1,0 +1,215 @@
+"""The domain's values: jobs, runs, events and the policies that govern them.
+
+``Job``, ``Run`` and ``Event`` are slotted dataclasses because the engines make thousands of them a
+second; treat them as values and derive changed copies with ``dataclasses.replace``, never mutate an
+instance you did not just create. ``JobSpec`` is the validated input from which a job is made (pydantic,
+shared by the library and the REST API so field names are the same everywhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .retry import RetryPolicy
+
+__all__ = [
+    "ACTIVE_RUN_STATUSES",
+    "FINISHED_RUN_STATUSES",
+    "Event",
+    "EventType",
+    "Job",
+    "JobSpec",
+    "JobStatus",
+    "MisfirePolicy",
+    "OverlapPolicy",
+    "Run",
+    "RunStatus",
+    "Trigger",
+]
+
+
+class JobStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+class OverlapPolicy(StrEnum):
+    """What to do when a slot comes due while the job's previous run is still queued or running."""
+
+    ALLOW = "allow"  # run both
+    FORBID = "forbid"  # record the new slot as skipped
+    REPLACE = "replace"  # cancel the running one, start the new one
+
+
+class MisfirePolicy(StrEnum):
+    """What to do with slots older than ``misfire_grace`` when the scheduler gets to them (after an
+    outage, a pause of the process, or a long stall). Every slot not run is recorded as ``missed``."""
+
+    FIRE_ONCE = "fire_once"  # one catch-up run for the latest missed slot
+    SKIP = "skip"  # run none of them
+    FIRE_ALL = "fire_all"  # a catch-up run for each, up to a bound; older ones recorded as missed
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    MISSED = "missed"
+
+
+ACTIVE_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+FINISHED_RUN_STATUSES = frozenset(RunStatus) - ACTIVE_RUN_STATUSES
+
+
+class Trigger(StrEnum):
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    RETRY = "retry"
+    CATCH_UP = "catch_up"
+
+
+class EventType(StrEnum):
+    RUN_QUEUED = "run.queued"
+    RUN_STARTED = "run.started"
+    RUN_LOG = "run.log"
+    RUN_SUCCEEDED = "run.succeeded"
+    RUN_FAILED = "run.failed"
+    RUN_TIMED_OUT = "run.timed_out"
+    RUN_CANCELLED = "run.cancelled"
+    RUN_RETRY_SCHEDULED = "run.retry_scheduled"
+    RUN_SKIPPED = "run.skipped"
+    RUN_MISSED = "run.missed"
+    RUN_CANCEL_REQUESTED = "run.cancel_requested"
+    JOB_CREATED = "job.created"
+    JOB_UPDATED = "job.updated"
+    JOB_DELETED = "job.deleted"
+    JOB_PAUSED = "job.paused"
+    JOB_RESUMED = "job.resumed"
+
+
+RUN_EVENT_FOR_STATUS = {
+    RunStatus.QUEUED: EventType.RUN_QUEUED,
+    RunStatus.RUNNING: EventType.RUN_STARTED,
+    RunStatus.SUCCEEDED: EventType.RUN_SUCCEEDED,
+    RunStatus.FAILED: EventType.RUN_FAILED,
+    RunStatus.TIMED_OUT: EventType.RUN_TIMED_OUT,
+    RunStatus.CANCELLED: EventType.RUN_CANCELLED,
+    RunStatus.SKIPPED: EventType.RUN_SKIPPED,
+    RunStatus.MISSED: EventType.RUN_MISSED,
+}
+
+
+class JobSpec(BaseModel):
+    """What a user says about a job when creating or replacing it.
+
+    ``payload`` is checked against the payload model registered for ``type``; ``schedule`` and
+    ``timezone`` by :func:`~chronos_core.schedules.parse_schedule`. Times are in seconds.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
+    type: str = Field(min_length=1, max_length=50)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    schedule: str | None = Field(default=None, max_length=200)
+    timezone: str = Field(default="UTC", max_length=64)
+    description: str | None = Field(default=None, max_length=2000)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout: float | None = Field(default=None, gt=0, le=86400 * 7, description="seconds per attempt")
+    overlap: OverlapPolicy = OverlapPolicy.ALLOW
+    misfire: MisfirePolicy = MisfirePolicy.FIRE_ONCE
+    misfire_grace: float = Field(default=5.0, ge=0, le=86400 * 7,
+                                 description="seconds after its slot a run still counts as on time")
+    status: JobStatus = JobStatus.ACTIVE
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    history_limit: int | None = Field(default=None, ge=1, le=1_000_000,
+                                      description="keep at most this many runs of the job")
+
+
+@dataclass(slots=True, kw_only=True)
+class Job:
+    """A stored job. ``next_run_at`` is the next slot the scheduler will fire (None: nothing scheduled)."""
+
+    id: str
+    name: str
+    type: str
+    payload: dict[str, Any]
+    schedule: str | None
+    timezone: str
+    retry: RetryPolicy
+    timeout: float | None
+    overlap: OverlapPolicy
+    misfire: MisfirePolicy
+    misfire_grace: float
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    next_run_at: datetime | None = None
+    description: str | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    history_limit: int | None = None
+
+    def spec(self) -> JobSpec:
+        """The job's definition, as it would be given to create it again."""
+        return JobSpec.model_construct(
+            name=self.name, type=self.type, payload=self.payload, schedule=self.schedule,
+            timezone=self.timezone, description=self.description, retry=self.retry, timeout=self.timeout,
+            overlap=self.overlap, misfire=self.misfire, misfire_grace=self.misfire_grace,
+            status=self.status, start_at=self.start_at, end_at=self.end_at,
+            history_limit=self.history_limit,
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class Run:
+    """One attempt at one slot of one job.
+
+    ``scheduled_for`` is the slot (for manual runs: when it was triggered); ``due_at`` is when the attempt
+    may start (later than the slot for retries). ``(job_id, scheduled_for, attempt)`` is unique.
+    ``owner``/``lease_expires_at`` say which worker holds a running attempt and until when.
+    """
+
+    id: str
+    job_id: str
+    scheduled_for: datetime
+    trigger: Trigger
+    attempt: int
+    status: RunStatus
+    created_at: datetime
+    due_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    output: str = ""
+    error: str | None = None
+    owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_RUN_STATUSES
+
+
+@dataclass(slots=True, kw_only=True)
+class Event:
+    """Something that happened. ``id`` is assigned by the event bus on publish and orders events; a
+    subscriber that saw event ``id`` can resume after it. ``data`` holds the details (for ``run.log``:
+    ``line`` and ``stream``; for status events: the run's fields)."""
+
+    type: EventType
+    time: datetime
+    job_id: str | None = None
+    run_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None

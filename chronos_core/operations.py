@@ -1,0 +1,286 @@
+"""What users do with jobs and runs: the operations behind both the Python API and the REST API.
+
+Each operation validates its input into precise exceptions, applies the domain rules (the next slot, the
+redaction of secrets, the manual trigger), writes through the store and publishes the events. The REST
+handlers and ``Chronos.jobs`` call these; they hold no rules of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import FieldError, InvalidJob, RunConflict, ShellNotAllowed
+from .events import job_event, run_event
+from .ids import new_id
+from .models import (
+    ACTIVE_RUN_STATUSES,
+    Event,
+    EventType,
+    Job,
+    JobSpec,
+    JobStatus,
+    Run,
+    RunStatus,
+    Trigger,
+)
+from .payloads import REDACTED, JobTypes, field_errors
+from .planning import next_slot
+from .ports import Clock, Dispatch, DispatchQueue, EventBus, Store, Subscription
+from .schedules import parse_schedule
+
+__all__ = ["Events", "Jobs", "Runs", "restore_redacted"]
+
+
+def _spec(data: JobSpec | Mapping[str, Any]) -> JobSpec:
+    if isinstance(data, JobSpec):
+        return data
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc)) from None
+
+
+def restore_redacted(new: Any, old: Any) -> Any:
+    """``new`` with every ``"***"`` (as shown to users in place of a secret) put back to the value in
+    ``old``, so a job read, edited and written back keeps its secrets."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return {k: (old[k] if v == REDACTED and k in old else restore_redacted(v, old.get(k)))
+                for k, v in new.items()}
+    return new
+
+
+class Jobs:
+    """Create, read, change, pause, trigger and delete jobs; read and clear their history."""
+
+    def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock,
+                 job_types: JobTypes, *, allow_shell: bool = True) -> None:
+        self._store = store
+        self._queue = queue
+        self._bus = bus
+        self._clock = clock
+        self.types = job_types
+        self.allow_shell = allow_shell
+
+    # validation -----------------------------------------------------------------------------------
+    def validate(self, data: JobSpec | Mapping[str, Any]) -> JobSpec:
+        """The spec, checked as a whole; :class:`InvalidJob` lists every bad field at once."""
+        spec = _spec(data)
+        errors: list[FieldError] = []
+        if spec.type not in self.types:
+            errors.append(FieldError(("type",), f"unknown job type {spec.type!r}; known: "
+                                     f"{', '.join(self.types.names)}"))
+        elif spec.type == "shell" and not self.allow_shell:
+            raise ShellNotAllowed()
+        else:
+            try:
+                payload = self.types.validate(spec.type, spec.payload)
+                spec = spec.model_copy(update={"payload": payload})
+            except InvalidJob as exc:
+                errors.extend(exc.errors)
+        try:
+            parse_schedule(spec.schedule, spec.timezone)
+        except InvalidJob as exc:
+            errors.extend(exc.errors)
+        if spec.start_at and spec.start_at.tzinfo is None:
+            errors.append(FieldError(("start_at",), "needs a UTC offset, e.g. 2027-01-01T09:00:00Z"))
+        if spec.end_at and spec.end_at.tzinfo is None:
+            errors.append(FieldError(("end_at",), "needs a UTC offset, e.g. 2027-01-01T09:00:00Z"))
+        if (spec.start_at and spec.end_at and spec.start_at.tzinfo and spec.end_at.tzinfo
+                and spec.end_at <= spec.start_at):
+            errors.append(FieldError(("end_at",), "must be after start_at"))
+        if errors:
+            raise InvalidJob(errors)
+        return spec
+
+    def _build(self, spec: JobSpec, now: datetime) -> Job:
+        job = Job(id=new_id(), name=spec.name, type=spec.type, payload=spec.payload,
+                  schedule=spec.schedule or None, timezone=spec.timezone, description=spec.description,
+                  retry=spec.retry, timeout=spec.timeout, overlap=spec.overlap, misfire=spec.misfire,
+                  misfire_grace=spec.misfire_grace, status=spec.status, start_at=spec.start_at,
+                  end_at=spec.end_at, history_limit=spec.history_limit, created_at=now, updated_at=now)
+        if job.status is JobStatus.ACTIVE:
+            job.next_run_at = next_slot(job, now)
+        return job
+
+    # commands -------------------------------------------------------------------------------------
+    async def create(self, data: JobSpec | Mapping[str, Any]) -> Job:
+        """Create a job. :class:`InvalidJob` / :class:`InvalidSchedule` / :class:`NameConflict`."""
+        return (await self._add([self.validate(data)]))[0]
+
+    async def create_many(self, items: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
+        """Create many jobs in one write, all or none. Field errors are located by the item's index
+        (``(3, "schedule")``)."""
+        specs: list[JobSpec] = []
+        for i, item in enumerate(items):
+            try:
+                specs.append(self.validate(item))
+            except InvalidJob as exc:
+                raise InvalidJob([dataclasses.replace(e, loc=(i, *e.loc)) for e in exc.errors]) from None
+        return await self._add(specs)
+
+    async def _add(self, specs: Sequence[JobSpec]) -> list[Job]:
+        now = self._clock.now()
+        jobs = [self._build(s, now) for s in specs]
+        await self._store.add_jobs(jobs)
+        await self._bus.publish([job_event(EventType.JOB_CREATED, j, now) for j in jobs])
+        return jobs
+
+    async def get(self, job_id: str) -> Job:
+        return await self._store.get_job(job_id)
+
+    async def get_by_name(self, name: str) -> Job:
+        return await self._store.get_job_by_name(name)
+
+    async def list(self, *, status: JobStatus | str | None = None, type: str | None = None,
+                   name: str | None = None, after: str | None = None, limit: int = 100) -> list[Job]:
+        return await self._store.list_jobs(status=JobStatus(status) if status else None, type=type,
+                                           name=name, after=after, limit=limit)
+
+    async def update(self, job_id: str, data: JobSpec | Mapping[str, Any]) -> Job:
+        """Replace a job's definition (id, creation time and history stay). Secrets shown as ``***``
+        keep their stored value. The next slot is recomputed when timing fields change."""
+        old = await self._store.get_job(job_id)
+        spec = _spec(data)
+        spec = spec.model_copy(update={"payload": restore_redacted(spec.payload, old.payload)})
+        spec = self.validate(spec)
+        now = self._clock.now()
+        job = self._build(spec, old.created_at)
+        job.id, job.updated_at = old.id, now
+        timing = ("schedule", "timezone", "start_at", "end_at", "status")
+        if job.status is JobStatus.ACTIVE:
+            same = all(getattr(old, f) == getattr(job, f) for f in timing)
+            job.next_run_at = old.next_run_at if same else next_slot(job, now)
+        else:
+            job.next_run_at = None
+        await self._store.update_job(job)
+        await self._bus.publish([job_event(EventType.JOB_UPDATED, job, now)])
+        return job
+
+    async def pause(self, job_id: str) -> Job:
+        """Stop firing the job's slots (a manual trigger still works). No slots are generated while
+        paused; resuming starts from the next slot after the moment of resuming."""
+        return await self._set_status(job_id, JobStatus.PAUSED)
+
+    async def resume(self, job_id: str) -> Job:
+        return await self._set_status(job_id, JobStatus.ACTIVE)
+
+    async def set_status(self, job_id: str, status: JobStatus | str) -> Job:
+        try:
+            value = JobStatus(status)
+        except ValueError:
+            raise InvalidJob.single(("status",), "must be 'active' or 'paused'") from None
+        return await self._set_status(job_id, value)
+
+    async def _set_status(self, job_id: str, status: JobStatus) -> Job:
+        old = await self._store.get_job(job_id)
+        if old.status is status:
+            return old
+        now = self._clock.now()
+        job = dataclasses.replace(old, status=status, updated_at=now, next_run_at=None)
+        if status is JobStatus.ACTIVE:
+            job.next_run_at = next_slot(job, now)
+        await self._store.update_job(job)
+        kind = EventType.JOB_RESUMED if status is JobStatus.ACTIVE else EventType.JOB_PAUSED
+        await self._bus.publish([job_event(kind, job, now)])
+        return job
+
+    async def delete(self, job_id: str) -> None:
+        """Delete the job and its history; runs still going are asked to cancel."""
+        active = await self._store.list_runs(job_id, status=ACTIVE_RUN_STATUSES, limit=10_000)
+        job = await self._store.get_job(job_id)
+        await self._store.delete_job(job_id)
+        now = self._clock.now()
+        events = [Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, job_id=job_id, run_id=r.id,
+                        data={"reason": "job deleted"}) for r in active if r.status is RunStatus.RUNNING]
+        events.append(job_event(EventType.JOB_DELETED, job, now))
+        await self._bus.publish(events)
+
+    async def trigger(self, job_id: str) -> Run:
+        """Run the job now, whatever its schedule, status or overlap policy; the run is returned queued."""
+        job = await self._store.get_job(job_id)
+        now = self._clock.now()
+        run = Run(id=new_id(), job_id=job.id, scheduled_for=now, trigger=Trigger.MANUAL, attempt=1,
+                  status=RunStatus.QUEUED, created_at=now, due_at=now)
+        await self._store.add_run(run, dispatched=True)
+        await self._bus.publish([run_event(run, now)])
+        await self._queue.put([Dispatch(run, job)])
+        return run
+
+    async def history(self, job_id: str, *, status: Collection[RunStatus | str] | RunStatus | str |
+                      None = None, before: str | None = None, limit: int = 50) -> list[Run]:
+        """The job's runs, newest first; ``before`` is the id of the last run of the previous page."""
+        await self._store.get_job(job_id)
+        statuses = _statuses(status)
+        return await self._store.list_runs(job_id, status=statuses, before=before, limit=limit)
+
+    async def delete_history(self, job_id: str) -> int:
+        """Delete the job's finished runs; returns how many."""
+        return await self._store.delete_runs(job_id)
+
+
+def _statuses(status: Collection[RunStatus | str] | RunStatus | str | None) -> set[RunStatus] | None:
+    if status is None:
+        return None
+    values = [status] if isinstance(status, str) else list(status)
+    try:
+        return {RunStatus(s) for s in values}
+    except ValueError:
+        raise InvalidJob.single(("status",), f"unknown run status in {values!r}; known: "
+                                f"{', '.join(s.value for s in RunStatus)}") from None
+
+
+class Runs:
+    """Read and cancel runs."""
+
+    def __init__(self, store: Store, bus: EventBus, clock: Clock) -> None:
+        self._store = store
+        self._bus = bus
+        self._clock = clock
+
+    async def get(self, run_id: str) -> Run:
+        return await self._store.get_run(run_id)
+
+    async def list(self, *, job_id: str | None = None, status: Collection[RunStatus | str] | str |
+                   None = None, before: str | None = None, limit: int = 50) -> list[Run]:
+        return await self._store.list_runs(job_id, status=_statuses(status), before=before, limit=limit)
+
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a queued run at once, or ask the worker holding a running one to stop it (it ends
+        ``cancelled``). :class:`RunConflict` if the run already finished."""
+        run = await self._store.get_run(run_id)
+        now = self._clock.now()
+        if run.status is RunStatus.QUEUED and await self._store.cancel_queued_run(
+                run_id, now, "cancelled before it started"):
+            run = await self._store.get_run(run_id)
+            await self._bus.publish([run_event(run, now)])
+            return run
+        run = await self._store.get_run(run_id)
+        if run.status is RunStatus.RUNNING:
+            await self._bus.publish([Event(type=EventType.RUN_CANCEL_REQUESTED, time=now,
+                                           job_id=run.job_id, run_id=run.id,
+                                           data={"reason": "cancelled by request"})])
+            return run
+        raise RunConflict(f"run {run_id} already finished ({run.status.value}); nothing to cancel")
+
+
+class Events:
+    """Live events: ``async for event in chronos.events.subscribe(job_id=...)``."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+
+    def subscribe(self, *, job_id: str | None = None, run_id: str | None = None,
+                  types: Collection[EventType | str] | None = None,
+                  after: str | None = None) -> Subscription:
+        kinds = {EventType(t) for t in types} if types is not None else None
+        return self._bus.subscribe(job_id=job_id, run_id=run_id, types=kinds, after=after)
+
+    async def stream(self, **filters: Any) -> AsyncIterator[Event]:
+        async with self.subscribe(**filters) as sub:
+            async for event in sub:
+                yield event

@@ -1,0 +1,155 @@
+"""The scheduling rules as pure functions: which slots of a due job fire, which are recorded as missed
+or skipped, what comes next, and what a failed attempt's retry looks like. The engines and the stores
+call these; they hold no state and do no I/O, so every rule is tested here without a clock or a store."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from .ids import new_id
+from .models import Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, Trigger
+from .ports import SlotPlan
+from .schedules import Schedule, parse_schedule
+
+__all__ = [
+    "MAX_CATCH_UP",
+    "MAX_SLOTS_LISTED",
+    "Limits",
+    "next_slot",
+    "plan_due_job",
+    "plan_retry",
+    "schedule_of",
+]
+
+MAX_SLOTS_LISTED = 1000
+"""Missed slots recorded one by one per claim; further ones (a long outage of a per-second job) are
+recorded as one summary run naming how many and which range."""
+
+MAX_CATCH_UP = 100
+"""The bound of ``fire_all``: at most this many catch-up runs per claim; older missed slots are recorded."""
+
+_US = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_slots_listed: int = MAX_SLOTS_LISTED
+    max_catch_up: int = MAX_CATCH_UP
+
+
+@lru_cache(maxsize=65536)
+def _schedule(expression: str | None, timezone: str, anchor: datetime) -> Schedule:
+    return parse_schedule(expression, timezone, anchor=anchor)
+
+
+def schedule_of(job: Job) -> Schedule:
+    """The job's parsed schedule (cached; ``@every`` is anchored at ``start_at`` or ``created_at``)."""
+    return _schedule(job.schedule, job.timezone, job.start_at or job.created_at)
+
+
+def next_slot(job: Job, after: datetime) -> datetime | None:
+    """The job's first slot strictly after ``after``, within its ``start_at``/``end_at`` window."""
+    if job.start_at is not None and after < job.start_at:
+        after = job.start_at - _US
+    t = schedule_of(job).next_after(after)
+    if t is not None and job.end_at is not None and t > job.end_at:
+        return None
+    return t
+
+
+def _record(job: Job, slot: datetime, now: datetime, status: RunStatus, reason: str,
+            trigger: Trigger = Trigger.SCHEDULE) -> Run:
+    return Run(id=new_id(), job_id=job.id, scheduled_for=slot, trigger=trigger, attempt=1, status=status,
+               created_at=now, due_at=slot, finished_at=now, error=reason)
+
+
+def plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime,
+                 limits: Limits = Limits()) -> SlotPlan:
+    """The plan for a job whose ``next_run_at <= now``: see ``MisfirePolicy`` and ``OverlapPolicy``."""
+    grace = timedelta(seconds=job.misfire_grace)
+    due: list[datetime] = []
+    missed: list[datetime] = []
+    summary: Run | None = None
+    s = job.next_run_at
+    while s is not None and s <= now:
+        if now - s <= grace:
+            due.append(s)
+        elif len(missed) < limits.max_slots_listed:
+            missed.append(s)
+        else:
+            # Too many to list: jump to the slots within the grace window and summarise the rest.
+            resume = next_slot(job, now - grace - _US)
+            last = s
+            count = 1
+            probe = next_slot(job, s)
+            while probe is not None and probe < (resume or now) and count < 100_000:
+                last, count, probe = probe, count + 1, next_slot(job, probe)
+            more = "" if count < 100_000 else " or more"
+            summary = _record(job, s, now, RunStatus.MISSED,
+                              f"{count}{more} slots from {s.isoformat()} to {last.isoformat()} were missed "
+                              f"(more than {limits.max_slots_listed} in one outage; listed as one)")
+            s = resume
+            continue
+        s = next_slot(job, s)
+
+    runs: list[Run] = []
+    fire: list[tuple[datetime, Trigger]] = [(d, Trigger.SCHEDULE) for d in due]
+    late = f"missed: the scheduler reached it more than {job.misfire_grace:g}s late"
+    if missed:
+        if job.misfire is MisfirePolicy.SKIP:
+            keep: list[datetime] = []
+        elif job.misfire is MisfirePolicy.FIRE_ONCE:
+            keep = [] if due else missed[-1:]
+        else:
+            keep = missed[-limits.max_catch_up:]
+        why = {
+            MisfirePolicy.SKIP: late + " (misfire policy skip)",
+            MisfirePolicy.FIRE_ONCE: late + (" (misfire policy fire_once: an on-time slot runs instead)"
+                                            if due else " (misfire policy fire_once: the latest one runs)"),
+            MisfirePolicy.FIRE_ALL: late + f" (misfire policy fire_all runs at most "
+                                           f"{limits.max_catch_up} catch-up runs)",
+        }[job.misfire]
+        kept = set(keep)
+        runs.extend(_record(job, m, now, RunStatus.MISSED, why) for m in missed if m not in kept)
+        fire = [(k, Trigger.CATCH_UP) for k in keep] + fire
+    if summary is not None:
+        runs.insert(0, summary)
+
+    cancel: list[str] = []
+    if fire:
+        if job.overlap is OverlapPolicy.FORBID:
+            if active_run_ids:
+                blocked, fire = fire, []
+                why_skip = f"skipped: the previous run {active_run_ids[0]} is still active (overlap forbid)"
+            else:
+                blocked, fire = fire[1:], fire[:1]
+                why_skip = f"skipped: the run for {fire[0][0].isoformat()} is still active (overlap forbid)"
+            runs.extend(_record(job, b, now, RunStatus.SKIPPED, why_skip, t) for b, t in blocked)
+        elif job.overlap is OverlapPolicy.REPLACE:
+            cancel = list(active_run_ids)
+            last = fire[-1][0].isoformat()
+            runs.extend(_record(job, b, now, RunStatus.SKIPPED,
+                                f"skipped: replaced by the run for {last} (overlap replace)", t)
+                        for b, t in fire[:-1])
+            fire = fire[-1:]
+        runs.extend(
+            Run(id=new_id(), job_id=job.id, scheduled_for=f, trigger=t, attempt=1,
+                status=RunStatus.QUEUED, created_at=now, due_at=f)
+            for f, t in fire
+        )
+    return SlotPlan(runs=runs, next_run_at=s, cancel=cancel)
+
+
+def plan_retry(job: Job, run: Run, now: datetime, rng: random.Random | None = None) -> Run | None:
+    """The next attempt after ``run`` failed (queued, due after the policy's delay), or None when the
+    retry policy allows no more attempts."""
+    if not job.retry.should_retry(run.attempt):
+        return None
+    wait = job.retry.next_delay(run.attempt, rng)
+    return Run(id=new_id(), job_id=run.job_id, scheduled_for=run.scheduled_for, trigger=Trigger.RETRY,
+               attempt=run.attempt + 1, status=RunStatus.QUEUED, created_at=now,
+               due_at=now + timedelta(seconds=wait))

@@ -1,0 +1,388 @@
+"""The ports: the async interfaces the engines need, each with its contract.
+
+Adapters implement these (``chronos_adapters``); the in-memory ones are the reference implementation and
+every contract here is exercised against every adapter by the suites in ``tests/contracts``.
+Times are aware UTC datetimes. Unless a method says otherwise, a backend that cannot be reached raises
+:class:`~chronos_core.errors.StoreUnavailable` and nothing was done.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import ClassVar, Protocol
+
+from .models import Event, EventType, Job, JobStatus, Run, RunStatus
+
+__all__ = [
+    "Claim",
+    "Clock",
+    "Dispatch",
+    "DispatchQueue",
+    "EventBus",
+    "ExecutionResult",
+    "Executor",
+    "LogSink",
+    "Planner",
+    "SlotPlan",
+    "Store",
+    "Subscription",
+]
+
+
+# ------------------------------------------------------------------------------------------- store
+
+
+@dataclass(slots=True)
+class SlotPlan:
+    """What to do with one claimed job, decided by the scheduler's planner (pure domain logic).
+
+    ``runs`` are inserted: ``queued`` ones due now are dispatched, the others are records (``missed``,
+    ``skipped``). ``next_run_at`` replaces the job's. ``cancel`` lists active run ids the new slot
+    replaces (overlap policy ``replace``).
+    """
+
+    runs: list[Run]
+    next_run_at: datetime | None
+    cancel: list[str] = field(default_factory=list)
+
+
+Planner = Callable[[Job, Sequence[str], datetime], SlotPlan]
+"""``planner(job, active_run_ids, now)``: the plan for a claimed due job. Pure and synchronous: stores may
+call it inside a transaction, in a worker thread."""
+
+
+@dataclass(slots=True)
+class Dispatch:
+    """A run handed to a worker, with the job as it was when the run was created."""
+
+    run: Run
+    job: Job
+
+
+@dataclass(slots=True)
+class Claim:
+    """The outcome of one claim: runs to dispatch, records written, runs to cancel, and duplicate slots
+    (a run for the same (job, slot, attempt) already existed: another scheduler fired it)."""
+
+    dispatch: list[Dispatch] = field(default_factory=list)
+    recorded: list[Run] = field(default_factory=list)
+    cancel: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    jobs: int = 0
+
+
+class Store(abc.ABC):
+    """Jobs and their runs.
+
+    Invariants every implementation keeps:
+
+    * job names are unique (:class:`NameConflict`); ids never change;
+    * ``(job_id, scheduled_for, attempt)`` is unique among runs: a slot has at most one first attempt;
+    * a run's status only moves forward: queued -> running -> a finished status, or queued -> cancelled;
+      ``start_run`` and ``finish_run`` are conditional writes (compare-and-set) that say whether they
+      applied, so a redelivered or stale message can never overwrite a newer outcome;
+    * ``claim_due`` is atomic: the due jobs it returns, the runs it inserts and the advance of their
+      ``next_run_at`` all happen, or none do; two concurrent claims never return the same job for the
+      same slot.
+    """
+
+    # lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open connections / create the schema if the backend needs it. Idempotent."""
+
+    async def stop(self) -> None:
+        """Release every resource. Idempotent."""
+
+    async def __aenter__(self) -> Store:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def ping(self) -> None:
+        """Return if the backend answers; raise :class:`StoreUnavailable` if not."""
+
+    # jobs --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_jobs(self, jobs: Sequence[Job]) -> None:
+        """Insert jobs, all or none. :class:`NameConflict` if any name is taken (also within ``jobs``)."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> Job:
+        """The job; :class:`JobNotFound` if there is none."""
+
+    @abc.abstractmethod
+    async def get_job_by_name(self, name: str) -> Job:
+        """The job with this name; :class:`JobNotFound` (carrying the name) if there is none."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        type: str | None = None,
+        name: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Jobs in id (creation) order, after the id ``after``; ``name`` matches as a prefix."""
+
+    @abc.abstractmethod
+    async def update_job(self, job: Job) -> None:
+        """Replace the stored job with the same id. :class:`JobNotFound`, :class:`NameConflict`."""
+
+    @abc.abstractmethod
+    async def delete_job(self, job_id: str) -> None:
+        """Delete the job and all its runs. :class:`JobNotFound` if there is none."""
+
+    # scheduling --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
+        """Atomically claim up to ``limit`` active jobs with ``next_run_at <= now`` (earliest first), call
+        ``planner(job, active_run_ids, now)`` for each, insert the planned runs, set each job's
+        ``next_run_at`` to the planned one, and mark the queued runs due by ``now`` as dispatched.
+
+        A planned run whose (job, slot, attempt) already exists is not inserted and is counted in
+        ``duplicates``. Concurrent claims (other processes) never claim the same job at the same time.
+        """
+
+    @abc.abstractmethod
+    async def claim_due_runs(self, now: datetime, limit: int) -> list[Dispatch]:
+        """Queued runs not yet dispatched whose ``due_at <= now`` (retries waiting out their delay, runs
+        handed back by :meth:`release_undispatched`), earliest first, marked dispatched, with their
+        jobs. Runs of deleted jobs are never returned."""
+
+    @abc.abstractmethod
+    async def next_due_time(self) -> datetime | None:
+        """The earliest ``next_run_at`` of an active job or ``due_at`` of an undispatched queued run."""
+
+    @abc.abstractmethod
+    async def release_undispatched(self) -> int:
+        """Mark every queued run as not dispatched, so the next :meth:`claim_due_runs` hands it out
+        again. Used at start-up when the dispatch queue is not durable (in-process): whatever the last
+        process had queued in memory is dispatched again. Returns how many runs."""
+
+    # runs --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_run(self, run: Run, *, dispatched: bool) -> None:
+        """Insert one run (a manual trigger). :class:`RunConflict` if its (job, slot, attempt) exists,
+        :class:`JobNotFound` if its job does not."""
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> Run:
+        """The run; :class:`RunNotFound` if there is none."""
+
+    @abc.abstractmethod
+    async def list_runs(
+        self,
+        job_id: str | None = None,
+        *,
+        status: Collection[RunStatus] | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        """Runs newest first (descending id), optionally of one job and with given statuses, older than
+        the run id ``before`` (keyset pagination)."""
+
+    @abc.abstractmethod
+    async def start_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
+        """queued -> running, owned by ``owner`` until ``lease_until``. False (and nothing written) when
+        the run is not queued any more: it already ran, is running elsewhere, or was cancelled."""
+
+    @abc.abstractmethod
+    async def renew_leases(self, run_ids: Collection[str], owner: str, until: datetime) -> set[str]:
+        """Extend the leases ``owner`` still holds on these running runs; the ids actually renewed."""
+
+    @abc.abstractmethod
+    async def finish_run(
+        self,
+        run_id: str,
+        owner: str | None,
+        *,
+        status: RunStatus,
+        finished_at: datetime,
+        exit_code: int | None = None,
+        output: str = "",
+        error: str | None = None,
+        retry: Run | None = None,
+    ) -> bool:
+        """Record the outcome of a running run held by ``owner`` and, in the same transaction, insert
+        ``retry`` (the next attempt, queued, not dispatched) if given. Fenced: False and nothing written
+        when the run is not running under ``owner`` any more (the lease expired and someone else took
+        over)."""
+
+    @abc.abstractmethod
+    async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:
+        """queued -> cancelled. False when the run is not queued (it started, or finished)."""
+
+    @abc.abstractmethod
+    async def expired_leases(self, now: datetime, limit: int) -> list[Run]:
+        """Running runs whose lease expired before ``now``, oldest expiry first."""
+
+    @abc.abstractmethod
+    async def delete_runs(self, job_id: str) -> int:
+        """Delete the finished runs of a job (active ones stay); how many were deleted.
+        :class:`JobNotFound` if there is no such job."""
+
+    @abc.abstractmethod
+    async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
+        """Delete up to ``limit`` finished runs that exceed their job's ``history_limit`` (oldest first)
+        or finished longer than ``max_age`` ago. Returns how many; call again while it returns
+        ``limit``. Must not hold long locks."""
+
+
+# ---------------------------------------------------------------------------------------- dispatch
+
+
+class DispatchQueue(abc.ABC):
+    """Carries runs from schedulers to workers.
+
+    Delivery is at least once: a run may be delivered again (after a crash, a rebalance); workers make
+    that harmless through ``Store.start_run``. ``ack`` tells the queue a dispatch is fully handled (its
+    outcome recorded) and need not be delivered again. ``durable`` says whether queued dispatches survive
+    the process: when False, the scheduler re-dispatches unstarted runs from the store at start-up.
+    """
+
+    durable: ClassVar[bool] = False
+
+    async def start(self) -> None:
+        """Connect. Idempotent."""
+
+    async def stop(self) -> None:
+        """Disconnect; a ``get`` waiting meanwhile raises ``asyncio.CancelledError``. Idempotent."""
+
+    @abc.abstractmethod
+    async def put(self, dispatches: Sequence[Dispatch]) -> None:
+        """Send dispatches; runs of one job keep their order."""
+
+    @abc.abstractmethod
+    async def get(self) -> Dispatch:
+        """The next dispatch, waiting for one."""
+
+    @abc.abstractmethod
+    async def ack(self, dispatch: Dispatch) -> None:
+        """The dispatch is handled; it will not be delivered again."""
+
+    async def depth(self) -> int | None:
+        """How many dispatches wait, if the queue can tell cheaply."""
+        return None
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+class Subscription(Protocol):
+    """An open subscription: iterate it for events; ``aclose`` ends it. Also an async context manager."""
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    async def __anext__(self) -> Event: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Subscription: ...
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class EventBus(abc.ABC):
+    """Publishes events to every subscriber, in publication order per job.
+
+    ``publish`` assigns each event an ``id``; ids increase in publication order (per bus), so a subscriber
+    that saw id X and subscribes again with ``after=X`` receives what followed, as far as the bus still
+    retains it (a bounded window). A subscription is registered when ``subscribe`` returns: nothing
+    published after that is missed. A subscriber that falls behind by more than its buffer is closed with
+    :class:`SubscriptionOverflow` rather than silently losing events.
+    """
+
+    async def start(self) -> None:
+        """Connect. Idempotent."""
+
+    async def stop(self) -> None:
+        """Close every subscription and disconnect. Idempotent."""
+
+    @abc.abstractmethod
+    async def publish(self, events: Sequence[Event]) -> None:
+        """Publish events (their ``id`` is set in place)."""
+
+    @abc.abstractmethod
+    def subscribe(
+        self,
+        *,
+        job_id: str | None = None,
+        run_id: str | None = None,
+        types: Collection[EventType] | None = None,
+        after: str | None = None,
+    ) -> Subscription:
+        """Events matching every given filter; with ``after``, first the retained events after that id."""
+
+
+# ---------------------------------------------------------------------------------------- executor
+
+
+class LogSink(Protocol):
+    """Where an executor sends output lines as they come: ``await log(line, stream)``."""
+
+    def __call__(self, line: str, stream: str = "stdout") -> Awaitable[None]: ...
+
+
+@dataclass(slots=True)
+class ExecutionResult:
+    """How an attempt ended. ``output`` is appended after the logged lines (e.g. a response body)."""
+
+    ok: bool
+    exit_code: int | None = None
+    output: str = ""
+    error: str | None = None
+    retryable: bool = True
+
+
+class Executor(abc.ABC):
+    """Runs jobs of one type (``type_name``).
+
+    ``execute`` streams output through ``log`` as it comes and returns the outcome. It raises
+    :class:`~chronos_core.errors.ExecutionFailed` (with ``retryable``) for failures it can classify; any
+    other exception counts as a retryable failure. The worker enforces the per-attempt timeout and
+    cancellation by cancelling the task: on ``asyncio.CancelledError`` the executor must release what it
+    holds (kill its process group, close its connection) before re-raising.
+    """
+
+    type_name: ClassVar[str]
+
+    async def start(self) -> None:
+        """Open shared resources (HTTP client pools, engines). Idempotent."""
+
+    async def stop(self) -> None:
+        """Close them. Idempotent."""
+
+    @abc.abstractmethod
+    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult: ...
+
+
+# ------------------------------------------------------------------------------------------- clock
+
+
+class Clock(abc.ABC):
+    """Time, for the engines. ``now`` is an aware UTC datetime."""
+
+    @abc.abstractmethod
+    def now(self) -> datetime: ...
+
+    @abc.abstractmethod
+    async def sleep_until(self, deadline: datetime | None, wake: WakeSignal) -> None:
+        """Return at ``deadline`` (never, if None) or as soon as ``wake`` is set, whichever is first."""
+
+
+class WakeSignal(Protocol):
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> bool | None: ...

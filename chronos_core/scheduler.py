@@ -1,0 +1,171 @@
+"""The scheduler engine: fires due slots, dispatches due retries, and reaps runs whose worker died.
+
+It sleeps until the store's next due time (woken early when a job is created, changed or resumed, or a
+retry is scheduled), then claims due jobs in batches. The store does the claim atomically; the rules of
+what fires come from :func:`~chronos_core.planning.plan_due_job`. Any number of schedulers can share one
+store: the claim and the unique (job, slot, attempt) key keep every slot to one first attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .errors import ChronosError, JobNotFound
+from .events import run_event
+from .models import Event, EventType, RunStatus
+from .planning import Limits, plan_due_job, plan_retry
+from .ports import Clock, DispatchQueue, EventBus, Store
+
+__all__ = ["Scheduler", "SchedulerStats"]
+
+log = logging.getLogger("chronos.scheduler")
+
+_WAKE_ON = frozenset({EventType.JOB_CREATED, EventType.JOB_UPDATED, EventType.JOB_RESUMED,
+                      EventType.RUN_RETRY_SCHEDULED})
+
+
+@dataclass
+class SchedulerStats:
+    ticks: int = 0
+    fired: int = 0
+    recorded: int = 0
+    duplicates: int = 0
+    retries_dispatched: int = 0
+    reaped: int = 0
+    last_lag: float = 0.0
+
+
+class Scheduler:
+    """Fires due work. ``tick()`` does one round at ``clock.now()``; ``run()`` loops until stopped."""
+
+    def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock, *,
+                 batch_size: int = 1000, max_sleep: float = 5.0, limits: Limits | None = None,
+                 publish_queued: bool = True) -> None:
+        self._store = store
+        self._queue = queue
+        self._bus = bus
+        self._clock = clock
+        self.batch_size = batch_size
+        self.max_sleep = max_sleep
+        self.limits = limits or Limits()
+        self.publish_queued = publish_queued
+        self.stats = SchedulerStats()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._planner = lambda job, active, now: plan_due_job(job, active, now, self.limits)
+
+    def wake(self) -> None:
+        """Look for due work now rather than at the planned time."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Recover (see :meth:`recover`) and start the loop in a background task."""
+        if self._task is None:
+            await self.recover()
+            self._stopping = False
+            self._task = asyncio.create_task(self.run(), name="chronos-scheduler")
+
+    async def stop(self) -> None:
+        """Finish the current tick and stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def recover(self) -> int:
+        """With a queue that does not survive the process, runs queued by a previous process are lost
+        from it: hand them out again (starting them twice is prevented by the store)."""
+        if self._queue.durable:
+            return 0
+        released = await self._store.release_undispatched()
+        if released:
+            log.info("dispatching again %d runs queued by a previous process", released)
+        return released
+
+    async def tick(self) -> datetime | None:
+        """Fire everything due now; return the next due time (None: nothing scheduled)."""
+        now = self._clock.now()
+        self.stats.ticks += 1
+        while True:
+            claim = await self._store.claim_due(now, self.batch_size, self._planner)
+            self.stats.fired += len(claim.dispatch)
+            self.stats.recorded += len(claim.recorded)
+            self.stats.duplicates += claim.duplicates
+            if claim.dispatch:
+                self.stats.last_lag = (self._clock.now() - claim.dispatch[-1].run.scheduled_for
+                                       ).total_seconds()
+                await self._queue.put(claim.dispatch)
+            events: list[Event] = [run_event(r, now) for r in claim.recorded]
+            if self.publish_queued:
+                events.extend(run_event(d.run, now) for d in claim.dispatch)
+            events.extend(Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, run_id=run_id,
+                                data={"reason": "replaced by a newer slot (overlap replace)"})
+                          for run_id in claim.cancel)
+            if events:
+                await self._bus.publish(events)
+            if claim.jobs < self.batch_size:
+                break
+        while True:
+            due = await self._store.claim_due_runs(now, self.batch_size)
+            if due:
+                self.stats.retries_dispatched += len(due)
+                await self._queue.put(due)
+                if self.publish_queued:
+                    await self._bus.publish([run_event(d.run, now) for d in due])
+            if len(due) < self.batch_size:
+                break
+        await self.reap(now)
+        return await self._store.next_due_time()
+
+    async def reap(self, now: datetime) -> int:
+        """Fail the runs whose worker stopped renewing its lease, and schedule their retries."""
+        expired = await self._store.expired_leases(now, self.batch_size)
+        events: list[Event] = []
+        for run in expired:
+            try:
+                job = await self._store.get_job(run.job_id)
+            except JobNotFound:
+                continue
+            error = f"worker {run.owner} stopped renewing its lease (lost or killed)"
+            retry = plan_retry(job, run, now)
+            if await self._store.finish_run(run.id, run.owner, status=RunStatus.FAILED, finished_at=now,
+                                            output=run.output, error=error, retry=retry):
+                self.stats.reaped += 1
+                done = dataclasses.replace(run, status=RunStatus.FAILED, finished_at=now, error=error)
+                events.append(run_event(done, now))
+                if retry is not None:
+                    events.append(run_event(retry, now, EventType.RUN_RETRY_SCHEDULED))
+        if events:
+            await self._bus.publish(events)
+        return len(expired)
+
+    async def run(self) -> None:
+        """Loop until :meth:`stop`: tick, then sleep until the next due time or a wake-up."""
+        watcher = asyncio.create_task(self._watch_bus(), name="chronos-scheduler-wake")
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    nxt = await self.tick()
+                except ChronosError as exc:  # store unavailable: keep trying; nothing was claimed
+                    log.warning("scheduler tick failed: %s", exc)
+                    nxt = None
+                cap = self._clock.now() + timedelta(seconds=self.max_sleep)
+                await self._clock.sleep_until(cap if nxt is None or nxt > cap else nxt, self._wake)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch_bus(self) -> None:
+        async with self._bus.subscribe(types=_WAKE_ON) as sub:
+            async for _ in sub:
+                self._wake.set()

@@ -1,0 +1,294 @@
+"""The worker engine: takes dispatched runs, executes them under a lease and a timeout, streams their
+output as ``run.log`` events, records the outcome and schedules the retry.
+
+Every write is fenced: ``start_run`` only moves a queued run to running (a redelivered message for a
+run that already started does nothing), and ``finish_run`` only applies while this worker still holds
+the lease (a worker that lost its lease cannot overwrite the outcome recorded by whoever took over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .errors import ExecutionFailed
+from .events import run_event
+from .ids import new_id
+from .models import Event, EventType, Job, Run, RunStatus
+from .payloads import JobTypes
+from .planning import plan_retry
+from .ports import Clock, Dispatch, DispatchQueue, EventBus, ExecutionResult, Executor, Store
+
+__all__ = ["OutputTail", "Worker", "WorkerStats"]
+
+log = logging.getLogger("chronos.worker")
+
+
+class OutputTail:
+    """The last ``limit`` characters of a run's output, line by line; what came before is counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lines: deque[str] = deque()
+        self._size = 0
+        self.dropped = 0
+
+    def add(self, line: str) -> None:
+        if len(line) > self.limit:
+            self.dropped += len(line) - self.limit
+            line = line[-self.limit:]
+        self._lines.append(line)
+        self._size += len(line) + 1
+        while self._size > self.limit and self._lines:
+            gone = self._lines.popleft()
+            self._size -= len(gone) + 1
+            self.dropped += len(gone) + 1
+
+    def text(self) -> str:
+        body = "\n".join(self._lines)
+        if self.dropped:
+            return f"[... {self.dropped} earlier characters not kept]\n{body}"
+        return body
+
+
+class _Masker:
+    def __init__(self, secrets: list[str]) -> None:
+        self._secrets = sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "***")
+        return text
+
+
+@dataclass
+class WorkerStats:
+    started: int = 0
+    finished: int = 0
+    stale: int = 0
+    by_status: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class Worker:
+    """Executes dispatched runs, at most ``concurrency`` at a time."""
+
+    def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock,
+                 executors: Mapping[str, Executor], *, job_types: JobTypes | None = None,
+                 concurrency: int = 16, lease: float = 30.0, output_limit: int = 64 * 1024,
+                 line_limit: int = 16 * 1024, owner: str | None = None) -> None:
+        self._store = store
+        self._queue = queue
+        self._bus = bus
+        self._clock = clock
+        self.executors = dict(executors)
+        self._types = job_types or JobTypes()
+        self.concurrency = concurrency
+        self.lease = timedelta(seconds=lease)
+        self.output_limit = output_limit
+        self.line_limit = line_limit
+        self.owner = owner or f"worker-{new_id()[-12:]}"
+        self.stats = WorkerStats()
+        self._running: dict[str, asyncio.Task[ExecutionResult]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        self._tails: dict[str, OutputTail] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._background: list[asyncio.Task[None]] = []
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    # lifecycle --------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start taking runs from the queue (in background tasks)."""
+        if self._loop_task is not None:
+            return
+        ready = asyncio.Event()
+        self._background = [
+            asyncio.create_task(self._watch_cancels(ready), name="chronos-worker-cancels"),
+            asyncio.create_task(self._heartbeat(), name="chronos-worker-heartbeat"),
+        ]
+        await ready.wait()
+        self._loop_task = asyncio.create_task(self._consume(), name="chronos-worker")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking runs; let running attempts finish for up to ``grace`` seconds, then cancel them
+        (recorded as ``cancelled``)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._handlers:
+            _, pending = await asyncio.wait(set(self._handlers), timeout=grace)
+            for run_id in list(self._running):
+                self.cancel(run_id, f"worker {self.owner} shut down before the run finished")
+            if pending:
+                await asyncio.wait(pending)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background = []
+
+    def cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel a run this worker is executing; False if it holds no such run."""
+        task = self._running.get(run_id)
+        if task is None or task.done():
+            return False
+        self._cancel_reasons.setdefault(run_id, reason)
+        task.cancel()
+        return True
+
+    async def _consume(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                dispatch = await self._queue.get()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.create_task(self.process(dispatch))
+            self._handlers.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run handler failed", exc_info=task.exception())
+
+    async def _watch_cancels(self, ready: asyncio.Event) -> None:
+        async with self._bus.subscribe(types={EventType.RUN_CANCEL_REQUESTED}) as sub:
+            ready.set()
+            async for event in sub:
+                if event.run_id:
+                    self.cancel(event.run_id, str(event.data.get("reason") or "cancelled"))
+
+    async def _heartbeat(self) -> None:
+        never = asyncio.Event()
+        period = self.lease / 3
+        while True:
+            await self._clock.sleep_until(self._clock.now() + period, never)
+            await self.renew_leases()
+
+    async def renew_leases(self) -> None:
+        """Extend the leases of the runs this worker executes; cancel those it no longer holds."""
+        ids = list(self._running)
+        if not ids:
+            return
+        try:
+            held = await self._store.renew_leases(ids, self.owner, self._clock.now() + self.lease)
+        except Exception as exc:  # the store is down: keep running, try again next beat
+            log.warning("lease renewal failed: %s", exc)
+            return
+        for run_id in ids:
+            if run_id not in held:
+                self.cancel(run_id, "the worker lost its lease on the run")
+
+    # one run ----------------------------------------------------------------------------------------
+    async def process(self, dispatch: Dispatch) -> Run | None:
+        """Execute one dispatched run to its end; the finished run, or None if it was not runnable
+        (already started elsewhere, finished or cancelled) or the outcome could not be recorded."""
+        try:
+            return await self._process(dispatch)
+        finally:
+            await self._queue.ack(dispatch)
+
+    async def _process(self, dispatch: Dispatch) -> Run | None:
+        run, job = dispatch.run, dispatch.job
+        now = self._clock.now()
+        if not await self._store.start_run(run.id, self.owner, now, now + self.lease):
+            return None
+        self.stats.started += 1
+        run = dataclasses.replace(run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
+                                  lease_expires_at=now + self.lease)
+        await self._bus.publish([run_event(run, now)])
+        status, exit_code, error, retryable, extra = await self._execute(job, run)
+        tail = self._tails.pop(run.id)
+        if extra:
+            for line in extra.splitlines():
+                tail.add(line)
+        end = self._clock.now()
+        finished = dataclasses.replace(run, status=status, finished_at=end, exit_code=exit_code,
+                                       output=tail.text(), error=error)
+        retry = None
+        if status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and retryable:
+            retry = plan_retry(job, run, end)
+        ok = await self._store.finish_run(run.id, self.owner, status=status, finished_at=end,
+                                          exit_code=exit_code, output=finished.output, error=error,
+                                          retry=retry)
+        if not ok:
+            self.stats.stale += 1
+            log.warning("run %s: outcome %s not recorded, the lease was taken over", run.id, status)
+            return None
+        self.stats.finished += 1
+        self.stats.by_status[status.value] = self.stats.by_status.get(status.value, 0) + 1
+        events = [run_event(finished, end)]
+        if retry is not None:
+            events.append(run_event(retry, end, EventType.RUN_RETRY_SCHEDULED))
+        await self._bus.publish(events)
+        return finished
+
+    async def _execute(self, job: Job, run: Run
+                       ) -> tuple[RunStatus, int | None, str | None, bool, str]:
+        """Run the executor under the timeout; (status, exit code, error, retryable, extra output)."""
+        tail = self._tails[run.id] = OutputTail(self.output_limit)
+        executor = self.executors.get(job.type)
+        if executor is None:
+            return (RunStatus.FAILED, None, f"no executor for job type {job.type!r} on worker "
+                    f"{self.owner}", False, "")
+        mask = _Masker(self._types.secrets(job.type, job.payload))
+        limit = self.line_limit
+
+        async def emit(line: str, stream: str = "stdout") -> None:
+            line = mask(line.rstrip("\r\n"))
+            if len(line) > limit:
+                line = line[:limit] + f" [... {len(line) - limit} characters cut]"
+            tail.add(line)
+            await self._bus.publish([Event(type=EventType.RUN_LOG, time=self._clock.now(),
+                                           job_id=run.job_id, run_id=run.id,
+                                           data={"line": line, "stream": stream,
+                                                 "attempt": run.attempt})])
+
+        task = asyncio.create_task(executor.execute(job, run, emit))
+        self._running[run.id] = task
+        try:
+            done, _ = await asyncio.wait({task}, timeout=job.timeout)
+            if not done:
+                self._cancel_reasons.setdefault(run.id, "")
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                if self._cancel_reasons.get(run.id) == "":
+                    return (RunStatus.TIMED_OUT, None, f"timed out after {job.timeout:g}s", True, "")
+            if task.cancelled():
+                reason = self._cancel_reasons.get(run.id) or "cancelled"
+                return RunStatus.CANCELLED, None, reason, False, ""
+            try:
+                result = task.result()
+            except ExecutionFailed as exc:
+                return RunStatus.FAILED, exc.exit_code, mask(str(exc)), exc.retryable, ""
+            except Exception as exc:
+                return RunStatus.FAILED, None, mask(f"{type(exc).__name__}: {exc}"), True, ""
+            status = RunStatus.SUCCEEDED if result.ok else RunStatus.FAILED
+            error = None if result.ok else mask(result.error or f"exit code {result.exit_code}")
+            return status, result.exit_code, error, result.retryable, mask(result.output)
+        except asyncio.CancelledError:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+        finally:
+            self._running.pop(run.id, None)
+            self._cancel_reasons.pop(run.id, None)
