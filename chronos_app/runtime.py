@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chronos_core import (
     Clock,
@@ -32,6 +32,9 @@ from chronos_core import (
     SystemClock,
     Worker,
 )
+
+if TYPE_CHECKING:
+    from chronos_adapters.executors import ExecutorConfig
 
 __all__ = ["Chronos"]
 
@@ -82,11 +85,13 @@ class Chronos:
         *,
         allow_shell: bool = True,
         executors: Iterable[Executor] | None = None,
+        executor_config: ExecutorConfig | None = None,
         **options: Any,
     ) -> Chronos:
         """Everything in this process: the in-process queue and bus, the memory store (or, with
-        ``database_url``, a durable SQL store), and the built-in executors."""
-        from chronos_adapters.executors import ShellExecutor
+        ``database_url``, a durable SQL store), and the built-in executors (configured by
+        ``executor_config``) unless ``executors`` are given."""
+        from chronos_adapters.executors import builtin_executors
         from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus, MemoryStore
 
         store: Store
@@ -97,7 +102,7 @@ class Chronos:
 
             store = SqlStore(database_url)
         if executors is None:
-            executors = [ShellExecutor()]
+            executors = builtin_executors(executor_config)
         return cls(store=store, queue=MemoryDispatchQueue(), bus=MemoryEventBus(), executors=executors,
                    allow_shell=allow_shell, **options)
 

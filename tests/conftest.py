@@ -4,8 +4,15 @@ tests/fixtures; a backend that is missing skips its tests locally and fails them
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+# Every module in tests/fixtures is a plugin (backend servers: MariaDB, Kafka, SMTP, HTTP, ...).
+pytest_plugins = sorted(
+    f"tests.fixtures.{p.stem}" for p in (Path(__file__).parent / "fixtures").glob("*.py")
+    if p.stem != "__init__"
+)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
