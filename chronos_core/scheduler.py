@@ -37,6 +37,7 @@ class SchedulerStats:
     duplicates: int = 0
     retries_dispatched: int = 0
     reaped: int = 0
+    pruned: int = 0
     last_lag: float = 0.0
 
 
@@ -45,7 +46,8 @@ class Scheduler:
 
     def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock, *,
                  batch_size: int = 1000, max_sleep: float = 5.0, limits: Limits | None = None,
-                 publish_queued: bool = True) -> None:
+                 publish_queued: bool = True, history_max_age: float | None = None,
+                 prune_interval: float = 60.0) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -54,6 +56,9 @@ class Scheduler:
         self.max_sleep = max_sleep
         self.limits = limits or Limits()
         self.publish_queued = publish_queued
+        self.history_max_age = None if history_max_age is None else timedelta(seconds=history_max_age)
+        self.prune_interval = timedelta(seconds=prune_interval)
+        self._next_prune: datetime | None = None
         self.stats = SchedulerStats()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -123,7 +128,23 @@ class Scheduler:
             if len(due) < self.batch_size:
                 break
         await self.reap(now)
+        if self._next_prune is None or now >= self._next_prune:
+            self._next_prune = now + self.prune_interval
+            await self.prune(now)
         return await self._store.next_due_time()
+
+    async def prune(self, now: datetime) -> int:
+        """Enforce history retention (per-job ``history_limit``, global ``history_max_age``) in small
+        batches, so no write lock is held for long."""
+        total = 0
+        for _ in range(100):
+            n = await self._store.prune_runs(now, self.history_max_age, self.batch_size)
+            total += n
+            if n < self.batch_size:
+                break
+            await asyncio.sleep(0)
+        self.stats.pruned += total
+        return total
 
     async def reap(self, now: datetime) -> int:
         """Fail the runs whose worker stopped renewing its lease, and schedule their retries."""
