@@ -52,8 +52,7 @@ class RetryPolicy(BaseModel):
         if self.strategy is RetryStrategy.LINEAR:
             wait = self.delay * n
         else:
-            # 2 ** (n - 1) grows past any cap quickly; stop computing it once it does.
-            wait = self.max_delay if n > 64 else self.delay * 2 ** (n - 1)
+            wait = self.delay * 2.0 ** min(n - 1, 1000)  # float: overflows to inf, then capped
         return min(wait, self.max_delay)
 
     def next_delay(self, failed_attempts: int, rng: random.Random | None = None) -> float:
