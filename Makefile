@@ -27,6 +27,18 @@ test: $(STAMP) services
 services:
 	@bash scripts/start-services
 
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[mysql,bench]'
+	touch $(BENCH_STAMP)
+
+## Chronos and APScheduler 3.11 side by side (see BENCHMARKS.md); bench-quick takes under 3 minutes.
+bench: $(BENCH_STAMP) services
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP) services
+	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chronos_core chronos_adapters chronos_app tests bench
 

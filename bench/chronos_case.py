@@ -1,0 +1,173 @@
+"""One benchmark case for Chronos, embedded (in-process queue and bus) on the chosen store.
+
+Fire lag comes from Chronos's own history: ``started_at - scheduled_for`` of every run whose slot falls
+in the window, read back after the window closed (so reading does not disturb the measurement). The
+history also proves every run was recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import platform
+import sqlite3
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.common import Case, ServerCpu, Window, cpu_seconds, emit, summarise
+from bench.noop import NoopExecutor, NoopPayload
+from chronos_app import Chronos
+from chronos_core import RunStatus
+
+CHUNK = 5000  # jobs per create_many call (one write each)
+DONE = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}
+
+
+def _specs(case: Case, base: datetime) -> list[dict[str, Any]]:
+    specs: list[dict[str, Any]] = []
+    schedule = "@every 1s" if case.kind == "interval" else "* * * * * *"
+    for i in range(case.n):
+        spec: dict[str, Any] = {"name": f"bench-{i}", "type": "noop", "schedule": schedule,
+                                "misfire_grace": 1.0}
+        if case.kind == "interval":  # the phase of an @every job is its start_at
+            spec["start_at"] = base + timedelta(seconds=i / case.n)
+        specs.append(spec)
+    idle_start = base + timedelta(hours=1)  # stored jobs that never come due during the case
+    for i in range(case.n, case.stored):
+        specs.append({"name": f"bench-{i}", "type": "noop", "schedule": "@every 1d",
+                      "start_at": idle_start + timedelta(seconds=i % 86400)})
+    return specs
+
+
+def _database(case: Case, tmp: Path) -> tuple[str | None, Any]:
+    """The database URL for the case and a cleanup callback."""
+    if case.store == "memory":
+        return None, lambda: None
+    if case.store == "sqlite":
+        return f"sqlite:///{tmp / 'chronos-bench.db'}", lambda: None
+    import pymysql
+    from sqlalchemy.engine import make_url
+
+    name = f"chronos_bench_{uuid.uuid4().hex[:10]}"
+    url = make_url(case.mysql_url)
+    kw = {"host": url.host or "127.0.0.1", "port": url.port or 3306, "user": url.username or "root",
+          "password": url.password or ""}
+    with pymysql.connect(**kw) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+
+    def drop() -> None:
+        with pymysql.connect(**kw) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+    return str(url.set(database=name).render_as_string(hide_password=False)), drop
+
+
+def _versions(case: Case) -> dict[str, str]:
+    v = {"chronos": metadata.version("chronos-scheduler"), "python": platform.python_version()}
+    if case.store == "sqlite":
+        v["sqlite"] = sqlite3.sqlite_version
+    if case.store != "memory":
+        v["sqlalchemy"] = metadata.version("sqlalchemy")
+    return v
+
+
+async def _history(chronos: Chronos, since: datetime) -> list[Any]:
+    """Every run created since ``since`` (newest first, keyset pages)."""
+    runs: list[Any] = []
+    before = None
+    while True:
+        page = await chronos.store.list_runs(before=before, limit=5000)
+        if not page:
+            return runs
+        for run in page:
+            if run.created_at < since:
+                return runs
+            runs.append(run)
+        before = page[-1].id
+
+
+async def _idle(chronos: Chronos, within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        depth = await chronos.queue.depth()
+        if not depth and (chronos.worker is None or chronos.worker.active == 0):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def run_case(case: Case) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="chronos-bench-") as tmp:
+        url, cleanup = _database(case, Path(tmp))
+        try:
+            return await _run(case, url)
+        finally:
+            cleanup()
+
+
+async def _run(case: Case, url: str | None) -> dict[str, Any]:
+    versions = _versions(case)
+    server = ServerCpu() if case.store == "mariadb" else None
+    chronos = Chronos.embedded(database_url=url, executors=[])
+    chronos.register_job_type("noop", NoopPayload, NoopExecutor())
+    await chronos.start()
+    try:
+        if url and url.startswith("mysql"):
+            versions["mariadb"] = await _server_version(chronos)
+        base = datetime.fromtimestamp(math.ceil(time.time()) + 1, UTC)
+        specs = _specs(case, base)
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        for i in range(0, len(specs), CHUNK):
+            await chronos.jobs.create_many(specs[i:i + CHUNK])
+            await asyncio.sleep(0)
+        create_s, create_cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        # warm up until a whole second after the jobs' first slots, so the window holds whole seconds
+        start = max(base.timestamp(), time.time()) + case.warmup
+        await asyncio.sleep(max(0.0, math.ceil(start) - time.time()))
+        window = Window()
+        window.open(server)
+        await asyncio.sleep(case.duration)
+        window.close()
+        await asyncio.sleep(1.5)  # the window's last slots finish
+        if chronos.scheduler is not None:
+            await chronos.scheduler.stop()
+        await _idle(chronos, 30.0)
+        runs = await _history(chronos, datetime.fromtimestamp(window.start - 15, UTC))
+    finally:
+        await chronos.stop(grace=5.0)
+    lo, hi = window.slots
+    lags: list[float] = []
+    missed = skipped = recorded = 0
+    for run in runs:
+        slot = run.scheduled_for.timestamp()
+        if not lo <= slot < hi:
+            continue
+        if run.status is RunStatus.MISSED:
+            missed += 1
+        elif run.status is RunStatus.SKIPPED:
+            skipped += 1
+        elif run.started_at is not None:
+            lags.append((run.started_at - run.scheduled_for).total_seconds())
+            if run.status in DONE:
+                recorded += 1
+    return summarise(case, window, lags=lags, missed=missed, skipped=skipped, recorded=recorded,
+                     create_s=create_s, create_cpu_s=create_cpu, versions=versions)
+
+
+async def _server_version(chronos: Chronos) -> str:
+    try:
+        import pymysql
+
+        with pymysql.connect(host="127.0.0.1", user="root") as conn, conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            return str(cur.fetchone()[0])
+    except Exception:
+        return "?"
+
+
+def main(case: Case) -> None:
+    emit(asyncio.run(run_case(case)))

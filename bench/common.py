@@ -1,0 +1,187 @@
+"""What every benchmark case shares: the configuration, the measurements and the summary of one run.
+
+A case runs in a fresh process (see ``bench.run``); it creates its jobs, lets the scheduler warm up, then
+measures a window of ``duration`` seconds: every slot whose time falls in the window is expected to run
+once. Fire lag is the run's start minus its slot time. CPU is the benchmark process's own (user + system,
+every thread); for MariaDB the server's CPU over the same window is reported beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+ON_TIME = 1.0
+"""A slot counts as executed on time when its run started within this many seconds of the slot (the
+period of the jobs: later than that, the next slot is already due)."""
+
+RESULT_PREFIX = "BENCH-RESULT "
+
+
+@dataclass
+class Case:
+    system: str  # chronos | apscheduler
+    store: str  # memory | sqlite | mariadb
+    kind: str  # interval | cron
+    n: int  # jobs due every second
+    stored: int = 0  # jobs stored in all (0: same as n); the others never come due during the case
+    duration: float = 10.0  # measured window, seconds
+    warmup: float = 3.0
+    mysql_url: str = "mysql+pymysql://root@127.0.0.1:3306"
+
+    def __post_init__(self) -> None:
+        if not self.stored:
+            self.stored = self.n
+
+    @property
+    def label(self) -> str:
+        n = _k(self.n) if self.stored == self.n else f"{_k(self.n)}/{_k(self.stored)}"
+        return f"{self.system} {self.store} {self.kind} {n}"
+
+
+def _k(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def cpu_seconds() -> float:
+    """CPU used by this process so far (user + system, all threads)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class ServerCpu:
+    """CPU of the local MariaDB server (``mariadbd``/``mysqld``), if it runs on this machine."""
+
+    def __init__(self) -> None:
+        self._proc = None
+        try:
+            import psutil
+
+            for p in psutil.process_iter(["name"]):
+                if p.info["name"] in ("mariadbd", "mysqld"):
+                    self._proc = p
+                    break
+        except Exception:  # psutil missing or access denied: report nothing
+            self._proc = None
+
+    def seconds(self) -> float | None:
+        if self._proc is None:
+            return None
+        try:
+            t = self._proc.cpu_times()
+        except Exception:
+            return None
+        return float(t.user + t.system)
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[i]
+
+
+@dataclass
+class Window:
+    """Clock and CPU readings at the start and end of the measured window."""
+
+    start: float = 0.0
+    end: float = 0.0
+    cpu: float = 0.0
+    server_cpu: float | None = None
+    _server: ServerCpu | None = None
+
+    def open(self, server: ServerCpu | None) -> None:
+        self._server = server
+        self.cpu = cpu_seconds()
+        self.server_cpu = server.seconds() if server else None
+        self.start = time.time()
+
+    @property
+    def slots(self) -> tuple[float, float]:
+        """The slot times the window covers, [lo, hi): whole seconds (the window opens on one)."""
+        lo = float(round(self.start))
+        return lo, lo + round(self.end - self.start)
+
+    def close(self) -> None:
+        self.end = time.time()
+        self.cpu = cpu_seconds() - self.cpu
+        if self._server is not None and self.server_cpu is not None:
+            now = self._server.seconds()
+            self.server_cpu = None if now is None else now - self.server_cpu
+        else:
+            self.server_cpu = None
+
+
+def summarise(case: Case, window: Window, *, lags: list[float], missed: int, skipped: int,
+              recorded: int | None, create_s: float, create_cpu_s: float, versions: dict[str, str],
+              notes: str = "") -> dict[str, Any]:
+    """The result line of one case. ``lags``: fire lag (s) of every run whose slot is in the window;
+    ``missed``/``skipped``: slots in the window recorded (or reported) as missed / skipped; ``recorded``:
+    runs of the window found in history (None when the system keeps no history)."""
+    nominal = case.n * round(case.duration)
+    lags.sort()
+    on_time = sum(1 for x in lags if x <= ON_TIME)
+    executed = len(lags)
+    seconds = case.duration
+    cpu_us = window.cpu * 1e6 / executed if executed else None
+    server_us = (window.server_cpu * 1e6 / executed
+                 if executed and window.server_cpu is not None else None)
+    return {
+        "system": case.system,
+        "store": case.store,
+        "kind": case.kind,
+        "n": case.n,
+        "stored": case.stored,
+        "window_s": round(window.end - window.start, 3),
+        "nominal_per_s": case.n,
+        "on_time_per_s": round(on_time / seconds, 1),
+        "slots": nominal,
+        "executed": executed,
+        "on_time": on_time,
+        "on_time_pct": round(100.0 * on_time / nominal, 3) if nominal else None,
+        "missed": missed,
+        "skipped": skipped,
+        "not_run": max(0, nominal - executed - missed - skipped),
+        "recorded": recorded,
+        "lag_p50_ms": _ms(percentile(lags, 0.50)),
+        "lag_p99_ms": _ms(percentile(lags, 0.99)),
+        "lag_max_ms": _ms(lags[-1] if lags else None),
+        "cpu_us_per_run": None if cpu_us is None else round(cpu_us, 1),
+        "cpu_pct": round(100.0 * window.cpu / seconds, 1),
+        "db_cpu_us_per_run": None if server_us is None else round(server_us, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "create_s": round(create_s, 3),
+        "create_cpu_s": round(create_cpu_s, 3),
+        "versions": versions,
+        "notes": notes,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def case_from_json(text: str) -> Case:
+    data = json.loads(text)
+    fields = {f.name for f in dataclasses.fields(Case)}
+    return Case(**{k: v for k, v in data.items() if k in fields})
+
+
+def phase_offsets(n: int) -> list[float]:
+    """Phases spread evenly over one second, one per job."""
+    return [i / n for i in range(n)]
