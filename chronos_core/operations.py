@@ -31,7 +31,7 @@ from .models import (
 from .payloads import REDACTED, JobTypes, field_errors
 from .planning import next_slot
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, Store, Subscription
-from .schedules import parse_schedule
+from .schedules import parse_schedule, parse_timezone
 
 __all__ = ["Events", "Jobs", "Runs", "restore_redacted"]
 
@@ -82,10 +82,6 @@ class Jobs:
                 spec = spec.model_copy(update={"payload": payload})
             except InvalidJob as exc:
                 errors.extend(exc.errors)
-        try:
-            parse_schedule(spec.schedule, spec.timezone)
-        except InvalidJob as exc:
-            errors.extend(exc.errors)
         if spec.start_at and spec.start_at.tzinfo is None:
             errors.append(FieldError(("start_at",), "needs a UTC offset, e.g. 2027-01-01T09:00:00Z"))
         if spec.end_at and spec.end_at.tzinfo is None:
@@ -93,6 +89,21 @@ class Jobs:
         if (spec.start_at and spec.end_at and spec.start_at.tzinfo and spec.end_at.tzinfo
                 and spec.end_at <= spec.start_at):
             errors.append(FieldError(("end_at",), "must be after start_at"))
+        caught: list[InvalidJob] = []
+        try:
+            parse_timezone(spec.timezone)
+            zone = spec.timezone
+        except InvalidJob as exc:
+            caught.append(exc)
+            zone = "UTC"  # still check the expression itself
+        try:
+            parse_schedule(spec.schedule, zone)
+        except InvalidJob as exc:
+            caught.append(exc)
+        if len(caught) == 1 and not errors:
+            raise caught[0]  # the only problem: keep its precise type (InvalidSchedule)
+        for exc in caught:
+            errors.extend(exc.errors)
         if errors:
             raise InvalidJob(errors)
         return spec
