@@ -7,6 +7,7 @@ handlers and ``Chronos.jobs`` call these; they hold no rules of their own.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -102,8 +103,8 @@ class Jobs:
             caught.append(exc)
         if len(caught) == 1 and not errors:
             raise caught[0]  # the only problem: keep its precise type (InvalidSchedule)
-        for exc in caught:
-            errors.extend(exc.errors)
+        for err in caught:
+            errors.extend(err.errors)
         if errors:
             raise InvalidJob(errors)
         return spec
@@ -223,7 +224,7 @@ class Jobs:
         return run
 
     async def history(self, job_id: str, *, status: Collection[RunStatus | str] | RunStatus | str |
-                      None = None, before: str | None = None, limit: int = 50) -> list[Run]:
+                      None = None, before: str | None = None, limit: int = 50) -> builtins.list[Run]:
         """The job's runs, newest first; ``before`` is the id of the last run of the previous page."""
         await self._store.get_job(job_id)
         statuses = _statuses(status)

@@ -131,9 +131,9 @@ def plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime,
             runs.extend(_record(job, b, now, RunStatus.SKIPPED, why_skip, t) for b, t in blocked)
         elif job.overlap is OverlapPolicy.REPLACE:
             cancel = list(active_run_ids)
-            last = fire[-1][0].isoformat()
+            newest = fire[-1][0].isoformat()
             runs.extend(_record(job, b, now, RunStatus.SKIPPED,
-                                f"skipped: replaced by the run for {last} (overlap replace)", t)
+                                f"skipped: replaced by the run for {newest} (overlap replace)", t)
                         for b, t in fire[:-1])
             fire = fire[-1:]
         runs.extend(

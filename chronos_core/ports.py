@@ -325,6 +325,12 @@ class EventBus(abc.ABC):
     ) -> Subscription:
         """Events matching every given filter; with ``after``, first the retained events after that id."""
 
+    def retains(self, after: str) -> bool | None:
+        """Whether ``subscribe(after=after)`` can replay everything published after that id (it is still
+        in the retained window). ``None``: the bus cannot tell. On ``False`` a consumer that must not
+        miss anything (the SSE streams) falls back to the store's run history."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------- executor
 

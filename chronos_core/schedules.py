@@ -70,7 +70,8 @@ class Schedule(Protocol):
     """When a job fires. ``next_after(t)`` is the first fire time strictly after the aware datetime ``t``
     (as an aware UTC datetime), or ``None`` when the schedule will never fire again."""
 
-    expression: str | None
+    @property
+    def expression(self) -> str | None: ...
 
     def next_after(self, t: datetime) -> datetime | None: ...
 

@@ -98,7 +98,7 @@ class Worker:
         self._running: dict[str, asyncio.Task[ExecutionResult]] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._tails: dict[str, OutputTail] = {}
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[Run | None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._background: list[asyncio.Task[None]] = []
         self._loop_task: asyncio.Task[None] | None = None
@@ -162,7 +162,7 @@ class Worker:
             self._handlers.add(task)
             task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[Run | None]) -> None:
         self._handlers.discard(task)
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
