@@ -1,16 +1,28 @@
-"""Executors, one per job type, registered by ``type_name``."""
+"""Executors, one per job type, registered by ``type_name``: ``shell``, ``http``, ``email``, ``sql``."""
 
 from __future__ import annotations
 
 from chronos_core.ports import Executor
 
 from .config import ExecutorConfig
+from .email import EmailExecutor
+from .http import HttpExecutor
 from .shell import ShellExecutor
+from .sql import SqlExecutor
 
-__all__ = ["ExecutorConfig", "ShellExecutor", "builtin_executors"]
+__all__ = ["EmailExecutor", "ExecutorConfig", "HttpExecutor", "ShellExecutor", "SqlExecutor",
+           "builtin_executors"]
 
 
 def builtin_executors(config: ExecutorConfig | None = None) -> list[Executor]:
     """One executor per built-in job type, configured from ``config``."""
-    config = config or ExecutorConfig()
-    return [ShellExecutor(kill_grace=config.shell_kill_grace)]
+    c = config or ExecutorConfig()
+    return [
+        ShellExecutor(kill_grace=c.shell_kill_grace, max_line=c.shell_max_line, allowed=c.allow_shell),
+        HttpExecutor(allow_hosts=c.http_allow_hosts, timeout=c.http_timeout, max_body=c.http_max_body,
+                     max_redirects=c.http_max_redirects),
+        EmailExecutor(host=c.smtp_host, port=c.smtp_port, user=c.smtp_user, password=c.smtp_password,
+                      starttls=c.smtp_starttls, ssl=c.smtp_ssl, sender=c.smtp_sender, timeout=c.smtp_timeout,
+                      ca_file=c.smtp_ca_file),
+        SqlExecutor(connections=c.sql_connections, max_rows=c.sql_max_rows, max_cell=c.sql_max_cell),
+    ]

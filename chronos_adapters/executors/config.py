@@ -1,12 +1,69 @@
-"""Settings the built-in executors need, gathered in one value the composition root fills in."""
+"""Settings the built-in executors need, gathered in one value the composition root fills in.
+
+``ExecutorConfig()`` is usable as is: shell allowed (the embedded library's default; the REST service
+passes ``allow_shell=False`` unless its setting says otherwise), HTTP to public addresses only, SMTP on
+``localhost:25`` without authentication, no SQL connections.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = ["ExecutorConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExecutorConfig:
+    # shell -------------------------------------------------------------------------------------------
+    allow_shell: bool = True
+    """Whether shell jobs may run at all. Checked again at execution time (a job stored while shell was
+    allowed fails, not retried, on a worker where it is not)."""
     shell_kill_grace: float = 5.0
+    """Seconds between SIGTERM and SIGKILL to a shell job's process group on timeout/cancel."""
+    shell_max_line: int = 16 * 1024
+    """Longest line (characters) sent as one ``run.log`` event; longer output is cut into pieces."""
+
+    # http --------------------------------------------------------------------------------------------
+    http_allow_hosts: tuple[str, ...] = ()
+    """SSRF allow-list: host names (exact, case-insensitive), IP addresses or CIDR networks that HTTP
+    jobs may reach even though they are loopback/private/link-local/reserved (e.g. ``127.0.0.1``,
+    ``10.0.0.0/8``, ``internal.example``). Everything public is always allowed."""
+    http_timeout: float = 300.0
+    """httpx timeout (seconds) for each of connect/read/write/pool; the job's own timeout still applies."""
+    http_max_body: int = 64 * 1024
+    """Bytes of a response body kept (logged and matched against ``expect_body``); the rest is not read."""
+    http_max_redirects: int = 10
+
+    # email -------------------------------------------------------------------------------------------
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    """SMTP port (25, 587 with ``smtp_starttls``, 465 with ``smtp_ssl``)."""
+    smtp_user: str | None = None
+    """Log in with ``smtp_user``/``smtp_password`` when both are set."""
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    """Upgrade the connection with STARTTLS (certificate verified) before logging in."""
+    smtp_ssl: bool = False
+    """Implicit TLS from the first byte (SMTPS); excludes ``smtp_starttls``."""
+    smtp_sender: str | None = None
+    """Default From address when a job gives no ``sender``."""
+    smtp_timeout: float = 30.0
+    """Socket timeout (seconds) of each SMTP operation."""
+    smtp_ca_file: str | None = None
+    """CA bundle to verify the SMTP server with (default: the system's)."""
+
+    # sql ---------------------------------------------------------------------------------------------
+    sql_connections: Mapping[str, str] = field(default_factory=dict)
+    """Named connections: name -> SQLAlchemy URL (``mysql+pymysql://u:p@host/db``, ``sqlite:///x.db``).
+    Jobs name one; they never carry a URL or password."""
+    sql_max_rows: int = 1000
+    """Upper bound on the rows a SQL job records, whatever its ``max_rows`` says."""
+    sql_max_cell: int = 1024
+    """Characters of one recorded value; longer ones are cut."""
+
+    def __post_init__(self) -> None:
+        if self.smtp_ssl and self.smtp_starttls:
+            raise ValueError("smtp_ssl and smtp_starttls exclude each other")
+        object.__setattr__(self, "http_allow_hosts", tuple(self.http_allow_hosts))
+        object.__setattr__(self, "sql_connections", dict(self.sql_connections))

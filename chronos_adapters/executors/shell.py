@@ -1,9 +1,14 @@
 """Shell jobs: a command through ``/bin/sh -c`` or a program with its arguments, in its own process
-group, with stdout and stderr streamed line by line as they come.
+group (a new session), with stdout and stderr streamed line by line as they come.
 
-On timeout or cancellation the whole group gets SIGTERM, then SIGKILL after ``kill_grace`` seconds, so
-no grandchild outlives the run. Shell jobs execute code on the host: whether they are allowed at all is
-decided when a job is created (``allow_shell``), not here.
+* Output is never buffered whole: it is read in 64 KiB chunks and sent line by line (lines longer than
+  ``max_line`` in pieces); the worker keeps only a capped tail.
+* When the command itself exits, whatever it left running in its group gets SIGTERM (then SIGKILL), so a
+  backgrounded grandchild neither outlives the run nor holds its output pipe open.
+* On timeout or cancellation the whole group gets SIGTERM, then SIGKILL after ``kill_grace`` seconds.
+  (A grandchild that leaves the group on purpose, with ``setsid``, escapes: that needs cgroups.)
+* Shell jobs execute code on the host: when ``allowed`` is False, every shell run fails (not retried),
+  on top of the create-time check in ``Jobs``.
 """
 
 from __future__ import annotations
@@ -19,60 +24,82 @@ from chronos_core.models import Job, Run
 from chronos_core.payloads import ShellPayload
 from chronos_core.ports import ExecutionResult, Executor, LogSink
 
-__all__ = ["ShellExecutor"]
+from ._common import parse_payload
+
+__all__ = ["ShellExecutor", "group_members"]
 
 _CHUNK = 64 * 1024
+_POLL = 0.05
+_LEFTOVER_GRACE = 1.0  # seconds leftovers of a finished command get between SIGTERM and SIGKILL
+_DRAIN = 5.0  # seconds to read what is left in the pipes once the group is gone
 
 
 class ShellExecutor(Executor):
     type_name: ClassVar[str] = "shell"
 
     def __init__(self, *, kill_grace: float = 5.0, max_line: int = 16 * 1024,
-                 base_env: dict[str, str] | None = None) -> None:
+                 base_env: dict[str, str] | None = None, allowed: bool = True) -> None:
         self.kill_grace = kill_grace
         self.max_line = max_line
         self.base_env = dict(os.environ) if base_env is None else dict(base_env)
+        self.allowed = allowed
 
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
-        p = ShellPayload.model_validate(job.payload)
+        if not self.allowed:
+            raise ExecutionFailed("shell jobs are disabled on this worker (allow_shell is off)",
+                                  retryable=False)
+        p = parse_payload(ShellPayload, job.payload)
         env = {**self.base_env, **p.env, "CHRONOS_JOB_ID": job.id, "CHRONOS_RUN_ID": run.id,
                "CHRONOS_ATTEMPT": str(run.attempt)}
+        argv = ["/bin/sh", "-c", p.command] if p.command is not None else list(p.argv or ())
         try:
-            if p.command is not None:
-                proc = await asyncio.create_subprocess_exec(
-                    "/bin/sh", "-c", p.command, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=p.cwd,
-                    start_new_session=True)
-            else:
-                assert p.argv is not None
-                proc = await asyncio.create_subprocess_exec(
-                    *p.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE, env=env, cwd=p.cwd, start_new_session=True)
-        except FileNotFoundError as exc:
-            raise ExecutionFailed(f"cannot start: {exc.strerror}: {exc.filename}", retryable=False) from None
-        except PermissionError as exc:
-            raise ExecutionFailed(f"cannot start: {exc.strerror}: {exc.filename}", retryable=False) from None
-        except NotADirectoryError as exc:
-            raise ExecutionFailed(f"cannot start: {exc}", retryable=False) from None
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env, cwd=p.cwd, start_new_session=True)
+        except OSError as exc:  # no such program / directory, not executable, ...
+            where = f": {exc.filename}" if exc.filename else ""
+            raise ExecutionFailed(f"cannot start: {exc.strerror or exc}{where}", retryable=False) from None
+        pgid = proc.pid  # start_new_session: the child leads a new session and process group
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = asyncio.gather(self._pump(proc.stdout, "stdout", log),
+                               self._pump(proc.stderr, "stderr", log))
         try:
-            assert proc.stdout is not None and proc.stderr is not None
-            await asyncio.gather(self._pump(proc.stdout, "stdout", log),
-                                 self._pump(proc.stderr, "stderr", log))
-            code = await proc.wait()
+            # proc.wait() also waits for the pipes to close, which a backgrounded grandchild can keep
+            # open; the return code is known as soon as the command itself exits.
+            while proc.returncode is None and not pumps.done():
+                await asyncio.wait({pumps}, timeout=_POLL)
+            if pumps.done():
+                pumps.result()  # a failing log sink surfaces here
+            code = await proc.wait() if proc.returncode is None else proc.returncode
+            await _end_group(pgid, _LEFTOVER_GRACE)
+            try:
+                async with asyncio.timeout(_DRAIN):
+                    await pumps
+            except TimeoutError:  # something outside the group still holds a pipe open
+                await log(f"[chronos] output still open {_DRAIN:g}s after the command ended; "
+                          "stopped reading", "stderr")
         except BaseException:
-            await self._kill_group(proc)
+            pumps.cancel()
+            await _end_group(pgid, self.kill_grace)
+            with contextlib.suppress(BaseException):
+                await pumps
+            with contextlib.suppress(BaseException):
+                async with asyncio.timeout(_DRAIN):
+                    await asyncio.shield(proc.wait())
             raise
-        # The command is done; anything it left behind in its group goes too.
-        await self._kill_group(proc, only_leftovers=True)
         if code == 0:
             return ExecutionResult(ok=True, exit_code=0)
         if code < 0:
-            return ExecutionResult(ok=False, exit_code=code,
-                                   error=f"killed by signal {signal.Signals(-code).name}")
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = str(-code)
+            return ExecutionResult(ok=False, exit_code=code, error=f"killed by signal {name}")
         return ExecutionResult(ok=False, exit_code=code, error=f"exit code {code}")
 
     async def _pump(self, stream: asyncio.StreamReader, name: str, log: LogSink) -> None:
-        """Send each line as it arrives; very long lines are cut into ``max_line`` pieces."""
+        """Send each line as it arrives; very long lines are cut into ``max_line`` pieces. Memory use is
+        bounded by ``max_line`` + one chunk, whatever the output size."""
         pending = b""
         while True:
             chunk = await stream.read(_CHUNK)
@@ -88,34 +115,48 @@ class ShellExecutor(Executor):
         if pending:
             await log(pending.decode("utf-8", "replace"), name)
 
-    async def _kill_group(self, proc: asyncio.subprocess.Process, only_leftovers: bool = False) -> None:
-        pgid = proc.pid
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        if only_leftovers:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            return
-        try:
-            async with asyncio.timeout(self.kill_grace):
-                await proc.wait()
-                while _group_alive(pgid):  # noqa: ASYNC110 - no event tells when a group empties
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            await asyncio.shield(proc.wait())
 
-
-def _group_alive(pgid: int) -> bool:
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``, read from /proc (Linux). Where there is no
+    /proc: ``[pgid]`` while ``killpg(pgid, 0)`` finds the group, else ``[]``."""
     try:
-        os.killpg(pgid, 0)
+        entries = os.listdir("/proc")
+    except OSError:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [pgid]
+    members = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ..." - comm may contain spaces and parentheses
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(entry))
+    return members
+
+
+async def _end_group(pgid: int, grace: float) -> None:
+    """SIGTERM to the group, SIGKILL to whatever is left after ``grace`` seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return
+    try:
+        async with asyncio.timeout(grace):
+            while group_members(pgid):  # noqa: ASYNC110 - no event tells when a group empties
+                await asyncio.sleep(_POLL)
+            return
+    except TimeoutError:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,183 @@
+"""Email jobs: one message through SMTP with the standard library (``smtplib``, ``email.message``), in a
+worker thread so the event loop never blocks.
+
+* Settings: host, port, optional login, STARTTLS or implicit TLS (certificates verified), default sender,
+  socket timeout. Bcc recipients get the message but never appear in its headers.
+* Cancellation/timeout: the thread's socket is shut down, which ends whatever SMTP call it is blocked in.
+* Failures: refused/dropped connections, timeouts and 4xx replies are retryable; failed authentication,
+  certificate errors, 5xx replies (e.g. unknown recipients) and a missing sender are not. A message some
+  recipients accepted is never retried (they would get it twice): the refused ones are reported.
+* The SMTP password is masked in every error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import smtplib
+import socket
+import ssl
+import threading
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+from typing import ClassVar
+
+from chronos_core.errors import ExecutionFailed
+from chronos_core.models import Job, Run
+from chronos_core.payloads import EmailPayload
+from chronos_core.ports import ExecutionResult, Executor, LogSink
+
+from ._common import mask, parse_payload
+
+__all__ = ["EmailExecutor", "build_message"]
+
+
+def build_message(p: EmailPayload, sender: str, run: Run | None = None) -> EmailMessage:
+    """The message a job sends (``ValueError`` for a header that cannot be encoded)."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    if p.to:
+        msg["To"] = ", ".join(p.to)
+    if p.cc:
+        msg["Cc"] = ", ".join(p.cc)
+    msg["Subject"] = p.subject
+    msg["Date"] = formatdate(usegmt=True)
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "chronos"
+    msg["Message-ID"] = make_msgid(idstring=run.id if run else None, domain=domain)
+    if run is not None:
+        msg["X-Chronos-Run-Id"] = run.id
+    if p.text is not None:
+        msg.set_content(p.text)
+        if p.html is not None:
+            msg.add_alternative(p.html, subtype="html")
+    else:
+        msg.set_content(p.html or "", subtype="html")
+    return msg
+
+
+class _Session:
+    """The SMTP connection of one send, so the event loop can cut it from outside the thread."""
+
+    def __init__(self) -> None:
+        self.smtp: smtplib.SMTP | None = None
+        self.aborted = False
+        self._lock = threading.Lock()
+
+    def attach(self, smtp: smtplib.SMTP) -> None:
+        with self._lock:
+            self.smtp = smtp
+            if self.aborted:
+                self._shutdown()
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        sock = getattr(self.smtp, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class EmailExecutor(Executor):
+    type_name: ClassVar[str] = "email"
+
+    def __init__(self, *, host: str = "localhost", port: int = 25, user: str | None = None,
+                 password: str | None = None, starttls: bool = False, ssl: bool = False,
+                 sender: str | None = None, timeout: float = 30.0, ca_file: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.starttls = starttls
+        self.ssl = ssl
+        self.sender = sender
+        self.timeout = timeout
+        self.ca_file = ca_file
+
+    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
+        p = parse_payload(EmailPayload, job.payload)
+        sender = p.sender or self.sender
+        if not sender:
+            raise ExecutionFailed("no sender: the job gives none and the smtp_sender setting is empty",
+                                  retryable=False)
+        try:
+            msg = build_message(p, sender, run)
+        except ValueError as exc:
+            raise ExecutionFailed(f"invalid payload: {exc}", retryable=False) from None
+        recipients = [parseaddr(a)[1] for a in (*p.to, *p.cc, *p.bcc)]
+        await log(f"sending {msg['Message-ID']} to {len(recipients)} recipient(s) via "
+                  f"{self.host}:{self.port}")
+        session = _Session()
+        try:
+            refused = await asyncio.to_thread(self._send, msg, parseaddr(sender)[1], recipients, session)
+        except asyncio.CancelledError:
+            session.abort()
+            raise
+        except Exception as exc:
+            raise self._classify(exc) from None
+        if refused:
+            detail = "; ".join(f"{addr}: {code} {_text(reply)}" for addr, (code, reply) in refused.items())
+            return ExecutionResult(ok=False, retryable=False,
+                                   error=f"delivered, but {len(refused)} recipient(s) refused: {detail}")
+        await log(f"accepted for {len(recipients)} recipient(s)")
+        return ExecutionResult(ok=True)
+
+    def _send(self, msg: EmailMessage, sender: str, recipients: list[str],
+              session: _Session) -> dict[str, tuple[int, bytes]]:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        smtp: smtplib.SMTP
+        if self.ssl:
+            smtp = smtplib.SMTP_SSL(timeout=self.timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(timeout=self.timeout)
+        session.attach(smtp)
+        try:
+            smtp.connect(self.host, self.port)
+            session.attach(smtp)  # now with its socket
+            smtp.ehlo_or_helo_if_needed()
+            if self.starttls:
+                smtp.starttls(context=context)
+                session.attach(smtp)
+                smtp.ehlo()
+            if self.user and self.password:
+                smtp.login(self.user, self.password)
+            return smtp.send_message(msg, from_addr=sender, to_addrs=recipients)
+        finally:
+            with contextlib.suppress(Exception):
+                smtp.quit()
+            smtp.close()
+
+    def _classify(self, exc: Exception) -> ExecutionFailed:
+        where = f"{self.host}:{self.port}"
+        retryable = True
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            message, retryable = f"SMTP authentication failed at {where}: {exc.smtp_code} " \
+                                 f"{_text(exc.smtp_error)}", False
+        elif isinstance(exc, smtplib.SMTPRecipientsRefused):
+            codes = [code for code, _ in exc.recipients.values()]
+            retryable = all(400 <= c < 500 for c in codes)
+            message = "every recipient was refused: " + "; ".join(
+                f"{a}: {c} {_text(r)}" for a, (c, r) in exc.recipients.items())
+        elif isinstance(exc, smtplib.SMTPNotSupportedError):
+            message, retryable = f"{where} does not support it: {exc}", False
+        elif isinstance(exc, smtplib.SMTPResponseException):
+            retryable = 400 <= exc.smtp_code < 500
+            message = f"{where} answered {exc.smtp_code} {_text(exc.smtp_error)}"
+        elif isinstance(exc, ssl.SSLCertVerificationError):
+            message, retryable = f"TLS certificate of {where} not trusted: {exc.verify_message}", False
+        elif isinstance(exc, ConnectionRefusedError):
+            message = f"connection refused by {where}"
+        elif isinstance(exc, TimeoutError | socket.timeout):
+            message = f"{where} did not answer within {self.timeout:g}s"
+        elif isinstance(exc, smtplib.SMTPServerDisconnected | OSError | smtplib.SMTPException):
+            message = f"SMTP to {where} failed: {type(exc).__name__}: {exc}"
+        else:
+            message = f"SMTP to {where} failed: {type(exc).__name__}: {exc}"
+        return ExecutionFailed(mask(message, [self.password]), retryable=retryable)
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)

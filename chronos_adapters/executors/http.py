@@ -1,0 +1,254 @@
+"""HTTP jobs: one request through a shared ``httpx.AsyncClient`` (opened in ``start``, closed in ``stop``).
+
+* Headers sent besides the job's own: ``Idempotency-Key`` - the same for every attempt of one slot
+  (``chronos:<job id>:<scheduled_for>``), so the target can de-duplicate retries - and
+  ``X-Chronos-Run-Id`` / ``X-Chronos-Job-Id`` / ``X-Chronos-Attempt``. A job that sets its own
+  ``Idempotency-Key`` keeps it.
+* Outcome: the status code is the run's ``exit_code``; the status line with timing, each redirect hop and
+  the first ``max_body`` bytes of the body are logged as ``run.log`` lines. Success is a status in
+  ``expected_status`` (default: any 2xx) and, with ``expect_body``, a body matching that pattern.
+* Failures: 408/425/429/5xx, connection errors and timeouts are retryable; other unexpected statuses,
+  refused addresses, bad URLs and too many redirects are not; a body that does not match is retryable.
+* SSRF guard: the connection layer resolves every host itself and refuses loopback, private, link-local
+  (cloud metadata), multicast, reserved and other non-global addresses unless ``allow_hosts`` lists the
+  host name, the address or a network containing it. The socket then connects to the vetted address
+  (pinned: no second DNS lookup can swap it), and since every redirect hop opens its connection through
+  the same layer, redirects are checked too. Proxies from the environment are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import httpcore
+import httpx
+
+from chronos_core.errors import ExecutionFailed
+from chronos_core.models import Job, Run
+from chronos_core.payloads import HttpPayload
+from chronos_core.ports import ExecutionResult, Executor, LogSink
+
+from ._common import parse_payload
+
+__all__ = ["AddressGuard", "BlockedAddress", "HttpExecutor", "idempotency_key"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_RETRYABLE_STATUS = {408, 425, 429}
+
+
+class BlockedAddress(Exception):
+    """The SSRF guard refused to connect to a host."""
+
+
+class AddressGuard:
+    """Which addresses HTTP jobs may connect to: every global unicast address, plus the allow-list."""
+
+    def __init__(self, allow: Iterable[str] = ()) -> None:
+        self.hosts: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in allow:
+            entry = entry.strip()
+            if not entry:
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            except ValueError:
+                self.hosts.add(entry.lower().rstrip("."))
+
+    def host_allowed(self, host: str) -> bool:
+        """The host name is on the allow-list (whatever it resolves to)."""
+        return host.lower().rstrip(".") in self.hosts
+
+    def address_allowed(self, ip: IPAddress) -> bool:
+        if any(ip.version == net.version and ip in net for net in self.networks):
+            return True
+        return is_public(ip)
+
+
+def is_public(ip: IPAddress) -> bool:
+    """A global unicast address: not loopback, private, link-local (metadata), CGNAT, multicast, reserved,
+    unspecified; IPv4 embedded in IPv6 (mapped, 6to4, Teredo) is judged as IPv4."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None:
+            return is_public(embedded)
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_loopback
+                                 or ip.is_link_local or ip.is_unspecified)
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves, vets, then connects to the vetted address (TLS still verifies the host name)."""
+
+    def __init__(self, guard: AddressGuard) -> None:
+        self._guard = guard
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        if self._guard.host_allowed(host):
+            return await self._inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
+                                                 socket_options=socket_options)
+        try:
+            async with asyncio.timeout(timeout):
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from None
+        addresses: list[IPAddress] = []
+        for info in infos:
+            ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            if ip not in addresses:
+                addresses.append(ip)
+        blocked = [str(ip) for ip in addresses if not self._guard.address_allowed(ip)]
+        if blocked or not addresses:
+            raise BlockedAddress(
+                f"refusing to connect to {host} ({', '.join(blocked) or 'no address'}): loopback, private, "
+                "link-local and other non-public addresses need the http_allow_hosts setting")
+        last: Exception | None = None
+        for ip in addresses:
+            try:
+                return await self._inner.connect_tcp(str(ip), port, timeout=timeout,
+                                                     local_address=local_address,
+                                                     socket_options=socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109
+                                  socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        raise BlockedAddress("HTTP jobs do not connect to unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, guard: AddressGuard, limits: httpx.Limits) -> None:
+        super().__init__(trust_env=False, limits=limits)
+        # Same pool httpx builds, with our network backend (httpx has no parameter for it).
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_GuardedBackend(guard),
+        )
+
+
+def idempotency_key(job: Job, run: Run) -> str:
+    """The same for every attempt of one slot of one job."""
+    slot = run.scheduled_for.isoformat().replace("+00:00", "Z")
+    return f"chronos:{job.id}:{slot}"
+
+
+class HttpExecutor(Executor):
+    type_name: ClassVar[str] = "http"
+
+    def __init__(self, *, allow_hosts: Iterable[str] = (), timeout: float = 300.0,
+                 max_body: int = 64 * 1024, max_redirects: int = 10) -> None:
+        self.guard = AddressGuard(allow_hosts)
+        self.timeout = timeout
+        self.max_body = max_body
+        self.max_redirects = max_redirects
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+            self._client = httpx.AsyncClient(
+                transport=_GuardedTransport(self.guard, limits), timeout=self.timeout, trust_env=False,
+                max_redirects=self.max_redirects, headers={"User-Agent": "chronos"})
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
+        p = parse_payload(HttpPayload, job.payload)
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        headers = httpx.Headers(p.headers)
+        headers.setdefault("Idempotency-Key", idempotency_key(job, run))
+        headers["X-Chronos-Run-Id"] = run.id
+        headers["X-Chronos-Job-Id"] = job.id
+        headers["X-Chronos-Attempt"] = str(run.attempt)
+        try:
+            request = self._client.build_request(
+                p.method, p.url, headers=headers, params=p.query or None,
+                json=p.json_body, content=p.body.encode() if p.body is not None else None)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, TypeError) as exc:
+            raise ExecutionFailed(f"bad request: {exc}", retryable=False) from None
+        await log(f"{p.method} {_shown_url(request.url)}")
+        started = time.perf_counter()
+        try:
+            response = await self._client.send(request, stream=True, follow_redirects=p.follow_redirects)
+        except BlockedAddress as exc:
+            raise ExecutionFailed(str(exc), retryable=False) from None
+        except httpx.TooManyRedirects:
+            raise ExecutionFailed(f"more than {self.max_redirects} redirects", retryable=False) from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError) as exc:
+            raise ExecutionFailed(f"bad request: {exc}", retryable=False) from None
+        except httpx.TimeoutException as exc:
+            raise ExecutionFailed(f"{type(exc).__name__}: no answer within {self.timeout:g}s") from None
+        except httpx.TransportError as exc:
+            raise ExecutionFailed(f"{type(exc).__name__}: {exc or 'connection failed'}") from None
+        try:
+            for hop in response.history:
+                await log(f"HTTP {hop.status_code} {hop.reason_phrase} -> "
+                          f"{_shown_url(hop.next_request.url) if hop.next_request else '?'}")
+            body, truncated = await self._read_capped(response)
+        except httpx.TimeoutException as exc:
+            raise ExecutionFailed(f"{type(exc).__name__} while reading the body") from None
+        except httpx.TransportError as exc:
+            raise ExecutionFailed(f"{type(exc).__name__} while reading the body: {exc}") from None
+        finally:
+            await response.aclose()
+        elapsed = (time.perf_counter() - started) * 1000
+        status = response.status_code
+        await log(f"HTTP {status} {response.reason_phrase} in {elapsed:.0f} ms, "
+                  f"{len(body)}{'+' if truncated else ''} bytes")
+        text = body.decode(response.encoding or "utf-8", "replace")
+        for line in text.splitlines():
+            await log(line)
+        if truncated:
+            await log(f"[chronos] body cut after {self.max_body} bytes")
+        expected = p.expected_status
+        if not (status in expected if expected else 200 <= status < 300):
+            want = ", ".join(map(str, expected)) if expected else "2xx"
+            return ExecutionResult(ok=False, exit_code=status, retryable=_retryable_status(status),
+                                   error=f"HTTP {status} {response.reason_phrase} (expected {want})")
+        if p.expect_body is not None and not re.search(p.expect_body, text):
+            return ExecutionResult(ok=False, exit_code=status, retryable=True,
+                                   error=f"the response body does not match {p.expect_body!r}")
+        return ExecutionResult(ok=True, exit_code=status)
+
+    async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
+        """At most ``max_body`` bytes of the (decoded) body; the rest is not read."""
+        buf = bytearray()
+        async for chunk in response.aiter_bytes():
+            room = self.max_body - len(buf)
+            if len(chunk) > room:
+                buf += chunk[:room]
+                return bytes(buf), True
+            buf += chunk
+        return bytes(buf), False
+
+
+def _retryable_status(status: int) -> bool:
+    return status in _RETRYABLE_STATUS or status >= 500
+
+
+def _shown_url(url: httpx.URL) -> str:
+    """The URL without its password (the query is masked by the worker from ``payload.secrets()``)."""
+    if url.password:
+        url = url.copy_with(password="***")
+    return str(url)

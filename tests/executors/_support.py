@@ -1,0 +1,52 @@
+"""Running one executor directly, outside the engines: a job, a run and a log sink that records lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from chronos_core.ids import new_id
+from chronos_core.models import (
+    Job,
+    JobStatus,
+    MisfirePolicy,
+    OverlapPolicy,
+    Run,
+    RunStatus,
+    Trigger,
+)
+from chronos_core.retry import RetryPolicy
+
+SLOT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def make_job(type_: str, payload: dict[str, Any], **kw: Any) -> Job:
+    now = datetime.now(UTC)
+    return Job(id=new_id(), name=f"t-{new_id()}", type=type_, payload=payload, schedule=None,
+               timezone="UTC", retry=RetryPolicy(), timeout=kw.pop("timeout", None),
+               overlap=OverlapPolicy.ALLOW, misfire=MisfirePolicy.FIRE_ONCE, misfire_grace=5.0,
+               status=JobStatus.ACTIVE, created_at=now, updated_at=now, **kw)
+
+
+def make_run(job: Job, attempt: int = 1, scheduled_for: datetime = SLOT) -> Run:
+    now = datetime.now(UTC)
+    return Run(id=new_id(), job_id=job.id, scheduled_for=scheduled_for, trigger=Trigger.MANUAL,
+               attempt=attempt, status=RunStatus.RUNNING, created_at=now, due_at=now, started_at=now)
+
+
+@dataclass
+class Lines:
+    """A log sink that keeps (stream, line) pairs."""
+
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    async def __call__(self, line: str, stream: str = "stdout") -> None:
+        self.items.append((stream, line))
+
+    def of(self, stream: str = "stdout") -> list[str]:
+        return [line for s, line in self.items if s == stream]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.items)
