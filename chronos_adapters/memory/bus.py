@@ -108,6 +108,15 @@ class MemoryEventBus(EventBus):
         self._subs.add(sub)
         return sub
 
+    def retains(self, after: str) -> bool:
+        try:
+            seq = int(after)
+        except ValueError:
+            return False
+        if seq > self._seq:  # an id from before a restart: numbering started again
+            return False
+        return seq == self._seq or (bool(self._recent) and int(self._recent[0].id or 0) <= seq + 1)
+
     async def stop(self) -> None:
         for s in list(self._subs):
             await s.aclose()

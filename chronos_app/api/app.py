@@ -1,0 +1,73 @@
+"""The Starlette application: routes from the table, one exception table, token auth, and a lifespan that
+starts the container's ``Chronos`` (store, queue, bus, executors, and the engines this process runs)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..container import Container
+from .auth import TokenAuth
+from .context import ApiContext
+from .idempotency import IdempotencyCache
+from .metrics import ApiMetrics
+from .openapi import build_openapi
+from .problems import EXCEPTION_HANDLERS
+from .routes import OPS
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("chronos.api")
+
+
+def _version() -> str:
+    try:
+        return version("chronos-scheduler")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"
+
+
+def create_app(container: Container | None = None) -> Starlette:
+    """The API over the container's ``Chronos``; the lifespan starts and stops it."""
+    container = container or Container()
+    settings = container.settings()
+    chronos = container.chronos()
+    metrics = ApiMetrics()
+    ctx = ApiContext(chronos=chronos, settings=settings,
+                     idempotency=IdempotencyCache(settings.idempotency_ttl), metrics=metrics)
+    document = build_openapi(OPS, title="Chronos", version=_version(), auth=settings.auth_enabled)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await chronos.start()
+        await metrics.start(chronos)
+        log.info("chronos API ready (store: %s, scheduler: %s, worker: %s)", type(chronos.store).__name__,
+                 chronos.scheduler is not None, chronos.worker is not None)
+        try:
+            yield
+        finally:
+            await metrics.stop()
+            await chronos.stop(settings.shutdown_grace)
+
+    routes = [Route(op.path, op.endpoint, methods=[op.method]) for op in OPS]
+    routes.append(Route("/openapi.json", openapi, methods=["GET"]))
+    public = {op.path for op in OPS if op.public} | {"/openapi.json"}
+    middleware = [Middleware(TokenAuth, tokens=settings.api_tokens, readonly_tokens=settings.readonly_tokens,
+                             public=public, query_token_prefixes=("/monitor/logs", "/monitor/runs/"))]
+    handlers: dict[Any, Any] = dict(EXCEPTION_HANDLERS)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
+    app.state.api = ctx
+    app.state.container = container
+    return app

@@ -1,0 +1,57 @@
+"""What handlers reach through ``request.app.state.api``, and the route description shared by the router
+and the OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..runtime import Chronos
+from ..settings import Settings
+from .idempotency import IdempotencyCache
+from .metrics import ApiMetrics
+
+__all__ = ["ApiContext", "Op", "api"]
+
+
+@dataclass
+class ApiContext:
+    chronos: Chronos
+    settings: Settings
+    idempotency: IdempotencyCache
+    metrics: ApiMetrics
+
+
+def api(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.api
+    return ctx
+
+
+@dataclass(frozen=True)
+class Op:
+    """One route: the handler plus what the OpenAPI document says about it."""
+
+    method: str
+    path: str
+    endpoint: Callable[[Request], Awaitable[Response]]
+    summary: str
+    status: int
+    response: type[BaseModel] | None
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    public: bool = False
+    media_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    request_headers: dict[str, str] = field(default_factory=dict)
+    extra_responses: dict[int, tuple[type[BaseModel] | None, str]] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def operation_id(self) -> str:
+        return self.endpoint.__name__

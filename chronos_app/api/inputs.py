@@ -1,0 +1,55 @@
+"""Reading requests: JSON bodies (media type, size limit, syntax) and query parameters (pydantic)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from .problems import BodyTooLarge, InvalidParameters, MalformedJson, UnsupportedMediaType
+
+__all__ = ["parse_query", "read_json"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON: 415 unless it says it is JSON, 413 past ``limit`` bytes, 400 if unparsable."""
+    if not _is_json(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedJson(f"the body is not valid JSON: {exc}") from None
+
+
+def parse_query(request: Request, model: type[M], **extra: Any) -> M:
+    """The query string validated by ``model`` (repeated parameters: the last wins)."""
+    data: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in model.model_fields}
+    data.update(extra)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidParameters.from_validation(exc) from None

@@ -1,0 +1,133 @@
+"""Server-sent event streams of live events: one job, one run, or all jobs.
+
+Every event carries the bus's id. A client that reconnects with ``Last-Event-ID`` (browsers do it by
+themselves; ``?last_event_id=`` works too) first gets what the bus still retains after that id. When the
+bus no longer has it (the window moved on, or the process restarted), the stream starts with the runs'
+current state from the store's history instead: one ``run.<status>`` event per recent run, marked
+``"replayed": true`` and carrying the stored output tail, without an id (so the client's position is kept
+until the next live event). Keep-alive comments go out every ``CHRONOS_SSE_PING`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Collection
+
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+
+from chronos_core import Event, EventType, Run, SubscriptionOverflow
+from chronos_core.errors import InvalidJob
+from chronos_core.events import run_event
+
+from .context import ApiContext, api
+from .inputs import parse_query
+from .schemas import EventOut
+
+__all__ = ["stream_all", "stream_job", "stream_run"]
+
+_FINAL_RUN_EVENTS = frozenset({EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.RUN_TIMED_OUT,
+                               EventType.RUN_CANCELLED, EventType.RUN_SKIPPED, EventType.RUN_MISSED})
+_RETRY_MS = 2000
+
+
+class StreamQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    types: str | None = Field(default=None, max_length=1000,
+                              description="comma-separated event types, e.g. run.log,run.failed")
+    last_event_id: str | None = Field(default=None, max_length=200,
+                                      description="resume after this event (as the Last-Event-ID header)")
+    token: str | None = Field(default=None, description="API token, for clients that cannot send headers")
+
+
+def _types(text: str | None) -> set[EventType] | None:
+    if not text:
+        return None
+    try:
+        return {EventType(t.strip()) for t in text.split(",") if t.strip()}
+    except ValueError:
+        raise InvalidJob.single(("types",), "unknown event type; known: "
+                                + ", ".join(t.value for t in EventType)) from None
+
+
+def _sse(event: Event, *, replayed: bool = False) -> ServerSentEvent:
+    body = EventOut.of(event).model_dump(mode="json")
+    if replayed:
+        body["data"]["replayed"] = True
+    return ServerSentEvent(data=json.dumps(body, separators=(",", ":")), event=event.type.value,
+                           id=None if replayed else event.id, retry=_RETRY_MS)
+
+
+def _replay_events(ctx: ApiContext, runs: list[Run], types: Collection[EventType] | None) -> list[Event]:
+    now = ctx.chronos.clock.now()
+    out = []
+    for run in reversed(runs):  # oldest first
+        event = run_event(run, now)
+        event.data["output"] = run.output
+        if types is None or event.type in types:
+            out.append(event)
+    return out
+
+
+async def _stream(request: Request, *, job_id: str | None = None, run_id: str | None = None,
+                  history: int = 20) -> Response:
+    ctx = api(request)
+    q = parse_query(request, StreamQuery)
+    types = _types(q.types)
+    after = request.headers.get("last-event-id") or q.last_event_id or None
+    # Subscribe before reading history: nothing that happens in between can be missed.
+    sub = ctx.chronos.events.subscribe(job_id=job_id, run_id=run_id, types=types, after=after)
+    try:
+        snapshot: list[Run] = []
+        if after is None or ctx.chronos.bus.retains(after) is False:
+            if run_id is not None:  # a run stream starts with the run's current state
+                snapshot = [await ctx.chronos.runs.get(run_id)]
+            elif after is not None:
+                snapshot = await ctx.chronos.runs.list(job_id=job_id, limit=history)
+        first = _replay_events(ctx, snapshot, types)
+    except BaseException:
+        await sub.aclose()
+        raise
+    closes_on_final = run_id is not None
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        ctx.metrics.sse_clients.inc()
+        try:
+            async with sub:
+                for event in first:
+                    yield _sse(event, replayed=True)
+                    if closes_on_final and event.type in _FINAL_RUN_EVENTS:
+                        return
+                async for event in sub:
+                    yield _sse(event)
+                    if closes_on_final and event.type in _FINAL_RUN_EVENTS:
+                        return
+                    if job_id is not None and event.type is EventType.JOB_DELETED:
+                        return
+        except SubscriptionOverflow as exc:
+            # Tell the client to reconnect: it resumes from its last id (replayed from history if need be).
+            yield ServerSentEvent(event="overflow", data=json.dumps({"detail": str(exc)}), retry=0)
+        finally:
+            ctx.metrics.sse_clients.dec()
+
+    return EventSourceResponse(events(), ping=ctx.settings.sse_ping)
+
+
+async def stream_job(request: Request) -> Response:
+    job_id = request.path_params["job_id"]
+    await api(request).chronos.jobs.get(job_id)  # 404 before the stream starts
+    return await _stream(request, job_id=job_id)
+
+
+async def stream_run(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+    await api(request).chronos.runs.get(run_id)
+    # It starts with the run's current state and ends with the run's final status.
+    return await _stream(request, run_id=run_id)
+
+
+async def stream_all(request: Request) -> Response:
+    return await _stream(request, history=50)

@@ -1,0 +1,115 @@
+"""The OpenAPI 3.1 document, built from the route table (``routes.OPS``) and the pydantic models."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from .context import Op
+from .problems import PROBLEMS
+from .schemas import Problem
+
+__all__ = ["build_openapi"]
+
+_REF = "#/components/schemas/{model}"
+_STATUS_TEXT = {400: "Malformed JSON", 401: "Missing or invalid token", 403: "Token not allowed to do this",
+                404: "Not found", 409: "Conflict", 413: "Body too large", 415: "Body is not JSON",
+                422: "Invalid input (one entry per field)", 503: "Store unavailable"}
+
+
+def _problem_types(status: int) -> str:
+    slugs = sorted({slug for s, slug, _ in PROBLEMS.values() if s == status})
+    return ", ".join(slugs)
+
+
+def build_openapi(ops: Sequence[Op], *, title: str, version: str, auth: bool = True) -> dict[str, Any]:
+    inputs = {op.body for op in ops if op.body is not None}
+    outputs = {op.response for op in ops if op.response is not None}
+    outputs |= {m for op in ops for m, _ in op.extra_responses.values() if m is not None}
+    outputs.add(Problem)
+    pairs: list[tuple[type[BaseModel], Any]] = sorted(
+        [(m, "validation") for m in inputs] + [(m, "serialization") for m in outputs],
+        key=lambda p: (p[0].__name__, p[1]))
+    refs, top = models_json_schema(pairs, ref_template=_REF)
+    components: dict[str, Any] = dict(top.get("$defs", {}))
+
+    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
+        return dict(refs[(model, mode)])
+
+    problem = {"application/problem+json": {"schema": ref(Problem, "serialization")}}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+            for name in re.findall(r"{(\w+)}", op.path)]
+        if op.query is not None:
+            schema = op.query.model_json_schema(ref_template=_REF)
+            required = set(schema.get("required", ()))
+            for name, prop in schema["properties"].items():
+                if name == "token" and not auth:
+                    continue
+                prop = dict(prop)
+                description = prop.pop("description", None)
+                param = {"name": name, "in": "query", "required": name in required, "schema": prop}
+                if description:
+                    param["description"] = description
+                params.append(param)
+        for name, description in op.request_headers.items():
+            params.append({"name": name, "in": "header", "required": False, "description": description,
+                           "schema": {"type": "string", "maxLength": 255}})
+        if op.media_type == "text/event-stream":
+            params.append({"name": "Last-Event-ID", "in": "header", "required": False,
+                           "description": "resume after this event id", "schema": {"type": "string"}})
+
+        ok: dict[str, Any] = {"description": op.summary}
+        if op.response is not None:
+            ok["content"] = {op.media_type: {"schema": ref(op.response, "serialization")}}
+        elif op.status != 204:
+            ok["content"] = {op.media_type: {"schema": {"type": "string"}}}
+        if op.headers:
+            ok["headers"] = {h: {"description": d, "schema": {"type": "string"}}
+                             for h, d in op.headers.items()}
+        responses: dict[str, Any] = {str(op.status): ok}
+        for status, (model, description) in op.extra_responses.items():
+            responses[str(status)] = {"description": description,
+                                      "content": {op.media_type: {"schema": ref(model, "serialization")}}
+                                      if model else {}}
+        errors = set(op.errors)
+        if not op.public and auth:
+            errors |= {401, 403}
+        if not op.public and op.path not in ("/metrics",):
+            errors.add(503)
+        for status in sorted(errors):
+            responses[str(status)] = {"description": f"{_STATUS_TEXT.get(status, 'Error')} "
+                                                     f"(problem types: {_problem_types(status)})",
+                                      "content": problem}
+        operation: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary,
+                                     "tags": [op.tag], "parameters": params, "responses": responses}
+        if op.description:
+            operation["description"] = op.description
+        if op.body is not None:
+            operation["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": ref(op.body, "validation")}}}
+        if op.public or not auth:
+            operation["security"] = []
+        paths.setdefault(op.path, {})[op.method.lower()] = operation
+
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version,
+                 "description": "Chronos job scheduler. Errors are RFC 9457 problem details."},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+    if auth:
+        doc["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "queryToken": {"type": "apiKey", "in": "query", "name": "token",
+                           "description": "only on the /monitor streams (EventSource cannot send headers)"},
+        }
+        doc["security"] = [{"bearer": []}]
+    return doc

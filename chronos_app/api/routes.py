@@ -1,0 +1,273 @@
+"""The REST handlers: DTO in, ``chronos_core.operations`` call, DTO out. No rules live here."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from chronos_core import JobSpec, JobStatus, RunStatus, StoreUnavailable, parse_schedule
+from chronos_core.errors import InvalidJob
+from chronos_core.payloads import field_errors
+
+from .context import Op, api
+from .inputs import parse_query, read_json
+from .metrics import CONTENT_TYPE
+from .schemas import (
+    Health,
+    HistoryDeleted,
+    JobOut,
+    JobPage,
+    Readiness,
+    RunOut,
+    RunPage,
+    SchedulePreview,
+    StatusChange,
+)
+
+__all__ = ["OPS"]
+
+class JobListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = None
+    type: str | None = Field(default=None, max_length=50)
+    name: str | None = Field(default=None, max_length=200, description="name prefix")
+    after: str | None = Field(default=None, max_length=64, description="cursor: next_cursor of a page")
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class HistoryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: str | None = Field(default=None, max_length=200,
+                               description="comma-separated run statuses, e.g. failed,timed_out")
+    before: str | None = Field(default=None, max_length=64, description="cursor: next_cursor of a page")
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class PreviewQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: str = Field(max_length=200, description="a schedule expression, as in a job")
+    timezone: str = Field(default="UTC", max_length=64)
+    count: int = Field(default=5, ge=1, le=100)
+
+
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _statuses(text: str | None) -> list[RunStatus] | None:
+    if not text:
+        return None
+    try:
+        return [RunStatus(s.strip()) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InvalidJob.single(("status",), "unknown run status; known: "
+                                + ", ".join(s.value for s in RunStatus)) from None
+
+
+# ---------------------------------------------------------------------------------------- health
+
+
+async def jobs_health(request: Request) -> Response:
+    return _json(Health(status="ok"))
+
+
+async def monitor_health(request: Request) -> Response:
+    return _json(Health(status="ok"))
+
+
+async def readiness(request: Request) -> Response:
+    """503 (problem) when the store does not answer."""
+    try:
+        await api(request).chronos.store.ping()
+    except StoreUnavailable:
+        raise
+    except Exception as exc:  # a driver error the adapter did not translate: still "not ready"
+        raise StoreUnavailable(type(exc).__name__) from None
+    return _json(Readiness(status="ok", store="ok"))
+
+
+async def metrics(request: Request) -> Response:
+    ctx = api(request)
+    return Response(await ctx.metrics.render(ctx.chronos), media_type=CONTENT_TYPE)
+
+
+# ------------------------------------------------------------------------------------------ jobs
+
+
+async def create_job(request: Request) -> Response:
+    ctx = api(request)
+    data = await read_json(request, ctx.settings.max_body_bytes)
+
+    async def create() -> Response:
+        job = await ctx.chronos.jobs.create(data)
+        return _json(JobOut.of(job, ctx.chronos.job_types), 201, {"Location": f"/jobs/{job.id}"})
+
+    key = request.headers.get("idempotency-key")
+    if not key:
+        return await create()
+    if len(key) > 255:
+        raise InvalidJob.single(("Idempotency-Key",), "at most 255 characters")
+    scope = request.scope.get("chronos.token_id", "")
+    return await ctx.idempotency.run(f"{scope}:{key}", data, create, request.url.path)
+
+
+async def list_jobs(request: Request) -> Response:
+    ctx = api(request)
+    q = parse_query(request, JobListQuery)
+    jobs = await ctx.chronos.jobs.list(status=q.status, type=q.type, name=q.name, after=q.after,
+                                       limit=q.limit + 1)
+    more = len(jobs) > q.limit
+    jobs = jobs[:q.limit]
+    types = ctx.chronos.job_types
+    return _json(JobPage(items=[JobOut.of(j, types) for j in jobs],
+                         next_cursor=jobs[-1].id if more else None))
+
+
+async def get_job(request: Request) -> Response:
+    ctx = api(request)
+    job = await ctx.chronos.jobs.get(request.path_params["job_id"])
+    return _json(JobOut.of(job, ctx.chronos.job_types))
+
+
+async def replace_job(request: Request) -> Response:
+    ctx = api(request)
+    job_id = request.path_params["job_id"]
+    data = await read_json(request, ctx.settings.max_body_bytes)
+    job = await ctx.chronos.jobs.update(job_id, data)
+    return _json(JobOut.of(job, ctx.chronos.job_types))
+
+
+async def delete_job(request: Request) -> Response:
+    await api(request).chronos.jobs.delete(request.path_params["job_id"])
+    return Response(status_code=204)
+
+
+async def set_job_status(request: Request) -> Response:
+    ctx = api(request)
+    data = await read_json(request, ctx.settings.max_body_bytes)
+    try:
+        change = StatusChange.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc)) from None
+    job = await ctx.chronos.jobs.set_status(request.path_params["job_id"], change.status)
+    return _json(JobOut.of(job, ctx.chronos.job_types))
+
+
+async def job_history(request: Request) -> Response:
+    ctx = api(request)
+    q = parse_query(request, HistoryQuery)
+    runs = await ctx.chronos.jobs.history(request.path_params["job_id"], status=_statuses(q.status),
+                                          before=q.before, limit=q.limit + 1)
+    more = len(runs) > q.limit
+    runs = runs[:q.limit]
+    return _json(RunPage(items=[RunOut.of(r) for r in runs], next_cursor=runs[-1].id if more else None))
+
+
+async def delete_job_history(request: Request) -> Response:
+    deleted = await api(request).chronos.jobs.delete_history(request.path_params["job_id"])
+    return _json(HistoryDeleted(deleted=deleted))
+
+
+async def run_job_now(request: Request) -> Response:
+    run = await api(request).chronos.jobs.trigger(request.path_params["job_id"])
+    return _json(RunOut.of(run), 202, {"Location": f"/runs/{run.id}"})
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+async def get_run(request: Request) -> Response:
+    run = await api(request).chronos.runs.get(request.path_params["run_id"])
+    return _json(RunOut.of(run))
+
+
+async def cancel_run(request: Request) -> Response:
+    """200 with the cancelled run when it had not started; 202 when a worker was asked to stop it."""
+    run = await api(request).chronos.runs.cancel(request.path_params["run_id"])
+    return _json(RunOut.of(run), 200 if run.status is RunStatus.CANCELLED else 202)
+
+
+# ------------------------------------------------------------------------------------- schedules
+
+
+async def preview_schedule(request: Request) -> Response:
+    q = parse_query(request, PreviewQuery)
+    schedule = parse_schedule(q.schedule, q.timezone)
+    times: list[datetime] = []
+    t = datetime.now(UTC)
+    with contextlib.suppress(OverflowError, ValueError):  # past year 9999: no more times
+        for _ in range(q.count):
+            nxt = schedule.next_after(t)
+            if nxt is None:
+                break
+            times.append(nxt)
+            t = nxt
+    return _json(SchedulePreview(schedule=q.schedule, timezone=q.timezone, times=times))
+
+
+# ---------------------------------------------------------------------------------------- table
+
+_J = "jobs"
+_R = "runs"
+_IDEMPOTENCY = {"Idempotency-Key": "replays the first answer for a repeated key with the same body"}
+
+
+def _ops() -> list[Op]:
+    from .monitor import stream_all, stream_job, stream_run  # SSE handlers
+
+    sse = "text/event-stream"
+    return [
+        Op("GET", "/jobs/health", jobs_health, "Liveness of the jobs API", 200, Health, "health",
+           public=True),
+        Op("GET", "/monitor/health", monitor_health, "Liveness of the monitor API", 200, Health, "health",
+           public=True),
+        Op("GET", "/ready", readiness, "Readiness: the store answers", 200, Readiness, "health",
+           errors=(503,), public=True),
+        Op("GET", "/metrics", metrics, "Prometheus metrics", 200, None, "monitor",
+           media_type=CONTENT_TYPE),
+        Op("POST", "/jobs", create_job, "Create a job", 201, JobOut, _J, body=JobSpec,
+           errors=(400, 409, 413, 415, 422), headers={"Location": "the new job's URL"},
+           request_headers=_IDEMPOTENCY),
+        Op("GET", "/jobs", list_jobs, "List jobs (keyset pagination)", 200, JobPage, _J, query=JobListQuery,
+           errors=(422,)),
+        Op("GET", "/jobs/{job_id}", get_job, "Get a job", 200, JobOut, _J, errors=(404,)),
+        Op("PUT", "/jobs/{job_id}", replace_job, "Replace a job's definition (secrets shown as *** are kept)",
+           200, JobOut, _J, body=JobSpec, errors=(400, 404, 409, 413, 415, 422)),
+        Op("DELETE", "/jobs/{job_id}", delete_job, "Delete a job and its history", 204, None, _J,
+           errors=(404,)),
+        Op("PATCH", "/jobs/{job_id}/status", set_job_status, "Pause or resume a job", 200, JobOut, _J,
+           body=StatusChange, errors=(400, 404, 413, 415, 422)),
+        Op("GET", "/jobs/{job_id}/history", job_history, "The job's runs, newest first", 200, RunPage, _J,
+           query=HistoryQuery, errors=(404, 422)),
+        Op("DELETE", "/jobs/{job_id}/history", delete_job_history, "Delete the job's finished runs", 200,
+           HistoryDeleted, _J, errors=(404,)),
+        Op("POST", "/jobs/{job_id}/run", run_job_now, "Run the job now", 202, RunOut, _J, errors=(404,),
+           headers={"Location": "the run's URL"}),
+        Op("GET", "/runs/{run_id}", get_run, "Get a run", 200, RunOut, _R, errors=(404,)),
+        Op("POST", "/runs/{run_id}/cancel", cancel_run, "Cancel a run", 200, RunOut, _R, errors=(404, 409),
+           extra_responses={202: (RunOut, "the run is running; its worker was asked to stop it")}),
+        Op("GET", "/schedules/preview", preview_schedule, "The next fire times of a schedule", 200,
+           SchedulePreview, "schedules", query=PreviewQuery, errors=(422,)),
+        Op("GET", "/monitor/logs", stream_all, "Live events of all jobs (SSE)", 200, None, "monitor",
+           media_type=sse, errors=(422,)),
+        Op("GET", "/monitor/logs/{job_id}", stream_job, "Live events of one job (SSE)", 200, None, "monitor",
+           media_type=sse, errors=(404, 422)),
+        Op("GET", "/monitor/runs/{run_id}", stream_run, "Live events of one run (SSE)", 200, None,
+           "monitor", media_type=sse, errors=(404, 422)),
+    ]
+
+
+OPS: list[Op] = _ops()
+
+
+def job_spec_example() -> dict[str, Any]:
+    return {"name": "nightly-report", "type": "http", "schedule": "0 2 * * *", "timezone": "Europe/Berlin",
+            "payload": {"method": "POST", "url": "https://example.com/report"}}

@@ -1,0 +1,160 @@
+"""The API's DTOs: pydantic models for what goes over the wire (and into the OpenAPI document).
+
+Requests reuse the core's ``JobSpec`` so field names are the same in Python and over HTTP. Responses are
+built from the domain objects here, with secrets masked by the job type's payload model.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chronos_core import Event, Job, JobTypes, Run
+from chronos_core.models import JobStatus, MisfirePolicy, OverlapPolicy, RunStatus, Trigger
+from chronos_core.retry import RetryPolicy
+
+__all__ = [
+    "EventOut",
+    "FieldProblem",
+    "Health",
+    "HistoryDeleted",
+    "JobOut",
+    "JobPage",
+    "Problem",
+    "Readiness",
+    "RunOut",
+    "RunPage",
+    "SchedulePreview",
+    "StatusChange",
+]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobOut(_Out):
+    """A job as stored; ``payload`` has its secrets replaced by ``***``."""
+
+    id: str
+    name: str
+    type: str
+    payload: dict[str, Any]
+    schedule: str | None
+    timezone: str
+    description: str | None
+    retry: RetryPolicy
+    timeout: float | None
+    overlap: OverlapPolicy
+    misfire: MisfirePolicy
+    misfire_grace: float
+    status: JobStatus
+    start_at: datetime | None
+    end_at: datetime | None
+    history_limit: int | None
+    next_run_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, job: Job, types: JobTypes) -> JobOut:
+        return cls(id=job.id, name=job.name, type=job.type, payload=types.redact(job.type, job.payload),
+                   schedule=job.schedule, timezone=job.timezone, description=job.description,
+                   retry=job.retry, timeout=job.timeout, overlap=job.overlap, misfire=job.misfire,
+                   misfire_grace=job.misfire_grace, status=job.status, start_at=job.start_at,
+                   end_at=job.end_at, history_limit=job.history_limit, next_run_at=job.next_run_at,
+                   created_at=job.created_at, updated_at=job.updated_at)
+
+
+class RunOut(_Out):
+    """One attempt at one slot of a job."""
+
+    id: str
+    job_id: str
+    scheduled_for: datetime
+    trigger: Trigger
+    attempt: int
+    status: RunStatus
+    created_at: datetime
+    due_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    output: str = Field(description="the tail of the output (secrets masked)")
+    error: str | None
+
+    @classmethod
+    def of(cls, run: Run) -> RunOut:
+        return cls(id=run.id, job_id=run.job_id, scheduled_for=run.scheduled_for, trigger=run.trigger,
+                   attempt=run.attempt, status=run.status, created_at=run.created_at, due_at=run.due_at,
+                   started_at=run.started_at, finished_at=run.finished_at, exit_code=run.exit_code,
+                   output=run.output, error=run.error)
+
+
+class JobPage(_Out):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?after= for the next page; null on the last")
+
+
+class RunPage(_Out):
+    items: list[RunOut]
+    next_cursor: str | None = Field(description="pass as ?before= for the next (older) page")
+
+
+class StatusChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["active", "paused"]
+
+
+class HistoryDeleted(_Out):
+    deleted: int = Field(description="how many finished runs were deleted (active runs stay)")
+
+
+class SchedulePreview(_Out):
+    schedule: str
+    timezone: str
+    times: list[datetime] = Field(description="the next fire times, UTC")
+
+
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class Readiness(_Out):
+    status: Literal["ok"]
+    store: Literal["ok"]
+
+
+class EventOut(_Out):
+    """The ``data`` of one server-sent event (the SSE ``event:`` field repeats ``type``)."""
+
+    id: str | None
+    type: str
+    time: datetime
+    job_id: str | None
+    run_id: str | None
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: Event) -> EventOut:
+        return cls(id=event.id, type=event.type.value, time=event.time, job_id=event.job_id,
+                   run_id=event.run_id, data=event.data)
+
+
+class FieldProblem(BaseModel):
+    pointer: str = Field(description="RFC 6901 JSON pointer to the field (for query parameters: /name)")
+    reason: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[FieldProblem] | None = Field(default=None, description="one entry per invalid field")

@@ -1,0 +1,151 @@
+"""The ``chronos`` command: ``serve`` (API + scheduler + worker in one process), ``api``, ``scheduler``,
+``worker`` (one role each, for a deployment with a shared store and bus) and ``migrate``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+
+import click
+from dependency_injector import providers
+
+from .container import Container
+from .settings import Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("chronos")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, settings: Settings) -> None:
+    """Refuse to expose an unauthenticated API beyond this machine."""
+    if not _is_loopback(host) and not settings.auth_enabled:
+        raise click.UsageError(
+            f"refusing to listen on {host} without API tokens: set CHRONOS_API_TOKENS (comma-separated), "
+            "or bind to 127.0.0.1")
+
+
+def _container(settings: Settings, *, scheduler: bool, worker: bool) -> Container:
+    container = Container()
+    container.settings.override(providers.Object(settings))
+    container.run_scheduler.override(providers.Object(scheduler))
+    container.run_worker.override(providers.Object(worker))
+    return container
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError: say which variable is wrong
+        raise click.UsageError(f"invalid configuration: {exc}") from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
+    import uvicorn
+
+    from .api import create_app
+
+    settings = _settings()
+    check_bind(host, settings)
+    _logging(settings)
+    app = create_app(_container(settings, scheduler=scheduler, worker=worker))
+    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, close the SSE streams, then
+    # the lifespan stops Chronos (no more claims; running attempts get shutdown_grace, then are cancelled).
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
+                timeout_graceful_shutdown=5, proxy_headers=False, server_header=False)
+
+
+@click.group()
+def main() -> None:
+    """Chronos: a job scheduler and runner. Configure it with CHRONOS_* environment variables."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+def serve(host: str, port: int) -> None:
+    """API, scheduler and worker in one process (default store: SQLite file ./chronos.db)."""
+    _serve_http(host, port, scheduler=True, worker=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+def api(host: str, port: int) -> None:
+    """The REST API only (scheduling and execution happen in other processes)."""
+    _serve_http(host, port, scheduler=False, worker=False)
+
+
+async def _run_until_signal(container: Container) -> None:
+    chronos = container.chronos()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await chronos.start()
+    log.info("chronos running (scheduler: %s, worker: %s)", chronos.scheduler is not None,
+             chronos.worker is not None)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: no more claims; running attempts get %ss", chronos.shutdown_grace)
+        await chronos.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+def _headless(*, scheduler: bool, worker: bool) -> None:
+    settings = _settings()
+    _logging(settings)
+    if settings.bus_backend == "memory":
+        log.warning("with the in-process bus this process works alone; set CHRONOS_KAFKA_BOOTSTRAP to "
+                    "share work with other chronos processes")
+    asyncio.run(_run_until_signal(_container(settings, scheduler=scheduler, worker=worker)))
+
+
+@main.command()
+def scheduler() -> None:
+    """The scheduler only: fires due slots into the dispatch queue."""
+    _headless(scheduler=True, worker=False)
+
+
+@main.command()
+def worker() -> None:
+    """A worker only: executes dispatched runs."""
+    _headless(scheduler=False, worker=True)
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the SQL schema of CHRONOS_DATABASE_URL."""
+    settings = _settings()
+    _logging(settings)
+    if settings.store_backend != "sql":
+        raise click.UsageError("CHRONOS_DATABASE_URL is 'memory': nothing to migrate")
+    from chronos_adapters.sql import migrate as run_migrations
+
+    assert settings.database_url
+    run_migrations(settings.database_url)
+    click.echo("schema is up to date")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

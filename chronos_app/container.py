@@ -1,0 +1,134 @@
+"""The dependency-injector container: picks adapters from the settings and builds one ``Chronos``.
+
+Nothing is opened here: the providers only construct objects; ``Chronos.start()`` (run by the Starlette
+lifespan or the CLI) opens them and ``Chronos.stop()`` closes them. Tests swap adapters with
+``container.store.override(providers.Object(MemoryStore()))`` or override ``settings`` as a whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from dependency_injector import containers, providers
+
+from chronos_core import Executor, JobTypes, Store, SystemClock
+
+from .runtime import Chronos
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from chronos_adapters.executors import ExecutorConfig
+
+__all__ = ["Container", "build_executor_config", "build_executors"]
+
+
+def _memory_store() -> Store:
+    from chronos_adapters.memory import MemoryStore
+
+    return MemoryStore()
+
+
+def _sql_store(settings: Settings) -> Store:
+    from chronos_adapters.sql import SqlStore  # imported lazily: only SQL deployments need SQLAlchemy
+
+    assert settings.database_url
+    return SqlStore(settings.database_url, pool_size=settings.db_pool_size,
+                    output_limit=settings.output_limit)
+
+
+def _memory_queue() -> Any:
+    from chronos_adapters.memory import MemoryDispatchQueue
+
+    return MemoryDispatchQueue()
+
+
+def _memory_bus() -> Any:
+    from chronos_adapters.memory import MemoryEventBus
+
+    return MemoryEventBus()
+
+
+def _kafka(kind: str, settings: Settings) -> Any:
+    try:
+        from chronos_adapters import kafka  # type: ignore[attr-defined]
+    except ImportError as exc:  # pragma: no cover - until the Kafka adapters land
+        raise RuntimeError("the Kafka adapters are not available in this build; unset "
+                           "CHRONOS_KAFKA_BOOTSTRAP / KAFKA_BROKER or set CHRONOS_BUS=memory") from exc
+    factory = getattr(kafka, f"kafka_{kind}")
+    return factory(settings.kafka_bootstrap)
+
+
+def build_executor_config(settings: Settings) -> ExecutorConfig:
+    """The executors' settings: every field ``ExecutorConfig`` has that the settings know about."""
+    from chronos_adapters.executors import ExecutorConfig
+
+    known = {f.name for f in dataclasses.fields(ExecutorConfig)}
+    values: dict[str, Any] = {
+        "allow_shell": settings.allow_shell,
+        "shell_kill_grace": settings.shell_kill_grace,
+        "http_allow_hosts": tuple(settings.http_allow_hosts) or None,
+        "smtp_host": settings.smtp_host,
+        "smtp_port": settings.smtp_port,
+        "smtp_user": settings.smtp_user,
+        "smtp_password": settings.smtp_password,
+        "smtp_starttls": settings.smtp_starttls,
+        "smtp_ssl": settings.smtp_ssl,
+        "smtp_sender": settings.smtp_sender,
+        "sql_connections": dict(settings.sql_connections) or None,
+    }
+    # None means "not configured": keep the executor's own default.
+    return ExecutorConfig(**{k: v for k, v in values.items() if k in known and v is not None})
+
+
+def build_executors(config: ExecutorConfig) -> list[Executor]:
+    from chronos_adapters.executors import builtin_executors
+
+    return builtin_executors(config)
+
+
+class Container(containers.DeclarativeContainer):
+    """``settings`` → adapters → ``chronos``. Flags ``scheduler``/``worker`` say which engines run here
+    (``chronos api`` runs neither, ``chronos serve`` both)."""
+
+    settings = providers.Singleton(Settings)
+    run_scheduler = providers.Object(True)
+    run_worker = providers.Object(True)
+
+    clock = providers.Singleton(SystemClock)
+    job_types = providers.Singleton(JobTypes)
+
+    store = providers.Selector(
+        settings.provided.store_backend,
+        memory=providers.Singleton(_memory_store),
+        sql=providers.Singleton(_sql_store, settings),
+    )
+    queue = providers.Selector(
+        settings.provided.bus_backend,
+        memory=providers.Singleton(_memory_queue),
+        kafka=providers.Singleton(_kafka, "queue", settings),
+    )
+    bus = providers.Selector(
+        settings.provided.bus_backend,
+        memory=providers.Singleton(_memory_bus),
+        kafka=providers.Singleton(_kafka, "bus", settings),
+    )
+    executor_config = providers.Singleton(build_executor_config, settings)
+    executors = providers.Singleton(build_executors, executor_config)
+
+    chronos = providers.Singleton(
+        Chronos,
+        store=store,
+        queue=queue,
+        bus=bus,
+        executors=executors,
+        clock=clock,
+        job_types=job_types,
+        allow_shell=settings.provided.allow_shell,
+        scheduler=run_scheduler,
+        worker=run_worker,
+        concurrency=settings.provided.concurrency,
+        lease=settings.provided.lease,
+        output_limit=settings.provided.output_limit,
+        shutdown_grace=settings.provided.shutdown_grace,
+    )

@@ -1,0 +1,111 @@
+"""Service settings, read from the environment by pydantic-settings.
+
+Every setting has a ``CHRONOS_`` name; the seed system's names (``DB_HOST``, ``DB_USER``, ``DB_PASSWORD``,
+``DB_NAME``, ``KAFKA_BROKER``, ``SMTP_HOST``, ``SMTP_PORT``, ``SMTP_USER``, ``SMTP_PASS``) are read too so
+its compose files keep working. ``CHRONOS_*`` wins when both are set.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DEFAULT_DATABASE_URL", "Settings"]
+
+DEFAULT_DATABASE_URL = "sqlite:///./chronos.db"
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _env(name: str, *seed: str) -> AliasChoices:
+    return AliasChoices(f"CHRONOS_{name.upper()}", *seed)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. See the configuration table in README.md."""
+
+    model_config = SettingsConfigDict(env_prefix="CHRONOS_", extra="ignore", populate_by_name=True)
+
+    # store ---------------------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the store, or 'memory'. Default: the seed's DB_* "
+        "variables as a MySQL URL when DB_HOST is set, else sqlite:///./chronos.db")
+    db_host: str | None = Field(default=None, validation_alias=_env("db_host", "DB_HOST"))
+    db_port: int = Field(default=3306, validation_alias=_env("db_port", "DB_PORT"))
+    db_user: str = Field(default="root", validation_alias=_env("db_user", "DB_USER"))
+    db_password: str = Field(default="", validation_alias=_env("db_password", "DB_PASSWORD"), repr=False)
+    db_name: str = Field(default="chronos", validation_alias=_env("db_name", "DB_NAME"))
+    db_pool_size: int = Field(default=10, ge=1)
+
+    # bus and dispatch queue ------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(default=None,
+                                        validation_alias=_env("kafka_bootstrap", "KAFKA_BROKER"))
+    bus: Literal["auto", "memory", "kafka"] = Field(
+        default="auto", description="'auto': kafka when a bootstrap server is set, else in-process")
+
+    # API -------------------------------------------------------------------------------------------
+    api_tokens: CommaList = Field(default_factory=list, repr=False)
+    readonly_tokens: CommaList = Field(default_factory=list, repr=False)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    sse_ping: float = Field(default=15.0, gt=0)
+    idempotency_ttl: float = Field(default=24 * 3600.0, gt=0)
+
+    # engines ---------------------------------------------------------------------------------------
+    concurrency: int = Field(default=16, ge=1)
+    lease: float = Field(default=30.0, gt=0)
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    output_limit: int = Field(default=64 * 1024, ge=1024)
+
+    # executors -------------------------------------------------------------------------------------
+    allow_shell: bool = False
+    shell_kill_grace: float = Field(default=5.0, ge=0)
+    http_allow_hosts: CommaList = Field(default_factory=list)
+    smtp_host: str | None = Field(default=None, validation_alias=_env("smtp_host", "SMTP_HOST"))
+    smtp_port: int | None = Field(default=None, validation_alias=_env("smtp_port", "SMTP_PORT"))
+    smtp_user: str | None = Field(default=None, validation_alias=_env("smtp_user", "SMTP_USER"))
+    smtp_password: str | None = Field(default=None, repr=False,
+                                      validation_alias=_env("smtp_password", "SMTP_PASS", "SMTP_PASSWORD"))
+    smtp_starttls: bool | None = None
+    smtp_ssl: bool | None = None
+    smtp_sender: str | None = None
+    sql_connections: dict[str, str] = Field(default_factory=dict, repr=False)
+
+    log_level: str = "info"
+
+    @field_validator("api_tokens", "readonly_tokens", "http_allow_hosts", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _database(self) -> Settings:
+        if not self.database_url:
+            if self.db_host:
+                auth = quote(self.db_user, safe="")
+                if self.db_password:
+                    auth += ":" + quote(self.db_password, safe="")
+                self.database_url = (f"mysql+pymysql://{auth}@{self.db_host}:{self.db_port}/"
+                                     f"{quote(self.db_name, safe='')}")
+            else:
+                self.database_url = DEFAULT_DATABASE_URL
+        return self
+
+    # derived ---------------------------------------------------------------------------------------
+    @property
+    def store_backend(self) -> str:
+        return "memory" if self.database_url in ("memory", "memory://") else "sql"
+
+    @property
+    def bus_backend(self) -> str:
+        if self.bus == "auto":
+            return "kafka" if self.kafka_bootstrap else "memory"
+        return self.bus
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_tokens or self.readonly_tokens)
