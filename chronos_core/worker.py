@@ -13,11 +13,11 @@ import contextlib
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .errors import ExecutionFailed
+from .errors import ExecutionFailed, StoreUnavailable
 from .events import run_event
 from .ids import new_id
 from .models import Event, EventType, Job, Run, RunStatus
@@ -82,7 +82,8 @@ class Worker:
     def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock,
                  executors: Mapping[str, Executor], *, job_types: JobTypes | None = None,
                  concurrency: int = 16, lease: float = 30.0, output_limit: int = 64 * 1024,
-                 line_limit: int = 16 * 1024, owner: str | None = None) -> None:
+                 line_limit: int = 16 * 1024, owner: str | None = None,
+                 store_retry_for: float = 300.0) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -94,6 +95,7 @@ class Worker:
         self.output_limit = output_limit
         self.line_limit = line_limit
         self.owner = owner or f"worker-{new_id()[-12:]}"
+        self.store_retry_for = store_retry_for
         self.stats = WorkerStats()
         self._running: dict[str, asyncio.Task[ExecutionResult]] = {}
         self._cancel_reasons: dict[str, str] = {}
@@ -208,7 +210,9 @@ class Worker:
     async def _process(self, dispatch: Dispatch) -> Run | None:
         run, job = dispatch.run, dispatch.job
         now = self._clock.now()
-        if not await self._store.start_run(run.id, self.owner, now, now + self.lease):
+        lease_until = now + self.lease
+        if not await self._persist(lambda: self._store.start_run(run.id, self.owner, now, lease_until),
+                                   run.id, RunStatus.RUNNING):
             return None
         self.stats.started += 1
         run = dataclasses.replace(run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
@@ -225,9 +229,9 @@ class Worker:
         retry = None
         if status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and retryable:
             retry = plan_retry(job, run, end)
-        ok = await self._store.finish_run(run.id, self.owner, status=status, finished_at=end,
-                                          exit_code=exit_code, output=finished.output, error=error,
-                                          retry=retry)
+        ok = await self._persist(lambda: self._store.finish_run(
+            run.id, self.owner, status=status, finished_at=end, exit_code=exit_code,
+            output=finished.output, error=error, retry=retry), run.id, status)
         if not ok:
             self.stats.stale += 1
             log.warning("run %s: outcome %s not recorded, the lease was taken over", run.id, status)
@@ -239,6 +243,33 @@ class Worker:
             events.append(run_event(retry, end, EventType.RUN_RETRY_SCHEDULED))
         await self._bus.publish(events)
         return finished
+
+    async def _persist(self, write: Callable[[], Awaitable[bool]], run_id: str, status: RunStatus) -> bool:
+        """A fenced store write, tried again while the store is unavailable (for up to
+        ``store_retry_for`` seconds): a database restart must not lose a run's start or outcome.
+
+        The write is a compare-and-set, so trying it again is safe; but a first try may have been
+        applied before the connection broke, making the next one report False. So after a failure a
+        False is checked against the stored run: if it shows this worker's write, the write applied."""
+        never = asyncio.Event()
+        deadline = self._clock.now() + timedelta(seconds=self.store_retry_for)
+        pause = 0.1
+        uncertain = False
+        while True:
+            try:
+                if await write():
+                    return True
+                if not uncertain:
+                    return False
+                stored = await self._store.get_run(run_id)
+                return stored.status is status and stored.owner == self.owner
+            except StoreUnavailable as exc:
+                uncertain = True
+                if self._clock.now() >= deadline:
+                    raise
+                log.warning("store unavailable, trying again in %.1fs: %s", pause, exc)
+                await self._clock.sleep_until(self._clock.now() + timedelta(seconds=pause), never)
+                pause = min(pause * 2, 5.0)
 
     async def _execute(self, job: Job, run: Run
                        ) -> tuple[RunStatus, int | None, str | None, bool, str]:
