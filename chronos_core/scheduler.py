@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import ChronosError, JobNotFound
 from .events import run_event
-from .models import Event, EventType, RunStatus
+from .ids import new_id
+from .models import Event, EventType, Job, Run, RunStatus, Trigger
 from .planning import Limits, plan_due_job, plan_retry
-from .ports import Clock, DispatchQueue, EventBus, Store
+from .ports import Clock, DispatchQueue, EventBus, SlotPlan, Store
 
 __all__ = ["Scheduler", "SchedulerStats"]
 
@@ -63,7 +65,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._planner = lambda job, active, now: plan_due_job(job, active, now, self.limits)
+        self._planner = self._plan
 
     def wake(self) -> None:
         """Look for due work now rather than at the planned time."""
@@ -95,6 +97,20 @@ class Scheduler:
             log.info("dispatching again %d runs queued by a previous process", released)
         return released
 
+    def _plan(self, job: Job, active: Sequence[str], now: datetime) -> SlotPlan:
+        """The planner, guarded: one job that cannot be planned must not stall every other job. Its
+        slot is recorded as missed with the reason and it gets no further slot until it is changed."""
+        try:
+            return plan_due_job(job, active, now, self.limits)
+        except Exception as exc:
+            log.exception("cannot plan job %s", job.id)
+            slot = job.next_run_at or now
+            record = Run(id=new_id(), job_id=job.id, scheduled_for=slot, trigger=Trigger.SCHEDULE, attempt=1,
+                         status=RunStatus.MISSED, created_at=now, due_at=slot, finished_at=now,
+                         error=f"missed: the job could not be planned ({type(exc).__name__}: {exc}); "
+                               "it fires again once it is updated")
+            return SlotPlan(runs=[record], next_run_at=None)
+
     async def tick(self) -> datetime | None:
         """Fire everything due now; return the next due time (None: nothing scheduled)."""
         now = self._clock.now()
@@ -104,10 +120,7 @@ class Scheduler:
             self.stats.fired += len(claim.dispatch)
             self.stats.recorded += len(claim.recorded)
             self.stats.duplicates += claim.duplicates
-            if claim.dispatch:
-                self.stats.last_lag = (self._clock.now() - claim.dispatch[-1].run.scheduled_for
-                                       ).total_seconds()
-                await self._queue.put(claim.dispatch)
+            # events first: a worker must not report a run started before it was reported queued
             events: list[Event] = [run_event(r, now) for r in claim.recorded]
             if self.publish_queued:
                 events.extend(run_event(d.run, now) for d in claim.dispatch)
@@ -116,15 +129,19 @@ class Scheduler:
                           for run_id in claim.cancel)
             if events:
                 await self._bus.publish(events)
+            if claim.dispatch:
+                self.stats.last_lag = (self._clock.now() - claim.dispatch[-1].run.scheduled_for
+                                       ).total_seconds()
+                await self._queue.put(claim.dispatch)
             if claim.jobs < self.batch_size:
                 break
         while True:
             due = await self._store.claim_due_runs(now, self.batch_size)
             if due:
                 self.stats.retries_dispatched += len(due)
-                await self._queue.put(due)
                 if self.publish_queued:
                     await self._bus.publish([run_event(d.run, now) for d in due])
+                await self._queue.put(due)
             if len(due) < self.batch_size:
                 break
         await self.reap(now)

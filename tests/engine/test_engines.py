@@ -490,3 +490,21 @@ async def test_the_loop_sleeps_until_the_next_slot_and_wakes_for_new_jobs(h: Har
         await h.scheduler.stop()
 
 
+
+
+async def test_a_job_that_cannot_be_planned_does_not_stall_the_others(h: Harness) -> None:
+    import dataclasses
+
+    bad = await h.create(schedule="* * * * * *")
+    good = await h.create(schedule="* * * * * *")
+    # e.g. a row written by an older version, or a time zone the system's tzdata no longer knows
+    await h.store.update_job(dataclasses.replace(bad, timezone="Gone/Away"))
+    await h.at(1)
+    await h.drain()
+    assert statuses(await h.history(good)) == ["succeeded"]
+    runs = await h.history(bad)
+    assert statuses(runs) == ["missed"]
+    assert "could not be planned" in (runs[0].error or "")
+    assert (await h.jobs.get(bad.id)).next_run_at is None
+    await h.at(1)
+    assert len(await h.history(bad)) == 1
