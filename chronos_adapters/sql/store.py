@@ -1,0 +1,799 @@
+"""``SqlStore``: the ``Store`` port on SQLAlchemy 2.x Core, for SQLite (file) and MySQL/MariaDB (pymysql).
+
+The drivers are synchronous: every call runs in the store's own thread pool (never on the event loop),
+one transaction per call. ``start_run`` / ``finish_run`` calls that arrive together are coalesced into one
+transaction (group commit) whose compare-and-set results stay exact per call. The due-job claim is one
+transaction: ``FOR UPDATE SKIP LOCKED`` on MySQL (schedulers claim disjoint jobs), ``BEGIN IMMEDIATE`` on
+SQLite (writers are serialized). Driver errors become ``chronos_core`` exceptions here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from chronos_core.errors import (
+    ChronosError,
+    JobNotFound,
+    NameConflict,
+    RunConflict,
+    RunNotFound,
+    StoreUnavailable,
+)
+from chronos_core.models import (
+    ACTIVE_RUN_STATUSES,
+    FINISHED_RUN_STATUSES,
+    Job,
+    JobStatus,
+    MisfirePolicy,
+    OverlapPolicy,
+    Run,
+    RunStatus,
+    Trigger,
+)
+from chronos_core.ports import Claim, Dispatch, Planner, Store
+from chronos_core.retry import RetryPolicy
+
+from .tables import UtcDateTime, jobs, runs
+
+__all__ = ["SqlStore"]
+
+log = logging.getLogger("chronos.store.sql")
+
+T = TypeVar("T")
+
+_ACTIVE = sorted(s.value for s in ACTIVE_RUN_STATUSES)
+_FINISHED = sorted(s.value for s in FINISHED_RUN_STATUSES)
+_RUN_STATUS = {s.value: s for s in RunStatus}
+_TRIGGER = {t.value: t for t in Trigger}
+_JOB_STATUS = {s.value: s for s in JobStatus}
+_OVERLAP = {p.value: p for p in OverlapPolicy}
+_MISFIRE = {p.value: p for p in MisfirePolicy}
+_MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock: the transaction was rolled back; run it again
+_CHUNK = 500  # ids per IN list / rows per CASE update
+
+
+@functools.lru_cache(maxsize=1024)
+def _retry_policy(text_: str) -> RetryPolicy:
+    return RetryPolicy.model_validate_json(text_)
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+# ----------------------------------------------------------------------------------- marshalling
+
+
+def _job_values(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id, "name": job.name, "type": job.type,
+        "payload": json.dumps(job.payload, separators=(",", ":"), ensure_ascii=False),
+        "schedule": job.schedule, "timezone": job.timezone, "description": job.description,
+        "retry": job.retry.model_dump_json(), "timeout": job.timeout, "overlap": job.overlap.value,
+        "misfire": job.misfire.value, "misfire_grace": job.misfire_grace, "status": job.status.value,
+        "created_at": job.created_at, "updated_at": job.updated_at, "next_run_at": job.next_run_at,
+        "start_at": job.start_at, "end_at": job.end_at, "history_limit": job.history_limit,
+    }
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        id=row.id, name=row.name, type=row.type, payload=json.loads(row.payload), schedule=row.schedule,
+        timezone=row.timezone, description=row.description, retry=_retry_policy(row.retry),
+        timeout=row.timeout, overlap=_OVERLAP[row.overlap], misfire=_MISFIRE[row.misfire],
+        misfire_grace=row.misfire_grace, status=_JOB_STATUS[row.status], created_at=row.created_at,
+        updated_at=row.updated_at, next_run_at=row.next_run_at, start_at=row.start_at, end_at=row.end_at,
+        history_limit=row.history_limit,
+    )
+
+
+def _run(row: Any) -> Run:
+    return Run(
+        id=row.id, job_id=row.job_id, scheduled_for=row.scheduled_for, trigger=_TRIGGER[row.trigger],
+        attempt=row.attempt, status=_RUN_STATUS[row.status], created_at=row.created_at, due_at=row.due_at,
+        started_at=row.started_at, finished_at=row.finished_at, exit_code=row.exit_code, output=row.output,
+        error=row.error, owner=row.owner, lease_expires_at=row.lease_expires_at,
+    )
+
+
+@dataclass(slots=True)
+class _Start:
+    run_id: str
+    owner: str
+    now: datetime
+    until: datetime
+
+
+@dataclass(slots=True)
+class _Finish:
+    run_id: str
+    owner: str | None
+    status: RunStatus
+    finished_at: datetime
+    exit_code: int | None
+    output: str
+    error: str | None
+    retry: Run | None
+
+
+def _detail(exc: BaseException) -> str:
+    """The driver's message, never the statement or its parameters (they may hold secrets)."""
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {orig}"[:500]
+
+
+# -------------------------------------------------------------------------------------- the store
+
+
+class SqlStore(Store):
+    """Jobs and runs in SQLite or MySQL/MariaDB. ``url`` is a SQLAlchemy URL (``sqlite:///chronos.db``,
+    ``mysql+pymysql://user:pw@host/db``); ``pool_size`` bounds the connections and the threads that use
+    them; stored output is cut to its last ``output_limit`` characters; with ``create_schema``,
+    :meth:`start` brings the schema to the newest migration. ``engine_options`` go to ``create_engine``."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, output_limit: int = 64 * 1024,
+                 create_schema: bool = True, **engine_options: Any) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.output_limit = output_limit
+        self.create_schema = create_schema
+        self.engine_options = engine_options
+        self.max_write_batch = 500
+        self._engine: Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._sqlite = make_url(url).get_backend_name() == "sqlite"
+        self._pending: list[tuple[_Start | _Finish, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._prune_after: str | None = None  # where the history_limit sweep resumes
+
+    def __repr__(self) -> str:
+        return f"SqlStore({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (after :meth:`start`)."""
+        if self._engine is None:
+            raise RuntimeError("the store is not started")
+        return self._engine
+
+    # lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        url = make_url(self.url)
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        workers = self.pool_size
+        if self._sqlite:
+            options["connect_args"] = {"check_same_thread": False, "timeout": 60}
+            if url.database in (None, "", ":memory:"):
+                options["poolclass"] = StaticPool  # one shared in-memory database
+                workers = 1
+            else:
+                options.update(pool_size=self.pool_size, max_overflow=0, pool_timeout=60)
+        else:
+            options.update(pool_size=self.pool_size, max_overflow=0, pool_timeout=30, pool_recycle=3600,
+                           isolation_level="READ COMMITTED")
+        options.update(self.engine_options)
+        engine = create_engine(url, **options)
+        if self._sqlite:
+            _sqlite_setup(engine)
+        self._engine = engine
+        self._executor = ThreadPoolExecutor(max(1, workers), thread_name_prefix="chronos-sql")
+        try:
+            if self.create_schema:
+                await self._call(_upgrade, engine)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(BaseException):
+                await self._flusher
+            self._flusher = None
+        engine, executor = self._engine, self._executor
+        self._engine = self._executor = None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        if engine is not None:
+            engine.dispose()
+
+    async def ping(self) -> None:
+        def ping() -> None:
+            with self._tx(read=True) as conn:
+                conn.execute(select(literal(1)))
+        await self._call(ping)
+
+    # plumbing ---------------------------------------------------------------------------------
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreUnavailable("the store is not started")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(self._guarded, fn, *args))
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` (one transaction), again after a deadlock; driver errors as Chronos errors."""
+        for attempt in range(8):
+            try:
+                return fn(*args)
+            except sa_exc.DBAPIError as exc:
+                code = getattr(exc.orig, "args", (None,))[0] if exc.orig is not None else None
+                if code in _MYSQL_RETRY and attempt < 7:
+                    time.sleep(0.005 * 2 ** attempt)
+                    continue
+                if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or \
+                        exc.connection_invalidated:
+                    raise StoreUnavailable(_detail(exc)) from None
+                raise
+            except (sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
+                raise StoreUnavailable(_detail(exc)) from None
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _tx(self, read: bool = False) -> Iterator[Connection]:
+        """One transaction; on SQLite a writing one starts with ``BEGIN IMMEDIATE``."""
+        with self.engine.connect() as conn:
+            if read and self._sqlite:
+                conn.execution_options(chronos_read=True)
+            with conn.begin():
+                yield conn
+
+    def _locking(self, query: Select[Any]) -> Select[Any]:
+        """MySQL: lock the selected rows, skipping rows another transaction holds (SQLite serializes
+        writers with BEGIN IMMEDIATE instead)."""
+        return query if self._sqlite else query.with_for_update(skip_locked=True)
+
+    def _for_update(self, query: Select[Any]) -> Select[Any]:
+        return query if self._sqlite else query.with_for_update()
+
+    def _run_values(self, run: Run, dispatched: bool) -> dict[str, Any]:
+        waiting = run.status is RunStatus.QUEUED and not dispatched
+        return {
+            "id": run.id, "job_id": run.job_id, "scheduled_for": run.scheduled_for,
+            "trigger": run.trigger.value, "attempt": run.attempt, "status": run.status.value,
+            "created_at": run.created_at, "due_at": run.due_at,
+            "dispatch_due_at": run.due_at if waiting else None, "started_at": run.started_at,
+            "finished_at": run.finished_at, "exit_code": run.exit_code,
+            "output": self._cap(run.output), "error": run.error, "owner": run.owner,
+            "lease_expires_at": run.lease_expires_at,
+        }
+
+    def _cap(self, output: str) -> str:
+        return output if len(output) <= self.output_limit else output[-self.output_limit:]
+
+    def _existing_slots(self, conn: Connection, planned: Sequence[Run]) -> set[tuple[str, datetime, int]]:
+        """Which (job, slot, attempt) keys of ``planned`` already exist."""
+        found: set[tuple[str, datetime, int]] = set()
+        for chunk in _chunks(planned):
+            q = select(runs.c.job_id, runs.c.scheduled_for, runs.c.attempt).where(
+                runs.c.job_id.in_(sorted({r.job_id for r in chunk})),
+                runs.c.scheduled_for.in_(sorted({r.scheduled_for for r in chunk})))
+            found.update((j, s, a) for j, s, a in conn.execute(q))
+        return found
+
+    def _bulk_update(self, conn: Connection, key: str, rows: Sequence[dict[str, Any]],
+                     fixed: dict[str, Any] | None = None) -> None:
+        """UPDATE each row (by ``key``) with its own values, in few statements: an executemany on SQLite
+        (in-process, cheap), one CASE statement per chunk on MySQL (one round trip)."""
+        if not rows:
+            return
+        fixed = fixed or {}
+        cols = [c for c in rows[0] if c != key]
+        if self._sqlite:
+            stmt = update(runs).where(runs.c[key] == bindparam("k_" + key)).values(
+                **{c: bindparam("v_" + c) for c in cols}, **fixed)
+            conn.execute(stmt, [{"k_" + key: r[key], **{"v_" + c: r[c] for c in cols}} for r in rows])
+            return
+        size = 0
+        chunk: list[dict[str, Any]] = []
+        for r in rows:
+            chunk.append(r)
+            size += sum(len(v) for v in r.values() if isinstance(v, str))
+            if len(chunk) >= _CHUNK or size > 4_000_000:
+                self._case_update(conn, key, cols, chunk, fixed)
+                chunk, size = [], 0
+        if chunk:
+            self._case_update(conn, key, cols, chunk, fixed)
+
+    @staticmethod
+    def _case_update(conn: Connection, key: str, cols: list[str], rows: list[dict[str, Any]],
+                     fixed: dict[str, Any]) -> None:
+        k = runs.c[key]
+        values = {c: case({r[key]: literal(r[c], runs.c[c].type) for r in rows}, value=k) for c in cols}
+        conn.execute(update(runs).where(k.in_([r[key] for r in rows])).values(**values, **fixed))
+
+    # jobs -------------------------------------------------------------------------------------
+    async def add_jobs(self, jobs_: Sequence[Job]) -> None:
+        seen: set[str] = set()
+        for job in jobs_:
+            if job.name in seen:
+                raise NameConflict(job.name)
+            seen.add(job.name)
+        if jobs_:
+            await self._call(self._add_jobs, list(jobs_))
+
+    def _add_jobs(self, items: list[Job]) -> None:
+        names = [j.name for j in items]
+        try:
+            with self._tx() as conn:
+                self._check_names(conn, names)
+                conn.execute(insert(jobs), [_job_values(j) for j in items])
+        except sa_exc.IntegrityError:
+            with self._tx(read=True) as conn:  # lost a race: say which name
+                self._check_names(conn, names)
+            raise RunConflict("a job with one of these ids already exists") from None
+
+    @staticmethod
+    def _check_names(conn: Connection, names: list[str]) -> None:
+        taken: set[str] = set()
+        for chunk in _chunks(names):
+            taken.update(conn.scalars(select(jobs.c.name).where(jobs.c.name.in_(chunk))))
+        for name in names:
+            if name in taken:
+                raise NameConflict(name)
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self._call(self._get_job, job_id)
+
+    def _get_job(self, job_id: str) -> Job:
+        with self._tx(read=True) as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job(row)
+
+    async def get_job_by_name(self, name: str) -> Job:
+        def get() -> Job:
+            with self._tx(read=True) as conn:
+                row = conn.execute(select(jobs).where(jobs.c.name == name)).first()
+            if row is None or row.name != name:  # MySQL's PAD SPACE collations ignore trailing blanks
+                raise JobNotFound(name)
+            return _job(row)
+        return await self._call(get)
+
+    async def list_jobs(self, *, status: JobStatus | None = None, type: str | None = None,
+                        name: str | None = None, after: str | None = None, limit: int = 100) -> list[Job]:
+        q = select(jobs).order_by(jobs.c.id).limit(limit)
+        if status is not None:
+            q = q.where(jobs.c.status == status.value)
+        if type is not None:
+            q = q.where(jobs.c.type == type)
+        if after is not None:
+            q = q.where(jobs.c.id > after)
+        if name:
+            if self._sqlite:  # LIKE is case-insensitive on SQLite; compare the prefix exactly
+                q = q.where(func.substr(jobs.c.name, 1, len(name)) == name)
+            else:  # binary collation: LIKE is exact (and, unlike =, counts trailing blanks)
+                escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                q = q.where(jobs.c.name.like(escaped + "%", escape="\\"))
+
+        def list_() -> list[Job]:
+            with self._tx(read=True) as conn:
+                return [_job(r) for r in conn.execute(q)]
+        return await self._call(list_)
+
+    async def update_job(self, job: Job) -> None:
+        def update_() -> None:
+            values = _job_values(job)
+            del values["id"]
+            try:
+                with self._tx() as conn:
+                    if conn.execute(update(jobs).where(jobs.c.id == job.id).values(values)).rowcount == 0:
+                        raise JobNotFound(job.id)
+            except sa_exc.IntegrityError:
+                raise NameConflict(job.name) from None
+        await self._call(update_)
+
+    async def delete_job(self, job_id: str) -> None:
+        def delete_() -> None:
+            with self._tx() as conn:
+                conn.execute(delete(runs).where(runs.c.job_id == job_id))
+                if conn.execute(delete(jobs).where(jobs.c.id == job_id)).rowcount == 0:
+                    raise JobNotFound(job_id)
+        await self._call(delete_)
+
+    # scheduling -------------------------------------------------------------------------------
+    async def claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
+        return await self._call(self._claim_due, now, limit, planner)
+
+    def _claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
+        for attempt in range(3):
+            try:
+                with self._tx() as conn:
+                    return self._claim_in(conn, now, limit, planner)
+            except sa_exc.IntegrityError:
+                # A run for a planned slot appeared after we looked (a manual trigger or a retry at the
+                # same instant): the claim was rolled back; plan again, the slot now counts as taken.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _claim_in(self, conn: Connection, now: datetime, limit: int, planner: Planner) -> Claim:
+        claim = Claim()
+        q = (select(jobs).where(jobs.c.status == JobStatus.ACTIVE.value, jobs.c.next_run_at <= now)
+             .order_by(jobs.c.next_run_at).limit(limit))
+        due = [_job(r) for r in conn.execute(self._locking(q))]
+        if not due:
+            return claim
+        ids = [j.id for j in due]
+        active: dict[str, list[str]] = defaultdict(list)
+        for chunk in _chunks(ids):
+            for run_id, job_id in conn.execute(
+                    select(runs.c.id, runs.c.job_id)
+                    .where(runs.c.status.in_(_ACTIVE), runs.c.job_id.in_(chunk)).order_by(runs.c.id)):
+                active[job_id].append(run_id)
+        plans = [(job, planner(job, active.get(job.id, []), now)) for job in due]
+        existing = self._existing_slots(conn, [r for _, p in plans for r in p.runs])
+        new: list[dict[str, Any]] = []
+        next_at: dict[datetime | None, list[str]] = defaultdict(list)
+        for job, plan in plans:
+            claim.jobs += 1
+            for run in plan.runs:
+                slot = (run.job_id, run.scheduled_for, run.attempt)
+                if slot in existing:
+                    claim.duplicates += 1
+                    continue
+                existing.add(slot)
+                new.append(self._run_values(run, dispatched=True))
+                if run.status is RunStatus.QUEUED:
+                    claim.dispatch.append(Dispatch(run, job))
+                else:
+                    claim.recorded.append(run)
+            claim.cancel.extend(plan.cancel)
+            next_at[plan.next_run_at].append(job.id)
+        if new:
+            conn.execute(insert(runs), new)
+        if len(next_at) <= 8:
+            for value, job_ids in next_at.items():
+                conn.execute(update(jobs).where(jobs.c.id.in_(job_ids)).values(next_run_at=value))
+        else:
+            whens = {job.id: literal(plan.next_run_at, UtcDateTime()) for job, plan in plans}
+            conn.execute(update(jobs).where(jobs.c.id.in_(ids))
+                         .values(next_run_at=case(whens, value=jobs.c.id)))
+        return claim
+
+    async def claim_due_runs(self, now: datetime, limit: int) -> list[Dispatch]:
+        def claim() -> list[Dispatch]:
+            with self._tx() as conn:
+                q = (select(runs).where(runs.c.dispatch_due_at <= now)
+                     .order_by(runs.c.dispatch_due_at, runs.c.id).limit(limit))
+                due = [_run(r) for r in conn.execute(self._locking(q))]
+                if not due:
+                    return []
+                ids = [r.id for r in due]
+                conn.execute(update(runs).where(runs.c.id.in_(ids)).values(dispatch_due_at=None))
+                by_id = {j.id: j for j in map(_job, conn.execute(
+                    select(jobs).where(jobs.c.id.in_(sorted({r.job_id for r in due})))))}
+            return [Dispatch(r, by_id[r.job_id]) for r in due if r.job_id in by_id]
+        return await self._call(claim)
+
+    async def next_due_time(self) -> datetime | None:
+        def next_due() -> datetime | None:
+            job_q = (select(jobs.c.next_run_at)
+                     .where(jobs.c.status == JobStatus.ACTIVE.value, jobs.c.next_run_at.is_not(None))
+                     .order_by(jobs.c.next_run_at).limit(1))
+            run_q = (select(runs.c.dispatch_due_at).where(runs.c.dispatch_due_at.is_not(None))
+                     .order_by(runs.c.dispatch_due_at).limit(1))
+            with self._tx(read=True) as conn:
+                times = [conn.scalar(job_q), conn.scalar(run_q)]
+            found = [t for t in times if t is not None]
+            return min(found) if found else None
+        return await self._call(next_due)
+
+    async def release_undispatched(self) -> int:
+        def release() -> int:
+            with self._tx() as conn:
+                return conn.execute(
+                    update(runs).where(runs.c.status == RunStatus.QUEUED.value,
+                                       runs.c.dispatch_due_at.is_(None))
+                    .values(dispatch_due_at=runs.c.due_at)).rowcount
+        return await self._call(release)
+
+    # runs -------------------------------------------------------------------------------------
+    async def add_run(self, run: Run, *, dispatched: bool) -> None:
+        def add() -> None:
+            try:
+                with self._tx() as conn:
+                    if conn.scalar(select(jobs.c.id).where(jobs.c.id == run.job_id)) is None:
+                        raise JobNotFound(run.job_id)
+                    conn.execute(insert(runs).values(self._run_values(run, dispatched)))
+            except sa_exc.IntegrityError:
+                raise RunConflict(f"a run of job {run.job_id} for {run.scheduled_for.isoformat()} attempt "
+                                  f"{run.attempt} already exists") from None
+        await self._call(add)
+
+    async def get_run(self, run_id: str) -> Run:
+        def get() -> Run:
+            with self._tx(read=True) as conn:
+                row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+            if row is None:
+                raise RunNotFound(run_id)
+            return _run(row)
+        return await self._call(get)
+
+    async def list_runs(self, job_id: str | None = None, *, status: Collection[RunStatus] | None = None,
+                        before: str | None = None, limit: int = 50) -> list[Run]:
+        q = select(runs).order_by(runs.c.id.desc()).limit(limit)
+        if job_id is not None:
+            q = q.where(runs.c.job_id == job_id)
+        if status is not None:
+            q = q.where(runs.c.status.in_(sorted(s.value for s in status)))
+        if before is not None:
+            q = q.where(runs.c.id < before)
+
+        def list_() -> list[Run]:
+            with self._tx(read=True) as conn:
+                return [_run(r) for r in conn.execute(q)]
+        return await self._call(list_)
+
+    async def start_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
+        return bool(await self._write(_Start(run_id, owner, now, lease_until)))
+
+    async def finish_run(self, run_id: str, owner: str | None, *, status: RunStatus,
+                         finished_at: datetime, exit_code: int | None = None, output: str = "",
+                         error: str | None = None, retry: Run | None = None) -> bool:
+        status = RunStatus(status)
+        if status not in FINISHED_RUN_STATUSES:
+            raise ValueError(f"{status} is not a finished status")
+        return bool(await self._write(_Finish(run_id, owner, status, finished_at, exit_code, output,
+                                              error, retry)))
+
+    async def _write(self, op: _Start | _Finish) -> Any:
+        """Queue a start/finish for the next group commit and wait for its own result."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="chronos-sql-group-commit")
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[:self.max_write_batch]
+            del self._pending[:self.max_write_batch]
+            try:
+                results = await self._call(self._apply_writes, [op for op, _ in batch])
+            except BaseException as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable(
+                            "the store stopped before the write was done"))
+                if not isinstance(exc, Exception):
+                    for _, fut in self._pending:
+                        if not fut.done():
+                            fut.set_exception(StoreUnavailable("the store stopped"))
+                    self._pending.clear()
+                    raise
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue  # the caller gave up waiting
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+    def _apply_writes(self, ops: list[_Start | _Finish]) -> list[Any]:
+        try:
+            with self._tx() as conn:
+                return self._writes_in(conn, ops)
+        except sa_exc.IntegrityError:
+            if len(ops) == 1:
+                raise RunConflict("the retry's (job, slot, attempt) already exists") from None
+        # One bad write must not fail the others of its batch: apply each alone.
+        results: list[Any] = []
+        for op in ops:
+            try:
+                results.extend(self._guarded(self._apply_writes, [op]))
+            except ChronosError as exc:
+                results.append(exc)
+        return results
+
+    def _writes_in(self, conn: Connection, ops: list[_Start | _Finish]) -> list[Any]:
+        results: list[Any] = [False] * len(ops)
+        starts = [(i, op) for i, op in enumerate(ops) if isinstance(op, _Start)]
+        finishes = [(i, op) for i, op in enumerate(ops) if isinstance(op, _Finish)]
+        if starts:
+            queued: set[str] = set()
+            for chunk in _chunks(sorted({op.run_id for _, op in starts})):
+                queued.update(conn.scalars(self._for_update(
+                    select(runs.c.id).where(runs.c.id.in_(chunk), runs.c.status == RunStatus.QUEUED.value))))
+            rows = []
+            for i, op in starts:
+                if op.run_id in queued:
+                    queued.discard(op.run_id)  # a second start of the same run in this batch loses
+                    results[i] = True
+                    rows.append({"id": op.run_id, "started_at": op.now, "owner": op.owner,
+                                 "lease_expires_at": op.until})
+            self._bulk_update(conn, "id", rows, {"status": RunStatus.RUNNING.value, "dispatch_due_at": None})
+        if finishes:
+            owners: dict[str, str | None] = {}
+            for chunk in _chunks(sorted({op.run_id for _, op in finishes})):
+                owners.update((run_id, owner) for run_id, owner in conn.execute(self._for_update(
+                    select(runs.c.id, runs.c.owner)
+                    .where(runs.c.id.in_(chunk), runs.c.status == RunStatus.RUNNING.value))))
+            retries = [op.retry for _, op in finishes if op.retry is not None]
+            taken = self._existing_slots(conn, retries) if retries else set()
+            rows, inserts = [], []
+            for i, op in finishes:
+                if op.run_id not in owners or owners[op.run_id] != op.owner:
+                    continue
+                if op.retry is not None:
+                    slot = (op.retry.job_id, op.retry.scheduled_for, op.retry.attempt)
+                    if slot in taken:
+                        results[i] = RunConflict(f"attempt {op.retry.attempt} of this slot already exists")
+                        continue
+                    taken.add(slot)
+                    inserts.append(self._run_values(op.retry, dispatched=False))
+                del owners[op.run_id]
+                results[i] = True
+                rows.append({"id": op.run_id, "status": op.status.value, "finished_at": op.finished_at,
+                             "exit_code": op.exit_code, "output": self._cap(op.output), "error": op.error})
+            self._bulk_update(conn, "id", rows, {"lease_expires_at": None, "dispatch_due_at": None})
+            if inserts:
+                conn.execute(insert(runs), inserts)
+        return results
+
+    async def renew_leases(self, run_ids: Collection[str], owner: str, until: datetime) -> set[str]:
+        ids = sorted(set(run_ids))
+        if not ids:
+            return set()
+
+        def renew() -> set[str]:
+            held: set[str] = set()
+            with self._tx() as conn:
+                for chunk in _chunks(ids):
+                    mine = list(conn.scalars(self._for_update(select(runs.c.id).where(
+                        runs.c.id.in_(chunk), runs.c.status == RunStatus.RUNNING.value,
+                        runs.c.owner == owner))))
+                    if mine:
+                        conn.execute(update(runs).where(runs.c.id.in_(mine)).values(lease_expires_at=until))
+                    held.update(mine)
+            return held
+        return await self._call(renew)
+
+    async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:
+        def cancel() -> bool:
+            with self._tx() as conn:
+                return conn.execute(
+                    update(runs).where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED.value)
+                    .values(status=RunStatus.CANCELLED.value, finished_at=now, error=reason,
+                            dispatch_due_at=None)).rowcount == 1
+        return await self._call(cancel)
+
+    async def expired_leases(self, now: datetime, limit: int) -> list[Run]:
+        def expired() -> list[Run]:
+            q = (select(runs).where(runs.c.status == RunStatus.RUNNING.value, runs.c.lease_expires_at < now)
+                 .order_by(runs.c.lease_expires_at, runs.c.id).limit(limit))
+            with self._tx(read=True) as conn:
+                return [_run(r) for r in conn.execute(q)]
+        return await self._call(expired)
+
+    async def delete_runs(self, job_id: str) -> int:
+        def delete_() -> int:
+            with self._tx() as conn:
+                if conn.scalar(select(jobs.c.id).where(jobs.c.id == job_id)) is None:
+                    raise JobNotFound(job_id)
+                return conn.execute(delete(runs).where(runs.c.job_id == job_id,
+                                                       runs.c.status.in_(_FINISHED))).rowcount
+        return await self._call(delete_)
+
+    async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
+        return await self._call(self._prune, now, max_age, limit)
+
+    def _prune(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
+        """At most ``limit`` deletions, in short transactions of a few hundred rows. Jobs with a
+        ``history_limit`` are swept in id order, 200 per query, resuming where the previous call stopped;
+        then runs finished before ``now - max_age`` go, oldest first (indexed by ``finished_at``)."""
+        deleted = 0
+        while deleted < limit:
+            q = (select(jobs.c.id, jobs.c.history_limit).where(jobs.c.history_limit.is_not(None))
+                 .order_by(jobs.c.id).limit(200))
+            if self._prune_after is not None:
+                q = q.where(jobs.c.id > self._prune_after)
+            with self._tx(read=True) as conn:
+                batch = conn.execute(q).all()
+                if not batch:
+                    self._prune_after = None  # the sweep is complete; the next one starts over
+                    break
+                excess = self._excess_runs(conn, {j: n for j, n in batch}, limit - deleted)
+            deleted += self._delete_ids(excess)
+            if deleted >= limit:
+                break  # these jobs may have more: the next call sweeps them again
+            self._prune_after = batch[-1][0]
+        if max_age is not None:
+            cutoff = now - max_age
+            while deleted < limit:
+                with self._tx(read=True) as conn:
+                    old = list(conn.scalars(
+                        select(runs.c.id).where(runs.c.finished_at < cutoff, runs.c.status.in_(_FINISHED))
+                        .order_by(runs.c.finished_at).limit(min(_CHUNK, limit - deleted))))
+                if not old:
+                    break
+                deleted += self._delete_ids(old)
+        return deleted
+
+    @staticmethod
+    def _excess_runs(conn: Connection, limits: dict[str, int], most: int) -> list[str]:
+        """Ids of finished runs beyond their job's history_limit (oldest first), at most ``most``."""
+        ranked = (select(runs.c.id, runs.c.job_id,
+                         func.row_number().over(partition_by=runs.c.job_id, order_by=runs.c.id.desc())
+                         .label("rank"))
+                  .where(runs.c.job_id.in_(list(limits)), runs.c.status.in_(_FINISHED)).subquery())
+        out: list[str] = []
+        for run_id, job_id, rank in conn.execute(select(ranked).order_by(ranked.c.id)):
+            if rank > limits[job_id]:
+                out.append(run_id)
+                if len(out) >= most:
+                    break
+        return out
+
+    def _delete_ids(self, ids: Sequence[str]) -> int:
+        n = 0
+        for chunk in _chunks(ids):
+            with self._tx() as conn:  # short transactions: retention never holds a lock for long
+                n += conn.execute(delete(runs).where(runs.c.id.in_(chunk),
+                                                     runs.c.status.in_(_FINISHED))).rowcount
+        return n
+
+
+# -------------------------------------------------------------------------------------- helpers
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """pysqlite's own transaction handling is off; we emit BEGIN ourselves (IMMEDIATE for writes, so a
+    claim holds the write lock from its first read), with WAL so readers do not block the writer."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=60000")
+        with contextlib.suppress(Exception):  # not for in-memory databases
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("chronos_read")
+                             else "BEGIN IMMEDIATE")
+
+
+def _upgrade(engine: Engine) -> None:
+    from .migrate import upgrade_connection
+
+    with engine.connect() as conn:
+        upgrade_connection(conn)
+

@@ -1,0 +1,116 @@
+"""The schema as SQLAlchemy Core tables (no ORM): what the Alembic migrations create and what the store
+queries. Datetimes are stored as naive UTC with microseconds (``DATETIME(6)`` on MySQL/MariaDB) and read
+back as aware UTC; MySQL tables use a binary collation so names and ids compare exactly, as in Python."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+__all__ = ["UtcDateTime", "jobs", "metadata", "runs"]
+
+_MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime stored as naive UTC with microseconds."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: Chronos stores aware UTC datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+_LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("type", String(50), nullable=False),
+    Column("payload", _LongText, nullable=False),  # JSON
+    Column("schedule", String(200)),
+    Column("timezone", String(64), nullable=False),
+    Column("description", Text),
+    Column("retry", Text, nullable=False),  # JSON of RetryPolicy
+    Column("timeout", Float),
+    Column("overlap", String(16), nullable=False),
+    Column("misfire", String(16), nullable=False),
+    Column("misfire_grace", Float, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("next_run_at", UtcDateTime),
+    Column("start_at", UtcDateTime),
+    Column("end_at", UtcDateTime),
+    Column("history_limit", Integer),
+    UniqueConstraint("name"),
+    Index(None, "status", "next_run_at"),  # the due-job claim
+    **_MYSQL,
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("scheduled_for", UtcDateTime, nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("due_at", UtcDateTime, nullable=False),
+    # = due_at while the run is queued and not handed to the dispatch queue; NULL otherwise. Indexed, so
+    # the due retries are found without scanning history.
+    Column("dispatch_due_at", UtcDateTime),
+    Column("started_at", UtcDateTime),
+    Column("finished_at", UtcDateTime),
+    Column("exit_code", Integer),
+    Column("output", _LongText, nullable=False),
+    Column("error", Text),
+    Column("owner", String(200)),
+    Column("lease_expires_at", UtcDateTime),
+    UniqueConstraint("job_id", "scheduled_for", "attempt"),  # one first attempt per slot
+    Index(None, "job_id", "id"),  # history, newest first
+    Index(None, "status", "job_id"),  # active runs of the claimed jobs
+    Index(None, "status", "lease_expires_at"),  # expired leases
+    Index(None, "dispatch_due_at"),  # undispatched due runs
+    Index(None, "finished_at"),  # retention by age
+    **_MYSQL,
+)

@@ -1,0 +1,52 @@
+"""Store backends for the contract suite: memory, SQLite (a new file per test) and MariaDB (one database
+per session, emptied before each test)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete
+
+from chronos_adapters.memory import MemoryStore
+from chronos_core.ports import Store
+
+STORE_BACKENDS = ["memory", "sqlite", pytest.param("mysql", marks=pytest.mark.mysql)]
+
+
+def assert_no_connection_checked_out(store: Store) -> None:
+    """SQL stores return every pooled connection after each call, errors included."""
+    engine = getattr(store, "engine", None)
+    if engine is not None:
+        assert engine.pool.checkedout() == 0
+
+
+async def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if backend == "memory":
+        store: Store = MemoryStore()
+    else:
+        from chronos_adapters.sql import SqlStore
+        from chronos_adapters.sql.tables import jobs, runs
+
+        if backend == "sqlite":
+            store = SqlStore(f"sqlite:///{tmp_path / 'chronos.db'}")
+        else:
+            store = SqlStore(request.getfixturevalue("mysql_url"), pool_size=4)
+        await store.start()
+        if backend == "mysql":  # the session's database: start from empty
+            with store.engine.begin() as conn:
+                conn.execute(delete(runs))
+                conn.execute(delete(jobs))
+    await store.start()
+    return store
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = await open_store(request.param, request, tmp_path)
+    try:
+        yield s
+        assert_no_connection_checked_out(s)
+    finally:
+        await s.stop()

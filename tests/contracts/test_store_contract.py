@@ -1,0 +1,595 @@
+"""The ``Store`` contract (chronos_core.ports.Store), run against every store: memory, SQLite, MariaDB.
+
+Each test pins one promise of the port's docstrings. Claims use the real planner. For the SQL stores the
+fixture also checks that no pooled connection is left checked out after the test."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from chronos_core.errors import JobNotFound, NameConflict, RunConflict, RunNotFound
+from chronos_core.ids import new_id
+from chronos_core.models import (
+    Job,
+    JobStatus,
+    MisfirePolicy,
+    OverlapPolicy,
+    Run,
+    RunStatus,
+    Trigger,
+)
+from chronos_core.planning import plan_due_job
+from chronos_core.ports import Store
+from chronos_core.retry import RetryPolicy, RetryStrategy
+
+from .conftest import assert_no_connection_checked_out
+
+T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+S = timedelta(seconds=1)
+
+
+def make_job(name: str = "job", *, next_run_at: datetime | None = T0, status: JobStatus = JobStatus.ACTIVE,
+             schedule: str | None = "*/1 * * * * *", type: str = "shell", history_limit: int | None = None,
+             overlap: OverlapPolicy = OverlapPolicy.ALLOW, misfire: MisfirePolicy = MisfirePolicy.FIRE_ONCE,
+             misfire_grace: float = 5.0) -> Job:
+    return Job(id=new_id(), name=name, type=type, payload={"command": f"echo {name}"}, schedule=schedule,
+               timezone="UTC", retry=RetryPolicy(), timeout=None, overlap=overlap, misfire=misfire,
+               misfire_grace=misfire_grace, status=status, created_at=T0 - 60 * S, updated_at=T0 - 60 * S,
+               next_run_at=next_run_at, history_limit=history_limit)
+
+
+def make_run(job: Job, slot: datetime, *, attempt: int = 1, status: RunStatus = RunStatus.QUEUED,
+             due_at: datetime | None = None, finished_at: datetime | None = None,
+             trigger: Trigger = Trigger.SCHEDULE) -> Run:
+    if finished_at is None and status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        finished_at = slot
+    return Run(id=new_id(), job_id=job.id, scheduled_for=slot, trigger=trigger, attempt=attempt,
+               status=status, created_at=slot, due_at=due_at or slot, finished_at=finished_at)
+
+
+async def running_run(store: Store, job: Job, slot: datetime, owner: str = "w1",
+                      lease: timedelta = 30 * S) -> Run:
+    run = make_run(job, slot)
+    await store.add_run(run, dispatched=True)
+    assert await store.start_run(run.id, owner, slot, slot + lease)
+    return await store.get_run(run.id)
+
+
+# ------------------------------------------------------------------------------------------- jobs
+
+
+async def test_job_round_trips_every_field(store: Store) -> None:
+    job = dataclasses.replace(
+        make_job("ünïcode ☃ job", history_limit=7),
+        payload={"url": "https://x", "nested": {"a": [1, 2.5, None]}},
+        timezone="Europe/Berlin", description="d" * 1500, timeout=12.5, overlap=OverlapPolicy.FORBID,
+        misfire=MisfirePolicy.FIRE_ALL, misfire_grace=0.25, start_at=T0 + timedelta(microseconds=123456),
+        end_at=T0 + timedelta(days=3), next_run_at=T0 + timedelta(microseconds=999999),
+        retry=RetryPolicy(strategy=RetryStrategy.LINEAR, max_attempts=4, delay=2, max_delay=60, jitter=0.5))
+    await store.add_jobs([job])
+    assert await store.get_job(job.id) == job
+    assert await store.get_job_by_name(job.name) == job
+    got = await store.get_job(job.id)
+    assert got.next_run_at is not None and got.next_run_at.utcoffset() == timedelta(0)
+
+
+async def test_times_in_other_zones_are_stored_as_the_same_instant(store: Store) -> None:
+    at = datetime(2030, 6, 1, 14, 0, 0, 5, tzinfo=ZoneInfo("America/New_York"))
+    job = dataclasses.replace(make_job(), next_run_at=at)
+    await store.add_jobs([job])
+    assert (await store.get_job(job.id)).next_run_at == at
+
+
+async def test_names_are_unique_across_and_within_batches(store: Store) -> None:
+    await store.add_jobs([make_job("a")])
+    with pytest.raises(NameConflict) as info:
+        await store.add_jobs([make_job("b"), make_job("a")])
+    assert info.value.name == "a"
+    with pytest.raises(NameConflict) as info:
+        await store.add_jobs([make_job("c"), make_job("c")])
+    assert info.value.name == "c"
+    assert_no_connection_checked_out(store)
+    # all or none: nothing of the refused batches was stored
+    assert [j.name for j in await store.list_jobs()] == ["a"]
+    await store.add_jobs([])
+
+
+async def test_names_are_case_and_blank_sensitive(store: Store) -> None:
+    await store.add_jobs([make_job("Report"), make_job("report")])
+    assert (await store.get_job_by_name("report")).name == "report"
+    with pytest.raises(JobNotFound):
+        await store.get_job_by_name("report ")
+
+
+async def test_missing_things_raise_not_found(store: Store) -> None:
+    with pytest.raises(JobNotFound):
+        await store.get_job(new_id())
+    with pytest.raises(JobNotFound) as info:
+        await store.get_job_by_name("nobody")
+    assert info.value.job_id == "nobody"
+    with pytest.raises(JobNotFound):
+        await store.update_job(make_job("ghost"))
+    with pytest.raises(JobNotFound):
+        await store.delete_job(new_id())
+    with pytest.raises(JobNotFound):
+        await store.delete_runs(new_id())
+    with pytest.raises(RunNotFound):
+        await store.get_run(new_id())
+    with pytest.raises(JobNotFound):
+        await store.add_run(make_run(make_job("ghost"), T0), dispatched=False)
+    assert_no_connection_checked_out(store)
+
+
+async def test_update_replaces_the_job_and_keeps_names_unique(store: Store) -> None:
+    a, b = make_job("a"), make_job("b")
+    await store.add_jobs([a, b])
+    changed = dataclasses.replace(a, name="a2", status=JobStatus.PAUSED, payload={"command": "true"},
+                                  next_run_at=None, updated_at=T0)
+    await store.update_job(changed)
+    assert await store.get_job(a.id) == changed
+    with pytest.raises(JobNotFound):
+        await store.get_job_by_name("a")
+    with pytest.raises(NameConflict):
+        await store.update_job(dataclasses.replace(changed, name="b"))
+    assert await store.get_job(a.id) == changed
+    await store.update_job(changed)  # unchanged values: still found, no error
+    await store.add_jobs([make_job("a")])  # the old name is free again
+
+
+async def test_list_jobs_filters_and_keyset_pagination(store: Store) -> None:
+    made = [
+        make_job("backup-db", type="shell"),
+        make_job("backup-files", type="shell", status=JobStatus.PAUSED),
+        make_job("Backup-upper", type="http"),
+        make_job("report_1", type="http"),
+        make_job("reportX1", type="http"),
+        make_job("100%done", type="email"),
+        make_job("1000done", type="email"),
+    ]
+    await store.add_jobs(made)
+    ids = [j.id for j in made]
+    assert [j.id for j in await store.list_jobs()] == sorted(ids)
+    assert {j.name for j in await store.list_jobs(name="backup")} == {"backup-db", "backup-files"}
+    assert {j.name for j in await store.list_jobs(name="report_")} == {"report_1"}
+    assert {j.name for j in await store.list_jobs(name="100%")} == {"100%done"}
+    assert {j.name for j in await store.list_jobs(type="http")} == {"Backup-upper", "report_1", "reportX1"}
+    assert {j.name for j in await store.list_jobs(status=JobStatus.PAUSED)} == {"backup-files"}
+    assert [j.name for j in await store.list_jobs(status=JobStatus.ACTIVE, type="shell", name="b")] == [
+        "backup-db"]
+    pages, after = [], None
+    while page := await store.list_jobs(after=after, limit=3):
+        pages.append([j.id for j in page])
+        after = page[-1].id
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [i for p in pages for i in p] == sorted(ids)
+
+
+async def test_delete_job_deletes_its_runs(store: Store) -> None:
+    job, other = make_job("a"), make_job("b")
+    await store.add_jobs([job, other])
+    runs = [make_run(job, T0), make_run(job, T0 + S, status=RunStatus.SUCCEEDED), make_run(other, T0)]
+    for run in runs:
+        await store.add_run(run, dispatched=False)
+    await store.delete_job(job.id)
+    with pytest.raises(JobNotFound):
+        await store.get_job(job.id)
+    for run in runs[:2]:
+        with pytest.raises(RunNotFound):
+            await store.get_run(run.id)
+    assert await store.list_runs(job.id) == []
+    assert [r.id for r in await store.list_runs()] == [runs[2].id]
+    # runs of a deleted job are never dispatched
+    assert [d.run.id for d in await store.claim_due_runs(T0 + 10 * S, 10)] == [runs[2].id]
+    await store.add_jobs([make_job("a")])
+
+
+# ------------------------------------------------------------------------------------- scheduling
+
+
+async def test_claim_due_claims_earliest_first_up_to_the_limit(store: Store) -> None:
+    # off-second slots so that each due job has exactly one slot due; due0 is the earliest
+    due = [make_job(f"due{i}", next_run_at=T0 + i * timedelta(milliseconds=10)) for i in reversed(range(5))]
+    future = make_job("future", next_run_at=T0 + 60 * S)
+    paused = make_job("paused", next_run_at=T0 - 100 * S, status=JobStatus.PAUSED)
+    manual = make_job("manual", next_run_at=None, schedule=None)
+    await store.add_jobs([*due, future, paused, manual])
+    now = T0 + timedelta(milliseconds=500)
+
+    first = await store.claim_due(now, 2, plan_due_job)
+    assert first.jobs == 2
+    assert [d.job.name for d in first.dispatch] == ["due0", "due1"]
+    second = await store.claim_due(now, 10, plan_due_job)
+    assert second.jobs == 3 and {d.job.name for d in second.dispatch} == {"due2", "due3", "due4"}
+    assert (await store.claim_due(now, 10, plan_due_job)).jobs == 0
+
+    for job in due:  # the run is stored queued, next_run_at moved to the next slot after now
+        stored = await store.get_job(job.id)
+        assert stored.next_run_at == T0 + S
+        [run] = await store.list_runs(job.id)
+        assert run.status is RunStatus.QUEUED and run.scheduled_for == job.next_run_at
+    for d in first.dispatch + second.dispatch:  # the dispatch carries the run as stored
+        assert await store.get_run(d.run.id) == d.run
+    assert await store.list_runs(future.id) == [] and await store.list_runs(paused.id) == []
+    # claimed runs are dispatched: claim_due_runs does not hand them out again
+    assert await store.claim_due_runs(now, 100) == []
+
+
+async def test_claim_records_missed_slots_and_one_catch_up(store: Store) -> None:
+    job = make_job("late", next_run_at=T0, misfire=MisfirePolicy.FIRE_ONCE, misfire_grace=1)
+    await store.add_jobs([job])
+    now = T0 + 10 * S + timedelta(milliseconds=500)
+    claim = await store.claim_due(now, 10, plan_due_job)
+    # T0+10s is within the 1s grace and runs; T0 .. T0+9s are recorded missed (fire_once: an on-time
+    # slot runs instead of a catch-up)
+    assert [(d.run.trigger, d.run.scheduled_for) for d in claim.dispatch] == [(Trigger.SCHEDULE, T0 + 10 * S)]
+    assert sorted(r.scheduled_for for r in claim.recorded) == [T0 + i * S for i in range(10)]
+    assert {r.status for r in claim.recorded} == {RunStatus.MISSED}
+    stored = await store.list_runs(job.id, limit=100)
+    assert sorted(r.scheduled_for for r in stored) == [T0 + i * S for i in range(11)]
+    missed = await store.list_runs(job.id, status={RunStatus.MISSED}, limit=100)
+    assert len(missed) == 10 and all(r.error and "missed" in r.error for r in missed)
+    assert (await store.get_job(job.id)).next_run_at == T0 + 11 * S
+
+
+async def test_claim_counts_a_slot_that_already_has_its_run_as_duplicate(store: Store) -> None:
+    job = make_job("dup", next_run_at=T0)
+    await store.add_jobs([job])
+    existing = make_run(job, T0, trigger=Trigger.MANUAL)
+    await store.add_run(existing, dispatched=True)
+    claim = await store.claim_due(T0 + timedelta(milliseconds=100), 10, plan_due_job)
+    assert claim.duplicates == 1 and claim.dispatch == [] and claim.jobs == 1
+    assert [r.id for r in await store.list_runs(job.id)] == [existing.id]
+    assert (await store.get_job(job.id)).next_run_at == T0 + S  # the job still moves on
+
+
+async def test_claim_gives_the_planner_the_active_runs(store: Store) -> None:
+    job = make_job("forbid", next_run_at=T0, overlap=OverlapPolicy.FORBID)
+    await store.add_jobs([job])
+    busy = await running_run(store, job, T0 - 5 * S)
+    finished = make_run(job, T0 - 9 * S, status=RunStatus.SUCCEEDED)
+    await store.add_run(finished, dispatched=True)
+    seen: list[list[str]] = []
+
+    def planner(j: Job, active: list[str], now: datetime):  # type: ignore[no-untyped-def]
+        seen.append(list(active))
+        return plan_due_job(j, active, now)
+
+    claim = await store.claim_due(T0 + timedelta(milliseconds=1), 10, planner)
+    assert seen == [[busy.id]]
+    assert claim.dispatch == [] and [r.status for r in claim.recorded] == [RunStatus.SKIPPED]
+    assert busy.id in (claim.recorded[0].error or "")
+
+
+async def test_claim_passes_replaced_runs_to_cancel(store: Store) -> None:
+    job = make_job("replace", next_run_at=T0, overlap=OverlapPolicy.REPLACE)
+    await store.add_jobs([job])
+    busy = await running_run(store, job, T0 - 5 * S)
+    claim = await store.claim_due(T0, 10, plan_due_job)
+    assert claim.cancel == [busy.id] and len(claim.dispatch) == 1
+
+
+async def test_concurrent_claims_never_return_the_same_job(store: Store) -> None:
+    jobs_ = [make_job(f"j{i:02d}", next_run_at=T0 + (i % 7) * timedelta(milliseconds=10))
+             for i in range(60)]
+    await store.add_jobs(jobs_)
+    now = T0 + timedelta(milliseconds=300)
+    claims = await asyncio.gather(*(store.claim_due(now, 7, plan_due_job) for _ in range(12)))
+    claimed = [d.job.id for c in claims for d in c.dispatch]
+    assert len(claimed) == len(set(claimed))
+    assert sum(c.jobs for c in claims) == len(claimed) <= 60
+    while (c := await store.claim_due(now, 50, plan_due_job)).jobs:
+        claimed.extend(d.job.id for d in c.dispatch)
+    assert sorted(claimed) == sorted(j.id for j in jobs_)
+    assert sum(c.duplicates for c in claims) == 0
+    for job in jobs_:
+        assert len(await store.list_runs(job.id)) == 1
+
+
+async def test_claim_due_runs_hands_out_waiting_runs_once_when_due(store: Store) -> None:
+    job = make_job("retrying", next_run_at=None)
+    await store.add_jobs([job])
+    later = make_run(job, T0, attempt=2, due_at=T0 + 20 * S, trigger=Trigger.RETRY)
+    sooner = make_run(job, T0 + S, attempt=2, due_at=T0 + 10 * S, trigger=Trigger.RETRY)
+    sent = make_run(job, T0 + 2 * S)
+    for run in (later, sooner):
+        await store.add_run(run, dispatched=False)
+    await store.add_run(sent, dispatched=True)
+    assert await store.next_due_time() == T0 + 10 * S
+    assert await store.claim_due_runs(T0 + 9 * S, 10) == []
+    got = await store.claim_due_runs(T0 + 30 * S, 10)
+    assert [d.run.id for d in got] == [sooner.id, later.id]
+    assert all(d.job == job for d in got)
+    assert await store.claim_due_runs(T0 + 30 * S, 10) == []
+    assert await store.next_due_time() is None
+
+
+async def test_claim_due_runs_respects_the_limit(store: Store) -> None:
+    job = make_job("many", next_run_at=None)
+    await store.add_jobs([job])
+    waiting = [make_run(job, T0 + i * S) for i in range(5)]
+    for run in waiting:
+        await store.add_run(run, dispatched=False)
+    first = await store.claim_due_runs(T0 + 10 * S, 3)
+    rest = await store.claim_due_runs(T0 + 10 * S, 3)
+    assert [d.run.id for d in first + rest] == [r.id for r in waiting]
+
+
+async def test_next_due_time_is_the_earliest_active_job_or_waiting_run(store: Store) -> None:
+    assert await store.next_due_time() is None
+    await store.add_jobs([make_job("p", next_run_at=T0 - 50 * S, status=JobStatus.PAUSED),
+                          make_job("m", next_run_at=None, schedule=None)])
+    assert await store.next_due_time() is None
+    job = make_job("a", next_run_at=T0 + 30 * S)
+    await store.add_jobs([job])
+    assert await store.next_due_time() == T0 + 30 * S
+    await store.add_run(make_run(job, T0, due_at=T0 + 5 * S), dispatched=False)
+    assert await store.next_due_time() == T0 + 5 * S
+
+
+async def test_release_undispatched_hands_out_queued_runs_again(store: Store) -> None:
+    job = make_job("r", next_run_at=None)
+    await store.add_jobs([job])
+    a, b = make_run(job, T0), make_run(job, T0 + S)
+    await store.add_run(a, dispatched=True)
+    await store.add_run(b, dispatched=True)
+    running = await running_run(store, job, T0 + 2 * S)
+    done = make_run(job, T0 + 3 * S, status=RunStatus.SUCCEEDED)
+    await store.add_run(done, dispatched=True)
+    assert await store.claim_due_runs(T0 + 60 * S, 10) == []
+    assert await store.release_undispatched() == 2
+    assert [d.run.id for d in await store.claim_due_runs(T0 + 60 * S, 10)] == [a.id, b.id]
+    assert running.status is RunStatus.RUNNING
+    assert await store.release_undispatched() == 2
+    assert await store.release_undispatched() == 0  # already waiting
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+async def test_add_run_refuses_an_existing_slot(store: Store) -> None:
+    job = make_job("x")
+    await store.add_jobs([job])
+    run = make_run(job, T0, trigger=Trigger.MANUAL)
+    await store.add_run(run, dispatched=True)
+    assert await store.get_run(run.id) == run
+    with pytest.raises(RunConflict):
+        await store.add_run(make_run(job, T0), dispatched=True)
+    await store.add_run(make_run(job, T0, attempt=2), dispatched=True)  # another attempt is fine
+    assert_no_connection_checked_out(store)
+
+
+async def test_start_run_moves_queued_to_running_once(store: Store) -> None:
+    job = make_job("s")
+    await store.add_jobs([job])
+    run = make_run(job, T0)
+    await store.add_run(run, dispatched=False)
+    assert await store.start_run(run.id, "w1", T0 + S, T0 + 31 * S)
+    got = await store.get_run(run.id)
+    assert (got.status, got.owner, got.started_at, got.lease_expires_at) == (
+        RunStatus.RUNNING, "w1", T0 + S, T0 + 31 * S)
+    assert not await store.start_run(run.id, "w2", T0 + 2 * S, T0 + 32 * S)
+    assert (await store.get_run(run.id)).owner == "w1"
+    assert not await store.start_run(new_id(), "w1", T0, T0 + S)
+    # a started run is no longer waiting for dispatch
+    assert await store.claim_due_runs(T0 + 100 * S, 10) == []
+
+
+async def test_concurrent_starts_of_one_run_let_exactly_one_win(store: Store) -> None:
+    job = make_job("race")
+    await store.add_jobs([job])
+    runs = [make_run(job, T0 + i * S) for i in range(10)]
+    for run in runs:
+        await store.add_run(run, dispatched=True)
+    results = await asyncio.gather(*(store.start_run(r.id, f"w{k}", T0, T0 + 30 * S)
+                                     for r in runs for k in range(3)))
+    for i, run in enumerate(runs):
+        wins = [k for k in range(3) if results[i * 3 + k]]
+        assert len(wins) == 1
+        assert (await store.get_run(run.id)).owner == f"w{wins[0]}"
+
+
+async def test_start_run_refuses_cancelled_and_finished_runs(store: Store) -> None:
+    job = make_job("c")
+    await store.add_jobs([job])
+    run = make_run(job, T0)
+    await store.add_run(run, dispatched=True)
+    assert await store.cancel_queued_run(run.id, T0 + S, "user asked")
+    assert not await store.start_run(run.id, "w1", T0, T0 + S)
+    done = make_run(job, T0 + S, status=RunStatus.SKIPPED)
+    await store.add_run(done, dispatched=True)
+    assert not await store.start_run(done.id, "w1", T0, T0 + S)
+
+
+async def test_finish_run_is_fenced_by_owner_and_status(store: Store) -> None:
+    job = make_job("f")
+    await store.add_jobs([job])
+    run = await running_run(store, job, T0, owner="w1")
+    before = await store.get_run(run.id)
+    assert not await store.finish_run(run.id, "w2", status=RunStatus.FAILED, finished_at=T0 + S,
+                                      error="stale worker")
+    assert await store.get_run(run.id) == before  # nothing written
+    assert await store.finish_run(run.id, "w1", status=RunStatus.SUCCEEDED, finished_at=T0 + 2 * S,
+                                  exit_code=0, output="line 1\nline 2", error=None)
+    got = await store.get_run(run.id)
+    assert (got.status, got.finished_at, got.exit_code, got.output, got.error) == (
+        RunStatus.SUCCEEDED, T0 + 2 * S, 0, "line 1\nline 2", None)
+    assert not await store.finish_run(run.id, "w1", status=RunStatus.FAILED, finished_at=T0 + 3 * S)
+    assert (await store.get_run(run.id)).status is RunStatus.SUCCEEDED
+    queued = make_run(job, T0 + S)
+    await store.add_run(queued, dispatched=True)
+    assert not await store.finish_run(queued.id, None, status=RunStatus.FAILED, finished_at=T0)
+    assert not await store.finish_run(new_id(), "w1", status=RunStatus.FAILED, finished_at=T0)
+    other = await running_run(store, job, T0 + 5 * S)
+    with pytest.raises(ValueError):
+        await store.finish_run(other.id, "w1", status=RunStatus.RUNNING, finished_at=T0)
+    assert (await store.get_run(other.id)).status is RunStatus.RUNNING
+
+
+async def test_finish_run_inserts_the_retry_in_the_same_step(store: Store) -> None:
+    job = make_job("retry")
+    await store.add_jobs([job])
+    run = await running_run(store, job, T0)
+    retry = make_run(job, T0, attempt=2, trigger=Trigger.RETRY, due_at=T0 + 8 * S)
+    assert await store.finish_run(run.id, "w1", status=RunStatus.FAILED, finished_at=T0 + S,
+                                  exit_code=3, error="exit code 3", retry=retry)
+    assert await store.get_run(retry.id) == retry
+    assert await store.next_due_time() <= T0 + 8 * S  # type: ignore[operator]
+    assert await store.claim_due_runs(T0 + 7 * S, 10) == []
+    [d] = await store.claim_due_runs(T0 + 8 * S, 10)
+    assert d.run == retry and d.job == job
+
+
+async def test_finish_run_with_a_conflicting_retry_writes_nothing(store: Store) -> None:
+    job = make_job("conflict")
+    await store.add_jobs([job])
+    run = await running_run(store, job, T0)
+    taken = make_run(job, T0, attempt=2, trigger=Trigger.RETRY)
+    await store.add_run(taken, dispatched=True)
+    clash = make_run(job, T0, attempt=2, trigger=Trigger.RETRY)
+    with pytest.raises(RunConflict):
+        await store.finish_run(run.id, "w1", status=RunStatus.FAILED, finished_at=T0 + S, retry=clash)
+    assert (await store.get_run(run.id)).status is RunStatus.RUNNING
+    with pytest.raises(RunNotFound):
+        await store.get_run(clash.id)
+    assert_no_connection_checked_out(store)
+
+
+async def test_concurrent_finishes_apply_each_compare_and_set_exactly(store: Store) -> None:
+    job = make_job("batch")
+    await store.add_jobs([job])
+    runs = [await running_run(store, job, T0 + i * S, owner=f"w{i % 2}") for i in range(8)]
+    results = await asyncio.gather(*(
+        store.finish_run(r.id, owner, status=RunStatus.SUCCEEDED, finished_at=T0 + 20 * S, output=owner)
+        for r in runs for owner in ("w0", "w1")))
+    for i, run in enumerate(runs):
+        assert results[2 * i:2 * i + 2] == [i % 2 == 0, i % 2 == 1]
+        got = await store.get_run(run.id)
+        assert got.status is RunStatus.SUCCEEDED and got.output == f"w{i % 2}"
+
+
+async def test_renew_leases_extends_only_the_owners_running_runs(store: Store) -> None:
+    job = make_job("lease")
+    await store.add_jobs([job])
+    mine = await running_run(store, job, T0, owner="w1")
+    theirs = await running_run(store, job, T0 + S, owner="w2")
+    done = await running_run(store, job, T0 + 2 * S, owner="w1")
+    assert await store.finish_run(done.id, "w1", status=RunStatus.SUCCEEDED, finished_at=T0 + 3 * S)
+    until = T0 + 100 * S
+    assert await store.renew_leases([mine.id, theirs.id, done.id, new_id()], "w1", until) == {mine.id}
+    assert (await store.get_run(mine.id)).lease_expires_at == until
+    assert (await store.get_run(theirs.id)).lease_expires_at == T0 + 31 * S
+    assert await store.renew_leases([], "w1", until) == set()
+
+
+async def test_expired_leases_oldest_first(store: Store) -> None:
+    job = make_job("exp")
+    await store.add_jobs([job])
+    a = await running_run(store, job, T0, lease=20 * S)  # expires T0+20
+    b = await running_run(store, job, T0 + S, lease=5 * S)  # expires T0+6
+    c = await running_run(store, job, T0 + 2 * S, lease=100 * S)  # expires T0+102
+    await store.add_run(make_run(job, T0 + 3 * S), dispatched=True)  # queued: has no lease
+    assert [r.id for r in await store.expired_leases(T0 + 30 * S, 10)] == [b.id, a.id]
+    assert [r.id for r in await store.expired_leases(T0 + 30 * S, 1)] == [b.id]
+    assert await store.expired_leases(T0 + 6 * S, 10) == []  # strictly before now
+    assert (await store.renew_leases([b.id], "w1", T0 + 200 * S)) == {b.id}
+    assert [r.id for r in await store.expired_leases(T0 + 150 * S, 10)] == [a.id, c.id]
+    assert await store.finish_run(a.id, "w1", status=RunStatus.FAILED, finished_at=T0 + 150 * S)
+    assert [r.id for r in await store.expired_leases(T0 + 150 * S, 10)] == [c.id]
+
+
+async def test_cancel_queued_run(store: Store) -> None:
+    job = make_job("cancel")
+    await store.add_jobs([job])
+    run = make_run(job, T0, due_at=T0 + 5 * S)
+    await store.add_run(run, dispatched=False)
+    assert await store.cancel_queued_run(run.id, T0 + S, "no longer wanted")
+    got = await store.get_run(run.id)
+    assert (got.status, got.finished_at, got.error) == (RunStatus.CANCELLED, T0 + S, "no longer wanted")
+    assert not await store.cancel_queued_run(run.id, T0 + 2 * S, "again")
+    assert await store.claim_due_runs(T0 + 60 * S, 10) == []  # a cancelled run is not dispatched
+    running = await running_run(store, job, T0 + S)
+    assert not await store.cancel_queued_run(running.id, T0 + 2 * S, "too late")
+    assert not await store.cancel_queued_run(new_id(), T0, "nothing")
+
+
+async def test_list_runs_newest_first_with_keyset_and_status(store: Store) -> None:
+    a, b = make_job("a"), make_job("b")
+    await store.add_jobs([a, b])
+    statuses = [RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.MISSED, RunStatus.QUEUED]
+    made: list[Run] = []
+    for i in range(12):
+        job = a if i % 3 else b
+        run = make_run(job, T0 + i * S, status=statuses[i % 4])
+        await store.add_run(run, dispatched=True)
+        made.append(run)
+    of_a = [r.id for r in reversed(made) if r.job_id == a.id]
+    assert [r.id for r in await store.list_runs(a.id, limit=100)] == of_a
+    pages, before = [], None
+    while page := await store.list_runs(a.id, before=before, limit=3):
+        pages.extend(r.id for r in page)
+        before = page[-1].id
+    assert pages == of_a
+    failed = {RunStatus.FAILED, RunStatus.QUEUED}
+    assert [r.id for r in await store.list_runs(a.id, status=failed)] == [
+        r.id for r in reversed(made) if r.job_id == a.id and r.status in failed]
+    assert [r.id for r in await store.list_runs(limit=5)] == [r.id for r in reversed(made)][:5]
+    assert [r.id for r in await store.list_runs(status={RunStatus.MISSED}, before=made[10].id)] == [
+        r.id for r in reversed(made[:10]) if r.status is RunStatus.MISSED]
+    assert await store.list_runs(new_id()) == []
+
+
+async def test_delete_runs_keeps_active_runs(store: Store) -> None:
+    job, other = make_job("a"), make_job("b")
+    await store.add_jobs([job, other])
+    queued = make_run(job, T0)
+    await store.add_run(queued, dispatched=True)
+    running = await running_run(store, job, T0 + S)
+    finished = [make_run(job, T0 + (2 + i) * S, status=s)
+                for i, s in enumerate([RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SKIPPED])]
+    for run in finished:
+        await store.add_run(run, dispatched=True)
+    keep = make_run(other, T0, status=RunStatus.SUCCEEDED)
+    await store.add_run(keep, dispatched=True)
+    assert await store.delete_runs(job.id) == 3
+    assert {r.id for r in await store.list_runs(job.id)} == {queued.id, running.id}
+    assert await store.get_run(keep.id) == keep
+    assert await store.delete_runs(job.id) == 0
+
+
+async def test_prune_runs_by_history_limit_in_batches(store: Store) -> None:
+    limited = make_job("limited", history_limit=2)
+    free = make_job("free")
+    await store.add_jobs([limited, free])
+    finished = [make_run(limited, T0 + i * S, status=RunStatus.SUCCEEDED) for i in range(6)]
+    for run in finished:
+        await store.add_run(run, dispatched=True)
+    active = make_run(limited, T0 - S)  # oldest, but active: never pruned, not counted
+    await store.add_run(active, dispatched=True)
+    for i in range(5):
+        await store.add_run(make_run(free, T0 + i * S, status=RunStatus.FAILED), dispatched=True)
+    now = T0 + 60 * S
+    assert await store.prune_runs(now, None, 3) == 3
+    assert await store.prune_runs(now, None, 3) == 1
+    assert await store.prune_runs(now, None, 3) == 0
+    assert {r.id for r in await store.list_runs(limited.id)} == {finished[4].id, finished[5].id, active.id}
+    assert len(await store.list_runs(free.id)) == 5
+
+
+async def test_prune_runs_by_max_age(store: Store) -> None:
+    job = make_job("aged")
+    await store.add_jobs([job])
+    old = [make_run(job, T0 + i * S, status=RunStatus.SUCCEEDED, finished_at=T0 + i * S) for i in range(4)]
+    recent = make_run(job, T0 + 100 * S, status=RunStatus.FAILED, finished_at=T0 + 100 * S)
+    queued_old = make_run(job, T0 - 100 * S)  # active: kept whatever its age
+    for run in [*old, recent, queued_old]:
+        await store.add_run(run, dispatched=True)
+    now = T0 + 200 * S
+    assert await store.prune_runs(now, timedelta(seconds=150), 3) == 3
+    assert await store.prune_runs(now, timedelta(seconds=150), 3) == 1
+    assert await store.prune_runs(now, timedelta(seconds=150), 3) == 0
+    assert {r.id for r in await store.list_runs(job.id)} == {recent.id, queued_old.id}
