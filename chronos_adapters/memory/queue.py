@@ -18,14 +18,30 @@ class MemoryDispatchQueue(DispatchQueue):
 
     def __init__(self) -> None:
         self._q: asyncio.Queue[Dispatch] = asyncio.Queue()
+        self._getters: set[asyncio.Task[Dispatch]] = set()
         self.acked = 0
+
+    async def stop(self) -> None:
+        for getter in list(self._getters):  # a get waiting meanwhile raises CancelledError
+            getter.cancel()
 
     async def put(self, dispatches: Sequence[Dispatch]) -> None:
         for d in dispatches:
             self._q.put_nowait(d)
 
     async def get(self) -> Dispatch:
-        return await self._q.get()
+        if not self._q.empty():
+            return self._q.get_nowait()
+        getter = asyncio.ensure_future(self._q.get())
+        self._getters.add(getter)
+        try:
+            return await getter
+        except asyncio.CancelledError:
+            if getter.done() and not getter.cancelled():  # taken just as we were cancelled: keep it
+                self._q.put_nowait(getter.result())
+            raise
+        finally:
+            self._getters.discard(getter)
 
     def get_nowait(self) -> Dispatch | None:
         """The next dispatch, or None if the queue is empty (for tests that drive a worker by hand)."""

@@ -1,0 +1,350 @@
+"""The dispatch queue on Kafka: a runs topic keyed by job id, consumed by the workers as one group.
+
+* **Order**: a run's message is keyed by its job id, so all runs of a job land in one partition, in the
+  order they were put.
+* **Commit rule**: offsets are committed manually, only after ``ack`` (the worker acks once the run's
+  outcome is recorded in the store, or once it knows the run is not runnable). Several runs of one
+  partition are in flight at once and finish in any order, so per partition the queue commits the
+  highest *contiguous* acknowledged offset: an acked message behind an unacked one waits for it.
+* **Redelivery**: whatever was not committed is delivered again after a restart or a rebalance (the
+  partition's new owner starts at the committed offset). That is harmless: ``Store.start_run`` only moves
+  a queued run to running, so a run that already started or finished is not run again.
+* **Dead letters**: a message that does not decode goes straight to the dead-letter topic; a dispatch a
+  consumer gives up on (``nack``) is put back at the end of its partition with a try count, and after
+  ``max_tries`` goes to the dead-letter topic. Dead letters keep the original key and bytes; the headers
+  say why (``chronos-dead-reason``), where from (``chronos-dead-source``: topic/partition/offset) and how
+  many tries (``chronos-tries``).
+* Schedulers only ``put``: the consumer (group membership) is created on the first ``get``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from chronos_core.ports import Dispatch, DispatchQueue
+
+from ._common import ensure_topics, unavailable
+from .codec import DecodeError, decode_dispatch, encode_dispatch
+
+__all__ = ["DEAD_REASON", "DEAD_SOURCE", "TRIES", "KafkaDispatchQueue"]
+
+log = logging.getLogger("chronos.kafka.queue")
+
+TRIES = "chronos-tries"
+DEAD_REASON = "chronos-dead-reason"
+DEAD_SOURCE = "chronos-dead-source"
+
+
+@dataclass(slots=True)
+class _Delivery:
+    tp: TopicPartition
+    generation: int
+    offset: int
+    tries: int
+    key: bytes | None
+    value: bytes
+
+
+class _Partition:
+    """Offsets of one assigned partition handed out and not yet committed, in offset order."""
+
+    __slots__ = ("acked", "generation")
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.acked: dict[int, bool] = {}  # insertion order == offset order
+
+    def advance(self) -> int | None:
+        """Drop the acked prefix; the offset to commit (one past the last dropped), or None."""
+        last = None
+        for offset, done in list(self.acked.items()):
+            if not done:
+                break
+            del self.acked[offset]
+            last = offset
+        return None if last is None else last + 1
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, queue: KafkaDispatchQueue) -> None:
+        self._queue = queue
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._queue._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._queue._assigned(set(assigned))
+
+
+class KafkaDispatchQueue(DispatchQueue):
+    """Runs topic ``topic`` (``partitions`` partitions when created here), consumer group ``group``."""
+
+    durable = True
+
+    def __init__(self, bootstrap: str, *, topic: str = "chronos.runs", group: str = "chronos-workers",
+                 partitions: int = 12, dead_letter_topic: str | None = None, max_tries: int = 3,
+                 enable_idempotence: bool = False, create_topics: bool = True,
+                 replication_factor: int = 1, client_id: str = "chronos", prefetch: int = 64,
+                 session_timeout_ms: int = 10_000, heartbeat_interval_ms: int = 3_000,
+                 rebalance_timeout_ms: int | None = None, linger_ms: int = 2) -> None:
+        if max_tries < 1:
+            raise ValueError("max_tries must be at least 1")
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.group = group
+        self.partitions = partitions
+        self.dead_letter_topic = dead_letter_topic or f"{topic}.dead"
+        self.max_tries = max_tries
+        self.enable_idempotence = enable_idempotence
+        self.create_topics = create_topics
+        self.replication_factor = replication_factor
+        self.client_id = client_id
+        self.prefetch = prefetch
+        self._consumer_opts: dict[str, Any] = {
+            "session_timeout_ms": session_timeout_ms, "heartbeat_interval_ms": heartbeat_interval_ms,
+        }
+        if rebalance_timeout_ms is not None:
+            self._consumer_opts["rebalance_timeout_ms"] = rebalance_timeout_ms
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._fetcher: asyncio.Task[None] | None = None
+        self._ready: deque[tuple[_Delivery, Dispatch]] = deque()
+        self._wakeup = asyncio.Event()
+        self._handed: dict[int, tuple[_Delivery, Dispatch]] = {}
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._generation = 0
+        self._commit_lock = asyncio.Lock()
+        self._closed = False
+        self.dead_lettered = 0
+
+    # lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        self._closed = False
+        if self.create_topics:
+            await ensure_topics(self.bootstrap, {self.topic: self.partitions,
+                                                 self.dead_letter_topic: 1},
+                                replication_factor=self.replication_factor,
+                                client_id=f"{self.client_id}-admin")
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-runs",
+                                    acks="all", enable_idempotence=self.enable_idempotence,
+                                    linger_ms=self._linger_ms)
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise unavailable("producer start", exc) from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+        if self._fetcher is not None:
+            self._fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fetcher
+            self._fetcher = None
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError, asyncio.TimeoutError):
+                await self._commit()
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        self._ready.clear()
+        self._handed.clear()
+        self._parts.clear()
+
+    # producing ---------------------------------------------------------------------------------
+    async def put(self, dispatches: Sequence[Dispatch]) -> None:
+        producer = self._require_producer()
+        try:
+            futures = [await producer.send(self.topic, encode_dispatch(d), key=d.job.id.encode())
+                       for d in dispatches]
+            if futures:
+                await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise unavailable("send", exc) from exc
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("KafkaDispatchQueue is not started")
+        return self._producer
+
+    # consuming ---------------------------------------------------------------------------------
+    async def get(self) -> Dispatch:
+        self._require_producer()
+        if self._fetcher is None:
+            self._fetcher = asyncio.create_task(self._fetch(), name="chronos-kafka-runs-fetch")
+        while not self._ready:
+            if self._closed:
+                raise asyncio.CancelledError
+            if self._fetcher.done():  # the fetch loop died: say why
+                self._fetcher.result()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        delivery, dispatch = self._ready.popleft()
+        self._handed[id(dispatch)] = (delivery, dispatch)
+        return dispatch
+
+    async def ack(self, dispatch: Dispatch) -> None:
+        entry = self._handed.pop(id(dispatch), None)
+        if entry is None:
+            return
+        self._mark_done(entry[0])
+        await self._commit()
+
+    async def nack(self, dispatch: Dispatch, reason: str) -> None:
+        """The consumer could not handle the dispatch: deliver it again later (at the end of its
+        partition), or after ``max_tries`` tries put it on the dead-letter topic with ``reason``."""
+        entry = self._handed.pop(id(dispatch), None)
+        if entry is None:
+            return
+        delivery = entry[0]
+        producer = self._require_producer()
+        try:
+            if delivery.tries + 1 >= self.max_tries:
+                await self._dead_letter(delivery, reason)
+            else:
+                await producer.send_and_wait(self.topic, delivery.value, key=delivery.key,
+                                             headers=[(TRIES, str(delivery.tries + 1).encode())])
+        except KafkaError as exc:
+            # not acked: it is delivered again after a restart / rebalance
+            raise unavailable("send", exc) from exc
+        self._mark_done(delivery)
+        await self._commit()
+
+    async def depth(self) -> int:
+        """Dispatches fetched and not handed out yet (the broker-side lag is not counted)."""
+        return len(self._ready)
+
+    async def _dead_letter(self, delivery: _Delivery, reason: str) -> None:
+        producer = self._require_producer()
+        headers = [
+            (DEAD_REASON, reason[:2000].encode()),
+            (DEAD_SOURCE, f"{delivery.tp.topic}/{delivery.tp.partition}/{delivery.offset}".encode()),
+            (TRIES, str(delivery.tries + 1).encode()),
+            ("chronos-dead-at", datetime.now(UTC).isoformat().encode()),
+        ]
+        await producer.send_and_wait(self.dead_letter_topic, delivery.value, key=delivery.key,
+                                     headers=headers)
+        self.dead_lettered += 1
+        log.warning("dead-lettered %s/%d/%d after %d tries: %s", delivery.tp.topic, delivery.tp.partition,
+                    delivery.offset, delivery.tries + 1, reason)
+
+    def _mark_done(self, delivery: _Delivery) -> None:
+        part = self._parts.get(delivery.tp)
+        if part is None or part.generation != delivery.generation:
+            return  # the partition was revoked since: its new owner delivers it again
+        if delivery.offset in part.acked:
+            part.acked[delivery.offset] = True
+
+    async def _commit(self) -> None:
+        """Commit, per partition, one past the highest contiguous acknowledged offset."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            offsets = {}
+            for tp, part in self._parts.items():
+                nxt = part.advance()
+                if nxt is not None:
+                    offsets[tp] = OffsetAndMetadata(nxt, "")
+            if not offsets:
+                return
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                # a rebalance took the partition away: the new owner redelivers, which is harmless
+                log.warning("offset commit failed (%s); those runs will be delivered again", exc)
+
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        offsets = {}
+        for tp in revoked:
+            part = self._parts.pop(tp, None)
+            if part is not None:
+                nxt = part.advance()
+                if nxt is not None:
+                    offsets[tp] = OffsetAndMetadata(nxt, "")
+        self._ready = deque(item for item in self._ready if item[0].tp not in revoked)
+        if offsets and consumer is not None:
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                log.warning("offset commit on revoke failed (%s)", exc)
+
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
+        self._generation += 1
+        for tp in assigned:
+            if tp not in self._parts:
+                self._parts[tp] = _Partition(self._generation)
+        log.info("%s assigned %s", self.client_id, sorted(tp.partition for tp in assigned))
+
+    async def _fetch(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group, client_id=f"{self.client_id}-worker",
+            enable_auto_commit=False, auto_offset_reset="earliest", **self._consumer_opts)
+        consumer.subscribe([self.topic], listener=_Listener(self))
+        self._consumer = consumer  # stop() closes it, even if it is still joining the group
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            raise unavailable("consumer start", exc) from exc
+        while True:
+            room = self.prefetch - len(self._ready)
+            assigned = consumer.assignment()
+            if room <= 0:
+                # keep polling (group membership) without taking more
+                consumer.pause(*assigned)
+            elif consumer.paused():
+                consumer.resume(*consumer.paused())
+            try:
+                batch = await consumer.getmany(timeout_ms=500, max_records=max(room, 1))
+            except KafkaError as exc:
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            for tp, messages in batch.items():
+                part = self._parts.get(tp)
+                if part is None:
+                    continue
+                for m in messages:
+                    await self._accept(tp, part, m)
+            if self._ready:
+                self._wakeup.set()
+
+    async def _accept(self, tp: TopicPartition, part: _Partition, m: Any) -> None:
+        tries = 0
+        for k, v in m.headers or ():
+            if k == TRIES:
+                with contextlib.suppress(ValueError):
+                    tries = int(v)
+        delivery = _Delivery(tp, part.generation, m.offset, tries, m.key, m.value)
+        part.acked[m.offset] = False
+        try:
+            dispatch = decode_dispatch(m.value)
+        except DecodeError as exc:
+            try:
+                await self._dead_letter(delivery, f"undecodable: {exc}")
+            except KafkaError as send_exc:
+                log.error("cannot dead-letter %s/%d: %s", tp.partition, m.offset, send_exc)
+                return  # stays unacked: retried after a restart
+            part.acked[m.offset] = True
+            await self._commit()
+            return
+        self._ready.append((delivery, dispatch))
