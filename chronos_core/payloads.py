@@ -129,6 +129,10 @@ class HttpPayload(Payload):
     def redacted(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", by_alias=True)
         data["headers"] = _mask_mapping(self.headers)
+        data["query"] = {k: (REDACTED if is_secret_name(k) and v else v) for k, v in self.query.items()}
+        password = _url_password(self.url)
+        if password:
+            data["url"] = self.url.replace(f":{password}@", f":{REDACTED}@", 1)
         return data
 
     def secrets(self) -> list[str]:
@@ -139,7 +143,19 @@ class HttpPayload(Payload):
                 scheme, _, token = v.partition(" ")
                 if token and scheme.lower() in ("bearer", "basic", "token"):
                     out.append(token)
+        for k, q in self.query.items():
+            if is_secret_name(k):
+                out.extend(x for x in ([q] if isinstance(q, str) else q) if x)
+        password = _url_password(self.url)
+        if password:
+            out.append(password)
         return out
+
+
+def _url_password(url: str) -> str | None:
+    """The password in ``scheme://user:password@host/...``, if any."""
+    m = re.match(r"^[a-z][a-z0-9+.-]*://[^/?#@]*?:([^/?#@]+)@", url, re.I)
+    return m.group(1) if m else None
 
 
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$|^.*<[^@\s<>]+@[^@\s<>]+>$")
@@ -178,6 +194,14 @@ class SqlPayload(Payload):
     statement: str = Field(min_length=1, max_length=100_000)
     params: dict[str, Any] = Field(default_factory=dict)
     max_rows: int = Field(default=20, ge=0, le=10_000)
+
+    def redacted(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["params"] = {k: (REDACTED if is_secret_name(k) and v else v) for k, v in self.params.items()}
+        return data
+
+    def secrets(self) -> list[str]:
+        return [str(v) for k, v in self.params.items() if is_secret_name(k) and v not in (None, "")]
 
 
 class JobTypes:

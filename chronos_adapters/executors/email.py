@@ -56,16 +56,16 @@ def build_message(p: EmailPayload, sender: str, run: Run | None = None) -> Email
 
 
 class _Session:
-    """The SMTP connection of one send, so the event loop can cut it from outside the thread."""
+    """The socket of one send, so the event loop can cut it from outside the thread."""
 
     def __init__(self) -> None:
-        self.smtp: smtplib.SMTP | None = None
+        self.sock: socket.socket | None = None
         self.aborted = False
         self._lock = threading.Lock()
 
-    def attach(self, smtp: smtplib.SMTP) -> None:
+    def attach(self, sock: socket.socket) -> None:
         with self._lock:
-            self.smtp = smtp
+            self.sock = sock
             if self.aborted:
                 self._shutdown()
 
@@ -75,10 +75,21 @@ class _Session:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        sock = getattr(self.smtp, "sock", None)
-        if sock is not None:
+        if self.sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it; TLS wraps the same fd
+
+
+def _tracked(base: type[smtplib.SMTP], session: _Session) -> type[smtplib.SMTP]:
+    """``base`` handing its socket to ``session`` as soon as it is connected, before the greeting."""
+
+    class Tracked(base):  # type: ignore[valid-type,misc]
+        def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+            sock = super()._get_socket(host, port, timeout)
+            session.attach(sock)
+            return sock  # type: ignore[no-any-return]
+
+    return Tracked
 
 
 class EmailExecutor(Executor):
@@ -128,19 +139,17 @@ class EmailExecutor(Executor):
     def _send(self, msg: EmailMessage, sender: str, recipients: list[str],
               session: _Session) -> dict[str, tuple[int, bytes]]:
         context = ssl.create_default_context(cafile=self.ca_file)
+        # connecting in the constructor also tells STARTTLS which host name to verify
         smtp: smtplib.SMTP
         if self.ssl:
-            smtp = smtplib.SMTP_SSL(timeout=self.timeout, context=context)
+            smtp = _tracked(smtplib.SMTP_SSL, session)(self.host, self.port, timeout=self.timeout,
+                                                        context=context)
         else:
-            smtp = smtplib.SMTP(timeout=self.timeout)
-        session.attach(smtp)
+            smtp = _tracked(smtplib.SMTP, session)(self.host, self.port, timeout=self.timeout)
         try:
-            smtp.connect(self.host, self.port)
-            session.attach(smtp)  # now with its socket
             smtp.ehlo_or_helo_if_needed()
             if self.starttls:
                 smtp.starttls(context=context)
-                session.attach(smtp)
                 smtp.ehlo()
             if self.user and self.password:
                 smtp.login(self.user, self.password)

@@ -203,8 +203,8 @@ class HttpExecutor(Executor):
             raise ExecutionFailed(f"{type(exc).__name__}: {exc or 'connection failed'}") from None
         try:
             for hop in response.history:
-                await log(f"HTTP {hop.status_code} {hop.reason_phrase} -> "
-                          f"{_shown_url(hop.next_request.url) if hop.next_request else '?'}")
+                target = hop.url.join(hop.headers.get("Location", ""))
+                await log(f"HTTP {hop.status_code} {hop.reason_phrase} -> {_shown_url(target)}")
             body, truncated = await self._read_capped(response)
         except httpx.TimeoutException as exc:
             raise ExecutionFailed(f"{type(exc).__name__} while reading the body") from None
@@ -250,5 +250,5 @@ def _retryable_status(status: int) -> bool:
 def _shown_url(url: httpx.URL) -> str:
     """The URL without its password (the query is masked by the worker from ``payload.secrets()``)."""
     if url.password:
-        url = url.copy_with(password="***")
+        url = url.copy_with(username=url.username, password="***")
     return str(url)
