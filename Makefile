@@ -42,6 +42,10 @@ bench-quick: $(BENCH_STAMP) services
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chronos_core chronos_adapters chronos_app tests bench
 
+## Fuzz the REST API from its own OpenAPI document (schemathesis): no 500s, no off-schema responses.
+fuzz: $(STAMP)
+	CHRONOS_FUZZ_EXAMPLES=$${CHRONOS_FUZZ_EXAMPLES:-300} $(PY) -m pytest -q tests/api/test_fuzz.py
+
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
