@@ -49,14 +49,18 @@ def _memory_bus() -> Any:
     return MemoryEventBus()
 
 
-def _kafka(kind: str, settings: Settings) -> Any:
-    try:
-        from chronos_adapters import kafka  # type: ignore[attr-defined]
-    except ImportError as exc:  # pragma: no cover - until the Kafka adapters land
-        raise RuntimeError("the Kafka adapters are not available in this build; unset "
-                           "CHRONOS_KAFKA_BOOTSTRAP / KAFKA_BROKER or set CHRONOS_BUS=memory") from exc
-    factory = getattr(kafka, f"kafka_{kind}")
-    return factory(settings.kafka_bootstrap)
+def _kafka_queue(settings: Settings) -> Any:
+    from chronos_adapters.kafka import KafkaDispatchQueue  # needs the kafka extra (aiokafka)
+
+    assert settings.kafka_bootstrap, "CHRONOS_BUS=kafka needs CHRONOS_KAFKA_BOOTSTRAP"
+    return KafkaDispatchQueue(settings.kafka_bootstrap)
+
+
+def _kafka_bus(settings: Settings) -> Any:
+    from chronos_adapters.kafka import KafkaEventBus
+
+    assert settings.kafka_bootstrap, "CHRONOS_BUS=kafka needs CHRONOS_KAFKA_BOOTSTRAP"
+    return KafkaEventBus(settings.kafka_bootstrap)
 
 
 def build_executor_config(settings: Settings) -> ExecutorConfig:
@@ -106,12 +110,12 @@ class Container(containers.DeclarativeContainer):
     queue = providers.Selector(
         settings.provided.bus_backend,
         memory=providers.Singleton(_memory_queue),
-        kafka=providers.Singleton(_kafka, "queue", settings),
+        kafka=providers.Singleton(_kafka_queue, settings),
     )
     bus = providers.Selector(
         settings.provided.bus_backend,
         memory=providers.Singleton(_memory_bus),
-        kafka=providers.Singleton(_kafka, "bus", settings),
+        kafka=providers.Singleton(_kafka_bus, settings),
     )
     executor_config = providers.Singleton(build_executor_config, settings)
     executors = providers.Singleton(build_executors, executor_config)

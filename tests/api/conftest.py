@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -67,9 +68,11 @@ def make_app() -> AppFactory:
     return build_app
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with running(build_app()) as c:
+@pytest.fixture(params=["memory", "sqlite"])
+async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on the memory store and on the service's default, a SQLite file."""
+    url = "memory" if request.param == "memory" else f"sqlite:///{tmp_path}/chronos.db"
+    async with running(build_app(database_url=url)) as c:
         yield c
 
 
