@@ -268,14 +268,17 @@ class KafkaEventBus(EventBus):
         partition, offset = after
         if partition not in live_from:
             return []
+        filtered = sub.job_id is not None or sub.run_id is not None
+        if (filtered or len(live_from) == 1) and offset + 1 >= live_from[partition]:
+            return []  # the live feed starts after that id: nothing to read back
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                     client_id=f"{self.client_id}-events-replay",
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         out: list[Event] = []
         try:
             await consumer.start()
+            await asyncio.sleep(0)  # let the consumer's own tasks start (closing one too soon fails)
             starts = {TopicPartition(self.topic, partition): offset + 1}
-            filtered = sub.job_id is not None or sub.run_id is not None
             if not filtered and len(live_from) > 1:
                 starts.update(await self._starts_from_time(consumer, partition, offset, live_from))
             ends = {tp: live_from[tp.partition] for tp in starts}

@@ -23,6 +23,7 @@ class MemorySubscription:
         self.types = frozenset(types) if types is not None else None
         self._buffer = buffer
         self._items: deque[Event] = deque()
+        self._replay: deque[Event] = deque()  # retained events for ``after=``: not counted in the buffer
         self._ready = asyncio.Event()
         self._closed = False
         self._overflow = False
@@ -47,6 +48,10 @@ class MemorySubscription:
         return self
 
     async def __anext__(self) -> Event:
+        if self._replay:
+            e = self._replay.popleft()
+            self.last_id = e.id
+            return e
         while not self._items:
             if self._overflow:
                 raise SubscriptionOverflow(self.last_id)
@@ -61,6 +66,7 @@ class MemorySubscription:
     async def aclose(self) -> None:
         self._closed = True
         self._items.clear()
+        self._replay.clear()
         self._bus._subs.discard(self)
         self._ready.set()
 
@@ -104,7 +110,7 @@ class MemoryEventBus(EventBus):
                 after_seq = 0
             for e in self._recent:
                 if int(e.id or 0) > after_seq and sub.matches(e):
-                    sub._offer(e)
+                    sub._replay.append(e)
         self._subs.add(sub)
         return sub
 
