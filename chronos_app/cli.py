@@ -68,8 +68,15 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     app = create_app(_container(settings, scheduler=scheduler, worker=worker))
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, close the SSE streams, then
     # the lifespan stops Chronos (no more claims; running attempts get shutdown_grace, then are cancelled).
+    # uvicorn re-raises the signal once it has shut down; exiting with status 0 then says "stopped cleanly".
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
                 timeout_graceful_shutdown=5, proxy_headers=False, server_header=False)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @click.group()

@@ -1,0 +1,85 @@
+"""Settings from the environment: CHRONOS_* names, the seed system's names, derived choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from chronos_adapters.executors import ExecutorConfig
+from chronos_app.container import Container, build_executor_config
+from chronos_app.settings import DEFAULT_DATABASE_URL, Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("CHRONOS_", "DB_", "SMTP_", "KAFKA_")):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_the_embedded_service() -> None:
+    s = Settings()
+    assert s.database_url == DEFAULT_DATABASE_URL and s.store_backend == "sql"
+    assert s.bus_backend == "memory" and not s.allow_shell and not s.auth_enabled
+
+
+def test_seed_names_build_a_mysql_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_HOST", "db")
+    monkeypatch.setenv("DB_USER", "chronos")
+    monkeypatch.setenv("DB_PASSWORD", "p@ss:word")
+    monkeypatch.setenv("DB_NAME", "jobs")
+    monkeypatch.setenv("KAFKA_BROKER", "kafka:9092")
+    monkeypatch.setenv("SMTP_HOST", "mail")
+    monkeypatch.setenv("SMTP_PORT", "2525")
+    monkeypatch.setenv("SMTP_USER", "u")
+    monkeypatch.setenv("SMTP_PASS", "smtp-secret")
+    s = Settings()
+    assert s.database_url == "mysql+pymysql://chronos:p%40ss%3Aword@db:3306/jobs"
+    assert s.kafka_bootstrap == "kafka:9092" and s.bus_backend == "kafka"
+    config = build_executor_config(s)
+    assert (config.smtp_host, config.smtp_port, config.smtp_user, config.smtp_password) == (
+        "mail", 2525, "u", "smtp-secret")
+    assert "smtp-secret" not in repr(s) and "p@ss" not in repr(s)
+
+
+def test_chronos_names_win_and_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_HOST", "db")
+    monkeypatch.setenv("CHRONOS_DATABASE_URL", "memory")
+    monkeypatch.setenv("SMTP_HOST", "seed-mail")
+    monkeypatch.setenv("CHRONOS_SMTP_HOST", "mail")
+    monkeypatch.setenv("CHRONOS_API_TOKENS", "a, b,,c")
+    monkeypatch.setenv("CHRONOS_ALLOW_SHELL", "true")
+    monkeypatch.setenv("CHRONOS_HTTP_ALLOW_HOSTS", "127.0.0.1,10.0.0.0/8")
+    monkeypatch.setenv("CHRONOS_SQL_CONNECTIONS", '{"reports": "sqlite:///r.db"}')
+    s = Settings()
+    assert s.database_url == "memory" and s.store_backend == "memory"
+    assert s.smtp_host == "mail" and s.api_tokens == ["a", "b", "c"] and s.auth_enabled
+    config = build_executor_config(s)
+    assert config.allow_shell and config.http_allow_hosts == ("127.0.0.1", "10.0.0.0/8")
+    assert dict(config.sql_connections) == {"reports": "sqlite:///r.db"}
+
+
+def test_unset_executor_settings_keep_the_executor_defaults() -> None:
+    config = build_executor_config(Settings())
+    default = ExecutorConfig()
+    assert (config.smtp_host, config.smtp_port, config.smtp_starttls) == (
+        default.smtp_host, default.smtp_port, default.smtp_starttls)
+    assert config.allow_shell is False  # the service refuses shell unless told otherwise
+
+
+def test_container_selects_adapters_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chronos_adapters.memory import MemoryEventBus, MemoryStore
+    from chronos_adapters.sql import SqlStore
+
+    monkeypatch.setenv("CHRONOS_DATABASE_URL", "memory")
+    c = Container()
+    assert isinstance(c.store(), MemoryStore) and isinstance(c.bus(), MemoryEventBus)
+    assert c.chronos().store is c.store()
+    monkeypatch.setenv("CHRONOS_DATABASE_URL", "sqlite:///x.db")
+    assert isinstance(Container().store(), SqlStore)
+    monkeypatch.setenv("CHRONOS_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    from chronos_adapters.kafka import KafkaDispatchQueue, KafkaEventBus
+
+    k = Container()
+    assert isinstance(k.queue(), KafkaDispatchQueue) and isinstance(k.bus(), KafkaEventBus)
