@@ -1,0 +1,167 @@
+"""What the Kafka adapters promise beyond the port contracts: dead letters, topic creation, several event
+partitions, an unreachable broker. Against the real (Tansu) broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from chronos_adapters.kafka import KafkaDispatchQueue, KafkaEventBus
+from chronos_adapters.kafka.queue import DEAD_REASON, DEAD_SOURCE, TRIES
+from chronos_core.errors import StoreUnavailable
+from chronos_core.models import EventType
+from tests.contracts.test_bus_contract import ev
+from tests.contracts.test_queue_contract import make_dispatch, make_job
+from tests.fixtures.kafka import KafkaNames, free_port
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def queue(kafka_bootstrap: str, kafka_names: KafkaNames) -> AsyncIterator[KafkaDispatchQueue]:
+    q = KafkaDispatchQueue(kafka_bootstrap, topic=kafka_names.topic("runs"), group=kafka_names.group(),
+                           partitions=2, max_tries=3, client_id=kafka_names.prefix,
+                           session_timeout_ms=2000, heartbeat_interval_ms=300, rebalance_timeout_ms=500)
+    await q.start()
+    try:
+        yield q
+    finally:
+        await q.stop()
+
+
+async def read_all(bootstrap: str, topic: str, n: int) -> list[tuple[bytes | None, bytes, dict[str, str]]]:
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await c.start()
+    out = []
+    try:
+        async with asyncio.timeout(60):
+            while len(out) < n:
+                for msgs in (await c.getmany(timeout_ms=500)).values():
+                    out += [(m.key, m.value, {k: v.decode() for k, v in m.headers}) for m in msgs]
+    finally:
+        await c.stop()
+    return out
+
+
+async def test_undecodable_message_goes_to_the_dead_letter_topic_and_is_not_delivered(
+        kafka_bootstrap: str, queue: KafkaDispatchQueue) -> None:
+    job = make_job("job-dl")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(queue.topic, b"{not json", key=job.id.encode())
+        await producer.send_and_wait(queue.topic, b'{"v": 99, "kind": "dispatch"}', key=job.id.encode())
+    finally:
+        await producer.stop()
+    good = make_dispatch(job)
+    await queue.put([good])
+    async with asyncio.timeout(60):
+        got = await queue.get()
+    assert got.run.id == good.run.id
+    await queue.ack(got)
+    dead = await read_all(kafka_bootstrap, queue.dead_letter_topic, 2)
+    assert [d[1] for d in dead] == [b"{not json", b'{"v": 99, "kind": "dispatch"}']
+    assert all(d[0] == job.id.encode() for d in dead)
+    assert "undecodable" in dead[0][2][DEAD_REASON] and "JSON" in dead[0][2][DEAD_REASON]
+    assert "schema version 99" in dead[1][2][DEAD_REASON]
+    assert dead[0][2][DEAD_SOURCE].startswith(f"{queue.topic}/")
+    assert queue.dead_lettered == 2
+
+
+async def test_nack_delivers_again_then_dead_letters_after_max_tries(
+        kafka_bootstrap: str, queue: KafkaDispatchQueue) -> None:
+    sent = make_dispatch(make_job("job-nack"))
+    await queue.put([sent])
+    tries = 0
+    async with asyncio.timeout(60):
+        while tries < queue.max_tries:
+            d = await queue.get()
+            assert d.run.id == sent.run.id
+            tries += 1
+            await queue.nack(d, f"boom {tries}")
+    [dead] = await read_all(kafka_bootstrap, queue.dead_letter_topic, 1)
+    assert dead[2][DEAD_REASON] == f"boom {queue.max_tries}" and dead[2][TRIES] == str(queue.max_tries)
+    other = make_dispatch(make_job("job-nack"))
+    await queue.put([other])
+    async with asyncio.timeout(60):
+        d = await queue.get()
+    assert d.run.id == other.run.id  # the dead one is not delivered a fourth time
+
+
+async def test_topics_are_created_with_the_given_partitions_and_existing_ones_kept(
+        kafka_bootstrap: str, kafka_names: KafkaNames) -> None:
+    q = KafkaDispatchQueue(kafka_bootstrap, topic=kafka_names.topic("runs"), partitions=5)
+    bus = KafkaEventBus(kafka_bootstrap, topic=kafka_names.topic("events"), partitions=3)
+    await q.start()
+    await bus.start()
+    await q.stop()
+    await bus.stop()
+    again = KafkaDispatchQueue(kafka_bootstrap, topic=kafka_names.topic("runs"), partitions=9)
+    await again.start()  # exists: left as it is
+    await again.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([q.topic, q.dead_letter_topic, bus.topic])
+    finally:
+        await admin.close()
+    counts = {t["topic"]: len(t["partitions"]) for t in described}
+    assert counts == {q.topic: 5, q.dead_letter_topic: 1, bus.topic: 3}
+
+
+@pytest.fixture
+async def wide_buses(kafka_bootstrap: str, kafka_names: KafkaNames) -> AsyncIterator[list[KafkaEventBus]]:
+    buses = [KafkaEventBus(kafka_bootstrap, topic=kafka_names.topic("events"), partitions=4,
+                           client_id=f"{kafka_names.prefix}-{i}") for i in range(2)]
+    for b in buses:
+        await b.start()
+    try:
+        yield buses
+    finally:
+        for b in buses:
+            await b.stop()
+
+
+async def test_several_event_partitions_keep_each_jobs_order_and_resume(
+        wide_buses: list[KafkaEventBus]) -> None:
+    reader, writer = wide_buses
+    jobs = [f"job-{i}" for i in range(8)]
+    sent = [ev(job=jobs[i % 8], run=None, type=EventType.RUN_LOG) for i in range(80)]
+    async with reader.subscribe() as sub:
+        await writer.publish(sent)
+        got = []
+        async with asyncio.timeout(60):
+            while len(got) < len(sent):
+                got.append(await sub.__anext__())
+    assert {e.id for e in got} == {e.id for e in sent}
+    assert len({e.id.split(":")[0] for e in sent if e.id}) > 1  # really spread over partitions
+    for job in jobs:
+        assert [e.id for e in got if e.job_id == job] == [e.id for e in sent if e.job_id == job]
+    # a job's stream resumes exactly after any of its ids
+    mine = [e for e in sent if e.job_id == "job-3"]
+    async with reader.subscribe(job_id="job-3", after=mine[3].id) as again:
+        async with asyncio.timeout(60):
+            rest = [await again.__anext__() for _ in range(len(mine) - 4)]
+    assert [e.id for e in rest] == [e.id for e in mine[4:]]
+    # an unfiltered resume loses nothing that followed (it may repeat a few around that instant)
+    later = [ev(job=jobs[i % 8], run=None) for i in range(16)]
+    await writer.publish(later)
+    async with reader.subscribe(after=sent[-1].id) as resumed:
+        seen: set[str | None] = set()
+        async with asyncio.timeout(60):
+            while not {e.id for e in later} <= seen:
+                seen.add((await resumed.__anext__()).id)
+
+
+async def test_an_unreachable_broker_is_store_unavailable() -> None:
+    q = KafkaDispatchQueue(f"127.0.0.1:{free_port()}")
+    with pytest.raises(StoreUnavailable):
+        async with asyncio.timeout(60):
+            await q.start()
+    with contextlib.suppress(Exception):
+        await q.stop()
