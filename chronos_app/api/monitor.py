@@ -53,12 +53,12 @@ def _types(text: str | None) -> set[EventType] | None:
                                 + ", ".join(t.value for t in EventType)) from None
 
 
-def _sse(event: Event, *, replayed: bool = False) -> ServerSentEvent:
+def _sse(event: Event, *, replayed: bool = False, first: bool = False) -> ServerSentEvent:
     body = EventOut.of(event).model_dump(mode="json")
     if replayed:
         body["data"]["replayed"] = True
     return ServerSentEvent(data=json.dumps(body, separators=(",", ":")), event=event.type.value,
-                           id=None if replayed else event.id, retry=_RETRY_MS)
+                           id=None if replayed else event.id, retry=_RETRY_MS if first else None)
 
 
 def _replay_events(ctx: ApiContext, runs: list[Run], types: Collection[EventType] | None) -> list[Event]:
@@ -97,12 +97,15 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
         ctx.metrics.sse_clients.inc()
         try:
             async with sub:
+                sent = 0
                 for event in first:
-                    yield _sse(event, replayed=True)
+                    yield _sse(event, replayed=True, first=not sent)
+                    sent += 1
                     if closes_on_final and event.type in _FINAL_RUN_EVENTS:
                         return
                 async for event in sub:
-                    yield _sse(event)
+                    yield _sse(event, first=not sent)
+                    sent += 1
                     if closes_on_final and event.type in _FINAL_RUN_EVENTS:
                         return
                     if job_id is not None and event.type is EventType.JOB_DELETED:
