@@ -47,12 +47,14 @@ class TokenAuth:
     def _token(self, scope: Scope) -> str | None:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
-                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                text: str = value.decode("latin-1")
+                scheme, _, credentials = text.partition(" ")
                 if scheme.lower() == "bearer" and credentials.strip():
                     return credentials.strip()
                 return None
         if scope["path"].startswith(self._query_prefixes):
-            values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+            query: bytes = scope.get("query_string", b"")
+            values = parse_qs(query.decode("latin-1")).get("token")
             if values:
                 return values[-1]
         return None

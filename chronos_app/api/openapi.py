@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from .context import Op
 from .problems import PROBLEMS
@@ -31,13 +31,13 @@ def build_openapi(ops: Sequence[Op], *, title: str, version: str, auth: bool = T
     outputs = {op.response for op in ops if op.response is not None}
     outputs |= {m for op in ops for m, _ in op.extra_responses.values() if m is not None}
     outputs.add(Problem)
-    pairs: list[tuple[type[BaseModel], Any]] = sorted(
+    pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = sorted(
         [(m, "validation") for m in inputs] + [(m, "serialization") for m in outputs],
         key=lambda p: (p[0].__name__, p[1]))
     refs, top = models_json_schema(pairs, ref_template=_REF)
     components: dict[str, Any] = dict(top.get("$defs", {}))
 
-    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
+    def ref(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
         return dict(refs[(model, mode)])
 
     problem = {"application/problem+json": {"schema": ref(Problem, "serialization")}}
