@@ -10,9 +10,11 @@ until the next live event). Keep-alive comments go out every ``CHRONOS_SSE_PING`
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Collection
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
@@ -93,8 +95,15 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
         raise
     closes_on_final = run_id is not None
 
+    shutdown = anyio.Event()  # set by sse-starlette when the server shuts down
+
+    async def close_on_shutdown() -> None:
+        await shutdown.wait()
+        await sub.aclose()  # ends the iteration below, so the response completes cleanly
+
     async def events() -> AsyncIterator[ServerSentEvent]:
         ctx.metrics.sse_clients.inc()
+        watcher = asyncio.create_task(close_on_shutdown())
         try:
             async with sub:
                 sent = 0
@@ -114,9 +123,11 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
             # Tell the client to reconnect: it resumes from its last id (replayed from history if need be).
             yield ServerSentEvent(event="overflow", data=json.dumps({"detail": str(exc)}), retry=0)
         finally:
+            watcher.cancel()
             ctx.metrics.sse_clients.dec()
 
-    return EventSourceResponse(events(), ping=ctx.settings.sse_ping)
+    return EventSourceResponse(events(), ping=ctx.settings.sse_ping, shutdown_event=shutdown,
+                               shutdown_grace_period=1.0)
 
 
 async def stream_job(request: Request) -> Response:

@@ -78,10 +78,19 @@ def test_serve_starts_stops_gracefully_and_keeps_its_sqlite_file(tmp_path: Path,
     served.append(first)
     with httpx.Client(base_url=first.base, timeout=10) as c:
         run = _start_long_run(c)
-    started = time.monotonic()
-    code, err = first.terminate()
+    # an SSE client stays connected through the shutdown: its stream is ended cleanly
+    with socket.create_connection(("127.0.0.1", first.port), timeout=30) as sse:
+        sse.sendall(b"GET /monitor/logs HTTP/1.1\r\nHost: chronos\r\n\r\n")
+        assert sse.recv(4096).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        code, err = first.terminate()
+        rest = b""
+        while chunk := sse.recv(4096):
+            rest += chunk
     assert code == 0, err
     assert time.monotonic() - started < 30  # the grace (1s) plus the process group kill, not the sleep
+    assert "ERROR" not in err, err
+    assert rest.endswith(b"0\r\n\r\n")  # the chunked stream was terminated properly
     assert (tmp_path / "chronos.db").exists()
 
     second = Served(tmp_path, **env)
