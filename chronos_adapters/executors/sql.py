@@ -65,12 +65,18 @@ class SqlExecutor(Executor):
         self.max_cell = max_cell
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
-        self._secrets: list[str] = []
+        self._running = 0
+        self._secrets: list[str] = list(self.connections.values())  # a URL that does not parse
         for url in self.connections.values():
             with contextlib.suppress(Exception):
                 password = make_url(url).password
                 if password:
                     self._secrets.append(str(password))
+
+    @property
+    def running(self) -> int:
+        """Statements still executing in threads (an interrupted one is gone once its thread notices)."""
+        return self._running
 
     async def stop(self) -> None:
         engines, self._engines = list(self._engines.values()), {}
@@ -142,6 +148,16 @@ class SqlExecutor(Executor):
     def _run(self, engine: Engine, p: SqlPayload, limit: int, statement: _Statement
              ) -> tuple[list[str] | None, list[tuple[Any, ...]], int]:
         """In a thread: (columns or None, the first ``limit`` rows, row count / rows affected)."""
+        with self._lock:
+            self._running += 1
+        try:
+            return self._run_statement(engine, p, limit, statement)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _run_statement(self, engine: Engine, p: SqlPayload, limit: int, statement: _Statement
+                       ) -> tuple[list[str] | None, list[tuple[Any, ...]], int]:
         with engine.begin() as conn:
             self._identify(conn, statement)
             if statement.cancelled.is_set():
