@@ -131,3 +131,24 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     r = subprocess.run([CHRONOS, "migrate"], cwd=tmp_path, env=_env(CHRONOS_DATABASE_URL="memory"),
                        capture_output=True, timeout=60)
     assert r.returncode == 2 and b"nothing to migrate" in r.stderr
+
+
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_headless_roles_start_and_stop_on_sigterm(tmp_path: Path, role: str) -> None:
+    proc = subprocess.Popen([CHRONOS, role], cwd=tmp_path, stderr=subprocess.PIPE,
+                            env=_env(CHRONOS_DATABASE_URL=f"sqlite:///{tmp_path}/c.db"))
+    try:
+        assert proc.stderr is not None
+        seen = b""
+        while b"chronos running" not in seen:
+            line = proc.stderr.readline()
+            assert line, seen.decode()
+            seen += line
+        assert f"{role}: True".encode() in seen
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
