@@ -53,14 +53,21 @@ def _kafka_queue(settings: Settings) -> Any:
     from chronos_adapters.kafka import KafkaDispatchQueue  # needs the kafka extra (aiokafka)
 
     assert settings.kafka_bootstrap, "CHRONOS_BUS=kafka needs CHRONOS_KAFKA_BOOTSTRAP"
-    return KafkaDispatchQueue(settings.kafka_bootstrap)
+    return KafkaDispatchQueue(settings.kafka_bootstrap, topic=settings.kafka_runs_topic,
+                              group=settings.kafka_group, partitions=settings.kafka_runs_partitions,
+                              max_tries=settings.kafka_max_tries,
+                              enable_idempotence=settings.kafka_idempotence,
+                              replication_factor=settings.kafka_replication_factor)
 
 
 def _kafka_bus(settings: Settings) -> Any:
     from chronos_adapters.kafka import KafkaEventBus
 
     assert settings.kafka_bootstrap, "CHRONOS_BUS=kafka needs CHRONOS_KAFKA_BOOTSTRAP"
-    return KafkaEventBus(settings.kafka_bootstrap)
+    return KafkaEventBus(settings.kafka_bootstrap, topic=settings.kafka_events_topic,
+                         partitions=settings.kafka_events_partitions,
+                         enable_idempotence=settings.kafka_idempotence,
+                         replication_factor=settings.kafka_replication_factor)
 
 
 def build_executor_config(settings: Settings) -> ExecutorConfig:

@@ -45,6 +45,15 @@ class Settings(BaseSettings):
                                         validation_alias=_env("kafka_bootstrap", "KAFKA_BROKER"))
     bus: Literal["auto", "memory", "kafka"] = Field(
         default="auto", description="'auto': kafka when a bootstrap server is set, else in-process")
+    kafka_idempotence: bool = Field(default=False, description="idempotent producers: on for real Kafka, "
+                                    "off for brokers without it (Tansu)")
+    kafka_runs_topic: str = "chronos.runs"
+    kafka_events_topic: str = "chronos.events"
+    kafka_group: str = "chronos-workers"
+    kafka_runs_partitions: int = Field(default=12, ge=1, description="when the topic is created here")
+    kafka_events_partitions: int = Field(default=1, ge=1, description="when the topic is created here")
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_max_tries: int = Field(default=3, ge=1, description="deliveries before a dead letter")
 
     # API -------------------------------------------------------------------------------------------
     api_tokens: CommaList = Field(default_factory=list, repr=False)
