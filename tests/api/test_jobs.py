@@ -207,3 +207,21 @@ async def test_run_now_history_and_clear(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/jobs/{created['id']}/history")).json()["items"] == []
     _problem(await client.delete("/jobs/nope/history"), 404)
     _problem(await client.get(f"/runs/{run_ids[0]}"), 404)
+
+
+async def test_concurrent_retries_with_one_idempotency_key_create_one_job(client: httpx.AsyncClient) -> None:
+    import asyncio
+
+    headers = {"Idempotency-Key": "same"}
+    answers = await asyncio.gather(*(client.post("/jobs", json=job(), headers=headers) for _ in range(5)))
+    assert {r.status_code for r in answers} == {201}
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert len((await client.get("/jobs")).json()["items"]) == 1
+
+
+def test_unexpected_errors_are_problems_without_internals() -> None:
+    from chronos_app.api.problems import exception_problem
+
+    response = exception_problem(RuntimeError("password=hunter2 at /srv/secret.py"), "/jobs")
+    assert response.status_code == 500 and response.media_type == "application/problem+json"
+    assert b"hunter2" not in response.body and b"secret.py" not in response.body
