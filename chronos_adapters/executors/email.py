@@ -20,7 +20,7 @@ import ssl
 import threading
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from chronos_core.errors import ExecutionFailed
 from chronos_core.models import Job, Run
@@ -30,6 +30,8 @@ from chronos_core.ports import ExecutionResult, Executor, LogSink
 from ._common import mask, parse_payload
 
 __all__ = ["EmailExecutor", "build_message"]
+
+S = TypeVar("S", bound=smtplib.SMTP)
 
 
 def build_message(p: EmailPayload, sender: str, run: Run | None = None) -> EmailMessage:
@@ -80,7 +82,7 @@ class _Session:
                 self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it; TLS wraps the same fd
 
 
-def _tracked(base: type[smtplib.SMTP], session: _Session) -> type[smtplib.SMTP]:
+def _tracked(base: type[S], session: _Session) -> type[S]:
     """``base`` handing its socket to ``session`` as soon as it is connected, before the greeting."""
 
     class Tracked(base):  # type: ignore[valid-type,misc]
@@ -89,7 +91,7 @@ def _tracked(base: type[smtplib.SMTP], session: _Session) -> type[smtplib.SMTP]:
             session.attach(sock)
             return sock  # type: ignore[no-any-return]
 
-    return Tracked
+    return Tracked  # type: ignore[return-value]
 
 
 class EmailExecutor(Executor):

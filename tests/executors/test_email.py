@@ -78,6 +78,12 @@ async def test_starttls_and_login(smtp_auth_server: LocalSmtpServer) -> None:
     assert len(smtp_auth_server.received) == 1
 
 
+async def test_implicit_tls(smtps_server: LocalSmtpServer) -> None:
+    ex = executor(smtps_server, ssl=True, ca_file=smtps_server.ca_file, sender="s@example.com")
+    assert (await send(ex, {"to": ["a@example.com"], "text": "over TLS"})).ok
+    assert smtps_server.received[0].message.get_content().strip() == "over TLS"
+
+
 async def test_untrusted_certificate_is_not_retried(smtp_auth_server: LocalSmtpServer) -> None:
     ex = executor(smtp_auth_server, user=SMTP_USER, password=SMTP_PASSWORD, sender="s@example.com",
                   starttls=True)  # the system CAs do not know the test certificate
