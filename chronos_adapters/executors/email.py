@@ -91,7 +91,7 @@ def _tracked(base: type[S], session: _Session) -> type[S]:
             session.attach(sock)
             return sock  # type: ignore[no-any-return]
 
-    return Tracked  # type: ignore[return-value]
+    return Tracked
 
 
 class EmailExecutor(Executor):
