@@ -51,6 +51,9 @@ class Op:
     request_headers: dict[str, str] = field(default_factory=dict)
     extra_responses: dict[int, tuple[type[BaseModel] | None, str]] = field(default_factory=dict)
     description: str = ""
+    creates: str | None = None
+    """The path parameter (``job_id``, ``run_id``) the response's ``id`` fills: OpenAPI links to every
+    operation that takes it."""
 
     @property
     def operation_id(self) -> str:

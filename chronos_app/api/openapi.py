@@ -73,6 +73,12 @@ def build_openapi(ops: Sequence[Op], *, title: str, version: str, auth: bool = T
         if op.headers:
             ok["headers"] = {h: {"description": d, "schema": {"type": "string"}}
                              for h, d in op.headers.items()}
+        if op.creates:
+            ok["links"] = {
+                f"{other.operation_id}": {"operationId": other.operation_id,
+                                          "parameters": {op.creates: "$response.body#/id"}}
+                for other in ops if "{" + op.creates + "}" in other.path
+                and other.media_type != "text/event-stream"}
         responses: dict[str, Any] = {str(op.status): ok}
         for status, (model, description) in op.extra_responses.items():
             responses[str(status)] = {"description": description,
