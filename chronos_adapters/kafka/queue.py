@@ -97,7 +97,8 @@ class KafkaDispatchQueue(DispatchQueue):
                  enable_idempotence: bool = False, create_topics: bool = True,
                  replication_factor: int = 1, client_id: str = "chronos", prefetch: int = 64,
                  session_timeout_ms: int = 10_000, heartbeat_interval_ms: int = 3_000,
-                 rebalance_timeout_ms: int | None = None, linger_ms: int = 2) -> None:
+                 rebalance_timeout_ms: int | None = None, linger_ms: int = 2,
+                 request_timeout_ms: int = 40_000) -> None:
         if max_tries < 1:
             raise ValueError("max_tries must be at least 1")
         self.bootstrap = bootstrap
@@ -117,6 +118,7 @@ class KafkaDispatchQueue(DispatchQueue):
         if rebalance_timeout_ms is not None:
             self._consumer_opts["rebalance_timeout_ms"] = rebalance_timeout_ms
         self._linger_ms = linger_ms
+        self._request_timeout_ms = request_timeout_ms
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._fetcher: asyncio.Task[None] | None = None
@@ -141,7 +143,7 @@ class KafkaDispatchQueue(DispatchQueue):
                                 client_id=f"{self.client_id}-admin")
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-runs",
                                     acks="all", enable_idempotence=self.enable_idempotence,
-                                    linger_ms=self._linger_ms)
+                                    linger_ms=self._linger_ms, request_timeout_ms=self._request_timeout_ms)
         try:
             await producer.start()
         except KafkaError as exc:
@@ -171,10 +173,15 @@ class KafkaDispatchQueue(DispatchQueue):
 
     # producing ---------------------------------------------------------------------------------
     async def put(self, dispatches: Sequence[Dispatch]) -> None:
+        await self.put_encoded([(d.job.id, encode_dispatch(d)) for d in dispatches])
+
+    async def put_encoded(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Send already encoded dispatches ``(job id, message)``, in order; returns once the broker
+        acknowledged every one (:class:`StoreUnavailable` if it did not)."""
         producer = self._require_producer()
         try:
-            futures = [await producer.send(self.topic, encode_dispatch(d), key=d.job.id.encode())
-                       for d in dispatches]
+            futures = [await producer.send(self.topic, value, key=job_id.encode())
+                       for job_id, value in messages]
             if futures:
                 await asyncio.gather(*futures)
         except KafkaError as exc:

@@ -1,0 +1,280 @@
+"""A transactional outbox in front of the Kafka dispatch queue: dispatches are written to a SQL table
+first and a relay publishes them to the runs topic, so scheduling goes on while Kafka is down (the outbox
+grows) and everything is delivered once it is back.
+
+* ``chronos_outbox`` (created on start if missing, in the store's database): one row per dispatch, in
+  insertion order (``seq``), with the encoded message; ``sent_at`` is set once Kafka acknowledged it.
+* :func:`write_outbox` inserts the rows on a given connection. Called by the store inside the claim
+  transaction, runs and their messages commit together (the full outbox). Until the store calls it,
+  :class:`OutboxDispatchQueue` writes the rows itself in ``put``, right after the claim committed: a
+  Kafka outage then loses nothing, only a crash in the milliseconds between the two commits can.
+* :class:`OutboxRelay`: reads unsent rows oldest first, publishes them (publish, then mark sent: a crash
+  in between sends a row again, which the worker's ``Store.start_run`` fencing makes harmless), retries
+  with back-off while Kafka is unreachable, and deletes sent rows after ``keep_sent`` seconds. On MySQL
+  one relay at a time is active (a named lock, ``GET_LOCK``), so a job's runs keep their order; the
+  others stand by and take over when its connection goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.mysql import LONGBLOB
+from sqlalchemy.engine import Connection, Engine
+
+from chronos_core.errors import StoreUnavailable
+from chronos_core.ports import Dispatch, DispatchQueue
+
+from .codec import encode_dispatch
+from .queue import KafkaDispatchQueue
+
+__all__ = ["OutboxDispatchQueue", "OutboxRelay", "outbox_table", "write_outbox"]
+
+log = logging.getLogger("chronos.kafka.outbox")
+
+metadata = MetaData()
+outbox_table = Table(
+    "chronos_outbox", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("run_id", String(36), nullable=False),
+    Column("job_id", String(36), nullable=False),
+    Column("message", LargeBinary().with_variant(LONGBLOB(), "mysql"), nullable=False),
+    Column("created_at", DateTime, nullable=False),  # naive UTC
+    Column("sent_at", DateTime),
+    Index("ix_chronos_outbox_unsent", "sent_at", "seq"),
+    mysql_engine="InnoDB",
+)
+
+_LOCK_NAME = "chronos_outbox_relay"
+
+
+def _utc_naive(t: datetime) -> datetime:
+    return t.astimezone(UTC).replace(tzinfo=None)
+
+
+def write_outbox(conn: Connection, dispatches: Sequence[Dispatch], now: datetime) -> None:
+    """Insert the dispatches' messages on ``conn`` (in the caller's transaction)."""
+    if dispatches:
+        created = _utc_naive(now)
+        conn.execute(insert(outbox_table), [
+            {"run_id": d.run.id, "job_id": d.job.id, "message": encode_dispatch(d), "created_at": created}
+            for d in dispatches])
+
+
+class OutboxRelay:
+    """Publishes the outbox to ``queue``'s runs topic. ``database`` is a SQLAlchemy URL or engine."""
+
+    def __init__(self, database: str | Engine, queue: KafkaDispatchQueue, *, batch: int = 500,
+                 interval: float = 1.0, keep_sent: float = 3600.0, create_table: bool = True) -> None:
+        self._url = database if isinstance(database, str) else None
+        self._engine: Engine | None = None if isinstance(database, str) else database
+        self.queue = queue
+        self.batch = batch
+        self.interval = interval
+        self.keep_sent = timedelta(seconds=keep_sent)
+        self.create_table = create_table
+        self.sent = 0
+        self.failures = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock_conn: Connection | None = None
+        self._next_cleanup = datetime.min.replace(tzinfo=UTC)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the outbox relay is not started")
+        return self._engine
+
+    @property
+    def _mysql(self) -> bool:
+        return self.engine.dialect.name in ("mysql", "mariadb")
+
+    async def open(self) -> None:
+        """Connect and create the table if needed (without starting the relay loop)."""
+        if self._engine is None and self._url is not None:
+            options: dict[str, Any] = {"pool_pre_ping": True}
+            if not self._url.startswith("sqlite"):
+                options.update(pool_size=3, max_overflow=0, isolation_level="READ COMMITTED")
+            self._engine = create_engine(self._url, **options)
+        if self.create_table:
+            await self._db(lambda: metadata.create_all(self.engine, checkfirst=True))
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        await self.open()
+        self._task = asyncio.create_task(self._loop(), name="chronos-outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._lock_conn is not None:
+            conn, self._lock_conn = self._lock_conn, None
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(conn.close)
+        if self._url is not None and self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _db(self, fn: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            raise StoreUnavailable(f"outbox: {type(exc).__name__}") from None
+
+    async def write(self, dispatches: Sequence[Dispatch], now: datetime | None = None) -> None:
+        """Add dispatches to the outbox in a transaction of its own."""
+        when = now or datetime.now(UTC)
+
+        def go() -> None:
+            with self.engine.begin() as conn:
+                write_outbox(conn, dispatches, when)
+        await self._db(go)
+
+    async def pending(self) -> int:
+        """Rows not sent yet."""
+        def count() -> int:
+            with self.engine.connect() as conn:
+                q = select(func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))
+                return int(conn.scalar(q) or 0)
+        return int(await self._db(count))
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unsent rows, oldest first; how many. :class:`StoreUnavailable` when the
+        database or Kafka cannot be reached (nothing is marked sent then)."""
+        def read() -> list[Any]:
+            with self.engine.connect() as conn:
+                q = (select(outbox_table.c.seq, outbox_table.c.job_id, outbox_table.c.message)
+                     .where(outbox_table.c.sent_at.is_(None)).order_by(outbox_table.c.seq).limit(self.batch))
+                return list(conn.execute(q))
+        rows = await self._db(read)
+        if not rows:
+            return 0
+        await self.queue.put_encoded([(r.job_id, r.message) for r in rows])
+        now = datetime.now(UTC)
+
+        def mark() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(update(outbox_table).where(outbox_table.c.seq.in_([r.seq for r in rows]))
+                             .values(sent_at=_utc_naive(now)))
+                if now >= self._next_cleanup:
+                    self._next_cleanup = now + min(self.keep_sent, timedelta(minutes=1))
+                    conn.execute(delete(outbox_table).where(
+                        outbox_table.c.sent_at < _utc_naive(now - self.keep_sent)))
+        await self._db(mark)
+        self.sent += len(rows)
+        return len(rows)
+
+    async def _lead(self) -> bool:
+        """Whether this relay is the active one (always, except on MySQL with another relay active)."""
+        if not self._mysql:
+            return True
+        if self._lock_conn is not None:
+            return True
+
+        def take() -> Connection | None:
+            conn = self.engine.connect()
+            got = conn.scalar(text("SELECT GET_LOCK(:name, 0)"), {"name": _LOCK_NAME})
+            conn.commit()
+            if got == 1:
+                return conn
+            conn.close()
+            return None
+        self._lock_conn = await self._db(take)
+        if self._lock_conn is not None:
+            log.info("this outbox relay is now the active one")
+        return self._lock_conn is not None
+
+    async def _loop(self) -> None:
+        backoff = 0.0
+        while True:
+            try:
+                if await self._lead():
+                    while await self.relay_once() == self.batch:
+                        pass
+                backoff = 0.0
+            except StoreUnavailable as exc:
+                self.failures += 1
+                backoff = min(max(backoff * 2, 0.2), 5.0)
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                if self._lock_conn is not None:  # the database may have dropped our lock with it
+                    conn, self._lock_conn = self._lock_conn, None
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(conn.close)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff or self.interval)
+
+
+class OutboxDispatchQueue(DispatchQueue):
+    """The dispatch queue for a scaled-out deployment: ``put`` goes to the outbox (unless the store
+    already wrote it in the claim transaction: ``store_writes_outbox``), the relay publishes, and
+    workers ``get`` / ``ack`` / ``nack`` from Kafka as with :class:`KafkaDispatchQueue`."""
+
+    durable = True
+
+    def __init__(self, queue: KafkaDispatchQueue, relay: OutboxRelay, *,
+                 store_writes_outbox: bool = False, run_relay: bool = True) -> None:
+        self.queue = queue
+        self.relay = relay
+        self.store_writes_outbox = store_writes_outbox
+        self.run_relay = run_relay
+
+    async def start(self) -> None:
+        await self.queue.start()
+        if self.run_relay:
+            await self.relay.start()
+        else:
+            await self.relay.open()
+
+    async def stop(self) -> None:
+        await self.relay.stop()
+        await self.queue.stop()
+
+    async def put(self, dispatches: Sequence[Dispatch]) -> None:
+        if not self.store_writes_outbox:
+            await self.relay.write(dispatches)
+        self.relay.wake()
+
+    async def get(self) -> Dispatch:
+        return await self.queue.get()
+
+    async def ack(self, dispatch: Dispatch) -> None:
+        await self.queue.ack(dispatch)
+
+    async def nack(self, dispatch: Dispatch, reason: str) -> None:
+        await self.queue.nack(dispatch, reason)
+
+    async def depth(self) -> int | None:
+        return await self.relay.pending()

@@ -1,0 +1,148 @@
+"""The outbox in front of the Kafka dispatch queue, on real MariaDB and a real (Tansu) broker: what is put
+is delivered in order and marked sent; while the broker is unreachable ``put`` still succeeds, the outbox
+grows, and once the broker is back every dispatch is delivered, none twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+
+from chronos_adapters.kafka import KafkaDispatchQueue
+from chronos_adapters.kafka.outbox import OutboxDispatchQueue, OutboxRelay
+from chronos_core.ports import Dispatch
+from tests.contracts.test_queue_contract import make_dispatch, make_job
+from tests.fixtures.kafka import KafkaNames, TansuProcess
+
+pytestmark = [pytest.mark.kafka, pytest.mark.mysql, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def proxy(kafka_bootstrap: str) -> Iterator[TansuProcess]:
+    """A Tansu proxy in front of the shared broker: stopping it is a broker outage that keeps the data."""
+    p = TansuProcess(origin=kafka_bootstrap)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def kafka_queue(bootstrap: str, names: KafkaNames) -> KafkaDispatchQueue:
+    return KafkaDispatchQueue(bootstrap, topic=names.topic("runs"), group=names.group(), partitions=3,
+                              client_id=names.prefix, session_timeout_ms=2000, heartbeat_interval_ms=300,
+                              rebalance_timeout_ms=500, request_timeout_ms=3000)
+
+
+@pytest.fixture
+async def consumer(kafka_bootstrap: str, kafka_names: KafkaNames) -> AsyncIterator[KafkaDispatchQueue]:
+    """A worker-side queue straight on the broker (never behind the proxy)."""
+    q = kafka_queue(kafka_bootstrap, kafka_names)
+    await q.start()
+    try:
+        yield q
+    finally:
+        await q.stop()
+
+
+async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Wait (generously) for an outcome that follows from what the test did."""
+    async with asyncio.timeout(90):
+        while not await condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+
+async def take(q: KafkaDispatchQueue, n: int) -> list[Dispatch]:
+    out = []
+    async with asyncio.timeout(90):
+        while len(out) < n:
+            d = await q.get()
+            out.append(d)
+            await q.ack(d)
+    return out
+
+
+async def _empty(queue: OutboxDispatchQueue) -> bool:
+    return await queue.depth() == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_put_goes_through_the_outbox_in_order_and_is_marked_sent(
+        kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str,
+        consumer: KafkaDispatchQueue) -> None:
+    inner = kafka_queue(kafka_bootstrap, kafka_names)
+    queue = OutboxDispatchQueue(inner, OutboxRelay(fresh_mysql_url, inner, interval=0.2))
+    await queue.start()
+    try:
+        jobs = [make_job(f"job-o{i}") for i in range(3)]
+        sent = [make_dispatch(jobs[i % 3]) for i in range(30)]
+        await queue.put(sent[:10])
+        await queue.put(sent[10:])
+        got = await take(consumer, len(sent))
+        assert sorted(d.run.id for d in got) == sorted(d.run.id for d in sent)
+        for job in jobs:
+            assert [d.run.id for d in got if d.job.id == job.id] == \
+                [d.run.id for d in sent if d.job.id == job.id]
+        assert got[0] == next(d for d in sent if d.run.id == got[0].run.id)
+        await until(lambda: _empty(queue))  # marked sent right after the broker acknowledged
+    finally:
+        await queue.stop()
+
+
+async def test_while_the_broker_is_down_the_outbox_grows_and_everything_arrives_once_it_is_back(
+        kafka_names: KafkaNames, fresh_mysql_url: str, proxy: TansuProcess,
+        consumer: KafkaDispatchQueue) -> None:
+    inner = kafka_queue(proxy.bootstrap, kafka_names)  # the scheduler side talks through the proxy
+    relay = OutboxRelay(fresh_mysql_url, inner, interval=0.2)
+    queue = OutboxDispatchQueue(inner, relay)
+    await queue.start()
+    try:
+        job = make_job("job-outage")
+        before = [make_dispatch(job) for _ in range(5)]
+        await queue.put(before)
+        assert [d.run.id for d in await take(consumer, 5)] == [d.run.id for d in before]
+
+        proxy.stop()  # the broker is unreachable for the scheduler
+        during = [make_dispatch(job) for _ in range(20)]
+        for i in range(0, 20, 5):
+            await queue.put(during[i:i + 5])  # scheduling goes on
+        assert await queue.depth() == 20
+        failures = relay.failures
+        await until(lambda: _true(relay.failures > failures))  # the relay tried and could not publish
+        assert await queue.depth() == 20
+
+        proxy.start()  # back, same address
+        got = await take(consumer, 20)
+        assert [d.run.id for d in got] == [d.run.id for d in during]  # all, in order
+        await until(lambda: _empty(queue))
+        # none twice: the next thing on the topic is a fresh dispatch, not a repeat
+        marker = make_dispatch(job)
+        await queue.put([marker])
+        [nxt] = await take(consumer, 1)
+        assert nxt.run.id == marker.run.id
+    finally:
+        await queue.stop()
+
+
+async def test_one_relay_at_a_time_on_mysql(
+        kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str,
+        consumer: KafkaDispatchQueue) -> None:
+    inners = [kafka_queue(kafka_bootstrap, kafka_names) for _ in range(2)]
+    queues = [OutboxDispatchQueue(q, OutboxRelay(fresh_mysql_url, q, interval=0.1)) for q in inners]
+    for q in queues:
+        await q.start()
+    try:
+        job = make_job("job-two-relays")
+        sent = [make_dispatch(job) for _ in range(40)]
+        for i in range(0, 40, 4):
+            await queues[i // 4 % 2].put(sent[i:i + 4])  # both schedulers write
+        got = await take(consumer, 40)
+        assert [d.run.id for d in got] == [d.run.id for d in sent]  # one relay: one order, no repeats
+        assert sorted(q.relay.sent for q in queues) == [0, 40]
+    finally:
+        for q in queues:
+            await q.stop()
