@@ -49,10 +49,21 @@ def _memory_bus() -> Any:
     return MemoryEventBus()
 
 
-def _kafka_queue(settings: Settings) -> Any:
+def _kafka_queue(settings: Settings, run_relay: bool = True) -> Any:
+    assert settings.kafka_bootstrap, "CHRONOS_BUS=kafka needs CHRONOS_KAFKA_BOOTSTRAP"
+    queue = _kafka_runs(settings)
+    if settings.kafka_outbox and settings.store_backend == "sql" and settings.database_url:
+        from chronos_adapters.kafka.outbox import OutboxDispatchQueue, OutboxRelay
+
+        # the relay runs where the scheduler runs; other processes only write to the outbox
+        return OutboxDispatchQueue(queue, OutboxRelay(settings.database_url, queue), run_relay=run_relay)
+    return queue
+
+
+def _kafka_runs(settings: Settings) -> Any:
     from chronos_adapters.kafka import KafkaDispatchQueue  # needs the kafka extra (aiokafka)
 
-    assert settings.kafka_bootstrap, "CHRONOS_BUS=kafka needs CHRONOS_KAFKA_BOOTSTRAP"
+    assert settings.kafka_bootstrap
     return KafkaDispatchQueue(settings.kafka_bootstrap, topic=settings.kafka_runs_topic,
                               group=settings.kafka_group, partitions=settings.kafka_runs_partitions,
                               max_tries=settings.kafka_max_tries,
@@ -117,7 +128,7 @@ class Container(containers.DeclarativeContainer):
     queue = providers.Selector(
         settings.provided.bus_backend,
         memory=providers.Singleton(_memory_queue),
-        kafka=providers.Singleton(_kafka_queue, settings),
+        kafka=providers.Singleton(_kafka_queue, settings, run_scheduler),
     )
     bus = providers.Selector(
         settings.provided.bus_backend,

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     kafka_events_partitions: int = Field(default=1, ge=1, description="when the topic is created here")
     kafka_replication_factor: int = Field(default=1, ge=1)
     kafka_max_tries: int = Field(default=3, ge=1, description="deliveries before a dead letter")
+    kafka_outbox: bool = Field(default=True, description="with a SQL store: dispatches go through the "
+                               "chronos_outbox table and a relay, so a Kafka outage loses nothing")
 
     # API -------------------------------------------------------------------------------------------
     api_tokens: CommaList = Field(default_factory=list, repr=False)

@@ -80,6 +80,8 @@ def test_container_selects_adapters_from_settings(monkeypatch: pytest.MonkeyPatc
     assert isinstance(Container().store(), SqlStore)
     monkeypatch.setenv("CHRONOS_KAFKA_BOOTSTRAP", "127.0.0.1:1")
     from chronos_adapters.kafka import KafkaDispatchQueue, KafkaEventBus
+    from chronos_adapters.kafka.outbox import OutboxDispatchQueue
 
-    k = Container()
-    assert isinstance(k.queue(), KafkaDispatchQueue) and isinstance(k.bus(), KafkaEventBus)
+    k = Container()  # a SQL store with Kafka: dispatches go through the outbox
+    assert isinstance(k.queue(), OutboxDispatchQueue) and isinstance(k.bus(), KafkaEventBus)
+    assert isinstance(k.queue().queue, KafkaDispatchQueue)

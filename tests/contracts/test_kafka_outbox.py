@@ -146,3 +146,44 @@ async def test_one_relay_at_a_time_on_mysql(
     finally:
         for q in queues:
             await q.stop()
+
+
+async def test_two_chronos_processes_on_mysql_and_kafka_run_jobs_through_the_outbox(
+        kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str) -> None:
+    """The container's scaled-out wiring: a scheduler-only and a worker-only Chronos share MariaDB and
+    Kafka; runs fired by one are executed by the other and their events reach the first."""
+    from dependency_injector import providers
+
+    from chronos_app.container import Container
+    from chronos_app.settings import Settings
+    from chronos_core import EventType, RunStatus
+
+    settings = Settings(database_url=fresh_mysql_url, kafka_bootstrap=kafka_bootstrap, allow_shell=True,
+                        kafka_runs_topic=kafka_names.topic("runs"),
+                        kafka_events_topic=kafka_names.topic("events"),
+                        kafka_group=kafka_names.group(), kafka_runs_partitions=3)
+    made = []
+    for scheduler, worker in ((True, False), (False, True)):
+        c = Container()
+        c.settings.override(providers.Object(settings))
+        c.run_scheduler.override(providers.Object(scheduler))
+        c.run_worker.override(providers.Object(worker))
+        made.append(c.chronos())
+    sched, work = made
+    assert type(sched.queue).__name__ == "OutboxDispatchQueue"
+    for chronos in made:
+        await chronos.start()
+    try:
+        job = await sched.jobs.create({"name": "tick", "type": "shell", "schedule": "*/1 * * * * *",
+                                       "payload": {"command": "echo out-$((6*7))"}})
+        async with sched.events.subscribe(job_id=job.id, types={EventType.RUN_SUCCEEDED}) as sub:
+            async with asyncio.timeout(90):
+                done = [await sub.__anext__() for _ in range(2)]
+        assert len({e.run_id for e in done}) == 2
+        runs = await sched.jobs.history(job.id, status="succeeded")
+        assert {r.id for r in runs} >= {e.run_id for e in done}
+        assert all("out-42" in r.output and r.owner == work.worker.owner for r in runs)  # type: ignore[union-attr]
+        assert all(r.status is RunStatus.SUCCEEDED for r in runs)
+    finally:
+        for chronos in made:
+            await chronos.stop()
