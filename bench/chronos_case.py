@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import platform
 import sqlite3
 import tempfile
@@ -112,7 +113,8 @@ async def run_case(case: Case) -> dict[str, Any]:
 async def _run(case: Case, url: str | None) -> dict[str, Any]:
     versions = _versions(case)
     server = ServerCpu() if case.store == "mariadb" else None
-    chronos = Chronos.embedded(database_url=url, executors=[])
+    chronos = Chronos.embedded(database_url=url, executors=[],
+                               concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")))
     chronos.register_job_type("noop", NoopPayload, NoopExecutor())
     await chronos.start()
     try:

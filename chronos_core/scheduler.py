@@ -49,7 +49,7 @@ class Scheduler:
     def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock, *,
                  batch_size: int = 1000, max_sleep: float = 5.0, limits: Limits | None = None,
                  publish_queued: bool = True, history_max_age: float | None = None,
-                 prune_interval: float = 60.0) -> None:
+                 prune_interval: float = 60.0, min_interval: float = 0.005) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -60,6 +60,7 @@ class Scheduler:
         self.publish_queued = publish_queued
         self.history_max_age = None if history_max_age is None else timedelta(seconds=history_max_age)
         self.prune_interval = timedelta(seconds=prune_interval)
+        self.min_interval = timedelta(seconds=min_interval)
         self._next_prune: datetime | None = None
         self.stats = SchedulerStats()
         self._wake = asyncio.Event()
@@ -191,13 +192,17 @@ class Scheduler:
         try:
             while not self._stopping:
                 self._wake.clear()
+                began, fired = self._clock.now(), self.stats.fired
                 try:
                     nxt = await self.tick()
                 except ChronosError as exc:  # store unavailable: keep trying; nothing was claimed
                     log.warning("scheduler tick failed: %s", exc)
                     nxt = None
                 cap = self._clock.now() + timedelta(seconds=self.max_sleep)
-                await self._clock.sleep_until(cap if nxt is None or nxt > cap else nxt, self._wake)
+                until = cap if nxt is None or nxt > cap else nxt
+                if self.stats.fired > fired and until < began + self.min_interval:
+                    until = began + self.min_interval  # busy: let the slots due meanwhile form one batch
+                await self._clock.sleep_until(until, self._wake)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from .errors import ExecutionFailed, StoreUnavailable
 from .events import run_event
@@ -100,6 +100,7 @@ class Worker:
         self._running: dict[str, asyncio.Task[ExecutionResult]] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._tails: dict[str, OutputTail] = {}
+        self._maskers: dict[tuple[str, datetime], _Masker] = {}
         self._handlers: set[asyncio.Task[Run | None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._background: list[asyncio.Task[None]] = []
@@ -251,25 +252,36 @@ class Worker:
         The write is a compare-and-set, so trying it again is safe; but a first try may have been
         applied before the connection broke, making the next one report False. So after a failure a
         False is checked against the stored run: if it shows this worker's write, the write applied."""
+        try:  # the common case first, without the retry loop's state
+            return await write()
+        except StoreUnavailable as exc:
+            error = exc
         never = asyncio.Event()
         deadline = self._clock.now() + timedelta(seconds=self.store_retry_for)
         pause = 0.1
-        uncertain = False
         while True:
+            if self._clock.now() >= deadline:
+                raise error
+            log.warning("store unavailable, trying again in %.1fs: %s", pause, error)
+            await self._clock.sleep_until(self._clock.now() + timedelta(seconds=pause), never)
+            pause = min(pause * 2, 5.0)
             try:
                 if await write():
                     return True
-                if not uncertain:
-                    return False
                 stored = await self._store.get_run(run_id)
                 return stored.status is status and stored.owner == self.owner
             except StoreUnavailable as exc:
-                uncertain = True
-                if self._clock.now() >= deadline:
-                    raise
-                log.warning("store unavailable, trying again in %.1fs: %s", pause, exc)
-                await self._clock.sleep_until(self._clock.now() + timedelta(seconds=pause), never)
-                pause = min(pause * 2, 5.0)
+                error = exc
+
+    def _masker(self, job: Job) -> _Masker:
+        """The job's secret masker, kept per job version (validating the payload for it is costly)."""
+        key = (job.id, job.updated_at)
+        mask = self._maskers.get(key)
+        if mask is None:
+            if len(self._maskers) >= 100_000:
+                self._maskers.clear()
+            mask = self._maskers[key] = _Masker(self._types.secrets(job.type, job.payload))
+        return mask
 
     async def _execute(self, job: Job, run: Run
                        ) -> tuple[RunStatus, int | None, str | None, bool, str]:
@@ -279,7 +291,7 @@ class Worker:
         if executor is None:
             return (RunStatus.FAILED, None, f"no executor for job type {job.type!r} on worker "
                     f"{self.owner}", False, "")
-        mask = _Masker(self._types.secrets(job.type, job.payload))
+        mask = self._masker(job)
         limit = self.line_limit
 
         async def emit(line: str, stream: str = "stdout") -> None:
