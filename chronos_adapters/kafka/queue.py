@@ -124,6 +124,7 @@ class KafkaDispatchQueue(DispatchQueue):
         self._fetcher: asyncio.Task[None] | None = None
         self._ready: deque[tuple[_Delivery, Dispatch]] = deque()
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
         self._handed: dict[int, tuple[_Delivery, Dispatch]] = {}
         self._parts: dict[TopicPartition, _Partition] = {}
         self._generation = 0
@@ -206,6 +207,7 @@ class KafkaDispatchQueue(DispatchQueue):
             await self._wakeup.wait()
         delivery, dispatch = self._ready.popleft()
         self._handed[id(dispatch)] = (delivery, dispatch)
+        self._room.set()
         return dispatch
 
     async def ack(self, dispatch: Dispatch) -> None:
@@ -313,15 +315,21 @@ class KafkaDispatchQueue(DispatchQueue):
         except KafkaError as exc:
             raise unavailable("consumer start", exc) from exc
         while True:
-            room = self.prefetch - len(self._ready)
-            assigned = consumer.assignment()
-            if room <= 0:
-                # keep polling (group membership) without taking more
-                consumer.pause(*assigned)
-            elif consumer.paused():
+            if len(self._ready) >= self.prefetch:
+                # full: wait for the workers to take some, polling now and then with the partitions
+                # paused so that the group keeps this member (max_poll_interval_ms)
+                consumer.pause(*consumer.assignment())
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 1.0)
+                if len(self._ready) >= self.prefetch:
+                    await consumer.getmany(timeout_ms=0)
+                    continue
+            if consumer.paused():
                 consumer.resume(*consumer.paused())
+            room = self.prefetch - len(self._ready)
             try:
-                batch = await consumer.getmany(timeout_ms=500, max_records=max(room, 1))
+                batch = await consumer.getmany(timeout_ms=500, max_records=room)
             except KafkaError as exc:
                 log.warning("fetch failed: %s", exc)
                 await asyncio.sleep(1)

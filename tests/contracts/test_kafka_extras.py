@@ -165,3 +165,27 @@ async def test_an_unreachable_broker_is_store_unavailable() -> None:
             await q.start()
     with contextlib.suppress(Exception):
         await q.stop()
+
+
+async def test_a_full_prefetch_buffer_pauses_fetching_and_resumes_without_loss(
+        kafka_bootstrap: str, kafka_names: KafkaNames) -> None:
+    q = KafkaDispatchQueue(kafka_bootstrap, topic=kafka_names.topic("runs"), group=kafka_names.group(),
+                           partitions=2, prefetch=4, client_id=kafka_names.prefix,
+                           session_timeout_ms=2000, heartbeat_interval_ms=300, rebalance_timeout_ms=500)
+    await q.start()
+    try:
+        job = make_job("job-prefetch")
+        sent = [make_dispatch(job) for _ in range(40)]
+        await q.put(sent)
+        got = []
+        async with asyncio.timeout(90):
+            while len(got) < len(sent):
+                d = await q.get()
+                assert await q.depth() <= 4  # never more than prefetch fetched ahead
+                got.append(d.run.id)
+                await q.ack(d)
+                if len(got) == 6:
+                    await asyncio.sleep(1.5)  # the buffer is full meanwhile: the fetcher waits, paused
+        assert got == [d.run.id for d in sent]
+    finally:
+        await q.stop()
