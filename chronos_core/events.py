@@ -16,12 +16,13 @@ def _iso(t: datetime | None) -> str | None:
 
 def run_data(run: Run) -> dict[str, Any]:
     """The run's fields as carried by status events (output is left out: it travels as ``run.log``)."""
+    slot = run.scheduled_for.isoformat()
     return {
         "status": run.status.value,
         "attempt": run.attempt,
         "trigger": run.trigger.value,
-        "scheduled_for": _iso(run.scheduled_for),
-        "due_at": _iso(run.due_at),
+        "scheduled_for": slot,
+        "due_at": slot if run.due_at is run.scheduled_for else run.due_at.isoformat(),
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
         "exit_code": run.exit_code,

@@ -8,10 +8,11 @@ shared by the library and the REST API so field names are the same everywhere).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +31,7 @@ __all__ = [
     "Run",
     "RunStatus",
     "Trigger",
+    "evolve",
 ]
 
 
@@ -213,3 +215,31 @@ class Event:
     run_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     id: str | None = None
+
+
+_T = TypeVar("_T", Job, Run, Event)
+_REPLACERS: dict[type, Callable[..., Any]] = {}
+
+
+def _replacer(cls: type) -> Callable[..., Any]:
+    # What dataclasses.replace does, as code generated once per class: about twice as fast, and the
+    # engines copy a run several times per execution.
+    names = [f.name for f in fields(cls)]
+    args = ", ".join(f"{n}=changes.pop({n!r}, obj.{n})" for n in names)
+    src = (f"def replace(obj, /, **changes):\n    new = cls({args})\n    if changes:\n        raise "
+           f"TypeError(f'{cls.__name__} has no field(s) {{sorted(changes)}}')\n    return new\n")
+    scope: dict[str, Any] = {"cls": cls}
+    exec(src, scope)
+    fn: Callable[..., Any] = scope["replace"]
+    return fn
+
+
+def evolve(obj: _T, /, **changes: Any) -> _T:
+    """A copy of a ``Job``, ``Run`` or ``Event`` with ``changes`` applied: ``dataclasses.replace``,
+    faster."""
+    cls = type(obj)
+    fn = _REPLACERS.get(cls)
+    if fn is None:
+        fn = _REPLACERS[cls] = _replacer(cls)
+    new: _T = fn(obj, **changes)
+    return new

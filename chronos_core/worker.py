@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from .errors import ExecutionFailed, StoreUnavailable
 from .events import run_event
 from .ids import new_id
-from .models import Event, EventType, Job, Run, RunStatus
+from .models import Event, EventType, Job, Run, RunStatus, evolve
 from .payloads import JobTypes
 from .planning import plan_retry
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, ExecutionResult, Executor, Store
@@ -216,8 +216,8 @@ class Worker:
                                    run.id, RunStatus.RUNNING):
             return None
         self.stats.started += 1
-        run = dataclasses.replace(run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
-                                  lease_expires_at=now + self.lease)
+        run = evolve(run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
+                     lease_expires_at=now + self.lease)
         await self._bus.publish([run_event(run, now)])
         status, exit_code, error, retryable, extra = await self._execute(job, run)
         tail = self._tails.pop(run.id)
@@ -225,8 +225,8 @@ class Worker:
             for line in extra.splitlines():
                 tail.add(line)
         end = self._clock.now()
-        finished = dataclasses.replace(run, status=status, finished_at=end, exit_code=exit_code,
-                                       output=tail.text(), error=error)
+        finished = evolve(run, status=status, finished_at=end, exit_code=exit_code,
+                          output=tail.text(), error=error)
         retry = None
         if status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and retryable:
             retry = plan_retry(job, run, end)

@@ -17,7 +17,15 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from chronos_core.errors import JobNotFound, NameConflict, RunConflict, RunNotFound
-from chronos_core.models import ACTIVE_RUN_STATUSES, FINISHED_RUN_STATUSES, Job, JobStatus, Run, RunStatus
+from chronos_core.models import (
+    ACTIVE_RUN_STATUSES,
+    FINISHED_RUN_STATUSES,
+    Job,
+    JobStatus,
+    Run,
+    RunStatus,
+    evolve,
+)
 from chronos_core.ports import Claim, Dispatch, Planner, Store
 
 __all__ = ["MemoryStore"]
@@ -143,7 +151,7 @@ class MemoryStore(Store):
                 else:
                     claim.recorded.append(run)
             claim.cancel.extend(plan.cancel)
-            job = dataclasses.replace(job, next_run_at=plan.next_run_at)
+            job = evolve(job, next_run_at=plan.next_run_at)
             self._jobs[job_id] = job
             self._index_due(job)
         return claim
@@ -219,8 +227,8 @@ class MemoryStore(Store):
         if run is None or run.status is not RunStatus.QUEUED:
             return False
         self._undispatched.pop(run_id, None)
-        self._runs[run_id] = dataclasses.replace(run, status=RunStatus.RUNNING, started_at=now,
-                                                 owner=owner, lease_expires_at=lease_until)
+        self._runs[run_id] = evolve(run, status=RunStatus.RUNNING, started_at=now, owner=owner,
+                                    lease_expires_at=lease_until)
         heapq.heappush(self._leases, (lease_until, next(self._seq), run_id))
         return True
 
@@ -244,9 +252,8 @@ class MemoryStore(Store):
             raise ValueError(f"{status} is not a finished status")
         if retry is not None and (retry.job_id, retry.scheduled_for, retry.attempt) in self._slots:
             raise RunConflict(f"attempt {retry.attempt} of this slot already exists")
-        self._runs[run_id] = dataclasses.replace(run, status=status, finished_at=finished_at,
-                                                 exit_code=exit_code, output=output, error=error,
-                                                 lease_expires_at=None)
+        self._runs[run_id] = evolve(run, status=status, finished_at=finished_at, exit_code=exit_code,
+                                    output=output, error=error, lease_expires_at=None)
         self._active[run.job_id].pop(run_id, None)
         self._finished.append((finished_at, run_id))
         if retry is not None:
