@@ -68,10 +68,15 @@ def make_app() -> AppFactory:
     return build_app
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
 async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The app on the memory store and on the service's default, a SQLite file."""
-    url = "memory" if request.param == "memory" else f"sqlite:///{tmp_path}/chronos.db"
+    """The app on the memory store, on the service's default (a SQLite file), and on MariaDB."""
+    if request.param == "mysql":
+        url = request.getfixturevalue("fresh_mysql_url")
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/chronos.db"
+    else:
+        url = "memory"
     async with running(build_app(database_url=url)) as c:
         yield c
 
