@@ -4,9 +4,11 @@ the per-run and all-jobs streams, replay from history when the bus no longer has
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.api.conftest import build_app, job, live, running, sse_events
 from tests.api.test_jobs import _problem
@@ -24,8 +26,9 @@ async def _collect(client: httpx.AsyncClient, url: str, until: str, headers: dic
     return out
 
 
-async def test_live_log_line_then_resume_with_last_event_id() -> None:
-    app = build_app(sse_ping=1)
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_live_log_line_then_resume_with_last_event_id(store: str, tmp_path: Path) -> None:
+    app = build_app(sse_ping=1, database_url="memory" if store == "memory" else f"sqlite:///{tmp_path}/c.db")
     async with live(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as c:
         created = (await c.post("/jobs", json=job(payload={"command": "echo first; sleep 0.3; echo second"})
                                 )).json()
@@ -68,8 +71,9 @@ async def test_run_stream_ends_with_the_final_status_and_token_in_query() -> Non
         assert "a\nb" in again[0]["data"]["data"]["output"]
 
 
-async def test_all_jobs_stream_with_type_filter_and_history_fallback() -> None:
-    app = build_app(sse_ping=1)
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_all_jobs_stream_with_type_filter_and_history_fallback(store: str, tmp_path: Path) -> None:
+    app = build_app(sse_ping=1, database_url="memory" if store == "memory" else f"sqlite:///{tmp_path}/c.db")
     async with live(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as c:
         one = (await c.post("/jobs", json=job(name="one"))).json()
         two = (await c.post("/jobs", json=job(name="two"))).json()
