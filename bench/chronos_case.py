@@ -114,7 +114,7 @@ async def _run(case: Case, url: str | None) -> dict[str, Any]:
     versions = _versions(case)
     server = ServerCpu() if case.store == "mariadb" else None
     chronos = Chronos.embedded(database_url=url, executors=[],
-                               concurrency=int(os.environ.get("BENCH_CONCURRENCY", "16")))
+                               concurrency=int(os.environ.get("BENCH_CONCURRENCY", "256")))
     chronos.register_job_type("noop", NoopPayload, NoopExecutor())
     await chronos.start()
     try:

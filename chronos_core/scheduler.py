@@ -198,10 +198,17 @@ class Scheduler:
                 except ChronosError as exc:  # store unavailable: keep trying; nothing was claimed
                     log.warning("scheduler tick failed: %s", exc)
                     nxt = None
-                cap = self._clock.now() + timedelta(seconds=self.max_sleep)
+                ended = self._clock.now()
+                cap = ended + timedelta(seconds=self.max_sleep)
                 until = cap if nxt is None or nxt > cap else nxt
-                if self.stats.fired > fired and until < began + self.min_interval:
-                    until = began + self.min_interval  # busy: let the slots due meanwhile form one batch
+                if self.stats.fired > fired:
+                    # Busy: let the slots due meanwhile form one batch. The pause is at least
+                    # ``min_interval`` and as long as the tick took (a store whose every claim costs a
+                    # transaction gets fewer, larger ones; the scheduler spends at most half its time
+                    # claiming).
+                    floor = began + max(self.min_interval, 2 * (ended - began))
+                    if until < floor:
+                        until = floor
                 await self._clock.sleep_until(until, self._wake)
         finally:
             watcher.cancel()
