@@ -103,3 +103,15 @@ async def test_stream_errors_are_problems() -> None:
         _problem(await c.get("/monitor/runs/nope"), 404)
         body = _problem(await c.get("/monitor/logs", params={"types": "run.nope"}), 422)
         assert body["errors"][0]["pointer"] == "/types"
+
+
+async def test_idle_streams_get_keep_alive_pings() -> None:
+    app = build_app(sse_ping=0.2)
+    async with live(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as c:
+        async with asyncio.timeout(30), c.stream("GET", "/monitor/logs") as r:
+            async for line in r.aiter_lines():
+                if line.startswith(":"):
+                    assert "ping" in line
+                    break
+            # the open stream is counted
+            assert "\nchronos_sse_clients 1.0\n" in (await c.get("/metrics")).text
