@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -51,6 +52,8 @@ class Op:
     request_headers: dict[str, str] = field(default_factory=dict)
     extra_responses: dict[int, tuple[type[BaseModel] | None, str]] = field(default_factory=dict)
     description: str = ""
+    example: dict[str, Any] | None = None
+    """An example request body for the document."""
     creates: str | None = None
     """The path parameter (``job_id``, ``run_id``) the response's ``id`` fills: OpenAPI links to every
     operation that takes it."""

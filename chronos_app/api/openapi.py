@@ -98,8 +98,10 @@ def build_openapi(ops: Sequence[Op], *, title: str, version: str, auth: bool = T
         if op.description:
             operation["description"] = op.description
         if op.body is not None:
-            operation["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": ref(op.body, "validation")}}}
+            body: dict[str, Any] = {"schema": ref(op.body, "validation")}
+            if op.example is not None:
+                body["example"] = op.example
+            operation["requestBody"] = {"required": True, "content": {"application/json": body}}
         if op.public or not auth:
             operation["security"] = []
         paths.setdefault(op.path, {})[op.method.lower()] = operation

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
@@ -217,6 +216,9 @@ async def preview_schedule(request: Request) -> Response:
 
 _J = "jobs"
 _R = "runs"
+_JOB_EXAMPLE = {"name": "nightly-report", "type": "http", "schedule": "0 2 * * *",
+                "timezone": "Europe/Berlin", "payload": {"method": "POST", "url": "https://example.com/report"},
+                "retry": {"strategy": "exponential", "max_attempts": 3, "delay": 30}, "timeout": 300}
 _IDEMPOTENCY = {"Idempotency-Key": "replays the first answer for a repeated key with the same body"}
 
 
@@ -235,12 +237,12 @@ def _ops() -> list[Op]:
            media_type=CONTENT_TYPE),
         Op("POST", "/jobs", create_job, "Create a job", 201, JobOut, _J, body=JobSpec,
            errors=(400, 409, 413, 415, 422), headers={"Location": "the new job's URL"},
-           request_headers=_IDEMPOTENCY, creates="job_id"),
+           request_headers=_IDEMPOTENCY, creates="job_id", example=_JOB_EXAMPLE),
         Op("GET", "/jobs", list_jobs, "List jobs (keyset pagination)", 200, JobPage, _J, query=JobListQuery,
            errors=(422,)),
         Op("GET", "/jobs/{job_id}", get_job, "Get a job", 200, JobOut, _J, errors=(404,)),
         Op("PUT", "/jobs/{job_id}", replace_job, "Replace a job's definition (secrets shown as *** are kept)",
-           200, JobOut, _J, body=JobSpec, errors=(400, 404, 409, 413, 415, 422)),
+           200, JobOut, _J, body=JobSpec, errors=(400, 404, 409, 413, 415, 422), example=_JOB_EXAMPLE),
         Op("DELETE", "/jobs/{job_id}", delete_job, "Delete a job and its history", 204, None, _J,
            errors=(404,)),
         Op("PATCH", "/jobs/{job_id}/status", set_job_status, "Pause or resume a job", 200, JobOut, _J,
@@ -267,7 +269,3 @@ def _ops() -> list[Op]:
 
 OPS: list[Op] = _ops()
 
-
-def job_spec_example() -> dict[str, Any]:
-    return {"name": "nightly-report", "type": "http", "schedule": "0 2 * * *", "timezone": "Europe/Berlin",
-            "payload": {"method": "POST", "url": "https://example.com/report"}}

@@ -115,3 +115,15 @@ async def test_idle_streams_get_keep_alive_pings() -> None:
                     break
             # the open stream is counted
             assert "\nchronos_sse_clients 1.0\n" in (await c.get("/metrics")).text
+
+
+async def test_job_stream_ends_when_the_job_is_deleted() -> None:
+    async with live(build_app(sse_ping=1)) as base, httpx.AsyncClient(base_url=base, timeout=30) as c:
+        created = (await c.post("/jobs", json=job())).json()
+        events = []
+        async with asyncio.timeout(30), c.stream("GET", f"/monitor/logs/{created['id']}") as r:
+            await c.patch(f"/jobs/{created['id']}/status", json={"status": "paused"})
+            await c.delete(f"/jobs/{created['id']}")
+            async for event in sse_events(r):  # ends by itself
+                events.append(event["event"])
+        assert events == ["job.paused", "job.deleted"]

@@ -148,6 +148,8 @@ async def test_openapi_documents_every_route_and_error(client: httpx.AsyncClient
                     schema = response["content"]["application/problem+json"]["schema"]
                     assert schema["$ref"].endswith("/Problem"), (path, method, status)
     assert "JobOut" in doc["components"]["schemas"]
+    example = create["requestBody"]["content"]["application/json"]["example"]
+    assert (await client.post("/jobs", json=example)).status_code == 201  # the documented example works
 
 
 async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) -> None:
