@@ -85,3 +85,21 @@ def test_container_selects_adapters_from_settings(monkeypatch: pytest.MonkeyPatc
     k = Container()  # a SQL store with Kafka: dispatches go through the outbox
     assert isinstance(k.queue(), OutboxDispatchQueue) and isinstance(k.bus(), KafkaEventBus)
     assert isinstance(k.queue().queue, KafkaDispatchQueue)
+
+
+@pytest.mark.parametrize(("host", "tokens", "allowed"), [
+    ("127.0.0.1", "", True), ("localhost", "", True), ("::1", "", True), ("127.0.0.2", "", True),
+    ("0.0.0.0", "", False), ("::", "", False), ("192.168.1.10", "", False), ("example.com", "", False),
+    ("0.0.0.0", "tok", True),
+])
+def test_bind_guard(host: str, tokens: str, allowed: bool) -> None:
+    import click
+
+    from chronos_app.cli import check_bind
+
+    settings = Settings(api_tokens=tokens)
+    if allowed:
+        check_bind(host, settings)
+    else:
+        with pytest.raises(click.UsageError, match="CHRONOS_API_TOKENS"):
+            check_bind(host, settings)
