@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import ClassVar
 
 from chronos_adapters.executors import ExecutorConfig
 from chronos_app import Chronos
-from chronos_core import EventType, Run, RunStatus
+from chronos_core import EventType, Payload, Run, RunStatus
+from chronos_core.errors import ExecutionFailed
+from chronos_core.models import Job
+from chronos_core.ports import ExecutionResult, Executor, LogSink
 from tests.fixtures.httpserver import LocalHttpServer
 from tests.fixtures.smtp import LocalSmtpServer
 
@@ -165,3 +169,50 @@ async def test_sql_job_reports_its_row_count(tmp_path: Path) -> None:
         [run] = await finished_runs(chronos, job.id, 1)
     assert run.status is RunStatus.SUCCEEDED, run.error
     assert run.output.splitlines()[-3:] == ['{"n": 2}', '{"n": 3}', "2 rows"]
+
+
+class EchoPayload(Payload):
+    words: list[str]
+    token: str
+
+    def secrets(self) -> list[str]:
+        return [self.token]
+
+
+class EchoExecutor(Executor):
+    type_name: ClassVar[str] = "echo"
+
+    def __init__(self) -> None:
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
+        p = EchoPayload.model_validate(job.payload)
+        for word in p.words:
+            await log(f"{word} (auth {p.token})")
+        if "fail" in p.words:
+            raise ExecutionFailed("asked to fail", retryable=False)
+        return ExecutionResult(ok=True)
+
+
+async def test_a_user_defined_job_type_as_documented() -> None:
+    chronos = Chronos.embedded()
+    echo = EchoExecutor()
+    chronos.register_job_type("echo", EchoPayload, echo)
+    async with chronos:
+        assert echo.started
+        job = await chronos.jobs.create({"name": "e", "type": "echo",
+                                         "payload": {"words": ["a", "b"], "token": "tkn-123"}})
+        bad = await chronos.jobs.create({"name": "f", "type": "echo",
+                                         "payload": {"words": ["fail"], "token": "tkn-123"},
+                                         "retry": {"max_attempts": 3, "strategy": "immediate"}})
+        await chronos.jobs.trigger(job.id)
+        await chronos.jobs.trigger(bad.id)
+        [ok] = await finished_runs(chronos, job.id, 1)
+        [failed] = await finished_runs(chronos, bad.id, 1)
+        await asyncio.sleep(0.3)
+        assert len(await chronos.jobs.history(bad.id)) == 1
+    assert ok.status is RunStatus.SUCCEEDED and ok.output == "a (auth ***)\nb (auth ***)"
+    assert failed.status is RunStatus.FAILED and failed.error == "asked to fail"
