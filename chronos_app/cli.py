@@ -65,6 +65,9 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     settings = _settings()
     check_bind(host, settings)
     _logging(settings)
+    if not (scheduler and worker) and settings.bus_backend == "memory":
+        log.warning("the API runs without a scheduler and a worker on the in-process bus: runs it queues "
+                    "reach no worker; set CHRONOS_KAFKA_BOOTSTRAP, or use 'chronos serve'")
     app = create_app(_container(settings, scheduler=scheduler, worker=worker))
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, close the SSE streams, then
     # the lifespan stops Chronos (no more claims; running attempts get shutdown_grace, then are cancelled).
