@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from chronos_core.errors import InvalidJob
+
 from .problems import BodyTooLarge, InvalidParameters, MalformedJson, UnsupportedMediaType
 
 __all__ = ["parse_query", "read_json"]
@@ -40,9 +42,30 @@ async def read_json(request: Request, limit: int) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        data = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise MalformedJson(f"the body is not valid JSON: {exc}") from None
+    _check_depth(data)
+    return data
+
+
+MAX_DEPTH = 64
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse documents nested deeper than ``MAX_DEPTH`` (nothing legitimate is; deep ones only cost)."""
+    level: list[Any] = [data]
+    for _ in range(MAX_DEPTH + 1):
+        nxt: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                nxt.extend(item.values())
+            elif isinstance(item, list):
+                nxt.extend(item)
+        if not nxt:
+            return
+        level = nxt
+    raise InvalidJob.single((), f"the JSON body is nested deeper than {MAX_DEPTH} levels")
 
 
 def parse_query(request: Request, model: type[M], **extra: Any) -> M:

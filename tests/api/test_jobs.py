@@ -76,6 +76,11 @@ async def test_media_type_syntax_and_size(client: httpx.AsyncClient) -> None:
              400)
     _problem(await client.post("/jobs", content=b'{"timeout": NaN}',
                                headers={"content-type": "application/json"}), 400)
+    deep: dict = {"name": "deep", "type": "http", "payload": {"url": "https://e.com/", "json": []}}
+    for _ in range(100):
+        deep["payload"]["json"] = [deep["payload"]["json"]]
+    body = _problem(await client.post("/jobs", json=deep), 422)  # a 500 from the serializer, before
+    assert "nested deeper" in body["errors"][0]["reason"]
     big = {**job(), "description": "x" * (2 * 1024 * 1024)}
     _problem(await client.post("/jobs", json=big), 413)
 
