@@ -28,7 +28,8 @@ class ExecutorConfig:
     http_allow_hosts: tuple[str, ...] = ()
     """SSRF allow-list: host names (exact, case-insensitive), IP addresses or CIDR networks that HTTP
     jobs may reach even though they are loopback/private/link-local/reserved (e.g. ``127.0.0.1``,
-    ``10.0.0.0/8``, ``internal.example``). Everything public is always allowed."""
+    ``10.0.0.0/8``, ``internal.example``); ``*`` turns the guard off. Everything public is always allowed.
+    A comma-separated string is accepted too."""
     http_timeout: float = 300.0
     """httpx timeout (seconds) for each of connect/read/write/pool; the job's own timeout still applies."""
     http_max_body: int = 64 * 1024
@@ -65,5 +66,8 @@ class ExecutorConfig:
     def __post_init__(self) -> None:
         if self.smtp_ssl and self.smtp_starttls:
             raise ValueError("smtp_ssl and smtp_starttls exclude each other")
-        object.__setattr__(self, "http_allow_hosts", tuple(self.http_allow_hosts))
+        hosts = self.http_allow_hosts
+        if isinstance(hosts, str):
+            hosts = tuple(h for h in hosts.replace(";", ",").split(","))
+        object.__setattr__(self, "http_allow_hosts", tuple(h.strip() for h in hosts if h.strip()))
         object.__setattr__(self, "sql_connections", dict(self.sql_connections))

@@ -52,9 +52,13 @@ class AddressGuard:
     def __init__(self, allow: Iterable[str] = ()) -> None:
         self.hosts: set[str] = set()
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.allow_all = False
         for entry in allow:
             entry = entry.strip()
             if not entry:
+                continue
+            if entry == "*":
+                self.allow_all = True
                 continue
             try:
                 self.networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
@@ -63,7 +67,7 @@ class AddressGuard:
 
     def host_allowed(self, host: str) -> bool:
         """The host name is on the allow-list (whatever it resolves to)."""
-        return host.lower().rstrip(".") in self.hosts
+        return self.allow_all or host.lower().rstrip(".") in self.hosts
 
     def address_allowed(self, ip: IPAddress) -> bool:
         if any(ip.version == net.version and ip in net for net in self.networks):

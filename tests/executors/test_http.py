@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from chronos_adapters.executors import HttpExecutor
+from chronos_adapters.executors import ExecutorConfig, HttpExecutor
 from chronos_adapters.executors.http import is_public
 from chronos_core.errors import ExecutionFailed
 from chronos_core.ports import ExecutionResult
@@ -200,6 +200,20 @@ async def test_allow_list_by_network(http_server: LocalHttpServer) -> None:
         assert (await call(ex, {"url": f"http://localhost:{http_server.port}/n"})).ok
     finally:
         await ex.stop()
+
+
+async def test_star_turns_the_guard_off(http_server: LocalHttpServer) -> None:
+    ex = HttpExecutor(allow_hosts=["*"])
+    try:
+        assert (await call(ex, {"url": f"http://localhost:{http_server.port}/n"})).ok
+    finally:
+        await ex.stop()
+
+
+def test_config_accepts_a_comma_separated_allow_list() -> None:
+    config = ExecutorConfig(http_allow_hosts=" 127.0.0.1, 10.0.0.0/8 ,")  # type: ignore[arg-type]
+    assert config.http_allow_hosts == ("127.0.0.1", "10.0.0.0/8")
+    assert ExecutorConfig(http_allow_hosts=["::1"]).http_allow_hosts == ("::1",)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("address", "public"), [
