@@ -590,7 +590,8 @@ class SqlStore(Store):
         """Queue a start/finish for the next group commit and wait for its own result."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, fut))
-        if len(self._flushers) < self.parallel_commits:
+        # (a finished flusher may still be in the set until its done-callback runs: count live ones)
+        if sum(not t.done() for t in self._flushers) < self.parallel_commits:
             task = asyncio.create_task(self._flush(), name="chronos-sql-group-commit")
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
