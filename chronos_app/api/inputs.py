@@ -45,23 +45,32 @@ async def read_json(request: Request, limit: int) -> Any:
         data = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise MalformedJson(f"the body is not valid JSON: {exc}") from None
-    _check_depth(data)
+    _check_document(data)
     return data
 
 
 MAX_DEPTH = 64
 
 
-def _check_depth(data: Any) -> None:
-    """Refuse documents nested deeper than ``MAX_DEPTH`` (nothing legitimate is; deep ones only cost)."""
+def _check_document(data: Any) -> None:
+    """Refuse documents nested deeper than ``MAX_DEPTH`` (nothing legitimate is; pydantic cannot
+    serialize them) and strings with lone UTF-16 surrogates (``"\\ud800"`` is valid JSON syntax but no
+    text: it could be neither stored nor sent back)."""
     level: list[Any] = [data]
     for _ in range(MAX_DEPTH + 1):
         nxt: list[Any] = []
         for item in level:
             if isinstance(item, dict):
+                nxt.extend(item.keys())
                 nxt.extend(item.values())
             elif isinstance(item, list):
                 nxt.extend(item)
+            elif isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise MalformedJson("the body contains a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                                        "which is not text") from None
         if not nxt:
             return
         level = nxt

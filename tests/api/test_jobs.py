@@ -76,6 +76,12 @@ async def test_media_type_syntax_and_size(client: httpx.AsyncClient) -> None:
              400)
     _problem(await client.post("/jobs", content=b'{"timeout": NaN}',
                                headers={"content-type": "application/json"}), 400)
+    surrogates = (b'{"name": "\\ud800", "type": "shell"}',
+                  b'{"name": "x", "type": "shell", "payload": {"\\udfff": 1}}')
+    for raw in surrogates:
+        body = _problem(await client.post("/jobs", content=raw, headers={"content-type": "application/json"}),
+                        400)  # valid JSON syntax, but not text: was a 500 when the answer was encoded
+        assert "surrogate" in body["detail"]
     deep: dict = {"name": "deep", "type": "http", "payload": {"url": "https://e.com/", "json": []}}
     for _ in range(100):
         deep["payload"]["json"] = [deep["payload"]["json"]]
