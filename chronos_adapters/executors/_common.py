@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -10,9 +13,10 @@ from pydantic import ValidationError
 from chronos_core.errors import ExecutionFailed
 from chronos_core.payloads import REDACTED, Payload, field_errors
 
-__all__ = ["mask", "parse_payload"]
+__all__ = ["Threads", "mask", "parse_payload"]
 
 P = TypeVar("P", bound=Payload)
+T = TypeVar("T")
 
 
 def parse_payload(model: type[P], payload: dict[str, Any]) -> P:
@@ -29,3 +33,28 @@ def mask(text: str, secrets: Iterable[str | None]) -> str:
     for s in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
         text = text.replace(s, REDACTED)
     return text
+
+
+class Threads:
+    """An executor's own thread pool for blocking drivers, so its slow calls neither starve nor are
+    starved by the event loop's default pool (which also resolves host names)."""
+
+    def __init__(self, name: str, size: int = 32) -> None:
+        self._name = name
+        self._size = size
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._size, thread_name_prefix=self._name)
+            pool = self._pool
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def close(self) -> None:
+        """Stop taking work; calls still running finish in the background."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

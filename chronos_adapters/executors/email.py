@@ -27,7 +27,7 @@ from chronos_core.models import Job, Run
 from chronos_core.payloads import EmailPayload
 from chronos_core.ports import ExecutionResult, Executor, LogSink
 
-from ._common import mask, parse_payload
+from ._common import Threads, mask, parse_payload
 
 __all__ = ["EmailExecutor", "build_message"]
 
@@ -109,6 +109,10 @@ class EmailExecutor(Executor):
         self.sender = sender
         self.timeout = timeout
         self.ca_file = ca_file
+        self._threads = Threads("chronos-smtp")
+
+    async def stop(self) -> None:
+        self._threads.close()
 
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
         p = parse_payload(EmailPayload, job.payload)
@@ -125,7 +129,7 @@ class EmailExecutor(Executor):
                   f"{self.host}:{self.port}")
         session = _Session()
         try:
-            refused = await asyncio.to_thread(self._send, msg, parseaddr(sender)[1], recipients, session)
+            refused = await self._threads.run(self._send, msg, parseaddr(sender)[1], recipients, session)
         except asyncio.CancelledError:
             session.abort()
             raise

@@ -30,7 +30,7 @@ from chronos_core.models import Job, Run
 from chronos_core.payloads import SqlPayload
 from chronos_core.ports import ExecutionResult, Executor, LogSink
 
-from ._common import mask, parse_payload
+from ._common import Threads, mask, parse_payload
 
 __all__ = ["SqlExecutor"]
 
@@ -66,6 +66,7 @@ class SqlExecutor(Executor):
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
         self._running = 0
+        self._threads = Threads("chronos-sql")
         self._secrets: list[str] = list(self.connections.values())  # a URL that does not parse
         for url in self.connections.values():
             with contextlib.suppress(Exception):
@@ -81,7 +82,8 @@ class SqlExecutor(Executor):
     async def stop(self) -> None:
         engines, self._engines = list(self._engines.values()), {}
         for engine in engines:
-            await asyncio.to_thread(engine.dispose)
+            await self._threads.run(engine.dispose)
+        self._threads.close()
 
     def _engine(self, name: str) -> Engine:
         with self._lock:
@@ -108,15 +110,14 @@ class SqlExecutor(Executor):
         limit = min(p.max_rows, self.max_rows)
         statement = _Statement()
         await log(f"running on {p.connection!r} ({engine.dialect.name})")
-        work = asyncio.ensure_future(asyncio.to_thread(self._run, engine, p, limit, statement))
+        work = asyncio.ensure_future(self._threads.run(self._run, engine, p, limit, statement))
         try:
             columns, rows, count = await asyncio.shield(work)
         except asyncio.CancelledError:
             statement.cancelled.set()
             with contextlib.suppress(BaseException):
-                await asyncio.to_thread(self._interrupt, engine, statement)
-            with contextlib.suppress(BaseException):
                 async with asyncio.timeout(_INTERRUPT_WAIT):
+                    await self._threads.run(self._interrupt, engine, statement)
                     await work
             raise
         except ExecutionFailed:
