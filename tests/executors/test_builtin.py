@@ -1,0 +1,44 @@
+"""``builtin_executors``: one executor per built-in type, configured from ``ExecutorConfig``."""
+
+from __future__ import annotations
+
+import pytest
+
+from chronos_adapters.executors import (
+    EmailExecutor,
+    ExecutorConfig,
+    HttpExecutor,
+    ShellExecutor,
+    SqlExecutor,
+    builtin_executors,
+)
+from chronos_core import JobTypes
+
+
+def test_every_builtin_job_type_has_an_executor() -> None:
+    executors = builtin_executors()
+    names = sorted(e.type_name for e in executors)
+    assert names == sorted(JobTypes().names) == ["email", "http", "shell", "sql"]
+
+
+def test_config_reaches_the_executors() -> None:
+    config = ExecutorConfig(allow_shell=False, shell_kill_grace=1.5, http_allow_hosts=("10.0.0.0/8",),
+                            http_max_body=10, smtp_host="mail.example", smtp_port=587, smtp_starttls=True,
+                            smtp_user="u", smtp_password="p4ss", smtp_sender="a@example.com",
+                            sql_connections={"main": "sqlite://"}, sql_max_rows=7)
+    by_type = {e.type_name: e for e in builtin_executors(config)}
+    shell, http, email, sql = by_type["shell"], by_type["http"], by_type["email"], by_type["sql"]
+    assert isinstance(shell, ShellExecutor) and not shell.allowed and shell.kill_grace == 1.5
+    assert isinstance(http, HttpExecutor) and http.max_body == 10
+    assert [str(n) for n in http.guard.networks] == ["10.0.0.0/8"]
+    assert isinstance(email, EmailExecutor)
+    assert (email.host, email.port, email.starttls, email.user, email.password, email.sender) == (
+        "mail.example", 587, True, "u", "p4ss", "a@example.com")
+    assert isinstance(sql, SqlExecutor) and sql.connections == {"main": "sqlite://"} and sql.max_rows == 7
+
+
+def test_defaults_are_usable_and_conflicts_refused() -> None:
+    config = ExecutorConfig()
+    assert config.allow_shell and config.http_allow_hosts == () and config.sql_connections == {}
+    with pytest.raises(ValueError, match="exclude"):
+        ExecutorConfig(smtp_ssl=True, smtp_starttls=True)
