@@ -113,7 +113,10 @@ def parse_duration(text: str) -> timedelta:
                          "e.g. '30s', '5m' or '1h30m'")
     if total <= 0:
         raise ValueError(f"invalid duration {text!r}: must be greater than zero")
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:
+        raise ValueError(f"invalid duration {text!r}: too long") from None
 
 
 # ------------------------------------------------------------------------------------------------ cron
@@ -367,7 +370,10 @@ class IntervalSchedule:
         if t_us < self._anchor_us:
             return self.anchor
         k = (t_us - self._anchor_us) // self._step_us + 1
-        return _EPOCH + timedelta(microseconds=self._anchor_us + k * self._step_us)
+        try:
+            return _EPOCH + timedelta(microseconds=self._anchor_us + k * self._step_us)
+        except OverflowError:  # past year 9999: it never fires again
+            return None
 
     def __repr__(self) -> str:
         return f"IntervalSchedule({self.expression!r}, anchor={self.anchor.isoformat()})"
@@ -434,7 +440,11 @@ def parse_schedule(
                                   f"'2027-01-01T09:00:00+01:00', got {rest.strip()!r}") from None
         if at.tzinfo is None:
             at = at.replace(tzinfo=tz)
-        return OneOffSchedule(text, at)
+        try:
+            return OneOffSchedule(text, at)
+        except OverflowError:  # e.g. 0001-01-01T00:00+14:00 is before the first representable UTC time
+            raise InvalidSchedule(expression, "@at time is out of the supported range (years 1-9999 in UTC)"
+                                  ) from None
     if head_l.startswith("@") and head_l not in _MACROS:
         raise InvalidSchedule(expression, f"unknown schedule macro {head!r}; use one of "
                               f"{', '.join(sorted(_MACROS))}, @every <duration> or @at <time>")

@@ -61,6 +61,14 @@ async def test_schedule_preview(client: httpx.AsyncClient) -> None:
     tz = _problem(await client.get("/schedules/preview", params=params), 422)
     assert tz["errors"][0]["pointer"] == "/timezone"
     _problem(await client.get("/schedules/preview", params={"schedule": "@daily", "count": 1000}), 422)
+    # extreme times are refused or simply end, never a 500
+    for expr in ("@at 0001-01-01T00:00:00+14:00", "@every 99999999999d"):
+        a = _problem(await client.get("/schedules/preview", params={"schedule": expr}), 422)
+        b = _problem(await client.post("/jobs", json=job(name=expr, schedule=expr)), 422)
+        assert a["errors"] == b["errors"] and a["errors"][0]["pointer"] == "/schedule"
+    far = await client.get("/schedules/preview", params={"schedule": "@every 3000000d", "count": 3})
+    assert far.status_code == 200 and len(far.json()["times"]) <= 1
+    assert (await client.post("/jobs", json=job(name="far", schedule="@every 3000000d"))).status_code == 201
     missing = _problem(await client.get("/schedules/preview"), 422)
     assert missing["errors"][0]["pointer"] == "/schedule"
 
