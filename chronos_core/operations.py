@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -87,6 +87,13 @@ class Jobs:
             errors.append(FieldError(("start_at",), "needs a UTC offset, e.g. 2027-01-01T09:00:00Z"))
         if spec.end_at and spec.end_at.tzinfo is None:
             errors.append(FieldError(("end_at",), "needs a UTC offset, e.g. 2027-01-01T09:00:00Z"))
+        for name in ("start_at", "end_at"):
+            value = getattr(spec, name)
+            try:
+                if value is not None and value.tzinfo is not None:
+                    value.astimezone(UTC)
+            except OverflowError:  # 0001-01-01T00:00+14:00 is before the first UTC time there is
+                errors.append(FieldError((name,), "out of the supported range (years 1-9999 in UTC)"))
         if (spec.start_at and spec.end_at and spec.start_at.tzinfo and spec.end_at.tzinfo
                 and spec.end_at <= spec.start_at):
             errors.append(FieldError(("end_at",), "must be after start_at"))

@@ -293,6 +293,12 @@ class CronSchedule:
         return off
 
     def next_after(self, t: datetime) -> datetime | None:
+        try:
+            return self._next_after(t)
+        except (OverflowError, ValueError):  # the next match would be past year 9999: there is none
+            return None
+
+    def _next_after(self, t: datetime) -> datetime | None:
         t = t.astimezone(UTC)
         f = self._f
         if self._utc:

@@ -69,6 +69,13 @@ async def test_schedule_preview(client: httpx.AsyncClient) -> None:
     far = await client.get("/schedules/preview", params={"schedule": "@every 3000000d", "count": 3})
     assert far.status_code == 200 and len(far.json()["times"]) <= 1
     assert (await client.post("/jobs", json=job(name="far", schedule="@every 3000000d"))).status_code == 201
+    for field, value in (("start_at", "0001-01-01T00:00:00+14:00"), ("end_at", "9999-12-31T23:59:59-14:00")):
+        spec = job(name=field, schedule="@hourly", **{field: value})
+        body = _problem(await client.post("/jobs", json=spec), 422)
+        assert body["errors"][0]["pointer"] == f"/{field}"
+    spec = job(name="late", schedule="0 0 1 1 *", start_at="9999-12-31T23:59:59Z")
+    late = await client.post("/jobs", json=spec)
+    assert late.status_code == 201 and late.json()["next_run_at"] is None  # no slot before the end of time
     missing = _problem(await client.get("/schedules/preview"), 422)
     assert missing["errors"][0]["pointer"] == "/schedule"
 
