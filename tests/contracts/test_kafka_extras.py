@@ -189,3 +189,45 @@ async def test_a_full_prefetch_buffer_pauses_fetching_and_resumes_without_loss(
         assert got == [d.run.id for d in sent]
     finally:
         await q.stop()
+
+
+async def test_a_rebalance_hands_unacked_runs_to_the_partitions_new_owner(
+        kafka_bootstrap: str, kafka_names: KafkaNames) -> None:
+    def make() -> KafkaDispatchQueue:
+        return KafkaDispatchQueue(kafka_bootstrap, topic=kafka_names.topic("runs"),
+                                  group=kafka_names.group(), partitions=2, client_id=kafka_names.prefix,
+                                  session_timeout_ms=2000, heartbeat_interval_ms=300,
+                                  rebalance_timeout_ms=500)
+
+    a, b = make(), make()
+    await a.start()
+    await b.start()
+    try:
+        jobs = [make_job("job-0"), make_job("job-1")]  # keys that land in partitions 1 and 0
+        sent = {job.id: [make_dispatch(job), make_dispatch(job)] for job in jobs}
+        await a.put([d for pair in sent.values() for d in pair])
+        held = []
+        async with asyncio.timeout(60):
+            for _ in range(4):
+                d = await a.get()
+                if d.run.id == sent[d.job.id][0].run.id:
+                    await a.ack(d)  # the first run of each job is done...
+                else:
+                    held.append(d)  # ...the second is still running on a when b joins
+        assert len(held) == 2
+        async with asyncio.timeout(60):
+            moved = await b.get()  # b's join takes one partition from a; its unacked run comes again
+        assert moved.run.id in {d.run.id for d in held}
+        assert moved.run.id not in {pair[0].run.id for pair in sent.values()}
+        await b.ack(moved)
+        for d in held:
+            await a.ack(d)  # for the partition a lost, this is ignored: b owns it now
+        marker = make_dispatch(moved.job)
+        await a.put([marker])
+        async with asyncio.timeout(60):
+            nxt = await b.get()
+        assert nxt.run.id == marker.run.id  # nothing else of that partition came to b
+        await b.ack(nxt)
+    finally:
+        await a.stop()
+        await b.stop()
