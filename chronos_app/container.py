@@ -33,8 +33,13 @@ def _sql_store(settings: Settings) -> Store:
     from chronos_adapters.sql import SqlStore  # imported lazily: only SQL deployments need SQLAlchemy
 
     assert settings.database_url
+    on_dispatch = None
+    if settings.bus_backend == "kafka" and settings.kafka_outbox:
+        from chronos_adapters.kafka.outbox import write_outbox  # runs and messages in one transaction
+
+        on_dispatch = write_outbox
     return SqlStore(settings.database_url, pool_size=settings.db_pool_size,
-                    output_limit=settings.output_limit)
+                    output_limit=settings.output_limit, on_dispatch=on_dispatch)
 
 
 def _memory_queue() -> Any:

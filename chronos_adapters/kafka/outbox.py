@@ -4,10 +4,12 @@ grows) and everything is delivered once it is back.
 
 * ``chronos_outbox`` (created on start if missing, in the store's database): one row per dispatch, in
   insertion order (``seq``), with the encoded message; ``sent_at`` is set once Kafka acknowledged it.
-* :func:`write_outbox` inserts the rows on a given connection. Called by the store inside the claim
-  transaction, runs and their messages commit together (the full outbox). Until the store calls it,
-  :class:`OutboxDispatchQueue` writes the rows itself in ``put``, right after the claim committed: a
-  Kafka outage then loses nothing, only a crash in the milliseconds between the two commits can.
+* :func:`write_outbox` inserts the rows on a given connection: ``SqlStore(on_dispatch=write_outbox)``
+  calls it inside the claim transaction (and for retries and manual triggers), so runs and their
+  messages commit together. Those rows wait (``ready`` false) until the scheduler's ``put``, which comes
+  after it published the runs' ``run.queued`` events, or until they are ``settle`` seconds old (the
+  scheduler died in between). ``put`` also adds any dispatch the store did not write, so a store
+  without the hook loses nothing to a Kafka outage either.
 * :class:`OutboxRelay`: reads unsent rows oldest first, publishes them (publish, then mark sent: a crash
   in between sends a row again, which the worker's ``Store.start_run`` fencing makes harmless), retries
   with back-off while Kafka is unreachable, and deletes sent rows after ``keep_sent`` seconds. On MySQL
@@ -26,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -38,6 +41,8 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
+    or_,
     select,
     text,
     update,
@@ -63,9 +68,12 @@ outbox_table = Table(
     Column("run_id", String(36), nullable=False),
     Column("job_id", String(36), nullable=False),
     Column("message", LargeBinary().with_variant(LONGBLOB(), "mysql"), nullable=False),
+    # False while written by the store in the claim transaction and not yet handed over by ``put``
+    Column("ready", Boolean, nullable=False),
     Column("created_at", DateTime, nullable=False),  # naive UTC
     Column("sent_at", DateTime),
     Index("ix_chronos_outbox_unsent", "sent_at", "seq"),
+    Index("ux_chronos_outbox_run", "run_id", unique=True),
     mysql_engine="InnoDB",
 )
 
@@ -76,12 +84,19 @@ def _utc_naive(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(tzinfo=None)
 
 
-def write_outbox(conn: Connection, dispatches: Sequence[Dispatch], now: datetime) -> None:
-    """Insert the dispatches' messages on ``conn`` (in the caller's transaction)."""
+def write_outbox(conn: Connection, dispatches: Sequence[Dispatch], now: datetime, *,
+                 ready: bool = False) -> None:
+    """Insert the dispatches' messages on ``conn``, in the caller's transaction: the store's hook
+    (``SqlStore(on_dispatch=write_outbox)``), so runs and their messages commit together.
+
+    Rows written by the store are not ``ready``: the relay leaves them until the scheduler's ``put``
+    (which comes after it published ``run.queued``, so no worker reports a run started before it was
+    reported queued) or, if the scheduler died before that, until they are ``settle`` seconds old."""
     if dispatches:
         created = _utc_naive(now)
         conn.execute(insert(outbox_table), [
-            {"run_id": d.run.id, "job_id": d.job.id, "message": encode_dispatch(d), "created_at": created}
+            {"run_id": d.run.id, "job_id": d.job.id, "message": encode_dispatch(d), "ready": ready,
+             "created_at": created}
             for d in dispatches])
 
 
@@ -89,13 +104,15 @@ class OutboxRelay:
     """Publishes the outbox to ``queue``'s runs topic. ``database`` is a SQLAlchemy URL or engine."""
 
     def __init__(self, database: str | Engine, queue: KafkaDispatchQueue, *, batch: int = 500,
-                 interval: float = 1.0, keep_sent: float = 3600.0, create_table: bool = True) -> None:
+                 interval: float = 1.0, keep_sent: float = 3600.0, settle: float = 5.0,
+                 create_table: bool = True) -> None:
         self._url = database if isinstance(database, str) else None
         self._engine: Engine | None = None if isinstance(database, str) else database
         self.queue = queue
         self.batch = batch
         self.interval = interval
         self.keep_sent = timedelta(seconds=keep_sent)
+        self.settle = timedelta(seconds=settle)
         self.create_table = create_table
         self.sent = 0
         self.failures = 0
@@ -122,7 +139,15 @@ class OutboxRelay:
                 options.update(pool_size=3, max_overflow=0, isolation_level="READ COMMITTED")
             self._engine = create_engine(self._url, **options)
         if self.create_table:
-            await self._db(lambda: metadata.create_all(self.engine, checkfirst=True))
+            await self._db(self._create_table)
+
+    def _create_table(self) -> None:
+        try:
+            metadata.create_all(self.engine, checkfirst=True)
+        except sa_exc.DatabaseError:
+            # another process created it between the check and the CREATE
+            if not inspect(self.engine).has_table(outbox_table.name):
+                raise
 
     async def start(self) -> None:
         if self._task is not None:
@@ -154,12 +179,22 @@ class OutboxRelay:
             raise StoreUnavailable(f"outbox: {type(exc).__name__}") from None
 
     async def write(self, dispatches: Sequence[Dispatch], now: datetime | None = None) -> None:
-        """Add dispatches to the outbox in a transaction of its own."""
+        """Hand dispatches to the relay: mark the rows the store wrote ready, and add (ready) those it
+        did not write (a store without the hook, a caller the hook does not cover), in one
+        transaction. A run already in the outbox is not added twice."""
+        if not dispatches:
+            return
         when = now or datetime.now(UTC)
+        ids = [d.run.id for d in dispatches]
 
         def go() -> None:
             with self.engine.begin() as conn:
-                write_outbox(conn, dispatches, when)
+                conn.execute(update(outbox_table).where(outbox_table.c.run_id.in_(ids),
+                                                        outbox_table.c.ready.is_(False))
+                             .values(ready=True))
+                there = set(conn.scalars(select(outbox_table.c.run_id)
+                                         .where(outbox_table.c.run_id.in_(ids))))
+                write_outbox(conn, [d for d in dispatches if d.run.id not in there], when, ready=True)
         await self._db(go)
 
     async def pending(self) -> int:
@@ -173,10 +208,14 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows, oldest first; how many. :class:`StoreUnavailable` when the
         database or Kafka cannot be reached (nothing is marked sent then)."""
+        settled = _utc_naive(datetime.now(UTC) - self.settle)
+
         def read() -> list[Any]:
             with self.engine.connect() as conn:
                 q = (select(outbox_table.c.seq, outbox_table.c.job_id, outbox_table.c.message)
-                     .where(outbox_table.c.sent_at.is_(None)).order_by(outbox_table.c.seq).limit(self.batch))
+                     .where(outbox_table.c.sent_at.is_(None),
+                            or_(outbox_table.c.ready.is_(True), outbox_table.c.created_at < settled))
+                     .order_by(outbox_table.c.seq).limit(self.batch))
                 return list(conn.execute(q))
         rows = await self._db(read)
         if not rows:
@@ -238,17 +277,16 @@ class OutboxRelay:
 
 
 class OutboxDispatchQueue(DispatchQueue):
-    """The dispatch queue for a scaled-out deployment: ``put`` goes to the outbox (unless the store
-    already wrote it in the claim transaction: ``store_writes_outbox``), the relay publishes, and
-    workers ``get`` / ``ack`` / ``nack`` from Kafka as with :class:`KafkaDispatchQueue`."""
+    """The dispatch queue for a scaled-out deployment: ``put`` hands the dispatches to the outbox
+    (:meth:`OutboxRelay.write`), the relay publishes them, and workers ``get`` / ``ack`` / ``nack`` from
+    Kafka as with :class:`KafkaDispatchQueue`. ``run_relay``: run the relay loop in this process (the
+    scheduler's); otherwise only write to the outbox."""
 
     durable = True
 
-    def __init__(self, queue: KafkaDispatchQueue, relay: OutboxRelay, *,
-                 store_writes_outbox: bool = False, run_relay: bool = True) -> None:
+    def __init__(self, queue: KafkaDispatchQueue, relay: OutboxRelay, *, run_relay: bool = True) -> None:
         self.queue = queue
         self.relay = relay
-        self.store_writes_outbox = store_writes_outbox
         self.run_relay = run_relay
 
     async def start(self) -> None:
@@ -263,8 +301,7 @@ class OutboxDispatchQueue(DispatchQueue):
         await self.queue.stop()
 
     async def put(self, dispatches: Sequence[Dispatch]) -> None:
-        if not self.store_writes_outbox:
-            await self.relay.write(dispatches)
+        await self.relay.write(dispatches)
         self.relay.wake()
 
     async def get(self) -> Dispatch:

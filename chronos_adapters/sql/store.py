@@ -167,8 +167,13 @@ class SqlStore(Store):
     :meth:`start` brings the schema to the newest migration. ``engine_options`` go to ``create_engine``."""
 
     def __init__(self, url: str, *, pool_size: int = 10, output_limit: int = 64 * 1024,
-                 create_schema: bool = True, **engine_options: Any) -> None:
+                 create_schema: bool = True,
+                 on_dispatch: Callable[[Connection, Sequence[Dispatch], datetime], None] | None = None,
+                 **engine_options: Any) -> None:
         self.url = url
+        # called with the transaction's connection whenever runs are handed out for dispatch (claims,
+        # retries, manual triggers): the Kafka outbox writes its messages in the same transaction
+        self.on_dispatch = on_dispatch
         self.pool_size = pool_size
         self.output_limit = output_limit
         self.create_schema = create_schema
@@ -518,6 +523,8 @@ class SqlStore(Store):
             whens = {job.id: literal(plan.next_run_at, UtcDateTime()) for job, plan in plans}
             conn.execute(update(jobs).where(jobs.c.id.in_(ids))
                          .values(next_run_at=case(whens, value=jobs.c.id)))
+        if self.on_dispatch is not None and claim.dispatch:
+            self.on_dispatch(conn, claim.dispatch, now)
         return claim
 
     async def claim_due_runs(self, now: datetime, limit: int) -> list[Dispatch]:
@@ -532,7 +539,10 @@ class SqlStore(Store):
                 conn.execute(update(runs).where(runs.c.id.in_(ids)).values(dispatch_due_at=None))
                 by_id = {j.id: j for j in map(_job, conn.execute(
                     select(jobs).where(jobs.c.id.in_(sorted({r.job_id for r in due})))))}
-            return [Dispatch(r, by_id[r.job_id]) for r in due if r.job_id in by_id]
+                out = [Dispatch(r, by_id[r.job_id]) for r in due if r.job_id in by_id]
+                if self.on_dispatch is not None and out:
+                    self.on_dispatch(conn, out, now)
+            return out
         return await self._call(claim)
 
     async def next_due_time(self) -> datetime | None:
@@ -565,6 +575,9 @@ class SqlStore(Store):
                     if conn.scalar(select(jobs.c.id).where(jobs.c.id == run.job_id)) is None:
                         raise JobNotFound(run.job_id)
                     conn.execute(insert(runs).values(self._run_values(run, dispatched)))
+                    if self.on_dispatch is not None and dispatched and run.status is RunStatus.QUEUED:
+                        job = _job(conn.execute(select(jobs).where(jobs.c.id == run.job_id)).one())
+                        self.on_dispatch(conn, [Dispatch(run, job)], run.created_at)
             except sa_exc.IntegrityError:
                 raise RunConflict(f"a run of job {run.job_id} for {run.scheduled_for.isoformat()} attempt "
                                   f"{run.attempt} already exists") from None

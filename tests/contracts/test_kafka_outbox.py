@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 
 import pytest
 
@@ -171,6 +172,7 @@ async def test_two_chronos_processes_on_mysql_and_kafka_run_jobs_through_the_out
         made.append(c.chronos())
     sched, work = made
     assert type(sched.queue).__name__ == "OutboxDispatchQueue"
+    assert sched.store.on_dispatch is not None  # type: ignore[attr-defined]  # rows written in the claim
     for chronos in made:
         await chronos.start()
     try:
@@ -187,3 +189,41 @@ async def test_two_chronos_processes_on_mysql_and_kafka_run_jobs_through_the_out
     finally:
         for chronos in made:
             await chronos.stop()
+
+
+async def test_rows_the_store_wrote_wait_for_put_or_are_sent_once_settled(
+        kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str,
+        consumer: KafkaDispatchQueue) -> None:
+    from datetime import UTC, datetime
+
+    from chronos_adapters.kafka.outbox import write_outbox
+
+    inner = kafka_queue(kafka_bootstrap, kafka_names)
+    relay = OutboxRelay(fresh_mysql_url, inner, settle=3600)
+    queue = OutboxDispatchQueue(inner, relay, run_relay=False)  # the test drives the relay
+    await queue.start()
+    try:
+        job = make_job("job-hook")
+        claimed = [make_dispatch(job) for _ in range(3)]
+        with relay.engine.begin() as conn:  # as the store's claim transaction does
+            write_outbox(conn, claimed, datetime.now(UTC))
+        assert await relay.relay_once() == 0  # not handed over yet: run.queued may not be out
+        extra = make_dispatch(job)  # a dispatch the store did not write
+        await queue.put([*claimed, extra])
+        assert await relay.relay_once() == 4 and await queue.depth() == 0
+        assert [d.run.id for d in await take(consumer, 4)] == [d.run.id for d in [*claimed, extra]]
+
+        crashed = [make_dispatch(job) for _ in range(2)]  # the scheduler died before its put
+        with relay.engine.begin() as conn:
+            write_outbox(conn, crashed, datetime.now(UTC))
+        relay.settle = timedelta(seconds=0.5)
+        await until(lambda: _relayed(relay, 2))
+        assert [d.run.id for d in await take(consumer, 2)] == [d.run.id for d in crashed]
+        await queue.put(crashed)  # a late put of sent rows sends nothing again
+        assert await relay.relay_once() == 0
+    finally:
+        await queue.stop()
+
+
+async def _relayed(relay: OutboxRelay, n: int) -> bool:
+    return await relay.relay_once() == n
