@@ -1,0 +1,156 @@
+"""The scaled-out deployment for real: separate ``chronos api`` / ``scheduler`` / ``worker`` OS processes on
+MariaDB and the Tansu Kafka broker, sharing nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.kafka import KafkaNames, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.mysql, pytest.mark.timeout(300)]
+
+CHRONOS = str(Path(sys.executable).with_name("chronos"))
+SEED_VARS = ("DB_HOST", "DB_USER", "DB_PASSWORD", "DB_NAME", "KAFKA_BROKER", "SMTP_HOST", "SMTP_PORT",
+             "SMTP_USER", "SMTP_PASS")
+
+
+class Stack:
+    """Starts chronos processes that share one database and one broker (unique topics per test)."""
+
+    def __init__(self, database_url: str, bootstrap: str, names: KafkaNames, tmp: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("CHRONOS_") and k not in SEED_VARS}
+        self.env.update(CHRONOS_DATABASE_URL=database_url, CHRONOS_KAFKA_BOOTSTRAP=bootstrap,
+                        CHRONOS_KAFKA_RUNS_TOPIC=names.topic("runs"),
+                        CHRONOS_KAFKA_EVENTS_TOPIC=names.topic("events"),
+                        CHRONOS_KAFKA_GROUP=names.group(), CHRONOS_KAFKA_RUNS_PARTITIONS="4",
+                        CHRONOS_ALLOW_SHELL="true", CHRONOS_LOG_LEVEL="warning", CHRONOS_LEASE="6")
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+        subprocess.run([CHRONOS, "migrate"], env=self.env, check=True, capture_output=True, timeout=120)
+
+    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        with (self.tmp / f"{args[0]}-{len(self.procs)}.log").open("wb") as log:
+            proc = subprocess.Popen([CHRONOS, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=self.tmp)
+        self.procs.append(proc)
+        return proc
+
+    def api(self) -> str:
+        port = free_port()
+        proc = self.spawn("api", "--port", str(port))
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "chronos api exited"
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    return base
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("chronos api did not become ready")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+
+@pytest.fixture
+def stack(fresh_mysql_url: str, kafka_bootstrap: str, kafka_names: KafkaNames,
+          tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(fresh_mysql_url, kafka_bootstrap, kafka_names, tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def sse_events(response: httpx.Response) -> Iterator[dict[str, str]]:
+    event: dict[str, str] = {}
+    for line in response.iter_lines():
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(":")
+            event[key] = value.removeprefix(" ")
+
+
+def test_an_api_instance_streams_the_live_output_of_a_run_another_process_executes(stack: Stack) -> None:
+    a = stack.api()  # API instance A: no scheduler, no worker
+    stack.spawn("scheduler")
+    stack.spawn("worker")
+    job = httpx.post(f"{a}/jobs", json={"name": "talker", "type": "shell", "payload": {
+        "command": "echo one; sleep 1; echo two"}}, timeout=30).json()
+    seen: list[tuple[str, str | None]] = []
+    with httpx.stream("GET", f"{a}/monitor/logs/{job['id']}", timeout=httpx.Timeout(120, read=120)) as r:
+        assert r.status_code == 200
+        run = httpx.post(f"{a}/jobs/{job['id']}/run", timeout=30).json()
+        for event in sse_events(r):
+            data = json.loads(event.get("data") or "{}")
+            if data.get("run_id") not in (None, run["id"]):
+                continue
+            seen.append((event.get("event", ""), (data.get("data") or {}).get("line")))
+            if event.get("event") == "run.succeeded":
+                break
+    assert ("run.log", "one") in seen and ("run.log", "two") in seen
+    kinds = [k for k, _ in seen]
+    assert kinds.index("run.started") < kinds.index("run.log") < kinds.index("run.succeeded")
+    done = httpx.get(f"{a}/runs/{run['id']}", timeout=30).json()
+    assert done["status"] == "succeeded" and "one" in done["output"] and "two" in done["output"]
+
+
+def test_two_schedulers_and_two_workers_fire_every_slot_exactly_once(stack: Stack) -> None:
+    a = stack.api()
+    for _ in range(2):
+        stack.spawn("scheduler")
+        stack.spawn("worker")
+    spec = {"type": "shell", "schedule": "*/1 * * * * *", "payload": {"command": "true"}}
+    created = [httpx.post(f"{a}/jobs", json={"name": f"tick-{i}", **spec}, timeout=30).json()
+               for i in range(50)]
+    start = datetime.now(UTC)
+    time.sleep(15)
+    end = datetime.now(UTC)
+    for job in created:
+        r = httpx.patch(f"{a}/jobs/{job['id']}/status", json={"status": "paused"}, timeout=30)
+        assert r.status_code == 200, r.text
+    # the window: whole seconds well inside [start, end]
+    first = (start + timedelta(seconds=2)).replace(microsecond=0)
+    slots = [first + timedelta(seconds=i) for i in range(int((end - first).total_seconds()) - 1)]
+    assert len(slots) >= 10
+    deadline = time.monotonic() + 180
+    for job in created:
+        while True:
+            runs = httpx.get(f"{a}/jobs/{job['id']}/history", params={"limit": 500},
+                             timeout=30).json()["items"]
+            firsts = [r for r in runs if r["attempt"] == 1 and r["trigger"] in ("schedule", "catch_up")]
+            mine = [r for r in firsts if datetime.fromisoformat(r["scheduled_for"]) in set(slots)]
+            if all(r["status"] not in ("queued", "running") for r in mine) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        by_slot: dict[datetime, list[str]] = {}
+        for r in firsts:
+            by_slot.setdefault(datetime.fromisoformat(r["scheduled_for"]), []).append(r["status"])
+        for slot in slots:
+            assert len(by_slot.get(slot, [])) == 1, (job["name"], slot, by_slot.get(slot))  # exactly one
+        assert all(by_slot[s] == ["succeeded"] for s in slots), (job["name"], {s: by_slot[s] for s in slots})
