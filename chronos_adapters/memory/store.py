@@ -26,7 +26,7 @@ from chronos_core.models import (
     RunStatus,
     evolve,
 )
-from chronos_core.ports import Claim, Dispatch, Planner, Store
+from chronos_core.ports import Claim, Dispatch, Planner, SlotPlan, Store
 
 __all__ = ["MemoryStore"]
 
@@ -136,13 +136,23 @@ class MemoryStore(Store):
     async def claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
         claim = Claim()
         due = self._due
-        while due and claim.jobs < limit and due[0][0] <= now:
-            at, _, job_id = heapq.heappop(due)
-            job = self._jobs.get(job_id)
-            if job is None or job.status is not JobStatus.ACTIVE or job.next_run_at != at:
-                continue  # stale entry: the job changed since it was indexed
+        popped: list[tuple[datetime, int, str]] = []
+        plans: dict[str, tuple[Job, SlotPlan]] = {}
+        try:  # plan every claimed job first: a planner that fails leaves nothing changed
+            while due and len(plans) < limit and due[0][0] <= now:
+                popped.append(heapq.heappop(due))
+                at, _, job_id = popped[-1]
+                job = self._jobs.get(job_id)
+                if (job is None or job.status is not JobStatus.ACTIVE or job.next_run_at != at
+                        or job_id in plans):
+                    continue  # stale entry: the job changed since it was indexed
+                plans[job_id] = job, planner(job, list(self._active.get(job_id, ())), now)
+        except BaseException:
+            for entry in popped:
+                heapq.heappush(due, entry)
+            raise
+        for job_id, (job, plan) in plans.items():
             claim.jobs += 1
-            plan = planner(job, list(self._active.get(job_id, ())), now)
             for run in plan.runs:
                 if not self._insert_run(run, dispatched=True):
                     claim.duplicates += 1

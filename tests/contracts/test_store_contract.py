@@ -247,6 +247,33 @@ async def test_claim_counts_a_slot_that_already_has_its_run_as_duplicate(store: 
     assert (await store.get_job(job.id)).next_run_at == T0 + S  # the job still moves on
 
 
+async def test_claim_is_all_or_nothing_when_the_planner_fails(store: Store) -> None:
+    a, b = make_job("a", next_run_at=T0), make_job("b", next_run_at=T0 + timedelta(milliseconds=1))
+    await store.add_jobs([a, b])
+
+    def planner(job: Job, active: list[str], now: datetime):  # type: ignore[no-untyped-def]
+        if job.name == "b":
+            raise RuntimeError("cannot plan b")
+        return plan_due_job(job, active, now)
+
+    with pytest.raises(RuntimeError):
+        await store.claim_due(T0 + timedelta(milliseconds=10), 10, planner)
+    assert await store.list_runs() == []  # a's run was not kept
+    assert (await store.get_job(a.id)).next_run_at == T0
+    assert_no_connection_checked_out(store)
+    claim = await store.claim_due(T0 + timedelta(milliseconds=10), 10, plan_due_job)  # nothing was lost
+    assert sorted(d.job.name for d in claim.dispatch) == ["a", "b"]
+
+
+async def test_a_job_indexed_twice_is_claimed_once(store: Store) -> None:
+    job = make_job("twice", next_run_at=T0)
+    await store.add_jobs([job])
+    await store.update_job(dataclasses.replace(job, status=JobStatus.PAUSED))
+    await store.update_job(job)  # active again, same next_run_at
+    claim = await store.claim_due(T0 + timedelta(milliseconds=10), 10, plan_due_job)
+    assert claim.jobs == 1 and len(claim.dispatch) == 1 and claim.duplicates == 0
+
+
 async def test_claim_gives_the_planner_the_active_runs(store: Store) -> None:
     job = make_job("forbid", next_run_at=T0, overlap=OverlapPolicy.FORBID)
     await store.add_jobs([job])
