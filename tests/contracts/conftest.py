@@ -38,6 +38,7 @@ async def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Pat
             with store.engine.begin() as conn:
                 conn.execute(delete(runs))
                 conn.execute(delete(jobs))
+        return store
     await store.start()
     return store
 

@@ -86,6 +86,23 @@ async def test_an_unreachable_server_is_store_unavailable_without_the_password()
         await store.get_job("x")  # stopped after the failed start: still the domain error
 
 
+async def test_a_stopped_store_raises_store_unavailable(tmp_path: Path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'c.db'}")
+    await store.start()
+    job = make_job("a")
+    await store.add_jobs([job])
+    run = make_run(job, T0)
+    await store.add_run(run, dispatched=True)
+    await store.stop()
+    await store.stop()  # idempotent
+    with pytest.raises(StoreUnavailable):
+        await store.start_run(run.id, "w", T0, T0 + S)  # through the group commit
+    with pytest.raises(StoreUnavailable):
+        await store.finish_run(run.id, "w", status=RunStatus.FAILED, finished_at=T0)
+    with pytest.raises(StoreUnavailable):
+        await store.get_job(job.id)
+
+
 async def test_an_unopenable_sqlite_file_is_store_unavailable(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable):
         await SqlStore(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}").start()

@@ -13,6 +13,11 @@ VERSION_TABLE = "chronos_alembic_version"
 config = context.config
 
 
+def _url() -> str | None:
+    """``-x url=...`` on the alembic command line, else ``sqlalchemy.url``."""
+    return context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+
+
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(connection=connection, target_metadata=metadata, version_table=VERSION_TABLE,
                       render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
@@ -21,7 +26,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 if context.is_offline_mode():
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata,
+    context.configure(url=_url(), target_metadata=metadata,
                       version_table=VERSION_TABLE, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
@@ -30,7 +35,7 @@ else:
     if conn is not None:
         _run(conn)
     else:
-        engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+        engine = create_engine(_url() or "sqlite:///chronos.db")
         try:
             with engine.connect() as conn:
                 _run(conn)
