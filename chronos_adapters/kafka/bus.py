@@ -26,6 +26,7 @@ import logging
 from collections import deque
 from collections.abc import Collection, Sequence
 from types import TracebackType
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -40,6 +41,11 @@ from .codec import DecodeError, decode_event, encode_event
 __all__ = ["KafkaEventBus", "KafkaSubscription", "format_event_id", "parse_event_id"]
 
 log = logging.getLogger("chronos.kafka.bus")
+
+
+def _report_late(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled() and f.exception() is not None:
+        log.error("an event was dropped: %s", f.exception())
 
 
 def format_event_id(partition: int, offset: int) -> str:
@@ -132,8 +138,11 @@ class KafkaEventBus(EventBus):
 
     def __init__(self, bootstrap: str, *, topic: str = "chronos.events", partitions: int = 1,
                  buffer: int = 10_000, enable_idempotence: bool = False, create_topics: bool = True,
-                 replication_factor: int = 1, client_id: str = "chronos", linger_ms: int = 2) -> None:
+                 replication_factor: int = 1, client_id: str = "chronos", linger_ms: int = 2,
+                 publish_timeout: float = 2.0, request_timeout_ms: int = 120_000) -> None:
         self.bootstrap = bootstrap
+        self.publish_timeout = publish_timeout
+        self._request_timeout_ms = request_timeout_ms
         self.topic = topic
         self.partitions = partitions
         self.buffer = buffer
@@ -158,7 +167,7 @@ class KafkaEventBus(EventBus):
                                 client_id=f"{self.client_id}-admin")
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-events",
                                     acks="all", enable_idempotence=self.enable_idempotence,
-                                    linger_ms=self._linger_ms)
+                                    linger_ms=self._linger_ms, request_timeout_ms=self._request_timeout_ms)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                     client_id=f"{self.client_id}-events-feed", enable_auto_commit=False,
                                     auto_offset_reset="earliest")
@@ -205,18 +214,40 @@ class KafkaEventBus(EventBus):
             self._producer = None
 
     async def publish(self, events: Sequence[Event]) -> None:
+        """Publish and set each event's id once the broker acknowledged it. While the broker is
+        unreachable, publishing does not hold its caller (a scheduler claiming slots, a worker running a
+        job) for more than ``publish_timeout``: the events stay in the producer's buffer, without ids,
+        and go out in order when the broker is back (or are dropped, logged, after the producer's
+        ``request_timeout_ms``). The store stays the record of what happened."""
         producer = self._producer
         if producer is None:
             raise RuntimeError("KafkaEventBus is not started")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        sent: list[tuple[Event, asyncio.Future[Any]]] = []
         try:
-            futures = [await producer.send(self.topic, encode_event(e),
-                                           key=e.job_id.encode() if e.job_id else None)
-                       for e in events]
-            results = await asyncio.gather(*futures) if futures else []
+            async with asyncio.timeout_at(deadline):
+                for e in events:
+                    sent.append((e, await producer.send(self.topic, encode_event(e),
+                                                        key=e.job_id.encode() if e.job_id else None)))
         except KafkaError as exc:
             raise unavailable("publish", exc) from exc
-        for e, md in zip(events, results, strict=True):
-            e.id = format_event_id(md.partition, md.offset)
+        except TimeoutError:
+            log.warning("kafka unreachable: %d events not published", len(events) - len(sent))
+        if not sent:
+            return
+        done, pending = await asyncio.wait([f for _, f in sent], timeout=max(0.0, deadline - loop.time()))
+        for e, f in sent:
+            if f in done:
+                exc = f.exception()
+                if exc is not None:
+                    raise unavailable("publish", exc)
+                md = f.result()
+                e.id = format_event_id(md.partition, md.offset)
+        if pending:
+            log.warning("kafka slow or unreachable: %d events will go out when it answers", len(pending))
+            for f in pending:
+                f.add_done_callback(_report_late)
 
     def subscribe(self, *, job_id: str | None = None, run_id: str | None = None,
                   types: Collection[EventType] | None = None,

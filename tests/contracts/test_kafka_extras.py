@@ -231,3 +231,34 @@ async def test_a_rebalance_hands_unacked_runs_to_the_partitions_new_owner(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_publishing_during_a_broker_outage_does_not_hold_the_caller_and_delivers_later(
+        kafka_bootstrap: str, kafka_names: KafkaNames) -> None:
+    import time
+
+    from tests.fixtures.kafka import TansuProcess
+
+    proxy = TansuProcess(origin=kafka_bootstrap)
+    proxy.start()
+    topic = kafka_names.topic("events")
+    writer = KafkaEventBus(proxy.bootstrap, topic=topic, publish_timeout=1.0, client_id="w")
+    reader = KafkaEventBus(kafka_bootstrap, topic=topic, client_id="r")
+    await writer.start()
+    await reader.start()
+    try:
+        async with reader.subscribe(job_id="job-late") as sub:
+            proxy.stop()
+            late = [ev(job="job-late") for _ in range(3)]
+            began = time.monotonic()
+            await writer.publish(late)  # returns, does not raise
+            assert time.monotonic() - began < 30
+            assert all(e.id is None for e in late)
+            proxy.start()
+            async with asyncio.timeout(90):
+                got = [await sub.__anext__() for _ in range(3)]
+        assert [e.data for e in got] == [e.data for e in late]  # delivered, in order, once back
+    finally:
+        await writer.stop()
+        await reader.stop()
+        proxy.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.kafka import KafkaNames, free_port
+from tests.fixtures.kafka import KafkaNames, TansuProcess, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.mysql, pytest.mark.timeout(300)]
 
@@ -154,3 +154,48 @@ def test_two_schedulers_and_two_workers_fire_every_slot_exactly_once(stack: Stac
         for slot in slots:
             assert len(by_slot.get(slot, [])) == 1, (job["name"], slot, by_slot.get(slot))  # exactly one
         assert all(by_slot[s] == ["succeeded"] for s in slots), (job["name"], {s: by_slot[s] for s in slots})
+
+
+def test_a_broker_outage_during_scheduling_loses_no_slot_and_runs_none_twice(
+        fresh_mysql_url: str, kafka_bootstrap: str, kafka_names: KafkaNames, tmp_path: Path) -> None:
+    proxy = TansuProcess(origin=kafka_bootstrap)  # every process talks to Kafka through it
+    proxy.start()
+    stack = Stack(fresh_mysql_url, proxy.bootstrap, kafka_names, tmp_path)
+    try:
+        a = stack.api()
+        stack.spawn("scheduler")
+        stack.spawn("worker")
+        spec = {"type": "shell", "schedule": "*/1 * * * * *", "payload": {"command": "true"},
+                "misfire_grace": 60, "misfire": "fire_all"}
+        created = [httpx.post(f"{a}/jobs", json={"name": f"out-{i}", **spec}, timeout=30).json()
+                   for i in range(5)]
+        start = datetime.now(UTC)
+        time.sleep(4)
+        proxy.stop()  # the broker is gone for a while
+        time.sleep(6)
+        proxy.start()
+        time.sleep(8)
+        end = datetime.now(UTC)
+        for job in created:
+            assert httpx.patch(f"{a}/jobs/{job['id']}/status", json={"status": "paused"},
+                               timeout=30).status_code == 200
+        first = (start + timedelta(seconds=2)).replace(microsecond=0)
+        slots = [first + timedelta(seconds=i) for i in range(int((end - first).total_seconds()) - 1)]
+        deadline = time.monotonic() + 180
+        for job in created:
+            while True:
+                runs = httpx.get(f"{a}/jobs/{job['id']}/history", params={"limit": 500},
+                                 timeout=30).json()["items"]
+                pending = [r for r in runs if r["status"] in ("queued", "running")]
+                if not pending or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            by_slot: dict[datetime, list[tuple[int, str]]] = {}
+            for r in runs:
+                by_slot.setdefault(datetime.fromisoformat(r["scheduled_for"]), []).append(
+                    (r["attempt"], r["status"]))
+            for slot in slots:
+                assert by_slot.get(slot) == [(1, "succeeded")], (job["name"], slot, sorted(by_slot.items()))
+    finally:
+        stack.stop()
+        proxy.stop()
