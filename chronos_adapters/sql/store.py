@@ -26,7 +26,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Select,
-    bindparam,
     case,
     create_engine,
     delete,
@@ -309,8 +308,12 @@ class SqlStore(Store):
         dialect = engine.dialect
         quote = dialect.identifier_preparer.quote
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._quote = quote
         self._run_columns = [c.name for c in runs.c]
-        self._run_converters = [c.type.bind_processor(dialect) for c in runs.c]
+        # dialect_impl: the dialect's own type (SQLite stores datetimes as text in one exact format,
+        # which comparisons and the unique slot key rely on)
+        self._run_converters = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in runs.c]
+        self._run_converter = dict(zip(self._run_columns, self._run_converters, strict=True))
         self._insert_sql = (f"INSERT INTO runs ({', '.join(quote(c) for c in self._run_columns)}) "
                             f"VALUES ({', '.join([mark] * len(self._run_columns))})")
 
@@ -341,10 +344,13 @@ class SqlStore(Store):
             return
         fixed = fixed or {}
         cols = [c for c in rows[0] if c != key]
-        if self._sqlite:
-            stmt = update(runs).where(runs.c[key] == bindparam("k_" + key)).values(
-                **{c: bindparam("v_" + c) for c in cols}, **fixed)
-            conn.execute(stmt, [{"k_" + key: r[key], **{"v_" + c: r[c] for c in cols}} for r in rows])
+        if self._sqlite:  # driver SQL with SQLAlchemy's converters, as for inserts
+            convert = self._run_converter
+            sets = ", ".join(f"{self._quote(c)} = ?" for c in [*cols, *fixed])
+            tail = tuple(convert[c](v) if convert[c] and v is not None else v for c, v in fixed.items())
+            conn.exec_driver_sql(f"UPDATE runs SET {sets} WHERE {self._quote(key)} = ?", [
+                tuple(r[c] if convert[c] is None or r[c] is None else convert[c](r[c]) for c in cols)
+                + tail + (r[key],) for r in rows])
             return
         size = 0
         chunk: list[dict[str, Any]] = []

@@ -390,6 +390,23 @@ async def test_add_run_refuses_an_existing_slot(store: Store) -> None:
     assert_no_connection_checked_out(store)
 
 
+async def test_a_claimed_slot_and_a_manual_run_for_it_conflict(store: Store) -> None:
+    job = make_job("whole-second", next_run_at=T0)  # a whole second: no microseconds
+    await store.add_jobs([job])
+    [d] = (await store.claim_due(T0, 10, plan_due_job)).dispatch
+    with pytest.raises(RunConflict):
+        await store.add_run(make_run(job, T0, trigger=Trigger.MANUAL), dispatched=True)
+    retry = make_run(job, T0, attempt=2, trigger=Trigger.RETRY, due_at=T0 + 5 * S)
+    assert await store.start_run(d.run.id, "w1", T0, T0 + 5 * S)
+    assert await store.renew_leases([d.run.id], "w1", T0 + 6 * S) == {d.run.id}
+    assert await store.expired_leases(T0 + 6 * S, 10) == []  # expiry equal to now is not expired
+    assert await store.finish_run(d.run.id, "w1", status=RunStatus.FAILED, finished_at=T0 + S, retry=retry)
+    with pytest.raises(RunConflict):
+        await store.add_run(make_run(job, T0, attempt=2), dispatched=True)
+    assert await store.claim_due_runs(T0 + 4 * S, 10) == []
+    assert [x.run.id for x in await store.claim_due_runs(T0 + 5 * S, 10)] == [retry.id]
+
+
 async def test_start_run_moves_queued_to_running_once(store: Store) -> None:
     job = make_job("s")
     await store.add_jobs([job])

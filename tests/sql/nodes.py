@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -34,7 +35,8 @@ async def scheduler_node(url: str, seconds: float, batch_size: int) -> dict[str,
     store = SqlStore(url, pool_size=4, create_schema=False)
     queue, bus, clock = MemoryDispatchQueue(), MemoryEventBus(), SystemClock()
     scheduler = Scheduler(store, queue, bus, clock, batch_size=batch_size, max_sleep=1.0)
-    worker = Worker(store, queue, bus, clock, {"noop": NoopExecutor()}, concurrency=8)
+    worker = Worker(store, queue, bus, clock, {"noop": NoopExecutor()},
+                    concurrency=int(os.environ.get("CHRONOS_TEST_NODE_CONCURRENCY", "8")))
     await store.start()
     await queue.start()
     await bus.start()
