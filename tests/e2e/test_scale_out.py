@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -199,3 +200,72 @@ def test_a_broker_outage_during_scheduling_loses_no_slot_and_runs_none_twice(
     finally:
         stack.stop()
         proxy.stop()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_worker_killed_mid_run_is_retried_elsewhere_and_history_shows_both_attempts(stack: Stack) -> None:
+    a = stack.api()
+    stack.spawn("scheduler")
+    first_worker = stack.spawn("worker")
+    job = httpx.post(f"{a}/jobs", json={"name": "long", "type": "shell",
+                                       "payload": {"command": "echo started; sleep 4; echo finished"},
+                                       "retry": {"max_attempts": 2, "strategy": "immediate"}},
+                     timeout=30).json()
+    run = httpx.post(f"{a}/jobs/{job['id']}/run", timeout=30).json()
+    wait_for(lambda: httpx.get(f"{a}/runs/{run['id']}", timeout=30).json()["status"] == "running",
+             "the first attempt to start")
+    stack.spawn("worker")  # the second worker joins the group
+    first_worker.kill()  # kill -9 in the middle of the shell run
+    first_worker.wait(10)
+
+    def history() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = httpx.get(f"{a}/jobs/{job['id']}/history", timeout=30).json()["items"]
+        return items
+
+    wait_for(lambda: any(r["attempt"] == 2 and r["status"] == "succeeded" for r in history()),
+             "the second attempt to succeed")
+    runs = sorted(history(), key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["status"]) for r in runs] == [(1, "failed"), (2, "succeeded")]
+    assert "lease" in (runs[0]["error"] or "")  # the truth: its worker stopped renewing the lease
+    assert runs[0]["scheduled_for"] == runs[1]["scheduled_for"]  # the same slot, attempted again
+    assert "finished" in runs[1]["output"]
+
+
+def test_killing_one_of_two_schedulers_mid_window_loses_no_slot(stack: Stack) -> None:
+    a = stack.api()
+    doomed = stack.spawn("scheduler")
+    stack.spawn("scheduler")
+    stack.spawn("worker")
+    spec = {"type": "shell", "schedule": "*/1 * * * * *", "payload": {"command": "true"}}
+    created = [httpx.post(f"{a}/jobs", json={"name": f"k-{i}", **spec}, timeout=30).json()
+               for i in range(10)]
+    start = datetime.now(UTC)
+    time.sleep(5)
+    doomed.kill()  # kill -9 mid-window: it may die between a claim and its put
+    doomed.wait(10)
+    time.sleep(10)
+    end = datetime.now(UTC)
+    for job in created:
+        assert httpx.patch(f"{a}/jobs/{job['id']}/status", json={"status": "paused"},
+                           timeout=30).status_code == 200
+    first = (start + timedelta(seconds=2)).replace(microsecond=0)
+    slots = [first + timedelta(seconds=i) for i in range(int((end - first).total_seconds()) - 1)]
+    for job in created:
+        def runs(job_id: str = job["id"]) -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = httpx.get(f"{a}/jobs/{job_id}/history", params={"limit": 500},
+                                                    timeout=30).json()["items"]
+            return items
+
+        wait_for(lambda: not [r for r in runs() if r["status"] in ("queued", "running")], "runs to finish")
+        by_slot: dict[datetime, list[tuple[int, str]]] = {}
+        for r in runs():
+            by_slot.setdefault(datetime.fromisoformat(r["scheduled_for"]), []).append(
+                (r["attempt"], r["status"]))
+        for slot in slots:
+            assert by_slot.get(slot) == [(1, "succeeded")], (job["name"], slot, by_slot.get(slot))
