@@ -304,16 +304,29 @@ class KafkaDispatchQueue(DispatchQueue):
                 self._parts[tp] = _Partition(self._generation)
         log.info("%s assigned %s", self.client_id, sorted(tp.partition for tp in assigned))
 
+    async def _join(self) -> AIOKafkaConsumer:
+        """Start the group consumer, trying again (with back-off) while the broker cannot be reached:
+        a worker waits for Kafka rather than stopping."""
+        backoff = 0.5
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=self.group, client_id=f"{self.client_id}-worker",
+                enable_auto_commit=False, auto_offset_reset="earliest", **self._consumer_opts)
+            consumer.subscribe([self.topic], listener=_Listener(self))
+            self._consumer = consumer  # stop() closes it, even if it is still joining the group
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaError as exc:
+                log.warning("cannot join consumer group %s (%s); trying again in %.1fs", self.group, exc,
+                            backoff)
+                self._consumer = None
+                await consumer.stop()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
     async def _fetch(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.group, client_id=f"{self.client_id}-worker",
-            enable_auto_commit=False, auto_offset_reset="earliest", **self._consumer_opts)
-        consumer.subscribe([self.topic], listener=_Listener(self))
-        self._consumer = consumer  # stop() closes it, even if it is still joining the group
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            raise unavailable("consumer start", exc) from exc
+        consumer = await self._join()
         while True:
             if len(self._ready) >= self.prefetch:
                 # full: wait for the workers to take some, polling now and then with the partitions

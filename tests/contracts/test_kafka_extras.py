@@ -262,3 +262,33 @@ async def test_publishing_during_a_broker_outage_does_not_hold_the_caller_and_de
         await writer.stop()
         await reader.stop()
         proxy.stop()
+
+
+async def test_a_consumer_that_cannot_join_yet_keeps_trying_until_the_broker_answers(
+        kafka_bootstrap: str, kafka_names: KafkaNames) -> None:
+    from tests.fixtures.kafka import TansuProcess
+
+    proxy = TansuProcess(origin=kafka_bootstrap)
+    proxy.start()
+    opts = {"topic": kafka_names.topic("runs"), "group": kafka_names.group(), "partitions": 2,
+            "session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "rebalance_timeout_ms": 500}
+    worker_side = KafkaDispatchQueue(proxy.bootstrap, client_id="w", **opts)  # type: ignore[arg-type]
+    scheduler_side = KafkaDispatchQueue(kafka_bootstrap, client_id="s", **opts)  # type: ignore[arg-type]
+    await worker_side.start()
+    await scheduler_side.start()
+    try:
+        proxy.stop()
+        waiting = asyncio.create_task(worker_side.get())  # the group consumer cannot start now
+        sent = make_dispatch(make_job("job-join"))
+        await scheduler_side.put([sent])
+        await asyncio.sleep(2)
+        assert not waiting.done()
+        proxy.start()
+        async with asyncio.timeout(90):
+            got = await waiting
+        assert got.run.id == sent.run.id
+        await worker_side.ack(got)
+    finally:
+        await worker_side.stop()
+        await scheduler_side.stop()
+        proxy.stop()
