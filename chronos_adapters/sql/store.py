@@ -369,7 +369,8 @@ class SqlStore(Store):
         """``UPDATE runs SET c = CASE key WHEN k1 THEN v1 ... END ... WHERE key IN (...)``, written as
         driver SQL: building it as SQLAlchemy expressions costs more than the round trips it saves."""
         whens = " ".join(["WHEN %s THEN %s"] * len(rows))
-        sets, params = [], []
+        sets: list[str] = []
+        params: list[Any] = []
         for c in cols:
             sets.append(f"`{c}` = CASE `{key}` {whens} END")
             for r in rows:
@@ -681,7 +682,7 @@ class SqlStore(Store):
     def _writes_in(self, conn: Connection, ops: list[_Start | _Finish]) -> list[Any]:
         results: list[Any] = [False] * len(ops)
         starts = [(i, op) for i, op in enumerate(ops) if isinstance(op, _Start)]
-        finishes = [(i, op) for i, op in enumerate(ops) if isinstance(op, _Finish)]
+        finishes = [(i, fin) for i, fin in enumerate(ops) if isinstance(fin, _Finish)]
         if starts:
             queued: set[str] = set()
             for chunk in _chunks(sorted({op.run_id for _, op in starts})):
@@ -697,27 +698,27 @@ class SqlStore(Store):
             self._bulk_update(conn, "id", rows, {"status": RunStatus.RUNNING.value, "dispatch_due_at": None})
         if finishes:
             owners: dict[str, str | None] = {}
-            for chunk in _chunks(sorted({op.run_id for _, op in finishes})):
+            for chunk in _chunks(sorted({fin.run_id for _, fin in finishes})):
                 owners.update((run_id, owner) for run_id, owner in conn.execute(self._for_update(
                     select(runs.c.id, runs.c.owner)
                     .where(runs.c.id.in_(chunk), runs.c.status == RunStatus.RUNNING.value))))
-            retries = [op.retry for _, op in finishes if op.retry is not None]
+            retries = [fin.retry for _, fin in finishes if fin.retry is not None]
             taken = self._existing_slots(conn, retries) if retries else set()
             rows, inserts = [], []
-            for i, op in finishes:
-                if op.run_id not in owners or owners[op.run_id] != op.owner:
+            for i, fin in finishes:
+                if fin.run_id not in owners or owners[fin.run_id] != fin.owner:
                     continue
-                if op.retry is not None:
-                    slot = (op.retry.job_id, op.retry.scheduled_for, op.retry.attempt)
+                if fin.retry is not None:
+                    slot = (fin.retry.job_id, fin.retry.scheduled_for, fin.retry.attempt)
                     if slot in taken:
-                        results[i] = RunConflict(f"attempt {op.retry.attempt} of this slot already exists")
+                        results[i] = RunConflict(f"attempt {fin.retry.attempt} of this slot already exists")
                         continue
                     taken.add(slot)
-                    inserts.append(self._run_values(op.retry, dispatched=False))
-                del owners[op.run_id]
+                    inserts.append(self._run_values(fin.retry, dispatched=False))
+                del owners[fin.run_id]
                 results[i] = True
-                rows.append({"id": op.run_id, "status": op.status.value, "finished_at": op.finished_at,
-                             "exit_code": op.exit_code, "output": self._cap(op.output), "error": op.error})
+                rows.append({"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
+                             "exit_code": fin.exit_code, "output": self._cap(fin.output), "error": fin.error})
             self._bulk_update(conn, "id", rows, {"lease_expires_at": None, "dispatch_due_at": None})
             if inserts:
                 self._insert_runs(conn, inserts)
