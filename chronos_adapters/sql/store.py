@@ -146,6 +146,11 @@ class _Finish:
     retry: Run | None
 
 
+def _cut(error: str | None, limit: int = 8000) -> str | None:
+    """Errors are stored whole up to 8000 characters (a TEXT column holds 64 KiB of UTF-8 on MySQL)."""
+    return error if error is None or len(error) <= limit else error[:limit] + " [...]"
+
+
 def _naive_utc(value: Any) -> Any:
     return value.astimezone(UTC).replace(tzinfo=None) if isinstance(value, datetime) else value
 
@@ -298,7 +303,7 @@ class SqlStore(Store):
             "created_at": run.created_at, "due_at": run.due_at,
             "dispatch_due_at": run.due_at if waiting else None, "started_at": run.started_at,
             "finished_at": run.finished_at, "exit_code": run.exit_code,
-            "output": self._cap(run.output), "error": run.error, "owner": run.owner,
+            "output": self._cap(run.output), "error": _cut(run.error), "owner": run.owner,
             "lease_expires_at": run.lease_expires_at,
         }
 
@@ -718,7 +723,8 @@ class SqlStore(Store):
                 del owners[fin.run_id]
                 results[i] = True
                 rows.append({"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
-                             "exit_code": fin.exit_code, "output": self._cap(fin.output), "error": fin.error})
+                             "exit_code": fin.exit_code, "output": self._cap(fin.output),
+                             "error": _cut(fin.error)})
             self._bulk_update(conn, "id", rows, {"lease_expires_at": None, "dispatch_due_at": None})
             if inserts:
                 self._insert_runs(conn, inserts)
@@ -747,7 +753,7 @@ class SqlStore(Store):
             with self._tx() as conn:
                 return conn.execute(
                     update(runs).where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED.value)
-                    .values(status=RunStatus.CANCELLED.value, finished_at=now, error=reason,
+                    .values(status=RunStatus.CANCELLED.value, finished_at=now, error=_cut(reason),
                             dispatch_due_at=None)).rowcount == 1
         return await self._call(cancel)
 

@@ -74,6 +74,10 @@ async def test_output_is_stored_as_a_capped_tail(url: str) -> None:
         big = make_run(job, T0 + S, status=RunStatus.FAILED)
         await store.add_run(dataclasses.replace(big, output="x" * 1000), dispatched=True)
         assert (await store.get_run(big.id)).output == "x" * 100
+        huge = make_run(job, T0 + 2 * S, status=RunStatus.FAILED)
+        await store.add_run(dataclasses.replace(huge, error="é" * 20_000), dispatched=True)
+        error = (await store.get_run(huge.id)).error or ""
+        assert error.startswith("é" * 8000) and len(error) < 8100
 
 
 async def test_an_unreachable_server_is_store_unavailable_without_the_password() -> None:
