@@ -114,7 +114,7 @@ def run_case(case: Case) -> dict[str, Any]:
             scheduler.shutdown(wait=False)
         finally:
             cleanup()
-    lo, hi = window.slots
+    lo, hi = window.slots(case.duration)
     lags: list[float] = []
     for starts, fired in zip(_starts, slots, strict=True):
         for started, slot in zip(starts, fired, strict=False):

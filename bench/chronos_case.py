@@ -149,7 +149,7 @@ async def _run(case: Case, url: str | None) -> dict[str, Any]:
         runs = await _history(chronos, datetime.fromtimestamp(window.start - 15, UTC))
     finally:
         await chronos.stop(grace=5.0)
-    lo, hi = window.slots
+    lo, hi = window.slots(case.duration)
     lags: list[float] = []
     missed = skipped = recorded = 0
     for run in runs:

@@ -105,11 +105,11 @@ class Window:
         self.server_cpu = server.seconds() if server else None
         self.start = time.time()
 
-    @property
-    def slots(self) -> tuple[float, float]:
-        """The slot times the window covers, [lo, hi): whole seconds (the window opens on one)."""
+    def slots(self, duration: float) -> tuple[float, float]:
+        """The slot times measured, [lo, lo + duration): whole seconds from the one the window opened on
+        (a busy event loop may close the window late: the slots counted stay ``duration`` seconds)."""
         lo = float(round(self.start))
-        return lo, lo + round(self.end - self.start)
+        return lo, lo + round(duration)
 
     def close(self) -> None:
         self.end = time.time()
@@ -132,8 +132,10 @@ def summarise(case: Case, window: Window, *, lags: list[float], missed: int, ski
     on_time = sum(1 for x in lags if x <= ON_TIME)
     executed = len(lags)
     seconds = case.duration
-    cpu_us = window.cpu * 1e6 / executed if executed else None
-    server_us = (window.server_cpu * 1e6 / executed
+    actual = max(window.end - window.start, 1e-9)
+    scale = seconds / actual  # CPU over the slots' seconds when the window closed late
+    cpu_us = window.cpu * scale * 1e6 / executed if executed else None
+    server_us = (window.server_cpu * scale * 1e6 / executed
                  if executed and window.server_cpu is not None else None)
     return {
         "system": case.system,
@@ -156,7 +158,7 @@ def summarise(case: Case, window: Window, *, lags: list[float], missed: int, ski
         "lag_p99_ms": _ms(percentile(lags, 0.99)),
         "lag_max_ms": _ms(lags[-1] if lags else None),
         "cpu_us_per_run": None if cpu_us is None else round(cpu_us, 1),
-        "cpu_pct": round(100.0 * window.cpu / seconds, 1),
+        "cpu_pct": round(100.0 * window.cpu / actual, 1),
         "db_cpu_us_per_run": None if server_us is None else round(server_us, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "create_s": round(create_s, 3),

@@ -27,6 +27,9 @@ __all__ = ["Scheduler", "SchedulerStats"]
 
 log = logging.getLogger("chronos.scheduler")
 
+_REAP_EVERY = timedelta(seconds=1)
+_MAX_PAUSE = timedelta(milliseconds=50)
+
 _WAKE_ON = frozenset({EventType.JOB_CREATED, EventType.JOB_UPDATED, EventType.JOB_RESUMED,
                       EventType.RUN_RETRY_SCHEDULED})
 
@@ -62,6 +65,7 @@ class Scheduler:
         self.prune_interval = timedelta(seconds=prune_interval)
         self.min_interval = timedelta(seconds=min_interval)
         self._next_prune: datetime | None = None
+        self._next_reap: datetime | None = None
         self.stats = SchedulerStats()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -145,7 +149,9 @@ class Scheduler:
                 await self._queue.put(due)
             if len(due) < self.batch_size:
                 break
-        await self.reap(now)
+        if self._next_reap is None or now >= self._next_reap:  # leases last many seconds: once a second
+            self._next_reap = now + _REAP_EVERY
+            await self.reap(now)
         if self._next_prune is None or now >= self._next_prune:
             self._next_prune = now + self.prune_interval
             await self.prune(now)
@@ -202,11 +208,11 @@ class Scheduler:
                 cap = ended + timedelta(seconds=self.max_sleep)
                 until = cap if nxt is None or nxt > cap else nxt
                 if self.stats.fired > fired:
-                    # Busy: let the slots due meanwhile form one batch. The pause is at least
-                    # ``min_interval`` and as long as the tick took (a store whose every claim costs a
-                    # transaction gets fewer, larger ones; the scheduler spends at most half its time
-                    # claiming).
-                    floor = began + max(self.min_interval, 2 * (ended - began))
+                    # Busy: let the slots due meanwhile form one batch. Ticks start at least
+                    # ``min_interval`` apart, and the pause after one lasts as long as it took, up to 50 ms
+                    # (a store whose every claim costs transactions gets fewer, larger ones; the cap keeps
+                    # larger batches from lengthening the pause that made them larger).
+                    floor = max(began + self.min_interval, ended + min(ended - began, _MAX_PAUSE))
                     if until < floor:
                         until = floor
                 await self._clock.sleep_until(until, self._wake)

@@ -68,6 +68,29 @@ class _Masker:
         return text
 
 
+async def _finished_within(task: asyncio.Task[ExecutionResult], seconds: float | None) -> bool:
+    """Wait until ``task`` is done or ``seconds`` passed (None: no limit); whether it is done. Neither
+    its outcome nor a cancellation of the waiter reaches the task: ``asyncio.wait({task}, timeout)``,
+    lighter (the worker waits once per run)."""
+    if not task.done():
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+
+        def wake(_: object) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        task.add_done_callback(wake)
+        timer = None if seconds is None else loop.call_later(seconds, wake, None)
+        try:
+            await waiter
+        finally:
+            task.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
+    return task.done()
+
+
 @dataclass
 class WorkerStats:
     started: int = 0
@@ -307,8 +330,7 @@ class Worker:
         task = asyncio.create_task(executor.execute(job, run, emit))
         self._running[run.id] = task
         try:
-            done, _ = await asyncio.wait({task}, timeout=job.timeout)
-            if not done:
+            if not await _finished_within(task, job.timeout):
                 self._cancel_reasons.setdefault(run.id, "")
                 task.cancel()
                 with contextlib.suppress(BaseException):
