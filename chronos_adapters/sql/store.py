@@ -192,6 +192,7 @@ class SqlStore(Store):
         # serializes writers anyway
         self.parallel_commits = 1 if self._sqlite else 2
         self._prune_after: str | None = None  # where the history_limit sweep resumes
+        self._prune_backlog: list[str] = []  # excess runs found by the sweep, not deleted yet
 
     def __repr__(self) -> str:
         return f"SqlStore({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -691,8 +692,11 @@ class SqlStore(Store):
         if starts:
             queued: set[str] = set()
             for chunk in _chunks(sorted({op.run_id for _, op in starts})):
-                queued.update(conn.scalars(self._for_update(
-                    select(runs.c.id).where(runs.c.id.in_(chunk), runs.c.status == RunStatus.QUEUED.value))))
+                # filter the status here, not in SQL: given a long IN list and a status, SQLite's planner
+                # (without ANALYZE) prefers the status index and would scan every queued run
+                queued.update(run_id for run_id, status in conn.execute(self._for_update(
+                    select(runs.c.id, runs.c.status).where(runs.c.id.in_(chunk))))
+                    if status == RunStatus.QUEUED.value)
             rows = []
             for i, op in starts:
                 if op.run_id in queued:
@@ -704,9 +708,9 @@ class SqlStore(Store):
         if finishes:
             owners: dict[str, str | None] = {}
             for chunk in _chunks(sorted({fin.run_id for _, fin in finishes})):
-                owners.update((run_id, owner) for run_id, owner in conn.execute(self._for_update(
-                    select(runs.c.id, runs.c.owner)
-                    .where(runs.c.id.in_(chunk), runs.c.status == RunStatus.RUNNING.value))))
+                owners.update((run_id, owner) for run_id, owner, status in conn.execute(self._for_update(
+                    select(runs.c.id, runs.c.owner, runs.c.status).where(runs.c.id.in_(chunk))))
+                    if status == RunStatus.RUNNING.value)
             retries = [fin.retry for _, fin in finishes if fin.retry is not None]
             taken = self._existing_slots(conn, retries) if retries else set()
             rows, inserts = [], []
@@ -739,9 +743,9 @@ class SqlStore(Store):
             held: set[str] = set()
             with self._tx() as conn:
                 for chunk in _chunks(ids):
-                    mine = list(conn.scalars(self._for_update(select(runs.c.id).where(
-                        runs.c.id.in_(chunk), runs.c.status == RunStatus.RUNNING.value,
-                        runs.c.owner == owner))))
+                    mine = [run_id for run_id, status, held_by in conn.execute(self._for_update(
+                        select(runs.c.id, runs.c.status, runs.c.owner).where(runs.c.id.in_(chunk))))
+                        if status == RunStatus.RUNNING.value and held_by == owner]
                     if mine:
                         conn.execute(update(runs).where(runs.c.id.in_(mine)).values(lease_expires_at=until))
                     held.update(mine)
@@ -779,10 +783,14 @@ class SqlStore(Store):
 
     def _prune(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
         """At most ``limit`` deletions, in short transactions of a few hundred rows. Jobs with a
-        ``history_limit`` are swept in id order, 200 per query, resuming where the previous call stopped;
-        then runs finished before ``now - max_age`` go, oldest first (indexed by ``finished_at``)."""
+        ``history_limit`` are swept in id order, 200 per query (one window query ranks their finished
+        runs); excess beyond ``limit`` waits in a backlog for the next call, so each job is ranked once per
+        sweep. Then runs finished before ``now - max_age`` go, oldest first (indexed by ``finished_at``)."""
         deleted = 0
-        while deleted < limit:
+        if self._prune_backlog:
+            take, self._prune_backlog = self._prune_backlog[:limit], self._prune_backlog[limit:]
+            deleted += self._delete_ids(take)
+        while deleted < limit and not self._prune_backlog:
             q = (select(jobs.c.id, jobs.c.history_limit).where(jobs.c.history_limit.is_not(None))
                  .order_by(jobs.c.id).limit(200))
             if self._prune_after is not None:
@@ -792,11 +800,10 @@ class SqlStore(Store):
                 if not batch:
                     self._prune_after = None  # the sweep is complete; the next one starts over
                     break
-                excess = self._excess_runs(conn, {j: n for j, n in batch}, limit - deleted)
-            deleted += self._delete_ids(excess)
-            if deleted >= limit:
-                break  # these jobs may have more: the next call sweeps them again
+                excess = self._excess_runs(conn, {j: n for j, n in batch})
             self._prune_after = batch[-1][0]
+            take, self._prune_backlog = excess[:limit - deleted], excess[limit - deleted:]
+            deleted += self._delete_ids(take)
         if max_age is not None:
             cutoff = now - max_age
             while deleted < limit:
@@ -810,26 +817,22 @@ class SqlStore(Store):
         return deleted
 
     @staticmethod
-    def _excess_runs(conn: Connection, limits: dict[str, int], most: int) -> list[str]:
-        """Ids of finished runs beyond their job's history_limit (oldest first), at most ``most``."""
+    def _excess_runs(conn: Connection, limits: dict[str, int]) -> list[str]:
+        """Ids of finished runs beyond their job's history_limit, oldest first."""
         ranked = (select(runs.c.id, runs.c.job_id,
                          func.row_number().over(partition_by=runs.c.job_id, order_by=runs.c.id.desc())
                          .label("rank"))
                   .where(runs.c.job_id.in_(list(limits)), runs.c.status.in_(_FINISHED)).subquery())
-        out: list[str] = []
-        for run_id, job_id, rank in conn.execute(select(ranked).order_by(ranked.c.id)):
-            if rank > limits[job_id]:
-                out.append(run_id)
-                if len(out) >= most:
-                    break
-        return out
+        return [run_id for run_id, job_id, rank in conn.execute(select(ranked).order_by(ranked.c.id))
+                if rank > limits[job_id]]
 
     def _delete_ids(self, ids: Sequence[str]) -> int:
         n = 0
         for chunk in _chunks(ids):
             with self._tx() as conn:  # short transactions: retention never holds a lock for long
-                n += conn.execute(delete(runs).where(runs.c.id.in_(chunk),
-                                                     runs.c.status.in_(_FINISHED))).rowcount
+                # by id alone (a finished status is final): with a status condition too, SQLite's
+                # planner would scan the status index
+                n += conn.execute(delete(runs).where(runs.c.id.in_(chunk))).rowcount
         return n
 
 
