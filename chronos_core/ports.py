@@ -270,6 +270,13 @@ class DispatchQueue(abc.ABC):
     async def ack(self, dispatch: Dispatch) -> None:
         """The dispatch is handled; it will not be delivered again."""
 
+    async def nack(self, dispatch: Dispatch, reason: str) -> None:
+        """The dispatch could not be handled (``reason`` says why): deliver it again later. A durable
+        queue may count the tries and move it to a dead-letter place after too many. By default it is
+        simply put back."""
+        await self.put([dispatch])
+        await self.ack(dispatch)
+
     async def depth(self) -> int | None:
         """How many dispatches wait, if the queue can tell cheaply."""
         return None

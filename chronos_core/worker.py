@@ -227,9 +227,17 @@ class Worker:
         """Execute one dispatched run to its end; the finished run, or None if it was not runnable
         (already started elsewhere, finished or cancelled) or the outcome could not be recorded."""
         try:
-            return await self._process(dispatch)
-        finally:
-            await self._queue.ack(dispatch)
+            result = await self._process(dispatch)
+        except asyncio.CancelledError:
+            raise  # not acked: a durable queue delivers it again; the store's lease/recovery rules hold
+        except Exception as exc:
+            # Not handled (the store stayed unavailable past the retry window, or a bug): hand it back
+            # rather than lose it; a durable queue counts the tries and dead-letters it in the end.
+            log.error("run %s could not be handled, handing it back: %s", dispatch.run.id, exc)
+            await self._queue.nack(dispatch, f"{type(exc).__name__}: {exc}")
+            return None
+        await self._queue.ack(dispatch)
+        return result
 
     async def _process(self, dispatch: Dispatch) -> Run | None:
         run, job = dispatch.run, dispatch.job

@@ -84,7 +84,7 @@ async def test_start_and_outcome_survive_a_store_outage(applied: bool) -> None:
     assert store.calls >= 6
 
 
-async def test_a_long_outage_gives_up_after_the_retry_window() -> None:
+async def test_after_a_long_outage_the_dispatch_is_handed_back_not_lost() -> None:
     clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
     store, queue, bus = FlakyStore(failures=10**6, applied=False), MemoryDispatchQueue(), MemoryEventBus()
     jobs = Jobs(store, queue, bus, clock, JobTypes())
@@ -99,6 +99,11 @@ async def test_a_long_outage_gives_up_after_the_retry_window() -> None:
         clock.advance(1)
         if task.done():
             break
-    with pytest.raises(StoreUnavailable):
-        await task
+    assert await task is None
     assert (await MemoryStore.get_run(store, d.run.id)).status is RunStatus.QUEUED
+    # not lost: handed back to the queue, and it runs once the store is back
+    again = queue.get_nowait()
+    assert again is not None and again.run.id == d.run.id
+    store.failures = 0
+    finished = await worker.process(again)
+    assert finished is not None and finished.status is RunStatus.SUCCEEDED
