@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test install services lint typecheck bench bench-quick fuzz clean
+.PHONY: run test install services lint typecheck bench bench-quick bench-scale-out fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(BENCH_STAMP) services
 
 bench-quick: $(BENCH_STAMP) services
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+## Scheduler + 1 and 2 worker processes on MariaDB + Tansu (BENCHMARKS.md); BENCH_ARGS=--quick: under 2 min.
+bench-scale-out: $(BENCH_STAMP) services
+	$(PY) -m bench.scale_out $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chronos_core chronos_adapters chronos_app tests bench
