@@ -1,11 +1,12 @@
 """Scale-out benchmark: separate scheduler and worker OS processes on MariaDB + a Kafka broker (Tansu).
 
     .venv/bin/python -m bench.scale_out [--quick] [--n 200,1000,2000] [--workers 1,2] [--duration 20]
+                                        [--kind interval|cron] [--schedulers 1] [--profile worker-1]
     make bench-scale-out                 # the full run;  BENCH_ARGS=--quick for the under-2-minutes one
 
 Per configuration (N per-second jobs, W workers): a fresh Tansu broker on a free port (in-memory storage),
 a fresh MariaDB database (``chronos_bench_so_<random>``, dropped afterwards), ``migrate``, then 1
-scheduler process and W worker processes configured exactly like ``chronos scheduler`` / ``chronos
+scheduler process (``--schedulers`` for more) and W worker processes configured exactly like ``chronos scheduler`` / ``chronos
 worker`` (``CHRONOS_*`` environment → the CLI's own container → one ``Chronos``), sharing the database
 and the broker through the Kafka queue, the Kafka bus and the outbox. The CLI has no hook for user job
 types, so each role runs through this module (``--role scheduler|worker``), which builds the CLI's
@@ -99,6 +100,7 @@ def role_main(role: str, record: str | None) -> None:
 class Config:
     n: int
     workers: int
+    schedulers: int = 1
     kind: str = "interval"
     duration: float = 20.0
     warmup: float = 5.0
@@ -109,7 +111,7 @@ class Config:
 
     @property
     def label(self) -> str:
-        return f"N={self.n} W={self.workers} {self.kind}"
+        return f"N={self.n} S={self.schedulers} W={self.workers} {self.kind}"
 
 
 @dataclass
@@ -367,7 +369,8 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
         from chronos_adapters.sql import migrate
 
         migrate(url)
-        procs.append(spawn("scheduler", "scheduler", env, tmp))
+        for i in range(cfg.schedulers):
+            procs.append(spawn("scheduler" if i == 0 else f"scheduler-{i + 1}", "scheduler", env, tmp))
         for i in range(cfg.workers):
             procs.append(spawn(f"worker-{i + 1}", "worker", env, tmp))
         time.sleep(3.0)  # the processes import, open the store and join the broker
@@ -406,13 +409,14 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
         lo = datetime.fromtimestamp(round(w0), UTC)
         hi = lo + timedelta(seconds=round(cfg.duration))
         time.sleep(1.5)
-        stop_popen(procs[0].popen, 30)  # the scheduler: no more slots
+        for p in procs[:cfg.schedulers]:  # no more slots
+            stop_popen(p.popen, 30)
         deadline = time.monotonic() + 45  # an overloaded run's backlog: counted as unfinished after
         left = pending(url, lo, hi)
         while left and time.monotonic() < deadline:
             time.sleep(0.5)
             left = pending(url, lo, hi)
-        for p in procs[1:]:
+        for p in procs[cfg.schedulers:]:
             stop_popen(p.popen, 30)
         if spy is not None:
             spy.wait(60)
@@ -420,7 +424,7 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
                   file=sys.stderr)
         hist = read_history(url, lo, hi, datetime.fromtimestamp(w0, UTC), datetime.fromtimestamp(w1, UTC))
         executed: dict[str, int] = {}
-        for p in procs[1:]:
+        for p in procs[cfg.schedulers:]:
             if p.record and p.record.exists():
                 for rid in p.record.read_text().split():
                     executed[rid] = executed.get(rid, 0) + 1
@@ -438,7 +442,8 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
     per_run = hist["finished_in_window"] or 1
     cpu = {p.name: p.cpu for p in procs} | other
     result = {
-        "n": cfg.n, "workers": cfg.workers, "kind": cfg.kind, "duration_s": cfg.duration,
+        "n": cfg.n, "schedulers": cfg.schedulers, "workers": cfg.workers, "kind": cfg.kind,
+        "duration_s": cfg.duration,
         "window_s": round(window, 3), "concurrency": cfg.concurrency, "partitions": cfg.partitions,
         "throughput_per_s": round(hist["finished_in_window"] / window, 1),
         "slots": slots, "started": started, "succeeded": st.get("succeeded", 0),
@@ -465,7 +470,8 @@ def _cpu(p: Any) -> float:
         return 0.0
 
 
-COLUMNS = [("N", "n"), ("W", "workers"), ("kind", "kind"), ("runs/s", "throughput_per_s"),
+COLUMNS = [("N", "n"), ("S", "schedulers"), ("W", "workers"), ("kind", "kind"),
+           ("runs/s", "throughput_per_s"),
            ("slots", "slots"), ("started", "started"), ("missed", "missed"), ("skipped", "skipped"),
            ("not run", "not_run"), ("unfinished", "unfinished"), ("dup", "duplicate_slots"),
            ("twice", "executed_twice"),
@@ -480,7 +486,8 @@ def table(results: list[dict[str, Any]]) -> str:
     rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results:
         if "error" in r:
-            rows.append(f"| {r['n']} | {r['workers']} | {r['kind']} | error: {r['error']} |")
+            rows.append(f"| {r['n']} | {r.get('schedulers', 1)} | {r['workers']} | {r['kind']} | "
+                        f"error: {r['error']} |")
             continue
         cells = ["—" if r.get(k) is None else str(r[k]) for _, k in COLUMNS]
         cells += [str(r["cpu_pct"].get(k, "—")) for k in cpu_names]
@@ -495,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="N=200, W=1 and 2, 5 s windows (under 2 minutes)")
     ap.add_argument("--n", help="comma-separated job counts (default 200,1000,2000)")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    ap.add_argument("--schedulers", type=int, default=1, help="scheduler processes (default 1)")
     ap.add_argument("--kind", choices=("interval", "cron"), default="interval")
     ap.add_argument("--duration", type=float, help="measured window, s (default 20, quick 5)")
     ap.add_argument("--warmup", type=float, help="s after the first slot (default 5, quick 3)")
@@ -514,13 +522,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n in sizes:
         for w in workers:
-            cfg = Config(n, w, kind=args.kind, duration=duration, warmup=warmup,
+            cfg = Config(n, w, args.schedulers, kind=args.kind, duration=duration, warmup=warmup,
                          concurrency=args.concurrency, partitions=args.partitions, mysql_url=args.mysql_url)
             print(f"# {cfg.label}: {duration:g} s window ...", file=sys.stderr, flush=True)
             try:
                 r = run_config(cfg, args.profile)
             except Exception as exc:  # report it and go on with the next configuration
-                r = {"n": n, "workers": w, "kind": args.kind, "error": f"{type(exc).__name__}: {exc}"}
+                r = {"n": n, "schedulers": args.schedulers, "workers": w, "kind": args.kind,
+                     "error": f"{type(exc).__name__}: {exc}"}
             print(RESULT_PREFIX + json.dumps(r), flush=True)
             results.append(r)
     print()
