@@ -6,8 +6,9 @@
 
 Per configuration (N per-second jobs, W workers): a fresh Tansu broker on a free port (in-memory storage),
 a fresh MariaDB database (``chronos_bench_so_<random>``, dropped afterwards), ``migrate``, then 1
-scheduler process (``--schedulers`` for more) and W worker processes configured exactly like ``chronos scheduler`` / ``chronos
-worker`` (``CHRONOS_*`` environment → the CLI's own container → one ``Chronos``), sharing the database
+scheduler process (``--schedulers`` for more) and W worker processes configured exactly like ``chronos
+scheduler`` / ``chronos worker`` (``CHRONOS_*`` environment → the CLI's own container → one ``Chronos``),
+sharing the database
 and the broker through the Kafka queue, the Kafka bus and the outbox. The CLI has no hook for user job
 types, so each role runs through this module (``--role scheduler|worker``), which builds the CLI's
 container, registers the ``noop`` type (``bench/noop.py``) on it and runs the CLI's own
