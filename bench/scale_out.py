@@ -25,7 +25,7 @@ stops the scheduler, lets the workers drain, stops them, and reads the history b
 * **duplicates**: (job, slot) with more than one first attempt (the store's unique key forbids it; counted
   anyway), and run ids executed more than once (each worker records the ids its executor ran);
 * **CPU** of every process over the window (psutil: scheduler, each worker, the broker, mariadbd), as
-  % of one core and µs per run.
+  % of one core and µs per run, and how busy the whole machine was (% of all cores, others' work too).
 
 Prints a table and one JSON line per configuration (``SCALE-OUT-RESULT {...}``).
 """
@@ -401,9 +401,11 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
         other0 = {k: _cpu(v) for k, v in others.items()}
         for p in procs:
             p.cpu0 = p.cpu_now()
+        sys0 = psutil.cpu_times()
         w0 = time.time()
         time.sleep(cfg.duration)
         w1 = time.time()
+        sys1 = psutil.cpu_times()
         for p in procs:
             p.cpu = p.cpu_now() - p.cpu0
         other = {k: _cpu(v) - other0[k] for k, v in others.items()}
@@ -457,10 +459,18 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
         "lag_max_ms": _ms(hist["lags"][-1] if hist["lags"] else None),
         "done_p50_ms": _ms(percentile(hist["done"], 0.5)), "done_p99_ms": _ms(percentile(hist["done"], 0.99)),
         "cpu_pct": {k: round(100 * v / window, 1) for k, v in cpu.items()},
+        "machine_busy_pct": _busy(sys0, sys1), "cores": psutil.cpu_count(),
         "cpu_us_per_run": {k: round(1e6 * v / per_run, 1) for k, v in cpu.items()},
         "create_s": round(create_s, 2), "versions": ver,
     }
     return result
+
+
+def _busy(t0: Any, t1: Any) -> float:
+    """How busy the whole machine was (every process, ours and others'), % of all cores."""
+    idle = (t1.idle + getattr(t1, "iowait", 0)) - (t0.idle + getattr(t0, "iowait", 0))
+    total = sum(t1) - sum(t0)
+    return round(100 * (1 - idle / total), 1) if total > 0 else 0.0
 
 
 def _cpu(p: Any) -> float:
@@ -477,7 +487,7 @@ COLUMNS = [("N", "n"), ("S", "schedulers"), ("W", "workers"), ("kind", "kind"),
            ("not run", "not_run"), ("unfinished", "unfinished"), ("dup", "duplicate_slots"),
            ("twice", "executed_twice"),
            ("lag p50 ms", "lag_p50_ms"), ("lag p99 ms", "lag_p99_ms"), ("lag max ms", "lag_max_ms"),
-           ("done p99 ms", "done_p99_ms")]
+           ("done p99 ms", "done_p99_ms"), ("machine busy %", "machine_busy_pct")]
 
 
 def table(results: list[dict[str, Any]]) -> str:
