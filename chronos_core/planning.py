@@ -5,6 +5,7 @@ call these; they hold no state and do no I/O, so every rule is tested here witho
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from .schedules import Schedule, parse_schedule
 __all__ = [
     "MAX_CATCH_UP",
     "MAX_SLOTS_LISTED",
+    "MAX_SLOTS_WALKED",
     "Limits",
     "next_slot",
     "plan_due_job",
@@ -28,6 +30,9 @@ __all__ = [
 MAX_SLOTS_LISTED = 1000
 """Missed slots recorded one by one per claim; further ones (a long outage of a per-second job) are
 recorded as one summary run naming how many and which range."""
+
+MAX_SLOTS_WALKED = 100_000
+"""Past this many missed slots the planner stops walking them one by one and leaps to the latest ones."""
 
 MAX_CATCH_UP = 100
 """The bound of ``fire_all``: at most this many catch-up runs per claim; older missed slots are recorded."""
@@ -70,42 +75,55 @@ def _record(job: Job, slot: datetime, now: datetime, status: RunStatus, reason: 
 def plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime,
                  limits: Limits = Limits()) -> SlotPlan:
     """The plan for a job whose ``next_run_at <= now``: see ``MisfirePolicy`` and ``OverlapPolicy``."""
-    grace = timedelta(seconds=job.misfire_grace)
+    cutoff = now - timedelta(seconds=job.misfire_grace)  # slots before it were missed
     due: list[datetime] = []
-    missed: list[datetime] = []
-    summary: Run | None = None
+    missed: deque[datetime] = deque(maxlen=limits.max_slots_listed)  # the latest ones
+    dropped, first_dropped, last_dropped = 0, None, None
+    uncounted: datetime | None = None
+    walked = 0
     s = job.next_run_at
     while s is not None and s <= now:
-        if now - s <= grace:
+        if s >= cutoff:
             due.append(s)
-        elif len(missed) < limits.max_slots_listed:
-            missed.append(s)
         else:
-            # Too many to list: jump to the slots within the grace window and summarise the rest.
-            resume = next_slot(job, now - grace - _US)
-            last = s
-            count = 1
-            probe = next_slot(job, s)
-            while probe is not None and probe < (resume or now) and count < 100_000:
-                last, count, probe = probe, count + 1, next_slot(job, probe)
-            more = "" if count < 100_000 else " or more"
-            summary = _record(job, s, now, RunStatus.MISSED,
-                              f"{count}{more} slots from {s.isoformat()} to {last.isoformat()} were missed "
-                              f"(more than {limits.max_slots_listed} in one outage; listed as one)")
-            s = resume
-            continue
+            if len(missed) == missed.maxlen:  # the oldest listed slot goes into the summary
+                first_dropped = first_dropped or missed[0]
+                last_dropped = missed[0]
+                dropped += 1
+            missed.append(s)
+            walked += 1
+            if walked == MAX_SLOTS_WALKED:
+                nxt = next_slot(job, s)
+                if nxt is not None and nxt < cutoff:
+                    # An outage too long to walk slot by slot: leap to the last slots before the cutoff.
+                    w = _tail_window(job, s, cutoff, limits.max_slots_listed)
+                    first_dropped = first_dropped or missed[0]
+                    uncounted, s = w, next_slot(job, w)
+                    missed.clear()
+                    continue
         s = next_slot(job, s)
+    summary: Run | None = None
+    if uncounted is not None and first_dropped is not None:
+        summary = _record(job, first_dropped, now, RunStatus.MISSED,
+                          f"more than {MAX_SLOTS_WALKED} slots from {first_dropped.isoformat()} up to "
+                          f"{uncounted.isoformat()} were missed (too many to count one by one; "
+                          "listed as one)")
+    elif dropped and first_dropped is not None and last_dropped is not None:
+        summary = _record(job, first_dropped, now, RunStatus.MISSED,
+                          f"{dropped} slots from {first_dropped.isoformat()} to {last_dropped.isoformat()} "
+                          f"were missed (more than {limits.max_slots_listed} in one outage; listed as one)")
 
+    listed = list(missed)
     runs: list[Run] = []
     fire: list[tuple[datetime, Trigger]] = [(d, Trigger.SCHEDULE) for d in due]
     late = f"missed: the scheduler reached it more than {job.misfire_grace:g}s late"
-    if missed:
+    if listed:
         if job.misfire is MisfirePolicy.SKIP:
             keep: list[datetime] = []
         elif job.misfire is MisfirePolicy.FIRE_ONCE:
-            keep = [] if due else missed[-1:]
+            keep = [] if due else listed[-1:]
         else:
-            keep = missed[-limits.max_catch_up:]
+            keep = listed[-limits.max_catch_up:]
         why = {
             MisfirePolicy.SKIP: late + " (misfire policy skip)",
             MisfirePolicy.FIRE_ONCE: late + (" (misfire policy fire_once: an on-time slot runs instead)"
@@ -114,7 +132,7 @@ def plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime,
                                            f"{limits.max_catch_up} catch-up runs)",
         }[job.misfire]
         kept = set(keep)
-        runs.extend(_record(job, m, now, RunStatus.MISSED, why) for m in missed if m not in kept)
+        runs.extend(_record(job, m, now, RunStatus.MISSED, why) for m in listed if m not in kept)
         fire = [(k, Trigger.CATCH_UP) for k in keep] + fire
     if summary is not None:
         runs.insert(0, summary)
@@ -142,6 +160,22 @@ def plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime,
             for f, t in fire
         )
     return SlotPlan(runs=runs, next_run_at=s, cancel=cancel)
+
+
+def _tail_window(job: Job, start: datetime, cutoff: datetime, n: int) -> datetime:
+    """A time in [start, cutoff) after which at least ``n`` of the job's slots come before ``cutoff``
+    (or ``start`` itself), found by doubling a look-back from the cutoff."""
+    back = timedelta(seconds=1)
+    while True:
+        w = cutoff - back
+        if w <= start:
+            return start
+        count, t = 0, next_slot(job, w)
+        while t is not None and t < cutoff and count < n:
+            count, t = count + 1, next_slot(job, t)
+        if count >= n:
+            return w
+        back *= 2
 
 
 def plan_retry(job: Job, run: Run, now: datetime, rng: random.Random | None = None) -> Run | None:

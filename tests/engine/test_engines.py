@@ -291,12 +291,42 @@ async def test_an_outage_too_long_to_list_is_summarised_not_dropped(h: Harness) 
     listed = [r for r in runs if r.status is RunStatus.MISSED and r not in summary]
     fired = [r for r in runs if r.status is RunStatus.QUEUED]
     # slots T0+1s .. T0+3600s: the last two are within the 1 s grace and fire; 3598 were missed,
-    # 1000 of them listed one by one and the other 2598 in one summary record
+    # the latest 1000 of them listed one by one and the 2598 before in one summary record
     assert len(listed) == 1000 and len(summary) == 1 and len(fired) == 2
     assert summary[0].error is not None and summary[0].error.startswith(
-        f"2598 slots from {(T0 + timedelta(seconds=1001)).isoformat()} to "
-        f"{(T0 + timedelta(seconds=3598)).isoformat()}")
+        f"2598 slots from {(T0 + timedelta(seconds=1)).isoformat()} to "
+        f"{(T0 + timedelta(seconds=2598)).isoformat()}")
+    assert sorted(r.scheduled_for for r in listed)[0] == T0 + timedelta(seconds=2599)
     assert [r.scheduled_for for r in fired] == [T0 + timedelta(seconds=3599), T0 + timedelta(seconds=3600)]
+
+
+@pytest.mark.parametrize("policy", ["fire_once", "fire_all"])
+async def test_after_a_long_outage_the_catch_up_runs_are_the_latest_slots(h: Harness, policy: str) -> None:
+    job = await h.create(schedule="* * * * *", misfire=policy, misfire_grace=5)
+    down_until = T0 + timedelta(days=2, seconds=30)  # 2880 per-minute slots missed
+    await h.at(down_until)
+    runs = await h.history(job)
+    catch_up = sorted(r.scheduled_for for r in runs if r.trigger is Trigger.CATCH_UP and
+                      r.status is RunStatus.QUEUED)
+    expected = 1 if policy == "fire_once" else 100
+    assert catch_up == [T0 + timedelta(days=2) - timedelta(minutes=k) for k in range(expected - 1, -1, -1)]
+    summary = [r for r in runs if "listed as one" in (r.error or "")]
+    assert len(summary) == 1 and (summary[0].error or "").startswith(
+        f"1880 slots from {(T0 + timedelta(minutes=1)).isoformat()}")
+
+
+async def test_an_outage_too_long_to_walk_leaps_to_the_latest_slots(h: Harness) -> None:
+    job = await h.create(schedule="* * * * * *", misfire="fire_once", misfire_grace=5)
+    await h.at(T0 + timedelta(days=3))  # 259200 per-second slots
+    runs = await h.history(job)
+    assert [r.scheduled_for for r in runs if r.status is RunStatus.QUEUED] == [
+        T0 + timedelta(days=3) - timedelta(seconds=k) for k in range(5, -1, -1)]  # within the grace
+    missed = sorted(r.scheduled_for for r in runs if r.status is RunStatus.MISSED)
+    summary = [r for r in runs if "too many to count" in (r.error or "")]
+    assert len(summary) == 1 and summary[0].scheduled_for == T0 + timedelta(seconds=1)
+    listed = [m for m in missed if m != summary[0].scheduled_for]
+    assert len(listed) >= 1000 and listed[-1] == T0 + timedelta(days=3, seconds=-6)
+    assert (await h.jobs.get(job.id)).next_run_at == T0 + timedelta(days=3, seconds=1)
 
 
 # ----------------------------------------------------------------------------------------- retries
@@ -429,6 +459,8 @@ async def test_a_dead_workers_run_is_reaped_and_retried_and_the_stale_worker_is_
     lease_end = h.clock.now() + timedelta(seconds=30)
     assert await h.store.start_run(run.id, "worker-that-dies", h.clock.now(), lease_end)
     await h.at(29)
+    assert (await h.runs.get(run.id)).status is RunStatus.RUNNING
+    await h.at(10)  # the lease ran out 9 s ago: still within the reaper's 10 s grace
     assert (await h.runs.get(run.id)).status is RunStatus.RUNNING
     await h.at(2)
     reaped = await h.runs.get(run.id)
