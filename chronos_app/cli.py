@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import signal
 
 import click
@@ -57,6 +58,19 @@ def _logging(settings: Settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&])(?:access_)?token=)[^&\s]*")
+
+
+class RedactTokens(logging.Filter):
+    """Masks ``?token=...`` (the SSE streams' way to authenticate) in access-log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
 def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     import uvicorn
 
@@ -74,6 +88,7 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     # uvicorn re-raises the signal once it has shut down; exiting with status 0 then says "stopped cleanly".
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
                 timeout_graceful_shutdown=5, proxy_headers=False, server_header=False)
 

@@ -1,13 +1,21 @@
-"""Building events from jobs and runs, so every publisher describes them the same way."""
+"""Events: building them from jobs and runs (so every publisher describes them the same way), and
+following them from an engine without ever silently dropping the subscription."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
+from .errors import SubscriptionOverflow
 from .models import RUN_EVENT_FOR_STATUS, Event, EventType, Job, Run
+from .ports import Clock, EventBus
 
-__all__ = ["job_event", "run_data", "run_event"]
+__all__ = ["job_event", "run_data", "run_event", "watch"]
+
+log = logging.getLogger("chronos.events")
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -40,3 +48,29 @@ def job_event(type: EventType, job: Job, now: datetime) -> Event:
     return Event(type=type, time=now, job_id=job.id,
                  data={"name": job.name, "status": job.status.value,
                        "next_run_at": _iso(job.next_run_at)})
+
+
+async def watch(bus: EventBus, types: set[EventType], on_event: Callable[[Event], Awaitable[None]],
+                ready: asyncio.Event | None, clock: Clock) -> None:
+    """Feed ``on_event`` with the bus's events of ``types`` for as long as the task lives: a subscription
+    closed for falling behind resumes after the last event seen, and a failing bus is subscribed to
+    again after a pause, so an engine never silently stops listening."""
+    never = asyncio.Event()
+    after: str | None = None
+    while True:
+        try:
+            async with bus.subscribe(types=types, after=after) as sub:
+                if ready is not None:
+                    ready.set()  # registered: nothing published from now on is missed
+                async for event in sub:
+                    after = event.id
+                    await on_event(event)
+                return  # the bus closed the subscription: it is stopping
+        except SubscriptionOverflow as exc:
+            log.warning("event subscription fell behind; resuming after %s", exc.last_event_id)
+            after = exc.last_event_id or after
+        except Exception as exc:
+            if ready is not None:
+                ready.set()  # do not hold up the engine's start while the bus is down
+            log.error("event subscription failed, subscribing again in 1s: %s", exc)
+            await clock.sleep_until(clock.now() + timedelta(seconds=1), never)

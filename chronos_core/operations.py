@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,8 @@ from .ports import Clock, Dispatch, DispatchQueue, EventBus, Store, Subscription
 from .schedules import parse_schedule, parse_timezone
 
 __all__ = ["Events", "Jobs", "Runs", "restore_redacted"]
+
+log = logging.getLogger("chronos.operations")
 
 
 def _spec(data: JobSpec | Mapping[str, Any]) -> JobSpec:
@@ -214,8 +217,9 @@ class Jobs:
         job = await self._store.get_job(job_id)
         await self._store.delete_job(job_id)
         now = self._clock.now()
+        # queued ones too: one may have started since it was listed (a worker not holding it ignores it)
         events = [Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, job_id=job_id, run_id=r.id,
-                        data={"reason": "job deleted"}) for r in active if r.status is RunStatus.RUNNING]
+                        data={"reason": "job deleted"}) for r in active]
         events.append(job_event(EventType.JOB_DELETED, job, now))
         await self._bus.publish(events)
 
@@ -227,7 +231,12 @@ class Jobs:
                   status=RunStatus.QUEUED, created_at=now, due_at=now)
         await self._store.add_run(run, dispatched=True)
         await self._bus.publish([run_event(run, now)])
-        await self._queue.put([Dispatch(run, job)])
+        try:
+            await self._queue.put([Dispatch(run, job)])
+        except Exception as exc:
+            # Recorded but in nobody's hands: leave it to the scheduler's next tick to hand out.
+            log.warning("run %s: the dispatch queue failed (%s); the scheduler will dispatch it", run.id, exc)
+            await self._store.release_undispatched([run.id])
         return run
 
     async def history(self, job_id: str, *, status: Collection[RunStatus | str] | RunStatus | str |

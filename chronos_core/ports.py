@@ -164,10 +164,12 @@ class Store(abc.ABC):
         """The earliest ``next_run_at`` of an active job or ``due_at`` of an undispatched queued run."""
 
     @abc.abstractmethod
-    async def release_undispatched(self) -> int:
-        """Mark every queued run as not dispatched, so the next :meth:`claim_due_runs` hands it out
-        again. Used at start-up when the dispatch queue is not durable (in-process): whatever the last
-        process had queued in memory is dispatched again. Returns how many runs."""
+    async def release_undispatched(self, run_ids: Collection[str] | None = None) -> int:
+        """Mark queued runs as not dispatched, so the next :meth:`claim_due_runs` hands them out again:
+        these ``run_ids`` (runs claimed but not handed to the queue because it failed), or every queued
+        run (at start-up when the dispatch queue is not durable: whatever the last process had queued in
+        memory is dispatched again). Runs that are not queued any more are left alone. Returns how
+        many runs."""
 
     # runs --------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import ChronosError, JobNotFound
-from .events import run_event
+from .events import run_event, watch
 from .ids import new_id
 from .models import Event, EventType, Job, Run, RunStatus, Trigger
 from .planning import Limits, plan_due_job, plan_retry
-from .ports import Clock, DispatchQueue, EventBus, SlotPlan, Store
+from .ports import Clock, Dispatch, DispatchQueue, EventBus, SlotPlan, Store
 
 __all__ = ["Scheduler", "SchedulerStats"]
 
@@ -52,7 +52,8 @@ class Scheduler:
     def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock, *,
                  batch_size: int = 1000, max_sleep: float = 5.0, limits: Limits | None = None,
                  publish_queued: bool = True, history_max_age: float | None = None,
-                 prune_interval: float = 60.0, min_interval: float = 0.005) -> None:
+                 prune_interval: float = 60.0, min_interval: float = 0.005,
+                 reap_grace: float = 10.0) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -64,8 +65,10 @@ class Scheduler:
         self.history_max_age = None if history_max_age is None else timedelta(seconds=history_max_age)
         self.prune_interval = timedelta(seconds=prune_interval)
         self.min_interval = timedelta(seconds=min_interval)
+        self.reap_grace = timedelta(seconds=reap_grace)
         self._next_prune: datetime | None = None
         self._next_reap: datetime | None = None
+        self._reap_hold_until: datetime | None = None
         self.stats = SchedulerStats()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -132,12 +135,11 @@ class Scheduler:
             events.extend(Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, run_id=run_id,
                                 data={"reason": "replaced by a newer slot (overlap replace)"})
                           for run_id in claim.cancel)
-            if events:
-                await self._bus.publish(events)
+            await self._publish(events)
             if claim.dispatch:
                 self.stats.last_lag = (self._clock.now() - claim.dispatch[-1].run.scheduled_for
                                        ).total_seconds()
-                await self._queue.put(claim.dispatch)
+                await self._dispatch(claim.dispatch)
             if claim.jobs < self.batch_size:
                 break
         while True:
@@ -145,17 +147,48 @@ class Scheduler:
             if due:
                 self.stats.retries_dispatched += len(due)
                 if self.publish_queued:
-                    await self._bus.publish([run_event(d.run, now) for d in due])
-                await self._queue.put(due)
+                    await self._publish([run_event(d.run, now) for d in due])
+                await self._dispatch(due)
             if len(due) < self.batch_size:
                 break
-        if self._next_reap is None or now >= self._next_reap:  # leases last many seconds: once a second
+        held = self._reap_hold_until is not None and now < self._reap_hold_until
+        if not held and (self._next_reap is None or now >= self._next_reap):  # once a second is enough
             self._next_reap = now + _REAP_EVERY
             await self.reap(now)
         if self._next_prune is None or now >= self._next_prune:
             self._next_prune = now + self.prune_interval
             await self.prune(now)
         return await self._store.next_due_time()
+
+    def _hold_reaping(self) -> None:
+        """After losing the store, reap nothing until ``reap_grace`` after it answers again: workers cut
+        off just as long could not renew their leases, and must get the chance to before they are
+        declared dead."""
+        self._reap_hold_until = self._clock.now() + self.reap_grace
+
+    async def _publish(self, events: list[Event]) -> None:
+        """Events describe what the store already holds; a bus outage must not stop the dispatch."""
+        if not events:
+            return
+        try:
+            await self._bus.publish(events)
+        except Exception as exc:
+            log.error("publishing %d events failed (the runs are recorded; only the live view misses "
+                      "them): %s", len(events), exc)
+
+    async def _dispatch(self, dispatches: list[Dispatch]) -> None:
+        """Hand claimed runs to the queue. If that fails they are committed but in nobody's hands:
+        mark them undispatched again, so the next tick hands them out once the queue is back."""
+        try:
+            await self._queue.put(dispatches)
+        except BaseException:
+            ids = [d.run.id for d in dispatches]
+            try:
+                await self._store.release_undispatched(ids)
+            except Exception as exc:  # pragma: no cover - store and queue down at once
+                log.error("cannot release %d undispatched runs: %s (they are handed out again at "
+                          "the next start)", len(ids), exc)
+            raise
 
     async def prune(self, now: datetime) -> int:
         """Enforce history retention (per-job ``history_limit``, global ``history_max_age``) in small
@@ -172,7 +205,9 @@ class Scheduler:
 
     async def reap(self, now: datetime) -> int:
         """Fail the runs whose worker stopped renewing its lease, and schedule their retries."""
-        expired = await self._store.expired_leases(now, self.batch_size)
+        # A grace beyond the lease: a worker that was cut off from the store as long as the lease
+        # lasted gets a moment to renew (or record its outcome) once the store is back.
+        expired = await self._store.expired_leases(now - self.reap_grace, self.batch_size)
         events: list[Event] = []
         for run in expired:
             try:
@@ -201,9 +236,14 @@ class Scheduler:
                 began, fired = self._clock.now(), self.stats.fired
                 try:
                     nxt = await self.tick()
-                except ChronosError as exc:  # store unavailable: keep trying; nothing was claimed
+                except ChronosError as exc:  # store or queue unavailable: keep trying
                     log.warning("scheduler tick failed: %s", exc)
                     nxt = None
+                    self._hold_reaping()
+                except Exception:  # a driver error or a bug: log it loudly, and keep the loop alive
+                    log.exception("scheduler tick failed")
+                    nxt = None
+                    self._hold_reaping()
                 ended = self._clock.now()
                 cap = ended + timedelta(seconds=self.max_sleep)
                 until = cap if nxt is None or nxt > cap else nxt
@@ -218,10 +258,11 @@ class Scheduler:
                 await self._clock.sleep_until(until, self._wake)
         finally:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
 
     async def _watch_bus(self) -> None:
-        async with self._bus.subscribe(types=_WAKE_ON) as sub:
-            async for _ in sub:
-                self._wake.set()
+        async def on_event(_: Event) -> None:
+            self._wake.set()
+
+        await watch(self._bus, set(_WAKE_ON), on_event, None, self._clock)

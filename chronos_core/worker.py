@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import ExecutionFailed, StoreUnavailable
-from .events import run_event
+from .events import run_event, watch
 from .ids import new_id
 from .models import Event, EventType, Job, Run, RunStatus, evolve
 from .payloads import JobTypes
@@ -122,6 +122,8 @@ class Worker:
         self.stats = WorkerStats()
         self._running: dict[str, asyncio.Task[ExecutionResult]] = {}
         self._cancel_reasons: dict[str, str] = {}
+        self._held: set[str] = set()  # runs started here whose outcome is not recorded yet
+        self._early_cancels: OrderedDict[str, str] = OrderedDict()  # cancels that beat the task
         self._tails: dict[str, OutputTail] = {}
         self._maskers: dict[tuple[str, datetime], _Masker] = {}
         self._handlers: set[asyncio.Task[Run | None]] = set()
@@ -158,29 +160,45 @@ class Worker:
             _, pending = await asyncio.wait(set(self._handlers), timeout=grace)
             for run_id in list(self._running):
                 self.cancel(run_id, f"worker {self.owner} shut down before the run finished")
+            if pending:  # executors clean up (kill their process group) and outcomes are recorded
+                _, pending = await asyncio.wait(pending, timeout=max(grace, 10.0))
+            for task in pending:  # e.g. still waiting for the store: stop waiting; leases cover it
+                task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                await asyncio.wait(pending, timeout=5.0)
         for task in self._background:
             task.cancel()
         for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._background = []
 
     def cancel(self, run_id: str, reason: str) -> bool:
-        """Cancel a run this worker is executing; False if it holds no such run."""
+        """Cancel a run this worker is executing; False if it holds no such run (yet: a request that
+        arrives between the run's start and its executor's start is kept briefly and applied then)."""
         task = self._running.get(run_id)
-        if task is None or task.done():
+        if task is None:
+            self._early_cancels[run_id] = reason
+            while len(self._early_cancels) > 10_000:
+                self._early_cancels.popitem(last=False)
+            return False
+        if task.done():
             return False
         self._cancel_reasons.setdefault(run_id, reason)
         task.cancel()
         return True
 
     async def _consume(self) -> None:
+        never = asyncio.Event()
         while True:
             await self._slots.acquire()
             try:
                 dispatch = await self._queue.get()
+            except Exception as exc:  # the queue's backend is down: keep consuming once it is back
+                self._slots.release()
+                log.error("taking a run from the queue failed, trying again in 1s: %s", exc)
+                await self._clock.sleep_until(self._clock.now() + timedelta(seconds=1), never)
+                continue
             except BaseException:
                 self._slots.release()
                 raise
@@ -195,32 +213,37 @@ class Worker:
             log.error("run handler failed", exc_info=task.exception())
 
     async def _watch_cancels(self, ready: asyncio.Event) -> None:
-        async with self._bus.subscribe(types={EventType.RUN_CANCEL_REQUESTED}) as sub:
-            ready.set()
-            async for event in sub:
-                if event.run_id:
-                    self.cancel(event.run_id, str(event.data.get("reason") or "cancelled"))
+        async def on_event(event: Event) -> None:
+            if event.run_id:
+                self.cancel(event.run_id, str(event.data.get("reason") or "cancelled"))
+
+        await watch(self._bus, {EventType.RUN_CANCEL_REQUESTED}, on_event, ready, self._clock)
 
     async def _heartbeat(self) -> None:
         never = asyncio.Event()
         period = self.lease / 3
+        ok = True
         while True:
-            await self._clock.sleep_until(self._clock.now() + period, never)
-            await self.renew_leases()
+            # after a failed renewal, try again soon: the lease must not run out while the store is back
+            pause = period if ok else min(period, timedelta(seconds=1))
+            await self._clock.sleep_until(self._clock.now() + pause, never)
+            ok = await self.renew_leases()
 
-    async def renew_leases(self) -> None:
-        """Extend the leases of the runs this worker executes; cancel those it no longer holds."""
-        ids = list(self._running)
+    async def renew_leases(self) -> bool:
+        """Extend the leases of the runs this worker holds (executing, or recording their outcome);
+        cancel those it no longer holds. False if the store could not be reached."""
+        ids = list(self._held)
         if not ids:
-            return
+            return True
         try:
             held = await self._store.renew_leases(ids, self.owner, self._clock.now() + self.lease)
-        except Exception as exc:  # the store is down: keep running, try again next beat
+        except Exception as exc:  # the store is down: keep running, try again soon
             log.warning("lease renewal failed: %s", exc)
-            return
+            return False
         for run_id in ids:
             if run_id not in held:
                 self.cancel(run_id, "the worker lost its lease on the run")
+        return True
 
     # one run ----------------------------------------------------------------------------------------
     async def process(self, dispatch: Dispatch) -> Run | None:
@@ -242,14 +265,27 @@ class Worker:
     async def _process(self, dispatch: Dispatch) -> Run | None:
         run, job = dispatch.run, dispatch.job
         now = self._clock.now()
-        lease_until = now + self.lease
-        if not await self._persist(lambda: self._store.start_run(run.id, self.owner, now, lease_until),
-                                   run.id, RunStatus.RUNNING):
+
+        def start() -> Awaitable[bool]:
+            nonlocal now  # each try starts (and leases) from its own time: an outage may be long
+            now = self._clock.now()
+            return self._store.start_run(run.id, self.owner, now, now + self.lease)
+
+        if not await self._persist(start, run.id, RunStatus.RUNNING):
             return None
+        self._held.add(run.id)
+        try:
+            return await self._run_started(job, evolve(
+                run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
+                lease_expires_at=now + self.lease))
+        finally:
+            self._held.discard(run.id)
+            self._early_cancels.pop(run.id, None)
+
+    async def _run_started(self, job: Job, run: Run) -> Run | None:
         self.stats.started += 1
-        run = evolve(run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
-                     lease_expires_at=now + self.lease)
-        await self._bus.publish([run_event(run, now)])
+        assert run.started_at is not None
+        await self._bus.publish([run_event(run, run.started_at)])
         status, exit_code, error, retryable, extra = await self._execute(job, run)
         tail = self._tails.pop(run.id)
         if extra:
@@ -337,6 +373,9 @@ class Worker:
 
         task = asyncio.create_task(executor.execute(job, run, emit))
         self._running[run.id] = task
+        early = self._early_cancels.pop(run.id, None)
+        if early is not None:
+            self.cancel(run.id, early)
         try:
             if not await _finished_within(task, job.timeout):
                 self._cancel_reasons.setdefault(run.id, "")
@@ -365,3 +404,4 @@ class Worker:
         finally:
             self._running.pop(run.id, None)
             self._cancel_reasons.pop(run.id, None)
+

@@ -76,7 +76,9 @@ class MemoryStore(Store):
 
     async def list_jobs(self, *, status: JobStatus | None = None, type: str | None = None,
                         name: str | None = None, after: str | None = None, limit: int = 100) -> list[Job]:
-        out = []
+        out: list[Job] = []
+        if limit <= 0:
+            return out
         for job_id in sorted(self._jobs):
             if after is not None and job_id <= after:
                 continue
@@ -191,15 +193,16 @@ class MemoryStore(Store):
         times = [h[0][0] for h in (self._due, self._waiting) if h]
         return min(times) if times else None
 
-    async def release_undispatched(self) -> int:
+    async def release_undispatched(self, run_ids: Collection[str] | None = None) -> int:
+        if run_ids is None:
+            run_ids = [r for job_runs in self._active.values() for r in job_runs]
         count = 0
-        for job_runs in self._active.values():
-            for run_id in job_runs:
-                run = self._runs[run_id]
-                if run.status is RunStatus.QUEUED and run_id not in self._undispatched:
-                    self._undispatched[run_id] = None
-                    heapq.heappush(self._waiting, (run.due_at, next(self._seq), run_id))
-                    count += 1
+        for run_id in run_ids:
+            run = self._runs.get(run_id)
+            if run is not None and run.status is RunStatus.QUEUED and run_id not in self._undispatched:
+                self._undispatched[run_id] = None
+                heapq.heappush(self._waiting, (run.due_at, next(self._seq), run_id))
+                count += 1
         return count
 
     # runs -------------------------------------------------------------------------------------------
@@ -223,7 +226,9 @@ class MemoryStore(Store):
         else:
             ids = sorted(self._runs)
         end = len(ids) if before is None else bisect.bisect_left(ids, before)
-        out = []
+        out: list[Run] = []
+        if limit <= 0:
+            return out
         for i in range(end - 1, -1, -1):
             run = self._runs[ids[i]]
             if status is None or run.status in status:
@@ -323,7 +328,11 @@ class MemoryStore(Store):
                 deleted += len(doomed)
             if deleted >= limit:
                 return deleted
-        if max_age is not None:
+        if max_age is None:
+            # The age index is only read with a max age; keep it from outgrowing the runs it indexes.
+            if len(self._finished) > 2 * len(self._runs) + 1000:
+                self._finished = deque(e for e in self._finished if e[1] in self._runs)
+        else:
             cutoff = now - max_age
             while self._finished and deleted < limit and self._finished[0][0] < cutoff:
                 _, run_id = self._finished.popleft()

@@ -571,13 +571,19 @@ class SqlStore(Store):
             return min(found) if found else None
         return await self._call(next_due)
 
-    async def release_undispatched(self) -> int:
+    async def release_undispatched(self, run_ids: Collection[str] | None = None) -> int:
         def release() -> int:
+            where = [runs.c.status == RunStatus.QUEUED.value, runs.c.dispatch_due_at.is_(None)]
             with self._tx() as conn:
-                return conn.execute(
-                    update(runs).where(runs.c.status == RunStatus.QUEUED.value,
-                                       runs.c.dispatch_due_at.is_(None))
-                    .values(dispatch_due_at=runs.c.due_at)).rowcount
+                if run_ids is None:
+                    return conn.execute(update(runs).where(*where)
+                                        .values(dispatch_due_at=runs.c.due_at)).rowcount
+                count = 0
+                ids = list(run_ids)
+                for i in range(0, len(ids), 500):
+                    count += conn.execute(update(runs).where(runs.c.id.in_(ids[i:i + 500]), *where)
+                                          .values(dispatch_due_at=runs.c.due_at)).rowcount
+                return count
         return await self._call(release)
 
     # runs -------------------------------------------------------------------------------------

@@ -637,3 +637,26 @@ async def test_prune_runs_by_max_age(store: Store) -> None:
     assert await store.prune_runs(now, timedelta(seconds=150), 3) == 1
     assert await store.prune_runs(now, timedelta(seconds=150), 3) == 0
     assert {r.id for r in await store.list_runs(job.id)} == {recent.id, queued_old.id}
+
+
+async def test_a_zero_limit_lists_nothing(store: Store) -> None:
+    job = make_job("a")
+    await store.add_jobs([job])
+    await store.add_run(make_run(job, T0, status=RunStatus.SUCCEEDED), dispatched=True)
+    assert await store.list_jobs(limit=0) == []
+    assert await store.list_runs(job.id, limit=0) == []
+    assert await store.list_runs(limit=0) == []
+
+
+async def test_release_undispatched_of_given_runs_only(store: Store) -> None:
+    job = make_job("a", next_run_at=None)
+    await store.add_jobs([job])
+    lost, kept, done = make_run(job, T0), make_run(job, T0 + S), make_run(job, T0 + 2 * S)
+    for run in (lost, kept, done):
+        await store.add_run(run, dispatched=True)
+    assert await store.start_run(done.id, "w", T0, T0 + 30 * S)
+    # the queue failed for `lost` (and `done` is not queued any more): only `lost` is handed out again
+    assert await store.release_undispatched([lost.id, done.id, new_id()]) == 1
+    assert await store.next_due_time() == T0
+    assert [d.run.id for d in await store.claim_due_runs(T0 + 10 * S, 10)] == [lost.id]
+    assert await store.claim_due_runs(T0 + 10 * S, 10) == []
