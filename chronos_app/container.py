@@ -8,6 +8,7 @@ lifespan or the CLI) opens them and ``Chronos.stop()`` closes them. Tests swap a
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
@@ -114,6 +115,20 @@ def build_executors(config: ExecutorConfig) -> list[Executor]:
     return builtin_executors(config)
 
 
+def load_plugins(chronos: Chronos, plugins: list[str]) -> Chronos:
+    """Import each plugin module and call its ``register(chronos)`` (e.g. to add a job type)."""
+    for name in plugins:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise RuntimeError(f"CHRONOS_PLUGINS: cannot import {name!r}: {exc}") from exc
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise RuntimeError(f"CHRONOS_PLUGINS: {name!r} has no register(chronos) function")
+        register(chronos)
+    return chronos
+
+
 class Container(containers.DeclarativeContainer):
     """``settings`` → adapters → ``chronos``. Flags ``scheduler``/``worker`` say which engines run here
     (``chronos api`` runs neither, ``chronos serve`` both)."""
@@ -143,7 +158,7 @@ class Container(containers.DeclarativeContainer):
     executor_config = providers.Singleton(build_executor_config, settings)
     executors = providers.Singleton(build_executors, executor_config)
 
-    chronos = providers.Singleton(
+    engines = providers.Singleton(
         Chronos,
         store=store,
         queue=queue,
@@ -159,3 +174,4 @@ class Container(containers.DeclarativeContainer):
         output_limit=settings.provided.output_limit,
         shutdown_grace=settings.provided.shutdown_grace,
     )
+    chronos = providers.Singleton(load_plugins, engines, settings.provided.plugins)

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
 
     # API -------------------------------------------------------------------------------------------
     api_tokens: CommaList = Field(default_factory=list, repr=False)
+    plugins: CommaList = Field(default_factory=list, description=(
+        "modules to import at start-up, each with a register(chronos) function: how a service adds its "
+        "own job types (register_job_type) in every process: api, scheduler and worker"))
     readonly_tokens: CommaList = Field(default_factory=list, repr=False)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     sse_ping: float = Field(default=15.0, gt=0)
@@ -86,7 +89,7 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
-    @field_validator("api_tokens", "readonly_tokens", "http_allow_hosts", mode="before")
+    @field_validator("api_tokens", "readonly_tokens", "http_allow_hosts", "plugins", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
         if isinstance(v, str):
