@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/chronos serve --host $(HOST) --port $(PORT)
 
 ## Install, start what the tests need (MariaDB if it is down; the tests start Kafka and SMTP), run them.
-test: $(STAMP) services
+test: $(STAMP) services lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 services:
