@@ -48,10 +48,12 @@ from .ports import (
 )
 from .retry import RetryPolicy, RetryStrategy
 from .scheduler import Scheduler
+from .subscriptions import BufferedSubscription
 from .schedules import Schedule, parse_duration, parse_schedule
 from .worker import Worker
 
 __all__ = [
+    "BufferedSubscription",
     "ChronosError",
     "Claim",
     "Clock",

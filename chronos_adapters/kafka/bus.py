@@ -23,17 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Collection, Sequence
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from chronos_core.errors import SubscriptionOverflow
 from chronos_core.models import Event, EventType
 from chronos_core.ports import EventBus
+from chronos_core.subscriptions import BufferedSubscription
 
 from ._common import ensure_topics, unavailable
 from .codec import DecodeError, decode_event, encode_event
@@ -60,78 +58,26 @@ def parse_event_id(event_id: str) -> tuple[int, int] | None:
     return int(p), int(o)
 
 
-class KafkaSubscription:
+class KafkaSubscription(BufferedSubscription):
     def __init__(self, bus: KafkaEventBus, job_id: str | None, run_id: str | None,
                  types: Collection[EventType] | None, buffer: int, after: tuple[int, int] | None,
                  live_from: dict[int, int]) -> None:
+        super().__init__(job_id=job_id, run_id=run_id, types=types, buffer=buffer,
+                         detach=bus._subs.discard)
         self._bus = bus
-        self.job_id = job_id
-        self.run_id = run_id
-        self.types = frozenset(types) if types is not None else None
-        self._buffer = buffer
-        self._items: deque[Event] = deque()
-        self._ready = asyncio.Event()
-        self._closed = False
-        self._overflow = False
         self._after = after
         self._floor = after
         self._live_from = live_from
-        self._replay: deque[Event] | None = None
-        self.last_id: str | None = None
-
-    def matches(self, e: Event) -> bool:
-        return ((self.types is None or e.type in self.types)
-                and (self.job_id is None or e.job_id == self.job_id)
-                and (self.run_id is None or e.run_id == self.run_id))
 
     def _offer(self, e: Event, partition: int, offset: int) -> None:
-        if self._closed or self._overflow:
-            return
         if self._floor is not None and partition == self._floor[0] and offset <= self._floor[1]:
             return  # resumed after an id the live feed had not reached yet: already seen
-        if len(self._items) >= self._buffer:
-            self._overflow = True
-            self._bus._subs.discard(self)
-        else:
-            self._items.append(e)
-        self._ready.set()
+        self.offer(e)
 
-    def __aiter__(self) -> KafkaSubscription:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._after is not None and not self._closed:
+    async def before_first(self) -> None:
+        if self._after is not None:
             after, self._after = self._after, None
-            self._replay = deque(await self._bus._replay(self, after, self._live_from))
-        if self._replay:
-            e = self._replay.popleft()
-            self.last_id = e.id
-            return e
-        while not self._items:
-            if self._overflow:
-                raise SubscriptionOverflow(self.last_id)
-            if self._closed:
-                raise StopAsyncIteration
-            self._ready.clear()
-            await self._ready.wait()
-        e = self._items.popleft()
-        self.last_id = e.id
-        return e
-
-    async def aclose(self) -> None:
-        self._closed = True
-        self._items.clear()
-        self._replay = None
-        self._bus._subs.discard(self)
-        self._ready.set()
-
-    async def __aenter__(self) -> KafkaSubscription:
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
-
+            self.replay.extend(await self._bus._replay(self, after, self._live_from))
 
 class KafkaEventBus(EventBus):
     """Events topic ``topic`` (``partitions`` partitions when created here)."""
