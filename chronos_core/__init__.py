@@ -48,8 +48,8 @@ from .ports import (
 )
 from .retry import RetryPolicy, RetryStrategy
 from .scheduler import Scheduler
-from .subscriptions import BufferedSubscription
 from .schedules import Schedule, parse_duration, parse_schedule
+from .subscriptions import BufferedSubscription
 from .worker import Worker
 
 __all__ = [

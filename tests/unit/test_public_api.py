@@ -11,7 +11,8 @@ import chronos_core
 from chronos_app import Chronos
 
 CORE = [
-    "BufferedSubscription", "ChronosError", "Claim", "Clock", "Dispatch", "DispatchQueue", "EmailPayload", "Event", "EventBus",
+    "BufferedSubscription", "ChronosError", "Claim", "Clock", "Dispatch", "DispatchQueue", "EmailPayload",
+    "Event", "EventBus",
     "EventType", "Events", "ExecutionFailed", "ExecutionResult", "Executor", "FakeClock", "FieldError",
     "HttpPayload", "InvalidJob", "InvalidSchedule", "Job", "JobNotFound", "JobSpec", "JobStatus", "JobTypes",
     "Jobs", "LogSink", "MisfirePolicy", "NameConflict", "OverlapPolicy", "Payload", "RetryPolicy",
