@@ -115,7 +115,7 @@ def test_the_settings_a_service_gets_point_at_the_other_services(
     if name == "api":
         check_bind("0.0.0.0", settings)  # would refuse an unauthenticated public API
     if name == "worker":
-        assert settings.concurrency == 16
+        assert settings.concurrency == 64
 
 
 def test_the_api_needs_its_tokens_from_the_shell(compose: dict[str, Any]) -> None:
