@@ -502,8 +502,11 @@ class SqlStore(Store):
         if not due:
             return claim
         ids = [j.id for j in due]
+        # Only forbid/replace jobs look at their active runs; an `allow` job's planner gets [] without a
+        # query (most jobs are `allow`).
+        watched = [j.id for j in due if j.overlap is not OverlapPolicy.ALLOW]
         active: dict[str, list[str]] = defaultdict(list)
-        for chunk in _chunks(ids):
+        for chunk in _chunks(watched):
             for run_id, job_id in conn.execute(
                     select(runs.c.id, runs.c.job_id)
                     .where(runs.c.status.in_(_ACTIVE), runs.c.job_id.in_(chunk)).order_by(runs.c.id)):
