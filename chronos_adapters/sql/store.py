@@ -26,7 +26,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Select,
-    case,
     create_engine,
     delete,
     event,
@@ -62,7 +61,7 @@ from chronos_core.models import (
 from chronos_core.ports import Claim, Dispatch, Planner, Store
 from chronos_core.retry import RetryPolicy
 
-from .tables import UtcDateTime, jobs, runs
+from .tables import jobs, runs
 
 __all__ = ["SqlStore"]
 
@@ -320,6 +319,7 @@ class SqlStore(Store):
         # which comparisons and the unique slot key rely on)
         self._run_converters = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in runs.c]
         self._run_converter = dict(zip(self._run_columns, self._run_converters, strict=True))
+        self._next_converter = jobs.c.next_run_at.type.dialect_impl(dialect).bind_processor(dialect)
         self._insert_sql = (f"INSERT INTO runs ({', '.join(quote(c) for c in self._run_columns)}) "
                             f"VALUES ({', '.join([mark] * len(self._run_columns))})")
 
@@ -328,6 +328,32 @@ class SqlStore(Store):
         conn.exec_driver_sql(self._insert_sql, [
             tuple(r[c] if convert is None or r[c] is None else convert(r[c]) for c, convert in cols)
             for r in rows])
+
+    def _set_next_run_at(self, conn: Connection, next_at: dict[datetime | None, list[str]]) -> None:
+        """Each claimed job's new ``next_run_at`` as driver SQL (a statement compiled per claim cost more
+        than the update): an executemany by id on SQLite (in-process, cheap), and on MySQL one
+        ``WHERE id IN`` update per distinct value when there are few, else one ``CASE`` per chunk (one
+        round trip)."""
+        if self._sqlite:
+            convert = self._next_converter
+            conn.exec_driver_sql("UPDATE jobs SET next_run_at = ? WHERE id = ?", [
+                (None if value is None or convert is None else convert(value), job_id)
+                for value, job_ids in next_at.items() for job_id in job_ids])
+            return
+        if len(next_at) <= 8:
+            for value, job_ids in next_at.items():
+                for chunk in _chunks(job_ids):
+                    conn.exec_driver_sql(
+                        f"UPDATE jobs SET next_run_at = %s WHERE id IN ({', '.join(['%s'] * len(chunk))})",
+                        (_naive_utc(value), *chunk))
+            return
+        pairs = [(job_id, _naive_utc(value)) for value, job_ids in next_at.items() for job_id in job_ids]
+        for chunk in _chunks(pairs):
+            params: list[Any] = [x for pair in chunk for x in pair]
+            params += (job_id for job_id, _ in chunk)
+            conn.exec_driver_sql(
+                f"UPDATE jobs SET next_run_at = CASE id {' '.join(['WHEN %s THEN %s'] * len(chunk))} END "
+                f"WHERE id IN ({', '.join(['%s'] * len(chunk))})", tuple(params))
 
     def _cap(self, output: str) -> str:
         return output if len(output) <= self.output_limit else output[-self.output_limit:]
@@ -501,7 +527,6 @@ class SqlStore(Store):
         due = [_job(r) for r in conn.execute(self._locking(q))]
         if not due:
             return claim
-        ids = [j.id for j in due]
         # Only forbid/replace jobs look at their active runs; an `allow` job's planner gets [] without a
         # query (most jobs are `allow`).
         watched = [j.id for j in due if j.overlap is not OverlapPolicy.ALLOW]
@@ -532,13 +557,7 @@ class SqlStore(Store):
             next_at[plan.next_run_at].append(job.id)
         if new:
             self._insert_runs(conn, new)
-        if len(next_at) <= 8:
-            for value, job_ids in next_at.items():
-                conn.execute(update(jobs).where(jobs.c.id.in_(job_ids)).values(next_run_at=value))
-        else:
-            whens = {job.id: literal(plan.next_run_at, UtcDateTime()) for job, plan in plans}
-            conn.execute(update(jobs).where(jobs.c.id.in_(ids))
-                         .values(next_run_at=case(whens, value=jobs.c.id)))
+        self._set_next_run_at(conn, next_at)
         if self.on_dispatch is not None and claim.dispatch:
             self.on_dispatch(conn, claim.dispatch, now)
         return claim
