@@ -348,12 +348,12 @@ class SqlStore(Store):
                         (_naive_utc(value), *chunk))
             return
         pairs = [(job_id, _naive_utc(value)) for value, job_ids in next_at.items() for job_id in job_ids]
-        for chunk in _chunks(pairs):
-            params: list[Any] = [x for pair in chunk for x in pair]
-            params += (job_id for job_id, _ in chunk)
+        for part in _chunks(pairs):
+            params: list[Any] = [x for pair in part for x in pair]
+            params += (job_id for job_id, _ in part)
             conn.exec_driver_sql(
-                f"UPDATE jobs SET next_run_at = CASE id {' '.join(['WHEN %s THEN %s'] * len(chunk))} END "
-                f"WHERE id IN ({', '.join(['%s'] * len(chunk))})", tuple(params))
+                f"UPDATE jobs SET next_run_at = CASE id {' '.join(['WHEN %s THEN %s'] * len(part))} END "
+                f"WHERE id IN ({', '.join(['%s'] * len(part))})", tuple(params))
 
     def _cap(self, output: str) -> str:
         return output if len(output) <= self.output_limit else output[-self.output_limit:]
