@@ -322,12 +322,29 @@ class SqlStore(Store):
         self._next_converter = jobs.c.next_run_at.type.dialect_impl(dialect).bind_processor(dialect)
         self._insert_sql = (f"INSERT INTO runs ({', '.join(quote(c) for c in self._run_columns)}) "
                             f"VALUES ({', '.join([mark] * len(self._run_columns))})")
+        # only the slot key: any other constraint (a primary key) still fails the statement
+        slot_key = ", ".join(quote(c) for c in ("job_id", "scheduled_for", "attempt"))
+        self._skip_taken = f" ON CONFLICT ({slot_key}) DO NOTHING"
 
-    def _insert_runs(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    def _insert_runs(self, conn: Connection, rows: Sequence[dict[str, Any]], *,
+                     skip_taken_slots: bool = False) -> set[str]:
+        """Insert ``rows``; with ``skip_taken_slots`` (SQLite only) a row whose (job, slot, attempt) is
+        already taken is left out instead of failing the statement, and the ids of the rows left out are
+        returned (found by id only when the inserted count falls short: the ids are new, so every one
+        present was inserted here)."""
         cols = list(zip(self._run_columns, self._run_converters, strict=True))
-        conn.exec_driver_sql(self._insert_sql, [
-            tuple(r[c] if convert is None or r[c] is None else convert(r[c]) for c, convert in cols)
-            for r in rows])
+        params = [tuple(r[c] if convert is None or r[c] is None else convert(r[c]) for c, convert in cols)
+                  for r in rows]
+        if not skip_taken_slots:
+            conn.exec_driver_sql(self._insert_sql, params)
+            return set()
+        if conn.exec_driver_sql(self._insert_sql + self._skip_taken, params).rowcount == len(rows):
+            return set()
+        ids = [r["id"] for r in rows]
+        present: set[str] = set()
+        for chunk in _chunks(ids):
+            present.update(conn.execute(select(runs.c.id).where(runs.c.id.in_(chunk))).scalars())
+        return set(ids) - present
 
     def _set_next_run_at(self, conn: Connection, next_at: dict[datetime | None, list[str]]) -> None:
         """Each claimed job's new ``next_run_at`` as driver SQL (a statement compiled per claim cost more
@@ -537,8 +554,13 @@ class SqlStore(Store):
                     .where(runs.c.status.in_(_ACTIVE), runs.c.job_id.in_(chunk)).order_by(runs.c.id)):
                 active[job_id].append(run_id)
         plans = [(job, planner(job, active.get(job.id, []), now)) for job in due]
-        existing = self._existing_slots(conn, [r for _, p in plans for r in p.runs])
+        # Slots that already have a run are duplicates. SQLite finds them with the insert itself (the
+        # unique slot key, ON CONFLICT DO NOTHING); MySQL selects them first (INSERT IGNORE would also
+        # turn other errors into warnings).
+        existing: set[tuple[str, datetime, int]] = (
+            set() if self._sqlite else self._existing_slots(conn, [r for _, p in plans for r in p.runs]))
         new: list[dict[str, Any]] = []
+        made: list[tuple[Run, Job]] = []
         next_at: dict[datetime | None, list[str]] = defaultdict(list)
         for job, plan in plans:
             claim.jobs += 1
@@ -549,14 +571,19 @@ class SqlStore(Store):
                     continue
                 existing.add(slot)
                 new.append(self._run_values(run, dispatched=True))
+                made.append((run, job))
+            claim.cancel.extend(plan.cancel)
+            next_at[plan.next_run_at].append(job.id)
+        if new:
+            taken = self._insert_runs(conn, new, skip_taken_slots=self._sqlite)
+            claim.duplicates += len(taken)
+            for run, job in made:
+                if taken and run.id in taken:
+                    continue
                 if run.status is RunStatus.QUEUED:
                     claim.dispatch.append(Dispatch(run, job))
                 else:
                     claim.recorded.append(run)
-            claim.cancel.extend(plan.cancel)
-            next_at[plan.next_run_at].append(job.id)
-        if new:
-            self._insert_runs(conn, new)
         self._set_next_run_at(conn, next_at)
         if self.on_dispatch is not None and claim.dispatch:
             self.on_dispatch(conn, claim.dispatch, now)
