@@ -52,7 +52,9 @@ class SlotPlan:
 
 Planner = Callable[[Job, Sequence[str], datetime], SlotPlan]
 """``planner(job, active_run_ids, now)``: the plan for a claimed due job. Pure and synchronous: stores may
-call it inside a transaction, in a worker thread."""
+call it inside a transaction, in a worker thread. ``active_run_ids`` (the job's queued and running runs)
+matter only to the overlap policies ``forbid`` and ``replace``: a store may pass ``[]`` for ``allow``
+jobs without looking them up."""
 
 
 @dataclass(slots=True)

@@ -247,6 +247,20 @@ async def test_claim_counts_a_slot_that_already_has_its_run_as_duplicate(store: 
     assert (await store.get_job(job.id)).next_run_at == T0 + S  # the job still moves on
 
 
+async def test_claim_counts_exactly_the_taken_slots_among_many(store: Store) -> None:
+    jobs = [make_job(f"j{i}", next_run_at=T0) for i in range(50)]
+    await store.add_jobs(jobs)
+    taken = jobs[::6]  # another scheduler already fired these slots
+    for job in taken:
+        await store.add_run(make_run(job, T0), dispatched=True)
+    claim = await store.claim_due(T0 + timedelta(milliseconds=100), 100, plan_due_job)
+    assert claim.jobs == 50 and claim.duplicates == len(taken) == 9
+    assert {d.run.job_id for d in claim.dispatch} == {j.id for j in jobs} - {j.id for j in taken}
+    for job in jobs:
+        assert len(await store.list_runs(job.id)) == 1
+        assert (await store.get_job(job.id)).next_run_at == T0 + S
+
+
 async def test_claim_is_all_or_nothing_when_the_planner_fails(store: Store) -> None:
     a, b = make_job("a", next_run_at=T0), make_job("b", next_run_at=T0 + timedelta(milliseconds=1))
     await store.add_jobs([a, b])
