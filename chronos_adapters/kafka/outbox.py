@@ -163,8 +163,7 @@ class OutboxRelay:
             self._task = None
         if self._lock_conn is not None:
             conn, self._lock_conn = self._lock_conn, None
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(conn.close)
+            await asyncio.to_thread(_end_session, conn)
         if self._url is not None and self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -244,7 +243,9 @@ class OutboxRelay:
 
         def take() -> Connection | None:
             conn = self.engine.connect()
-            got = conn.scalar(text("SELECT GET_LOCK(:name, 0)"), {"name": _LOCK_NAME})
+            # one lock per database: deployments sharing a server must not block each other
+            name = f"{_LOCK_NAME}:{self.engine.url.database or ''}"[:64]
+            got = conn.scalar(text("SELECT GET_LOCK(:name, 0)"), {"name": name})
             conn.commit()
             if got == 1:
                 return conn
@@ -269,11 +270,20 @@ class OutboxRelay:
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
                 if self._lock_conn is not None:  # the database may have dropped our lock with it
                     conn, self._lock_conn = self._lock_conn, None
-                    with contextlib.suppress(Exception):
-                        await asyncio.to_thread(conn.close)
+                    await asyncio.to_thread(_end_session, conn)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), backoff or self.interval)
+
+
+def _end_session(conn: Connection) -> None:
+    """Close the lock's connection for real: a MySQL named lock lives as long as its session, so handing
+    the connection back to the pool would keep the lock held by an idle pooled connection and no relay
+    (this one included, on another connection) could lead again."""
+    with contextlib.suppress(Exception):
+        conn.invalidate()
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 class OutboxDispatchQueue(DispatchQueue):

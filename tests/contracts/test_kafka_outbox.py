@@ -227,3 +227,32 @@ async def test_rows_the_store_wrote_wait_for_put_or_are_sent_once_settled(
 
 async def _relayed(relay: OutboxRelay, n: int) -> bool:
     return await relay.relay_once() == n
+
+
+async def test_a_relay_that_lets_go_frees_the_lock_and_databases_do_not_share_it(
+        kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str) -> None:
+    """A MySQL named lock lives as long as its session: a relay that gives up leading (after a store or
+    broker error, or on stop) must end that session, not park it in the pool still holding the lock; and
+    deployments on other databases of the same server have locks of their own."""
+    from chronos_adapters.kafka.outbox import _end_session
+    from tests.fixtures.mysql import create_test_database, drop_test_database
+
+    inner = kafka_queue(kafka_bootstrap, kafka_names)
+    first, second = OutboxRelay(fresh_mysql_url, inner), OutboxRelay(fresh_mysql_url, inner)
+    other_db = create_test_database()
+    elsewhere = OutboxRelay(other_db, inner)
+    try:
+        for relay in (first, second, elsewhere):
+            await relay.open()
+        assert await first._lead()
+        assert not await second._lead()
+        assert await elsewhere._lead()  # another database: not blocked by `first`
+        # what the relay loop does when it loses the store or the broker:
+        conn, first._lock_conn = first._lock_conn, None
+        assert conn is not None
+        await asyncio.to_thread(_end_session, conn)
+        assert await second._lead()
+    finally:
+        for relay in (first, second, elsewhere):
+            await relay.stop()
+        drop_test_database(other_db)
