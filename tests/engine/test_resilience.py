@@ -90,6 +90,15 @@ class Rig(NamedTuple):
     scheduler: Scheduler
 
 
+async def until_status(store: MemoryStore, run_id: str, status: RunStatus) -> None:
+    """Let the engines run (no clock movement) until the run has ``status``, or give up quietly: the
+    caller asserts the outcome."""
+    for _ in range(100):
+        await settle()
+        if (await store.get_run(run_id)).status is status:
+            return
+
+
 def build(store: MemoryStore | None = None, bus: MemoryEventBus | None = None,
           queue: MemoryDispatchQueue | None = None) -> Rig:
     clock = FakeClock(T0)
@@ -194,10 +203,7 @@ async def test_a_cancel_arriving_between_start_and_execution_is_applied() -> Non
         assert (await store.get_run(run.id)).status is RunStatus.RUNNING
         await Runs(store, bus, clock).cancel(run.id)  # the worker has not registered the task yet
         bus.gate.set()
-        for _ in range(100):
-            await settle()
-            if (await store.get_run(run.id)).status is RunStatus.CANCELLED:
-                break
+        await until_status(store, run.id, RunStatus.CANCELLED)
         done = await store.get_run(run.id)
         assert done.status is RunStatus.CANCELLED and done.error == "cancelled by request"
     finally:
@@ -236,10 +242,7 @@ async def test_overflowing_subscriptions_resume_and_the_engines_keep_listening()
         run = await jobs.trigger(hanging.id)
         await settle()
         await Runs(store, bus, clock).cancel(run.id)
-        for _ in range(100):
-            await settle()
-            if (await store.get_run(run.id)).status is RunStatus.CANCELLED:
-                break
+        await until_status(store, run.id, RunStatus.CANCELLED)
         assert (await store.get_run(run.id)).status is RunStatus.CANCELLED
         assert late.next_run_at is not None
     finally:
