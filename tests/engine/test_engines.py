@@ -189,7 +189,9 @@ async def test_output_lines_are_published_live_and_kept(h: Harness) -> None:
     run = await h.jobs.trigger(job.id)
     await h.drain()
     await sub.aclose()
-    kinds = [(e.type, e.data.get("line")) for e in h.bus._recent if e.job_id == job.id]
+    async with h.bus.subscribe(job_id=job.id, after="0") as replay:  # the bus's replay window
+        kept = list(replay.replay)
+    kinds = [(e.type, e.data.get("line")) for e in kept]
     assert kinds == [(EventType.JOB_CREATED, None), (EventType.RUN_QUEUED, None),
                      (EventType.RUN_STARTED, None), (EventType.RUN_LOG, "line 0"),
                      (EventType.RUN_LOG, "line 1"), (EventType.RUN_LOG, "line 2"),
