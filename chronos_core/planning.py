@@ -76,12 +76,27 @@ def plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime,
                  limits: Limits = Limits()) -> SlotPlan:
     """The plan for a job whose ``next_run_at <= now``: see ``MisfirePolicy`` and ``OverlapPolicy``."""
     cutoff = now - timedelta(seconds=job.misfire_grace)  # slots before it were missed
+    s = job.next_run_at
+    if s is not None and cutoff <= s <= now and (not active_run_ids or job.overlap is OverlapPolicy.ALLOW):
+        # The usual case, decided without the general walk below (same outcome): one slot due, on time,
+        # nothing in its way.
+        nxt = next_slot(job, s)
+        if nxt is None or nxt > now:
+            return SlotPlan(runs=[Run(id=new_id(), job_id=job.id, scheduled_for=s, trigger=Trigger.SCHEDULE,
+                                      attempt=1, status=RunStatus.QUEUED, created_at=now, due_at=s)],
+                            next_run_at=nxt, cancel=[])
+    return _plan_walk(job, active_run_ids, now, limits, cutoff)
+
+
+def _plan_walk(job: Job, active_run_ids: Sequence[str], now: datetime, limits: Limits,
+               cutoff: datetime) -> SlotPlan:
+    """The general case of :func:`plan_due_job`: walk every slot up to ``now``."""
+    s = job.next_run_at
     due: list[datetime] = []
     missed: deque[datetime] = deque(maxlen=limits.max_slots_listed)  # the latest ones
     dropped, first_dropped, last_dropped = 0, None, None
     uncounted: datetime | None = None
     walked = 0
-    s = job.next_run_at
     while s is not None and s <= now:
         if s >= cutoff:
             due.append(s)

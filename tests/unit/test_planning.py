@@ -1,0 +1,65 @@
+"""The planner's fast path (one slot due, on time, nothing in its way) decides exactly as the general walk.
+
+``plan_due_job`` answers the usual case without walking slots; ``_plan_walk`` is the general rule. For any
+job, active runs and time, both must give the same runs (ids aside), next slot and cancellations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chronos_core.ids import new_id
+from chronos_core.models import Job, JobStatus, MisfirePolicy, OverlapPolicy, Run
+from chronos_core.planning import Limits, _plan_walk, plan_due_job
+from chronos_core.ports import SlotPlan
+from chronos_core.retry import RetryPolicy
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+SCHEDULES = ["@every 1s", "@every 7s", "@every 1h", "* * * * * *", "*/5 * * * * *", "0 * * * * *",
+             "30 2 * * *"]
+
+
+def _job(schedule: str, next_run_at: datetime, overlap: OverlapPolicy, misfire: MisfirePolicy,
+         grace: float, end_at: datetime | None) -> Job:
+    return Job(id=new_id(), name="j", type="noop", payload={}, schedule=schedule, timezone="UTC",
+               retry=RetryPolicy(), timeout=None, overlap=overlap, misfire=misfire, misfire_grace=grace,
+               status=JobStatus.ACTIVE, created_at=T0 - timedelta(days=1), updated_at=T0,
+               next_run_at=next_run_at, start_at=T0 - timedelta(days=1), end_at=end_at)
+
+
+def _shape(plan: SlotPlan) -> tuple[object, ...]:
+    def run(r: Run) -> tuple[object, ...]:
+        return (r.job_id, r.scheduled_for, r.trigger, r.attempt, r.status, r.created_at, r.due_at,
+                r.finished_at, r.error)
+    return tuple(run(r) for r in plan.runs), plan.next_run_at, tuple(plan.cancel)
+
+
+@settings(max_examples=400, deadline=None)
+@given(schedule=st.sampled_from(SCHEDULES),
+       late=st.floats(min_value=0, max_value=20_000, allow_nan=False),
+       overlap=st.sampled_from(list(OverlapPolicy)),
+       misfire=st.sampled_from(list(MisfirePolicy)),
+       grace=st.sampled_from([0.0, 1.0, 5.0, 3600.0]),
+       active=st.lists(st.sampled_from(["r1", "r2"]), max_size=2, unique=True),
+       end_in=st.one_of(st.none(), st.floats(min_value=-5, max_value=30, allow_nan=False)))
+def test_fast_path_plans_as_the_general_walk(schedule: str, late: float, overlap: OverlapPolicy,
+                                             misfire: MisfirePolicy, grace: float, active: list[str],
+                                             end_in: float | None) -> None:
+    slot = T0
+    now = slot + timedelta(seconds=late)
+    end_at = None if end_in is None else now + timedelta(seconds=end_in)
+    job = _job(schedule, slot, overlap, misfire, grace, end_at)
+    limits = Limits()
+    cutoff = now - timedelta(seconds=grace)
+    assert _shape(plan_due_job(job, active, now, limits)) == _shape(
+        _plan_walk(job, active, now, limits, cutoff))
+
+
+def test_the_usual_case_queues_one_run_and_moves_to_the_next_slot() -> None:
+    job = _job("@every 1s", T0, OverlapPolicy.ALLOW, MisfirePolicy.FIRE_ONCE, 5.0, None)
+    plan = plan_due_job(job, ["still-running"], T0 + timedelta(milliseconds=300))
+    assert [(r.scheduled_for, r.status.value) for r in plan.runs] == [(T0, "queued")]
+    assert plan.next_run_at == T0 + timedelta(seconds=1)
+    assert plan.cancel == []
