@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -46,6 +47,18 @@ class Case:
 
 def _k(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def tune_gc() -> bool:
+    """The same garbage-collector tuning for both systems once a case is set up (jobs created): what
+    ``chronos serve | scheduler | worker`` apply after start-up (``chronos_app.tuning.tune_gc``:
+    ``gc.freeze()`` and a young threshold of 7000). ``BENCH_GC_TUNING=0`` measures CPython's defaults."""
+    if os.environ.get("BENCH_GC_TUNING", "1") == "0":
+        return False
+    from chronos_app.tuning import tune_gc as tune
+
+    tune()
+    return True
 
 
 def cpu_seconds() -> float:
@@ -123,7 +136,7 @@ class Window:
 
 def summarise(case: Case, window: Window, *, lags: list[float], missed: int, skipped: int,
               recorded: int | None, create_s: float, create_cpu_s: float, versions: dict[str, str],
-              notes: str = "") -> dict[str, Any]:
+              gc_tuned: bool, notes: str = "") -> dict[str, Any]:
     """The result line of one case. ``lags``: fire lag (s) of every run whose slot is in the window;
     ``missed``/``skipped``: slots in the window recorded (or reported) as missed / skipped; ``recorded``:
     runs of the window found in history (None when the system keeps no history)."""
@@ -164,6 +177,7 @@ def summarise(case: Case, window: Window, *, lags: list[float], missed: int, ski
         "create_s": round(create_s, 3),
         "create_cpu_s": round(create_cpu_s, 3),
         "versions": versions,
+        "gc_tuned": gc_tuned,
         "notes": notes,
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -36,8 +36,10 @@ def _version() -> str:
         return "0"
 
 
-def create_app(container: Container | None = None) -> Starlette:
-    """The API over the container's ``Chronos``; the lifespan starts and stops it."""
+def create_app(container: Container | None = None, *,
+               on_started: Callable[[], None] | None = None) -> Starlette:
+    """The API over the container's ``Chronos``; the lifespan starts and stops it (and calls
+    ``on_started`` once it has started)."""
     container = container or Container()
     settings = container.settings()
     chronos = container.chronos()
@@ -53,6 +55,8 @@ def create_app(container: Container | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await chronos.start()
         await metrics.start(chronos)
+        if on_started is not None:
+            on_started()
         log.info("chronos API ready (store: %s, scheduler: %s, worker: %s)", type(chronos.store).__name__,
                  chronos.scheduler is not None, chronos.worker is not None)
         try:
