@@ -57,6 +57,7 @@ from chronos_core.models import (
     Run,
     RunStatus,
     Trigger,
+    evolve,
 )
 from chronos_core.ports import Claim, Dispatch, Planner, Store
 from chronos_core.retry import RetryPolicy
@@ -150,6 +151,21 @@ def _cut(error: str | None, limit: int = 8000) -> str | None:
     return error if error is None or len(error) <= limit else error[:limit] + " [...]"
 
 
+def _sqlite_text(value: datetime) -> str:
+    """An aware datetime as SQLite stores it: the text SQLAlchemy's SQLite ``DATETIME`` writes for
+    ``UtcDateTime`` (naive UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``). Comparisons and the unique slot key work
+    on this exact text."""
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: Chronos stores aware UTC datetimes")
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]
+
+
+def _from_sqlite_text(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
 def _naive_utc(value: Any) -> Any:
     return value.astimezone(UTC).replace(tzinfo=None) if isinstance(value, datetime) else value
 
@@ -192,6 +208,12 @@ class SqlStore(Store):
         self.parallel_commits = 1 if self._sqlite else 2
         self._prune_after: str | None = None  # where the history_limit sweep resumes
         self._prune_backlog: list[str] = []  # excess runs found by the sweep, not deleted yet
+        # Jobs as last claimed, by id: (version, job). The version is what the claim's select reads
+        # besides next_run_at: the definition columns themselves on SQLite, a digest of them computed by
+        # MySQL. A job whose row changed in any way (through any store, in any process) no longer matches
+        # and is read again; updated_at alone would not do, since update_job stores whatever it is given.
+        self.job_cache_size = 50_000
+        self._job_cache: dict[str, tuple[Any, Job]] = {}
 
     def __repr__(self) -> str:
         return f"SqlStore({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -225,7 +247,7 @@ class SqlStore(Store):
         if self._sqlite:
             _sqlite_setup(engine)
         self._engine = engine
-        self._prepare_insert(engine)
+        self._prepare_sql(engine)
         self._executor = ThreadPoolExecutor(max(1, workers), thread_name_prefix="chronos-sql")
         try:
             if self.create_schema:
@@ -307,12 +329,21 @@ class SqlStore(Store):
             "lease_expires_at": run.lease_expires_at,
         }
 
-    def _prepare_insert(self, engine: Engine) -> None:
-        """The run insert as driver SQL with SQLAlchemy's own value converters, applied once per value:
-        the claim inserts thousands of rows a second and the generic path costs more than the database."""
+    def _prepare_sql(self, engine: Engine) -> None:
+        """The claim's hot statements as driver SQL, written once: the claim selects, inserts and
+        updates thousands of rows a second and SQLAlchemy's generic path costs more than the database.
+        The run insert uses SQLAlchemy's own value converters, applied once per value."""
         dialect = engine.dialect
         quote = dialect.identifier_preparer.quote
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        # the due jobs: next_run_at, id, then the version (see _job_cache); the index (status,
+        # next_run_at) serves the condition and the order
+        definition = [quote(c.name) for c in jobs.c if c.name != "next_run_at"]
+        version = (", ".join(definition) if self._sqlite
+                   else f"SHA2(JSON_ARRAY({', '.join(definition)}), 256)")
+        self._due_sql = (f"SELECT next_run_at, id, {version} FROM jobs WHERE status = {mark} AND "
+                         f"next_run_at <= {mark} ORDER BY next_run_at LIMIT {mark}"
+                         + ("" if self._sqlite else " FOR UPDATE SKIP LOCKED"))
         self._quote = quote
         self._run_columns = [c.name for c in runs.c]
         # dialect_impl: the dialect's own type (SQLite stores datetimes as text in one exact format,
@@ -537,11 +568,42 @@ class SqlStore(Store):
                     raise StoreUnavailable("the claim kept conflicting with concurrent writes") from None
         raise AssertionError("unreachable")
 
+    def _due_jobs(self, conn: Connection, now: datetime, limit: int) -> list[Job]:
+        """The due active jobs, oldest next_run_at first (locked on MySQL). Their definitions come from
+        the job cache when the stored row still matches the cached version; the others are read in
+        full, in one query per chunk."""
+        cur = conn.connection.cursor()
+        try:
+            if self._sqlite:
+                cur.execute(self._due_sql, (JobStatus.ACTIVE.value, _sqlite_text(now), limit))
+                rows = [(_from_sqlite_text(r[0]), r[1], r[1:]) for r in cur.fetchall()]
+            else:
+                cur.execute(self._due_sql, (JobStatus.ACTIVE.value, _naive_utc(now), limit))
+                rows = [(r[0].replace(tzinfo=UTC), r[1], r[2]) for r in cur.fetchall()]
+        finally:
+            cur.close()
+        cache = self._job_cache
+        found: dict[str, Job] = {}
+        missing: dict[str, Any] = {}
+        for _, job_id, version in rows:
+            hit = cache.get(job_id)
+            if hit is not None and hit[0] == version:
+                found[job_id] = hit[1]
+            else:
+                missing[job_id] = version
+        if missing:
+            if len(cache) + len(missing) > self.job_cache_size:
+                cache.clear()
+            for chunk in _chunks(list(missing)):
+                for row in conn.execute(select(jobs).where(jobs.c.id.in_(chunk))):
+                    job = found[row.id] = _job(row)
+                    cache[row.id] = (missing[row.id], job)
+        # a copy per claim: the cached job is never handed out (its holder could change it)
+        return [evolve(found[job_id], next_run_at=next_at) for next_at, job_id, _ in rows]
+
     def _claim_in(self, conn: Connection, now: datetime, limit: int, planner: Planner) -> Claim:
         claim = Claim()
-        q = (select(jobs).where(jobs.c.status == JobStatus.ACTIVE.value, jobs.c.next_run_at <= now)
-             .order_by(jobs.c.next_run_at).limit(limit))
-        due = [_job(r) for r in conn.execute(self._locking(q))]
+        due = self._due_jobs(conn, now, limit)
         if not due:
             return claim
         # Only forbid/replace jobs look at their active runs; an `allow` job's planner gets [] without a
