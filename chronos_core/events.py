@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import SubscriptionOverflow
@@ -18,19 +18,34 @@ __all__ = ["job_event", "run_data", "run_event", "watch"]
 log = logging.getLogger("chronos.events")
 
 
+_ISO: dict[datetime, str] = {}
+
+
 def _iso(t: datetime | None) -> str | None:
-    return None if t is None else t.isoformat()
+    """``t.isoformat()``, remembered: a run's slot and start time appear in up to three events each, and
+    formatting was the larger part of building them. (A dict of datetimes and strings only is not
+    tracked by the garbage collector.)"""
+    if t is None:
+        return None
+    if t.tzinfo is not UTC:  # equal instants in other zones format differently: not from the cache
+        return t.isoformat()
+    text = _ISO.get(t)
+    if text is None:
+        if len(_ISO) >= 100_000:
+            _ISO.clear()
+        text = _ISO[t] = t.isoformat()
+    return text
 
 
 def run_data(run: Run) -> dict[str, Any]:
     """The run's fields as carried by status events (output is left out: it travels as ``run.log``)."""
-    slot = run.scheduled_for.isoformat()
+    slot = _iso(run.scheduled_for)
     return {
         "status": run.status.value,
         "attempt": run.attempt,
         "trigger": run.trigger.value,
         "scheduled_for": slot,
-        "due_at": slot if run.due_at is run.scheduled_for else run.due_at.isoformat(),
+        "due_at": slot if run.due_at is run.scheduled_for else _iso(run.due_at),
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
         "exit_code": run.exit_code,
