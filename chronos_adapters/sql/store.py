@@ -62,7 +62,7 @@ from chronos_core.models import (
 from chronos_core.ports import Claim, Dispatch, Planner, Store
 from chronos_core.retry import RetryPolicy
 
-from .tables import jobs, runs
+from .tables import UtcDateTime, jobs, runs
 
 __all__ = ["SqlStore"]
 
@@ -160,6 +160,28 @@ def _sqlite_text(value: datetime) -> str:
             raise ValueError(f"naive datetime {value!r}: Chronos stores aware UTC datetimes")
         value = value.astimezone(UTC)
     return value.isoformat(" ", "microseconds")[:26]
+
+
+def _naive(value: datetime) -> datetime:
+    """An aware datetime as naive UTC (what ``UtcDateTime`` binds on MySQL)."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: Chronos stores aware UTC datetimes")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _memo(convert: Callable[[datetime], Any]) -> Callable[[datetime | None], Any]:
+    """``convert`` for one batch of rows, each distinct value converted once: a claim's runs share their
+    creation time, and a first attempt's slot is also its due time."""
+    done: dict[datetime, Any] = {}
+
+    def memo(value: datetime | None) -> Any:
+        if value is None:
+            return None
+        out = done.get(value)
+        if out is None:
+            out = done[value] = convert(value)
+        return out
+    return memo
 
 
 def _from_sqlite_text(value: str | None) -> datetime | None:
@@ -317,6 +339,15 @@ class SqlStore(Store):
     def _for_update(self, query: Select[Any]) -> Select[Any]:
         return query if self._sqlite else query.with_for_update()
 
+    def _run_params(self, run: Run, dispatched: bool,
+                    dt: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
+        """The run's insert parameters, in the order of ``runs``' columns, datetimes converted by ``dt``."""
+        due = dt(run.due_at)
+        return (run.id, run.job_id, dt(run.scheduled_for), run.trigger.value, run.attempt, run.status.value,
+                dt(run.created_at), due, due if run.status is RunStatus.QUEUED and not dispatched else None,
+                dt(run.started_at), dt(run.finished_at), run.exit_code, self._cap(run.output),
+                _cut(run.error), run.owner, dt(run.lease_expires_at))
+
     def _run_values(self, run: Run, dispatched: bool) -> dict[str, Any]:
         waiting = run.status is RunStatus.QUEUED and not dispatched
         return {
@@ -331,8 +362,7 @@ class SqlStore(Store):
 
     def _prepare_sql(self, engine: Engine) -> None:
         """The claim's hot statements as driver SQL, written once: the claim selects, inserts and
-        updates thousands of rows a second and SQLAlchemy's generic path costs more than the database.
-        The run insert uses SQLAlchemy's own value converters, applied once per value."""
+        updates thousands of rows a second and SQLAlchemy's generic path costs more than the database."""
         dialect = engine.dialect
         quote = dialect.identifier_preparer.quote
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
@@ -346,32 +376,32 @@ class SqlStore(Store):
                          + ("" if self._sqlite else " FOR UPDATE SKIP LOCKED"))
         self._quote = quote
         self._run_columns = [c.name for c in runs.c]
-        # dialect_impl: the dialect's own type (SQLite stores datetimes as text in one exact format,
-        # which comparisons and the unique slot key rely on)
-        self._run_converters = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in runs.c]
-        self._run_converter = dict(zip(self._run_columns, self._run_converters, strict=True))
-        self._next_converter = jobs.c.next_run_at.type.dialect_impl(dialect).bind_processor(dialect)
+        if self._run_columns != ["id", "job_id", "scheduled_for", "trigger", "attempt", "status",
+                                 "created_at", "due_at", "dispatch_due_at", "started_at", "finished_at",
+                                 "exit_code", "output", "error", "owner", "lease_expires_at"]:
+            raise AssertionError("_run_params no longer matches the runs table")
+        # datetimes bound as driver values without SQLAlchemy's per-value processors: on SQLite the
+        # exact text SQLAlchemy's DATETIME stores (comparisons and the unique slot key depend on it)
+        self._to_db: Callable[[datetime], Any] = _sqlite_text if self._sqlite else _naive
+        self._datetime_columns = {c.name for c in runs.c if isinstance(c.type, UtcDateTime)}
         self._insert_sql = (f"INSERT INTO runs ({', '.join(quote(c) for c in self._run_columns)}) "
                             f"VALUES ({', '.join([mark] * len(self._run_columns))})")
         # only the slot key: any other constraint (a primary key) still fails the statement
         slot_key = ", ".join(quote(c) for c in ("job_id", "scheduled_for", "attempt"))
         self._skip_taken = f" ON CONFLICT ({slot_key}) DO NOTHING"
 
-    def _insert_runs(self, conn: Connection, rows: Sequence[dict[str, Any]], *,
+    def _insert_runs(self, conn: Connection, params: list[tuple[Any, ...]], *,
                      skip_taken_slots: bool = False) -> set[str]:
-        """Insert ``rows``; with ``skip_taken_slots`` (SQLite only) a row whose (job, slot, attempt) is
-        already taken is left out instead of failing the statement, and the ids of the rows left out are
-        returned (found by id only when the inserted count falls short: the ids are new, so every one
-        present was inserted here)."""
-        cols = list(zip(self._run_columns, self._run_converters, strict=True))
-        params = [tuple(r[c] if convert is None or r[c] is None else convert(r[c]) for c, convert in cols)
-                  for r in rows]
+        """Insert runs given as :meth:`_run_params`; with ``skip_taken_slots`` (SQLite only) a row whose
+        (job, slot, attempt) is already taken is left out instead of failing the statement, and the ids
+        of the rows left out are returned (found by id only when the inserted count falls short: the ids
+        are new, so every one present was inserted here)."""
         if not skip_taken_slots:
             conn.exec_driver_sql(self._insert_sql, params)
             return set()
-        if conn.exec_driver_sql(self._insert_sql + self._skip_taken, params).rowcount == len(rows):
+        if conn.exec_driver_sql(self._insert_sql + self._skip_taken, params).rowcount == len(params):
             return set()
-        ids = [r["id"] for r in rows]
+        ids = [p[0] for p in params]
         present: set[str] = set()
         for chunk in _chunks(ids):
             present.update(conn.execute(select(runs.c.id).where(runs.c.id.in_(chunk))).scalars())
@@ -383,10 +413,9 @@ class SqlStore(Store):
         ``WHERE id IN`` update per distinct value when there are few, else one ``CASE`` per chunk (one
         round trip)."""
         if self._sqlite:
-            convert = self._next_converter
             conn.exec_driver_sql("UPDATE jobs SET next_run_at = ? WHERE id = ?", [
-                (None if value is None or convert is None else convert(value), job_id)
-                for value, job_ids in next_at.items() for job_id in job_ids])
+                (text_, job_id) for value, job_ids in next_at.items()
+                for text_ in [None if value is None else _sqlite_text(value)] for job_id in job_ids])
             return
         if len(next_at) <= 8:
             for value, job_ids in next_at.items():
@@ -424,13 +453,13 @@ class SqlStore(Store):
             return
         fixed = fixed or {}
         cols = [c for c in rows[0] if c != key]
-        if self._sqlite:  # driver SQL with SQLAlchemy's converters, as for inserts
-            convert = self._run_converter
+        if self._sqlite:  # driver SQL, datetimes converted as for inserts
+            dt = _memo(self._to_db)
+            times = self._datetime_columns
             sets = ", ".join(f"{self._quote(c)} = ?" for c in [*cols, *fixed])
-            tail = tuple(convert[c](v) if convert[c] and v is not None else v for c, v in fixed.items())
+            tail = tuple(dt(v) if c in times else v for c, v in fixed.items())
             conn.exec_driver_sql(f"UPDATE runs SET {sets} WHERE {self._quote(key)} = ?", [
-                tuple(r[c] if convert[c] is None or r[c] is None else convert[c](r[c]) for c in cols)
-                + tail + (r[key],) for r in rows])
+                tuple(dt(r[c]) if c in times else r[c] for c in cols) + tail + (r[key],) for r in rows])
             return
         size = 0
         chunk: list[dict[str, Any]] = []
@@ -621,8 +650,9 @@ class SqlStore(Store):
         # turn other errors into warnings).
         existing: set[tuple[str, datetime, int]] = (
             set() if self._sqlite else self._existing_slots(conn, [r for _, p in plans for r in p.runs]))
-        new: list[dict[str, Any]] = []
+        new: list[tuple[Any, ...]] = []
         made: list[tuple[Run, Job]] = []
+        dt = _memo(self._to_db)
         next_at: dict[datetime | None, list[str]] = defaultdict(list)
         for job, plan in plans:
             claim.jobs += 1
@@ -632,7 +662,7 @@ class SqlStore(Store):
                     claim.duplicates += 1
                     continue
                 existing.add(slot)
-                new.append(self._run_values(run, dispatched=True))
+                new.append(self._run_params(run, True, dt))
                 made.append((run, job))
             claim.cancel.extend(plan.cancel)
             next_at[plan.next_run_at].append(job.id)
@@ -831,6 +861,7 @@ class SqlStore(Store):
             retries = [fin.retry for _, fin in finishes if fin.retry is not None]
             taken = self._existing_slots(conn, retries) if retries else set()
             rows, inserts = [], []
+            dt = _memo(self._to_db)
             for i, fin in finishes:
                 if fin.run_id not in owners or owners[fin.run_id] != fin.owner:
                     continue
@@ -840,7 +871,7 @@ class SqlStore(Store):
                         results[i] = RunConflict(f"attempt {fin.retry.attempt} of this slot already exists")
                         continue
                     taken.add(slot)
-                    inserts.append(self._run_values(fin.retry, dispatched=False))
+                    inserts.append(self._run_params(fin.retry, False, dt))
                 del owners[fin.run_id]
                 results[i] = True
                 rows.append({"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
