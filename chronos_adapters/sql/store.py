@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -57,7 +58,6 @@ from chronos_core.models import (
     Run,
     RunStatus,
     Trigger,
-    evolve,
 )
 from chronos_core.ports import Claim, Dispatch, Planner, Store
 from chronos_core.retry import RetryPolicy
@@ -115,6 +115,22 @@ def _job(row: Any) -> Job:
         updated_at=row.updated_at, next_run_at=row.next_run_at, start_at=row.start_at, end_at=row.end_at,
         history_limit=row.history_limit,
     )
+
+
+def _copier() -> Callable[[Job, datetime | None], Job]:
+    # A copy of a Job with another next_run_at, slot by slot (no __init__, no keyword arguments): a sixth
+    # of what evolve costs, and the claim copies every job it hands out.
+    names = [f.name for f in dataclasses.fields(Job) if f.name != "next_run_at"]
+    src = ("def copy(job, next_run_at):\n    new = make(Job)\n"
+           + "".join(f"    new.{n} = job.{n}\n" for n in names)
+           + "    new.next_run_at = next_run_at\n    return new\n")
+    scope: dict[str, Any] = {"make": object.__new__, "Job": Job}
+    exec(src, scope)
+    fn: Callable[[Job, datetime | None], Job] = scope["copy"]
+    return fn
+
+
+_with_next_run_at = _copier()
 
 
 def _run(row: Any) -> Run:
@@ -628,7 +644,7 @@ class SqlStore(Store):
                     job = found[row.id] = _job(row)
                     cache[row.id] = (missing[row.id], job)
         # a copy per claim: the cached job is never handed out (its holder could change it)
-        return [evolve(found[job_id], next_run_at=next_at) for next_at, job_id, _ in rows]
+        return [_with_next_run_at(found[job_id], next_at) for next_at, job_id, _ in rows]
 
     def _claim_in(self, conn: Connection, now: datetime, limit: int, planner: Planner) -> Claim:
         claim = Claim()
@@ -645,37 +661,42 @@ class SqlStore(Store):
                     .where(runs.c.status.in_(_ACTIVE), runs.c.job_id.in_(chunk)).order_by(runs.c.id)):
                 active[job_id].append(run_id)
         plans = [(job, planner(job, active.get(job.id, []), now)) for job in due]
+        claim.jobs = len(plans)
         # Slots that already have a run are duplicates. SQLite finds them with the insert itself (the
-        # unique slot key, ON CONFLICT DO NOTHING); MySQL selects them first (INSERT IGNORE would also
-        # turn other errors into warnings).
-        existing: set[tuple[str, datetime, int]] = (
-            set() if self._sqlite else self._existing_slots(conn, [r for _, p in plans for r in p.runs]))
+        # unique slot key, ON CONFLICT DO NOTHING: a slot planned twice in this claim too); MySQL selects
+        # them first (INSERT IGNORE would also turn other errors into warnings).
+        existing: set[tuple[str, datetime, int]] | None = (
+            None if self._sqlite else self._existing_slots(conn, [r for _, p in plans for r in p.runs]))
         new: list[tuple[Any, ...]] = []
         made: list[tuple[Run, Job]] = []
+        params = self._run_params
         dt = _memo(self._to_db)
         next_at: dict[datetime | None, list[str]] = defaultdict(list)
         for job, plan in plans:
-            claim.jobs += 1
             for run in plan.runs:
-                slot = (run.job_id, run.scheduled_for, run.attempt)
-                if slot in existing:
-                    claim.duplicates += 1
-                    continue
-                existing.add(slot)
-                new.append(self._run_params(run, True, dt))
+                if existing is not None:
+                    slot = (run.job_id, run.scheduled_for, run.attempt)
+                    if slot in existing:
+                        claim.duplicates += 1
+                        continue
+                    existing.add(slot)
+                new.append(params(run, True, dt))
                 made.append((run, job))
-            claim.cancel.extend(plan.cancel)
+            if plan.cancel:
+                claim.cancel.extend(plan.cancel)
             next_at[plan.next_run_at].append(job.id)
         if new:
             taken = self._insert_runs(conn, new, skip_taken_slots=self._sqlite)
             claim.duplicates += len(taken)
+            dispatch, recorded = claim.dispatch, claim.recorded
+            queued = RunStatus.QUEUED
             for run, job in made:
                 if taken and run.id in taken:
                     continue
-                if run.status is RunStatus.QUEUED:
-                    claim.dispatch.append(Dispatch(run, job))
+                if run.status is queued:
+                    dispatch.append(Dispatch(run, job))
                 else:
-                    claim.recorded.append(run)
+                    recorded.append(run)
         self._set_next_run_at(conn, next_at)
         if self.on_dispatch is not None and claim.dispatch:
             self.on_dispatch(conn, claim.dispatch, now)
