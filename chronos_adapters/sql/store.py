@@ -405,6 +405,13 @@ class SqlStore(Store):
         # only the slot key: any other constraint (a primary key) still fails the statement
         slot_key = ", ".join(quote(c) for c in ("job_id", "scheduled_for", "attempt"))
         self._skip_taken = f" ON CONFLICT ({slot_key}) DO NOTHING"
+        # SQLite's group commit: the compare-and-set in the WHERE, one row per call (see _compare_and_set)
+        self._start_sql = (f"UPDATE runs SET status = '{RunStatus.RUNNING.value}', dispatch_due_at = NULL, "
+                           f"started_at = ?, owner = ?, lease_expires_at = ? "
+                           f"WHERE id = ? AND status = '{RunStatus.QUEUED.value}'")
+        self._finish_sql = ("UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, output = ?, "
+                            "error = ?, lease_expires_at = NULL, dispatch_due_at = NULL "
+                            f"WHERE id = ? AND status = '{RunStatus.RUNNING.value}' AND owner IS ?")
 
     def _insert_runs(self, conn: Connection, params: list[tuple[Any, ...]], *,
                      skip_taken_slots: bool = False) -> set[str]:
@@ -857,7 +864,13 @@ class SqlStore(Store):
         results: list[Any] = [False] * len(ops)
         starts = [(i, op) for i, op in enumerate(ops) if isinstance(op, _Start)]
         finishes = [(i, fin) for i, fin in enumerate(ops) if isinstance(fin, _Finish)]
-        if starts:
+        if starts and self._sqlite:
+            dt = _memo(self._to_db)
+            applied = self._compare_and_set(conn, self._start_sql, [
+                (dt(op.now), op.owner, dt(op.until), op.run_id) for _, op in starts])
+            for (i, _), ok in zip(starts, applied, strict=True):
+                results[i] = ok
+        elif starts:
             queued: set[str] = set()
             for chunk in _chunks(sorted({op.run_id for _, op in starts})):
                 # filter the status here, not in SQL: given a long IN list and a status, SQLite's planner
@@ -873,7 +886,14 @@ class SqlStore(Store):
                     rows.append({"id": op.run_id, "started_at": op.now, "owner": op.owner,
                                  "lease_expires_at": op.until})
             self._bulk_update(conn, "id", rows, {"status": RunStatus.RUNNING.value, "dispatch_due_at": None})
-        if finishes:
+        if finishes and self._sqlite and all(fin.retry is None for _, fin in finishes):
+            dt = _memo(self._to_db)
+            applied = self._compare_and_set(conn, self._finish_sql, [
+                (fin.status.value, dt(fin.finished_at), fin.exit_code, self._cap(fin.output), _cut(fin.error),
+                 fin.run_id, fin.owner) for _, fin in finishes])
+            for (i, _), ok in zip(finishes, applied, strict=True):
+                results[i] = ok
+        elif finishes:
             owners: dict[str, str | None] = {}
             for chunk in _chunks(sorted({fin.run_id for _, fin in finishes})):
                 owners.update((run_id, owner) for run_id, owner, status in conn.execute(self._for_update(
@@ -902,6 +922,21 @@ class SqlStore(Store):
             if inserts:
                 self._insert_runs(conn, inserts)
         return results
+
+    @staticmethod
+    def _compare_and_set(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> list[bool]:
+        """SQLite: run ``sql``, an UPDATE of one row whose WHERE holds the compare-and-set, once per
+        ``params``, as one executemany; which calls applied is exact: when fewer rows changed than there
+        are calls (a run not in the expected state, or the same run twice: the first one wins), the
+        executemany is rolled back to a savepoint and the calls are run one by one, in order."""
+        conn.exec_driver_sql("SAVEPOINT chronos_cas")
+        if conn.exec_driver_sql(sql, params).rowcount == len(params):
+            conn.exec_driver_sql("RELEASE chronos_cas")
+            return [True] * len(params)
+        conn.exec_driver_sql("ROLLBACK TO chronos_cas")
+        applied = [conn.exec_driver_sql(sql, one).rowcount == 1 for one in params]
+        conn.exec_driver_sql("RELEASE chronos_cas")
+        return applied
 
     async def renew_leases(self, run_ids: Collection[str], owner: str, until: datetime) -> set[str]:
         ids = sorted(set(run_ids))
