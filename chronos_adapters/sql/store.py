@@ -624,16 +624,12 @@ class SqlStore(Store):
         """The due active jobs, oldest next_run_at first (locked on MySQL). Their definitions come from
         the job cache when the stored row still matches the cached version; the others are read in
         full, in one query per chunk."""
-        cur = conn.connection.cursor()
-        try:
-            if self._sqlite:
-                cur.execute(self._due_sql, (JobStatus.ACTIVE.value, _sqlite_text(now), limit))
-                rows = [(_from_sqlite_text(r[0]), r[1], r[1:]) for r in cur.fetchall()]
-            else:
-                cur.execute(self._due_sql, (JobStatus.ACTIVE.value, _naive_utc(now), limit))
-                rows = [(r[0].replace(tzinfo=UTC), r[1], r[2]) for r in cur.fetchall()]
-        finally:
-            cur.close()
+        # through SQLAlchemy (not the bare cursor), so driver errors are wrapped and mapped as elsewhere
+        due = conn.exec_driver_sql(self._due_sql, (JobStatus.ACTIVE.value, self._to_db(now), limit)).all()
+        if self._sqlite:
+            rows = [(_from_sqlite_text(r[0]), r[1], r[1:]) for r in due]
+        else:
+            rows = [(r[0].replace(tzinfo=UTC), r[1], r[2]) for r in due]
         cache = self._job_cache
         found: dict[str, Job] = {}
         missing: dict[str, Any] = {}

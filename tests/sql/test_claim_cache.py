@@ -5,12 +5,14 @@ with its new definition, even when the change kept its ``updated_at``."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from chronos_adapters.sql import SqlStore, migrate
+from chronos_core.errors import StoreUnavailable
 from chronos_core.models import Job, MisfirePolicy
 from chronos_core.planning import plan_due_job
 from chronos_core.retry import RetryPolicy
@@ -91,3 +93,14 @@ async def test_the_cache_stays_within_its_bound(stores: tuple[SqlStore, SqlStore
         assert all(d.job == dataclasses.replace(j, next_run_at=T0 + slot * S)
                    for d in claim.dispatch for j in made if j.id == d.job.id)
         assert len(a._job_cache) <= 5
+
+
+async def test_a_driver_error_in_the_due_select_is_store_unavailable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gone.db'}"
+    async with SqlStore(url) as store:
+        await store.add_jobs([make_job("a")])
+        with sqlite3.connect(tmp_path / "gone.db") as db:
+            db.execute("ALTER TABLE jobs RENAME TO jobs_elsewhere")
+        with pytest.raises(StoreUnavailable):
+            await store.claim_due(T0 + S, 10, plan_due_job)
+        assert store.engine.pool.checkedout() == 0
