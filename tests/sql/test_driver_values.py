@@ -1,16 +1,21 @@
-"""The SQL store binds datetimes of its hot statements itself, without SQLAlchemy's per-value processors:
-the values must be exactly what ``UtcDateTime`` binds (on SQLite the stored text is compared and makes the
-unique slot key, so one character of difference would let a slot be claimed twice)."""
+"""The SQL store binds datetimes of its hot statements itself, as text, without SQLAlchemy's per-value
+processors: on SQLite the text must be exactly what ``UtcDateTime`` stores (the stored text is compared and
+makes the unique slot key, so one character of difference would let a slot be claimed twice); MySQL must
+read it into the same instant that ``UtcDateTime`` binds."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import sqlite
 
-from chronos_adapters.sql.store import _from_sqlite_text, _memo, _naive, _sqlite_text
+from chronos_adapters.sql import SqlStore
+from chronos_adapters.sql.store import _from_utc_text, _memo, _utc_text
 from chronos_adapters.sql.tables import runs
+from chronos_core.planning import plan_due_job
+from tests.contracts.test_store_contract import make_job
 
 VALUES = [
     datetime(2030, 1, 1, tzinfo=UTC),
@@ -23,28 +28,39 @@ VALUES = [
 
 
 @pytest.mark.parametrize("value", VALUES, ids=str)
-def test_sqlite_text_is_what_sqlalchemy_stores(value: datetime) -> None:
+def test_utc_text_is_what_sqlalchemy_stores(value: datetime) -> None:
     dialect = sqlite.dialect()
     bind = runs.c.scheduled_for.type._cached_bind_processor(dialect)
     assert bind is not None
-    assert _sqlite_text(value) == bind(value)
-    assert _from_sqlite_text(_sqlite_text(value)) == value
-    assert _from_sqlite_text(_sqlite_text(value)).tzinfo is UTC  # type: ignore[union-attr]
+    assert _utc_text(value) == bind(value)
+    assert _from_utc_text(_utc_text(value)) == value
+    assert _from_utc_text(_utc_text(value)).tzinfo is UTC  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("value", VALUES, ids=str)
-def test_mysql_value_is_what_sqlalchemy_binds(value: datetime) -> None:
-    dialect = mysql.dialect()
-    bind = runs.c.scheduled_for.type._cached_bind_processor(dialect)
-    assert bind is not None
-    assert _naive(value) == bind(value) and _naive(value).tzinfo is None
+@pytest.mark.mysql
+async def test_mysql_reads_the_text_as_the_instant(fresh_mysql_url: str) -> None:
+    """Slots written as text by the claim (insert, next_run_at, the due select's bound) are the instants
+    that the SQLAlchemy reads and binds: read back equal, found by the existing-slots select."""
+    base = datetime(2030, 1, 1, 12, 30, 5, tzinfo=UTC)
+    slots = [base, base + timedelta(microseconds=7), base + timedelta(microseconds=999999),
+             (base + timedelta(microseconds=500000)).astimezone(timezone(timedelta(hours=5, minutes=30)))]
+    async with SqlStore(fresh_mysql_url) as store:
+        made = [dataclasses.replace(make_job(f"j{i}", next_run_at=v), schedule="@every 1s", start_at=v)
+                for i, v in enumerate(slots)]
+        await store.add_jobs(made)
+        claim = await store.claim_due(max(slots), 10, plan_due_job)
+        assert sorted(d.run.scheduled_for for d in claim.dispatch) == sorted(slots)
+        for d in claim.dispatch:
+            assert (await store.get_run(d.run.id)).scheduled_for == d.run.scheduled_for
+            assert (await store.get_job(d.job.id)).next_run_at == d.run.scheduled_for + timedelta(seconds=1)
+        with store.engine.begin() as conn:
+            assert store._existing_slots(conn, [d.run for d in claim.dispatch]) == {
+                (d.run.job_id, d.run.scheduled_for, 1) for d in claim.dispatch}
 
 
 def test_naive_datetimes_are_refused_as_by_the_column_type() -> None:
     with pytest.raises(ValueError, match="naive"):
-        _sqlite_text(datetime(2030, 1, 1))
-    with pytest.raises(ValueError, match="naive"):
-        _naive(datetime(2030, 1, 1))
+        _utc_text(datetime(2030, 1, 1))
 
 
 def test_memo_converts_each_value_once_and_passes_none() -> None:
@@ -52,11 +68,11 @@ def test_memo_converts_each_value_once_and_passes_none() -> None:
 
     def convert(value: datetime) -> str:
         calls.append(value)
-        return _sqlite_text(value)
+        return _utc_text(value)
 
     dt = _memo(convert)
     a = VALUES[1]
     assert dt(None) is None
-    assert dt(a) == dt(a.astimezone(timezone(timedelta(hours=2)))) == _sqlite_text(a)  # the same instant
-    assert dt(VALUES[0]) == _sqlite_text(VALUES[0])
+    assert dt(a) == dt(a.astimezone(timezone(timedelta(hours=2)))) == _utc_text(a)  # the same instant
+    assert dt(VALUES[0]) == _utc_text(VALUES[0])
     assert calls == [a, VALUES[0]]
