@@ -77,6 +77,7 @@ _TRIGGER = {t.value: t for t in Trigger}
 _JOB_STATUS = {s.value: s for s in JobStatus}
 _OVERLAP = {p.value: p for p in OverlapPolicy}
 _MISFIRE = {p.value: p for p in MisfirePolicy}
+_Guard = Callable[[list[dict[str, Any]]], tuple[str, list[Any]]]  # a chunk's extra WHERE and its params
 _MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock: the transaction was rolled back; run it again
 _CHUNK = 500  # ids per IN list / rows per CASE update
 
@@ -200,6 +201,15 @@ def _from_utc_text(value: str | None) -> datetime | None:
 
 def _db_value(value: Any) -> Any:
     return _utc_text(value) if isinstance(value, datetime) else value
+
+
+def _owner_guard(owners: dict[str, str | None], rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+    """A finish's compare-and-set on MySQL: running, and held by the call's owner (NULL-safe)."""
+    params: list[Any] = [RunStatus.RUNNING.value]
+    for r in rows:
+        params += (r["id"], owners[r["id"]])
+    return (f" AND `status` = %s AND `owner` <=> CASE `id` {' '.join(['WHEN %s THEN %s'] * len(rows))} END",
+            params)
 
 
 def _detail(exc: BaseException) -> str:
@@ -462,11 +472,12 @@ class SqlStore(Store):
         return found
 
     def _bulk_update(self, conn: Connection, key: str, rows: Sequence[dict[str, Any]],
-                     fixed: dict[str, Any] | None = None) -> None:
+                     fixed: dict[str, Any] | None = None, guard: _Guard | None = None) -> int:
         """UPDATE each row (by ``key``) with its own values, in few statements: an executemany on SQLite
-        (in-process, cheap), one CASE statement per chunk on MySQL (one round trip)."""
+        (in-process, cheap), one CASE statement per chunk on MySQL (one round trip), there with the extra
+        condition ``guard`` makes for each chunk. Returns the rows matched."""
         if not rows:
-            return
+            return 0
         fixed = fixed or {}
         cols = [c for c in rows[0] if c != key]
         if self._sqlite:  # driver SQL, datetimes converted as for inserts
@@ -474,23 +485,24 @@ class SqlStore(Store):
             times = self._datetime_columns
             sets = ", ".join(f"{self._quote(c)} = ?" for c in [*cols, *fixed])
             tail = tuple(dt(v) if c in times else v for c, v in fixed.items())
-            conn.exec_driver_sql(f"UPDATE runs SET {sets} WHERE {self._quote(key)} = ?", [
-                tuple(dt(r[c]) if c in times else r[c] for c in cols) + tail + (r[key],) for r in rows])
-            return
-        size = 0
+            return int(conn.exec_driver_sql(f"UPDATE runs SET {sets} WHERE {self._quote(key)} = ?", [
+                tuple(dt(r[c]) if c in times else r[c] for c in cols) + tail + (r[key],) for r in rows]
+            ).rowcount)
+        size = matched = 0
         chunk: list[dict[str, Any]] = []
         for r in rows:
             chunk.append(r)
             size += sum(len(v) for v in r.values() if isinstance(v, str))
             if len(chunk) >= _CHUNK or size > 4_000_000:
-                self._case_update(conn, key, cols, chunk, fixed)
+                matched += self._case_update(conn, key, cols, chunk, fixed, guard)
                 chunk, size = [], 0
         if chunk:
-            self._case_update(conn, key, cols, chunk, fixed)
+            matched += self._case_update(conn, key, cols, chunk, fixed, guard)
+        return matched
 
     @staticmethod
     def _case_update(conn: Connection, key: str, cols: list[str], rows: list[dict[str, Any]],
-                     fixed: dict[str, Any]) -> None:
+                     fixed: dict[str, Any], guard: _Guard | None = None) -> int:
         """``UPDATE runs SET c = CASE key WHEN k1 THEN v1 ... END ... WHERE key IN (...)``, written as
         driver SQL: building it as SQLAlchemy expressions costs more than the round trips it saves."""
         whens = " ".join(["WHEN %s THEN %s"] * len(rows))
@@ -506,8 +518,13 @@ class SqlStore(Store):
             sets.append(f"`{c}` = %s")
             params.append(_db_value(v))
         params += (r[key] for r in rows)
-        conn.exec_driver_sql(f"UPDATE runs SET {', '.join(sets)} WHERE `{key}` IN "
-                             f"({', '.join(['%s'] * len(rows))})", tuple(params))
+        extra = ""
+        if guard is not None:
+            extra, more = guard(rows)
+            params += more
+        # SQLAlchemy's MySQL dialects set CLIENT.FOUND_ROWS: the rowcount is the rows matched
+        return int(conn.exec_driver_sql(f"UPDATE runs SET {', '.join(sets)} WHERE `{key}` IN "
+                                        f"({', '.join(['%s'] * len(rows))}){extra}", tuple(params)).rowcount)
 
     # jobs -------------------------------------------------------------------------------------
     async def add_jobs(self, jobs_: Sequence[Job]) -> None:
@@ -861,6 +878,12 @@ class SqlStore(Store):
                 (dt(op.now), op.owner, dt(op.until), op.run_id) for _, op in starts])
             for (i, _), ok in zip(starts, applied, strict=True):
                 results[i] = ok
+        elif starts and self._all_matched(conn, [
+                {"id": op.run_id, "started_at": op.now, "owner": op.owner, "lease_expires_at": op.until}
+                for _, op in starts], {"status": RunStatus.RUNNING.value, "dispatch_due_at": None},
+                lambda _: (" AND `status` = %s", [RunStatus.QUEUED.value])):
+            for i, _ in starts:
+                results[i] = True
         elif starts:
             queued: set[str] = set()
             for chunk in _chunks(sorted({op.run_id for _, op in starts})):
@@ -884,6 +907,13 @@ class SqlStore(Store):
                  fin.run_id, fin.owner) for _, fin in finishes])
             for (i, _), ok in zip(finishes, applied, strict=True):
                 results[i] = ok
+        elif finishes and all(fin.retry is None for _, fin in finishes) and self._all_matched(conn, [
+                {"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
+                 "exit_code": fin.exit_code, "output": self._cap(fin.output), "error": _cut(fin.error)}
+                for _, fin in finishes], {"lease_expires_at": None, "dispatch_due_at": None},
+                functools.partial(_owner_guard, {fin.run_id: fin.owner for _, fin in finishes})):
+            for i, _ in finishes:
+                results[i] = True
         elif finishes:
             owners: dict[str, str | None] = {}
             for chunk in _chunks(sorted({fin.run_id for _, fin in finishes})):
@@ -914,6 +944,19 @@ class SqlStore(Store):
                 self._insert_runs(conn, inserts)
         return results
 
+    def _all_matched(self, conn: Connection, rows: list[dict[str, Any]], fixed: dict[str, Any],
+                     guard: _Guard) -> bool:
+        """MySQL: try a batch of compare-and-sets as CASE updates (one per chunk) whose WHERE holds the
+        condition, in a savepoint. True when every row matched; else (a run in another state, the same
+        run twice) everything is rolled back to the savepoint and the caller decides call by call."""
+        conn.exec_driver_sql("SAVEPOINT chronos_cas")
+        if self._bulk_update(conn, "id", rows, fixed, guard) == len(rows):
+            conn.exec_driver_sql("RELEASE SAVEPOINT chronos_cas")
+            return True
+        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT chronos_cas")
+        conn.exec_driver_sql("RELEASE SAVEPOINT chronos_cas")
+        return False
+
     @staticmethod
     def _compare_and_set(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> list[bool]:
         """SQLite: run ``sql``, an UPDATE of one row whose WHERE holds the compare-and-set, once per
@@ -922,11 +965,11 @@ class SqlStore(Store):
         executemany is rolled back to a savepoint and the calls are run one by one, in order."""
         conn.exec_driver_sql("SAVEPOINT chronos_cas")
         if conn.exec_driver_sql(sql, params).rowcount == len(params):
-            conn.exec_driver_sql("RELEASE chronos_cas")
+            conn.exec_driver_sql("RELEASE SAVEPOINT chronos_cas")
             return [True] * len(params)
-        conn.exec_driver_sql("ROLLBACK TO chronos_cas")
+        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT chronos_cas")
         applied = [conn.exec_driver_sql(sql, one).rowcount == 1 for one in params]
-        conn.exec_driver_sql("RELEASE chronos_cas")
+        conn.exec_driver_sql("RELEASE SAVEPOINT chronos_cas")
         return applied
 
     async def renew_leases(self, run_ids: Collection[str], owner: str, until: datetime) -> set[str]:
