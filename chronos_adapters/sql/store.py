@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -248,6 +249,7 @@ class SqlStore(Store):
         # group commits in flight at once: MySQL overlaps one batch's commit with the next batch; SQLite
         # serializes writers anyway
         self.parallel_commits = 1 if self._sqlite else 2
+        self._writer = threading.Lock()  # SQLite: this process's writing transactions, one at a time
         self._prune_after: str | None = None  # where the history_limit sweep resumes
         self._prune_backlog: list[str] = []  # excess runs found by the sweep, not deleted yet
         # Jobs as last claimed, by id: (version, job). The version is what the claim's select reads
@@ -344,12 +346,23 @@ class SqlStore(Store):
 
     @contextlib.contextmanager
     def _tx(self, read: bool = False) -> Iterator[Connection]:
-        """One transaction; on SQLite a writing one starts with ``BEGIN IMMEDIATE``."""
-        with self.engine.connect() as conn:
-            if read and self._sqlite:
-                conn.execution_options(chronos_read=True)
-            with conn.begin():
-                yield conn
+        """One transaction; on SQLite a writing one starts with ``BEGIN IMMEDIATE``, after taking this
+        store's writer lock: SQLite admits one writer at a time, and a thread of this process waiting in
+        SQLite's busy handler polls with sleeps of up to 100 ms, while one waiting on the lock is woken
+        as soon as the writer before it commits."""
+        writer = self._sqlite and not read
+        # as long as SQLite itself would wait (busy_timeout) before giving up
+        if writer and not self._writer.acquire(timeout=60):
+            raise StoreUnavailable("another transaction of this store kept the database locked")
+        try:
+            with self.engine.connect() as conn:
+                if read and self._sqlite:
+                    conn.execution_options(chronos_read=True)
+                with conn.begin():
+                    yield conn
+        finally:
+            if writer:
+                self._writer.release()
 
     def _locking(self, query: Select[Any]) -> Select[Any]:
         """MySQL: lock the selected rows, skipping rows another transaction holds (SQLite serializes
