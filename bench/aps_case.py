@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.common import Case, ServerCpu, Window, cpu_seconds, emit, summarise, tune_gc
+from bench.common import Case, ServerCpu, Window, cpu_seconds, emit, summarise, tune_process
 
 _starts: list[list[float]] = []
 
@@ -103,7 +103,7 @@ def run_case(case: Case) -> dict[str, Any]:
                 else:
                     scheduler.add_job(noop, "cron", second="*", args=[i], id=str(i))
             create_s, create_cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-            tuned = tune_gc()
+            tuned = tune_process()
             scheduler.resume()
             start = max(base.timestamp(), time.time()) + case.warmup
             time.sleep(max(0.0, math.ceil(start) - time.time()))
@@ -123,7 +123,7 @@ def run_case(case: Case) -> dict[str, Any]:
                 lags.append(started - slot)
     return summarise(case, window, lags=lags, missed=sum(1 for t in missed if lo <= t < hi),
                      skipped=sum(1 for t in skipped if lo <= t < hi), recorded=None,
-                     create_s=create_s, create_cpu_s=create_cpu, versions=versions, gc_tuned=tuned,
+                     create_s=create_s, create_cpu_s=create_cpu, versions=versions, tuned=tuned,
                      notes="no history: the job function and a listener record each run")
 
 

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.common import Case, ServerCpu, Window, cpu_seconds, emit, summarise, tune_gc
+from bench.common import Case, ServerCpu, Window, cpu_seconds, emit, summarise, tune_process
 from bench.noop import NoopExecutor, NoopPayload
 from chronos_app import Chronos
 from chronos_core import RunStatus
@@ -148,7 +148,7 @@ async def _run(case: Case, url: str | None) -> dict[str, Any]:
             await asyncio.sleep(0)
         create_s += time.perf_counter() - t0
         create_cpu += cpu_seconds() - cpu0
-        tuned = tune_gc()
+        tuned = tune_process()
         # warm up until a whole second after the jobs' first slots, so the window holds whole seconds
         start = max(base.timestamp(), time.time()) + case.warmup
         await asyncio.sleep(max(0.0, math.ceil(start) - time.time()))
@@ -179,7 +179,7 @@ async def _run(case: Case, url: str | None) -> dict[str, Any]:
             if run.status in DONE:
                 recorded += 1
     return summarise(case, window, lags=lags, missed=missed, skipped=skipped, recorded=recorded,
-                     create_s=create_s, create_cpu_s=create_cpu, versions=versions, gc_tuned=tuned)
+                     create_s=create_s, create_cpu_s=create_cpu, versions=versions, tuned=tuned)
 
 
 async def _server_version(chronos: Chronos) -> str:

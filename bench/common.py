@@ -49,13 +49,14 @@ def _k(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def tune_gc() -> bool:
-    """The same garbage-collector tuning for both systems once a case is set up (jobs created): what
-    ``chronos serve | scheduler | worker`` apply after start-up (``chronos_app.tuning.tune_gc``:
-    ``gc.freeze()`` and a young threshold of 7000). ``BENCH_GC_TUNING=0`` measures CPython's defaults."""
-    if os.environ.get("BENCH_GC_TUNING", "1") == "0":
+def tune_process() -> bool:
+    """The same interpreter tuning for both systems once a case is set up (jobs created): what
+    ``chronos serve | scheduler | worker`` apply after start-up (``chronos_app.tuning.tune_process``:
+    ``gc.freeze()``, a young threshold of 7000, a 0.5 ms GIL switch interval). ``BENCH_TUNING=0``
+    measures CPython's defaults."""
+    if os.environ.get("BENCH_TUNING", "1") == "0":
         return False
-    from chronos_app.tuning import tune_gc as tune
+    from chronos_app.tuning import tune_process as tune
 
     tune()
     return True
@@ -136,7 +137,7 @@ class Window:
 
 def summarise(case: Case, window: Window, *, lags: list[float], missed: int, skipped: int,
               recorded: int | None, create_s: float, create_cpu_s: float, versions: dict[str, str],
-              gc_tuned: bool, notes: str = "") -> dict[str, Any]:
+              tuned: bool, notes: str = "") -> dict[str, Any]:
     """The result line of one case. ``lags``: fire lag (s) of every run whose slot is in the window;
     ``missed``/``skipped``: slots in the window recorded (or reported) as missed / skipped; ``recorded``:
     runs of the window found in history (None when the system keeps no history)."""
@@ -177,7 +178,7 @@ def summarise(case: Case, window: Window, *, lags: list[float], missed: int, ski
         "create_s": round(create_s, 3),
         "create_cpu_s": round(create_cpu_s, 3),
         "versions": versions,
-        "gc_tuned": gc_tuned,
+        "tuned": tuned,
         "notes": notes,
     }
 

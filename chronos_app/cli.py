@@ -15,7 +15,7 @@ from dependency_injector import providers
 
 from .container import Container
 from .settings import Settings
-from .tuning import tune_gc
+from .tuning import tune_process
 
 __all__ = ["main"]
 
@@ -84,7 +84,7 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
         log.warning("the API runs without a scheduler and a worker on the in-process bus: runs it queues "
                     "reach no worker; set CHRONOS_KAFKA_BOOTSTRAP, or use 'chronos serve'")
     app = create_app(_container(settings, scheduler=scheduler, worker=worker),
-                     on_started=tune_gc if settings.gc_tuning else None)
+                     on_started=tune_process if settings.process_tuning else None)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, close the SSE streams, then
     # the lifespan stops Chronos (no more claims; running attempts get shutdown_grace, then are cancelled).
     # uvicorn re-raises the signal once it has shut down; exiting with status 0 then says "stopped cleanly".
@@ -127,8 +127,8 @@ async def _run_until_signal(container: Container) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await chronos.start()
-    if container.settings().gc_tuning:
-        tune_gc()
+    if container.settings().process_tuning:
+        tune_process()
     log.info("chronos running (scheduler: %s, worker: %s)", chronos.scheduler is not None,
              chronos.worker is not None)
     try:

@@ -88,7 +88,7 @@ def test_serve_starts_stops_gracefully_and_keeps_its_sqlite_file(tmp_path: Path,
         while chunk := sse.recv(4096):
             rest += chunk
     assert code == 0, err
-    assert "garbage collector tuned" in err  # CHRONOS_GC_TUNING is on by default
+    assert "interpreter tuned" in err  # CHRONOS_PROCESS_TUNING is on by default
     assert time.monotonic() - started < 30  # the grace (1s) plus the process group kill, not the sleep
     assert "ERROR" not in err, err
     assert rest.endswith(b"0\r\n\r\n")  # the chunked stream was terminated properly
@@ -134,10 +134,10 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     assert r.returncode == 2 and b"nothing to migrate" in r.stderr
 
 
-def test_gc_tuning_can_be_switched_off(tmp_path: Path) -> None:
+def test_process_tuning_can_be_switched_off(tmp_path: Path) -> None:
     proc = subprocess.Popen([CHRONOS, "worker"], cwd=tmp_path, stderr=subprocess.PIPE,
                             env=_env(CHRONOS_DATABASE_URL=f"sqlite:///{tmp_path}/c.db",
-                                     CHRONOS_GC_TUNING="false"))
+                                     CHRONOS_PROCESS_TUNING="false"))
     try:
         assert proc.stderr is not None
         seen = b""
@@ -148,7 +148,7 @@ def test_gc_tuning_can_be_switched_off(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()
-        assert b"garbage collector tuned" not in seen + err
+        assert b"interpreter tuned" not in seen + err
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -167,7 +167,8 @@ def test_headless_roles_start_and_stop_on_sigterm(tmp_path: Path, role: str) -> 
             assert line, seen.decode()
             seen += line
         assert f"{role}: True".encode() in seen
-        assert b"garbage collector tuned" in seen and b"frozen, thresholds (7000," in seen
+        assert b"interpreter tuned" in seen and b"gc thresholds (7000," in seen
+        assert b"switch interval 0.0005 s" in seen
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()

@@ -1,10 +1,13 @@
-"""``tune_gc`` in a fresh interpreter (freezing this test process's heap would change every later test)."""
+"""``tune_gc`` / ``tune_process`` in a fresh interpreter (tuning this test process would change every later
+test)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 
 def _in_fresh_python(code: str) -> dict:
@@ -32,3 +35,13 @@ def test_tune_gc_keeps_a_higher_threshold_and_a_disabled_collector_alone() -> No
         "gc.set_threshold(0); tune_gc(); b = gc.get_threshold()\n"
         "print(json.dumps({'a': a, 'b': b}))")
     assert got["a"][0] == 20000 and got["b"][0] == 0
+
+
+def test_tune_process_also_shortens_the_switch_interval_but_never_lengthens_it() -> None:
+    got = _in_fresh_python(
+        "import gc, json, sys\n"
+        "from chronos_app.tuning import tune_process\n"
+        "tune_process(); a = sys.getswitchinterval(); frozen = gc.get_freeze_count()\n"
+        "sys.setswitchinterval(0.0001); tune_process(); b = sys.getswitchinterval()\n"
+        "print(json.dumps({'a': a, 'b': b, 'frozen': frozen}))")
+    assert got["a"] == pytest.approx(0.0005) and got["b"] == pytest.approx(0.0001) and got["frozen"] > 1000
