@@ -63,6 +63,7 @@ from chronos_core.models import (
 from chronos_core.ports import Claim, Dispatch, Planner, Store
 from chronos_core.retry import RetryPolicy
 
+from . import sqlite_batch
 from .tables import UtcDateTime, jobs, runs
 
 __all__ = ["SqlStore"]
@@ -407,6 +408,9 @@ class SqlStore(Store):
         self._due_sql = (f"SELECT next_run_at, id, {version} FROM jobs WHERE status = {mark} AND "
                          f"next_run_at <= {mark} ORDER BY next_run_at LIMIT {mark}"
                          + ("" if self._sqlite else " FOR UPDATE SKIP LOCKED"))
+        self._due_fields = (f"next_run_at || char(31) || id || char(31) || "
+                            f"json_array({', '.join(definition)})")
+        self._due_rest = ("FROM jobs WHERE status = ? AND next_run_at <= ? ORDER BY next_run_at LIMIT ?")
         self._quote = quote
         self._run_columns = [c.name for c in runs.c]
         if self._run_columns != ["id", "job_id", "scheduled_for", "trigger", "attempt", "status",
@@ -416,18 +420,17 @@ class SqlStore(Store):
         # datetimes bound as driver values without SQLAlchemy's per-value processors (see _utc_text)
         self._to_db: Callable[[datetime], str] = _utc_text
         self._datetime_columns = {c.name for c in runs.c if isinstance(c.type, UtcDateTime)}
-        self._insert_sql = (f"INSERT INTO runs ({', '.join(quote(c) for c in self._run_columns)}) "
-                            f"VALUES ({', '.join([mark] * len(self._run_columns))})")
+        self._insert_head = f"INSERT INTO runs ({', '.join(quote(c) for c in self._run_columns)})"
+        self._insert_sql = f"{self._insert_head} VALUES ({', '.join([mark] * len(self._run_columns))})"
         # only the slot key: any other constraint (a primary key) still fails the statement
         slot_key = ", ".join(quote(c) for c in ("job_id", "scheduled_for", "attempt"))
         self._skip_taken = f" ON CONFLICT ({slot_key}) DO NOTHING"
-        # SQLite's group commit: the compare-and-set in the WHERE, one row per call (see _compare_and_set)
-        self._start_sql = (f"UPDATE runs SET status = '{RunStatus.RUNNING.value}', dispatch_due_at = NULL, "
-                           f"started_at = ?, owner = ?, lease_expires_at = ? "
-                           f"WHERE id = ? AND status = '{RunStatus.QUEUED.value}'")
-        self._finish_sql = ("UPDATE runs SET status = ?, finished_at = ?, exit_code = ?, output = ?, "
-                            "error = ?, lease_expires_at = NULL, dispatch_due_at = NULL "
-                            f"WHERE id = ? AND status = '{RunStatus.RUNNING.value}' AND owner IS ?")
+        # SQLite's group commit: UPDATE … FROM (VALUES …) of the calls whose compare-and-set holds
+        self._start_set = (f"status = '{RunStatus.RUNNING.value}', dispatch_due_at = NULL, "
+                           "started_at = v.column2, owner = v.column3, lease_expires_at = v.column4")
+        self._finish_set = ("status = v.column2, finished_at = v.column3, exit_code = v.column4, "
+                            "output = v.column5, error = v.column6, lease_expires_at = NULL, "
+                            "dispatch_due_at = NULL")
 
     def _insert_runs(self, conn: Connection, params: list[tuple[Any, ...]], *,
                      skip_taken_slots: bool = False) -> set[str]:
@@ -435,10 +438,14 @@ class SqlStore(Store):
         (job, slot, attempt) is already taken is left out instead of failing the statement, and the ids
         of the rows left out are returned (found by id only when the inserted count falls short: the ids
         are new, so every one present was inserted here)."""
-        if not skip_taken_slots:
+        if self._sqlite:  # multi-row statements: see sqlite_batch
+            tail = self._skip_taken if skip_taken_slots else ""
+            if sqlite_batch.insert_rows(conn, self._insert_head, params, tail) == len(params):
+                return set()
+        elif not skip_taken_slots:
             conn.exec_driver_sql(self._insert_sql, params)
             return set()
-        if conn.exec_driver_sql(self._insert_sql + self._skip_taken, params).rowcount == len(params):
+        elif conn.exec_driver_sql(self._insert_sql + self._skip_taken, params).rowcount == len(params):
             return set()
         ids = [p[0] for p in params]
         present: set[str] = set()
@@ -448,12 +455,12 @@ class SqlStore(Store):
 
     def _set_next_run_at(self, conn: Connection, next_at: dict[datetime | None, list[str]]) -> None:
         """Each claimed job's new ``next_run_at`` as driver SQL (a statement compiled per claim cost more
-        than the update): an executemany by id on SQLite (in-process, cheap), and on MySQL one
-        ``WHERE id IN`` update per distinct value when there are few, else one ``CASE`` per chunk (one
-        round trip)."""
+        than the update): on SQLite one ``UPDATE … FROM (VALUES …)`` per chunk (see sqlite_batch), and
+        on MySQL one ``WHERE id IN`` update per distinct value when there are few, else one ``CASE`` per
+        chunk (one round trip)."""
         if self._sqlite:
-            conn.exec_driver_sql("UPDATE jobs SET next_run_at = ? WHERE id = ?", [
-                (text_, job_id) for value, job_ids in next_at.items()
+            sqlite_batch.update_from_values(conn, "jobs", "next_run_at = v.column2", [
+                (job_id, text_) for value, job_ids in next_at.items()
                 for text_ in [None if value is None else _utc_text(value)] for job_id in job_ids])
             return
         if len(next_at) <= 8:
@@ -660,10 +667,14 @@ class SqlStore(Store):
         the job cache when the stored row still matches the cached version; the others are read in
         full, in one query per chunk."""
         # through SQLAlchemy (not the bare cursor), so driver errors are wrapped and mapped as elsewhere
-        due = conn.exec_driver_sql(self._due_sql, (JobStatus.ACTIVE.value, self._to_db(now), limit)).all()
-        if self._sqlite:
-            rows = [(_from_utc_text(r[0]), r[1], r[1:]) for r in due]
+        if self._sqlite:  # folded into one row (see sqlite_batch); the version is the definition as JSON
+            due = sqlite_batch.select_folded(conn, self._due_fields, self._due_rest,
+                                             (JobStatus.ACTIVE.value, self._to_db(now), limit))
+            due.sort()  # by next_run_at (stored text sorts as time), the order of the folded rows
+            rows = [(_from_utc_text(r[0]), r[1], r[2]) for r in due]
         else:
+            due = conn.exec_driver_sql(self._due_sql, (JobStatus.ACTIVE.value, self._to_db(now),
+                                                        limit)).all()
             rows = [(r[0].replace(tzinfo=UTC), r[1], r[2]) for r in due]
         cache = self._job_cache
         found: dict[str, Job] = {}
@@ -842,8 +853,10 @@ class SqlStore(Store):
         """Queue a start/finish for the next group commit and wait for its own result."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, fut))
-        # (a finished flusher may still be in the set until its done-callback runs: count live ones)
-        if sum(not t.done() for t in self._flushers) < self.parallel_commits:
+        # (a finished flusher may still be in the set until its done-callback runs: count live ones; the
+        # set holds at most parallel_commits + a few)
+        if len(self._flushers) < self.parallel_commits or \
+                sum(not t.done() for t in self._flushers) < self.parallel_commits:
             task = asyncio.create_task(self._flush(), name="chronos-sql-group-commit")
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
@@ -897,10 +910,14 @@ class SqlStore(Store):
         finishes = [(i, fin) for i, fin in enumerate(ops) if isinstance(fin, _Finish)]
         if starts and self._sqlite:
             dt = _memo(self._to_db)
-            applied = self._compare_and_set(conn, self._start_sql, [
-                (dt(op.now), op.owner, dt(op.until), op.run_id) for _, op in starts])
-            for (i, _), ok in zip(starts, applied, strict=True):
-                results[i] = ok
+            states = self._sqlite_states(conn, {op.run_id for _, op in starts})
+            applied: list[tuple[Any, ...]] = []
+            for i, op in starts:
+                if states.pop(op.run_id, None) == (RunStatus.QUEUED.value, None):  # (a second start loses)
+                    results[i] = True
+                    applied.append((op.run_id, dt(op.now), op.owner, dt(op.until)))
+            sqlite_batch.update_from_values(conn, "runs", self._start_set, applied,
+                                            f"runs.status = '{RunStatus.QUEUED.value}'")
         elif starts and self._all_matched(conn, [
                 {"id": op.run_id, "started_at": op.now, "owner": op.owner, "lease_expires_at": op.until}
                 for _, op in starts], {"status": RunStatus.RUNNING.value, "dispatch_due_at": None},
@@ -925,11 +942,17 @@ class SqlStore(Store):
             self._bulk_update(conn, "id", rows, {"status": RunStatus.RUNNING.value, "dispatch_due_at": None})
         if finishes and self._sqlite and all(fin.retry is None for _, fin in finishes):
             dt = _memo(self._to_db)
-            applied = self._compare_and_set(conn, self._finish_sql, [
-                (fin.status.value, dt(fin.finished_at), fin.exit_code, self._cap(fin.output), _cut(fin.error),
-                 fin.run_id, fin.owner) for _, fin in finishes])
-            for (i, _), ok in zip(finishes, applied, strict=True):
-                results[i] = ok
+            states = self._sqlite_states(conn, {fin.run_id for _, fin in finishes})
+            done: list[tuple[Any, ...]] = []
+            for i, fin in finishes:
+                state = states.get(fin.run_id)
+                if state is not None and state == (RunStatus.RUNNING.value, fin.owner):
+                    del states[fin.run_id]  # a second finish of the same run in this batch loses
+                    results[i] = True
+                    done.append((fin.run_id, fin.status.value, dt(fin.finished_at), fin.exit_code,
+                                 self._cap(fin.output), _cut(fin.error)))
+            sqlite_batch.update_from_values(conn, "runs", self._finish_set, done,
+                                            f"runs.status = '{RunStatus.RUNNING.value}'")
         elif finishes and all(fin.retry is None for _, fin in finishes) and self._all_matched(conn, [
                 {"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
                  "exit_code": fin.exit_code, "output": self._cap(fin.output), "error": _cut(fin.error)}
@@ -981,19 +1004,17 @@ class SqlStore(Store):
         return False
 
     @staticmethod
-    def _compare_and_set(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> list[bool]:
-        """SQLite: run ``sql``, an UPDATE of one row whose WHERE holds the compare-and-set, once per
-        ``params``, as one executemany; which calls applied is exact: when fewer rows changed than there
-        are calls (a run not in the expected state, or the same run twice: the first one wins), the
-        executemany is rolled back to a savepoint and the calls are run one by one, in order."""
-        conn.exec_driver_sql("SAVEPOINT chronos_cas")
-        if conn.exec_driver_sql(sql, params).rowcount == len(params):
-            conn.exec_driver_sql("RELEASE SAVEPOINT chronos_cas")
-            return [True] * len(params)
-        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT chronos_cas")
-        applied = [conn.exec_driver_sql(sql, one).rowcount == 1 for one in params]
-        conn.exec_driver_sql("RELEASE SAVEPOINT chronos_cas")
-        return applied
+    def _sqlite_states(conn: Connection, run_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:
+        """SQLite: (status, owner) of each of ``run_ids`` that exists, folded into one row per chunk (see
+        sqlite_batch). The status is compared here, not in SQL: given a long IN list and a status,
+        SQLite's planner (without ANALYZE) prefers the status index and would scan every such run."""
+        states: dict[str, tuple[str, str | None]] = {}
+        for chunk in _chunks(sorted(run_ids)):
+            for run_id, status, owner in sqlite_batch.select_folded(
+                    conn, "id || char(31) || status || char(31) || coalesce(owner, char(29))",
+                    f"FROM runs WHERE id IN ({sqlite_batch.in_list(chunk)})", chunk):
+                states[run_id] = (status, None if owner == "\x1d" else owner)
+        return states
 
     async def renew_leases(self, run_ids: Collection[str], owner: str, until: datetime) -> set[str]:
         ids = sorted(set(run_ids))
