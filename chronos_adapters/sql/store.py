@@ -913,7 +913,8 @@ class SqlStore(Store):
             states = self._sqlite_states(conn, {op.run_id for _, op in starts})
             applied: list[tuple[Any, ...]] = []
             for i, op in starts:
-                if states.pop(op.run_id, None) == (RunStatus.QUEUED.value, None):  # (a second start loses)
+                state = states.pop(op.run_id, None)  # (a second start of the same run in a batch loses)
+                if state is not None and state[0] == RunStatus.QUEUED.value:
                     results[i] = True
                     applied.append((op.run_id, dt(op.now), op.owner, dt(op.until)))
             sqlite_batch.update_from_values(conn, "runs", self._start_set, applied,
