@@ -121,9 +121,11 @@ def run_case(case: Case) -> dict[str, Any]:
         for started, slot in zip(starts, fired, strict=False):
             if lo <= slot < hi:
                 lags.append(started - slot)
+    ran = sum(1 for starts in _starts for t in starts if window.start <= t < window.end)
     return summarise(case, window, lags=lags, missed=sum(1 for t in missed if lo <= t < hi),
                      skipped=sum(1 for t in skipped if lo <= t < hi), recorded=None,
                      create_s=create_s, create_cpu_s=create_cpu, versions=versions, tuned=tuned,
+                     started_in_window=ran,
                      notes="no history: the job function and a listener record each run")
 
 

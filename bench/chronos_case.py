@@ -165,8 +165,10 @@ async def _run(case: Case, url: str | None) -> dict[str, Any]:
         await chronos.stop(grace=5.0)
     lo, hi = window.slots(case.duration)
     lags: list[float] = []
-    missed = skipped = recorded = 0
+    missed = skipped = recorded = ran = 0
     for run in runs:
+        if run.started_at is not None and window.start <= run.started_at.timestamp() < window.end:
+            ran += 1
         slot = run.scheduled_for.timestamp()
         if not lo <= slot < hi:
             continue
@@ -179,7 +181,8 @@ async def _run(case: Case, url: str | None) -> dict[str, Any]:
             if run.status in DONE:
                 recorded += 1
     return summarise(case, window, lags=lags, missed=missed, skipped=skipped, recorded=recorded,
-                     create_s=create_s, create_cpu_s=create_cpu, versions=versions, tuned=tuned)
+                     create_s=create_s, create_cpu_s=create_cpu, versions=versions, tuned=tuned,
+                     started_in_window=ran)
 
 
 async def _server_version(chronos: Chronos) -> str:

@@ -137,20 +137,22 @@ class Window:
 
 def summarise(case: Case, window: Window, *, lags: list[float], missed: int, skipped: int,
               recorded: int | None, create_s: float, create_cpu_s: float, versions: dict[str, str],
-              tuned: bool, notes: str = "") -> dict[str, Any]:
+              tuned: bool, started_in_window: int, notes: str = "") -> dict[str, Any]:
     """The result line of one case. ``lags``: fire lag (s) of every run whose slot is in the window;
     ``missed``/``skipped``: slots in the window recorded (or reported) as missed / skipped; ``recorded``:
-    runs of the window found in history (None when the system keeps no history)."""
+    runs of the window found in history (None when the system keeps no history); ``started_in_window``:
+    runs (of any slot) that started while the window was open, what the window's CPU was spent on — a
+    system that falls behind runs the window's late slots after it closes, so dividing by the window's
+    slots would understate its cost per run."""
     nominal = case.n * round(case.duration)
     lags.sort()
     on_time = sum(1 for x in lags if x <= ON_TIME)
     executed = len(lags)
     seconds = case.duration
     actual = max(window.end - window.start, 1e-9)
-    scale = seconds / actual  # CPU over the slots' seconds when the window closed late
-    cpu_us = window.cpu * scale * 1e6 / executed if executed else None
-    server_us = (window.server_cpu * scale * 1e6 / executed
-                 if executed and window.server_cpu is not None else None)
+    ran = started_in_window
+    cpu_us = window.cpu * 1e6 / ran if ran else None
+    server_us = window.server_cpu * 1e6 / ran if ran and window.server_cpu is not None else None
     return {
         "system": case.system,
         "store": case.store,
@@ -172,6 +174,7 @@ def summarise(case: Case, window: Window, *, lags: list[float], missed: int, ski
         "lag_p99_ms": _ms(percentile(lags, 0.99)),
         "lag_max_ms": _ms(lags[-1] if lags else None),
         "cpu_us_per_run": None if cpu_us is None else round(cpu_us, 1),
+        "started_in_window": ran,
         "cpu_pct": round(100.0 * window.cpu / actual, 1),
         "db_cpu_us_per_run": None if server_us is None else round(server_us, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
