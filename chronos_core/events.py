@@ -47,7 +47,7 @@ def run_data(run: Run) -> dict[str, Any]:
         "scheduled_for": slot,
         "due_at": slot if run.due_at is run.scheduled_for else _iso(run.due_at),
         "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
+        "finished_at": None if run.finished_at is None else run.finished_at.isoformat(),  # once: not cached
         "exit_code": run.exit_code,
         "error": run.error,
     }
