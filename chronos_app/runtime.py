@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from chronos_core import (
     Clock,
@@ -60,6 +60,7 @@ class Chronos:
         output_limit: int = 64 * 1024,
         batch_size: int = 1000,
         shutdown_grace: float = 10.0,
+        max_queued: int | Literal["auto"] | None = "auto",
     ) -> None:
         self.store = store
         self.queue = queue
@@ -71,8 +72,12 @@ class Chronos:
         self.runs = Runs(store, bus, self.clock)
         self.events = Events(bus)
         self.shutdown_grace = shutdown_grace
-        self.scheduler = (Scheduler(store, queue, bus, self.clock, batch_size=batch_size)
-                          if scheduler else None)
+        if max_queued == "auto":
+            # an in-process queue is bounded (the scheduler waits while it is full): runs beyond what the
+            # worker keeps up with stay due in the store rather than pile up in memory, starting ever later
+            max_queued = None if queue.durable else max(1000, 8 * concurrency)
+        self.scheduler = (Scheduler(store, queue, bus, self.clock, batch_size=batch_size,
+                                    max_queued=max_queued) if scheduler else None)
         self.worker = (Worker(store, queue, bus, self.clock, self.executors, job_types=self.job_types,
                               concurrency=concurrency, lease=lease, output_limit=output_limit)
                        if worker else None)

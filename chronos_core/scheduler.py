@@ -53,7 +53,7 @@ class Scheduler:
                  batch_size: int = 1000, max_sleep: float = 5.0, limits: Limits | None = None,
                  publish_queued: bool = True, history_max_age: float | None = None,
                  prune_interval: float = 60.0, min_interval: float = 0.005,
-                 reap_grace: float = 10.0) -> None:
+                 reap_grace: float = 10.0, max_queued: int | None = None) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -66,6 +66,11 @@ class Scheduler:
         self.prune_interval = timedelta(seconds=prune_interval)
         self.min_interval = timedelta(seconds=min_interval)
         self.reap_grace = timedelta(seconds=reap_grace)
+        # Backpressure: claim no more while this many dispatches wait in the queue (for queues that can
+        # tell their depth). Slots not claimed stay due in the store, and one reached later than its
+        # misfire grace is recorded as missed, instead of piling up runs that start ever later.
+        self.max_queued = max_queued
+        self._held_back = False
         self._next_prune: datetime | None = None
         self._next_reap: datetime | None = None
         self._reap_hold_until: datetime | None = None
@@ -119,12 +124,23 @@ class Scheduler:
                                "it fires again once it is updated")
             return SlotPlan(runs=[record], next_run_at=None)
 
+    async def _room(self) -> int | None:
+        """How many more dispatches the queue may take now (None: no bound)."""
+        if self.max_queued is None:
+            return None
+        depth = await self._queue.depth()
+        return None if depth is None else max(0, self.max_queued - depth)
+
     async def tick(self) -> datetime | None:
-        """Fire everything due now; return the next due time (None: nothing scheduled)."""
+        """Fire everything due now (as far as ``max_queued`` lets it); return the next due time (None:
+        nothing scheduled)."""
         now = self._clock.now()
         self.stats.ticks += 1
-        while True:
-            claim = await self._store.claim_due(now, self.batch_size, self._planner)
+        room = await self._room()
+        self._held_back = room == 0
+        while room is None or room > 0:
+            limit = self.batch_size if room is None else min(self.batch_size, room)
+            claim = await self._store.claim_due(now, limit, self._planner)
             self.stats.fired += len(claim.dispatch)
             self.stats.recorded += len(claim.recorded)
             self.stats.duplicates += claim.duplicates
@@ -140,16 +156,23 @@ class Scheduler:
                 self.stats.last_lag = (self._clock.now() - claim.dispatch[-1].run.scheduled_for
                                        ).total_seconds()
                 await self._dispatch(claim.dispatch)
-            if claim.jobs < self.batch_size:
+            if room is not None:
+                room -= len(claim.dispatch)
+                self._held_back = room <= 0
+            if claim.jobs < limit:
                 break
-        while True:
-            due = await self._store.claim_due_runs(now, self.batch_size)
+        while room is None or room > 0:
+            limit = self.batch_size if room is None else min(self.batch_size, room)
+            due = await self._store.claim_due_runs(now, limit)
             if due:
                 self.stats.retries_dispatched += len(due)
                 if self.publish_queued:
                     await self._publish([run_event(d.run, now) for d in due])
                 await self._dispatch(due)
-            if len(due) < self.batch_size:
+            if room is not None:
+                room -= len(due)
+                self._held_back = room <= 0
+            if len(due) < limit:
                 break
         held = self._reap_hold_until is not None and now < self._reap_hold_until
         if not held and (self._next_reap is None or now >= self._next_reap):  # once a second is enough
@@ -255,6 +278,8 @@ class Scheduler:
                     floor = max(began + self.min_interval, ended + min(ended - began, _MAX_PAUSE))
                     if until < floor:
                         until = floor
+                if self._held_back:  # the queue is full: look again shortly, not at once
+                    until = max(until, ended + self.min_interval)
                 await self._clock.sleep_until(until, self._wake)
         finally:
             watcher.cancel()

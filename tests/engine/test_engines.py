@@ -500,6 +500,46 @@ async def test_runs_queued_by_a_previous_process_are_dispatched_again(h: Harness
     assert again is not None and again.run.id == run.id
 
 
+async def test_a_full_queue_holds_claims_back_and_late_slots_are_then_recorded_missed(h: Harness) -> None:
+    h.scheduler.max_queued = 30
+    jobs = await h.jobs.create_many([{"name": f"j{i}", "type": "step", "schedule": "* * * * * *",
+                                      "misfire_grace": 5} for i in range(100)])
+    await h.at(1)
+    assert await h.queue.depth() == 30  # no more than the bound, though 100 jobs are due
+    assert h.scheduler.stats.fired == 30
+    await h.at(0.5)
+    assert h.scheduler.stats.fired == 30  # still full: nothing claimed
+    await h.drain()
+    await h.tick()
+    assert await h.queue.depth() == 30 and h.scheduler.stats.fired == 60  # room again: the next 30
+    h.scheduler.max_queued = None
+    await h.drain()
+    await h.at(10)  # the held-back slots are now older than their grace: missed, not run late
+    await h.drain()
+    first = [r for job in jobs for r in await h.history(job) if r.scheduled_for == T0 + timedelta(seconds=1)]
+    assert len(first) == 100  # every job's first slot is accounted for, once
+    assert sorted(r.status.value for r in first) == ["missed"] * 40 + ["succeeded"] * 60
+
+
+async def test_the_loop_waits_while_the_queue_is_full_instead_of_spinning(h: Harness) -> None:
+    h.scheduler.max_queued = 5
+    await h.jobs.create_many([{"name": f"j{i}", "type": "step", "schedule": "* * * * * *"}
+                              for i in range(20)])
+    h.clock.advance(1)
+    await h.scheduler.start()
+    try:
+        for _ in range(10):
+            await settle()
+        ticks = h.scheduler.stats.ticks
+        assert await h.queue.depth() == 5 and ticks <= 2  # held back, asleep until the clock moves
+        h.clock.advance(0.005)  # min_interval later it looks again: still full
+        for _ in range(5):
+            await settle()
+        assert h.scheduler.stats.ticks == ticks + 1 and h.scheduler.stats.fired == 5
+    finally:
+        await h.scheduler.stop()
+
+
 # ------------------------------------------------------------------------------------ the run loop
 
 
