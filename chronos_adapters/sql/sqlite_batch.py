@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-__all__ = ["FIELD", "RECORD", "insert_rows", "select_folded", "update_from_values"]
+__all__ = ["FIELD", "RECORD", "in_list", "insert_rows", "select_folded", "update_from_values"]
 
 FIELD = "\x1f"  # between the fields of one folded row (SQL: char(31))
 RECORD = "\x1e"  # between folded rows (SQL: char(30))

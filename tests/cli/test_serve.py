@@ -134,10 +134,11 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     assert r.returncode == 2 and b"nothing to migrate" in r.stderr
 
 
-def test_process_tuning_can_be_switched_off(tmp_path: Path) -> None:
-    proc = subprocess.Popen([CHRONOS, "worker"], cwd=tmp_path, stderr=subprocess.PIPE,
-                            env=_env(CHRONOS_DATABASE_URL=f"sqlite:///{tmp_path}/c.db",
-                                     CHRONOS_PROCESS_TUNING="false"))
+def _run_role(tmp_path: Path, role: str, **env: str) -> tuple[bytes, bytes]:
+    """Start ``chronos <role>`` on a SQLite file, wait until it runs, stop it with SIGTERM; its stderr up
+    to "chronos running" and after it (the exit status must be 0)."""
+    proc = subprocess.Popen([CHRONOS, role], cwd=tmp_path, stderr=subprocess.PIPE,
+                            env=_env(CHRONOS_DATABASE_URL=f"sqlite:///{tmp_path}/c.db", **env))
     try:
         assert proc.stderr is not None
         seen = b""
@@ -148,31 +149,21 @@ def test_process_tuning_can_be_switched_off(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()
-        assert b"interpreter tuned" not in seen + err
+        return seen, err
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_process_tuning_can_be_switched_off(tmp_path: Path) -> None:
+    seen, err = _run_role(tmp_path, "worker", CHRONOS_PROCESS_TUNING="false")
+    assert b"chronos running" in seen and b"interpreter tuned" not in seen + err
 
 
 @pytest.mark.parametrize("role", ["scheduler", "worker"])
 def test_headless_roles_start_and_stop_on_sigterm(tmp_path: Path, role: str) -> None:
-    proc = subprocess.Popen([CHRONOS, role], cwd=tmp_path, stderr=subprocess.PIPE,
-                            env=_env(CHRONOS_DATABASE_URL=f"sqlite:///{tmp_path}/c.db"))
-    try:
-        assert proc.stderr is not None
-        seen = b""
-        while b"chronos running" not in seen:
-            line = proc.stderr.readline()
-            assert line, seen.decode()
-            seen += line
-        assert f"{role}: True".encode() in seen
-        assert b"interpreter tuned" in seen and b"gc thresholds (7000," in seen
-        assert b"switch interval 0.0005 s" in seen
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err.decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    seen, _ = _run_role(tmp_path, role)
+    assert f"{role}: True".encode() in seen
+    assert b"interpreter tuned" in seen and b"gc thresholds (7000," in seen
+    assert b"switch interval 0.0005 s" in seen
