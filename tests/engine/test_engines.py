@@ -7,6 +7,7 @@ worker execute everything queued. Executors are small real implementations of th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -521,11 +522,26 @@ async def test_a_full_queue_holds_claims_back_and_late_slots_are_then_recorded_m
     assert sorted(r.status.value for r in first) == ["missed"] * 40 + ["succeeded"] * 60
 
 
+class _Spinning(BaseException):
+    """Ends a scheduler loop that never waits (a plain exception would be logged and looped over)."""
+
+
 async def test_the_loop_waits_while_the_queue_is_full_instead_of_spinning(h: Harness) -> None:
     h.scheduler.max_queued = 5
     await h.jobs.create_many([{"name": f"j{i}", "type": "step", "schedule": "* * * * * *"}
                               for i in range(20)])
     h.clock.advance(1)
+    sleeps = 0
+    sleep_until = h.clock.sleep_until
+
+    async def counted(deadline: datetime | None, wake: Any) -> None:
+        nonlocal sleeps
+        sleeps += 1
+        if sleeps > 100:  # a loop that does not wait would never yield: end it, so the test fails fast
+            raise _Spinning("the scheduler loop spins")
+        await sleep_until(deadline, wake)
+
+    h.clock.sleep_until = counted  # type: ignore[method-assign]
     await h.scheduler.start()
     try:
         for _ in range(10):
@@ -537,7 +553,8 @@ async def test_the_loop_waits_while_the_queue_is_full_instead_of_spinning(h: Har
             await settle()
         assert h.scheduler.stats.ticks == ticks + 1 and h.scheduler.stats.fired == 5
     finally:
-        await h.scheduler.stop()
+        with contextlib.suppress(_Spinning):
+            await h.scheduler.stop()
 
 
 # ------------------------------------------------------------------------------------ the run loop
