@@ -1,5 +1,6 @@
 """The ``chronos`` command: ``serve`` (API + scheduler + worker in one process), ``api``, ``scheduler``,
-``worker`` (one role each, for a deployment with a shared store and bus) and ``migrate``."""
+``worker`` (one role each, for a deployment with a shared store and bus) and ``migrate``; the client commands
+(``jobs``, ``runs``, ``logs``, ``preview``) live in ``cli_client`` and are only registered here."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import signal
 import click
 from dependency_injector import providers
 
+from .cli_client import CLIENT_COMMANDS, connection_options
 from .container import Container
 from .settings import Settings
 from .tuning import tune_process
@@ -100,8 +102,16 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 @click.group()
+@click.version_option(package_name="chronos-scheduler", prog_name="chronos")
+@connection_options
 def main() -> None:
-    """Chronos: a job scheduler and runner. Configure it with CHRONOS_* environment variables."""
+    """Chronos: a job scheduler and runner. Configure it with CHRONOS_* environment variables.
+
+    serve/api/scheduler/worker/migrate run Chronos; jobs/runs/logs/preview talk to a running one."""
+
+
+for _command in CLIENT_COMMANDS:
+    main.add_command(_command)
 
 
 @main.command()

@@ -1,0 +1,293 @@
+"""The client commands for real: the ``chronos`` command of this venv as a subprocess against one real
+``chronos serve`` (SQLite file, shell jobs on, API tokens set) for the whole module.
+
+Each test uses its own job names, so the tests share the server without depending on each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+from collections.abc import Iterator
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+
+from .test_serve import CHRONOS, Served
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "cli-full-" + secrets.token_hex(8)
+READONLY = "cli-read-" + secrets.token_hex(8)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    served = Served(tmp_path_factory.mktemp("cli"), CHRONOS_ALLOW_SHELL="true", CHRONOS_API_TOKENS=TOKEN,
+                    CHRONOS_READONLY_TOKENS=READONLY, CHRONOS_SHUTDOWN_GRACE="1")
+    yield served
+    if served.proc.poll() is None:
+        served.terminate()
+
+
+class Cli:
+    """Runs ``chronos ARGS`` with CHRONOS_URL/CHRONOS_TOKEN pointing at the server."""
+
+    def __init__(self, base: str, cwd: Path) -> None:
+        self.base = base
+        self.cwd = cwd
+
+    def __call__(self, *args: str, stdin: str | None = None, token: str | None = TOKEN,
+                 url: str | None = None, code: int | None = 0) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")}
+        env["CHRONOS_URL"] = url or self.base
+        if token is not None:
+            env["CHRONOS_TOKEN"] = token
+        r = subprocess.run([CHRONOS, *args], input=stdin, capture_output=True, text=True, env=env,
+                           cwd=self.cwd, timeout=120)
+        assert "Traceback" not in r.stderr, r.stderr
+        for secret in (TOKEN, READONLY):  # a token is never printed, whatever happened
+            assert secret not in r.stdout + r.stderr
+        if code is not None:
+            assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
+        return r
+
+    def json(self, *args: str, **kwargs: object) -> object:
+        return json.loads(self(*args, "-o", "json", **kwargs).stdout)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def cli(server: Served, tmp_path: Path) -> Cli:
+    return Cli(server.base, tmp_path)
+
+
+def _shell_job(cli: Cli, name: str, command: str, **fields: object) -> dict:
+    spec = {"name": name, "type": "shell", "payload": {"command": command}, **fields}
+    job = cli.json("jobs", "create", "-f", "-", stdin=json.dumps(spec))
+    assert isinstance(job, dict)
+    return job
+
+
+# ------------------------------------------------------------------------------------------- jobs
+
+
+def test_version() -> None:
+    r = subprocess.run([CHRONOS, "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"chronos, version {version('chronos-scheduler')}"
+
+
+def test_create_from_yaml_and_stdin_then_list_and_get_by_name_or_id(cli: Cli) -> None:
+    (cli.cwd / "jobs.yaml").write_text(
+        "name: cli-greet\ntype: shell\nschedule: \"*/10 * * * * *\"\ntimezone: Europe/Berlin\n"
+        "payload:\n  command: echo hello\nretry: {strategy: exponential, max_attempts: 3, delay: 2}\n"
+        "start_at: 2025-01-01T00:00:00Z\n")  # YAML's own timestamp type goes over as ISO 8601
+    created = cli("jobs", "create", "-f", "jobs.yaml")
+    assert created.stdout.startswith("created job cli-greet (")
+    second = cli.json("jobs", "create", "-f", "-", stdin=json.dumps(
+        {"name": "cli-greet-manual", "type": "shell", "payload": {"command": "true"}}))
+    assert isinstance(second, dict) and second["schedule"] is None
+
+    listed = cli.json("jobs", "list", "--name", "cli-greet")
+    assert isinstance(listed, list)
+    assert sorted(j["name"] for j in listed) == ["cli-greet", "cli-greet-manual"]
+    table = cli("jobs", "list", "--name", "cli-greet").stdout
+    header, _, *rows = table.splitlines()
+    assert header.split()[:5] == ["NAME", "TYPE", "SCHEDULE", "TIMEZONE", "STATUS"]
+    assert any(r.split()[0] == "cli-greet" and "Europe/Berlin" in r for r in rows)
+    assert any(r.split()[0] == "cli-greet-manual" and "(manual)" in r for r in rows)
+
+    job = cli.json("jobs", "get", "cli-greet")
+    assert isinstance(job, dict)
+    assert job["retry"]["max_attempts"] == 3 and job["start_at"] == "2025-01-01T00:00:00Z"
+    by_id = cli.json("jobs", "get", job["id"])
+    assert isinstance(by_id, dict) and (by_id["id"], by_id["name"]) == (job["id"], "cli-greet")
+    detail = cli("jobs", "get", "cli-greet").stdout
+    assert "payload.command  echo hello" in detail and "exponential, at most 3 attempts" in detail
+    assert cli("jobs", "get", "cli-greet", "-o", "id").stdout == job["id"] + "\n"
+    assert yaml.safe_load(cli("jobs", "get", "cli-greet", "-o", "yaml").stdout)["id"] == job["id"]
+
+
+def test_a_file_with_several_jobs_creates_each(cli: Cli) -> None:
+    (cli.cwd / "many.yaml").write_text(
+        "name: cli-many-1\ntype: shell\npayload: {command: 'true'}\n---\n"
+        "name: cli-many-2\ntype: shell\npayload: {command: 'true'}\n")
+    created = cli.json("jobs", "create", "-f", "many.yaml")
+    assert isinstance(created, list) and [j["name"] for j in created] == ["cli-many-1", "cli-many-2"]
+
+
+def test_update_takes_a_job_as_get_printed_it(cli: Cli) -> None:
+    job = _shell_job(cli, "cli-update", "echo one", schedule="0 9 * * *")
+    printed = yaml.safe_load(cli("jobs", "get", "cli-update", "-o", "yaml").stdout)
+    printed["schedule"] = "30 18 * * mon-fri"
+    printed["payload"]["command"] = "echo two"
+    (cli.cwd / "job.yaml").write_text(yaml.safe_dump(printed))
+    assert cli("jobs", "update", "cli-update", "-f", "job.yaml").stdout.startswith("updated job cli-update")
+    after = cli.json("jobs", "get", job["id"])
+    assert isinstance(after, dict)
+    assert after["schedule"] == "30 18 * * mon-fri" and after["payload"]["command"] == "echo two"
+    # the name may be left out: the job keeps its own; fields left out get their defaults (PUT)
+    (cli.cwd / "short.yaml").write_text("type: shell\npayload: {command: echo three}\n")
+    after = cli.json("jobs", "update", "cli-update", "-f", "short.yaml")
+    assert isinstance(after, dict) and after["name"] == "cli-update" and after["schedule"] is None
+
+
+def test_pause_resume_delete(cli: Cli) -> None:
+    job = _shell_job(cli, "cli-pause", "true", schedule="@every 1h")
+    assert cli("jobs", "pause", "cli-pause").stdout.startswith("paused job cli-pause")
+    paused = cli.json("jobs", "get", "cli-pause")
+    assert isinstance(paused, dict) and paused["status"] == "paused"
+    resumed = cli.json("jobs", "resume", job["id"])
+    assert isinstance(resumed, dict) and resumed["status"] == "active" and resumed["next_run_at"]
+    assert cli("jobs", "delete", "cli-pause").stdout == f"deleted job cli-pause ({job['id']})\n"
+    gone = cli("jobs", "get", "cli-pause", code=3)
+    assert gone.stderr == "Error: 404 Job not found: no job has the name or id 'cli-pause'\n"
+
+
+# ------------------------------------------------------------------------------- runs, exit codes
+
+
+def test_trigger_wait_and_runs_get_exit_status(cli: Cli) -> None:
+    _shell_job(cli, "cli-ok", "echo fine")
+    _shell_job(cli, "cli-bad", "echo oops; exit 3")
+    ok = cli.json("jobs", "trigger", "cli-ok", "--wait")
+    assert isinstance(ok, dict) and ok["status"] == "succeeded" and ok["output"] == "fine"
+    bad = cli("jobs", "trigger", "cli-bad", "--wait", "-o", "json", code=1)
+    failed = json.loads(bad.stdout)
+    assert failed["status"] == "failed" and failed["exit_code"] == 3
+
+    cli("runs", "get", ok["id"], "--exit-status")
+    shown = cli("runs", "get", failed["id"], "--exit-status", code=1).stdout
+    assert "status" in shown and "failed" in shown and "exit code      3" in shown and "oops" in shown
+    assert cli("runs", "get", failed["id"]).returncode == 0  # without --exit-status: shown is success
+
+
+def test_exit_status_of_a_run_that_has_not_finished(cli: Cli) -> None:
+    _shell_job(cli, "cli-slow", "sleep 60")
+    run_id = cli("jobs", "trigger", "cli-slow", "-o", "id").stdout.strip()
+    r = cli("runs", "get", run_id, "--exit-status", "-o", "json", code=7)
+    assert json.loads(r.stdout)["status"] in ("queued", "running")
+    cancelled = cli("runs", "cancel", run_id)
+    assert cancelled.stdout.startswith(f"run {run_id}: ")
+    final = cli("runs", "get", run_id, "--wait", "--exit-status", "-o", "json", code=1)
+    assert json.loads(final.stdout)["status"] == "cancelled"
+
+
+def test_trigger_follow_prints_the_output_and_exits_by_the_outcome(cli: Cli) -> None:
+    _shell_job(cli, "cli-follow", "echo first; echo second; exit 4")
+    r = cli("jobs", "trigger", "cli-follow", "-f", code=1)
+    assert r.stdout == "first\nsecond\n"
+    assert "failed after" in r.stderr and "(exit code 4)" in r.stderr
+
+
+def test_logs(cli: Cli) -> None:
+    _shell_job(cli, "cli-logs", "echo alpha; echo beta")
+    run = cli.json("jobs", "trigger", "cli-logs", "--wait")
+    assert isinstance(run, dict)
+    assert cli("logs", run["id"]).stdout == "alpha\nbeta\n"
+    assert cli("logs", run["id"], "-f").stdout == "alpha\nbeta\n"  # a finished run: all, then the end
+    missing = cli("logs", "no-such-run", code=3)
+    assert missing.stderr.startswith("Error: 404 Run not found")
+
+
+def test_runs_list_of_a_job_with_a_status_filter(cli: Cli) -> None:
+    _shell_job(cli, "cli-hist", "exit 1")
+    _shell_job(cli, "cli-hist-ok", "true")
+    first = cli.json("jobs", "trigger", "cli-hist", "--wait", code=1)
+    cli.json("jobs", "trigger", "cli-hist-ok", "--wait")
+    second = cli.json("jobs", "trigger", "cli-hist", "--wait", code=1)
+    runs = cli.json("runs", "list", "--job", "cli-hist", "--status", "failed")
+    assert isinstance(runs, list) and isinstance(first, dict) and isinstance(second, dict)
+    assert [r["id"] for r in runs] == [second["id"], first["id"]]  # newest first
+    assert cli("runs", "list", "--job", "cli-hist", "-o", "id", "--limit", "1").stdout == second["id"] + "\n"
+    table = cli("runs", "list", "--job", "cli-hist").stdout.splitlines()
+    assert table[0].split()[:4] == ["ID", "JOB", "STATUS", "TRIGGER"]
+    assert table[2].split()[:5] == [second["id"], "cli-hist", "failed", "manual", "1"]
+
+
+def test_preview_in_a_time_zone(cli: Cli) -> None:
+    preview = cli.json("preview", "0 9 * * mon-fri", "--tz", "Europe/Berlin", "-n", "7")
+    assert isinstance(preview, dict) and len(preview["times"]) == 7
+    for t in preview["times"]:
+        local = datetime.fromisoformat(t).astimezone(ZoneInfo("Europe/Berlin"))
+        assert (local.hour, local.minute) == (9, 0) and local.weekday() < 5
+    table = cli("preview", "0 9 * * mon-fri", "--tz", "Europe/Berlin").stdout.splitlines()
+    assert table[0].split() == ["#", "Europe/Berlin", "UTC", "FROM", "NOW"]
+    assert len(table) == 2 + 5 and " 09:00:00 CE" in table[2]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_invalid_input_names_each_field(cli: Cli) -> None:
+    bad = {"name": "cli-invalid", "type": "shell", "schedule": "61 * * * *", "timezone": "Mars/Olympus",
+           "payload": {"command": "true"}}
+    r = cli("jobs", "create", "-f", "-", stdin=json.dumps(bad), code=4)
+    lines = r.stderr.splitlines()
+    assert lines[0] == "Error: 422 Invalid input"
+    assert "  /schedule: minute field: value 61 is out of range 0-59" in lines
+    assert any(line.startswith("  /timezone: ") for line in lines)
+    r = cli("preview", "61 * * * *", code=4)
+    assert "/schedule: minute field" in r.stderr
+    r = cli("runs", "list", "--job", "cli-greet-manual", "--status", "bogus", code=4)
+    assert r.stderr.startswith("Error: 422 ") and "  /status: unknown run status" in r.stderr
+
+
+def test_a_name_conflict_is_refused(cli: Cli) -> None:
+    _shell_job(cli, "cli-twice", "true")
+    r = cli("jobs", "create", "-f", "-", stdin=json.dumps(
+        {"name": "cli-twice", "type": "shell", "payload": {"command": "true"}}), code=4)
+    assert r.stderr.startswith("Error: 409 A job with this name already exists")
+
+
+def test_not_found(cli: Cli) -> None:
+    assert cli("jobs", "trigger", "cli-nothing", code=3).stderr.startswith("Error: 404 Job not found")
+    assert cli("runs", "get", "01a00000-0000-7000-8000-000000000000", code=3).stderr.startswith(
+        "Error: 404 Run not found")
+
+
+def test_unreadable_job_files_are_usage_errors(cli: Cli) -> None:
+    (cli.cwd / "at.yaml").write_text("name: x\ntype: shell\nschedule: @every 30s\n")
+    r = cli("jobs", "create", "-f", "at.yaml", code=2)
+    assert "neither JSON nor YAML" in r.stderr and 'schedule: "@every 30s"' in r.stderr
+    r = cli("jobs", "create", "-f", "-", stdin="- just\n- words\n", code=2)
+    assert "job #1 is a str, not a mapping" in r.stderr
+    assert "cannot read" in cli("jobs", "create", "-f", "missing.yaml", code=2).stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_connection_refused_is_one_line_naming_the_url(cli: Cli) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    r = cli("jobs", "list", url=url, code=6)
+    assert r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith(f"Error: cannot reach the Chronos API at {url}: connection refused")
+    # an option beats the variable; after the command beats before it
+    assert cli("--url", url, "jobs", "list", "--url", cli.base, "-o", "json").returncode == 0
+    cli("--url", cli.base, "runs", "get", "x", "--url", url, code=6)
+    assert "--url must start with http://" in cli("jobs", "list", url="127.0.0.1:8080", code=2).stderr
+
+
+# -------------------------------------------------------------------------------------------- auth
+
+
+def test_tokens(cli: Cli) -> None:
+    r = cli("jobs", "list", token=None, code=5)
+    assert r.stderr.startswith("Error: 401 Authentication required")
+    assert cli("jobs", "list", token="wrong", code=5).stderr.startswith("Error: 401 ")
+    assert cli("--token", TOKEN, "jobs", "list", token=None).returncode == 0
+    assert cli("jobs", "list", "--token", TOKEN, token=None).returncode == 0
+    _shell_job(cli, "cli-readonly", "true")
+    assert cli("jobs", "get", "cli-readonly", token=READONLY).returncode == 0
+    r = cli("jobs", "pause", "cli-readonly", token=READONLY, code=5)
+    assert r.stderr == "Error: 403 Not allowed: this token is read-only\n"
