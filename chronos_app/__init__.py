@@ -1,20 +1,20 @@
 """The composition root: ``Chronos`` for embedding, plus the service's ``Settings``, DI ``Container`` and
-REST app factory ``create_app`` (imported on first use so that embedding does not load Starlette)."""
+REST app factory ``create_app``, each imported on first use (embedding does not load Starlette; the client
+commands of ``chronos`` load neither the engines nor the API)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .runtime import Chronos
-
 if TYPE_CHECKING:
     from .api import create_app
     from .container import Container
+    from .runtime import Chronos
     from .settings import Settings
 
 __all__ = ["Chronos", "Container", "Settings", "create_app"]
 
-_LAZY = {"Container": ".container", "Settings": ".settings", "create_app": ".api"}
+_LAZY = {"Chronos": ".runtime", "Container": ".container", "Settings": ".settings", "create_app": ".api"}
 
 
 def __getattr__(name: str) -> Any:

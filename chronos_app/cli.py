@@ -10,14 +10,15 @@ import ipaddress
 import logging
 import re
 import signal
+from typing import TYPE_CHECKING
 
 import click
-from dependency_injector import providers
 
 from .cli_client import CLIENT_COMMANDS, connection_options
-from .container import Container
-from .settings import Settings
-from .tuning import tune_process
+
+if TYPE_CHECKING:  # imported where used: the client commands start without loading the engines
+    from .container import Container
+    from .settings import Settings
 
 __all__ = ["main"]
 
@@ -42,6 +43,10 @@ def check_bind(host: str, settings: Settings) -> None:
 
 
 def _container(settings: Settings, *, scheduler: bool, worker: bool) -> Container:
+    from dependency_injector import providers
+
+    from .container import Container
+
     container = Container()
     container.settings.override(providers.Object(settings))
     container.run_scheduler.override(providers.Object(scheduler))
@@ -50,6 +55,8 @@ def _container(settings: Settings, *, scheduler: bool, worker: bool) -> Containe
 
 
 def _settings() -> Settings:
+    from .settings import Settings
+
     try:
         return Settings()
     except ValueError as exc:  # pydantic's ValidationError: say which variable is wrong
@@ -78,6 +85,7 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     import uvicorn
 
     from .api import create_app
+    from .tuning import tune_process
 
     settings = _settings()
     check_bind(host, settings)
@@ -138,6 +146,8 @@ async def _run_until_signal(container: Container) -> None:
         loop.add_signal_handler(sig, stop.set)
     await chronos.start()
     if container.settings().process_tuning:
+        from .tuning import tune_process
+
         tune_process()
     log.info("chronos running (scheduler: %s, worker: %s)", chronos.scheduler is not None,
              chronos.worker is not None)
