@@ -12,11 +12,13 @@
 
 Cron is evaluated in the job's IANA time zone with Debian cron's daylight-saving rules:
 
-* clocks jump forward: a job with a fixed hour (the hour field does not start with ``*``) whose time falls
-  in the gap runs once, at the first instant after the gap (02:30 -> 03:00); a wildcard-hour job simply
-  has no slots in the gap;
-* clocks fall back: a fixed-hour job runs once, in the first occurrence of the repeated wall time; a
-  wildcard-hour job runs in both occurrences.
+* a job is *wildcard* when its minute or its hour field starts with ``*`` (Debian's ``MIN_STAR |
+  HR_STAR``: ``*/15 2 * * *``, ``0 */2 * * *``, ``30 * * * *``), else *fixed-time* (``30 2 * * *``,
+  ``0,30 1,2 * * *``);
+* clocks jump forward: a fixed-time job whose time falls in the gap runs once, at the first instant
+  after the gap (02:30 -> 03:00); a wildcard job simply has no slots in the gap;
+* clocks fall back: a fixed-time job runs once, in the first occurrence of the repeated wall time; a
+  wildcard job runs in both occurrences.
 
 Cron matching is done here rather than with croniter (the tests use croniter as an oracle in UTC) because
 croniter applies neither rule and the scheduler calls ``next_after`` once per fired slot, so it must be
@@ -193,7 +195,9 @@ class _CronFields:
         )
         self.dom_star = fields[3].startswith(("*", "?"))
         self.dow_star = fields[5].startswith(("*", "?"))
-        self.fixed_hour = not fields[2].startswith("*")
+        # Debian cron's MIN_STAR | HR_STAR: a minute or hour field starting with "*" makes the job a
+        # wildcard one (no slots in a spring-forward gap, both passes of a fall-back fold)
+        self.fixed_time = not (fields[1].startswith("*") or fields[2].startswith("*"))
         self._dom_set = frozenset(self.doms)
         self._dow_set = frozenset(self.dows)
         self._month_set = frozenset(self.months)
@@ -281,8 +285,9 @@ class CronSchedule:
         self._utc = timezone in _UTC_NAMES
 
     @property
-    def fixed_hour(self) -> bool:
-        return self._f.fixed_hour
+    def fixed_time(self) -> bool:
+        """Not a wildcard job in Debian cron's sense (neither minute nor hour field starts with ``*``)."""
+        return self._f.fixed_time
 
     def __repr__(self) -> str:
         return f"CronSchedule({self.expression!r}, {self.timezone!r})"
@@ -305,8 +310,8 @@ class CronSchedule:
             w = f.next_match(_naive(t), inclusive=False)
             return None if w is None else w.replace(tzinfo=UTC)
         cur, inclusive, min_wall = t, False, None
-        if f.fixed_hour and t.astimezone(self.tz).fold == 1:
-            # t is in the second occurrence of a repeated hour: fixed-hour slots there already ran.
+        if f.fixed_time and t.astimezone(self.tz).fold == 1:
+            # t is in the second occurrence of a repeated hour: fixed-time slots there already ran.
             b = self._transition(t - timedelta(hours=6), t)
             if b is not None:
                 min_wall = _naive(b + self._offset(b - _SECOND))
@@ -325,13 +330,13 @@ class CronSchedule:
                 return cand
             o2 = self._offset(b)
             if o2 > o:  # spring forward: wall times in [b+o, b+o2) do not exist
-                if f.fixed_hour:
+                if f.fixed_time:
                     g = f.next_match(_naive(b + o), inclusive=True)
                     if g is not None and g < _naive(b + o2):
                         return b
                 min_wall = None
-            else:  # fall back: wall times in [b+o2, b+o) repeat; fixed-hour jobs ran in the first pass
-                min_wall = _naive(b + o) if f.fixed_hour else None
+            else:  # fall back: wall times in [b+o2, b+o) repeat; fixed-time jobs ran in the first pass
+                min_wall = _naive(b + o) if f.fixed_time else None
             cur, inclusive = b, True
         raise RuntimeError(f"no fire time found for {self!r} after {t}")  # pragma: no cover
 

@@ -224,6 +224,62 @@ def test_debian_cron_dst_rules(expr: str, tz: str, start: str, expected: list[st
     assert fires(expr, tz, start, len(expected)) == expected
 
 
+# A wildcard *minute* field makes a job wildcard too (Debian's MIN_STAR | HR_STAR), whatever its hour field.
+@pytest.mark.parametrize(
+    ("expr", "tz", "start", "expected"),
+    [
+        # spring forward: the slots in the gap do not exist, nothing runs at the end of the gap
+        ("*/15 1,2 * * *", "America/New_York", "2026-03-08T00:50",
+         ["2026-03-08T01:00:00-05:00", "2026-03-08T01:15:00-05:00", "2026-03-08T01:30:00-05:00",
+          "2026-03-08T01:45:00-05:00", "2026-03-09T01:00:00-04:00"]),
+        ("*/20 2 * * *", "Europe/Berlin", "2026-03-28T12:00",
+         ["2026-03-30T02:00:00+02:00", "2026-03-30T02:20:00+02:00"]),
+        ("*/15 2 * * *", "Australia/Lord_Howe", "2026-10-04T01:50",
+         ["2026-10-04T02:30:00+11:00", "2026-10-04T02:45:00+11:00", "2026-10-05T02:00:00+11:00"]),
+        # fall back: both passes of the repeated hour
+        ("*/15 1,2 * * *", "America/New_York", "2026-11-01T00:50",
+         ["2026-11-01T01:00:00-04:00", "2026-11-01T01:15:00-04:00", "2026-11-01T01:30:00-04:00",
+          "2026-11-01T01:45:00-04:00", "2026-11-01T01:00:00-05:00", "2026-11-01T01:15:00-05:00",
+          "2026-11-01T01:30:00-05:00", "2026-11-01T01:45:00-05:00", "2026-11-01T02:00:00-05:00",
+          "2026-11-01T02:15:00-05:00", "2026-11-01T02:30:00-05:00", "2026-11-01T02:45:00-05:00",
+          "2026-11-02T01:00:00-05:00"]),
+        ("*/20 2 * * *", "Europe/Berlin", "2026-10-25T01:50",
+         ["2026-10-25T02:00:00+02:00", "2026-10-25T02:20:00+02:00", "2026-10-25T02:40:00+02:00",
+          "2026-10-25T02:00:00+01:00", "2026-10-25T02:20:00+01:00", "2026-10-25T02:40:00+01:00",
+          "2026-10-26T02:00:00+01:00"]),
+        ("*/15 1 * * *", "Australia/Lord_Howe", "2026-04-05T00:50",
+         ["2026-04-05T01:00:00+11:00", "2026-04-05T01:15:00+11:00", "2026-04-05T01:30:00+11:00",
+          "2026-04-05T01:45:00+11:00", "2026-04-05T01:30:00+10:30", "2026-04-05T01:45:00+10:30",
+          "2026-04-06T01:00:00+10:30"]),
+        # with seconds first: the minute field is the second one
+        ("0 */30 2 * * *", "America/New_York", "2026-03-08T01:50",
+         ["2026-03-09T02:00:00-04:00"]),
+        # the same hours with fixed minutes are fixed-time: once at the end of the gap, once per fold
+        ("0,30 1,2 * * *", "America/New_York", "2026-03-08T00:50",
+         ["2026-03-08T01:00:00-05:00", "2026-03-08T01:30:00-05:00", "2026-03-08T03:00:00-04:00",
+          "2026-03-09T01:00:00-04:00"]),
+        ("0,30 1,2 * * *", "America/New_York", "2026-11-01T00:50",
+         ["2026-11-01T01:00:00-04:00", "2026-11-01T01:30:00-04:00", "2026-11-01T02:00:00-05:00",
+          "2026-11-01T02:30:00-05:00", "2026-11-02T01:00:00-05:00"]),
+    ],
+)
+def test_a_wildcard_minute_field_makes_a_wildcard_job(expr: str, tz: str, start: str,
+                                                      expected: list[str]) -> None:
+    assert fires(expr, tz, start, len(expected)) == expected
+
+
+def test_wildcard_means_minute_or_hour_field_starting_with_a_star() -> None:
+    def fixed(expr: str) -> bool:
+        schedule = parse_schedule(expr, "America/New_York")
+        assert isinstance(schedule, CronSchedule)
+        return schedule.fixed_time
+
+    assert fixed("30 2 * * *") and fixed("0,30 1,2 * * *") and fixed("@daily") and fixed("5-10 2 * * *")
+    assert not fixed("*/15 2 * * *") and not fixed("* 2 * * *") and not fixed("0 */2 * * *")
+    assert not fixed("30 * * * *") and not fixed("@hourly") and not fixed("0 */30 2 * * *")
+    assert fixed("*/5 30 2 * * *")  # seconds are not a cron field in Debian: minute and hour decide
+
+
 def test_croniter_alone_gets_both_dst_cases_wrong() -> None:
     """Documents why the core evaluates cron itself (DESIGN.md section 2)."""
     zone = ZoneInfo("America/New_York")
