@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +13,7 @@ from .errors import SubscriptionOverflow
 from .models import RUN_EVENT_FOR_STATUS, Event, EventType, Job, Run
 from .ports import Clock, EventBus
 
-__all__ = ["job_event", "run_data", "run_event", "watch"]
+__all__ = ["job_event", "publish_best_effort", "run_data", "run_event", "watch"]
 
 log = logging.getLogger("chronos.events")
 
@@ -63,6 +63,23 @@ def job_event(type: EventType, job: Job, now: datetime) -> Event:
     return Event(type=type, time=now, job_id=job.id,
                  data={"name": job.name, "status": job.status.value,
                        "next_run_at": _iso(job.next_run_at)})
+
+
+async def publish_best_effort(bus: EventBus, events: Sequence[Event], logger: logging.Logger,
+                              context: str = "") -> bool:
+    """Publish ``events``; on a bus error log it and return False instead of raising. For events that
+    describe what the store already holds (or a cancel request that a lease or a heartbeat backs up): a
+    run's fate is decided by the store, so a failing publish must never lose, fail or double a run."""
+    if not events:
+        return True
+    try:
+        await bus.publish(events)
+    except Exception as exc:
+        logger.error("publishing %d event(s)%s failed (the store holds the record; only the live view "
+                     "misses them): %s: %s", len(events), f" ({context})" if context else "",
+                     type(exc).__name__, exc)
+        return False
+    return True
 
 
 async def watch(bus: EventBus, types: set[EventType], on_event: Callable[[Event], Awaitable[None]],

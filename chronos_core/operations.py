@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import FieldError, InvalidJob, RunConflict, ShellNotAllowed
-from .events import job_event, run_event
+from .events import job_event, publish_best_effort, run_event
 from .ids import new_id
 from .models import (
     ACTIVE_RUN_STATUSES,
@@ -149,7 +149,7 @@ class Jobs:
         now = self._clock.now()
         jobs = [self._build(s, now) for s in specs]
         await self._store.add_jobs(jobs)
-        await self._bus.publish([job_event(EventType.JOB_CREATED, j, now) for j in jobs])
+        await publish_best_effort(self._bus, [job_event(EventType.JOB_CREATED, j, now) for j in jobs], log)
         return jobs
 
     async def get(self, job_id: str) -> Job:
@@ -180,7 +180,7 @@ class Jobs:
         else:
             job.next_run_at = None
         await self._store.update_job(job)
-        await self._bus.publish([job_event(EventType.JOB_UPDATED, job, now)])
+        await publish_best_effort(self._bus, [job_event(EventType.JOB_UPDATED, job, now)], log)
         return job
 
     async def pause(self, job_id: str) -> Job:
@@ -208,7 +208,7 @@ class Jobs:
             job.next_run_at = next_slot(job, now)
         await self._store.update_job(job)
         kind = EventType.JOB_RESUMED if status is JobStatus.ACTIVE else EventType.JOB_PAUSED
-        await self._bus.publish([job_event(kind, job, now)])
+        await publish_best_effort(self._bus, [job_event(kind, job, now)], log)
         return job
 
     async def delete(self, job_id: str) -> None:
@@ -221,7 +221,8 @@ class Jobs:
         events = [Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, job_id=job_id, run_id=r.id,
                         data={"reason": "job deleted"}) for r in active]
         events.append(job_event(EventType.JOB_DELETED, job, now))
-        await self._bus.publish(events)
+        # best-effort: a running run of a deleted job is also stopped by its worker's next heartbeat
+        await publish_best_effort(self._bus, events, log, f"job {job_id} deleted")
 
     async def trigger(self, job_id: str) -> Run:
         """Run the job now, whatever its schedule, status or overlap policy; the run is returned queued."""
@@ -230,7 +231,8 @@ class Jobs:
         run = Run(id=new_id(), job_id=job.id, scheduled_for=now, trigger=Trigger.MANUAL, attempt=1,
                   status=RunStatus.QUEUED, created_at=now, due_at=now)
         await self._store.add_run(run, dispatched=True)
-        await self._bus.publish([run_event(run, now)])
+        # best-effort: an error here must not leave the run recorded but in nobody's hands
+        await publish_best_effort(self._bus, [run_event(run, now)], log, f"run {run.id}")
         try:
             await self._queue.put([Dispatch(run, job)])
         except Exception as exc:
@@ -285,7 +287,7 @@ class Runs:
         if run.status is RunStatus.QUEUED and await self._store.cancel_queued_run(
                 run_id, now, "cancelled before it started"):
             run = await self._store.get_run(run_id)
-            await self._bus.publish([run_event(run, now)])
+            await publish_best_effort(self._bus, [run_event(run, now)], log, f"run {run_id}")
             return run
         run = await self._store.get_run(run_id)
         if run.status is RunStatus.RUNNING:

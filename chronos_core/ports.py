@@ -216,11 +216,15 @@ class Store(abc.ABC):
         output: str = "",
         error: str | None = None,
         retry: Run | None = None,
+        lease_expires_at: datetime | None = None,
     ) -> bool:
         """Record the outcome of a running run held by ``owner`` and, in the same transaction, insert
         ``retry`` (the next attempt, queued, not dispatched) if given. Fenced: False and nothing written
         when the run is not running under ``owner`` any more (the lease expired and someone else took
-        over)."""
+        over) or, when ``lease_expires_at`` is given, when its lease no longer expires at that time (the
+        reaper passes the expiry it read in :meth:`expired_leases`: a renewal that landed in between
+        wins, and the live attempt is not failed). :class:`RunConflict` (nothing written) when the
+        retry's (job, slot, attempt) exists."""
 
     @abc.abstractmethod
     async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:

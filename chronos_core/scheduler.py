@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import ChronosError, JobNotFound
-from .events import run_event, watch
+from .events import publish_best_effort, run_event, watch
 from .ids import new_id
 from .models import Event, EventType, Job, Run, RunStatus, Trigger
 from .planning import Limits, plan_due_job, plan_retry
@@ -191,13 +191,7 @@ class Scheduler:
 
     async def _publish(self, events: list[Event]) -> None:
         """Events describe what the store already holds; a bus outage must not stop the dispatch."""
-        if not events:
-            return
-        try:
-            await self._bus.publish(events)
-        except Exception as exc:
-            log.error("publishing %d events failed (the runs are recorded; only the live view misses "
-                      "them): %s", len(events), exc)
+        await publish_best_effort(self._bus, events, log)
 
     async def _dispatch(self, dispatches: list[Dispatch]) -> None:
         """Hand claimed runs to the queue. If that fails they are committed but in nobody's hands:
@@ -239,15 +233,16 @@ class Scheduler:
                 continue
             error = f"worker {run.owner} stopped renewing its lease (lost or killed)"
             retry = plan_retry(job, run, now)
+            # fenced on the lease expiry read: a renewal landing in between means the worker is alive
             if await self._store.finish_run(run.id, run.owner, status=RunStatus.FAILED, finished_at=now,
-                                            output=run.output, error=error, retry=retry):
+                                            output=run.output, error=error, retry=retry,
+                                            lease_expires_at=run.lease_expires_at):
                 self.stats.reaped += 1
                 done = dataclasses.replace(run, status=RunStatus.FAILED, finished_at=now, error=error)
                 events.append(run_event(done, now))
                 if retry is not None:
                     events.append(run_event(retry, now, EventType.RUN_RETRY_SCHEDULED))
-        if events:
-            await self._bus.publish(events)
+        await self._publish(events)
         return len(expired)
 
     async def run(self) -> None:

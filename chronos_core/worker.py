@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .errors import ExecutionFailed, StoreUnavailable
-from .events import run_event, watch
+from .errors import ExecutionFailed, RunNotFound, StoreUnavailable
+from .events import publish_best_effort, run_event, watch
 from .ids import new_id
 from .models import Event, EventType, Job, Run, RunStatus, evolve
 from .payloads import JobTypes
@@ -285,7 +285,7 @@ class Worker:
     async def _run_started(self, job: Job, run: Run) -> Run | None:
         self.stats.started += 1
         assert run.started_at is not None
-        await self._bus.publish([run_event(run, run.started_at)])
+        await self._publish([run_event(run, run.started_at)], run.id)  # the run goes ahead regardless
         status, exit_code, error, retryable, extra = await self._execute(job, run)
         tail = self._tails.pop(run.id)
         if extra:
@@ -297,9 +297,23 @@ class Worker:
         retry = None
         if status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and retryable:
             retry = plan_retry(job, run, end)
+
+        async def mine(stored: Run) -> bool:
+            # After a store error this outcome may have applied, or the reaper's finish (same owner, same
+            # status possibly) may have: only ours carries this end time and error, and this retry.
+            if stored.finished_at != end or stored.exit_code != exit_code or \
+                    (stored.error or "")[:200] != (error or "")[:200]:
+                return False
+            if retry is not None:
+                try:
+                    await self._store.get_run(retry.id)
+                except RunNotFound:
+                    return False
+            return True
+
         ok = await self._persist(lambda: self._store.finish_run(
             run.id, self.owner, status=status, finished_at=end, exit_code=exit_code,
-            output=finished.output, error=error, retry=retry), run.id, status)
+            output=finished.output, error=error, retry=retry), run.id, status, mine)
         if not ok:
             self.stats.stale += 1
             log.warning("run %s: outcome %s not recorded, the lease was taken over", run.id, status)
@@ -309,16 +323,21 @@ class Worker:
         events = [run_event(finished, end)]
         if retry is not None:
             events.append(run_event(retry, end, EventType.RUN_RETRY_SCHEDULED))
-        await self._bus.publish(events)
+        await self._publish(events, run.id)  # recorded: a bus error must not hand the dispatch back
         return finished
 
-    async def _persist(self, write: Callable[[], Awaitable[bool]], run_id: str, status: RunStatus) -> bool:
+    async def _publish(self, events: list[Event], run_id: str) -> None:
+        await publish_best_effort(self._bus, events, log, f"run {run_id}")
+
+    async def _persist(self, write: Callable[[], Awaitable[bool]], run_id: str, status: RunStatus,
+                       mine: Callable[[Run], Awaitable[bool]] | None = None) -> bool:
         """A fenced store write, tried again while the store is unavailable (for up to
         ``store_retry_for`` seconds): a database restart must not lose a run's start or outcome.
 
         The write is a compare-and-set, so trying it again is safe; but a first try may have been
         applied before the connection broke, making the next one report False. So after a failure a
-        False is checked against the stored run: if it shows this worker's write, the write applied."""
+        False is checked against the stored run: if it shows this worker's write (its status and owner,
+        and what ``mine`` checks: the reaper finishes a run under the same owner), the write applied."""
         try:  # the common case first, without the retry loop's state
             return await write()
         except StoreUnavailable as exc:
@@ -336,7 +355,8 @@ class Worker:
                 if await write():
                     return True
                 stored = await self._store.get_run(run_id)
-                return stored.status is status and stored.owner == self.owner
+                return stored.status is status and stored.owner == self.owner and (
+                    mine is None or await mine(stored))
             except StoreUnavailable as exc:
                 error = exc
 
@@ -360,16 +380,23 @@ class Worker:
                     f"{self.owner}", False, "")
         mask = self._masker(job)
         limit = self.line_limit
+        lost = 0  # run.log events the bus refused: the line is still kept in the tail
 
         async def emit(line: str, stream: str = "stdout") -> None:
+            nonlocal lost
             line = mask(line.rstrip("\r\n"))
             if len(line) > limit:
                 line = line[:limit] + f" [... {len(line) - limit} characters cut]"
             tail.add(line)
-            await self._bus.publish([Event(type=EventType.RUN_LOG, time=self._clock.now(),
-                                           job_id=run.job_id, run_id=run.id,
-                                           data={"line": line, "stream": stream,
-                                                 "attempt": run.attempt})])
+            event = Event(type=EventType.RUN_LOG, time=self._clock.now(), job_id=run.job_id, run_id=run.id,
+                          data={"line": line, "stream": stream, "attempt": run.attempt})
+            try:
+                await self._bus.publish([event])
+            except Exception as exc:  # the live view misses a line; the run must not fail for it
+                lost += 1
+                if lost == 1:
+                    log.warning("run %s: publishing its output failed (%s: %s); the stored output keeps "
+                                "it", run.id, type(exc).__name__, exc)
 
         task = asyncio.create_task(executor.execute(job, run, emit))
         self._running[run.id] = task

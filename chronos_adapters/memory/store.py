@@ -319,10 +319,13 @@ class MemoryStore(Store):
 
     async def finish_run(self, run_id: str, owner: str | None, *, status: RunStatus,
                          finished_at: datetime, exit_code: int | None = None, output: str = "",
-                         error: str | None = None, retry: Run | None = None) -> bool:
+                         error: str | None = None, retry: Run | None = None,
+                         lease_expires_at: datetime | None = None) -> bool:
         run = self._run(run_id)
         if run is None or run.status is not RunStatus.RUNNING or run.owner != owner:
             return False
+        if lease_expires_at is not None and run.lease_expires_at != lease_expires_at:
+            return False  # renewed since the caller read it
         if status not in FINISHED_RUN_STATUSES:
             raise ValueError(f"{status} is not a finished status")
         if retry is not None and (retry.job_id, retry.scheduled_for, retry.attempt) in self._slots:

@@ -163,6 +163,7 @@ class _Finish:
     output: str
     error: str | None
     retry: Run | None
+    lease: datetime | None = None  # the lease expiry the caller read (the reaper's fence), if any
 
 
 def _cut(error: str | None, limit: int = 8000) -> str | None:
@@ -842,12 +843,13 @@ class SqlStore(Store):
 
     async def finish_run(self, run_id: str, owner: str | None, *, status: RunStatus,
                          finished_at: datetime, exit_code: int | None = None, output: str = "",
-                         error: str | None = None, retry: Run | None = None) -> bool:
+                         error: str | None = None, retry: Run | None = None,
+                         lease_expires_at: datetime | None = None) -> bool:
         status = RunStatus(status)
         if status not in FINISHED_RUN_STATUSES:
             raise ValueError(f"{status} is not a finished status")
         return bool(await self._write(_Finish(run_id, owner, status, finished_at, exit_code, output,
-                                              error, retry)))
+                                              error, retry, lease_expires_at)))
 
     async def _write(self, op: _Start | _Finish) -> Any:
         """Queue a start/finish for the next group commit and wait for its own result."""
@@ -941,7 +943,9 @@ class SqlStore(Store):
                     rows.append({"id": op.run_id, "started_at": op.now, "owner": op.owner,
                                  "lease_expires_at": op.until})
             self._bulk_update(conn, "id", rows, {"status": RunStatus.RUNNING.value, "dispatch_due_at": None})
-        if finishes and self._sqlite and all(fin.retry is None for _, fin in finishes):
+        # finishes with a retry to insert or a lease to compare take the select path below
+        plain = all(fin.retry is None and fin.lease is None for _, fin in finishes)
+        if finishes and self._sqlite and plain:
             dt = _memo(self._to_db)
             states = self._sqlite_states(conn, {fin.run_id for _, fin in finishes})
             done: list[tuple[Any, ...]] = []
@@ -954,7 +958,7 @@ class SqlStore(Store):
                                  self._cap(fin.output), _cut(fin.error)))
             sqlite_batch.update_from_values(conn, "runs", self._finish_set, done,
                                             f"runs.status = '{RunStatus.RUNNING.value}'")
-        elif finishes and all(fin.retry is None for _, fin in finishes) and self._all_matched(conn, [
+        elif finishes and plain and self._all_matched(conn, [
                 {"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
                  "exit_code": fin.exit_code, "output": self._cap(fin.output), "error": _cut(fin.error)}
                 for _, fin in finishes], {"lease_expires_at": None, "dispatch_due_at": None},
@@ -963,10 +967,13 @@ class SqlStore(Store):
                 results[i] = True
         elif finishes:
             owners: dict[str, str | None] = {}
+            leases: dict[str, datetime | None] = {}
             for chunk in _chunks(sorted({fin.run_id for _, fin in finishes})):
-                owners.update((run_id, owner) for run_id, owner, status in conn.execute(self._for_update(
-                    select(runs.c.id, runs.c.owner, runs.c.status).where(runs.c.id.in_(chunk))))
-                    if status == RunStatus.RUNNING.value)
+                for run_id, owner, status, lease in conn.execute(self._for_update(
+                        select(runs.c.id, runs.c.owner, runs.c.status, runs.c.lease_expires_at)
+                        .where(runs.c.id.in_(chunk)))):
+                    if status == RunStatus.RUNNING.value:
+                        owners[run_id], leases[run_id] = owner, lease
             retries = [fin.retry for _, fin in finishes if fin.retry is not None]
             taken = self._existing_slots(conn, retries) if retries else set()
             rows, inserts = [], []
@@ -974,6 +981,8 @@ class SqlStore(Store):
             for i, fin in finishes:
                 if fin.run_id not in owners or owners[fin.run_id] != fin.owner:
                     continue
+                if fin.lease is not None and leases[fin.run_id] != fin.lease:
+                    continue  # renewed since the caller read it
                 if fin.retry is not None:
                     slot = (fin.retry.job_id, fin.retry.scheduled_for, fin.retry.attempt)
                     if slot in taken:

@@ -674,3 +674,28 @@ async def test_release_undispatched_of_given_runs_only(store: Store) -> None:
     assert await store.next_due_time() == T0
     assert [d.run.id for d in await store.claim_due_runs(T0 + 10 * S, 10)] == [lost.id]
     assert await store.claim_due_runs(T0 + 10 * S, 10) == []
+
+
+async def test_finish_run_fenced_on_the_lease_expiry_read(store: Store) -> None:
+    job = make_job("reap")
+    await store.add_jobs([job])
+    run = await running_run(store, job, T0, lease=10 * S)
+    [expired] = await store.expired_leases(T0 + 20 * S, 10)
+    assert await store.renew_leases([run.id], "w1", T0 + 60 * S) == {run.id}  # renewed meanwhile
+    retry = make_run(job, T0, attempt=2, trigger=Trigger.RETRY, due_at=T0 + 20 * S)
+    assert not await store.finish_run(run.id, "w1", status=RunStatus.FAILED, finished_at=T0 + 20 * S,
+                                      error="reaped", retry=retry, lease_expires_at=expired.lease_expires_at)
+    got = await store.get_run(run.id)
+    assert (got.status, got.lease_expires_at) == (RunStatus.RUNNING, T0 + 60 * S)
+    with pytest.raises(RunNotFound):
+        await store.get_run(retry.id)
+    # read again: the fence holds with the expiry as it now stands, with or without a retry
+    [again] = await store.expired_leases(T0 + 61 * S, 10)
+    assert await store.finish_run(run.id, "w1", status=RunStatus.FAILED, finished_at=T0 + 61 * S,
+                                  error="reaped", retry=retry, lease_expires_at=again.lease_expires_at)
+    assert (await store.get_run(retry.id)).status is RunStatus.QUEUED
+    other = await running_run(store, job, T0 + S, lease=10 * S)
+    assert not await store.finish_run(other.id, "w1", status=RunStatus.FAILED, finished_at=T0 + 20 * S,
+                                      lease_expires_at=T0 + 5 * S)
+    assert await store.finish_run(other.id, "w1", status=RunStatus.FAILED, finished_at=T0 + 20 * S,
+                                  lease_expires_at=T0 + 11 * S)

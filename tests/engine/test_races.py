@@ -1,0 +1,224 @@
+"""Issue #12's races and partial failures, each reproduced deterministically: the real engines on a
+FakeClock, over every real store (memory, SQLite, MariaDB), with the other side of a race or a failure
+injected through a failing proxy around the real adapter (``tests/engine/proxies.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import pytest
+
+from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus
+from chronos_core import (
+    Event,
+    EventType,
+    ExecutionResult,
+    Executor,
+    FakeClock,
+    Job,
+    Jobs,
+    JobTypes,
+    Payload,
+    Run,
+    Runs,
+    RunStatus,
+    Scheduler,
+    StoreUnavailable,
+    Worker,
+)
+from chronos_core.ports import Dispatch, LogSink, Store
+from tests.engine.proxies import Proxy
+
+T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+S = timedelta(seconds=1)
+
+
+class StepPayload(Payload):
+    behaviour: str = "ok"  # ok | fail | lines | block
+
+
+class StepExecutor(Executor):
+    type_name: ClassVar[str] = "step"
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.release = asyncio.Event()
+
+    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
+        self.started.append(run.id)
+        mode = job.payload.get("behaviour", "ok")
+        if mode == "lines":
+            for i in range(3):
+                await log(f"line {i}")
+        if mode == "block":
+            await self.release.wait()
+        if mode == "fail":
+            return ExecutionResult(ok=False, exit_code=3, error="exit code 3")
+        return ExecutionResult(ok=True, exit_code=0)
+
+
+class BusDown(ConnectionError):
+    """What a broker outage looks like to a publisher."""
+
+
+@dataclass
+class Rig:
+    clock: FakeClock
+    store: Proxy
+    queue: Proxy
+    bus: Proxy
+    jobs: Jobs
+    runs: Runs
+    scheduler: Scheduler
+    worker: Worker
+    executor: StepExecutor
+    events: list[Event] = field(default_factory=list)
+
+    async def create(self, **spec: Any) -> Job:
+        base: dict[str, Any] = {"name": f"job-{len(self.events)}-{spec.get('schedule')}", "type": "step",
+                                "payload": {"behaviour": "ok"}}
+        return await self.jobs.create({**base, **spec})
+
+    def take(self) -> Dispatch | None:
+        d: Dispatch | None = self.queue.inner.get_nowait()
+        return d
+
+    async def history(self, job: Job) -> list[Run]:
+        return list(reversed(await self.store.list_runs(job.id, limit=100_000)))
+
+    def published(self, type_: EventType, run_id: str | None = None) -> list[Event]:
+        return [e for e in self.events if e.type is type_ and (run_id is None or e.run_id == run_id)]
+
+    def bus_fails_on(self, *types: EventType) -> None:
+        """Every publish carrying one of ``types`` raises (a broker outage for those events)."""
+        async def publish(real: Any, events: list[Event]) -> None:
+            if any(e.type in types for e in events):
+                raise BusDown("broker unreachable")
+            await real(events)
+            self.events.extend(events)
+        self.bus.hooks["publish"] = publish
+
+
+@pytest.fixture
+def rig(store: Store) -> Rig:
+    clock = FakeClock(T0)
+    store_p, queue, bus = Proxy(store), Proxy(MemoryDispatchQueue()), Proxy(MemoryEventBus())
+    types = JobTypes()
+    types.register("step", StepPayload)
+    executor = StepExecutor()
+    r = Rig(clock=clock, store=store_p, queue=queue, bus=bus,
+            jobs=Jobs(store_p, queue, bus, clock, types),  # type: ignore[arg-type]
+            runs=Runs(store_p, bus, clock),  # type: ignore[arg-type]
+            scheduler=Scheduler(store_p, queue, bus, clock, batch_size=50, reap_grace=10),  # type: ignore[arg-type]
+            worker=Worker(store_p, queue, bus, clock, {"step": executor}, job_types=types,  # type: ignore[arg-type]
+                          lease=30, store_retry_for=3600),
+            executor=executor)
+
+    async def record(real: Any, events: list[Event]) -> None:
+        await real(events)
+        r.events.extend(events)
+    bus.hooks["publish"] = record
+    return r
+
+
+async def moving_clock(rig: Rig, task: asyncio.Task[Any], step: float = 1.0, limit: int = 500) -> Any:
+    """Run ``task`` to its end, moving the fake clock while it waits (the worker's store retries)."""
+    for _ in range(limit):
+        for _ in range(5):
+            await asyncio.sleep(0)
+        if task.done():
+            break
+        rig.clock.advance(step)
+        await asyncio.sleep(0.001)  # a SQL store answers from its threads
+    return await asyncio.wait_for(task, 30)
+
+
+# ------------------------------------------------------------------------ 4: best-effort publishing
+
+
+async def test_a_bus_error_right_after_start_does_not_keep_the_run_from_executing(rig: Rig) -> None:
+    job = await rig.create()
+    run = await rig.jobs.trigger(job.id)
+    d = rig.take()
+    assert d is not None
+    rig.bus_fails_on(EventType.RUN_STARTED)
+    done = await rig.worker.process(d)
+    assert done is not None and done.status is RunStatus.SUCCEEDED
+    assert rig.executor.started == [run.id]
+    assert (await rig.store.get_run(run.id)).status is RunStatus.SUCCEEDED
+    assert rig.queue.inner.get_nowait() is None  # acked, not handed back
+
+
+async def test_a_failing_run_log_publish_neither_fails_the_attempt_nor_loses_the_output(rig: Rig) -> None:
+    job = await rig.create(payload={"behaviour": "lines"})
+    run = await rig.jobs.trigger(job.id)
+    d = rig.take()
+    assert d is not None
+    rig.bus_fails_on(EventType.RUN_LOG)
+    done = await rig.worker.process(d)
+    assert done is not None and done.status is RunStatus.SUCCEEDED
+    stored = await rig.store.get_run(run.id)
+    assert (stored.status, stored.output) == (RunStatus.SUCCEEDED, "line 0\nline 1\nline 2")
+    assert len(rig.published(EventType.RUN_SUCCEEDED, run.id)) == 1
+
+
+async def test_a_bus_error_in_run_now_still_dispatches_the_run(rig: Rig) -> None:
+    job = await rig.create()
+    rig.bus_fails_on(EventType.RUN_QUEUED)
+    run = await rig.jobs.trigger(job.id)  # with the outbox off, the queue's put comes after the event
+    d = rig.take()
+    assert d is not None and d.run.id == run.id
+    assert (await rig.worker.process(d)) is not None
+    assert (await rig.store.get_run(run.id)).status is RunStatus.SUCCEEDED
+
+
+# ---------------------------------------------------------------------------- 6: the reaper's fence
+
+
+async def test_a_renewal_between_expired_leases_and_the_reapers_finish_wins(rig: Rig) -> None:
+    job = await rig.create(retry={"strategy": "immediate", "max_attempts": 3})
+    run = await rig.jobs.trigger(job.id)
+    assert rig.take() is not None
+    owner = "worker-alive"
+    assert await rig.store.start_run(run.id, owner, T0, T0 + 30 * S)
+    rig.clock.set(T0 + 41 * S)  # the lease ran out 11 s ago: past the reaper's 10 s grace
+
+    async def renewal(_: Any) -> None:  # the worker was slow, not dead: its heartbeat lands now
+        assert await rig.store.inner.renew_leases([run.id], owner, rig.clock.now() + 30 * S) == {run.id}
+    rig.store.once_after("expired_leases", renewal)
+    await rig.scheduler.reap(rig.clock.now())
+    stored = await rig.store.get_run(run.id)
+    assert (stored.status, stored.owner) == (RunStatus.RUNNING, owner)  # the live attempt goes on
+    assert [r.attempt for r in await rig.history(job)] == [1]  # and no retry runs beside it
+    assert rig.published(EventType.RUN_FAILED) == [] and rig.scheduler.stats.reaped == 0
+    assert await rig.store.finish_run(run.id, owner, status=RunStatus.SUCCEEDED, finished_at=rig.clock.now())
+
+
+# ------------------------------------------------- 7: the worker must not take the reaper's write
+
+
+async def test_after_a_store_error_the_worker_does_not_take_the_reapers_finish_for_its_own(rig: Rig) -> None:
+    job = await rig.create(payload={"behaviour": "fail"}, retry={"strategy": "immediate", "max_attempts": 3})
+    run = await rig.jobs.trigger(job.id)
+    d = rig.take()
+    assert d is not None
+
+    async def finish(real: Any, *args: Any, **kwargs: Any) -> bool:
+        if rig.store.calls["finish_run"] == 1:  # the worker's first try: the database is restarting...
+            rig.clock.advance(45)  # ... long enough for its lease (30 s) and the reaper's grace to pass
+            assert await rig.scheduler.reap(rig.clock.now()) == 1
+            raise StoreUnavailable("connection lost")
+        result: bool = await real(*args, **kwargs)
+        return result
+    rig.store.hooks["finish_run"] = finish
+    assert await moving_clock(rig, asyncio.create_task(rig.worker.process(d))) is None
+    assert rig.worker.stats.stale == 1 and rig.worker.stats.finished == 0
+    history = await rig.history(job)
+    assert [(r.attempt, r.status) for r in history] == [(1, RunStatus.FAILED), (2, RunStatus.QUEUED)]
+    assert "stopped renewing its lease" in (history[0].error or "")
+    # one run.failed (the reaper's) and one retry_scheduled, for the retry that exists
+    assert len(rig.published(EventType.RUN_FAILED, run.id)) == 1
+    assert [e.run_id for e in rig.published(EventType.RUN_RETRY_SCHEDULED)] == [history[1].id]
