@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .errors import ChronosError, JobNotFound
+from .errors import ChronosError, JobNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
 from .ids import new_id
 from .models import Event, EventType, Job, Run, RunStatus, Trigger
@@ -132,12 +132,40 @@ class Scheduler:
         return None if depth is None else max(0, self.max_queued - depth)
 
     async def tick(self) -> datetime | None:
-        """Fire everything due now (as far as ``max_queued`` lets it); return the next due time (None:
-        nothing scheduled)."""
+        """Fire everything due now (as far as ``max_queued`` lets it), dispatch due retries, reap and
+        prune; return the next due time (None: nothing scheduled).
+
+        The phases are independent: one that fails for another reason than an unreachable store or
+        queue (:class:`StoreUnavailable`, raised at once) is logged and the others still run, so e.g. a
+        run that cannot be handed out never stops reaping or pruning."""
         now = self._clock.now()
         self.stats.ticks += 1
         room = await self._room()
         self._held_back = room == 0
+        room = await self._phase("firing due slots", self._fire(now, room), room)
+        room = await self._phase("dispatching due runs", self._dispatch_due(now, room), room)
+        held = self._reap_hold_until is not None and now < self._reap_hold_until
+        if not held and (self._next_reap is None or now >= self._next_reap):  # once a second is enough
+            self._next_reap = now + _REAP_EVERY
+            await self._phase("reaping", self.reap(now), 0)
+        if self._next_prune is None or now >= self._next_prune:
+            self._next_prune = now + self.prune_interval
+            await self._phase("pruning", self.prune(now), 0)
+        return await self._store.next_due_time()
+
+    async def _phase(self, what: str, work: Awaitable[int | None], fallback: int | None) -> int | None:
+        """Await one phase of a tick; a failure other than an unreachable backend is logged, and the tick
+        goes on with ``fallback``."""
+        try:
+            return await work
+        except StoreUnavailable:
+            raise
+        except Exception:
+            log.exception("scheduler: %s failed; the tick goes on", what)
+            return fallback
+
+    async def _fire(self, now: datetime, room: int | None) -> int | None:
+        """Claim due jobs in batches; the room left in the queue."""
         while room is None or room > 0:
             limit = self.batch_size if room is None else min(self.batch_size, room)
             claim = await self._store.claim_due(now, limit, self._planner)
@@ -161,6 +189,10 @@ class Scheduler:
                 self._held_back = room <= 0
             if claim.jobs < limit:
                 break
+        return room
+
+    async def _dispatch_due(self, now: datetime, room: int | None) -> int | None:
+        """Hand out queued runs whose time has come (retries, released runs); the room left."""
         while room is None or room > 0:
             limit = self.batch_size if room is None else min(self.batch_size, room)
             due = await self._store.claim_due_runs(now, limit)
@@ -174,14 +206,7 @@ class Scheduler:
                 self._held_back = room <= 0
             if len(due) < limit:
                 break
-        held = self._reap_hold_until is not None and now < self._reap_hold_until
-        if not held and (self._next_reap is None or now >= self._next_reap):  # once a second is enough
-            self._next_reap = now + _REAP_EVERY
-            await self.reap(now)
-        if self._next_prune is None or now >= self._next_prune:
-            self._next_prune = now + self.prune_interval
-            await self.prune(now)
-        return await self._store.next_due_time()
+        return room
 
     def _hold_reaping(self) -> None:
         """After losing the store, reap nothing until ``reap_grace`` after it answers again: workers cut

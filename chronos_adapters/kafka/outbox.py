@@ -42,6 +42,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    null,
     or_,
     select,
     text,
@@ -49,6 +50,8 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.mysql import LONGBLOB
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from chronos_core.errors import StoreUnavailable
@@ -91,13 +94,33 @@ def write_outbox(conn: Connection, dispatches: Sequence[Dispatch], now: datetime
 
     Rows written by the store are not ``ready``: the relay leaves them until the scheduler's ``put``
     (which comes after it published ``run.queued``, so no worker reports a run started before it was
-    reported queued) or, if the scheduler died before that, until they are ``settle`` seconds old."""
+    reported queued) or, if the scheduler died before that, until they are ``settle`` seconds old.
+
+    Idempotent per run: a run dispatched again (released after a failed hand-off, re-dispatched while
+    stuck queued) replaces its row, which is then sent again (a duplicate delivery is harmless:
+    ``Store.start_run`` fences it). A second row would hit the unique run index and fail the whole
+    transaction: the claim or the batch of due retries it belongs to."""
     if dispatches:
         created = _utc_naive(now)
-        conn.execute(insert(outbox_table), [
+        conn.execute(_upsert(conn), [
             {"run_id": d.run.id, "job_id": d.job.id, "message": encode_dispatch(d), "ready": ready,
              "created_at": created}
             for d in dispatches])
+
+
+def _upsert(conn: Connection) -> Any:
+    """An insert into the outbox that, for a run already there, rewrites the row as unsent."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        lite = sqlite_insert(outbox_table)
+        return lite.on_conflict_do_update(index_elements=[outbox_table.c.run_id], set_={
+            "message": lite.excluded.message, "ready": lite.excluded.ready,
+            "created_at": lite.excluded.created_at, "sent_at": null()})
+    if name in ("mysql", "mariadb"):
+        my = mysql_insert(outbox_table)
+        return my.on_duplicate_key_update(message=my.inserted.message, ready=my.inserted.ready,
+                                          created_at=my.inserted.created_at, sent_at=null())
+    return insert(outbox_table)
 
 
 class OutboxRelay:

@@ -753,22 +753,41 @@ class SqlStore(Store):
         return claim
 
     async def claim_due_runs(self, now: datetime, limit: int) -> list[Dispatch]:
-        def claim() -> list[Dispatch]:
-            with self._tx() as conn:
-                q = (select(runs).where(runs.c.dispatch_due_at <= now)
-                     .order_by(runs.c.dispatch_due_at, runs.c.id).limit(limit))
-                due = [_run(r) for r in conn.execute(self._locking(q))]
-                if not due:
-                    return []
-                ids = [r.id for r in due]
-                conn.execute(update(runs).where(runs.c.id.in_(ids)).values(dispatch_due_at=None))
-                by_id = {j.id: j for j in map(_job, conn.execute(
-                    select(jobs).where(jobs.c.id.in_(sorted({r.job_id for r in due})))))}
-                out = [Dispatch(r, by_id[r.job_id]) for r in due if r.job_id in by_id]
-                if self.on_dispatch is not None and out:
-                    self.on_dispatch(conn, out, now)
-            return out
-        return await self._call(claim)
+        try:
+            return await self._call(self._claim_due_runs, now, limit, None)
+        except RunConflict as exc:
+            # One run's hand-off conflicted (the on_dispatch hook's write) and rolled the batch back: hand
+            # out the others, each in its own transaction, so one bad run cannot hold up every due retry.
+            log.error("handing out due runs failed as a batch (%s); handing them out one by one", exc)
+        def due_ids() -> list[str]:
+            with self._tx(read=True) as conn:
+                return list(conn.scalars(select(runs.c.id).where(runs.c.dispatch_due_at <= now)
+                                         .order_by(runs.c.dispatch_due_at, runs.c.id).limit(limit)))
+        out: list[Dispatch] = []
+        for run_id in await self._call(due_ids):
+            try:
+                out.extend(await self._call(self._claim_due_runs, now, 1, run_id))
+            except RunConflict as exc:
+                log.error("run %s could not be handed out: %s", run_id, exc)
+        return out
+
+    def _claim_due_runs(self, now: datetime, limit: int, run_id: str | None) -> list[Dispatch]:
+        with self._tx() as conn:
+            q = (select(runs).where(runs.c.dispatch_due_at <= now)
+                 .order_by(runs.c.dispatch_due_at, runs.c.id).limit(limit))
+            if run_id is not None:
+                q = q.where(runs.c.id == run_id)
+            due = [_run(r) for r in conn.execute(self._locking(q))]
+            if not due:
+                return []
+            ids = [r.id for r in due]
+            conn.execute(update(runs).where(runs.c.id.in_(ids)).values(dispatch_due_at=None))
+            by_id = {j.id: j for j in map(_job, conn.execute(
+                select(jobs).where(jobs.c.id.in_(sorted({r.job_id for r in due})))))}
+            out = [Dispatch(r, by_id[r.job_id]) for r in due if r.job_id in by_id]
+            if self.on_dispatch is not None and out:
+                self.on_dispatch(conn, out, now)
+        return out
 
     async def next_due_time(self) -> datetime | None:
         def next_due() -> datetime | None:

@@ -222,3 +222,151 @@ async def test_after_a_store_error_the_worker_does_not_take_the_reapers_finish_f
     # one run.failed (the reaper's) and one retry_scheduled, for the retry that exists
     assert len(rig.published(EventType.RUN_FAILED, run.id)) == 1
     assert [e.run_id for e in rig.published(EventType.RUN_RETRY_SCHEDULED)] == [history[1].id]
+
+
+# ------------------------------------------------------------ 1: a failed outbox hand-off stalls nothing
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'outbox.db'}"
+    url: str = request.getfixturevalue("fresh_mysql_url")
+    return url
+
+
+async def outbox_rows(relay: Any) -> list[tuple[str, bool, bool]]:
+    """(run id, ready, sent) of every outbox row."""
+    from sqlalchemy import select
+
+    from chronos_adapters.kafka.outbox import outbox_table as t
+
+    with relay.engine.connect() as conn:
+        return [(r.run_id, bool(r.ready), r.sent_at is not None)
+                for r in conn.execute(select(t).order_by(t.c.seq))]
+
+
+async def test_a_failed_outbox_hand_off_stalls_neither_retries_nor_reaping(sql_url: str) -> None:
+    pytest.importorskip("aiokafka")
+    from chronos_adapters.kafka import KafkaDispatchQueue
+    from chronos_adapters.kafka.outbox import OutboxDispatchQueue, OutboxRelay, write_outbox
+    from chronos_adapters.sql import SqlStore
+
+    clock = FakeClock(T0)
+    store = SqlStore(sql_url, pool_size=4, on_dispatch=write_outbox)
+    relay = Proxy(OutboxRelay(sql_url, KafkaDispatchQueue("127.0.0.1:9")))  # the relay loop is not run
+    queue = OutboxDispatchQueue(relay.inner.queue, relay, run_relay=False)  # type: ignore[arg-type]
+    await store.start()
+    await relay.inner.open()
+    bus = MemoryEventBus()
+    types = JobTypes()
+    types.register("step", StepPayload)
+    jobs = Jobs(store, queue, bus, clock, types)
+    scheduler = Scheduler(store, queue, bus, clock, reap_grace=10)
+    try:
+        job = await jobs.create({"name": "every-second", "type": "step", "schedule": "* * * * * *",
+                                 "retry": {"strategy": "immediate", "max_attempts": 2}})
+        dead = await jobs.trigger(job.id)  # taken by a worker that then died
+        assert await store.start_run(dead.id, "worker-dead", T0, T0 + 5 * S)
+        clock.set(T0 + S)
+        relay.fail("write", StoreUnavailable("outbox: OperationalError"))  # the scheduler's put fails once
+        with pytest.raises(StoreUnavailable):
+            await scheduler.tick()
+        [first] = [r for r in await store.list_runs(job.id) if r.scheduled_for == T0 + S]
+        assert first.status is RunStatus.QUEUED  # released: the next tick hands it out again
+        clock.set(T0 + 16 * S)  # the dead worker's lease ran out 11 s ago
+        await scheduler.tick()
+        reaped = await store.get_run(dead.id)
+        assert reaped.status is RunStatus.FAILED and "worker-dead" in (reaped.error or "")
+        retry = next(r for r in await store.list_runs(job.id) if r.attempt == 2)
+        clock.advance(1)
+        await scheduler.tick()  # the reaped run's retry is handed out too
+        rows = await outbox_rows(relay.inner)
+        assert [r for r in rows if r[0] == first.id] == [(first.id, True, False)]  # one row, to send
+        assert (retry.id, True, False) in rows
+        assert len(rows) == len({r[0] for r in rows})
+        assert scheduler.stats.reaped == 1
+    finally:
+        await relay.inner.stop()
+        await store.stop()
+
+
+async def test_write_outbox_is_idempotent_per_run(sql_url: str) -> None:
+    pytest.importorskip("aiokafka")
+    from sqlalchemy import update
+
+    from chronos_adapters.kafka import KafkaDispatchQueue
+    from chronos_adapters.kafka.outbox import OutboxRelay, outbox_table, write_outbox
+    from tests.contracts.test_queue_contract import make_dispatch, make_job
+
+    relay = OutboxRelay(sql_url, KafkaDispatchQueue("127.0.0.1:9"))
+    await relay.open()
+    try:
+        job = make_job("job-idem")
+        a, b = make_dispatch(job), make_dispatch(job)
+        with relay.engine.begin() as conn:
+            write_outbox(conn, [a, b], T0)
+            conn.execute(update(outbox_table).where(outbox_table.c.run_id == a.run.id)
+                         .values(sent_at=T0.replace(tzinfo=None)))
+        with relay.engine.begin() as conn:
+            write_outbox(conn, [a], T0 + S)  # dispatched again: its row is rewritten, to be sent again
+        await relay.write([a, b])  # the scheduler's put marks both ready, adds nothing
+        assert await outbox_rows(relay) == [(a.run.id, True, False), (b.run.id, True, False)]
+    finally:
+        await relay.stop()
+
+
+async def test_one_run_that_cannot_be_handed_out_does_not_hold_up_the_others(sql_url: str) -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from chronos_adapters.sql import SqlStore
+    from tests.contracts.test_store_contract import make_job, make_run
+
+    handed: list[str] = []
+    bad: set[str] = set()
+
+    def on_dispatch(conn: Any, dispatches: Any, now: datetime) -> None:  # a hand-off that fails for one run
+        if any(d.run.id in bad for d in dispatches):
+            raise sa_exc.IntegrityError("INSERT INTO chronos_outbox ...", {}, Exception("duplicate run_id"))
+        handed.extend(d.run.id for d in dispatches)
+
+    store = SqlStore(sql_url, pool_size=4, on_dispatch=on_dispatch)
+    await store.start()
+    try:
+        job = make_job("retries", next_run_at=None)
+        await store.add_jobs([job])
+        waiting = [make_run(job, T0 + i * S, attempt=2, due_at=T0 + i * S) for i in range(5)]
+        for run in waiting:
+            await store.add_run(run, dispatched=False)
+        bad.add(waiting[1].id)
+        got = await store.claim_due_runs(T0 + 10 * S, 100)
+        assert [d.run.id for d in got] == [r.id for i, r in enumerate(waiting) if i != 1]
+        assert handed == [d.run.id for d in got]
+        bad.clear()  # the bad one stays due, and goes once it can
+        assert [d.run.id for d in await store.claim_due_runs(T0 + 10 * S, 100)] == [waiting[1].id]
+    finally:
+        await store.stop()
+
+
+async def test_a_phase_of_the_tick_that_fails_does_not_stop_reaping_pruning_or_firing(rig: Rig) -> None:
+    from chronos_core import RunConflict
+
+    job = await rig.create(schedule="*/20 * * * * *")
+    other = await rig.create(retry={"strategy": "immediate", "max_attempts": 2}, history_limit=1)
+    dead = await rig.jobs.trigger(other.id)
+    assert await rig.store.start_run(dead.id, "worker-dead", T0, T0 + 5 * S)
+    assert rig.take() is not None  # (the dead worker's dispatch)
+    for _ in range(3):  # finished runs beyond the history limit
+        rig.clock.advance(1)
+        d = (await rig.jobs.trigger(other.id), rig.take())[1]
+        assert d is not None and await rig.worker.process(d) is not None
+    rig.store.fail("claim_due_runs", RunConflict("conflicting write"), times=10**6)  # one bad run, forever
+    rig.clock.set(T0 + 20 * S)
+    assert await rig.scheduler.tick() is not None
+    assert [r.status for r in await rig.history(job)] == [RunStatus.QUEUED]  # fired
+    runs = await rig.history(other)
+    assert rig.scheduler.stats.reaped == 1  # reaped: its retry waits
+    assert [(r.attempt, r.status) for r in runs if r.scheduled_for == dead.scheduled_for] == [
+        (2, RunStatus.QUEUED)]  # (the reaped attempt itself was the oldest finished run: pruned)
+    assert rig.scheduler.stats.pruned == 3  # pruned to the history limit
+    assert len([r for r in runs if r.finished_at is not None]) == 1
