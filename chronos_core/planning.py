@@ -119,10 +119,12 @@ def _plan_walk(job: Job, active_run_ids: Sequence[str], now: datetime, limits: L
         s = next_slot(job, s)
     summary: Run | None = None
     if uncounted is not None and first_dropped is not None:
+        # up to the leap's landing point, or further: the walk after the leap may have dropped slots
+        # from the list too (the leap lands *at least* max_slots_listed slots before the cutoff)
+        end = uncounted if last_dropped is None or last_dropped < uncounted else last_dropped
         summary = _record(job, first_dropped, now, RunStatus.MISSED,
                           f"more than {MAX_SLOTS_WALKED} slots from {first_dropped.isoformat()} up to "
-                          f"{uncounted.isoformat()} were missed (too many to count one by one; "
-                          "listed as one)")
+                          f"{end.isoformat()} were missed (too many to count one by one; listed as one)")
     elif dropped and first_dropped is not None and last_dropped is not None:
         summary = _record(job, first_dropped, now, RunStatus.MISSED,
                           f"{dropped} slots from {first_dropped.isoformat()} to {last_dropped.isoformat()} "

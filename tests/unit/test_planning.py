@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,3 +64,38 @@ def test_the_usual_case_queues_one_run_and_moves_to_the_next_slot() -> None:
     assert [(r.scheduled_for, r.status.value) for r in plan.runs] == [(T0, "queued")]
     assert plan.next_run_at == T0 + timedelta(seconds=1)
     assert plan.cancel == []
+
+
+def _covered(plan: SlotPlan) -> tuple[set[datetime], list[tuple[datetime, datetime]]]:
+    """The slots a plan records one by one, and the ranges its summary records name."""
+    import re
+
+    one_by_one: set[datetime] = set()
+    ranges: list[tuple[datetime, datetime]] = []
+    for r in plan.runs:
+        m = re.search(r"slots from (\S+) (?:up to|to) (\S+) were", r.error or "")
+        if m:
+            ranges.append((datetime.fromisoformat(m[1]), datetime.fromisoformat(m[2])))
+        else:
+            one_by_one.add(r.scheduled_for)
+    return one_by_one, ranges
+
+
+@pytest.mark.parametrize(("days", "misfire"), [(3.0, MisfirePolicy.FIRE_ONCE), (1.5, MisfirePolicy.SKIP)])
+def test_after_a_long_outage_every_slot_is_in_a_record(days: float, misfire: MisfirePolicy) -> None:
+    """A per-second job down for days: each slot is listed, fired or inside a summary's range (the
+    summary of a walk too long to count used to end where the leap landed, before slots it then
+    dropped from the list)."""
+    job = _job("* * * * * *", T0 + timedelta(seconds=1), OverlapPolicy.ALLOW, misfire, 5.0, None)
+    now = T0 + timedelta(days=days)
+    plan = plan_due_job(job, [], now)
+    one_by_one, ranges = _covered(plan)
+    assert len(ranges) == 1
+    t = T0 + timedelta(seconds=1)
+    uncovered = []
+    while t <= now:
+        if t not in one_by_one and not any(a <= t <= b for a, b in ranges):
+            uncovered.append(t)
+        t += timedelta(seconds=1)
+    assert uncovered == []
+    assert plan.next_run_at == now + timedelta(seconds=1)
