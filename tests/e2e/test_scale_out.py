@@ -170,6 +170,12 @@ def test_a_broker_outage_during_scheduling_loses_no_slot_and_runs_none_twice(
                 "misfire_grace": 60, "misfire": "fire_all"}
         created = [httpx.post(f"{a}/jobs", json={"name": f"out-{i}", **spec}, timeout=30).json()
                    for i in range(5)]
+
+        def ran_once() -> bool:  # the scheduler and the worker are up (they start slowly on a busy machine)
+            runs = httpx.get(f"{a}/jobs/{created[0]['id']}/history",
+                             params={"status": "succeeded", "limit": 1}, timeout=30)
+            return runs.status_code == 200 and bool(runs.json()["items"])
+        wait_for(ran_once, "a first run")
         start = datetime.now(UTC)
         time.sleep(4)
         proxy.stop()  # the broker is gone for a while
