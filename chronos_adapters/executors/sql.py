@@ -8,6 +8,11 @@ carries a URL or a password), through SQLAlchemy in a worker thread.
   ``pg_cancel_backend`` on PostgreSQL, ``sqlite3.Connection.interrupt`` on SQLite - and the worker does
   not wait more than a few seconds for the thread; other databases finish the statement in the
   background.
+* Confinement: a statement may not leave the database its connection names. On SQLite (whose "server"
+  is this process, with its files) an authorizer refuses ``ATTACH`` of any file, ``DETACH``, ``VACUUM
+  INTO`` and ``load_extension``, and the attached-database limit is 1 (plain ``VACUUM`` attaches an
+  unnamed temporary database). MySQL/PostgreSQL connections are confined by the grants of the user in
+  their URL: configure a least-privilege user.
 * Failures: an unknown connection name, a bad URL/driver, syntax errors, missing tables, constraint
   violations and missing parameters are not retryable; lost/refused connections, deadlocks and lock
   timeouts are. Passwords of every configured URL are masked in error messages.
@@ -18,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from sqlalchemy import create_engine, exc, make_url, text
+from sqlalchemy import create_engine, event, exc, make_url, text
 from sqlalchemy.engine import Connection, Engine
 
 from chronos_core.errors import ExecutionFailed
@@ -32,7 +38,7 @@ from chronos_core.ports import ExecutionResult, Executor, LogSink
 
 from ._common import Threads, mask, parse_payload
 
-__all__ = ["SqlExecutor"]
+__all__ = ["SqlExecutor", "confine_sqlite"]
 
 _INTERRUPT_WAIT = 5.0  # seconds the worker waits for an interrupted statement's thread
 _FETCH = 1000
@@ -94,6 +100,8 @@ class SqlExecutor(Executor):
                 except Exception as e:  # bad URL, unknown dialect, driver not installed
                     raise ExecutionFailed(self._mask(f"connection {name!r} is misconfigured: "
                                                      f"{type(e).__name__}: {e}"), retryable=False) from None
+                if engine.dialect.name == "sqlite":
+                    event.listen(engine, "connect", confine_sqlite)
                 self._engines[name] = engine
             return engine
 
@@ -211,6 +219,28 @@ class SqlExecutor(Executor):
         else:
             message, retryable = f"{type(e).__name__}: {e}", True
         return ExecutionFailed(self._mask(message), retryable=retryable)
+
+
+def _sqlite_authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
+                       trigger: str | None) -> int:
+    if action == sqlite3.SQLITE_ATTACH and arg1 != "":  # "": VACUUM's own temporary database
+        return sqlite3.SQLITE_DENY  # ATTACH 'file', VACUUM INTO 'file', ATTACH (expression)
+    if action == sqlite3.SQLITE_DETACH:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def confine_sqlite(dbapi_connection: Any, connection_record: Any = None) -> None:
+    """Keep every statement on a SQLite connection inside its own database file: no ``ATTACH`` of
+    another file (the store, a ``*.pth`` in site-packages...), no ``VACUUM INTO`` a path, no extensions."""
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        raise ExecutionFailed(f"SQLite driver {type(dbapi_connection).__module__} cannot be confined to "
+                              "its database; use the standard sqlite3 driver (sqlite:///...)",
+                              retryable=False)
+    dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 1)
+    dbapi_connection.set_authorizer(_sqlite_authorizer)
 
 
 def _retryable_dbapi(e: exc.DBAPIError, dialect: str) -> bool:
