@@ -21,7 +21,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from chronos_adapters.executors import ExecutorConfig
 
-__all__ = ["Container", "build_executor_config", "build_executors"]
+__all__ = ["Container", "build_executor_config", "build_executors", "build_job_types"]
 
 
 def _memory_store() -> Store:
@@ -95,6 +95,8 @@ def build_executor_config(settings: Settings) -> ExecutorConfig:
     values: dict[str, Any] = {
         "allow_shell": settings.allow_shell,
         "shell_kill_grace": settings.shell_kill_grace,
+        "shell_pass_env": tuple(settings.shell_pass_env) or None,
+        "smtp_max_recipients": settings.email_max_recipients,
         "http_allow_hosts": tuple(settings.http_allow_hosts) or None,
         "smtp_host": settings.smtp_host,
         "smtp_port": settings.smtp_port,
@@ -107,6 +109,13 @@ def build_executor_config(settings: Settings) -> ExecutorConfig:
     }
     # None means "not configured": keep the executor's own default.
     return ExecutorConfig(**{k: v for k, v in values.items() if k in known and v is not None})
+
+
+def build_job_types(settings: Settings) -> JobTypes:
+    """The job types, with the service's limits, and its secrets to mask in every job's output."""
+    types = JobTypes(email_max_recipients=settings.email_max_recipients)
+    types.add_service_secrets(settings.secret_values())
+    return types
 
 
 def build_executors(config: ExecutorConfig) -> list[Executor]:
@@ -138,7 +147,7 @@ class Container(containers.DeclarativeContainer):
     run_worker = providers.Object(True)
 
     clock = providers.Singleton(SystemClock)
-    job_types = providers.Singleton(JobTypes)
+    job_types = providers.Singleton(build_job_types, settings)
 
     store = providers.Selector(
         settings.provided.store_backend,

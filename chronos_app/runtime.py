@@ -108,8 +108,11 @@ class Chronos:
             store = SqlStore(database_url)
         if executors is None:
             executors = builtin_executors(executor_config)
-        return cls(store=store, queue=MemoryDispatchQueue(), bus=MemoryEventBus(), executors=executors,
-                   allow_shell=allow_shell, **options)
+        chronos = cls(store=store, queue=MemoryDispatchQueue(), bus=MemoryEventBus(), executors=executors,
+                      allow_shell=allow_shell, **options)
+        if executor_config is not None:  # its SMTP password and SQL URLs are masked in every job's output
+            chronos.job_types.add_service_secrets(executor_config.secrets())
+        return chronos
 
     def register_job_type(self, name: str, payload_model: type[Payload], executor: Executor) -> None:
         """Add a job type: its payload model (validated on create) and the executor that runs it."""

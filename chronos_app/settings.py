@@ -13,6 +13,8 @@ from urllib.parse import quote
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from chronos_core.secrets import text_secrets
+
 __all__ = ["DEFAULT_DATABASE_URL", "Settings"]
 
 DEFAULT_DATABASE_URL = "sqlite:///./chronos.db"
@@ -66,6 +68,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     sse_ping: float = Field(default=15.0, gt=0)
     idempotency_ttl: float = Field(default=24 * 3600.0, gt=0)
+    idempotency_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0, description=(
+        "memory the Idempotency-Key cache may hold (answers over 64 KiB are kept as the job's id and "
+        "re-read on a replay)"))
+    allowed_hosts: CommaList = Field(default_factory=list, description=(
+        "with auth off: Host names accepted besides loopback ones (localhost, 127.0.0.1, [::1])"))
+    header_timeout: float = Field(default=10.0, gt=0, description=(
+        "seconds a client has to send a request's headers (slow clients are disconnected)"))
+    keep_alive_timeout: float = Field(default=5.0, gt=0, description="seconds an idle connection stays")
+    max_connections: int = Field(default=1000, ge=1, description=(
+        "open connections (or requests in flight) before new requests get 503"))
 
     # engines ---------------------------------------------------------------------------------------
     concurrency: int = Field(default=16, ge=1)
@@ -80,6 +92,9 @@ class Settings(BaseSettings):
     # executors -------------------------------------------------------------------------------------
     allow_shell: bool = False
     shell_kill_grace: float = Field(default=5.0, ge=0)
+    shell_pass_env: CommaList = Field(default_factory=list, description=(
+        "variables passed on to shell jobs besides PATH, HOME, LANG, TZ (nothing else is inherited)"))
+    email_max_recipients: int = Field(default=100, ge=1, description="recipients of one email job")
     http_allow_hosts: CommaList = Field(default_factory=list)
     smtp_host: str | None = Field(default=None, validation_alias=_env("smtp_host", "SMTP_HOST"))
     smtp_port: int | None = Field(default=None, validation_alias=_env("smtp_port", "SMTP_PORT"))
@@ -93,7 +108,8 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
-    @field_validator("api_tokens", "readonly_tokens", "http_allow_hosts", "plugins", mode="before")
+    @field_validator("api_tokens", "readonly_tokens", "http_allow_hosts", "plugins", "shell_pass_env",
+                     "allowed_hosts", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -127,3 +143,12 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_tokens or self.readonly_tokens)
+
+    def secret_values(self) -> list[str]:
+        """The service's own secrets, masked in the output of every job: API tokens, the SMTP and
+        database passwords, the database URL and every SQL connection URL (with their passwords)."""
+        out = [*self.api_tokens, *self.readonly_tokens, self.smtp_password, self.db_password]
+        for url in (self.database_url, *self.sql_connections.values()):
+            if url and url not in ("memory", "memory://"):
+                out += [url, *text_secrets(url)]
+        return [s for s in dict.fromkeys(out) if s]

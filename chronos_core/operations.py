@@ -168,7 +168,9 @@ class Jobs:
         keep their stored value. The next slot is recomputed when timing fields change."""
         old = await self._store.get_job(job_id)
         spec = _spec(data)
-        spec = spec.model_copy(update={"payload": restore_redacted(spec.payload, old.payload)})
+        if spec.type == old.type:  # secrets shown as *** stay, unless what they are bound to changed
+            spec = spec.model_copy(update={"payload": self.types.restore(spec.type, spec.payload,
+                                                                         old.payload)})
         spec = self.validate(spec)
         now = self._clock.now()
         job = self._build(spec, old.created_at)

@@ -9,12 +9,34 @@ that secrets are masked whenever the job is shown.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from email.utils import getaddresses
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import FieldError, InvalidJob, UnknownJobType
+from .secrets import (
+    MIN_SECRET_LENGTH,
+    REDACTED,
+    Loc,
+    form_secrets,
+    is_secret_name,
+    redact_named,
+    redact_text,
+    restore_text,
+    text_secrets,
+    walk_named,
+)
 
 __all__ = [
     "REDACTED",
@@ -25,15 +47,10 @@ __all__ = [
     "ShellPayload",
     "SqlPayload",
     "field_errors",
+    "is_secret_name",
+    "parse_address",
+    "restore_masked",
 ]
-
-REDACTED = "***"
-_SECRET_NAME = re.compile(r"(pass(word|wd)?|secret|token|api[-_]?key|auth|credential|cookie|session)", re.I)
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a header/variable name suggests its value is a secret (``Authorization``, ``DB_PASSWORD``)."""
-    return bool(_SECRET_NAME.search(name))
 
 
 class Payload(BaseModel):
@@ -49,12 +66,40 @@ class Payload(BaseModel):
         """Secret values that must be masked wherever they would appear in output or logs."""
         return []
 
+    def secret_items(self) -> list[tuple[Loc, str]]:
+        """(location in the payload, value) of each secret; a job whose secrets are too short to be
+        masked is refused at that location."""
+        return [((), s) for s in self.secrets()]
+
+    def secret_binding(self) -> dict[str, Any]:
+        """What the stored secrets are bound to: a PUT that changes one of these must send the secrets
+        again rather than reuse the stored ones through ``***`` (e.g. an HTTP job's origin). Empty: the
+        secrets may follow any change."""
+        return {}
+
+
+class _ItemSecrets(Payload):
+    """Payload models that locate their secrets (``secret_items``); ``secrets`` is their values."""
+
+    def secrets(self) -> list[str]:
+        return list(dict.fromkeys(v for _, v in self.secret_items()))
+
 
 def _mask_mapping(values: dict[str, str]) -> dict[str, str]:
-    return {k: (REDACTED if is_secret_name(k) and v else v) for k, v in values.items()}
+    return {k: (REDACTED if is_secret_name(k) and v else redact_text(v)) for k, v in values.items()}
 
 
-class ShellPayload(Payload):
+def _mapping_items(field: str, values: Mapping[str, str]) -> list[tuple[Loc, str]]:
+    out: list[tuple[Loc, str]] = []
+    for k, v in values.items():
+        if is_secret_name(k) and v:
+            out.append(((field, k), v))
+        else:
+            out += [((field, k), s) for s in text_secrets(v)]
+    return out
+
+
+class ShellPayload(_ItemSecrets):
     """``command`` runs through ``/bin/sh -c``; ``argv`` runs a program directly (no shell)."""
 
     command: str | None = Field(default=None, min_length=1, max_length=100_000)
@@ -73,11 +118,14 @@ class ShellPayload(Payload):
         data["env"] = _mask_mapping(self.env)
         return data
 
-    def secrets(self) -> list[str]:
-        return [v for k, v in self.env.items() if is_secret_name(k) and v]
+    def secret_items(self) -> list[tuple[Loc, str]]:
+        return _mapping_items("env", self.env)
+
+    def secret_binding(self) -> dict[str, Any]:
+        return {"command": self.command, "argv": self.argv}
 
 
-class HttpPayload(Payload):
+class HttpPayload(_ItemSecrets):
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
     url: str = Field(min_length=1, max_length=8192)
     headers: dict[str, str] = Field(default_factory=dict)
@@ -85,7 +133,8 @@ class HttpPayload(Payload):
     json_body: Any = Field(default=None, alias="json")
     body: str | None = None
     expected_status: list[int] = Field(default_factory=list, description="empty means any 2xx")
-    expect_body: str | None = Field(default=None, description="a regular expression the body must match")
+    expect_body: str | None = Field(default=None, max_length=4096, description=(
+        "an RE2 regular expression the body must match (linear time: no backreferences or lookaround)"))
     follow_redirects: bool = False
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -118,6 +167,11 @@ class HttpPayload(Payload):
                 re.compile(v)
             except re.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
+            construct = _backtracking_construct(v)
+            if construct:
+                raise ValueError(f"{construct} is not supported: patterns are matched with RE2, in time "
+                                 "linear in the body (no backreferences, lookaround, conditionals, atomic "
+                                 "groups or possessive quantifiers)")
         return v
 
     @model_validator(mode="after")
@@ -129,36 +183,158 @@ class HttpPayload(Payload):
     def redacted(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", by_alias=True)
         data["headers"] = _mask_mapping(self.headers)
-        data["query"] = {k: (REDACTED if is_secret_name(k) and v else v) for k, v in self.query.items()}
-        password = _url_password(self.url)
-        if password:
-            data["url"] = self.url.replace(f":{password}@", f":{REDACTED}@", 1)
+        data["query"] = {k: (REDACTED if is_secret_name(k) and v else redact_named(v))
+                         for k, v in self.query.items()}
+        data["url"] = redact_text(self.url)
+        if self.json_body is not None:
+            data["json"] = redact_named(self.json_body)
+        if self.body is not None:
+            data["body"] = _redact_body(self.body)
         return data
 
-    def secrets(self) -> list[str]:
-        out = []
+    def secret_items(self) -> list[tuple[Loc, str]]:
+        out: list[tuple[Loc, str]] = []
         for k, v in self.headers.items():
             if is_secret_name(k) and v:
-                out.append(v)
+                out.append((("headers", k), v))
                 scheme, _, token = v.partition(" ")
-                if token and scheme.lower() in ("bearer", "basic", "token"):
-                    out.append(token)
+                token = token.strip()
+                if token:
+                    out.append((("headers", k), token))
+                    if scheme.lower() == "basic":
+                        out += [(("headers", k), s) for s in _basic_secrets(token)]
+            else:
+                out += [(("headers", k), s) for s in text_secrets(v)]
         for k, q in self.query.items():
+            values = [q] if isinstance(q, str) else q
             if is_secret_name(k):
-                out.extend(x for x in ([q] if isinstance(q, str) else q) if x)
-        password = _url_password(self.url)
-        if password:
-            out.append(password)
+                out += [(("query", k), x) for x in values if x]
+            else:
+                out += [(("query", k), s) for x in values for s in text_secrets(x)]
+        out += [(("url",), s) for s in text_secrets(self.url)]
+        if self.json_body is not None:
+            out += [(("json", *loc), v) for loc, v in walk_named(self.json_body)]
+        if self.body is not None:
+            out += [(("body",), v) for v in _body_secrets(self.body)]
         return out
 
-
-def _url_password(url: str) -> str | None:
-    """The password in ``scheme://user:password@host/...``, if any."""
-    m = re.match(r"^[a-z][a-z0-9+.-]*://[^/?#@]*?:([^/?#@]+)@", url, re.I)
-    return m.group(1) if m else None
+    def secret_binding(self) -> dict[str, Any]:
+        return {"url": _origin(self.url)}
 
 
-_ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$|^.*<[^@\s<>]+@[^@\s<>]+>$")
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """scheme, host, port: where a request goes (the path does not matter to its secrets)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(
+        parts.scheme.lower())
+
+
+def _basic_secrets(token: str) -> list[str]:
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return []
+    _, _, password = decoded.partition(":")
+    return [s for s in (decoded, password) if s]
+
+
+def _body_secrets(body: str) -> list[str]:
+    import json
+
+    try:
+        data = json.loads(body)
+    except ValueError:
+        found = [v for _, v in form_secrets(body)]
+        return found + text_secrets(body)
+    return [v for _, v in walk_named(data)]
+
+
+def _redact_body(body: str) -> str:
+    import json
+
+    secrets = _body_secrets(body)
+    if not secrets:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        for v in sorted(secrets, key=len, reverse=True):
+            body = body.replace(v, REDACTED)
+        return body
+    return json.dumps(redact_named(data))
+
+
+def _backtracking_construct(pattern: str) -> str | None:
+    """The first construct of a Python regular expression that RE2 cannot run, if any."""
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1:i + 2]
+            if not in_class and ((nxt in "123456789" and nxt) or nxt == "g"):
+                return "a backreference"
+            if nxt == "Z":
+                return "\\Z (use $)"
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 1
+            if pattern[i:i + 1] == "^":
+                i += 1
+            if pattern[i:i + 1] == "]":
+                i += 1
+            continue
+        elif c == "(" and pattern[i + 1:i + 2] == "?":
+            rest = pattern[i + 2:i + 4]
+            if rest[:1] in ("=", "!") or rest in ("<=", "<!"):
+                return "lookaround"
+            if rest[:2] == "P=":
+                return "a backreference"
+            if rest[:1] == "(":
+                return "a conditional group"
+            if rest[:1] == ">":
+                return "an atomic group"
+        elif c in "*+?}" and pattern[i + 1:i + 2] == "+" and i > 0:
+            return "a possessive quantifier"
+        i += 1
+    return None
+
+
+# an addr-spec without quoting or comments: what the envelope gets is exactly what the job says
+_ADDR_SPEC = re.compile(r"[^\s@<>()\[\]\\,;:\"]+@[^\s@<>()\[\]\\,;:\"]+\.[^\s@<>()\[\]\\,;:\".]+")
+_NAME_FORBIDDEN = re.compile(r"[<>@\r\n]")
+DEFAULT_MAX_RECIPIENTS = 100
+
+
+def parse_address(text: str) -> str:
+    """One address, ``user@example.com`` or ``Name <user@example.com>`` (a name with commas in
+    quotes), normalised; ``ValueError`` for anything else, e.g. a list of addresses in one entry."""
+    value = text.strip()
+    if "\r" in value or "\n" in value:
+        raise ValueError("line breaks are not allowed")
+    pairs = getaddresses([value])
+    if len(pairs) != 1:
+        raise ValueError("one address per entry")
+    name, addr = pairs[0]
+    if not _ADDR_SPEC.fullmatch(addr) or _NAME_FORBIDDEN.search(name):
+        raise ValueError("not a single address")
+    if name:
+        shown = f'"{name}" <{addr}>' if re.search(r"[^\w .'-]", name) else f"{name} <{addr}>"
+    else:
+        shown = addr
+    if getaddresses([shown]) != [(name, addr)]:
+        raise ValueError("not a single address")
+    return shown
 
 
 class EmailPayload(Payload):
@@ -173,10 +349,34 @@ class EmailPayload(Payload):
     @field_validator("to", "cc", "bcc")
     @classmethod
     def _addresses(cls, v: list[str]) -> list[str]:
-        bad = [a for a in v if not _ADDRESS.match(a.strip())]
+        out, bad = [], []
+        for a in v:
+            try:
+                out.append(parse_address(a))
+            except ValueError:
+                bad.append(a)
         if bad:
-            raise ValueError(f"not an email address: {', '.join(map(repr, bad))}")
-        return [a.strip() for a in v]
+            raise ValueError(f"not an email address (one per entry): {', '.join(map(repr, bad[:5]))}"
+                             + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+        return out
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return parse_address(v)
+        except ValueError:
+            raise ValueError(f"not an email address: {v[:200]!r}") from None
+
+    @model_validator(mode="after")
+    def _bounded(self, info: ValidationInfo) -> EmailPayload:
+        limit = (info.context or {}).get("email_max_recipients")
+        total = len(self.to) + len(self.cc) + len(self.bcc)
+        if limit is not None and total > limit:
+            raise ValueError(f"{total} recipients; at most {limit} (the email_max_recipients setting)")
+        return self
 
     @model_validator(mode="after")
     def _complete(self) -> EmailPayload:
@@ -187,7 +387,7 @@ class EmailPayload(Payload):
         return self
 
 
-class SqlPayload(Payload):
+class SqlPayload(_ItemSecrets):
     """``connection`` names a connection defined in settings; the job never carries a DSN or password."""
 
     connection: str = Field(min_length=1, max_length=100)
@@ -197,11 +397,14 @@ class SqlPayload(Payload):
 
     def redacted(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
-        data["params"] = {k: (REDACTED if is_secret_name(k) and v else v) for k, v in self.params.items()}
+        data["params"] = redact_named(data["params"])
         return data
 
-    def secrets(self) -> list[str]:
-        return [str(v) for k, v in self.params.items() if is_secret_name(k) and v not in (None, "")]
+    def secret_items(self) -> list[tuple[Loc, str]]:
+        return [(("params", *loc), v) for loc, v in walk_named(self.params)]
+
+    def secret_binding(self) -> dict[str, Any]:
+        return {"connection": self.connection, "statement": self.statement}
 
 
 class JobTypes:
@@ -214,8 +417,18 @@ class JobTypes:
         "sql": SqlPayload,
     }
 
-    def __init__(self, types: dict[str, type[Payload]] | None = None) -> None:
+    def __init__(self, types: dict[str, type[Payload]] | None = None, *,
+                 email_max_recipients: int = DEFAULT_MAX_RECIPIENTS) -> None:
         self._types: dict[str, type[Payload]] = dict(self.BUILTIN if types is None else types)
+        self._context: dict[str, Any] = {"email_max_recipients": email_max_recipients}
+        self._service_secrets: list[str] = []
+
+    def add_service_secrets(self, values: Iterable[str | None]) -> None:
+        """Secrets of the service itself (API tokens, the SMTP password, SQL URLs...): masked in the
+        output of every job, whatever its type, since a job may find them (``secrets`` includes them)."""
+        for v in values:
+            if v and v not in self._service_secrets:
+                self._service_secrets.append(v)
 
     def register(self, name: str, payload_model: type[Payload]) -> None:
         """Add (or replace) a job type."""
@@ -237,11 +450,18 @@ class JobTypes:
             raise UnknownJobType(name, list(self._types)) from None
 
     def parse(self, name: str, payload: dict[str, Any]) -> Payload:
-        """The payload as its model; ``InvalidJob`` with one entry per bad field (under ``payload``)."""
+        """The payload as its model, as a job is created or changed; ``InvalidJob`` with one entry per
+        bad field (under ``payload``), including secrets too short to be masked."""
         try:
-            return self.model(name).model_validate(payload)
+            parsed = self.model(name).model_validate(payload, context=self._context)
         except ValidationError as exc:
             raise InvalidJob(field_errors(exc, prefix=("payload",))) from None
+        short = dict.fromkeys(loc for loc, v in parsed.secret_items() if 0 < len(v) < MIN_SECRET_LENGTH)
+        if short:
+            raise InvalidJob([FieldError(("payload", *loc), f"a secret shorter than {MIN_SECRET_LENGTH} "
+                                         "characters cannot be masked in output; use a longer one")
+                              for loc in short])
+        return parsed
 
     def validate(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The payload, validated and normalised to plain JSON data."""
@@ -258,13 +478,66 @@ class JobTypes:
         return {k: (REDACTED if is_secret_name(k) else v) for k, v in payload.items()}
 
     def secrets(self, name: str, payload: dict[str, Any]) -> list[str]:
+        """The job's secrets and the service's: what the worker masks in its output."""
         model = self._types.get(name)
         if model is None or model.secrets is Payload.secrets:  # a type that never has secrets
-            return []
+            return list(self._service_secrets)
         try:
-            return model.model_validate(payload).secrets()
+            return model.model_validate(payload).secrets() + self._service_secrets
         except ValidationError:
-            return []
+            return list(self._service_secrets)
+
+    def restore(self, name: str, new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+        """``new`` (a payload written back after a read) with each ``***`` that stands for a stored secret
+        of ``old`` put back - unless what the secrets are bound to changed (another origin, command,
+        statement...): then :class:`InvalidJob` names each such field, whose value must be sent again."""
+        model = self._types.get(name)
+        try:
+            stored = model.model_validate(old) if model is not None else None
+        except ValidationError:
+            stored = None
+        if model is None or stored is None:  # masked by key name alone
+            return dict(restore_masked(new, self.redact(name, old), old))
+        restored: list[Loc] = []
+        result: dict[str, Any] = dict(restore_masked(new, stored.redacted(), old, restored))
+        if not restored:
+            return result
+        try:
+            changed = [k for k, v in stored.secret_binding().items()
+                       if model.model_validate(result).secret_binding().get(k) != v]
+        except ValidationError:
+            return result  # validation reports what is wrong with it
+        if changed:
+            what = " and ".join(f"'{k}'" for k in changed)
+            raise InvalidJob([FieldError(("payload", *loc), f"{what} changed, so the stored secret shown as "
+                                         f"{REDACTED} is not reused: send its value again")
+                              for loc in dict.fromkeys(restored)])
+        return result
+
+
+def restore_masked(new: Any, shown: Any, old: Any, restored: list[Loc] | None = None, loc: Loc = ()) -> Any:
+    """``new`` with every value that is still as ``shown`` (the redacted view of ``old``) masked it
+    taken back from ``old``: ``***`` where a secret was, a URL with ``***`` for its password or a
+    secret query parameter. ``restored`` collects where that happened."""
+    if new == REDACTED and shown == REDACTED and old is not None and old != REDACTED:
+        if restored is not None:
+            restored.append(loc)
+        return old
+    if isinstance(new, dict) and isinstance(old, dict):
+        shown_map: dict[str, Any] = shown if isinstance(shown, dict) else {}
+        return {k: (restore_masked(v, shown_map.get(k, old.get(k)), old[k], restored, (*loc, k))
+                    if k in old else v) for k, v in new.items()}
+    if isinstance(new, list) and isinstance(old, list):
+        shown_list: list[Any] = shown if isinstance(shown, list) and len(shown) == len(old) else old
+        return [restore_masked(v, shown_list[i], old[i], restored, (*loc, i)) if i < len(old) else v
+                for i, v in enumerate(new)]
+    if isinstance(new, str) and isinstance(old, str) and REDACTED in new:
+        back = restore_text(new, old)
+        if back is not None:
+            if restored is not None:
+                restored.append(loc)
+            return back
+    return new
 
 
 def field_errors(exc: ValidationError, prefix: Iterable[str | int] = ()) -> list[FieldError]:

@@ -24,6 +24,7 @@ from .models import Event, EventType, Job, Run, RunStatus, evolve
 from .payloads import JobTypes
 from .planning import plan_retry
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, ExecutionResult, Executor, Store
+from .secrets import secret_forms
 
 __all__ = ["OutputTail", "Worker", "WorkerStats"]
 
@@ -59,7 +60,7 @@ class OutputTail:
 
 class _Masker:
     def __init__(self, secrets: list[str]) -> None:
-        self._secrets = sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
+        self._secrets = secret_forms(secrets)  # each secret as is, URL-encoded, base64, hex...
 
     def __call__(self, text: str) -> str:
         for s in self._secrets:
@@ -384,19 +385,18 @@ class Worker:
 
         async def emit(line: str, stream: str = "stdout") -> None:
             nonlocal lost
-            line = mask(line.rstrip("\r\n"))
-            if len(line) > limit:
-                line = line[:limit] + f" [... {len(line) - limit} characters cut]"
-            tail.add(line)
-            event = Event(type=EventType.RUN_LOG, time=self._clock.now(), job_id=run.job_id, run_id=run.id,
-                          data={"line": line, "stream": stream, "attempt": run.attempt})
-            try:
-                await self._bus.publish([event])
-            except Exception as exc:  # the live view misses a line; the run must not fail for it
-                lost += 1
-                if lost == 1:
-                    log.warning("run %s: publishing its output failed (%s: %s); the stored output keeps "
-                                "it", run.id, type(exc).__name__, exc)
+            line = mask(line.rstrip("\r\n"))  # masked whole, then cut: no secret is split by a cut
+            for piece in (line[i:i + limit] for i in range(0, len(line), limit)) if line else ("",):
+                tail.add(piece)
+                event = Event(type=EventType.RUN_LOG, time=self._clock.now(), job_id=run.job_id,
+                              run_id=run.id, data={"line": piece, "stream": stream, "attempt": run.attempt})
+                try:
+                    await self._bus.publish([event])
+                except Exception as exc:  # the live view misses a line; the run must not fail for it
+                    lost += 1
+                    if lost == 1:
+                        log.warning("run %s: publishing its output failed (%s: %s); the stored output "
+                                    "keeps it", run.id, type(exc).__name__, exc)
 
         task = asyncio.create_task(executor.execute(job, run, emit))
         self._running[run.id] = task

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from chronos_core.errors import ExecutionFailed
 from chronos_core.payloads import REDACTED, Payload, field_errors
+from chronos_core.secrets import secret_forms
 
 __all__ = ["Threads", "mask", "parse_payload"]
 
@@ -29,8 +30,9 @@ def parse_payload(model: type[P], payload: dict[str, Any]) -> P:
 
 
 def mask(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every secret (of 3 characters or more) replaced by ``***``."""
-    for s in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
+    """``text`` with every secret (of 3 characters or more), in each form the worker masks (URL-encoded,
+    base64, hex...), replaced by ``***``."""
+    for s in secret_forms(secrets):
         text = text.replace(s, REDACTED)
     return text
 

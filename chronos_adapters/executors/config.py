@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from chronos_core.secrets import text_secrets
+
 __all__ = ["ExecutorConfig"]
 
 
@@ -21,8 +23,12 @@ class ExecutorConfig:
     allowed fails, not retried, on a worker where it is not)."""
     shell_kill_grace: float = 5.0
     """Seconds between SIGTERM and SIGKILL to a shell job's process group on timeout/cancel."""
-    shell_max_line: int = 16 * 1024
-    """Longest line (characters) sent as one ``run.log`` event; longer output is cut into pieces."""
+    shell_max_line: int = 1024 * 1024
+    """Longest line (bytes) passed on whole; longer output is passed on in pieces. (The worker masks
+    secrets in each, then cuts it into ``run.log`` events of at most 16 KiB.)"""
+    shell_pass_env: tuple[str, ...] = ()
+    """Variables of the service's environment passed on to shell jobs besides ``PATH``, ``HOME``,
+    ``LANG`` and ``TZ`` (nothing else is inherited). A comma-separated string is accepted too."""
 
     # http --------------------------------------------------------------------------------------------
     http_allow_hosts: tuple[str, ...] = ()
@@ -37,6 +43,8 @@ class ExecutorConfig:
     http_max_redirects: int = 10
 
     # email -------------------------------------------------------------------------------------------
+    smtp_max_recipients: int = 100
+    """Most recipients (to + cc + bcc) one email job may have; more fail the run, not retried."""
     smtp_host: str = "localhost"
     smtp_port: int = 25
     """SMTP port (25, 587 with ``smtp_starttls``, 465 with ``smtp_ssl``)."""
@@ -63,6 +71,13 @@ class ExecutorConfig:
     sql_max_cell: int = 1024
     """Characters of one recorded value; longer ones are cut."""
 
+    def secrets(self) -> list[str]:
+        """The configuration's own secrets: the SMTP password, every SQL URL and its password."""
+        out = [self.smtp_password] if self.smtp_password else []
+        for url in self.sql_connections.values():
+            out += [url, *text_secrets(url)]
+        return out
+
     def __post_init__(self) -> None:
         if self.smtp_ssl and self.smtp_starttls:
             raise ValueError("smtp_ssl and smtp_starttls exclude each other")
@@ -70,4 +85,8 @@ class ExecutorConfig:
         if isinstance(hosts, str):
             hosts = tuple(h for h in hosts.replace(";", ",").split(","))
         object.__setattr__(self, "http_allow_hosts", tuple(h.strip() for h in hosts if h.strip()))
+        names = self.shell_pass_env
+        if isinstance(names, str):
+            names = tuple(names.split(","))
+        object.__setattr__(self, "shell_pass_env", tuple(n.strip() for n in names if n.strip()))
         object.__setattr__(self, "sql_connections", dict(self.sql_connections))

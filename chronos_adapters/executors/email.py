@@ -99,7 +99,8 @@ class EmailExecutor(Executor):
 
     def __init__(self, *, host: str = "localhost", port: int = 25, user: str | None = None,
                  password: str | None = None, starttls: bool = False, ssl: bool = False,
-                 sender: str | None = None, timeout: float = 30.0, ca_file: str | None = None) -> None:
+                 sender: str | None = None, timeout: float = 30.0, ca_file: str | None = None,
+                 max_recipients: int = 100) -> None:
         self.host = host
         self.port = port
         self.user = user
@@ -109,6 +110,7 @@ class EmailExecutor(Executor):
         self.sender = sender
         self.timeout = timeout
         self.ca_file = ca_file
+        self.max_recipients = max_recipients
         self._threads = Threads("chronos-smtp")
 
     async def stop(self) -> None:
@@ -124,7 +126,10 @@ class EmailExecutor(Executor):
             msg = build_message(p, sender, run)
         except ValueError as exc:
             raise ExecutionFailed(f"invalid payload: {exc}", retryable=False) from None
-        recipients = [parseaddr(a)[1] for a in (*p.to, *p.cc, *p.bcc)]
+        recipients = [parseaddr(a)[1] for a in (*p.to, *p.cc, *p.bcc)]  # entries are single addresses
+        if len(recipients) > self.max_recipients:
+            raise ExecutionFailed(f"{len(recipients)} recipients; at most {self.max_recipients} (the "
+                                  "smtp_max_recipients setting)", retryable=False)
         await log(f"sending {msg['Message-ID']} to {len(recipients)} recipient(s) via "
                   f"{self.host}:{self.port}")
         session = _Session()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
+import logging
 import socket
 import time
 from collections.abc import Iterable
@@ -28,15 +28,17 @@ from typing import Any, ClassVar
 
 import httpcore
 import httpx
+import re2
 
 from chronos_core.errors import ExecutionFailed
 from chronos_core.models import Job, Run
-from chronos_core.payloads import HttpPayload
+from chronos_core.payloads import HttpPayload, is_secret_name
 from chronos_core.ports import ExecutionResult, Executor, LogSink
 
 from ._common import parse_payload
 
-__all__ = ["AddressGuard", "BlockedAddress", "HttpExecutor", "idempotency_key"]
+__all__ = ["AddressGuard", "BlockedAddress", "HttpExecutor", "idempotency_key", "is_public",
+           "quiet_httpx_logging"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _RETRYABLE_STATUS = {408, 425, 429}
@@ -75,15 +77,45 @@ class AddressGuard:
         return is_public(ip)
 
 
+def _nets(*cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c) for c in cidrs)
+
+
+# The IANA IPv4/IPv6 Special-Purpose Address Registries (2025), entries not "globally reachable", plus
+# multicast, the deprecated 6to4 relay anycast and site-local fec0::/10 (RFC 3879). Python's own
+# ``is_global`` misses some in 3.11 (192.0.0.8, fec0::/10, 64:ff9b:1::/48, 5f00::/16, 3fff::/20).
+_BLOCKED_V4 = _nets(
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32")
+_GLOBAL_V4 = _nets("192.0.0.9/32", "192.0.0.10/32")  # PCP and TURN anycast, inside 192.0.0.0/24
+_BLOCKED_V6 = _nets(
+    "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64", "2001::/23",
+    "2001:2::/48", "2001:10::/28", "2001:db8::/32", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10",
+    "fec0::/10", "ff00::/8")
+_GLOBAL_V6 = _nets("2001:1::1/128", "2001:1::2/128", "2001:1::3/128", "2001:3::/32", "2001:4:112::/48",
+                   "2001:20::/28", "2001:30::/28")
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def is_public(ip: IPAddress) -> bool:
-    """A global unicast address: not loopback, private, link-local (metadata), CGNAT, multicast, reserved,
-    unspecified; IPv4 embedded in IPv6 (mapped, 6to4, Teredo) is judged as IPv4."""
+    """A globally reachable unicast address by the IANA special-purpose registries: not loopback,
+    private, link-local (metadata), CGNAT, documentation, benchmarking, reserved, multicast,
+    unspecified, site-local; IPv4 embedded in IPv6 (mapped, NAT64 64:ff9b::/96, 6to4, Teredo) is judged
+    as that IPv4 address; IPv6 outside 2000::/3 is not global unicast."""
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64:
+            return is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
         if embedded is not None:
-            return is_public(embedded)
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_loopback
-                                 or ip.is_link_local or ip.is_unspecified)
+            return is_public(embedded) and (ip.teredo is None or is_public(ip.teredo[0]))
+        if any(ip in net for net in _GLOBAL_V6):
+            return True
+        return ip in _GLOBAL_UNICAST_V6 and not any(ip in net for net in _BLOCKED_V6)
+    if any(ip in net for net in _GLOBAL_V4):
+        return True
+    return not any(ip in net for net in _BLOCKED_V4)
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -164,6 +196,7 @@ class HttpExecutor(Executor):
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        quiet_httpx_logging()
         if self._client is None:
             limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
             self._client = httpx.AsyncClient(
@@ -180,35 +213,27 @@ class HttpExecutor(Executor):
         if self._client is None:
             await self.start()
         assert self._client is not None
+        pattern = _compile(p.expect_body) if p.expect_body is not None else None
         headers = httpx.Headers(p.headers)
         headers.setdefault("Idempotency-Key", idempotency_key(job, run))
         headers["X-Chronos-Run-Id"] = run.id
         headers["X-Chronos-Job-Id"] = job.id
         headers["X-Chronos-Attempt"] = str(run.attempt)
         try:
+            url = httpx.URL(p.url)
+            if p.query:  # added to the URL's own query string, which stays
+                url = url.copy_merge_params(p.query)
+            if "authorization" in headers and url.userinfo:
+                url = url.copy_with(userinfo=b"")  # the job's explicit header wins over the URL's user
             request = self._client.build_request(
-                p.method, p.url, headers=headers, params=p.query or None,
+                p.method, url, headers=headers,
                 json=p.json_body, content=p.body.encode() if p.body is not None else None)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, TypeError) as exc:
             raise ExecutionFailed(f"bad request: {exc}", retryable=False) from None
         await log(f"{p.method} {_shown_url(request.url)}")
         started = time.perf_counter()
+        response = await self._send(request, p.follow_redirects, log)
         try:
-            response = await self._client.send(request, stream=True, follow_redirects=p.follow_redirects)
-        except BlockedAddress as exc:
-            raise ExecutionFailed(str(exc), retryable=False) from None
-        except httpx.TooManyRedirects:
-            raise ExecutionFailed(f"more than {self.max_redirects} redirects", retryable=False) from None
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError) as exc:
-            raise ExecutionFailed(f"bad request: {exc}", retryable=False) from None
-        except httpx.TimeoutException as exc:
-            raise ExecutionFailed(f"{type(exc).__name__}: no answer within {self.timeout:g}s") from None
-        except httpx.TransportError as exc:
-            raise ExecutionFailed(f"{type(exc).__name__}: {exc or 'connection failed'}") from None
-        try:
-            for hop in response.history:
-                target = hop.url.join(hop.headers.get("Location", ""))
-                await log(f"HTTP {hop.status_code} {hop.reason_phrase} -> {_shown_url(target)}")
             body, truncated = await self._read_capped(response)
         except httpx.TimeoutException as exc:
             raise ExecutionFailed(f"{type(exc).__name__} while reading the body") from None
@@ -230,10 +255,48 @@ class HttpExecutor(Executor):
             want = ", ".join(map(str, expected)) if expected else "2xx"
             return ExecutionResult(ok=False, exit_code=status, retryable=_retryable_status(status),
                                    error=f"HTTP {status} {response.reason_phrase} (expected {want})")
-        if p.expect_body is not None and not re.search(p.expect_body, text):
+        # RE2 runs in linear time; off the event loop all the same (a large pattern over 64 KiB)
+        if pattern is not None and await asyncio.to_thread(pattern.search, text) is None:
             return ExecutionResult(ok=False, exit_code=status, retryable=True,
                                    error=f"the response body does not match {p.expect_body!r}")
         return ExecutionResult(ok=True, exit_code=status)
+
+    async def _send(self, request: httpx.Request, follow: bool, log: LogSink) -> httpx.Response:
+        """Send ``request``, following redirects here (not in httpx) when asked: on a hop to another
+        origin every secret-named header (``Authorization``, ``X-Api-Key``, ``Private-Token``,
+        ``Cookie``...) is dropped, and a body is never re-sent to another origin."""
+        assert self._client is not None
+        origin = _origin(request.url)
+        for hop in range(self.max_redirects + 1):
+            try:
+                response = await self._client.send(request, stream=True, follow_redirects=False)
+            except BlockedAddress as exc:
+                raise ExecutionFailed(str(exc), retryable=False) from None
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError) as exc:
+                raise ExecutionFailed(f"bad request: {exc}", retryable=False) from None
+            except httpx.TimeoutException as exc:
+                raise ExecutionFailed(f"{type(exc).__name__}: no answer within {self.timeout:g}s") from None
+            except httpx.TransportError as exc:
+                raise ExecutionFailed(f"{type(exc).__name__}: {exc or 'connection failed'}") from None
+            following = follow and response.next_request is not None
+            if not following:
+                return response
+            if hop == self.max_redirects:
+                await response.aclose()
+                raise ExecutionFailed(f"more than {self.max_redirects} redirects", retryable=False)
+            nxt = response.next_request
+            assert nxt is not None
+            await log(f"HTTP {response.status_code} {response.reason_phrase} -> {_shown_url(nxt.url)}")
+            await response.aclose()
+            if _origin(nxt.url) != origin:
+                if nxt.headers.get("content-length", "0") != "0" or "transfer-encoding" in nxt.headers:
+                    raise ExecutionFailed(f"not following a {response.status_code} redirect to another "
+                                          "origin: it would re-send the request body (and any secret in "
+                                          "it) there", retryable=False)
+                for name in [n for n in nxt.headers if is_secret_name(n) or n.lower() == "cookie"]:
+                    del nxt.headers[name]
+            request = nxt
+        raise AssertionError("unreachable")
 
     async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
         """At most ``max_body`` bytes of the (decoded) body; the rest is not read."""
@@ -255,4 +318,43 @@ def _shown_url(url: httpx.URL) -> str:
     """The URL without its password (the query is masked by the worker from ``payload.secrets()``)."""
     if url.password:
         url = url.copy_with(username=url.username, password="***")
+    elif url.username:  # https://TOKEN@host/: a user name alone is usually a token
+        url = url.copy_with(username="***")
     return str(url)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+def _compile(pattern: str) -> Any:
+    """``expect_body`` as an RE2 pattern: matching takes time linear in the body, whatever the pattern
+    (Python's ``re`` can take exponential time: ``^(a+)+$``). The payload model refuses what RE2 lacks
+    when a job is created; anything it still cannot compile fails the run, not retried."""
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) \
+            else str(exc)
+        raise ExecutionFailed(f"expect_body is not a pattern RE2 can run: {detail}",
+                              retryable=False) from None
+
+
+class _QuietHttpx(logging.Filter):
+    """Drops httpx's ``HTTP Request: GET http://user:pw@host/?api_key=...`` lines: they carry the URL
+    with its secrets; each run logs its own masked request line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("HTTP Request:")
+
+
+_QUIET_HTTPX = _QuietHttpx()
+
+
+def quiet_httpx_logging() -> None:
+    """Install the filter on httpx's logger (idempotent)."""
+    logging.getLogger("httpx").addFilter(_QUIET_HTTPX)

@@ -2,7 +2,13 @@
 group (a new session), with stdout and stderr streamed line by line as they come.
 
 * Output is never buffered whole: it is read in 64 KiB chunks and sent line by line (lines longer than
-  ``max_line`` in pieces); the worker keeps only a capped tail.
+  ``max_line``, 1 MiB, in pieces); the worker masks secrets in each line, then cuts it into pieces of
+  its own line limit (16 KiB), and keeps only a capped tail. (A secret is only split - and so not
+  masked - where a single line passes 1 MiB.)
+* Environment: a job starts from a minimal one - ``PATH``, ``HOME``, ``LANG``, ``TZ`` of the service,
+  plus the variables named in ``pass_env`` - then its own ``env`` and ``CHRONOS_JOB_ID`` /
+  ``CHRONOS_RUN_ID`` / ``CHRONOS_ATTEMPT``. The service's own variables (API tokens, SMTP password,
+  database URLs) are not inherited.
 * When the command itself exits, whatever it left running in its group gets SIGTERM (then SIGKILL), so a
   backgrounded grandchild neither outlives the run nor holds its output pipe open.
 * On timeout or cancellation the whole group gets SIGTERM, then SIGKILL after ``kill_grace`` seconds.
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 from chronos_core.errors import ExecutionFailed
@@ -26,22 +33,34 @@ from chronos_core.ports import ExecutionResult, Executor, LogSink
 
 from ._common import parse_payload
 
-__all__ = ["ShellExecutor", "group_members"]
+__all__ = ["BASE_ENV", "ShellExecutor", "group_members", "minimal_env"]
 
 _CHUNK = 64 * 1024
 _POLL = 0.05
 _LEFTOVER_GRACE = 1.0  # seconds leftovers of a finished command get between SIGTERM and SIGKILL
 _DRAIN = 5.0  # seconds to read what is left in the pipes once the group is gone
+BASE_ENV = ("PATH", "HOME", "LANG", "TZ")
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def minimal_env(pass_env: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What a shell job inherits: ``PATH`` (a default one if unset), ``HOME``, ``LANG``, ``TZ`` and the
+    variables named in ``pass_env`` that are set."""
+    source = os.environ if environ is None else environ
+    env = {k: source[k] for k in (*BASE_ENV, *pass_env) if k in source}
+    env.setdefault("PATH", _DEFAULT_PATH)
+    return env
 
 
 class ShellExecutor(Executor):
     type_name: ClassVar[str] = "shell"
 
-    def __init__(self, *, kill_grace: float = 5.0, max_line: int = 16 * 1024,
-                 base_env: dict[str, str] | None = None, allowed: bool = True) -> None:
+    def __init__(self, *, kill_grace: float = 5.0, max_line: int = 1024 * 1024,
+                 base_env: dict[str, str] | None = None, pass_env: Iterable[str] = (),
+                 allowed: bool = True) -> None:
         self.kill_grace = kill_grace
         self.max_line = max_line
-        self.base_env = dict(os.environ) if base_env is None else dict(base_env)
+        self.base_env = minimal_env(pass_env) if base_env is None else dict(base_env)
         self.allowed = allowed
 
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:

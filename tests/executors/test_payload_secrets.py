@@ -11,7 +11,8 @@ def test_http_secrets_cover_url_password_auth_headers_and_secret_query_params() 
         "headers": {"Authorization": "Bearer abc.def", "Accept": "text/plain"},
         "query": {"api_key": "k-123", "page": "2", "token": ["t-1", "t-2"]},
     })
-    assert set(p.secrets()) == {"pa55word", "Bearer abc.def", "abc.def", "k-123", "t-1", "t-2"}
+    assert set(p.secrets()) == {"pa55word", "bob:pa55word", "Bearer abc.def", "abc.def", "k-123", "t-1",
+                                "t-2"}
     shown = p.redacted()
     assert shown["url"] == "https://bob:***@api.example/x?y=1"
     assert shown["headers"] == {"Authorization": "***", "Accept": "text/plain"}

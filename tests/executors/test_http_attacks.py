@@ -1,0 +1,204 @@
+"""Issue #11 findings 2, 5 and 10 against the HTTP executor and a real local HTTP server: a catastrophic
+``expect_body`` pattern, httpx's own log, redirects that carry secret headers away, the SSRF guard's
+special-purpose ranges, and the two request-building bugs (``query`` vs the URL's query, URL userinfo vs
+an explicit ``Authorization``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from chronos_adapters.executors import HttpExecutor
+from chronos_adapters.executors.http import is_public
+from chronos_core.errors import ExecutionFailed, InvalidJob
+from chronos_core.payloads import JobTypes
+from chronos_core.ports import ExecutionResult
+from tests.fixtures.httpserver import LocalHttpServer
+
+from ._support import Lines, make_job, make_run
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpExecutor]:
+    ex = HttpExecutor(allow_hosts=["127.0.0.1", "localhost"])
+    await ex.start()
+    try:
+        yield ex
+    finally:
+        await ex.stop()
+
+
+async def call(ex: HttpExecutor, payload: dict, log: Lines | None = None) -> ExecutionResult:  # type: ignore[type-arg]
+    job = make_job("http", payload)
+    return await ex.execute(job, make_run(job), log or Lines())
+
+
+# ------------------------------------------------------------------------------ finding 2: the regex
+
+@pytest.mark.timeout(120)  # Python's re needs minutes here (4x per 2 more characters); RE2 microseconds
+async def test_a_catastrophic_pattern_is_matched_in_linear_time(http: HttpExecutor,
+                                                                http_server: LocalHttpServer) -> None:
+    http_server.respond("/body", (200, "a" * 34 + "!"))
+    ticks = 0
+
+    async def ticker() -> None:  # the event loop must keep running while the body is matched
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    beat = asyncio.create_task(ticker())
+    started = time.monotonic()
+    try:
+        result = await call(http, {"url": f"{http_server.url}/body", "expect_body": "^(a+)+$"})
+    finally:
+        beat.cancel()
+    assert time.monotonic() - started < 30  # generous: the match itself takes microseconds
+    assert not result.ok and result.retryable and "does not match" in (result.error or "")
+    assert ticks > 0
+    # and a matching body still matches
+    http_server.respond("/ok", (200, "status: green"))
+    assert (await call(http, {"url": f"{http_server.url}/ok", "expect_body": r"status:\s+gr(e+)n"})).ok
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"(?P<x>a)(?P=x)", r"a(?=b)", r"(?<!a)b", r"(?>a+)b",
+                                     r"a++b", r"(a)?(?(1)b|c)", r"x\Z"])
+def test_patterns_that_need_backtracking_are_refused_when_the_job_is_made(pattern: str) -> None:
+    with pytest.raises(InvalidJob) as err:
+        JobTypes().validate("http", {"url": "https://example.com/", "expect_body": pattern})
+    assert err.value.errors[0].pointer == "/payload/expect_body"
+
+
+async def test_a_pattern_re2_cannot_run_fails_the_run_without_retry(http: HttpExecutor,
+                                                                    http_server: LocalHttpServer) -> None:
+    with pytest.raises(ExecutionFailed) as err:  # (?a) is Python's ASCII flag: RE2 has none
+        await call(http, {"url": f"{http_server.url}/x", "expect_body": "(?a)hello"})
+    assert not err.value.retryable and "RE2" in str(err.value)
+    assert http_server.requests == []  # refused before sending anything
+
+
+# ------------------------------------------------------------------------- finding 5: httpx's logger
+
+async def test_httpx_does_not_log_urls_with_secrets(http: HttpExecutor, http_server: LocalHttpServer,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"http://svc:pw-in-url-77@127.0.0.1:{http_server.port}/x?api_key=key-in-query-77"
+    assert (await call(http, {"url": url})).ok
+    assert http_server.requests  # it was sent
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "pw-in-url-77" not in logged and "key-in-query-77" not in logged
+
+
+# ----------------------------------------------------------------------------- finding 10: redirects
+
+SECRET_HEADERS = {"Authorization": "Bearer auth-77", "X-Api-Key": "api-key-77", "Private-Token": "pt-77777",
+                  "Cookie": "session=cookie-77"}
+
+
+async def test_a_redirect_to_another_origin_drops_every_secret_header(http: HttpExecutor,
+                                                                      http_server: LocalHttpServer) -> None:
+    other = f"http://localhost:{http_server.port}/landing"  # same server, another origin (host)
+    result = await call(http, {"url": f"{http_server.url}/redirect?to={other}", "headers": SECRET_HEADERS,
+                               "follow_redirects": True})
+    assert result.ok
+    [landing] = http_server.requests_to("/landing")
+    for name in SECRET_HEADERS:
+        assert name.lower() not in landing.headers, name
+    assert landing.headers["x-chronos-job-id"]  # the rest is still sent
+
+
+async def test_a_redirect_within_the_origin_keeps_them(http: HttpExecutor,
+                                                       http_server: LocalHttpServer) -> None:
+    same = f"{http_server.url}/landing"
+    assert (await call(http, {"url": f"{http_server.url}/redirect?to={same}", "headers": SECRET_HEADERS,
+                              "follow_redirects": True})).ok
+    [landing] = http_server.requests_to("/landing")
+    assert landing.headers["x-api-key"] == "api-key-77" and landing.headers["private-token"] == "pt-77777"
+
+
+@contextlib.contextmanager
+def redirecting_307(location: str) -> Iterator[int]:
+    """A real server answering every POST with ``307 Location: <location>`` (keeps method and body)."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(307)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_body_is_not_resent_to_another_origin(http: HttpExecutor,
+                                                      http_server: LocalHttpServer) -> None:
+    with redirecting_307(f"http://localhost:{http_server.port}/landing") as port:
+        with pytest.raises(ExecutionFailed) as err:
+            await call(http, {"method": "POST", "url": f"http://127.0.0.1:{port}/",
+                              "json": {"client_secret": "cs-777777"}, "follow_redirects": True})
+    assert not err.value.retryable and "another origin" in str(err.value)
+    assert http_server.requests_to("/landing") == []
+
+
+# ------------------------------------------------------------------------------ finding 10: SSRF
+
+@pytest.mark.parametrize("url", ["http://[fec0::1]/", "http://192.0.0.8/", "http://[64:ff9b::7f00:1]/",
+                                 "http://198.18.0.1/", "http://[2001:db8::1]/", "http://[100::1]/",
+                                 "http://[5f00::1]/", "http://[3fff::1]/", "http://192.0.2.1/"])
+async def test_special_purpose_addresses_are_refused(url: str) -> None:
+    ex = HttpExecutor()
+    try:
+        with pytest.raises(ExecutionFailed) as err:
+            await call(ex, {"url": url})
+        assert not err.value.retryable and "refusing to connect" in str(err.value)
+    finally:
+        await ex.stop()
+
+
+@pytest.mark.parametrize(("address", "public"), [
+    ("192.0.0.8", False), ("192.0.0.1", False), ("192.0.0.9", True), ("192.0.0.10", True),
+    ("192.0.0.170", False), ("192.88.99.1", False), ("198.19.255.255", False), ("203.0.113.9", False),
+    ("192.31.196.1", True), ("1.1.1.1", True),
+    ("fec0::1", False), ("feff::1", False), ("64:ff9b::7f00:1", False), ("64:ff9b::808:808", True),
+    ("64:ff9b:1::1", False), ("100::1", False), ("2001:2::1", False), ("2001:10::1", False),
+    ("2001:1::1", True), ("2001:20::1", True), ("3fff::1", False), ("5f00::1", False),
+    ("::127.0.0.1", False), ("4000::1", False), ("2a00:1450::1", True),
+])
+def test_the_iana_special_purpose_registries(address: str, public: bool) -> None:
+    assert is_public(ipaddress.ip_address(address)) is public
+
+
+# -------------------------------------------------------------- finding 10: the two request-building bugs
+
+async def test_query_is_added_to_the_urls_own_query(http: HttpExecutor, http_server: LocalHttpServer) -> None:
+    assert (await call(http, {"url": f"{http_server.url}/q?a=1&keep=yes", "query": {"b": ["2", "3"]}})).ok
+    [req] = http_server.requests
+    assert req.query == {"a": ["1"], "keep": ["yes"], "b": ["2", "3"]}
+
+
+async def test_an_explicit_authorization_header_wins_over_url_userinfo(
+        http: HttpExecutor, http_server: LocalHttpServer) -> None:
+    url = f"http://user:pw-url-777@127.0.0.1:{http_server.port}/a"
+    assert (await call(http, {"url": url, "headers": {"Authorization": "Bearer explicit-777"}})).ok
+    assert (await call(http, {"url": url})).ok  # without a header the URL's user still logs in
+    first, second = http_server.requests
+    assert first.headers["authorization"] == "Bearer explicit-777"
+    assert second.headers["authorization"].startswith("Basic ")
