@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import re
 import signal
 from typing import TYPE_CHECKING
 
@@ -68,23 +67,11 @@ def _logging(settings: Settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&])(?:access_)?token=)[^&\s]*")
-
-
-class RedactTokens(logging.Filter):
-    """Masks ``?token=...`` (the SSE streams' way to authenticate) in access-log lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a
-                                for a in record.args)
-        return True
-
-
 def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     import uvicorn
 
     from .api import create_app
+    from .serving import install_log_filters, uvicorn_options
     from .tuning import tune_process
 
     settings = _settings()
@@ -100,9 +87,10 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     # uvicorn re-raises the signal once it has shut down; exiting with status 0 then says "stopped cleanly".
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    install_log_filters()
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
-                timeout_graceful_shutdown=5, proxy_headers=False, server_header=False)
+                timeout_graceful_shutdown=5, proxy_headers=False, server_header=False,
+                **uvicorn_options(settings))
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,7 @@ __all__ = [
     "REDACTED",
     "Loc",
     "is_secret_name",
+    "redact_query",
     "redact_text",
     "restore_text",
     "secret_forms",
@@ -53,18 +55,21 @@ _SECRET_WORDS = frozenset({"key", "pat", "pwd", "apikey", "sig"})
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """Whether a header/variable/parameter/field name suggests its value is a secret
     (``Authorization``, ``DB_PASSWORD``, ``X-Api-Key``, ``key``, ``AWS_ACCESS_KEY_ID``, ``GITLAB_PAT``,
-    ``clientSecret``, ``PRIVATE_KEY``...)."""
-    if _SECRET_PART.search(name):
+    ``clientSecret``, ``PRIVATE_KEY``...). Names longer than 200 characters are taken for secret ones."""
+    if len(name) > 200 or _SECRET_PART.search(name):
         return True
     words = [w.lower() for w in _WORD.findall(name)]
     return any(w in _SECRET_WORDS or (w.endswith("key") and len(w) > 3) for w in words)
 
 
 # scheme://[user[:password]]@  anywhere in a text (URLs inside env values, DSNs, JSON strings)
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/?#@\s:\"']*)"
+# (linear time: a scheme starts at a boundary and is at most 32 characters)
+_URL_USERINFO = re.compile(r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)"
+                           r"(?P<user>[^/?#@\s:\"']*)"
                            r"(?::(?P<password>[^/?#@\s\"']*))?@")
 # name=value pairs of a URL's query string (up to the fragment)
 _QUERY = re.compile(r"\?(?P<query>[^#\s\"']*)")
@@ -82,27 +87,38 @@ def _userinfo_secrets(m: re.Match[str]) -> list[str]:
     return out
 
 
-def _query_pairs(query: str) -> Iterator[tuple[int, int, str]]:
-    """(start, end, raw value) of each secret-named parameter's value in a raw query string."""
+def _query_pairs(query: str) -> Iterator[tuple[int, int, str, str]]:
+    """(start, end, raw name, raw value) of each secret-named parameter's value in a raw query string."""
     pos = 0
     for part in query.split("&"):
         name, eq, value = part.partition("=")
         if eq and value and is_secret_name(unquote(name.replace("+", " "))):
             start = pos + len(name) + 1
-            yield start, start + len(value), value
+            yield start, start + len(value), name, value
         pos += len(part) + 1
+
+
+def redact_query(query: str) -> str:
+    """A raw query string with the values of secret-named parameters (names percent-decoded first:
+    ``%74oken`` is ``token``) replaced by ``***``."""
+    out, last = [], 0
+    for start, end, _, _ in _query_pairs(query):
+        out += [query[last:start], REDACTED]
+        last = end
+    return "".join(out) + query[last:]
 
 
 def text_secrets(text: str) -> list[str]:
     """Secrets inside a text that are secrets whatever field holds it: URL passwords (and
     ``user:password``), long URL user names, and secret-named query parameters of URLs."""
+    if "://" not in text:
+        return []
     out: list[str] = []
     for m in _URL_USERINFO.finditer(text):
         out += _userinfo_secrets(m)
-    if "://" in text:
-        for q in _QUERY.finditer(text):
-            for _, _, raw in _query_pairs(q.group("query")):
-                out += [raw, unquote(raw.replace("+", " "))]
+    for q in _QUERY.finditer(text):
+        for _, _, _, raw in _query_pairs(q.group("query")):
+            out += [raw, unquote(raw.replace("+", " "))]
     return [s for s in dict.fromkeys(out) if s]
 
 
@@ -116,19 +132,11 @@ def redact_text(text: str) -> str:
             return f"{m.group('scheme')}{REDACTED}@"
         return m.group(0)
 
-    text = _URL_USERINFO.sub(userinfo, text)
     if "://" not in text:
         return text
+    text = _URL_USERINFO.sub(userinfo, text)
 
-    def query(m: re.Match[str]) -> str:
-        raw = m.group("query")
-        out, last = [], 0
-        for start, end, _ in _query_pairs(raw):
-            out += [raw[last:start], REDACTED]
-            last = end
-        return "?" + "".join(out) + raw[last:]
-
-    return _QUERY.sub(query, text)
+    return _QUERY.sub(lambda m: "?" + redact_query(m.group("query")), text)
 
 
 def restore_text(new: str, old: str) -> str | None:
@@ -140,10 +148,11 @@ def restore_text(new: str, old: str) -> str | None:
         return None
     filled = False
     old_url = _URL_USERINFO.search(old)
+    first = _URL_USERINFO.search(new)
 
     def userinfo(m: re.Match[str]) -> str:
         nonlocal filled
-        if old_url is None or m.start() != _URL_USERINFO.search(new).start():  # type: ignore[union-attr]
+        if old_url is None or first is None or m.start() != first.start():
             return m.group(0)
         user, password = m.group("user"), m.group("password")
         if password == REDACTED and old_url.group("password"):
@@ -157,17 +166,14 @@ def restore_text(new: str, old: str) -> str | None:
     new = _URL_USERINFO.sub(userinfo, new)
     old_values: dict[str, list[str]] = {}
     for q in _QUERY.finditer(old):
-        raw = q.group("query")
-        for start, _, value in _query_pairs(raw):
-            name = raw[:start - 1].rsplit("&", 1)[-1]
+        for _, _, name, value in _query_pairs(q.group("query")):
             old_values.setdefault(name, []).append(value)
 
     def query(m: re.Match[str]) -> str:
         nonlocal filled
         raw = m.group("query")
         out, last = [], 0
-        for start, end, value in _query_pairs(raw):
-            name = raw[:start - 1].rsplit("&", 1)[-1]
+        for start, end, name, value in _query_pairs(raw):
             if value == REDACTED and old_values.get(name):
                 out += [raw[last:start], old_values[name].pop(0)]
                 last = end

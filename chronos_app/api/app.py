@@ -45,7 +45,8 @@ def create_app(container: Container | None = None, *,
     chronos = container.chronos()
     metrics = ApiMetrics()
     ctx = ApiContext(chronos=chronos, settings=settings,
-                     idempotency=IdempotencyCache(settings.idempotency_ttl), metrics=metrics)
+                     idempotency=IdempotencyCache(settings.idempotency_ttl,
+                                                  max_bytes=settings.idempotency_max_bytes), metrics=metrics)
     document = build_openapi(OPS, title="Chronos", version=_version(), auth=settings.auth_enabled)
 
     async def openapi(request: Request) -> Response:
@@ -69,7 +70,8 @@ def create_app(container: Container | None = None, *,
     routes.append(Route("/openapi.json", openapi, methods=["GET"]))
     public = {op.path for op in OPS if op.public} | {"/openapi.json"}
     middleware = [Middleware(TokenAuth, tokens=settings.api_tokens, readonly_tokens=settings.readonly_tokens,
-                             public=public, query_token_prefixes=("/monitor/logs", "/monitor/runs/"))]
+                             public=public, query_token_prefixes=("/monitor/logs", "/monitor/runs/"),
+                             allowed_hosts=settings.allowed_hosts)]
     handlers: dict[Any, Any] = dict(EXCEPTION_HANDLERS)
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
     app.state.api = ctx

@@ -3,23 +3,47 @@
 Tokens come from ``CHRONOS_API_TOKENS`` (full access) and ``CHRONOS_READONLY_TOKENS`` (GET only; other
 methods answer 403). Each presented token is compared with every configured one in constant time. The SSE
 streams also accept ``?token=`` because browsers' ``EventSource`` cannot send headers. With no token
-configured, auth is off (the CLI refuses that unless bound to a loopback address).
+configured, auth is off (the CLI refuses that unless bound to a loopback address) and, against DNS
+rebinding and cross-site requests from a browser on this machine, only loopback ``Host`` names
+(``localhost``, ``*.localhost``, ``127.x.x.x``, ``[::1]``, plus ``allowed_hosts``) are served and writes
+from another ``Origin`` are refused. Public paths (health, readiness, the OpenAPI document) are public
+for GET/HEAD only; any other method needs a token like every other path, before any body is read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Collection, Iterable
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .problems import Forbidden, Unauthorized, exception_problem
+from .problems import Forbidden, MisdirectedHost, Unauthorized, exception_problem
 
-__all__ = ["TokenAuth"]
+__all__ = ["TokenAuth", "is_loopback_host"]
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_PUBLIC_METHODS = frozenset({"GET", "HEAD"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, a ``.localhost`` name, a loopback IPv4/IPv6 address (brackets allowed)."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header (without the port)."""
+    if host.startswith("["):
+        return host[:host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _digest(token: str) -> bytes:
@@ -28,8 +52,10 @@ def _digest(token: str) -> bytes:
 
 class TokenAuth:
     def __init__(self, app: ASGIApp, *, tokens: Iterable[str], readonly_tokens: Iterable[str],
-                 public: Collection[str], query_token_prefixes: tuple[str, ...]) -> None:
+                 public: Collection[str], query_token_prefixes: tuple[str, ...],
+                 allowed_hosts: Iterable[str] = ()) -> None:
         self.app = app
+        self._allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
         # Compare fixed-length digests so neither the length nor the content leaks through timing.
         self._tokens = [(_digest(t), False) for t in tokens] + [(_digest(t), True) for t in readonly_tokens]
         self._public = frozenset(public)
@@ -59,8 +85,38 @@ class TokenAuth:
                 return values[-1]
         return None
 
+    def _local_only(self, scope: Scope) -> Exception | None:
+        """With auth off: the request must name a loopback host, and a write must not come from a page of
+        another origin (a browser sends ``Origin`` with every cross-origin write)."""
+        headers = {k: v for k, v in scope.get("headers", ()) if k in (b"host", b"origin", b"sec-fetch-site")}
+        host = headers.get(b"host", b"").decode("latin-1")
+        name = _host_name(host).lower().rstrip(".")
+        if host and not (is_loopback_host(name) or name in self._allowed_hosts):
+            return MisdirectedHost(f"with auth off only loopback host names are served, not {name[:100]!r}: "
+                                   "set CHRONOS_API_TOKENS, or CHRONOS_ALLOWED_HOSTS for a trusted name")
+        if scope["method"] in _READ_METHODS:
+            return None
+        origin = headers.get(b"origin")
+        if origin is not None:
+            parts = urlsplit(origin.decode("latin-1"))
+            if parts.netloc.lower() != host.lower() or parts.scheme not in ("http", "https"):
+                return Forbidden("cross-origin writes are refused while auth is off")
+        if headers.get(b"sec-fetch-site", b"").lower() == b"cross-site":
+            return Forbidden("cross-site writes are refused while auth is off")
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._tokens or scope["path"] in self._public:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self._tokens:
+            refused = self._local_only(scope)
+            if refused is not None:
+                await exception_problem(refused, scope["path"])(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] in self._public and scope["method"] in _PUBLIC_METHODS:
             await self.app(scope, receive, send)
             return
         token = self._token(scope)

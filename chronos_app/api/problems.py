@@ -36,6 +36,7 @@ __all__ = [
     "IdempotencyKeyReused",
     "InvalidParameters",
     "MalformedJson",
+    "MisdirectedHost",
     "Unauthorized",
     "UnsupportedMediaType",
     "problem_response",
@@ -77,6 +78,10 @@ class IdempotencyKeyReused(ApiError):
     pass
 
 
+class MisdirectedHost(ApiError):
+    """The request's Host is not one this server answers for (auth off: loopback names only)."""
+
+
 class InvalidParameters(InvalidJob):
     """Query or path parameters failed validation (``errors`` point at the parameter by name)."""
 
@@ -96,6 +101,7 @@ PROBLEMS: dict[type[BaseException], tuple[int, str, str]] = {
     Forbidden: (403, "forbidden", "Not allowed"),
     JobNotFound: (404, "job-not-found", "Job not found"),
     RunNotFound: (404, "run-not-found", "Run not found"),
+    MisdirectedHost: (421, "misdirected-request", "This server does not answer for that host"),
     NameConflict: (409, "name-conflict", "A job with this name already exists"),
     RunConflict: (409, "run-conflict", "The run cannot do that in its current state"),
     BodyTooLarge: (413, "body-too-large", "The request body is too large"),
@@ -117,8 +123,22 @@ def _lookup(exc: BaseException) -> tuple[int, str, str] | None:
     return None
 
 
+MAX_ERRORS = 50  # entries listed in a problem; the rest are counted
+MAX_TEXT = 300  # characters of one pointer or reason
+MAX_DETAIL = 2000
+
+
+def _cut(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def _field_entries(errors: Sequence[FieldError]) -> list[dict[str, str]]:
-    return [{"pointer": e.pointer, "reason": e.reason} for e in errors]
+    """The errors as problem entries - bounded: a problem never echoes a huge input back (a list of
+    200,000 bad items, a megabyte-long key)."""
+    entries = [{"pointer": _cut(e.pointer), "reason": _cut(e.reason)} for e in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        entries.append({"pointer": "/", "reason": f"... and {len(errors) - MAX_ERRORS} more errors"})
+    return entries
 
 
 def problem_response(status: int, slug: str, title: str, detail: str | None = None, *,
@@ -128,7 +148,7 @@ def problem_response(status: int, slug: str, title: str, detail: str | None = No
     if detail:
         body["detail"] = detail
     if instance:
-        body["instance"] = instance
+        body["instance"] = _cut(instance, MAX_DETAIL)
     if errors is not None:
         body["errors"] = errors
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
@@ -139,7 +159,8 @@ def exception_problem(exc: BaseException, instance: str | None = None) -> Respon
     if isinstance(exc, HTTPException):
         title = _HTTP_TITLES.get(exc.status_code, "HTTP error")
         slug = title.lower().replace(" ", "-")
-        return problem_response(exc.status_code, slug, title, str(exc.detail), instance=instance,
+        return problem_response(exc.status_code, slug, title, _cut(str(exc.detail), MAX_DETAIL),
+                                instance=instance,
                                 headers=dict(exc.headers or {}) or None)
     entry = _lookup(exc)
     if entry is None:
@@ -148,11 +169,14 @@ def exception_problem(exc: BaseException, instance: str | None = None) -> Respon
                                 "the error was logged", instance=instance)
     status, slug, title = entry
     errors = _field_entries(exc.errors) if isinstance(exc, InvalidJob) else None
+    detail = str(exc)
+    if isinstance(exc, InvalidJob) and len(exc.errors) > MAX_ERRORS:
+        detail = f"{len(exc.errors)} invalid fields, the first {MAX_ERRORS} are listed"
     headers = {"WWW-Authenticate": 'Bearer realm="chronos"'} if isinstance(exc, Unauthorized) else None
     if isinstance(exc, StoreUnavailable):
         headers = {"Retry-After": "5"}
-    return problem_response(status, slug, title, str(exc), instance=instance, errors=errors,
-                            headers=headers)
+    return problem_response(status, slug, title, _cut(detail, MAX_DETAIL), instance=instance,
+                            errors=errors, headers=headers)
 
 
 async def handle(request: Request, exc: Exception) -> Response:

@@ -115,7 +115,14 @@ async def create_job(request: Request) -> Response:
     if len(key) > 255:
         raise InvalidJob.single(("Idempotency-Key",), "at most 255 characters")
     scope = request.scope.get("chronos.token_id", "")
-    return await ctx.idempotency.run(f"{scope}:{key}", data, create, request.url.path)
+
+    async def replay(status: int, headers: list[tuple[str, str]]) -> Response:
+        """The first answer was too large to keep: the job it created, as it is now."""
+        location = dict(headers).get("location", "")
+        job = await ctx.chronos.jobs.get(location.rsplit("/", 1)[-1])
+        return _json(JobOut.of(job, ctx.chronos.job_types), status, {"Location": location})
+
+    return await ctx.idempotency.run(f"{scope}:{key}", data, create, request.url.path, replay)
 
 
 async def list_jobs(request: Request) -> Response:

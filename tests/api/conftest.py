@@ -39,7 +39,7 @@ def build_app(*, worker: bool = True, scheduler: bool = True, store: Any = None,
 @contextlib.asynccontextmanager
 async def running(app: Starlette, **client: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app), base_url="http://chronos.test", **client) as c:
+            transport=httpx.ASGITransport(app), base_url="http://localhost", **client) as c:
         yield c
 
 

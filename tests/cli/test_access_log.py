@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from chronos_app.cli import RedactTokens
+from chronos_app.serving import RedactQuery as RedactTokens
 
 
 def _access(path: str) -> logging.LogRecord:

@@ -80,7 +80,7 @@ def test_serve_starts_stops_gracefully_and_keeps_its_sqlite_file(tmp_path: Path,
         run = _start_long_run(c)
     # an SSE client stays connected through the shutdown: its stream is ended cleanly
     with socket.create_connection(("127.0.0.1", first.port), timeout=30) as sse:
-        sse.sendall(b"GET /monitor/logs HTTP/1.1\r\nHost: chronos\r\n\r\n")
+        sse.sendall(b"GET /monitor/logs HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert sse.recv(4096).startswith(b"HTTP/1.1 200")
         started = time.monotonic()
         code, err = first.terminate()

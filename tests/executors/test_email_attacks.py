@@ -42,7 +42,7 @@ async def test_the_delivered_address_is_the_validated_one(smtp_server: LocalSmtp
             "to": ['"Doe, John" <j@example.com>'], "text": "x"}})
         run = await c.jobs.trigger(job.id)
         async with asyncio.timeout(30):
-            while not (await c.runs.get(run.id)).finished:
+            while not (await c.runs.get(run.id)).finished:  # noqa: ASYNC110 - polling the store
                 await asyncio.sleep(0.05)
     [received] = smtp_server.received
     assert received.rcpt_tos == ["j@example.com"]

@@ -1,0 +1,139 @@
+"""How ``chronos serve`` / ``chronos api`` run uvicorn: bounded against slow and numerous clients, with
+logs that carry no secret and cannot be flooded.
+
+* ``header_timeout``: a client must send a request's headers within this many seconds of connecting (or
+  of the previous response), else the connection is closed - uvicorn itself only times out idle
+  keep-alive connections, so a client sending one header line every few seconds (slowloris) would hold
+  its socket forever. ``keep_alive_timeout`` closes idle connections, ``max_connections`` answers 503
+  beyond that many connections or requests in flight.
+* Logging: ``RedactQuery`` masks secret-named query parameters (``?token=``, also percent-encoded as
+  ``?%74oken=``) in uvicorn's access log; ``RateLimited`` lets one ``socket.accept() out of system
+  resource`` error through per period (asyncio logs it, with a traceback, on every accept attempt
+  while the process is out of file descriptors); httpx's request lines (URLs with their secrets) are
+  dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from chronos_core.secrets import redact_query
+
+from .settings import Settings
+
+__all__ = ["RateLimited", "RedactQuery", "install_log_filters", "timed_protocol", "uvicorn_options"]
+
+
+class RedactQuery(logging.Filter):
+    """Masks the values of secret-named query parameters (``token``, ``access_token``, ``api_key``...,
+    whatever their percent-encoding) in access-log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_path(a) if isinstance(a, str) and "?" in a else a
+                                for a in record.args)
+        return True
+
+
+def _redact_path(text: str) -> str:
+    path, _, query = text.partition("?")
+    return f"{path}?{redact_query(query)}"
+
+
+class RateLimited(logging.Filter):
+    """Lets records whose message starts with one of ``prefixes`` through once per ``period`` seconds;
+    the next one that passes says how many were held back."""
+
+    def __init__(self, prefixes: tuple[str, ...], period: float = 10.0) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.period = period
+        self._last = float("-inf")
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefixes):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.period:
+            self.suppressed += 1
+            return False
+        self._last = now
+        if self.suppressed:
+            record.msg = f"{record.msg} ({self.suppressed} more like it in the last {self.period:g}s)"
+            self.suppressed = 0
+        return True
+
+
+_ACCEPT_ERRORS = RateLimited(("socket.accept() out of system resource", "Error on transport creation",
+                              "Exception in callback BaseSelectorEventLoop._start_serving"))
+_ACCESS = RedactQuery()
+
+
+def install_log_filters() -> None:
+    """Idempotent: the access-log redaction, the accept-error rate limit, httpx's URL lines dropped."""
+    from chronos_adapters.executors.http import quiet_httpx_logging
+
+    logging.getLogger("uvicorn.access").addFilter(_ACCESS)
+    logging.getLogger("asyncio").addFilter(_ACCEPT_ERRORS)
+    logging.getLogger("uvicorn.error").addFilter(_ACCEPT_ERRORS)
+    quiet_httpx_logging()
+
+
+class _TimedH11(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request headers do not arrive in time."""
+
+    header_timeout: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request's headers were complete
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request's headers have the same time
+
+
+def timed_protocol(header_timeout: float) -> type[H11Protocol]:
+    return type("ChronosH11Protocol", (_TimedH11,), {"header_timeout": header_timeout})
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn settings that bound what clients can hold."""
+    return {"http": timed_protocol(settings.header_timeout),
+            "timeout_keep_alive": settings.keep_alive_timeout,
+            "limit_concurrency": settings.max_connections}
