@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
+from tests.fixtures.httpserver import LocalHttpServer
+
 from .test_serve import CHRONOS, Served
 
 pytestmark = pytest.mark.e2e
@@ -291,3 +293,25 @@ def test_tokens(cli: Cli) -> None:
     assert cli("jobs", "get", "cli-readonly", token=READONLY).returncode == 0
     r = cli("jobs", "pause", "cli-readonly", token=READONLY, code=5)
     assert r.stderr == "Error: 403 Not allowed: this token is read-only\n"
+
+
+def test_an_answer_that_is_not_problem_json_is_still_readable(cli: Cli, http_server: LocalHttpServer
+                                                             ) -> None:
+    """A proxy in front of the API answering 502 with HTML: the status and its first line, exit 6; the
+    token went in the Authorization header and nowhere else."""
+    http_server.respond("/jobs", (502, "upstream is down\n<p>more</p>"))
+    r = cli("jobs", "list", url=http_server.url, code=6)
+    assert r.stderr == "Error: 502 Bad Gateway: upstream is down\n"
+    [request] = http_server.requests_to("/jobs")
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert TOKEN not in str(request.query) and TOKEN not in request.path
+
+
+def test_server_text_is_shown_as_text(cli: Cli) -> None:
+    """Neither rich markup in a name nor a terminal escape in a command reaches the terminal as such."""
+    _shell_job(cli, "cli-[red]markup[/red]", "echo '\x1b[2J\x1b]0;title\x07'")
+    listed = cli("jobs", "list", "--name", "cli-[red]").stdout
+    shown = cli("jobs", "get", "cli-[red]markup[/red]").stdout
+    assert "cli-[red]markup[/red]" in listed and "cli-[red]markup[/red]" in shown
+    assert "\x1b" not in listed + shown and "\x07" not in shown
+    assert "echo '?[2J?]0;title?'" in shown
