@@ -15,6 +15,7 @@ __all__ = [
     "ChronosError",
     "ExecutionFailed",
     "FieldError",
+    "InvalidArgument",
     "InvalidJob",
     "InvalidSchedule",
     "JobNotFound",
@@ -60,6 +61,11 @@ class InvalidJob(ChronosError, ValueError):
     @classmethod
     def single(cls, loc: tuple[str | int, ...], reason: str) -> InvalidJob:
         return cls([FieldError(loc, reason)])
+
+
+class InvalidArgument(InvalidJob):
+    """An argument that is not part of a job definition is invalid: a filter (a run status that does not
+    exist), a status to set, a cursor. ``errors`` name the argument."""
 
 
 class InvalidSchedule(InvalidJob):

@@ -20,17 +20,20 @@ from .retry import RetryPolicy
 
 __all__ = [
     "ACTIVE_RUN_STATUSES",
+    "FAILED_RUN_STATUSES",
     "FINISHED_RUN_STATUSES",
     "Event",
     "EventType",
     "Job",
     "JobSpec",
     "JobStatus",
+    "JobSummary",
     "MisfirePolicy",
     "OverlapPolicy",
     "Run",
     "RunStatus",
     "Trigger",
+    "count_lines",
     "evolve",
 ]
 
@@ -70,6 +73,7 @@ class RunStatus(StrEnum):
 
 ACTIVE_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 FINISHED_RUN_STATUSES = frozenset(RunStatus) - ACTIVE_RUN_STATUSES
+FAILED_RUN_STATUSES = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT})
 
 
 class Trigger(StrEnum):
@@ -197,10 +201,54 @@ class Run:
     error: str | None = None
     owner: str | None = None
     lease_expires_at: datetime | None = None
+    output_lines: int = 0
+    """How many lines the run has printed so far (line numbers start at 1; the last line of ``output``
+    is line ``output_lines``; earlier ones may be cut from the stored tail). ``run.log`` events carry
+    their line number as ``seq``, so a reader joins the stored tail and the live lines without a gap
+    or a repeat."""
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_RUN_STATUSES
+
+
+def count_lines(output: str) -> int:
+    """The lines in an output text as the worker stores it (lines joined by newlines)."""
+    return output.count("\n") + 1 if output else 0
+
+
+
+@dataclass(slots=True, kw_only=True)
+class JobSummary:
+    """What a job's runs came to, kept by the store in the same write that records each outcome (never
+    recomputed from history): the last attempt that ran to an end, the last success and failure
+    (``failed`` or ``timed_out``), and how many failures followed the last success. A cancelled attempt
+    is the last run but neither a failure nor a success."""
+
+    last_run_id: str | None = None
+    last_run_status: RunStatus | None = None
+    last_run_scheduled_for: datetime | None = None
+    last_run_started_at: datetime | None = None
+    last_run_finished_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_failure_at: datetime | None = None
+    consecutive_failures: int = 0
+
+    def record(self, run_id: str, status: RunStatus, scheduled_for: datetime,
+               started_at: datetime | None, finished_at: datetime) -> None:
+        """Fold one finished attempt in (attempts are folded in the order they finished)."""
+        if self.last_run_finished_at is None or finished_at >= self.last_run_finished_at:
+            self.last_run_id, self.last_run_status = run_id, status
+            self.last_run_scheduled_for, self.last_run_started_at = scheduled_for, started_at
+            self.last_run_finished_at = finished_at
+        if status is RunStatus.SUCCEEDED:
+            self.consecutive_failures = 0
+            if self.last_success_at is None or finished_at > self.last_success_at:
+                self.last_success_at = finished_at
+        elif status in FAILED_RUN_STATUSES:
+            self.consecutive_failures += 1
+            if self.last_failure_at is None or finished_at > self.last_failure_at:
+                self.last_failure_at = finished_at
 
 
 @dataclass(slots=True, kw_only=True)

@@ -9,13 +9,13 @@ Times are aware UTC datetimes. Unless a method says otherwise, a backend that ca
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import ClassVar, Protocol
 
-from .models import Event, EventType, Job, JobStatus, Run, RunStatus
+from .models import Event, EventType, Job, JobStatus, JobSummary, Run, RunStatus, Trigger
 
 __all__ = [
     "Claim",
@@ -133,8 +133,16 @@ class Store(abc.ABC):
         name: str | None = None,
         after: str | None = None,
         limit: int = 100,
+        last_status: Collection[RunStatus] | None = None,
     ) -> list[Job]:
-        """Jobs in id (creation) order, after the id ``after``; ``name`` matches as a prefix."""
+        """Jobs in id (creation) order, after the id ``after``; ``name`` matches as a prefix;
+        ``last_status``: only jobs whose last run (see :meth:`job_summaries`) ended so."""
+
+    @abc.abstractmethod
+    async def job_summaries(self, job_ids: Collection[str]) -> dict[str, JobSummary]:
+        """The summary of each of these jobs (an empty one for a job whose runs never ran to an end;
+        unknown ids are left out). Summaries are written by :meth:`finish_run`, in its transaction:
+        reading them costs O(len(job_ids)), never a scan of the history."""
 
     @abc.abstractmethod
     async def update_job(self, job: Job) -> None:
@@ -191,9 +199,14 @@ class Store(abc.ABC):
         status: Collection[RunStatus] | None = None,
         before: str | None = None,
         limit: int = 50,
+        trigger: Collection[Trigger] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[Run]:
-        """Runs newest first (descending id), optionally of one job and with given statuses, older than
-        the run id ``before`` (keyset pagination)."""
+        """Runs newest first (descending id), optionally of one job, with given statuses and triggers and
+        ``since <= scheduled_for <= until``, older than the run id ``before`` (keyset pagination). With a
+        status filter and no job, the cost is that of ``limit`` rows per status, whatever the history
+        holds."""
 
     @abc.abstractmethod
     async def start_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
@@ -217,14 +230,23 @@ class Store(abc.ABC):
         error: str | None = None,
         retry: Run | None = None,
         lease_expires_at: datetime | None = None,
+        output_lines: int | None = None,
     ) -> bool:
         """Record the outcome of a running run held by ``owner`` and, in the same transaction, insert
-        ``retry`` (the next attempt, queued, not dispatched) if given. Fenced: False and nothing written
-        when the run is not running under ``owner`` any more (the lease expired and someone else took
-        over) or, when ``lease_expires_at`` is given, when its lease no longer expires at that time (the
-        reaper passes the expiry it read in :meth:`expired_leases`: a renewal that landed in between
-        wins, and the live attempt is not failed). :class:`RunConflict` (nothing written) when the
-        retry's (job, slot, attempt) exists."""
+        ``retry`` (the next attempt, queued, not dispatched) if given and fold the outcome into the job's
+        summary (:meth:`JobSummary.record`). Fenced: False and nothing written when the run is not
+        running under ``owner`` any more (the lease expired and someone else took over) or, when
+        ``lease_expires_at`` is given, when its lease no longer expires at that time (the reaper passes
+        the expiry it read in :meth:`expired_leases`: a renewal that landed in between wins, and the live
+        attempt is not failed). :class:`RunConflict` (nothing written) when the retry's (job, slot,
+        attempt) exists. ``output_lines`` is the run's line count (None: the lines of ``output``)."""
+
+    @abc.abstractmethod
+    async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
+        """Store the output so far of running runs: run id -> (tail text, line count). Fenced like
+        :meth:`finish_run` (only runs still running under ``owner``) and never backwards (a line count
+        below the stored one is ignored). Returns the ids written. This is how every API instance shows
+        a running run's output, whichever worker runs it."""
 
     @abc.abstractmethod
     async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:

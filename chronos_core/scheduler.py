@@ -261,7 +261,8 @@ class Scheduler:
             # fenced on the lease expiry read: a renewal landing in between means the worker is alive
             if await self._store.finish_run(run.id, run.owner, status=RunStatus.FAILED, finished_at=now,
                                             output=run.output, error=error, retry=retry,
-                                            lease_expires_at=run.lease_expires_at):
+                                            lease_expires_at=run.lease_expires_at,
+                                            output_lines=run.output_lines):
                 self.stats.reaped += 1
                 done = dataclasses.replace(run, status=RunStatus.FAILED, finished_at=now, error=error)
                 events.append(run_event(done, now))

@@ -16,10 +16,11 @@ beside its stored definition (``_next``), and a job is brought up to date only w
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import itertools
 from collections import defaultdict, deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,9 +30,11 @@ from chronos_core.models import (
     FINISHED_RUN_STATUSES,
     Job,
     JobStatus,
+    JobSummary,
     Run,
     RunStatus,
     Trigger,
+    count_lines,
     evolve,
 )
 from chronos_core.ports import Claim, Dispatch, Planner, SlotPlan, Store
@@ -46,13 +49,14 @@ _Packed = tuple[Any, ...]
 def _pack(run: Run) -> _Packed:
     return (run.id, run.job_id, run.scheduled_for, run.trigger.value, run.attempt, run.status.value,
             run.created_at, run.due_at, run.started_at, run.finished_at, run.exit_code, run.output,
-            run.error, run.owner, run.lease_expires_at)
+            run.error, run.owner, run.lease_expires_at, run.output_lines)
 
 
 def _unpack(t: _Packed) -> Run:
     return Run(id=t[0], job_id=t[1], scheduled_for=t[2], trigger=_TRIGGER[t[3]], attempt=t[4],
                status=_STATUS[t[5]], created_at=t[6], due_at=t[7], started_at=t[8], finished_at=t[9],
-               exit_code=t[10], output=t[11], error=t[12], owner=t[13], lease_expires_at=t[14])
+               exit_code=t[10], output=t[11], error=t[12], owner=t[13], lease_expires_at=t[14],
+               output_lines=t[15])
 
 
 class MemoryStore(Store):
@@ -63,6 +67,10 @@ class MemoryStore(Store):
         self._runs: dict[str, Run | _Packed] = {}  # finished runs packed (see the module's docstring)
         self._slots: set[tuple[str, datetime, int]] = set()
         self._job_runs: dict[str, list[str]] = defaultdict(list)  # run ids in id order
+        # every run id in id order, for listing across jobs; ids of deleted runs linger until the list
+        # is compacted (deleting from the middle of a long list one by one would cost more)
+        self._all_runs: list[str] = []
+        self._summaries: dict[str, JobSummary] = {}
         self._active: dict[str, dict[str, None]] = defaultdict(dict)  # job id -> active run ids
         self._seq = itertools.count()
         self._due: list[tuple[datetime, int, str]] = []  # (next_run_at, seq, job id)
@@ -119,13 +127,18 @@ class MemoryStore(Store):
             raise JobNotFound(name) from None
 
     async def list_jobs(self, *, status: JobStatus | None = None, type: str | None = None,
-                        name: str | None = None, after: str | None = None, limit: int = 100) -> list[Job]:
+                        name: str | None = None, after: str | None = None, limit: int = 100,
+                        last_status: Collection[RunStatus] | None = None) -> list[Job]:
         out: list[Job] = []
         if limit <= 0:
             return out
         for job_id in sorted(self._jobs):
             if after is not None and job_id <= after:
                 continue
+            if last_status is not None:
+                summary = self._summaries.get(job_id)
+                if summary is None or summary.last_run_status not in last_status:
+                    continue
             job = self._job(job_id)
             if ((status is None or job.status is status) and (type is None or job.type == type)
                     and (name is None or job.name.startswith(name))):
@@ -133,6 +146,10 @@ class MemoryStore(Store):
                 if len(out) >= limit:
                     break
         return out
+
+    async def job_summaries(self, job_ids: Collection[str]) -> dict[str, JobSummary]:
+        return {job_id: dataclasses.replace(self._summaries.get(job_id) or JobSummary())
+                for job_id in job_ids if job_id in self._jobs}
 
     async def update_job(self, job: Job) -> None:
         old = await self.get_job(job.id)
@@ -153,6 +170,8 @@ class MemoryStore(Store):
         for run_id in self._job_runs.pop(job_id, []):
             self._forget_run(run_id)
         self._active.pop(job_id, None)
+        self._summaries.pop(job_id, None)
+        self._compact_all_runs()
 
     def _forget_run(self, run_id: str) -> None:
         run = self._runs.pop(run_id)
@@ -170,11 +189,11 @@ class MemoryStore(Store):
             return False
         self._slots.add(key)
         self._put(run)
-        ids = self._job_runs[run.job_id]
-        if not ids or ids[-1] < run.id:
-            ids.append(run.id)
-        else:
-            bisect.insort(ids, run.id)
+        for ids in (self._job_runs[run.job_id], self._all_runs):
+            if not ids or ids[-1] < run.id:
+                ids.append(run.id)
+            else:
+                bisect.insort(ids, run.id)
         if run.status in ACTIVE_RUN_STATUSES:
             self._active[run.job_id][run.id] = None
         elif run.finished_at is not None:
@@ -271,31 +290,40 @@ class MemoryStore(Store):
         return run
 
     async def list_runs(self, job_id: str | None = None, *, status: Collection[RunStatus] | None = None,
-                        before: str | None = None, limit: int = 50) -> list[Run]:
+                        before: str | None = None, limit: int = 50,
+                        trigger: Collection[Trigger] | None = None, since: datetime | None = None,
+                        until: datetime | None = None) -> list[Run]:
         if job_id is not None:
             ids: Sequence[str] = self._job_runs.get(job_id, [])
         else:
-            ids = sorted(self._runs)
+            self._compact_all_runs()
+            ids = self._all_runs
         end = len(ids) if before is None else bisect.bisect_left(ids, before)
         out: list[Run] = []
         if limit <= 0:
             return out
         runs = self._runs
+        statuses = None if status is None else {s.value for s in status}
+        triggers = None if trigger is None else {t.value for t in trigger}
         for i in range(end - 1, -1, -1):
-            value = runs[ids[i]]
-            if type(value) is tuple:
-                if status is not None and _STATUS[value[5]] not in status:
-                    continue
-                run = _unpack(value)
-            else:
+            value = runs.get(ids[i])
+            if value is None:
+                continue  # deleted (see _all_runs)
+            if type(value) is not tuple:
                 assert isinstance(value, Run)
-                if status is not None and value.status not in status:
-                    continue
-                run = value
-            out.append(run)
+                value = _pack(value)
+            if ((statuses is not None and value[5] not in statuses)
+                    or (triggers is not None and value[3] not in triggers)
+                    or (since is not None and value[2] < since) or (until is not None and value[2] > until)):
+                continue
+            out.append(_unpack(value))
             if len(out) >= limit:
                 break
         return out
+
+    def _compact_all_runs(self) -> None:
+        if len(self._all_runs) > 2 * len(self._runs) + 1000:
+            self._all_runs = [r for r in self._all_runs if r in self._runs]
 
     async def start_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
         run = self._run(run_id)
@@ -320,7 +348,8 @@ class MemoryStore(Store):
     async def finish_run(self, run_id: str, owner: str | None, *, status: RunStatus,
                          finished_at: datetime, exit_code: int | None = None, output: str = "",
                          error: str | None = None, retry: Run | None = None,
-                         lease_expires_at: datetime | None = None) -> bool:
+                         lease_expires_at: datetime | None = None,
+                         output_lines: int | None = None) -> bool:
         run = self._run(run_id)
         if run is None or run.status is not RunStatus.RUNNING or run.owner != owner:
             return False
@@ -331,12 +360,27 @@ class MemoryStore(Store):
         if retry is not None and (retry.job_id, retry.scheduled_for, retry.attempt) in self._slots:
             raise RunConflict(f"attempt {retry.attempt} of this slot already exists")
         self._put(evolve(run, status=status, finished_at=finished_at, exit_code=exit_code, output=output,
-                         error=error, lease_expires_at=None))
+                         error=error, lease_expires_at=None,
+                         output_lines=count_lines(output) if output_lines is None else output_lines))
         self._active[run.job_id].pop(run_id, None)
         self._finished.append((finished_at, run_id))
+        summary = self._summaries.get(run.job_id)
+        if summary is None:
+            summary = self._summaries[run.job_id] = JobSummary()
+        summary.record(run.id, status, run.scheduled_for, run.started_at, finished_at)
         if retry is not None:
             self._insert_run(retry, dispatched=False)
         return True
+
+    async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
+        written = set()
+        for run_id, (text, lines) in outputs.items():
+            run = self._run(run_id)
+            if (run is not None and run.status is RunStatus.RUNNING and run.owner == owner
+                    and lines >= run.output_lines):
+                self._runs[run_id] = evolve(run, output=text, output_lines=lines)
+                written.add(run_id)
+        return written
 
     async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:
         run = self._run(run_id)
@@ -372,6 +416,7 @@ class MemoryStore(Store):
             if type(self._runs[run_id]) is tuple:
                 self._forget_run(run_id)
         self._job_runs[job_id] = keep
+        self._compact_all_runs()
         return len(ids) - len(keep)
 
     async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
@@ -389,6 +434,7 @@ class MemoryStore(Store):
                 ids[:] = [r for r in ids if r not in doomed]
                 deleted += len(doomed)
             if deleted >= limit:
+                self._compact_all_runs()
                 return deleted
         if max_age is None:
             # The age index is only read with a max age; keep it from outgrowing the runs it indexes.
@@ -407,4 +453,5 @@ class MemoryStore(Store):
                 if i < len(ids) and ids[i] == run_id:
                     del ids[i]
                 deleted += 1
+        self._compact_all_runs()
         return deleted

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,17 +54,19 @@ from chronos_core.models import (
     FINISHED_RUN_STATUSES,
     Job,
     JobStatus,
+    JobSummary,
     MisfirePolicy,
     OverlapPolicy,
     Run,
     RunStatus,
     Trigger,
+    count_lines,
 )
 from chronos_core.ports import Claim, Dispatch, Planner, Store
 from chronos_core.retry import RetryPolicy
 
 from . import sqlite_batch
-from .tables import UtcDateTime, jobs, runs
+from .tables import UtcDateTime, job_summaries, jobs, runs
 
 __all__ = ["SqlStore"]
 
@@ -142,7 +144,33 @@ def _run(row: Any) -> Run:
         attempt=row.attempt, status=_RUN_STATUS[row.status], created_at=row.created_at, due_at=row.due_at,
         started_at=row.started_at, finished_at=row.finished_at, exit_code=row.exit_code, output=row.output,
         error=row.error, owner=row.owner, lease_expires_at=row.lease_expires_at,
+        output_lines=row.output_lines,
     )
+
+
+_SUMMARY_COLUMNS = [c.name for c in job_summaries.c if c.name != "job_id"]
+
+
+def _summary(row: Any) -> JobSummary:
+    status = row.last_run_status
+    return JobSummary(
+        last_run_id=row.last_run_id, last_run_status=None if status is None else _RUN_STATUS[status],
+        last_run_scheduled_for=row.last_run_scheduled_for, last_run_started_at=row.last_run_started_at,
+        last_run_finished_at=row.last_run_finished_at, last_success_at=row.last_success_at,
+        last_failure_at=row.last_failure_at, consecutive_failures=row.consecutive_failures,
+    )
+
+
+@dataclass(slots=True)
+class _Finished:
+    """An applied finish, as the job's summary folds it in."""
+
+    run_id: str
+    job_id: str
+    status: RunStatus
+    scheduled_for: datetime
+    started_at: datetime | None
+    finished_at: datetime
 
 
 @dataclass(slots=True)
@@ -163,6 +191,7 @@ class _Finish:
     output: str
     error: str | None
     retry: Run | None
+    output_lines: int
     lease: datetime | None = None  # the lease expiry the caller read (the reaper's fence), if any
 
 
@@ -381,7 +410,7 @@ class SqlStore(Store):
         return (run.id, run.job_id, dt(run.scheduled_for), run.trigger.value, run.attempt, run.status.value,
                 dt(run.created_at), due, due if run.status is RunStatus.QUEUED and not dispatched else None,
                 dt(run.started_at), dt(run.finished_at), run.exit_code, self._cap(run.output),
-                _cut(run.error), run.owner, dt(run.lease_expires_at))
+                _cut(run.error), run.owner, dt(run.lease_expires_at), run.output_lines)
 
     def _run_values(self, run: Run, dispatched: bool) -> dict[str, Any]:
         waiting = run.status is RunStatus.QUEUED and not dispatched
@@ -392,7 +421,7 @@ class SqlStore(Store):
             "dispatch_due_at": run.due_at if waiting else None, "started_at": run.started_at,
             "finished_at": run.finished_at, "exit_code": run.exit_code,
             "output": self._cap(run.output), "error": _cut(run.error), "owner": run.owner,
-            "lease_expires_at": run.lease_expires_at,
+            "lease_expires_at": run.lease_expires_at, "output_lines": run.output_lines,
         }
 
     def _prepare_sql(self, engine: Engine) -> None:
@@ -416,7 +445,8 @@ class SqlStore(Store):
         self._run_columns = [c.name for c in runs.c]
         if self._run_columns != ["id", "job_id", "scheduled_for", "trigger", "attempt", "status",
                                  "created_at", "due_at", "dispatch_due_at", "started_at", "finished_at",
-                                 "exit_code", "output", "error", "owner", "lease_expires_at"]:
+                                 "exit_code", "output", "error", "owner", "lease_expires_at",
+                                 "output_lines"]:
             raise AssertionError("_run_params no longer matches the runs table")
         # datetimes bound as driver values without SQLAlchemy's per-value processors (see _utc_text)
         self._to_db: Callable[[datetime], str] = _utc_text
@@ -430,8 +460,16 @@ class SqlStore(Store):
         self._start_set = (f"status = '{RunStatus.RUNNING.value}', dispatch_due_at = NULL, "
                            "started_at = v.column2, owner = v.column3, lease_expires_at = v.column4")
         self._finish_set = ("status = v.column2, finished_at = v.column3, exit_code = v.column4, "
-                            "output = v.column5, error = v.column6, lease_expires_at = NULL, "
-                            "dispatch_due_at = NULL")
+                            "output = v.column5, error = v.column6, output_lines = v.column7, "
+                            "lease_expires_at = NULL, dispatch_due_at = NULL")
+        summary_columns = ["job_id", *_SUMMARY_COLUMNS]
+        self._summary_head = (f"INSERT INTO job_summaries ({', '.join(quote(c) for c in summary_columns)})")
+        if self._sqlite:
+            self._summary_tail = (" ON CONFLICT (job_id) DO UPDATE SET "
+                                  + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _SUMMARY_COLUMNS))
+        else:
+            self._summary_tail = (" ON DUPLICATE KEY UPDATE "
+                                  + ", ".join(f"{quote(c)} = VALUES({quote(c)})" for c in _SUMMARY_COLUMNS))
 
     def _insert_runs(self, conn: Connection, params: list[tuple[Any, ...]], *,
                      skip_taken_slots: bool = False) -> set[str]:
@@ -573,6 +611,7 @@ class SqlStore(Store):
             with self._tx() as conn:
                 self._check_names(conn, names)
                 conn.execute(insert(jobs), [_job_values(j) for j in items])
+                conn.execute(insert(job_summaries), [{"job_id": j.id} for j in items])
         except sa_exc.IntegrityError:
             with self._tx(read=True) as conn:  # lost a race: say which name
                 self._check_names(conn, names)
@@ -607,8 +646,12 @@ class SqlStore(Store):
         return await self._call(get)
 
     async def list_jobs(self, *, status: JobStatus | None = None, type: str | None = None,
-                        name: str | None = None, after: str | None = None, limit: int = 100) -> list[Job]:
+                        name: str | None = None, after: str | None = None, limit: int = 100,
+                        last_status: Collection[RunStatus] | None = None) -> list[Job]:
         q = select(jobs).order_by(jobs.c.id).limit(limit)
+        if last_status is not None:
+            q = q.where(jobs.c.id.in_(select(job_summaries.c.job_id).where(
+                job_summaries.c.last_run_status.in_(sorted(s.value for s in last_status)))))
         if status is not None:
             q = q.where(jobs.c.status == status.value)
         if type is not None:
@@ -627,6 +670,23 @@ class SqlStore(Store):
                 return [_job(r) for r in conn.execute(q)]
         return await self._call(list_)
 
+    async def job_summaries(self, job_ids: Collection[str]) -> dict[str, JobSummary]:
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+
+        def read() -> dict[str, JobSummary]:
+            out: dict[str, JobSummary] = {}
+            with self._tx(read=True) as conn:
+                for chunk in _chunks(ids):
+                    q = (select(jobs.c.id, *[job_summaries.c[c] for c in _SUMMARY_COLUMNS])
+                         .select_from(jobs.outerjoin(job_summaries, job_summaries.c.job_id == jobs.c.id))
+                         .where(jobs.c.id.in_(chunk)))
+                    for row in conn.execute(q):
+                        out[row.id] = JobSummary() if row.consecutive_failures is None else _summary(row)
+            return out
+        return await self._call(read)
+
     async def update_job(self, job: Job) -> None:
         def update_() -> None:
             values = _job_values(job)
@@ -643,6 +703,7 @@ class SqlStore(Store):
         def delete_() -> None:
             with self._tx() as conn:
                 conn.execute(delete(runs).where(runs.c.job_id == job_id))
+                conn.execute(delete(job_summaries).where(job_summaries.c.job_id == job_id))
                 if conn.execute(delete(jobs).where(jobs.c.id == job_id)).rowcount == 0:
                     raise JobNotFound(job_id)
         await self._call(delete_)
@@ -843,18 +904,41 @@ class SqlStore(Store):
         return await self._call(get)
 
     async def list_runs(self, job_id: str | None = None, *, status: Collection[RunStatus] | None = None,
-                        before: str | None = None, limit: int = 50) -> list[Run]:
-        q = select(runs).order_by(runs.c.id.desc()).limit(limit)
-        if job_id is not None:
-            q = q.where(runs.c.job_id == job_id)
-        if status is not None:
-            q = q.where(runs.c.status.in_(sorted(s.value for s in status)))
-        if before is not None:
-            q = q.where(runs.c.id < before)
+                        before: str | None = None, limit: int = 50,
+                        trigger: Collection[Trigger] | None = None, since: datetime | None = None,
+                        until: datetime | None = None) -> list[Run]:
+        def query(statuses: Collection[RunStatus] | None) -> Select[Any]:
+            q = select(runs).order_by(runs.c.id.desc()).limit(limit)
+            if job_id is not None:
+                q = q.where(runs.c.job_id == job_id)
+            if statuses is not None:
+                q = q.where(runs.c.status.in_(sorted(s.value for s in statuses)))
+            if before is not None:
+                q = q.where(runs.c.id < before)
+            if trigger is not None:
+                q = q.where(runs.c.trigger.in_(sorted(t.value for t in trigger)))
+            if since is not None:
+                q = q.where(runs.c.scheduled_for >= since)
+            if until is not None:
+                q = q.where(runs.c.scheduled_for <= until)
+            return q
+
+        # Across jobs, one query per status, each reading the (status, id) index newest first for at most
+        # `limit` rows, merged here: one query with `status IN (...)` would sort every run of those
+        # statuses (neither SQLite nor MySQL merges index ranges in order), a cost growing with history.
+        if job_id is None and status is not None and len(status) > 1:
+            queries = [query([s]) for s in sorted(status)]
+        else:
+            queries = [query(status)]
 
         def list_() -> list[Run]:
             with self._tx(read=True) as conn:
-                return [_run(r) for r in conn.execute(q)]
+                found = [_run(r) for q in queries for r in conn.execute(q)]
+            if len(queries) > 1:
+                found.sort(key=lambda r: r.id, reverse=True)
+            return found[:limit]
+        if limit <= 0:
+            return []
         return await self._call(list_)
 
     async def start_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
@@ -863,12 +947,31 @@ class SqlStore(Store):
     async def finish_run(self, run_id: str, owner: str | None, *, status: RunStatus,
                          finished_at: datetime, exit_code: int | None = None, output: str = "",
                          error: str | None = None, retry: Run | None = None,
-                         lease_expires_at: datetime | None = None) -> bool:
+                         lease_expires_at: datetime | None = None,
+                         output_lines: int | None = None) -> bool:
         status = RunStatus(status)
         if status not in FINISHED_RUN_STATUSES:
             raise ValueError(f"{status} is not a finished status")
+        lines = count_lines(output) if output_lines is None else output_lines
         return bool(await self._write(_Finish(run_id, owner, status, finished_at, exit_code, output,
-                                              error, retry, lease_expires_at)))
+                                              error, retry, lines, lease_expires_at)))
+
+    async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
+        items = sorted(outputs.items())
+        if not items:
+            return set()
+
+        def record() -> set[str]:
+            written: set[str] = set()
+            with self._tx() as conn:
+                for run_id, (text_, lines) in items:  # a worker holds a few runs: one statement each
+                    if conn.execute(update(runs).where(
+                            runs.c.id == run_id, runs.c.status == RunStatus.RUNNING.value,
+                            runs.c.owner == owner, runs.c.output_lines <= lines)
+                            .values(output=self._cap(text_), output_lines=lines)).rowcount == 1:
+                        written.add(run_id)
+            return written
+        return await self._call(record)
 
     async def _write(self, op: _Start | _Finish) -> Any:
         """Queue a start/finish for the next group commit and wait for its own result."""
@@ -966,36 +1069,52 @@ class SqlStore(Store):
         plain = all(fin.retry is None and fin.lease is None for _, fin in finishes)
         if finishes and self._sqlite and plain:
             dt = _memo(self._to_db)
-            states = self._sqlite_states(conn, {fin.run_id for _, fin in finishes})
+            facts = self._sqlite_finish_states(conn, {fin.run_id for _, fin in finishes})
             done: list[tuple[Any, ...]] = []
+            applied: list[_Finished] = []
             for i, fin in finishes:
-                state = states.get(fin.run_id)
-                if state is not None and state == (RunStatus.RUNNING.value, fin.owner):
-                    del states[fin.run_id]  # a second finish of the same run in this batch loses
+                fact = facts.get(fin.run_id)
+                if fact is not None and fact[:2] == (RunStatus.RUNNING.value, fin.owner):
+                    del facts[fin.run_id]  # a second finish of the same run in this batch loses
                     results[i] = True
                     done.append((fin.run_id, fin.status.value, dt(fin.finished_at), fin.exit_code,
-                                 self._cap(fin.output), _cut(fin.error)))
+                                 self._cap(fin.output), _cut(fin.error), fin.output_lines))
+                    applied.append(_Finished(fin.run_id, fact[2], fin.status, fact[3], fact[4],
+                                             fin.finished_at))
             sqlite_batch.update_from_values(conn, "runs", self._finish_set, done,
                                             f"runs.status = '{RunStatus.RUNNING.value}'")
+            self._record_summaries(conn, applied)
         elif finishes and plain and self._all_matched(conn, [
                 {"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
-                 "exit_code": fin.exit_code, "output": self._cap(fin.output), "error": _cut(fin.error)}
+                 "exit_code": fin.exit_code, "output": self._cap(fin.output), "error": _cut(fin.error),
+                 "output_lines": fin.output_lines}
                 for _, fin in finishes], {"lease_expires_at": None, "dispatch_due_at": None},
                 functools.partial(_owner_guard, {fin.run_id: fin.owner for _, fin in finishes})):
             for i, _ in finishes:
                 results[i] = True
+            facts_by_id: dict[str, tuple[str, datetime, datetime | None]] = {}
+            for chunk in _chunks(sorted({fin.run_id for _, fin in finishes})):
+                facts_by_id.update((r.id, (r.job_id, r.scheduled_for, r.started_at)) for r in conn.execute(
+                    select(runs.c.id, runs.c.job_id, runs.c.scheduled_for, runs.c.started_at)
+                    .where(runs.c.id.in_(chunk))))
+            self._record_summaries(conn, [
+                _Finished(fin.run_id, job_id, fin.status, slot_at, started, fin.finished_at)
+                for _, fin in finishes for job_id, slot_at, started in [facts_by_id[fin.run_id]]])
         elif finishes:
             owners: dict[str, str | None] = {}
             leases: dict[str, datetime | None] = {}
+            found: dict[str, tuple[str, datetime, datetime | None]] = {}
             for chunk in _chunks(sorted({fin.run_id for _, fin in finishes})):
-                for run_id, owner, status, lease in conn.execute(self._for_update(
-                        select(runs.c.id, runs.c.owner, runs.c.status, runs.c.lease_expires_at)
-                        .where(runs.c.id.in_(chunk)))):
-                    if status == RunStatus.RUNNING.value:
-                        owners[run_id], leases[run_id] = owner, lease
+                for row in conn.execute(self._for_update(
+                        select(runs.c.id, runs.c.owner, runs.c.status, runs.c.lease_expires_at, runs.c.job_id,
+                               runs.c.scheduled_for, runs.c.started_at).where(runs.c.id.in_(chunk)))):
+                    if row.status == RunStatus.RUNNING.value:
+                        owners[row.id], leases[row.id] = row.owner, row.lease_expires_at
+                        found[row.id] = (row.job_id, row.scheduled_for, row.started_at)
             retries = [fin.retry for _, fin in finishes if fin.retry is not None]
             taken = self._existing_slots(conn, retries) if retries else set()
             rows, inserts = [], []
+            applied = []
             dt = _memo(self._to_db)
             for i, fin in finishes:
                 if fin.run_id not in owners or owners[fin.run_id] != fin.owner:
@@ -1013,11 +1132,65 @@ class SqlStore(Store):
                 results[i] = True
                 rows.append({"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
                              "exit_code": fin.exit_code, "output": self._cap(fin.output),
-                             "error": _cut(fin.error)})
+                             "error": _cut(fin.error), "output_lines": fin.output_lines})
+                job_id, slot_at, started = found[fin.run_id]
+                applied.append(_Finished(fin.run_id, job_id, fin.status, slot_at, started, fin.finished_at))
             self._bulk_update(conn, "id", rows, {"lease_expires_at": None, "dispatch_due_at": None})
             if inserts:
                 self._insert_runs(conn, inserts)
+            self._record_summaries(conn, applied)
         return results
+
+    def _record_summaries(self, conn: Connection, applied: Sequence[_Finished]) -> None:
+        """Fold applied finishes into their jobs' summaries, in the finishes' transaction: read the
+        summaries (locked on MySQL, in id order so concurrent batches cannot deadlock), fold in Python
+        with the same rule as every store (``JobSummary.record``, in finishing order), write them back."""
+        if not applied:
+            return
+        job_ids = sorted({f.job_id for f in applied})
+        summaries: dict[str, JobSummary] = {}
+        if self._sqlite:
+            # folded (see sqlite_batch); datetimes come back as their stored text
+            fields = " || char(31) || ".join(
+                ["job_id"] + [f"coalesce({c}, char(29))" for c in _SUMMARY_COLUMNS])
+            for chunk in _chunks(job_ids):
+                for parts in sqlite_batch.select_folded(
+                        conn, fields, f"FROM job_summaries WHERE job_id IN ({sqlite_batch.in_list(chunk)})",
+                        chunk):
+                    values = dict(zip(_SUMMARY_COLUMNS, (None if p == "\x1d" else p for p in parts[1:]),
+                                      strict=True))
+                    summaries[parts[0]] = JobSummary(
+                        last_run_id=values["last_run_id"],
+                        last_run_status=None if values["last_run_status"] is None
+                        else _RUN_STATUS[values["last_run_status"]],
+                        last_run_scheduled_for=_from_utc_text(values["last_run_scheduled_for"]),
+                        last_run_started_at=_from_utc_text(values["last_run_started_at"]),
+                        last_run_finished_at=_from_utc_text(values["last_run_finished_at"]),
+                        last_success_at=_from_utc_text(values["last_success_at"]),
+                        last_failure_at=_from_utc_text(values["last_failure_at"]),
+                        consecutive_failures=int(values["consecutive_failures"] or 0))
+        else:
+            for chunk in _chunks(job_ids):
+                summaries.update((row.job_id, _summary(row)) for row in conn.execute(
+                    select(job_summaries).where(job_summaries.c.job_id.in_(chunk))
+                    .order_by(job_summaries.c.job_id).with_for_update()))
+        for fin in sorted(applied, key=lambda f: f.finished_at):
+            summary = summaries.get(fin.job_id)
+            if summary is None:
+                summary = summaries[fin.job_id] = JobSummary()
+            summary.record(fin.run_id, fin.status, fin.scheduled_for, fin.started_at, fin.finished_at)
+        dt = _memo(self._to_db)
+        values_ = [(job_id, s.last_run_id, None if s.last_run_status is None else s.last_run_status.value,
+                    dt(s.last_run_scheduled_for), dt(s.last_run_started_at), dt(s.last_run_finished_at),
+                    dt(s.last_success_at), dt(s.last_failure_at), s.consecutive_failures)
+                   for job_id in job_ids for s in [summaries[job_id]]]
+        if self._sqlite:
+            sqlite_batch.insert_rows(conn, self._summary_head, values_, self._summary_tail)
+        else:
+            for part in _chunks(values_):
+                marks = ", ".join(["(" + ", ".join(["%s"] * len(values_[0])) + ")"] * len(part))
+                conn.exec_driver_sql(f"{self._summary_head} VALUES {marks}{self._summary_tail}",
+                                     tuple(v for row in part for v in row))
 
     def _all_matched(self, conn: Connection, rows: list[dict[str, Any]], fixed: dict[str, Any],
                      guard: _Guard) -> bool:
@@ -1031,6 +1204,23 @@ class SqlStore(Store):
         conn.exec_driver_sql("ROLLBACK TO SAVEPOINT chronos_cas")
         conn.exec_driver_sql("RELEASE SAVEPOINT chronos_cas")
         return False
+
+    @staticmethod
+    def _sqlite_finish_states(conn: Connection, run_ids: Collection[str]
+                              ) -> dict[str, tuple[str, str | None, str, datetime, datetime | None]]:
+        """SQLite: (status, owner, job id, slot, start) of each of ``run_ids`` that exists, folded like
+        :meth:`_sqlite_states` (a finish also folds the run into its job's summary)."""
+        states: dict[str, tuple[str, str | None, str, datetime, datetime | None]] = {}
+        for chunk in _chunks(sorted(run_ids)):
+            for run_id, status, owner, job_id, slot, started in sqlite_batch.select_folded(
+                    conn, "id || char(31) || status || char(31) || coalesce(owner, char(29)) || char(31) || "
+                          "job_id || char(31) || scheduled_for || char(31) || coalesce(started_at, '')",
+                    f"FROM runs WHERE id IN ({sqlite_batch.in_list(chunk)})", chunk):
+                at = _from_utc_text(slot)
+                assert at is not None
+                states[run_id] = (status, None if owner == "\x1d" else owner, job_id, at,
+                                  _from_utc_text(started or None))
+        return states
 
     @staticmethod
     def _sqlite_states(conn: Connection, run_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["UtcDateTime", "jobs", "metadata", "runs"]
+__all__ = ["UtcDateTime", "job_summaries", "jobs", "metadata", "runs"]
 
 _MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
@@ -106,11 +106,31 @@ runs = Table(
     Column("error", Text),
     Column("owner", String(200)),
     Column("lease_expires_at", UtcDateTime),
+    Column("output_lines", Integer, nullable=False, server_default="0"),  # lines printed so far
     UniqueConstraint("job_id", "scheduled_for", "attempt"),  # one first attempt per slot
     Index(None, "job_id", "id"),  # history, newest first
+    Index(None, "status", "id"),  # runs of a status across jobs, newest first (GET /runs?status=)
     Index(None, "status", "job_id"),  # active runs of the claimed jobs
     Index(None, "status", "lease_expires_at"),  # expired leases
     Index(None, "dispatch_due_at"),  # undispatched due runs
     Index(None, "finished_at"),  # retention by age
+    **_MYSQL,
+)
+
+# One row per job (created with it): what its runs came to, written by finish_run in the transaction that
+# records each outcome (JobSummary), so listing jobs with their last run never scans the history. Kept
+# apart from `jobs`: a finish never locks the row the scheduler's claim locks, nor changes its version.
+job_summaries = Table(
+    "job_summaries", metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("last_run_id", String(36)),
+    Column("last_run_status", String(16)),
+    Column("last_run_scheduled_for", UtcDateTime),
+    Column("last_run_started_at", UtcDateTime),
+    Column("last_run_finished_at", UtcDateTime),
+    Column("last_success_at", UtcDateTime),
+    Column("last_failure_at", UtcDateTime),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Index(None, "last_run_status", "job_id"),  # GET /jobs?last_status=failed
     **_MYSQL,
 )

@@ -1,0 +1,199 @@
+"""The ``Store`` contract for what operators read across jobs: the job summaries written with each outcome,
+runs listed across jobs with filters, and the output so far of running runs. Memory, SQLite, MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from chronos_core.ids import new_id
+from chronos_core.models import JobSummary, RunStatus, Trigger
+from chronos_core.ports import Store
+
+from .conftest import assert_no_connection_checked_out
+from .test_store_contract import T0, S, make_job, make_run, running_run
+
+
+async def _finish(store: Store, job, slot, status: RunStatus, *, took: float = 1.0) -> str:  # type: ignore[no-untyped-def]
+    run = await running_run(store, job, slot)
+    assert await store.finish_run(run.id, "w1", status=status, finished_at=slot + took * S)
+    return run.id
+
+
+async def test_a_new_job_has_an_empty_summary(store: Store) -> None:
+    job = make_job("a")
+    await store.add_jobs([job])
+    assert await store.job_summaries([job.id, new_id()]) == {job.id: JobSummary()}
+    assert await store.job_summaries([]) == {}
+
+
+async def test_finish_run_folds_each_outcome_into_the_summary(store: Store) -> None:
+    job, other = make_job("a"), make_job("b")
+    await store.add_jobs([job, other])
+    ok = await _finish(store, job, T0, RunStatus.SUCCEEDED, took=2.5)
+    summary = (await store.job_summaries([job.id]))[job.id]
+    assert summary == JobSummary(last_run_id=ok, last_run_status=RunStatus.SUCCEEDED,
+                                 last_run_scheduled_for=T0, last_run_started_at=T0,
+                                 last_run_finished_at=T0 + 2.5 * S, last_success_at=T0 + 2.5 * S,
+                                 consecutive_failures=0)
+    await _finish(store, job, T0 + 10 * S, RunStatus.FAILED)
+    bad = await _finish(store, job, T0 + 20 * S, RunStatus.TIMED_OUT)
+    summary = (await store.job_summaries([job.id]))[job.id]
+    assert (summary.last_run_id, summary.last_run_status) == (bad, RunStatus.TIMED_OUT)
+    assert summary.consecutive_failures == 2
+    assert summary.last_success_at == T0 + 2.5 * S and summary.last_failure_at == T0 + 21 * S
+    # a cancelled attempt is the last run, but neither a failure nor a success
+    await _finish(store, job, T0 + 30 * S, RunStatus.CANCELLED)
+    summary = (await store.job_summaries([job.id]))[job.id]
+    assert summary.last_run_status is RunStatus.CANCELLED and summary.consecutive_failures == 2
+    await _finish(store, job, T0 + 40 * S, RunStatus.SUCCEEDED)
+    summary = (await store.job_summaries([job.id]))[job.id]
+    assert summary.consecutive_failures == 0 and summary.last_failure_at == T0 + 21 * S
+    # the other job is untouched, and a refused (stale) finish changes nothing
+    assert (await store.job_summaries([other.id]))[other.id] == JobSummary()
+    before = await store.job_summaries([job.id])
+    assert not await store.finish_run(bad, "w1", status=RunStatus.SUCCEEDED, finished_at=T0 + 99 * S)
+    assert await store.job_summaries([job.id]) == before
+    assert_no_connection_checked_out(store)
+
+
+async def test_summaries_of_finishes_that_arrive_together(store: Store) -> None:
+    """Finishes of one job recorded in one step (a SQL store's group commit) fold in finishing order."""
+    job = make_job("a")
+    await store.add_jobs([job])
+    runs = [await running_run(store, job, T0 + i * S) for i in range(4)]
+    outcomes = [RunStatus.FAILED, RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.FAILED]
+    await asyncio.gather(*(store.finish_run(r.id, "w1", status=st, finished_at=T0 + (10 + i) * S)
+                           for i, (r, st) in enumerate(zip(runs, outcomes, strict=True))))
+    summary = (await store.job_summaries([job.id]))[job.id]
+    assert summary.last_run_id == runs[3].id and summary.consecutive_failures == 2
+    assert summary.last_success_at == T0 + 11 * S and summary.last_failure_at == T0 + 13 * S
+
+
+async def test_the_reaper_and_a_finish_with_a_retry_count_too(store: Store) -> None:
+    job = make_job("a")
+    await store.add_jobs([job])
+    run = await running_run(store, job, T0)
+    retry = make_run(job, T0, attempt=2, trigger=Trigger.RETRY, due_at=T0 + 5 * S)
+    assert await store.finish_run(run.id, "w1", status=RunStatus.FAILED, finished_at=T0 + S, retry=retry)
+    summary = (await store.job_summaries([job.id]))[job.id]
+    assert summary.last_run_id == run.id and summary.consecutive_failures == 1
+
+
+async def test_list_jobs_by_the_status_of_their_last_run(store: Store) -> None:
+    a, b, c = make_job("a"), make_job("b"), make_job("c")
+    await store.add_jobs([a, b, c])
+    await _finish(store, a, T0, RunStatus.FAILED)
+    await _finish(store, b, T0, RunStatus.SUCCEEDED)
+    await _finish(store, c, T0, RunStatus.SUCCEEDED)
+    await _finish(store, c, T0 + S, RunStatus.TIMED_OUT)
+    failing = {RunStatus.FAILED, RunStatus.TIMED_OUT}
+    assert [j.name for j in await store.list_jobs(last_status=failing)] == sorted(
+        ["a", "c"], key=lambda n: {"a": a.id, "c": c.id}[n])
+    assert [j.name for j in await store.list_jobs(last_status={RunStatus.SUCCEEDED})] == ["b"]
+    first = await store.list_jobs(last_status=failing, limit=1)
+    assert len(first) == 1
+    rest = await store.list_jobs(last_status=failing, after=first[0].id)
+    assert [j.id for j in first + rest] == sorted([a.id, c.id])
+
+
+async def test_deleting_a_job_deletes_its_summary(store: Store) -> None:
+    job = make_job("a")
+    await store.add_jobs([job])
+    await _finish(store, job, T0, RunStatus.FAILED)
+    await store.delete_job(job.id)
+    assert await store.job_summaries([job.id]) == {}
+    again = make_job("a")
+    await store.add_jobs([again])
+    assert await store.list_jobs(last_status={RunStatus.FAILED}) == []
+
+
+# ---------------------------------------------------------------------------------- runs across jobs
+
+
+async def test_list_runs_across_jobs_with_filters(store: Store) -> None:
+    a, b = make_job("a"), make_job("b")
+    await store.add_jobs([a, b])
+    made = [
+        make_run(a, T0, status=RunStatus.SUCCEEDED),
+        make_run(b, T0 + S, status=RunStatus.FAILED),
+        make_run(a, T0 + 2 * S, status=RunStatus.MISSED),
+        make_run(b, T0 + 3 * S, status=RunStatus.TIMED_OUT, trigger=Trigger.MANUAL),
+        make_run(a, T0 + 4 * S, status=RunStatus.FAILED, trigger=Trigger.MANUAL),
+        make_run(b, T0 + 5 * S),
+    ]
+    for run in made:
+        await store.add_run(run, dispatched=True)
+    newest_first = [r.id for r in reversed(made)]
+
+    async def ids(**filters) -> list[str]:  # type: ignore[no-untyped-def]
+        return [r.id for r in await store.list_runs(**filters)]
+
+    assert await ids() == newest_first
+    failing = {RunStatus.FAILED, RunStatus.TIMED_OUT}
+    assert await ids(status=failing) == [made[4].id, made[3].id, made[1].id]
+    assert await ids(status=failing, limit=2) == [made[4].id, made[3].id]
+    assert await ids(status=failing, before=made[3].id) == [made[1].id]
+    assert await ids(status=failing, job_id=b.id) == [made[3].id, made[1].id]
+    assert await ids(trigger={Trigger.MANUAL}) == [made[4].id, made[3].id]
+    assert await ids(trigger={Trigger.MANUAL}, status={RunStatus.TIMED_OUT}) == [made[3].id]
+    assert await ids(since=T0 + 2 * S) == newest_first[:4]
+    assert await ids(until=T0 + 2 * S) == newest_first[3:]
+    assert await ids(since=T0 + S, until=T0 + 3 * S, job_id=b.id) == [made[3].id, made[1].id]
+    assert await ids(since=T0 + 10 * S) == []
+    assert await ids(limit=0) == []
+    pages, before = [], None
+    while page := await store.list_runs(before=before, limit=4):
+        pages.append([r.id for r in page])
+        before = page[-1].id
+    assert pages == [newest_first[:4], newest_first[4:]]
+
+
+async def test_list_runs_skips_deleted_runs(store: Store) -> None:
+    a, b = make_job("a"), make_job("b")
+    await store.add_jobs([a, b])
+    keep = make_run(b, T0, status=RunStatus.SUCCEEDED)
+    for run in (make_run(a, T0, status=RunStatus.SUCCEEDED), keep, make_run(a, T0 + S)):
+        await store.add_run(run, dispatched=True)
+    await store.delete_job(a.id)
+    assert [r.id for r in await store.list_runs()] == [keep.id]
+    assert [r.id for r in await store.list_runs(status={RunStatus.SUCCEEDED, RunStatus.QUEUED})] == [
+        keep.id]
+
+
+# -------------------------------------------------------------------------------- output so far
+
+
+async def test_record_output_is_fenced_and_never_goes_backwards(store: Store) -> None:
+    job = make_job("a")
+    await store.add_jobs([job])
+    run = await running_run(store, job, T0)
+    other = await running_run(store, job, T0 + S, owner="w2")
+    assert await store.record_output({run.id: ("one\ntwo", 2), other.id: ("x", 1)}, "w1") == {run.id}
+    got = await store.get_run(run.id)
+    assert (got.output, got.output_lines, got.status) == ("one\ntwo", 2, RunStatus.RUNNING)
+    assert (await store.get_run(other.id)).output == ""  # not w1's run
+    # an older snapshot arriving late does not undo a newer one
+    assert await store.record_output({run.id: ("one", 1)}, "w1") == set()
+    assert (await store.get_run(run.id)).output_lines == 2
+    assert await store.record_output({}, "w1") == set()
+    assert await store.finish_run(run.id, "w1", status=RunStatus.SUCCEEDED, finished_at=T0 + 2 * S,
+                                  output="one\ntwo\nthree", output_lines=3)
+    # once finished, a late flush changes nothing
+    assert await store.record_output({run.id: ("late", 9)}, "w1") == set()
+    got = await store.get_run(run.id)
+    assert (got.output, got.output_lines) == ("one\ntwo\nthree", 3)
+    assert_no_connection_checked_out(store)
+
+
+async def test_finish_counts_the_lines_of_its_output_unless_told(store: Store) -> None:
+    job = make_job("a")
+    await store.add_jobs([job])
+    run = await running_run(store, job, T0)
+    assert await store.finish_run(run.id, "w1", status=RunStatus.FAILED, finished_at=T0 + S,
+                                  output="a\nb\nc")
+    assert (await store.get_run(run.id)).output_lines == 3
+    cut = await running_run(store, job, T0 + timedelta(minutes=1))
+    assert await store.finish_run(cut.id, "w1", status=RunStatus.SUCCEEDED, finished_at=T0 + 70 * S,
+                                  output="[... 10 earlier characters not kept]\nlast", output_lines=40)
+    assert (await store.get_run(cut.id)).output_lines == 40
