@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .errors import ExecutionFailed, RunNotFound, StoreUnavailable
+from .errors import ExecutionFailed, JobNotFound, RunNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
 from .ids import new_id
 from .models import Event, EventType, Job, Run, RunStatus, evolve
@@ -32,15 +32,20 @@ log = logging.getLogger("chronos.worker")
 
 
 class OutputTail:
-    """The last ``limit`` characters of a run's output, line by line; what came before is counted."""
+    """The last ``limit`` characters of a run's output, line by line; what came before is counted.
+    ``lines`` counts every line added (the number of the last one); ``stored`` is the count the store
+    last received (see ``Worker.flush_output``)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lines: deque[str] = deque()
         self._size = 0
         self.dropped = 0
+        self.lines = 0
+        self.stored = 0
 
     def add(self, line: str) -> None:
+        self.lines += 1
         if len(line) > self.limit:
             self.dropped += len(line) - self.limit
             line = line[-self.limit:]
@@ -92,6 +97,14 @@ async def _finished_within(task: asyncio.Task[ExecutionResult], seconds: float |
     return task.done()
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """A run this worker is executing: its job (named in logs) and its output tail."""
+
+    job: Job
+    tail: OutputTail
+
+
 @dataclass
 class WorkerStats:
     started: int = 0
@@ -107,7 +120,7 @@ class Worker:
                  executors: Mapping[str, Executor], *, job_types: JobTypes | None = None,
                  concurrency: int = 16, lease: float = 30.0, output_limit: int = 64 * 1024,
                  line_limit: int = 16 * 1024, owner: str | None = None,
-                 store_retry_for: float = 300.0) -> None:
+                 store_retry_for: float = 300.0, output_interval: float = 1.0) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -120,12 +133,14 @@ class Worker:
         self.line_limit = line_limit
         self.owner = owner or f"worker-{new_id()[-12:]}"
         self.store_retry_for = store_retry_for
+        # how often the output so far of running runs goes to the store (every API instance reads it)
+        self.output_interval = timedelta(seconds=output_interval)
         self.stats = WorkerStats()
         self._running: dict[str, asyncio.Task[ExecutionResult]] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._held: set[str] = set()  # runs started here whose outcome is not recorded yet
         self._early_cancels: OrderedDict[str, str] = OrderedDict()  # cancels that beat the task
-        self._tails: dict[str, OutputTail] = {}
+        self._attempts: dict[str, _Attempt] = {}  # executing here, by run id
         self._maskers: dict[tuple[str, datetime], _Masker] = {}
         self._handlers: set[asyncio.Task[Run | None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
@@ -145,6 +160,7 @@ class Worker:
         self._background = [
             asyncio.create_task(self._watch_cancels(ready), name="chronos-worker-cancels"),
             asyncio.create_task(self._heartbeat(), name="chronos-worker-heartbeat"),
+            asyncio.create_task(self._output_loop(), name="chronos-worker-output"),
         ]
         await ready.wait()
         self._loop_task = asyncio.create_task(self._consume(), name="chronos-worker")
@@ -158,7 +174,13 @@ class Worker:
                 await self._loop_task
             self._loop_task = None
         if self._handlers:
+            if self._attempts:
+                log.info("shutting down: waiting up to %gs for %d running run(s): %s", grace,
+                         len(self._attempts), self._describe_running())
             _, pending = await asyncio.wait(set(self._handlers), timeout=grace)
+            if self._attempts:
+                log.info("shutting down: cancelling %d run(s) still running after %gs: %s",
+                         len(self._attempts), grace, self._describe_running())
             for run_id in list(self._running):
                 self.cancel(run_id, f"worker {self.owner} shut down before the run finished")
             if pending:  # executors clean up (kill their process group) and outcomes are recorded
@@ -173,6 +195,11 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._background = []
+
+    def _describe_running(self, most: int = 20) -> str:
+        items = [f"{a.job.name} (run {run_id})" for run_id, a in list(self._attempts.items())[:most]]
+        more = len(self._attempts) - len(items)
+        return ", ".join(items) + (f" and {more} more" if more > 0 else "")
 
     def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run this worker is executing; False if it holds no such run (yet: a request that
@@ -246,6 +273,27 @@ class Worker:
                 self.cancel(run_id, "the worker lost its lease on the run")
         return True
 
+    async def _output_loop(self) -> None:
+        never = asyncio.Event()
+        while True:
+            await self._clock.sleep_until(self._clock.now() + self.output_interval, never)
+            await self.flush_output()
+
+    async def flush_output(self) -> None:
+        """Store the output so far of the runs whose output grew since the last flush, so that any API
+        instance shows it (``Store.record_output``: fenced by the lease, never backwards)."""
+        grown = {run_id: a.tail for run_id, a in self._attempts.items() if a.tail.lines != a.tail.stored}
+        if not grown:
+            return
+        snapshot = {run_id: (tail.text(), tail.lines) for run_id, tail in grown.items()}
+        try:
+            await self._store.record_output(snapshot, self.owner)
+        except Exception as exc:  # the live view lags; the outcome still records the whole tail
+            log.debug("storing the output so far failed: %s", exc)
+            return
+        for run_id, (_, lines) in snapshot.items():
+            grown[run_id].stored = max(grown[run_id].stored, lines)
+
     # one run ----------------------------------------------------------------------------------------
     async def process(self, dispatch: Dispatch) -> Run | None:
         """Execute one dispatched run to its end; the finished run, or None if it was not runnable
@@ -281,6 +329,7 @@ class Worker:
                 lease_expires_at=now + self.lease))
         finally:
             self._held.discard(run.id)
+            self._attempts.pop(run.id, None)
             self._early_cancels.pop(run.id, None)
 
     async def _run_started(self, job: Job, run: Run) -> Run | None:
@@ -288,16 +337,21 @@ class Worker:
         assert run.started_at is not None
         await self._publish([run_event(run, run.started_at)], run.id)  # the run goes ahead regardless
         status, exit_code, error, retryable, extra = await self._execute(job, run)
-        tail = self._tails.pop(run.id)
+        tail = self._attempts.pop(run.id).tail
         if extra:
             for line in extra.splitlines():
                 tail.add(line)
         end = self._clock.now()
-        finished = evolve(run, status=status, finished_at=end, exit_code=exit_code,
-                          output=tail.text(), error=error)
         retry = None
-        if status in (RunStatus.FAILED, RunStatus.TIMED_OUT) and retryable:
-            retry = plan_retry(job, run, end)
+        if status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
+            if retryable:
+                retry = plan_retry(job, run, end)
+                if retry is None and job.retry.max_attempts > 1:
+                    error = f"{error}; no retry left (attempt {run.attempt} of {job.retry.max_attempts})"
+            elif run.attempt < job.retry.max_attempts and "not retried" not in (error or ""):
+                error = f"{error}; not retried: the failure is permanent"
+        finished = evolve(run, status=status, finished_at=end, exit_code=exit_code,
+                          output=tail.text(), error=error, output_lines=tail.lines)
 
         async def mine(stored: Run) -> bool:
             # After a store error this outcome may have applied, or the reaper's finish (same owner, same
@@ -314,11 +368,20 @@ class Worker:
 
         ok = await self._persist(lambda: self._store.finish_run(
             run.id, self.owner, status=status, finished_at=end, exit_code=exit_code,
-            output=finished.output, error=error, retry=retry), run.id, status, mine)
+            output=finished.output, error=error, retry=retry, output_lines=tail.lines), run.id, status, mine)
         if not ok:
             self.stats.stale += 1
-            log.warning("run %s: outcome %s not recorded, the lease was taken over", run.id, status)
+            if await self._job_deleted(job):
+                log.info("run %s of job %s: the job was deleted while the run was going; its outcome "
+                         "(%s) is not recorded", run.id, job.name, status.value)
+            else:
+                log.warning("run %s of job %s: outcome %s not recorded, the lease was taken over",
+                            run.id, job.name, status.value)
             return None
+        log.info("job %s: run %s %s in %.3gs%s%s", job.name, run.id, status.value,
+                 (end - (run.started_at or end)).total_seconds(),
+                 f" (attempt {run.attempt})" if run.attempt > 1 else "",
+                 f": {error[:300]}" if error and status is not RunStatus.SUCCEEDED else "")
         self.stats.finished += 1
         self.stats.by_status[status.value] = self.stats.by_status.get(status.value, 0) + 1
         events = [run_event(finished, end)]
@@ -361,6 +424,15 @@ class Worker:
             except StoreUnavailable as exc:
                 error = exc
 
+    async def _job_deleted(self, job: Job) -> bool:
+        try:
+            await self._store.get_job(job.id)
+        except JobNotFound:
+            return True
+        except Exception:  # the store is down: say nothing more than that the outcome was not recorded
+            return False
+        return False
+
     def _masker(self, job: Job) -> _Masker:
         """The job's secret masker, kept per job version (validating the payload for it is costly)."""
         key = (job.id, job.updated_at)
@@ -374,7 +446,8 @@ class Worker:
     async def _execute(self, job: Job, run: Run
                        ) -> tuple[RunStatus, int | None, str | None, bool, str]:
         """Run the executor under the timeout; (status, exit code, error, retryable, extra output)."""
-        tail = self._tails[run.id] = OutputTail(self.output_limit)
+        tail = OutputTail(self.output_limit)
+        self._attempts[run.id] = _Attempt(job, tail)
         executor = self.executors.get(job.type)
         if executor is None:
             return (RunStatus.FAILED, None, f"no executor for job type {job.type!r} on worker "
@@ -385,18 +458,23 @@ class Worker:
 
         async def emit(line: str, stream: str = "stdout") -> None:
             nonlocal lost
-            line = mask(line.rstrip("\r\n"))  # masked whole, then cut: no secret is split by a cut
-            for piece in (line[i:i + limit] for i in range(0, len(line), limit)) if line else ("",):
-                tail.add(piece)
-                event = Event(type=EventType.RUN_LOG, time=self._clock.now(), job_id=run.job_id,
-                              run_id=run.id, data={"line": piece, "stream": stream, "attempt": run.attempt})
-                try:
-                    await self._bus.publish([event])
-                except Exception as exc:  # the live view misses a line; the run must not fail for it
-                    lost += 1
-                    if lost == 1:
-                        log.warning("run %s: publishing its output failed (%s: %s); the stored output "
-                                    "keeps it", run.id, type(exc).__name__, exc)
+            text = mask(line.rstrip("\r\n"))  # masked whole, then cut: no secret is split by a cut
+            events = []
+            # one numbered line per event, as stored: a text with newlines inside is several lines, and a
+            # line longer than the limit goes in pieces of the limit
+            for part in text.split("\n") if "\n" in text else (text,):
+                for piece in (part[i:i + limit] for i in range(0, len(part), limit)) if part else ("",):
+                    tail.add(piece)
+                    events.append(Event(type=EventType.RUN_LOG, time=self._clock.now(), job_id=run.job_id,
+                                        run_id=run.id, data={"line": piece, "stream": stream,
+                                                             "attempt": run.attempt, "seq": tail.lines}))
+            try:
+                await self._bus.publish(events)
+            except Exception as exc:  # the live view misses a line; the run must not fail for it
+                lost += 1
+                if lost == 1:
+                    log.warning("run %s: publishing its output failed (%s: %s); the stored output keeps "
+                                "it", run.id, type(exc).__name__, exc)
 
         task = asyncio.create_task(executor.execute(job, run, emit))
         self._running[run.id] = task

@@ -375,7 +375,7 @@ async def test_non_retryable_failures_are_not_retried(h: Harness) -> None:
     await h.drain()
     runs = await h.history(job)
     assert statuses(runs) == ["failed"]
-    assert runs[0].error == "bad request"
+    assert runs[0].error == "bad request; not retried: the failure is permanent"
 
 
 async def test_timeout_ends_timed_out_and_is_retried(h: Harness) -> None:
