@@ -16,9 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import FieldError, InvalidJob, RunConflict, ShellNotAllowed
+from .errors import FieldError, InvalidArgument, InvalidJob, RunConflict, ShellNotAllowed
 from .events import job_event, publish_best_effort, run_event
 from .ids import new_id
+from .logs import follow_output
 from .models import (
     ACTIVE_RUN_STATUSES,
     Event,
@@ -26,6 +27,7 @@ from .models import (
     Job,
     JobSpec,
     JobStatus,
+    JobSummary,
     Run,
     RunStatus,
     Trigger,
@@ -159,9 +161,30 @@ class Jobs:
         return await self._store.get_job_by_name(name)
 
     async def list(self, *, status: JobStatus | str | None = None, type: str | None = None,
-                   name: str | None = None, after: str | None = None, limit: int = 100) -> list[Job]:
+                   name: str | None = None, after: str | None = None, limit: int = 100,
+                   last_status: Collection[RunStatus | str] | RunStatus | str | None = None) -> list[Job]:
+        """Jobs in creation order after the job id ``after``; ``name`` is a prefix; ``last_status``: jobs
+        whose last run ended so (e.g. ``{"failed", "timed_out"}``)."""
         return await self._store.list_jobs(status=JobStatus(status) if status else None, type=type,
-                                           name=name, after=after, limit=limit)
+                                           name=name, after=after, limit=limit,
+                                           last_status=_statuses(last_status, "last_status"))
+
+    async def summaries(self, jobs: Iterable[Job]) -> dict[str, JobSummary]:
+        """Each job's summary of its runs (kept by the engines with every outcome; see ``JobSummary``)."""
+        return await self._store.job_summaries([j.id for j in jobs])
+
+    @staticmethod
+    def next_runs(job: Job, count: int = 3) -> builtins.list[datetime]:
+        """The job's next ``count`` fire times (from its ``next_run_at``; none while paused)."""
+        out: builtins.list[datetime] = []
+        t = job.next_run_at
+        while t is not None and len(out) < count:
+            out.append(t)
+            try:
+                t = next_slot(job, t)
+            except (OverflowError, ValueError):  # past year 9999
+                break
+        return out
 
     async def update(self, job_id: str, data: JobSpec | Mapping[str, Any]) -> Job:
         """Replace a job's definition (id, creation time and history stay). Secrets shown as ``***``
@@ -197,7 +220,7 @@ class Jobs:
         try:
             value = JobStatus(status)
         except ValueError:
-            raise InvalidJob.single(("status",), "must be 'active' or 'paused'") from None
+            raise InvalidArgument.single(("status",), "must be 'active' or 'paused'") from None
         return await self._set_status(job_id, value)
 
     async def _set_status(self, job_id: str, status: JobStatus) -> Job:
@@ -255,15 +278,27 @@ class Jobs:
         return await self._store.delete_runs(job_id)
 
 
-def _statuses(status: Collection[RunStatus | str] | RunStatus | str | None) -> set[RunStatus] | None:
+def _statuses(status: Collection[RunStatus | str] | RunStatus | str | None,
+              name: str = "status") -> set[RunStatus] | None:
     if status is None:
         return None
     values = [status] if isinstance(status, str) else list(status)
     try:
         return {RunStatus(s) for s in values}
     except ValueError:
-        raise InvalidJob.single(("status",), f"unknown run status in {values!r}; known: "
-                                f"{', '.join(s.value for s in RunStatus)}") from None
+        raise InvalidArgument.single((name,), f"unknown run status in {values!r}; known: "
+                                     f"{', '.join(s.value for s in RunStatus)}") from None
+
+
+def _triggers(trigger: Collection[Trigger | str] | Trigger | str | None) -> set[Trigger] | None:
+    if trigger is None:
+        return None
+    values = [trigger] if isinstance(trigger, str) else list(trigger)
+    try:
+        return {Trigger(t) for t in values}
+    except ValueError:
+        raise InvalidArgument.single(("trigger",), f"unknown trigger in {values!r}; known: "
+                                     f"{', '.join(t.value for t in Trigger)}") from None
 
 
 class Runs:
@@ -278,8 +313,23 @@ class Runs:
         return await self._store.get_run(run_id)
 
     async def list(self, *, job_id: str | None = None, status: Collection[RunStatus | str] | str |
-                   None = None, before: str | None = None, limit: int = 50) -> list[Run]:
-        return await self._store.list_runs(job_id, status=_statuses(status), before=before, limit=limit)
+                   None = None, before: str | None = None, limit: int = 50,
+                   trigger: Collection[Trigger | str] | str | None = None, since: datetime | None = None,
+                   until: datetime | None = None) -> builtins.list[Run]:
+        """Runs of every job (or of ``job_id``), newest first, older than the run id ``before``;
+        ``since``/``until`` bound ``scheduled_for`` (inclusive)."""
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and value.tzinfo is None:
+                raise InvalidArgument.single((name,), "needs a UTC offset, e.g. 2027-01-01T09:00:00Z")
+        return await self._store.list_runs(job_id, status=_statuses(status), before=before, limit=limit,
+                                           trigger=_triggers(trigger), since=since, until=until)
+
+    async def follow(self, run_id: str, *, follow: bool = True) -> AsyncIterator[str]:
+        """The run's output line by line, like ``kubectl logs [-f]``: what it printed so far (from the
+        store, so from any process), then, with ``follow``, each new line until the run ends.
+        :class:`RunNotFound` if there is no such run."""
+        async for line in follow_output(self._store, self._bus, run_id, follow=follow):
+            yield line
 
     async def cancel(self, run_id: str) -> Run:
         """Cancel a queued run at once, or ask the worker holding a running one to stop it (it ends
