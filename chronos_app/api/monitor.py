@@ -21,11 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from chronos_core import Event, EventType, Run, SubscriptionOverflow
-from chronos_core.errors import InvalidJob
+from chronos_core.errors import FieldError
 from chronos_core.events import run_event
 
 from .context import ApiContext, api
 from .inputs import parse_query
+from .problems import InvalidParameters
 from .schemas import EventOut
 
 __all__ = ["stream_all", "stream_job", "stream_run"]
@@ -51,8 +52,8 @@ def _types(text: str | None) -> set[EventType] | None:
     try:
         return {EventType(t.strip()) for t in text.split(",") if t.strip()}
     except ValueError:
-        raise InvalidJob.single(("types",), "unknown event type; known: "
-                                + ", ".join(t.value for t in EventType)) from None
+        raise InvalidParameters([FieldError(("types",), "unknown event type; known: "
+                                            + ", ".join(t.value for t in EventType))]) from None
 
 
 def _sse(event: Event, *, replayed: bool = False, first: bool = False) -> ServerSentEvent:
@@ -69,6 +70,7 @@ def _replay_events(ctx: ApiContext, runs: list[Run], types: Collection[EventType
     for run in reversed(runs):  # oldest first
         event = run_event(run, now)
         event.data["output"] = run.output
+        event.data["output_lines"] = run.output_lines  # run.log events numbered up to it are in output
         if types is None or event.type in types:
             out.append(event)
     return out
@@ -94,6 +96,8 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
         await sub.aclose()
         raise
     closes_on_final = run_id is not None
+    # a run stream starts with the output so far: its live lines already in it are not sent again
+    shown = snapshot[0].output_lines if run_id is not None and snapshot else 0
 
     shutdown = anyio.Event()  # set by sse-starlette when the server shuts down
 
@@ -113,6 +117,9 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
                     if closes_on_final and event.type in _FINAL_RUN_EVENTS:
                         return
                 async for event in sub:
+                    if shown and event.type is EventType.RUN_LOG and isinstance(
+                            seq := event.data.get("seq"), int) and seq <= shown:
+                        continue
                     yield _sse(event, first=not sent)
                     sent += 1
                     if closes_on_final and event.type in _FINAL_RUN_EVENTS:

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from chronos_core.errors import (
     ChronosError,
     FieldError,
+    InvalidArgument,
     InvalidJob,
     JobNotFound,
     NameConflict,
@@ -82,7 +83,7 @@ class MisdirectedHost(ApiError):
     """The request's Host is not one this server answers for (auth off: loopback names only)."""
 
 
-class InvalidParameters(InvalidJob):
+class InvalidParameters(InvalidArgument):
     """Query or path parameters failed validation (``errors`` point at the parameter by name)."""
 
     def __init__(self, errors: Sequence[FieldError]) -> None:
@@ -107,7 +108,8 @@ PROBLEMS: dict[type[BaseException], tuple[int, str, str]] = {
     BodyTooLarge: (413, "body-too-large", "The request body is too large"),
     UnsupportedMediaType: (415, "unsupported-media-type", "The request body must be JSON"),
     InvalidParameters: (422, "invalid-parameters", "Invalid parameters"),
-    InvalidJob: (422, "invalid-job", "Invalid input"),
+    InvalidArgument: (422, "invalid-argument", "Invalid argument"),
+    InvalidJob: (422, "invalid-job", "Invalid job"),
     IdempotencyKeyReused: (422, "idempotency-key-reused",
                            "The Idempotency-Key was already used with another request"),
     StoreUnavailable: (503, "store-unavailable", "The store is unavailable; try again"),

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from chronos_core import JobSpec, JobStatus, RunStatus, StoreUnavailable, parse_schedule
-from chronos_core.errors import InvalidJob
+from chronos_core import (
+    Job,
+    JobSpec,
+    JobStatus,
+    RunStatus,
+    StoreUnavailable,
+    Trigger,
+    parse_schedule,
+)
+from chronos_core.errors import FieldError, InvalidArgument
 from chronos_core.payloads import field_errors
 
-from .context import Op, api
+from .context import ApiContext, Op, api
 from .inputs import parse_query, read_json
 from .metrics import CONTENT_TYPE
+from .problems import InvalidParameters
 from .schemas import (
     Health,
     HistoryDeleted,
@@ -30,13 +40,22 @@ from .schemas import (
 
 __all__ = ["OPS"]
 
+_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"  # ids are UUIDv7 text
+_RUN_STATUSES = ", ".join(s.value for s in RunStatus)
+
+
 class JobListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: JobStatus | None = None
     type: str | None = Field(default=None, max_length=50)
-    name: str | None = Field(default=None, max_length=200, description="name prefix")
-    after: str | None = Field(default=None, max_length=64, description="cursor: next_cursor of a page")
+    name: str | None = Field(default=None, max_length=200,
+                             description="the exact name (names are unique: at most one job)")
+    name_prefix: str | None = Field(default=None, max_length=200, description="names starting with this")
+    last_status: str | None = Field(default=None, max_length=200,
+                                    description="comma-separated statuses of the job's last run, e.g. "
+                                                "failed,timed_out")
+    after: str | None = Field(default=None, pattern=_ID, description="cursor: next_cursor of a page")
     limit: int = Field(default=100, ge=1, le=500)
 
 
@@ -44,9 +63,24 @@ class HistoryQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: str | None = Field(default=None, max_length=200,
-                               description="comma-separated run statuses, e.g. failed,timed_out")
-    before: str | None = Field(default=None, max_length=64, description="cursor: next_cursor of a page")
+                               description=f"comma-separated run statuses ({_RUN_STATUSES})")
+    before: str | None = Field(default=None, pattern=_ID, description="cursor: next_cursor of a page")
     limit: int = Field(default=50, ge=1, le=500)
+
+
+class RunListQuery(HistoryQuery):
+    job_id: str | None = Field(default=None, pattern=_ID, description="runs of this job only")
+    trigger: str | None = Field(default=None, max_length=100,
+                                description="comma-separated triggers (schedule, manual, retry, catch_up)")
+    since: AwareDatetime | None = Field(default=None, description="scheduled_for at or after this time")
+    until: AwareDatetime | None = Field(default=None, description="scheduled_for at or before this time")
+
+
+class LogQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    follow: bool = Field(default=False, description="keep the response open and send each new line until "
+                                                    "the run ends (like kubectl logs -f)")
 
 
 class PreviewQuery(BaseModel):
@@ -61,14 +95,35 @@ def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = 
     return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
 
 
-def _statuses(text: str | None) -> list[RunStatus] | None:
+def _statuses(text: str | None, name: str = "status") -> list[RunStatus] | None:
     if not text:
         return None
     try:
         return [RunStatus(s.strip()) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise InvalidJob.single(("status",), "unknown run status; known: "
-                                + ", ".join(s.value for s in RunStatus)) from None
+        raise InvalidParameters([FieldError((name,), f"unknown run status; known: {_RUN_STATUSES}")]
+                                ) from None
+
+
+def _triggers(text: str | None) -> list[Trigger] | None:
+    if not text:
+        return None
+    try:
+        return [Trigger(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InvalidParameters([FieldError(("trigger",), "unknown trigger; known: "
+                                            + ", ".join(t.value for t in Trigger))]) from None
+
+
+async def _job_outs(ctx: ApiContext, jobs: Sequence[Job]) -> list[JobOut]:
+    """Jobs as shown: with their summaries (one store read for the page) and next fire times."""
+    chronos = ctx.chronos
+    summaries = await chronos.jobs.summaries(jobs)
+    return [JobOut.of(j, chronos.job_types, summaries.get(j.id), chronos.jobs.next_runs(j)) for j in jobs]
+
+
+async def _job_out(ctx: ApiContext, job: Job) -> JobOut:
+    return (await _job_outs(ctx, [job]))[0]
 
 
 # ---------------------------------------------------------------------------------------- health
@@ -107,13 +162,13 @@ async def create_job(request: Request) -> Response:
 
     async def create() -> Response:
         job = await ctx.chronos.jobs.create(data)
-        return _json(JobOut.of(job, ctx.chronos.job_types), 201, {"Location": f"/jobs/{job.id}"})
+        return _json(await _job_out(ctx, job), 201, {"Location": f"/jobs/{job.id}"})
 
     key = request.headers.get("idempotency-key")
     if not key:
         return await create()
     if len(key) > 255:
-        raise InvalidJob.single(("Idempotency-Key",), "at most 255 characters")
+        raise InvalidArgument.single(("Idempotency-Key",), "at most 255 characters")
     scope = request.scope.get("chronos.token_id", "")
 
     async def replay(status: int, headers: list[tuple[str, str]]) -> Response:
@@ -128,19 +183,23 @@ async def create_job(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     ctx = api(request)
     q = parse_query(request, JobListQuery)
-    jobs = await ctx.chronos.jobs.list(status=q.status, type=q.type, name=q.name, after=q.after,
-                                       limit=q.limit + 1)
+    last_status = _statuses(q.last_status, "last_status")
+    jobs = await ctx.chronos.jobs.list(status=q.status, type=q.type, name=q.name_prefix or q.name,
+                                       after=q.after, limit=q.limit + 1, last_status=last_status)
+    if q.name is not None:  # exact: the prefix query found it (and perhaps longer names)
+        jobs = [j for j in jobs if j.name == q.name and (q.name_prefix is None
+                                                         or j.name.startswith(q.name_prefix))]
+        if q.name_prefix is not None and not q.name.startswith(q.name_prefix):
+            jobs = []
     more = len(jobs) > q.limit
     jobs = jobs[:q.limit]
-    types = ctx.chronos.job_types
-    return _json(JobPage(items=[JobOut.of(j, types) for j in jobs],
-                         next_cursor=jobs[-1].id if more else None))
+    return _json(JobPage(items=await _job_outs(ctx, jobs), next_cursor=jobs[-1].id if more else None))
 
 
 async def get_job(request: Request) -> Response:
     ctx = api(request)
     job = await ctx.chronos.jobs.get(request.path_params["job_id"])
-    return _json(JobOut.of(job, ctx.chronos.job_types))
+    return _json(await _job_out(ctx, job))
 
 
 async def replace_job(request: Request) -> Response:
@@ -148,7 +207,7 @@ async def replace_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     data = await read_json(request, ctx.settings.max_body_bytes)
     job = await ctx.chronos.jobs.update(job_id, data)
-    return _json(JobOut.of(job, ctx.chronos.job_types))
+    return _json(await _job_out(ctx, job))
 
 
 async def delete_job(request: Request) -> Response:
@@ -162,9 +221,10 @@ async def set_job_status(request: Request) -> Response:
     try:
         change = StatusChange.model_validate(data)
     except ValidationError as exc:
-        raise InvalidJob(field_errors(exc)) from None
-    job = await ctx.chronos.jobs.set_status(request.path_params["job_id"], change.status)
-    return _json(JobOut.of(job, ctx.chronos.job_types))
+        raise InvalidArgument(field_errors(exc)) from None
+    status = JobStatus.PAUSED if change.status == "paused" else JobStatus.ACTIVE  # resume, restart: active
+    job = await ctx.chronos.jobs.set_status(request.path_params["job_id"], status)
+    return _json(await _job_out(ctx, job))
 
 
 async def job_history(request: Request) -> Response:
@@ -188,6 +248,44 @@ async def run_job_now(request: Request) -> Response:
 
 
 # ------------------------------------------------------------------------------------------ runs
+
+
+async def list_runs(request: Request) -> Response:
+    ctx = api(request)
+    q = parse_query(request, RunListQuery)
+    runs = await ctx.chronos.runs.list(job_id=q.job_id, status=_statuses(q.status), before=q.before,
+                                       limit=q.limit + 1, trigger=_triggers(q.trigger), since=q.since,
+                                       until=q.until)
+    more = len(runs) > q.limit
+    runs = runs[:q.limit]
+    return _json(RunPage(items=[RunOut.of(r) for r in runs], next_cursor=runs[-1].id if more else None))
+
+
+async def run_log(request: Request) -> Response:
+    """The run's output as plain text; ``?follow=true`` keeps sending new lines until the run ends."""
+    ctx = api(request)
+    q = parse_query(request, LogQuery)
+    lines = ctx.chronos.runs.follow(request.path_params["run_id"], follow=q.follow)
+    first: list[str] = []
+    try:  # the first line (or the end) before the answer starts: a missing run is a 404, not a 200
+        first.append(await anext(lines))
+    except StopAsyncIteration:
+        pass
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for line in first:
+                yield (line + "\n").encode()
+            async for line in lines:
+                yield (line + "\n").encode()
+        finally:
+            await lines.aclose()
+
+    if not q.follow:
+        text = "".join([chunk.decode() async for chunk in body()])
+        return Response(text, media_type="text/plain; charset=utf-8")
+    return StreamingResponse(body(), media_type="text/plain; charset=utf-8",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def get_run(request: Request) -> Response:
@@ -252,7 +350,8 @@ def _ops() -> list[Op]:
            200, JobOut, _J, body=JobSpec, errors=(400, 404, 409, 413, 415, 422), example=_JOB_EXAMPLE),
         Op("DELETE", "/jobs/{job_id}", delete_job, "Delete a job and its history", 204, None, _J,
            errors=(404,)),
-        Op("PATCH", "/jobs/{job_id}/status", set_job_status, "Pause or resume a job", 200, JobOut, _J,
+        Op("PATCH", "/jobs/{job_id}/status", set_job_status, "Pause or resume (restart) a job", 200, JobOut,
+           _J,
            body=StatusChange, errors=(400, 404, 413, 415, 422)),
         Op("GET", "/jobs/{job_id}/history", job_history, "The job's runs, newest first", 200, RunPage, _J,
            query=HistoryQuery, errors=(404, 422)),
@@ -260,7 +359,13 @@ def _ops() -> list[Op]:
            HistoryDeleted, _J, errors=(404,)),
         Op("POST", "/jobs/{job_id}/run", run_job_now, "Run the job now", 202, RunOut, _J, errors=(404,),
            headers={"Location": "the run's URL"}, creates="run_id"),
-        Op("GET", "/runs/{run_id}", get_run, "Get a run", 200, RunOut, _R, errors=(404,)),
+        Op("GET", "/runs", list_runs, "List runs of all jobs, newest first (keyset pagination)", 200,
+           RunPage, _R, query=RunListQuery, errors=(422,)),
+        Op("GET", "/runs/{run_id}", get_run, "Get a run (a running one with its output so far)", 200, RunOut,
+           _R, errors=(404,)),
+        Op("GET", "/runs/{run_id}/log", run_log,
+           "The run's output as plain text (?follow=true: until it ends)", 200, None, _R, query=LogQuery,
+           errors=(404, 422), media_type="text/plain"),
         Op("POST", "/runs/{run_id}/cancel", cancel_run, "Cancel a run", 200, RunOut, _R, errors=(404, 409),
            extra_responses={202: (RunOut, "the run is running; its worker was asked to stop it")}),
         Op("GET", "/schedules/preview", preview_schedule, "The next fire times of a schedule", 200,

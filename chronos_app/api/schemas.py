@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chronos_core import Event, Job, JobTypes, Run
+from chronos_core import Event, Job, JobSummary, JobTypes, Run
 from chronos_core.models import JobStatus, MisfirePolicy, OverlapPolicy, RunStatus, Trigger
 from chronos_core.retry import RetryPolicy
 
@@ -22,6 +22,7 @@ __all__ = [
     "HistoryDeleted",
     "JobOut",
     "JobPage",
+    "LastRun",
     "Problem",
     "Readiness",
     "RunOut",
@@ -35,8 +36,19 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LastRun(_Out):
+    """The job's last attempt that ran to an end."""
+
+    id: str
+    status: RunStatus
+    scheduled_for: datetime
+    finished_at: datetime
+    duration: float | None = Field(description="seconds from its start to its end")
+
+
 class JobOut(_Out):
-    """A job as stored; ``payload`` has its secrets replaced by ``***``."""
+    """A job as stored; ``payload`` has its secrets replaced by ``***``. The fields from ``last_run`` on
+    summarize its runs: the engines keep them with every outcome (``next_runs``: the next fire times)."""
 
     id: str
     name: str
@@ -57,15 +69,32 @@ class JobOut(_Out):
     next_run_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    last_run: LastRun | None = Field(description="the last attempt that ran to an end (null: none yet)")
+    last_success_at: datetime | None
+    last_failure_at: datetime | None = Field(description="when the last failed or timed-out attempt ended")
+    consecutive_failures: int = Field(description="failed or timed-out attempts since the last success")
+    next_runs: list[datetime] = Field(description="the next 3 fire times (none while paused)")
 
     @classmethod
-    def of(cls, job: Job, types: JobTypes) -> JobOut:
+    def of(cls, job: Job, types: JobTypes, summary: JobSummary | None = None,
+           next_runs: list[datetime] | None = None) -> JobOut:
+        s = summary or JobSummary()
+        last = None
+        if s.last_run_id is not None and s.last_run_status is not None and s.last_run_finished_at:
+            assert s.last_run_scheduled_for is not None
+            started = s.last_run_started_at
+            last = LastRun(id=s.last_run_id, status=s.last_run_status, scheduled_for=s.last_run_scheduled_for,
+                           finished_at=s.last_run_finished_at,
+                           duration=None if started is None
+                           else (s.last_run_finished_at - started).total_seconds())
         return cls(id=job.id, name=job.name, type=job.type, payload=types.redact(job.type, job.payload),
                    schedule=job.schedule, timezone=job.timezone, description=job.description,
                    retry=job.retry, timeout=job.timeout, overlap=job.overlap, misfire=job.misfire,
                    misfire_grace=job.misfire_grace, status=job.status, start_at=job.start_at,
                    end_at=job.end_at, history_limit=job.history_limit, next_run_at=job.next_run_at,
-                   created_at=job.created_at, updated_at=job.updated_at)
+                   created_at=job.created_at, updated_at=job.updated_at, last_run=last,
+                   last_success_at=s.last_success_at, last_failure_at=s.last_failure_at,
+                   consecutive_failures=s.consecutive_failures, next_runs=next_runs or [])
 
 
 class RunOut(_Out):
@@ -106,7 +135,8 @@ class RunPage(_Out):
 class StatusChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    status: Literal["active", "paused"]
+    status: Literal["active", "paused", "resume", "restart"] = Field(
+        description="'resume' and 'restart' are other names of 'active'")
 
 
 class HistoryDeleted(_Out):

@@ -1,0 +1,222 @@
+"""What an operator looks at every day, through the real app: runs across jobs, job summaries, and the
+output of a running run (stored, so any API instance shows it; followed as plain text like kubectl)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from tests.api.conftest import build_app, live, running, sse_events, wait_for
+
+PROBLEM = "application/problem+json"
+TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "skipped", "missed"}
+
+
+def shell(name: str, command: str, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "type": "shell", "payload": {"command": command}, **fields}
+
+
+async def finished(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        run = (await client.get(f"/runs/{run_id}")).json()
+        return run if run["status"] in TERMINAL else None
+    result: dict[str, Any] = await wait_for(done)
+    return result
+
+
+async def trigger(client: httpx.AsyncClient, job_id: str) -> str:
+    r = await client.post(f"/jobs/{job_id}/run")
+    assert r.status_code == 202, r.text
+    run_id: str = r.json()["id"]
+    return run_id
+
+
+def problem(r: httpx.Response, slug: str, pointer: str | None = None) -> dict[str, Any]:
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = r.json()
+    assert body["type"].endswith("/" + slug), body
+    if pointer is not None:
+        assert [e["pointer"] for e in body["errors"]] == [pointer], body
+    return body
+
+
+# ------------------------------------------------------------------------------------------ GET /runs
+
+
+async def test_runs_across_jobs_with_filters_and_pages(client: httpx.AsyncClient) -> None:
+    a = (await client.post("/jobs", json=shell("a", "true"))).json()
+    b = (await client.post("/jobs", json=shell("b", "exit 3"))).json()
+    ids = []
+    for job in (a, b, a):
+        ids.append(await trigger(client, job["id"]))
+        await finished(client, ids[-1])
+    newest = list(reversed(ids))
+
+    async def listed(**params: Any) -> list[str]:
+        r = await client.get("/runs", params=params)
+        assert r.status_code == 200, r.text
+        return [run["id"] for run in r.json()["items"]]
+
+    assert await listed() == newest
+    assert await listed(job_id=a["id"]) == [ids[2], ids[0]]
+    assert await listed(status="failed") == [ids[1]]
+    assert await listed(status="failed,succeeded") == newest
+    assert await listed(status="succeeded", job_id=b["id"]) == []
+    assert await listed(trigger="manual") == newest
+    assert await listed(trigger="schedule,retry") == []
+    run0 = (await client.get(f"/runs/{ids[0]}")).json()
+    assert await listed(since=run0["scheduled_for"]) == newest
+    assert await listed(until=run0["scheduled_for"]) == [ids[0]]
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert await listed(since=future) == []
+    page = (await client.get("/runs", params={"limit": 2})).json()
+    assert [r["id"] for r in page["items"]] == newest[:2] and page["next_cursor"] == newest[1]
+    rest = (await client.get("/runs", params={"limit": 2, "before": page["next_cursor"]})).json()
+    assert [r["id"] for r in rest["items"]] == newest[2:] and rest["next_cursor"] is None
+
+
+async def test_bad_run_filters_are_invalid_parameters_not_invalid_jobs(client: httpx.AsyncClient) -> None:
+    problem(await client.get("/runs", params={"status": "failed,nope"}), "invalid-parameters", "/status")
+    problem(await client.get("/runs", params={"trigger": "cron"}), "invalid-parameters", "/trigger")
+    problem(await client.get("/runs", params={"before": "zzz"}), "invalid-parameters", "/before")
+    problem(await client.get("/runs", params={"job_id": "x"}), "invalid-parameters", "/job_id")
+    problem(await client.get("/runs", params={"since": "yesterday"}), "invalid-parameters", "/since")
+    problem(await client.get("/runs", params={"until": "2027-01-01T00:00:00"}), "invalid-parameters",
+            "/until")  # no offset: which zone?
+    problem(await client.get("/jobs", params={"after": "garbage"}), "invalid-parameters", "/after")
+    job = (await client.post("/jobs", json=shell("a", "true"))).json()
+    problem(await client.get(f"/jobs/{job['id']}/history", params={"before": "zzz"}), "invalid-parameters",
+            "/before")
+    problem(await client.get(f"/jobs/{job['id']}/history", params={"status": "bad"}), "invalid-parameters",
+            "/status")
+    problem(await client.get("/jobs", params={"last_status": "bad"}), "invalid-parameters", "/last_status")
+
+
+# ------------------------------------------------------------------------------------- job summaries
+
+
+async def test_each_job_carries_a_summary_of_its_runs(client: httpx.AsyncClient) -> None:
+    bad = (await client.post("/jobs", json=shell("bad", "exit 3"))).json()
+    good = (await client.post("/jobs", json=shell("good", "true", schedule="0 9 * * *",
+                                                  timezone="Europe/Berlin"))).json()
+    assert bad["last_run"] is None and bad["consecutive_failures"] == 0 and bad["next_runs"] == []
+    assert bad["last_success_at"] is None and bad["last_failure_at"] is None
+    times = [datetime.fromisoformat(t) for t in good["next_runs"]]
+    assert len(times) == 3 and times[0] == datetime.fromisoformat(good["next_run_at"])
+    local = [t.astimezone(ZoneInfo("Europe/Berlin")) for t in times]
+    assert [(t.hour, t.minute) for t in local] == [(9, 0)] * 3
+    assert [(b.date() - a.date()).days for a, b in itertools.pairwise(local)] == [1, 1]
+    for _ in range(2):
+        last = await finished(client, await trigger(client, bad["id"]))
+    ok = await finished(client, await trigger(client, good["id"]))
+
+    got = (await client.get(f"/jobs/{bad['id']}")).json()
+    assert got["last_run"]["id"] == last["id"] and got["last_run"]["status"] == "failed"
+    assert got["last_run"]["scheduled_for"] == last["scheduled_for"]
+    assert got["last_run"]["finished_at"] == last["finished_at"]
+    started, ended = (datetime.fromisoformat(last[k]) for k in ("started_at", "finished_at"))
+    assert abs(got["last_run"]["duration"] - (ended - started).total_seconds()) < 1e-3
+    assert got["consecutive_failures"] == 2 and got["last_failure_at"] == last["finished_at"]
+    assert got["last_success_at"] is None
+    listed = {j["name"]: j for j in (await client.get("/jobs")).json()["items"]}
+    assert listed["bad"] == got
+    assert listed["good"]["last_success_at"] == ok["finished_at"]
+    assert listed["good"]["consecutive_failures"] == 0
+    failing = (await client.get("/jobs", params={"last_status": "failed,timed_out"})).json()["items"]
+    assert [j["name"] for j in failing] == ["bad"]
+    # a success resets the count
+    await client.put(f"/jobs/{bad['id']}", json=shell("bad", "true"))
+    await finished(client, await trigger(client, bad["id"]))
+    got = (await client.get(f"/jobs/{bad['id']}")).json()
+    assert got["consecutive_failures"] == 0 and got["last_run"]["status"] == "succeeded"
+    assert (await client.get("/jobs", params={"last_status": "failed"})).json()["items"] == []
+
+
+async def test_name_is_exact_and_name_prefix_is_a_prefix(client: httpx.AsyncClient) -> None:
+    for name in ("backup", "backup-db", "report"):
+        assert (await client.post("/jobs", json=shell(name, "true"))).status_code == 201
+
+    async def names(**params: str) -> list[str]:
+        return [j["name"] for j in (await client.get("/jobs", params=params)).json()["items"]]
+
+    assert await names(name="backup") == ["backup"]
+    assert await names(name="back") == []
+    assert sorted(await names(name_prefix="backup")) == ["backup", "backup-db"]
+    assert await names(name="backup-db", name_prefix="backup") == ["backup-db"]
+
+
+# -------------------------------------------------------------------------------- output so far
+
+
+GATED = "echo one; echo two; echo three; while [ ! -e {gate} ]; do sleep 0.05; done; echo four; echo five"
+
+
+async def test_a_running_runs_output_so_far_is_seen_from_another_api_instance(tmp_path: Path) -> None:
+    """Two processes' worth of app on one SQLite file: the one that runs the job and an API-only one
+    (its own in-process bus: it sees nothing of the worker's events, only the store)."""
+    url = f"sqlite:///{tmp_path}/chronos.db"
+    gate = tmp_path / "gate"
+    async with running(build_app(database_url=url)) as worker_side, \
+            running(build_app(database_url=url, worker=False, scheduler=False)) as other:
+        job = (await worker_side.post("/jobs", json=shell("gated", GATED.format(gate=gate)))).json()
+        run_id = await trigger(worker_side, job["id"])
+
+        async def three_lines() -> dict[str, Any] | None:
+            run = (await other.get(f"/runs/{run_id}")).json()
+            return run if run["output"] == "one\ntwo\nthree" else None
+        run = await wait_for(three_lines)
+        assert run["status"] == "running"
+        log = await other.get(f"/runs/{run_id}/log")
+        assert log.status_code == 200 and log.headers["content-type"].startswith("text/plain")
+        assert log.text == "one\ntwo\nthree\n"
+        gate.touch()
+        await finished(worker_side, run_id)
+        assert (await other.get(f"/runs/{run_id}/log")).text == "one\ntwo\nthree\nfour\nfive\n"
+
+
+async def test_log_follow_streams_the_tail_then_new_lines_until_the_end(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with live(build_app()) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        job = (await client.post("/jobs", json=shell("gated", GATED.format(gate=gate)))).json()
+        run_id = await trigger(client, job["id"])
+        await wait_for(lambda: _has_output(client, run_id, "one\ntwo\nthree"))
+        async with client.stream("GET", f"/runs/{run_id}/log", params={"follow": "true"}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            lines = r.aiter_lines()
+            assert [await anext(lines) for _ in range(3)] == ["one", "two", "three"]
+            gate.touch()
+            rest = [line async for line in lines]  # ends when the run ends
+        assert rest == ["four", "five"]
+        assert (await client.get(f"/runs/{run_id}")).json()["status"] == "succeeded"
+        # a finished run's log, followed or not, is its output
+        r = await client.get(f"/runs/{run_id}/log", params={"follow": "true"})
+        assert r.text == "one\ntwo\nthree\nfour\nfive\n"
+        missing = await client.get("/runs/01890000-0000-7000-8000-000000000000/log")
+        assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
+
+
+async def _has_output(client: httpx.AsyncClient, run_id: str, output: str) -> bool:
+    return bool((await client.get(f"/runs/{run_id}")).json()["output"] == output)
+
+
+async def test_the_run_stream_starts_with_the_output_so_far(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with live(build_app()) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        job = (await client.post("/jobs", json=shell("gated", GATED.format(gate=gate)))).json()
+        run_id = await trigger(client, job["id"])
+        await wait_for(lambda: _has_output(client, run_id, "one\ntwo\nthree"))
+        async with client.stream("GET", f"/monitor/runs/{run_id}") as r:
+            events = sse_events(r)
+            first = await anext(events)
+            assert first["event"] == "run.started" and first["data"]["data"]["output"] == "one\ntwo\nthree"
+            gate.touch()
+            rest = [e async for e in events]
+        lines = [e["data"]["data"]["line"] for e in rest if e["event"] == "run.log"]
+        assert lines == ["four", "five"]  # not one, two, three again
+        assert rest[-1]["event"] == "run.succeeded"
