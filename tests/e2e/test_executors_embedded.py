@@ -215,4 +215,5 @@ async def test_a_user_defined_job_type_as_documented() -> None:
         await asyncio.sleep(0.3)
         assert len(await chronos.jobs.history(bad.id)) == 1
     assert ok.status is RunStatus.SUCCEEDED and ok.output == "a (auth ***)\nb (auth ***)"
-    assert failed.status is RunStatus.FAILED and failed.error == "asked to fail"
+    assert failed.status is RunStatus.FAILED
+    assert failed.error == "asked to fail; not retried: the failure is permanent"
