@@ -11,7 +11,7 @@ import builtins
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,7 +34,7 @@ from .models import (
 )
 from .payloads import REDACTED, JobTypes, field_errors
 from .planning import next_slot
-from .ports import Clock, Dispatch, DispatchQueue, EventBus, Store, Subscription
+from .ports import Clock, Dispatch, DispatchQueue, EventBus, Store, StoreStats, Subscription
 from .schedules import parse_schedule, parse_timezone
 
 __all__ = ["Events", "Jobs", "Runs", "restore_redacted"]
@@ -323,6 +323,14 @@ class Runs:
                 raise InvalidArgument.single((name,), "needs a UTC offset, e.g. 2027-01-01T09:00:00Z")
         return await self._store.list_runs(job_id, status=_statuses(status), before=before, limit=limit,
                                            trigger=_triggers(trigger), since=since, until=until)
+
+    async def stats(self, windows: Sequence[timedelta] = (timedelta(hours=1), timedelta(days=1)),
+                    top: int = 5) -> StoreStats:
+        """Jobs by status, runs queued/running now, and per window (the last hour and day by default) the
+        runs that ended by status and the ``top`` busiest and most failing jobs (counted per minute by
+        the store as outcomes are written: cheap to poll)."""
+        now = self._clock.now()
+        return await self._store.stats([now - w for w in windows], top)
 
     async def follow(self, run_id: str, *, follow: bool = True) -> AsyncIterator[str]:
         """The run's output line by line, like ``kubectl logs [-f]``: what it printed so far (from the

@@ -27,8 +27,10 @@ __all__ = [
     "Executor",
     "LogSink",
     "Planner",
+    "RunCounts",
     "SlotPlan",
     "Store",
+    "StoreStats",
     "Subscription",
 ]
 
@@ -75,6 +77,28 @@ class Claim:
     cancel: list[str] = field(default_factory=list)
     duplicates: int = 0
     jobs: int = 0
+
+
+@dataclass(slots=True)
+class RunCounts:
+    """The runs that ended since a time, by status (counted to the minute), and the jobs with the most runs
+    and with the most failures (``failed`` or ``timed_out``), most first (counted by the hour: from the
+    start of the hour ``since`` falls in)."""
+
+    since: datetime
+    by_status: dict[RunStatus, int] = field(default_factory=dict)
+    busiest: list[tuple[str, int]] = field(default_factory=list)  # (job id, runs)
+    failing: list[tuple[str, int]] = field(default_factory=list)  # (job id, failures)
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Counts for a dashboard: jobs by status, runs queued or running now, and runs that ended in each
+    window asked for."""
+
+    jobs: dict[JobStatus, int] = field(default_factory=dict)
+    active: dict[RunStatus, int] = field(default_factory=dict)
+    windows: list[RunCounts] = field(default_factory=list)
 
 
 class Store(abc.ABC):
@@ -260,6 +284,14 @@ class Store(abc.ABC):
     async def delete_runs(self, job_id: str) -> int:
         """Delete the finished runs of a job (active ones stay); how many were deleted.
         :class:`JobNotFound` if there is no such job."""
+
+    @abc.abstractmethod
+    async def stats(self, since: Sequence[datetime], top: int = 5) -> StoreStats:
+        """Jobs by status, active runs by status, and for each time in ``since`` the runs that ended since
+        then (:class:`RunCounts`, ``top`` jobs each). Run outcomes are counted as they are written
+        (finishes, recorded slots, cancellations), in totals per minute and per job per hour: deleting or
+        pruning runs does not change the counts, and the cost depends on the minutes, jobs and statuses in
+        the window, never on how many runs the history holds. Counts older than two days may be dropped."""
 
     @abc.abstractmethod
     async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:

@@ -37,7 +37,7 @@ from chronos_core.models import (
     count_lines,
     evolve,
 )
-from chronos_core.ports import Claim, Dispatch, Planner, SlotPlan, Store
+from chronos_core.ports import Claim, Dispatch, Planner, RunCounts, SlotPlan, Store, StoreStats
 
 __all__ = ["MemoryStore"]
 
@@ -71,6 +71,10 @@ class MemoryStore(Store):
         # is compacted (deleting from the middle of a long list one by one would cost more)
         self._all_runs: list[str] = []
         self._summaries: dict[str, JobSummary] = {}
+        # run outcomes counted as they are recorded, for the last two days: totals per minute (minute ->
+        # status -> count) and per job per hour (hour -> (job id, status) -> count), as the SQL store does
+        self._totals: dict[datetime, dict[str, int]] = {}
+        self._per_job: dict[datetime, dict[tuple[str, str], int]] = {}
         self._active: dict[str, dict[str, None]] = defaultdict(dict)  # job id -> active run ids
         self._seq = itertools.count()
         self._due: list[tuple[datetime, int, str]] = []  # (next_run_at, seq, job id)
@@ -198,6 +202,7 @@ class MemoryStore(Store):
             self._active[run.job_id][run.id] = None
         elif run.finished_at is not None:
             self._finished.append((run.finished_at, run.id))
+            self._count(run.finished_at, run.job_id, run.status)
         if run.status is RunStatus.QUEUED and not dispatched:
             self._undispatched[run.id] = None
             heapq.heappush(self._waiting, (run.due_at, next(self._seq), run.id))
@@ -364,6 +369,7 @@ class MemoryStore(Store):
                          output_lines=count_lines(output) if output_lines is None else output_lines))
         self._active[run.job_id].pop(run_id, None)
         self._finished.append((finished_at, run_id))
+        self._count(finished_at, run.job_id, status)
         summary = self._summaries.get(run.job_id)
         if summary is None:
             summary = self._summaries[run.job_id] = JobSummary()
@@ -390,7 +396,50 @@ class MemoryStore(Store):
         self._active[run.job_id].pop(run_id, None)
         self._undispatched.pop(run_id, None)
         self._finished.append((now, run_id))
+        self._count(now, run.job_id, RunStatus.CANCELLED)
         return True
+
+    def _count(self, at: datetime, job_id: str, status: RunStatus) -> None:
+        for table, bucket, key in ((self._totals, at.replace(second=0, microsecond=0), status.value),
+                                   (self._per_job, at.replace(minute=0, second=0, microsecond=0),
+                                    (job_id, status.value))):
+            counts = table.get(bucket)
+            if counts is None:
+                counts = table[bucket] = {}
+                horizon = bucket - timedelta(days=2)
+                for old in [b for b in table if b < horizon]:
+                    del table[old]
+            counts[key] = counts.get(key, 0) + 1  # type: ignore[index]
+
+    async def stats(self, since: Sequence[datetime], top: int = 5) -> StoreStats:
+        out = StoreStats()
+        for job in self._jobs.values():
+            out.jobs[job.status] = out.jobs.get(job.status, 0) + 1
+        for ids in self._active.values():
+            for run_id in ids:
+                run = self._run(run_id)
+                if run is not None:
+                    out.active[run.status] = out.active.get(run.status, 0) + 1
+        for start in since:
+            window = RunCounts(since=start)
+            minute = start.replace(second=0, microsecond=0)
+            for bucket, totals in self._totals.items():
+                if bucket >= minute:
+                    for value, n in totals.items():
+                        window.by_status[_STATUS[value]] = window.by_status.get(_STATUS[value], 0) + n
+            runs: dict[str, int] = defaultdict(int)
+            failures: dict[str, int] = defaultdict(int)
+            hour = start.replace(minute=0, second=0, microsecond=0)
+            for bucket, per_job in self._per_job.items():
+                if bucket >= hour:
+                    for (job_id, value), n in per_job.items():
+                        runs[job_id] += n
+                        if value in (RunStatus.FAILED.value, RunStatus.TIMED_OUT.value):
+                            failures[job_id] += n
+            window.busiest = sorted(runs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+            window.failing = sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+            out.windows.append(window)
+        return out
 
     async def expired_leases(self, now: datetime, limit: int) -> list[Run]:
         out: list[Run] = []

@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,11 +63,11 @@ from chronos_core.models import (
     Trigger,
     count_lines,
 )
-from chronos_core.ports import Claim, Dispatch, Planner, Store
+from chronos_core.ports import Claim, Dispatch, Planner, RunCounts, Store, StoreStats
 from chronos_core.retry import RetryPolicy
 
 from . import sqlite_batch
-from .tables import UtcDateTime, job_summaries, jobs, runs
+from .tables import UtcDateTime, job_run_counts, job_summaries, jobs, run_counts, runs
 
 __all__ = ["SqlStore"]
 
@@ -289,6 +290,8 @@ class SqlStore(Store):
         # and is read again; updated_at alone would not do, since update_job stores whatever it is given.
         self.job_cache_size = 50_000
         self._job_cache: dict[str, tuple[Any, Job]] = {}
+        # this instance's rows of the per-minute totals (see tables.run_counts)
+        self._writer_id = uuid.uuid4().hex[:16]
 
     def __repr__(self) -> str:
         return f"SqlStore({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -464,6 +467,11 @@ class SqlStore(Store):
                             "lease_expires_at = NULL, dispatch_due_at = NULL")
         summary_columns = ["job_id", *_SUMMARY_COLUMNS]
         self._summary_head = (f"INSERT INTO job_summaries ({', '.join(quote(c) for c in summary_columns)})")
+        self._counts_sql = []
+        for table, key in (("run_counts", "writer"), ("job_run_counts", "job_id")):
+            tail = (f" ON CONFLICT (bucket, {key}, status) DO UPDATE SET n = {table}.n + excluded.n"
+                    if self._sqlite else " ON DUPLICATE KEY UPDATE n = n + VALUES(n)")
+            self._counts_sql.append((f"INSERT INTO {table} (bucket, {key}, status, n)", tail))
         if self._sqlite:
             self._summary_tail = (" ON CONFLICT (job_id) DO UPDATE SET "
                                   + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _SUMMARY_COLUMNS))
@@ -809,6 +817,8 @@ class SqlStore(Store):
                 else:
                     recorded.append(run)
         self._set_next_run_at(conn, next_at)
+        if claim.recorded:
+            self._count_outcomes(conn, [(r.finished_at or now, r.job_id, r.status) for r in claim.recorded])
         if self.on_dispatch is not None and claim.dispatch:
             self.on_dispatch(conn, claim.dispatch, now)
         return claim
@@ -886,6 +896,9 @@ class SqlStore(Store):
                     if conn.scalar(select(jobs.c.id).where(jobs.c.id == run.job_id)) is None:
                         raise JobNotFound(run.job_id)
                     conn.execute(insert(runs).values(self._run_values(run, dispatched)))
+                    if run.status in FINISHED_RUN_STATUSES:
+                        self._count_outcomes(conn, [(run.finished_at or run.created_at, run.job_id,
+                                                     run.status)])
                     if self.on_dispatch is not None and dispatched and run.status is RunStatus.QUEUED:
                         job = _job(conn.execute(select(jobs).where(jobs.c.id == run.job_id)).one())
                         self.on_dispatch(conn, [Dispatch(run, job)], run.created_at)
@@ -1147,6 +1160,7 @@ class SqlStore(Store):
         with the same rule as every store (``JobSummary.record``, in finishing order), write them back."""
         if not applied:
             return
+        self._count_outcomes(conn, [(f.finished_at, f.job_id, f.status) for f in applied])
         job_ids = sorted({f.job_id for f in applied})
         summaries: dict[str, JobSummary] = {}
         if self._sqlite:
@@ -1256,11 +1270,70 @@ class SqlStore(Store):
     async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:
         def cancel() -> bool:
             with self._tx() as conn:
-                return conn.execute(
+                done = conn.execute(
                     update(runs).where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED.value)
                     .values(status=RunStatus.CANCELLED.value, finished_at=now, error=_cut(reason),
                             dispatch_due_at=None)).rowcount == 1
+                if done:
+                    job_id = conn.scalar(select(runs.c.job_id).where(runs.c.id == run_id))
+                    self._count_outcomes(conn, [(now, job_id, RunStatus.CANCELLED)])
+                return done
         return await self._call(cancel)
+
+    def _count_outcomes(self, conn: Connection, outcomes: Sequence[tuple[datetime, str, RunStatus]]) -> None:
+        """Add run outcomes (end time, job id, status) to the counts, in the caller's transaction: the
+        per-minute totals (this instance's rows) and the per-job hourly counts, one upsert each of the
+        batch's distinct keys, in key order (concurrent batches lock the rows in the same order)."""
+        totals: dict[tuple[str, str, str], int] = defaultdict(int)
+        per_job: dict[tuple[str, str, str], int] = defaultdict(int)
+        minute = _memo(lambda t: _utc_text(t.replace(second=0, microsecond=0)))
+        hour = _memo(lambda t: _utc_text(t.replace(minute=0, second=0, microsecond=0)))
+        for at, job_id, status in outcomes:
+            totals[(minute(at), self._writer_id, status.value)] += 1
+            per_job[(hour(at), job_id, status.value)] += 1
+        for (head, tail), tally in zip(self._counts_sql, (totals, per_job), strict=True):
+            rows = [(*key, n) for key, n in sorted(tally.items())]
+            if self._sqlite:
+                sqlite_batch.insert_rows(conn, head, rows, tail)
+                continue
+            for part in _chunks(rows):
+                marks = ", ".join(["(%s, %s, %s, %s)"] * len(part))
+                conn.exec_driver_sql(f"{head} VALUES {marks}{tail}", tuple(v for row in part for v in row))
+
+    async def stats(self, since: Sequence[datetime], top: int = 5) -> StoreStats:
+        def read() -> StoreStats:
+            out = StoreStats()
+            failures = [RunStatus.FAILED.value, RunStatus.TIMED_OUT.value]
+            with self._tx(read=True) as conn:
+                for status, n in conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)):
+                    out.jobs[_JOB_STATUS[status]] = n
+                for status in _ACTIVE:  # an index range count each
+                    n = conn.scalar(select(func.count()).select_from(runs).where(runs.c.status == status))
+                    if n:
+                        out.active[_RUN_STATUS[status]] = n
+                for start in since:
+                    window = RunCounts(since=start)
+                    total = func.sum(run_counts.c.n)
+                    for status, n in conn.execute(
+                            select(run_counts.c.status, total)
+                            .where(run_counts.c.bucket >= start.replace(second=0, microsecond=0))
+                            .group_by(run_counts.c.status)):
+                        window.by_status[_RUN_STATUS[status]] = int(n)
+                    recent = job_run_counts.c.bucket >= start.replace(minute=0, second=0, microsecond=0)
+                    runs_of: dict[str, int] = defaultdict(int)
+                    failures_of: dict[str, int] = defaultdict(int)
+                    for job_id, status, n in conn.execute(  # one scan of the window for both rankings
+                            select(job_run_counts.c.job_id, job_run_counts.c.status,
+                                   func.sum(job_run_counts.c.n)).where(recent)
+                            .group_by(job_run_counts.c.job_id, job_run_counts.c.status)):
+                        runs_of[job_id] += int(n)
+                        if status in failures:
+                            failures_of[job_id] += int(n)
+                    window.busiest = sorted(runs_of.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+                    window.failing = sorted(failures_of.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+                    out.windows.append(window)
+            return out
+        return await self._call(read)
 
     async def expired_leases(self, now: datetime, limit: int) -> list[Run]:
         def expired() -> list[Run]:
@@ -1305,6 +1378,9 @@ class SqlStore(Store):
             self._prune_after = batch[-1][0]
             take, self._prune_backlog = excess[:limit - deleted], excess[limit - deleted:]
             deleted += self._delete_ids(take)
+        with self._tx() as conn:  # outcome counts older than two days (GET /stats reads one day)
+            for table in (run_counts, job_run_counts):
+                conn.execute(delete(table).where(table.c.bucket < now - timedelta(days=2)))
         if max_age is not None:
             cutoff = now - max_age
             while deleted < limit:

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["UtcDateTime", "job_summaries", "jobs", "metadata", "runs"]
+__all__ = ["UtcDateTime", "job_run_counts", "job_summaries", "jobs", "metadata", "run_counts", "runs"]
 
 _MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
@@ -132,5 +132,29 @@ job_summaries = Table(
     Column("last_failure_at", UtcDateTime),
     Column("consecutive_failures", Integer, nullable=False, server_default="0"),
     Index(None, "last_run_status", "job_id"),  # GET /jobs?last_status=failed
+    **_MYSQL,
+)
+
+# Run outcomes counted as they are written (finishes, recorded slots, cancellations), for GET /stats, so
+# that reading a day of them costs what the buckets, jobs and statuses in it are, not the history (which
+# retention prunes anyway). `run_counts`: totals per minute, a row per writing store instance (`writer`),
+# so concurrent writers never wait for each other's row. `job_run_counts`: per job per hour, for ranking
+# the jobs. No foreign keys: a deleted job's counts still happened (and counting takes no lock on the
+# job's row). Buckets older than two days are dropped by prune_runs.
+run_counts = Table(
+    "run_counts", metadata,
+    Column("bucket", UtcDateTime, primary_key=True),  # the minute
+    Column("writer", String(16), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("n", Integer, nullable=False),
+    **_MYSQL,
+)
+
+job_run_counts = Table(
+    "job_run_counts", metadata,
+    Column("bucket", UtcDateTime, primary_key=True),  # the hour
+    Column("job_id", String(36), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("n", Integer, nullable=False),
     **_MYSQL,
 )

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from chronos_core import (
     Job,
+    JobNotFound,
     JobSpec,
     JobStatus,
     RunStatus,
@@ -21,6 +22,7 @@ from chronos_core import (
 )
 from chronos_core.errors import FieldError, InvalidArgument
 from chronos_core.payloads import field_errors
+from chronos_core.ports import RunCounts
 
 from .context import ApiContext, Op, api
 from .inputs import parse_query, read_json
@@ -29,13 +31,16 @@ from .problems import InvalidParameters
 from .schemas import (
     Health,
     HistoryDeleted,
+    JobCount,
     JobOut,
     JobPage,
     Readiness,
     RunOut,
     RunPage,
     SchedulePreview,
+    Stats,
     StatusChange,
+    WindowStats,
 )
 
 __all__ = ["OPS"]
@@ -299,6 +304,41 @@ async def cancel_run(request: Request) -> Response:
     return _json(RunOut.of(run), 200 if run.status is RunStatus.CANCELLED else 202)
 
 
+# ----------------------------------------------------------------------------------------- stats
+
+
+_ENDED = [s for s in RunStatus if s not in (RunStatus.QUEUED, RunStatus.RUNNING)]
+
+
+async def stats(request: Request) -> Response:
+    ctx = api(request)
+    chronos = ctx.chronos
+    counts = await chronos.runs.stats(top=5)
+    named: dict[str, Job] = {}
+    for job_id in sorted({j for w in counts.windows for j, _ in (*w.busiest, *w.failing)}):
+        with contextlib.suppress(JobNotFound):  # deleted since: shown without a name
+            named[job_id] = await chronos.jobs.get(job_id)
+    summaries = await chronos.jobs.summaries(named.values())
+
+    def entry(job_id: str, n: int, failing: bool = False) -> JobCount:
+        job, summary = named.get(job_id), summaries.get(job_id)
+        return JobCount(job_id=job_id, name=job.name if job else None, runs=n,
+                        consecutive_failures=summary.consecutive_failures if failing and summary else None)
+
+    def window(w: RunCounts) -> WindowStats:
+        by_status = {s.value: w.by_status.get(s, 0) for s in _ENDED}
+        return WindowStats(since=w.since, total=sum(by_status.values()), by_status=by_status,
+                           busiest=[entry(j, n) for j, n in w.busiest],
+                           failing=[entry(j, n, failing=True) for j, n in w.failing])
+
+    hour, day = counts.windows
+    jobs = {s.value: counts.jobs.get(s, 0) for s in JobStatus}
+    jobs["total"] = sum(counts.jobs.values())
+    active = {s.value: counts.active.get(s, 0) for s in (RunStatus.QUEUED, RunStatus.RUNNING)}
+    return _json(Stats(time=chronos.clock.now(), jobs=jobs, runs=active, last_hour=window(hour),
+                       last_day=window(day)))
+
+
 # ------------------------------------------------------------------------------------- schedules
 
 
@@ -368,6 +408,8 @@ def _ops() -> list[Op]:
            errors=(404, 422), media_type="text/plain"),
         Op("POST", "/runs/{run_id}/cancel", cancel_run, "Cancel a run", 200, RunOut, _R, errors=(404, 409),
            extra_responses={202: (RunOut, "the run is running; its worker was asked to stop it")}),
+        Op("GET", "/stats", stats, "Counts for a dashboard: jobs, runs now, the last hour and day", 200,
+           Stats, "monitor"),
         Op("GET", "/schedules/preview", preview_schedule, "The next fire times of a schedule", 200,
            SchedulePreview, "schedules", query=PreviewQuery, errors=(422,)),
         Op("GET", "/monitor/logs", stream_all, "Live events of all jobs (SSE)", 200, None, "monitor",

@@ -28,6 +28,7 @@ __all__ = [
     "RunOut",
     "RunPage",
     "SchedulePreview",
+    "Stats",
     "StatusChange",
 ]
 
@@ -137,6 +138,32 @@ class StatusChange(BaseModel):
 
     status: Literal["active", "paused", "resume", "restart"] = Field(
         description="'resume' and 'restart' are other names of 'active'")
+
+
+class JobCount(_Out):
+    job_id: str
+    name: str | None = Field(description="null if the job was deleted since")
+    runs: int = Field(description="runs that ended in the window (for failing jobs: failed or timed out)")
+    consecutive_failures: int | None = Field(default=None, description="for failing jobs: the job's "
+                                                                      "failures since its last success")
+
+
+class WindowStats(_Out):
+    since: datetime = Field(description="counted from this minute on")
+    total: int
+    by_status: dict[str, int] = Field(description="runs that ended, by status (every final status)")
+    busiest: list[JobCount] = Field(description="the jobs with the most runs")
+    failing: list[JobCount] = Field(description="the jobs with the most failed or timed-out runs")
+
+
+class Stats(_Out):
+    """Counts for a dashboard; cheap to poll (outcomes are counted per minute as they are written)."""
+
+    time: datetime
+    jobs: dict[str, int] = Field(description="jobs by status, and total")
+    runs: dict[str, int] = Field(description="runs queued and running now")
+    last_hour: WindowStats
+    last_day: WindowStats
 
 
 class HistoryDeleted(_Out):

@@ -220,3 +220,31 @@ async def test_the_run_stream_starts_with_the_output_so_far(tmp_path: Path) -> N
         lines = [e["data"]["data"]["line"] for e in rest if e["event"] == "run.log"]
         assert lines == ["four", "five"]  # not one, two, three again
         assert rest[-1]["event"] == "run.succeeded"
+
+
+# --------------------------------------------------------------------------------------- GET /stats
+
+
+async def test_stats_count_jobs_runs_now_and_outcomes(client: httpx.AsyncClient) -> None:
+    bad = (await client.post("/jobs", json=shell("bad", "exit 1"))).json()
+    good = (await client.post("/jobs", json=shell("good", "true"))).json()
+    paused = (await client.post("/jobs", json=shell("idle", "true", status="paused"))).json()
+    for job in (bad, bad, good):
+        await finished(client, await trigger(client, job["id"]))
+    r = await client.get("/stats")
+    assert r.status_code == 200, r.text
+    stats = r.json()
+    assert stats["jobs"] == {"active": 2, "paused": 1, "total": 3}
+    assert stats["runs"] == {"queued": 0, "running": 0}
+    for window in ("last_hour", "last_day"):
+        w = stats[window]
+        assert w["total"] == 3 and w["by_status"]["failed"] == 2 and w["by_status"]["succeeded"] == 1
+        assert set(w["by_status"]) == {"succeeded", "failed", "timed_out", "cancelled", "skipped", "missed"}
+        assert w["busiest"][0] == {"job_id": bad["id"], "name": "bad", "runs": 2,
+                                   "consecutive_failures": None}
+        assert w["failing"] == [{"job_id": bad["id"], "name": "bad", "runs": 2, "consecutive_failures": 2}]
+    assert paused["status"] == "paused"
+    # a deleted job's runs still count, without a name
+    await client.delete(f"/jobs/{bad['id']}")
+    w = (await client.get("/stats")).json()["last_hour"]
+    assert w["failing"] == [{"job_id": bad["id"], "name": None, "runs": 2, "consecutive_failures": None}]

@@ -197,3 +197,45 @@ async def test_finish_counts_the_lines_of_its_output_unless_told(store: Store) -
     assert await store.finish_run(cut.id, "w1", status=RunStatus.SUCCEEDED, finished_at=T0 + 70 * S,
                                   output="[... 10 earlier characters not kept]\nlast", output_lines=40)
     assert (await store.get_run(cut.id)).output_lines == 40
+
+
+# ---------------------------------------------------------------------------------------- stats
+
+
+async def test_stats_count_jobs_active_runs_and_outcomes_per_window(store: Store) -> None:
+    from chronos_core.models import JobStatus
+    from chronos_core.planning import plan_due_job
+
+    a, b = make_job("a", next_run_at=None), make_job("b", next_run_at=None, status=JobStatus.PAUSED)
+    late = make_job("late", next_run_at=T0 - 3600 * S, schedule="0 * * * *")  # its slot was missed
+    await store.add_jobs([a, b, late])
+    await _finish(store, a, T0 - 7200 * S, RunStatus.SUCCEEDED)  # two hours ago: in the day only
+    for i in range(3):
+        await _finish(store, a, T0 - (600 + i) * S, RunStatus.FAILED)
+    await _finish(store, b, T0 - 60 * S, RunStatus.SUCCEEDED)
+    await _finish(store, b, T0 - 50 * S, RunStatus.TIMED_OUT)
+    queued = make_run(a, T0)
+    await store.add_run(queued, dispatched=True)
+    await running_run(store, b, T0 + S)
+    cancelled = make_run(b, T0 + 2 * S)
+    await store.add_run(cancelled, dispatched=True)
+    assert await store.cancel_queued_run(cancelled.id, T0, "no")
+    claim = await store.claim_due(T0, 10, plan_due_job)
+    assert [r.status for r in claim.recorded] == [RunStatus.MISSED]
+
+    stats = await store.stats([T0 - 3600 * S, T0 - 86400 * S], top=1)
+    assert stats.jobs == {JobStatus.ACTIVE: 2, JobStatus.PAUSED: 1}
+    assert stats.active == {RunStatus.QUEUED: 2, RunStatus.RUNNING: 1}  # a's run, late's catch-up; b's
+    hour, day = stats.windows
+    assert hour.since == T0 - 3600 * S
+    assert hour.by_status == {RunStatus.FAILED: 3, RunStatus.SUCCEEDED: 1, RunStatus.TIMED_OUT: 1,
+                              RunStatus.CANCELLED: 1, RunStatus.MISSED: 1}
+    assert hour.busiest == [(a.id, 3)] and hour.failing == [(a.id, 3)]
+    assert day.by_status[RunStatus.SUCCEEDED] == 2
+    assert day.busiest == [(a.id, 4)]
+    both = (await store.stats([T0 - 86400 * S], top=5)).windows[0]
+    assert both.failing == [(a.id, 3), (b.id, 1)]
+    # counts are of what happened: deleting the history does not change them
+    await store.delete_runs(a.id)
+    assert (await store.stats([T0 - 3600 * S])).windows[0].by_status[RunStatus.FAILED] == 3
+    assert_no_connection_checked_out(store)
