@@ -27,7 +27,7 @@ async def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Pat
         store: Store = MemoryStore()
     else:
         from chronos_adapters.sql import SqlStore
-        from chronos_adapters.sql.tables import jobs, runs
+        from chronos_adapters.sql.tables import metadata
 
         if backend == "sqlite":
             store = SqlStore(f"sqlite:///{tmp_path / 'chronos.db'}")
@@ -36,8 +36,8 @@ async def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Pat
         await store.start()
         if backend == "mysql":  # the session's database: start from empty
             with store.engine.begin() as conn:
-                conn.execute(delete(runs))
-                conn.execute(delete(jobs))
+                for table in reversed(metadata.sorted_tables):  # children first
+                    conn.execute(delete(table))
         return store
     await store.start()
     return store
