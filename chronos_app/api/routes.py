@@ -55,8 +55,9 @@ class JobListQuery(BaseModel):
     status: JobStatus | None = None
     type: str | None = Field(default=None, max_length=50)
     name: str | None = Field(default=None, max_length=200,
-                             description="the exact name (names are unique: at most one job)")
-    name_prefix: str | None = Field(default=None, max_length=200, description="names starting with this")
+                             description="a prefix: the jobs whose name starts with this (exactly, case "
+                                         "included; an exact name is GET /jobs?name=X and a check of the "
+                                         "result's names)")
     last_status: str | None = Field(default=None, max_length=200,
                                     description="comma-separated statuses of the job's last run, e.g. "
                                                 "failed,timed_out")
@@ -189,13 +190,8 @@ async def list_jobs(request: Request) -> Response:
     ctx = api(request)
     q = parse_query(request, JobListQuery)
     last_status = _statuses(q.last_status, "last_status")
-    jobs = await ctx.chronos.jobs.list(status=q.status, type=q.type, name=q.name_prefix or q.name,
-                                       after=q.after, limit=q.limit + 1, last_status=last_status)
-    if q.name is not None:  # exact: the prefix query found it (and perhaps longer names)
-        jobs = [j for j in jobs if j.name == q.name and (q.name_prefix is None
-                                                         or j.name.startswith(q.name_prefix))]
-        if q.name_prefix is not None and not q.name.startswith(q.name_prefix):
-            jobs = []
+    jobs = await ctx.chronos.jobs.list(status=q.status, type=q.type, name=q.name, after=q.after,
+                                       limit=q.limit + 1, last_status=last_status)
     more = len(jobs) > q.limit
     jobs = jobs[:q.limit]
     return _json(JobPage(items=await _job_outs(ctx, jobs), next_cursor=jobs[-1].id if more else None))

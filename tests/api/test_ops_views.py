@@ -138,17 +138,18 @@ async def test_each_job_carries_a_summary_of_its_runs(client: httpx.AsyncClient)
     assert (await client.get("/jobs", params={"last_status": "failed"})).json()["items"] == []
 
 
-async def test_name_is_exact_and_name_prefix_is_a_prefix(client: httpx.AsyncClient) -> None:
-    for name in ("backup", "backup-db", "report"):
+async def test_name_is_a_prefix_and_documented_as_one(client: httpx.AsyncClient) -> None:
+    for name in ("backup", "backup-db", "Backup-x", "report"):
         assert (await client.post("/jobs", json=shell(name, "true"))).status_code == 201
 
     async def names(**params: str) -> list[str]:
-        return [j["name"] for j in (await client.get("/jobs", params=params)).json()["items"]]
+        return sorted(j["name"] for j in (await client.get("/jobs", params=params)).json()["items"])
 
-    assert await names(name="backup") == ["backup"]
-    assert await names(name="back") == []
-    assert sorted(await names(name_prefix="backup")) == ["backup", "backup-db"]
-    assert await names(name="backup-db", name_prefix="backup") == ["backup-db"]
+    assert await names(name="backup") == ["backup", "backup-db"]
+    assert await names(name="backup-") == ["backup-db"]
+    doc = (await client.get("/openapi.json")).json()
+    [param] = [p for p in doc["paths"]["/jobs"]["get"]["parameters"] if p["name"] == "name"]
+    assert "prefix" in param["description"]
 
 
 # -------------------------------------------------------------------------------- output so far
