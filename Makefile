@@ -9,15 +9,23 @@ PYTEST_ARGS ?=
 
 .PHONY: run test install services lint typecheck bench bench-quick bench-scale-out fuzz clean
 
+## What `make run` needs (the service and its drivers); `make test` adds the test tools (pytest, mypy...).
+RUNTIME := $(VENV)/.runtime-installed
+$(RUNTIME): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[mysql,kafka]'
+	touch $(RUNTIME)
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[mysql,kafka,test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME)
 
 install: $(STAMP)
 
-## Start the service on its embedded default (SQLite file ./chronos.db, in-process bus).
-run: $(STAMP)
+## Start the service on its embedded default (SQLite file ./chronos.db, in-process bus). The command is
+## .venv/bin/chronos (or `source .venv/bin/activate`, then `chronos`).
+run: $(RUNTIME)
 	$(VENV)/bin/chronos serve --host $(HOST) --port $(PORT)
 
 ## Install, start what the tests need (MariaDB if it is down; the tests start Kafka and SMTP), run them.

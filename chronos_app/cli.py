@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import signal
+import socket
 from typing import TYPE_CHECKING
 
 import click
@@ -65,6 +67,8 @@ def _settings() -> Settings:
 def _logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the schema migration's own INFO lines ("Context impl SQLiteImpl", "Will assume ...") are noise here
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
@@ -88,9 +92,28 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
     install_log_filters()
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
-                timeout_graceful_shutdown=5, proxy_headers=False, server_header=False,
-                **uvicorn_options(settings))
+    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
+                            timeout_graceful_shutdown=5, proxy_headers=False, server_header=False,
+                            **uvicorn_options(settings))
+    # the port first: a second `chronos serve` must stop here, before its engines start beside the first
+    uvicorn.Server(config).run(sockets=[_listen(host, port)])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a usage error that says why not (the port is taken...)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+    except OSError as exc:
+        taken = " (is another chronos, or another program, using it? choose another with --port)" \
+            if exc.errno == errno.EADDRINUSE else ""
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}{taken}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -13,6 +13,7 @@ advanced users build a ``Chronos`` from their own adapters with the constructor.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,7 +24,9 @@ from chronos_core import (
     EventBus,
     Events,
     Executor,
+    Job,
     Jobs,
+    JobStatus,
     JobTypes,
     Payload,
     Runs,
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
     from chronos_adapters.executors import ExecutorConfig
 
 __all__ = ["Chronos"]
+
+log = logging.getLogger("chronos")
+SHELL_OFF = "shell jobs are disabled here (CHRONOS_ALLOW_SHELL is off)"
 
 
 class Chronos:
@@ -68,7 +74,9 @@ class Chronos:
         self.clock = clock or SystemClock()
         self.job_types = job_types or JobTypes()
         self.executors: dict[str, Executor] = {e.type_name: e for e in executors}
-        self.jobs = Jobs(store, queue, bus, self.clock, self.job_types, allow_shell=allow_shell)
+        self.allow_shell = allow_shell
+        self.jobs = Jobs(store, queue, bus, self.clock, self.job_types, allow_shell=allow_shell,
+                         executors=self.executors)
         self.runs = Runs(store, bus, self.clock)
         self.events = Events(bus)
         self.shutdown_grace = shutdown_grace
@@ -77,7 +85,7 @@ class Chronos:
             # worker keeps up with stay due in the store rather than pile up in memory, starting ever later
             max_queued = None if queue.durable else max(1000, 8 * concurrency)
         self.scheduler = (Scheduler(store, queue, bus, self.clock, batch_size=batch_size,
-                                    max_queued=max_queued) if scheduler else None)
+                                    max_queued=max_queued, refuse=self._refuse) if scheduler else None)
         self.worker = (Worker(store, queue, bus, self.clock, self.executors, job_types=self.job_types,
                               concurrency=concurrency, lease=lease, output_limit=output_limit)
                        if worker else None)
@@ -132,8 +140,29 @@ class Chronos:
         if self.worker is not None:
             await self.worker.start()
         if self.scheduler is not None:
+            await self._warn_of_shell_jobs()
             await self.scheduler.start()
         self._started = True
+
+    def _refuse(self, job: Job) -> str | None:
+        if job.type == "shell" and not self.allow_shell:
+            return SHELL_OFF
+        return None
+
+    async def _warn_of_shell_jobs(self) -> None:
+        """With shell off, stored shell jobs cannot run: say which, once, at start-up (their slots are
+        recorded as skipped, see ``_refuse``)."""
+        if self.allow_shell:
+            return
+        names: list[str] = []
+        after = None
+        while page := await self.store.list_jobs(type="shell", after=after, limit=500):
+            names.extend(j.name for j in page if j.status is JobStatus.ACTIVE)
+            after = page[-1].id
+        if names:
+            shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+            log.warning("%d stored shell job(s) cannot run: %s; their slots are recorded as skipped "
+                        "(set CHRONOS_ALLOW_SHELL=true to run them)", len(names), shown)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming, let running attempts finish for ``grace`` seconds, cancel what is left (it is

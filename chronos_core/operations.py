@@ -34,10 +34,10 @@ from .models import (
 )
 from .payloads import REDACTED, JobTypes, field_errors
 from .planning import next_slot
-from .ports import Clock, Dispatch, DispatchQueue, EventBus, Store, StoreStats, Subscription
+from .ports import Clock, Dispatch, DispatchQueue, EventBus, Executor, Store, StoreStats, Subscription
 from .schedules import parse_schedule, parse_timezone
 
-__all__ = ["Events", "Jobs", "Runs", "restore_redacted"]
+__all__ = ["Events", "Jobs", "Runs", "merge_patch", "restore_redacted"]
 
 log = logging.getLogger("chronos.operations")
 
@@ -64,17 +64,23 @@ class Jobs:
     """Create, read, change, pause, trigger and delete jobs; read and clear their history."""
 
     def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock,
-                 job_types: JobTypes, *, allow_shell: bool = True) -> None:
+                 job_types: JobTypes, *, allow_shell: bool = True,
+                 executors: Mapping[str, Executor] | None = None) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
         self._clock = clock
         self.types = job_types
         self.allow_shell = allow_shell
+        # the executors this process knows (a live mapping: types registered later count): each may
+        # refuse a payload its configuration could never run (Executor.check_payload)
+        self.executors: Mapping[str, Executor] = executors if executors is not None else {}
 
     # validation -----------------------------------------------------------------------------------
-    def validate(self, data: JobSpec | Mapping[str, Any]) -> JobSpec:
-        """The spec, checked as a whole; :class:`InvalidJob` lists every bad field at once."""
+    def validate(self, data: JobSpec | Mapping[str, Any], *, previous: Job | None = None) -> JobSpec:
+        """The spec, checked as a whole; :class:`InvalidJob` lists every bad field at once. A job that
+        could never run is refused too: an ``@at`` time already past (unless ``previous``, the stored
+        job, had the same schedule), a payload an executor here cannot run (an unknown connection)."""
         spec = _spec(data)
         errors: list[FieldError] = []
         if spec.type not in self.types:
@@ -88,6 +94,10 @@ class Jobs:
                 spec = spec.model_copy(update={"payload": payload})
             except InvalidJob as exc:
                 errors.extend(exc.errors)
+            else:
+                executor = self.executors.get(spec.type)
+                if executor is not None:
+                    errors.extend(executor.check_payload(payload))
         if spec.start_at and spec.start_at.tzinfo is None:
             errors.append(FieldError(("start_at",), "needs a UTC offset, e.g. 2027-01-01T09:00:00Z"))
         if spec.end_at and spec.end_at.tzinfo is None:
@@ -110,9 +120,18 @@ class Jobs:
             caught.append(exc)
             zone = "UTC"  # still check the expression itself
         try:
-            parse_schedule(spec.schedule, zone)
+            schedule = parse_schedule(spec.schedule, zone)
         except InvalidJob as exc:
             caught.append(exc)
+        else:
+            changed = previous is None or (previous.schedule, previous.timezone) != (spec.schedule or None,
+                                                                                   spec.timezone)
+            now = self._clock.now()
+            if changed and spec.schedule and schedule.next_after(now) is None:
+                errors.append(FieldError(("schedule",), f"{spec.schedule.split()[0]} time is in the past "
+                                         f"(now: {now.isoformat(timespec='seconds')}), so the job would "
+                                         "never run; give a future time, or no schedule for a job run by "
+                                         "hand"))
         if len(caught) == 1 and not errors:
             raise caught[0]  # the only problem: keep its precise type (InvalidSchedule)
         for err in caught:
@@ -194,7 +213,7 @@ class Jobs:
         if spec.type == old.type:  # secrets shown as *** stay, unless what they are bound to changed
             spec = spec.model_copy(update={"payload": self.types.restore(spec.type, spec.payload,
                                                                          old.payload)})
-        spec = self.validate(spec)
+        spec = self.validate(spec, previous=old)
         now = self._clock.now()
         job = self._build(spec, old.created_at)
         job.id, job.updated_at = old.id, now
@@ -207,6 +226,14 @@ class Jobs:
         await self._store.update_job(job)
         await publish_best_effort(self._bus, [job_event(EventType.JOB_UPDATED, job, now)], log)
         return job
+
+    async def patch(self, job_id: str, patch: Mapping[str, Any]) -> Job:
+        """Change some fields of a job's definition: ``patch`` is a JSON merge patch (RFC 7396) of its
+        definition (``Job.spec()`` as JSON): objects merge, ``null`` removes a member (the field takes its
+        default), anything else replaces. Then as :meth:`update`."""
+        old = await self._store.get_job(job_id)
+        current = old.spec().model_dump(mode="json", by_alias=True)
+        return await self.update(job_id, merge_patch(current, patch))
 
     async def pause(self, job_id: str) -> Job:
         """Stop firing the job's slots (a manual trigger still works). No slots are generated while
@@ -252,6 +279,8 @@ class Jobs:
     async def trigger(self, job_id: str) -> Run:
         """Run the job now, whatever its schedule, status or overlap policy; the run is returned queued."""
         job = await self._store.get_job(job_id)
+        if job.type == "shell" and not self.allow_shell:
+            raise ShellNotAllowed()  # stored before shell was switched off: it could only fail
         now = self._clock.now()
         run = Run(id=new_id(), job_id=job.id, scheduled_for=now, trigger=Trigger.MANUAL, attempt=1,
                   status=RunStatus.QUEUED, created_at=now, due_at=now)
@@ -276,6 +305,19 @@ class Jobs:
     async def delete_history(self, job_id: str) -> int:
         """Delete the job's finished runs; returns how many."""
         return await self._store.delete_runs(job_id)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: ``patch`` applied to ``target`` (neither is changed)."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 def _statuses(status: Collection[RunStatus | str] | RunStatus | str | None,

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
+from .errors import FieldError
 from .models import Event, EventType, Job, JobStatus, JobSummary, Run, RunStatus, Trigger
 
 __all__ = [
@@ -438,6 +439,13 @@ class Executor(abc.ABC):
 
     async def stop(self) -> None:
         """Close them. Idempotent."""
+
+    def check_payload(self, payload: Mapping[str, Any]) -> list[FieldError]:
+        """Why this executor, as configured, could never run a (valid) payload — e.g. it names a
+        connection that is not configured — as field errors (``("payload", "connection")``); checked
+        when a job is created or changed, so such a job is refused at once instead of failing at every
+        slot. Called on the event loop: no I/O. None by default."""
+        return []
 
     @abc.abstractmethod
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult: ...

@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import ChronosError, JobNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
 from .ids import new_id
-from .models import Event, EventType, Job, Run, RunStatus, Trigger
+from .models import Event, EventType, Job, Run, RunStatus, Trigger, evolve
 from .planning import Limits, plan_due_job, plan_retry
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, SlotPlan, Store
 
@@ -53,7 +53,8 @@ class Scheduler:
                  batch_size: int = 1000, max_sleep: float = 5.0, limits: Limits | None = None,
                  publish_queued: bool = True, history_max_age: float | None = None,
                  prune_interval: float = 60.0, min_interval: float = 0.005,
-                 reap_grace: float = 10.0, max_queued: int | None = None) -> None:
+                 reap_grace: float = 10.0, max_queued: int | None = None,
+                 refuse: Callable[[Job], str | None] | None = None) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -79,6 +80,9 @@ class Scheduler:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._planner = self._plan
+        # why a job's slots cannot run here (e.g. shell jobs while shell is off): they are recorded
+        # skipped with that reason instead of being dispatched to fail
+        self.refuse = refuse
 
     def wake(self) -> None:
         """Look for due work now rather than at the planned time."""
@@ -114,7 +118,12 @@ class Scheduler:
         """The planner, guarded: one job that cannot be planned must not stall every other job. Its
         slot is recorded as missed with the reason and it gets no further slot until it is changed."""
         try:
-            return plan_due_job(job, active, now, self.limits)
+            plan = plan_due_job(job, active, now, self.limits)
+            reason = self.refuse(job) if self.refuse is not None else None
+            if reason is not None:
+                plan.runs = [evolve(r, status=RunStatus.SKIPPED, finished_at=now, error=f"skipped: {reason}")
+                             if r.status is RunStatus.QUEUED else r for r in plan.runs]
+            return plan
         except Exception as exc:
             log.exception("cannot plan job %s", job.id)
             slot = job.next_run_at or now

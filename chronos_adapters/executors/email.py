@@ -120,7 +120,7 @@ class EmailExecutor(Executor):
         p = parse_payload(EmailPayload, job.payload)
         sender = p.sender or self.sender
         if not sender:
-            raise ExecutionFailed("no sender: the job gives none and the smtp_sender setting is empty",
+            raise ExecutionFailed("no sender: the job gives none and CHRONOS_SMTP_SENDER is not set",
                                   retryable=False)
         try:
             msg = build_message(p, sender, run)

@@ -21,16 +21,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import httpcore
 import httpx
 import re2
 
-from chronos_core.errors import ExecutionFailed
+from chronos_core.errors import ExecutionFailed, FieldError
 from chronos_core.models import Job, Run
 from chronos_core.payloads import HttpPayload, is_secret_name
 from chronos_core.ports import ExecutionResult, Executor, LogSink
@@ -39,6 +40,8 @@ from ._common import parse_payload
 
 __all__ = ["AddressGuard", "BlockedAddress", "HttpExecutor", "idempotency_key", "is_public",
            "quiet_httpx_logging"]
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _RETRYABLE_STATUS = {408, 425, 429}
@@ -145,7 +148,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         if blocked or not addresses:
             raise BlockedAddress(
                 f"refusing to connect to {host} ({', '.join(blocked) or 'no address'}): loopback, private, "
-                "link-local and other non-public addresses need the http_allow_hosts setting")
+                "link-local and other non-public addresses must be listed in CHRONOS_HTTP_ALLOW_HOSTS")
         last: Exception | None = None
         for ip in addresses:
             try:
@@ -208,6 +211,19 @@ class HttpExecutor(Executor):
             client, self._client = self._client, None
             await client.aclose()
 
+    def check_payload(self, payload: Mapping[str, Any]) -> list[FieldError]:
+        """Header names and values that no request can carry (a CR or LF would split the header)."""
+        headers = payload.get("headers") or {}
+        errors = []
+        for name, value in headers.items() if isinstance(headers, Mapping) else ():
+            if not _TOKEN.fullmatch(str(name)):
+                errors.append(FieldError(("payload", "headers", name), "not a header name (letters, digits "
+                                         "and !#$%&'*+-.^_`|~ only)"))
+            elif any(c in str(value) for c in "\r\n\x00"):
+                errors.append(FieldError(("payload", "headers", name), "a header value is one line: no CR, "
+                                         "LF or NUL"))
+        return errors
+
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
         p = parse_payload(HttpPayload, job.payload)
         if self._client is None:
@@ -253,8 +269,11 @@ class HttpExecutor(Executor):
         expected = p.expected_status
         if not (status in expected if expected else 200 <= status < 300):
             want = ", ".join(map(str, expected)) if expected else "2xx"
-            return ExecutionResult(ok=False, exit_code=status, retryable=_retryable_status(status),
-                                   error=f"HTTP {status} {response.reason_phrase} (expected {want})")
+            retryable = _retryable_status(status)
+            error = f"HTTP {status} {response.reason_phrase} (expected {want})"
+            if not retryable:
+                error += f"; not retried: HTTP {status} is permanent"
+            return ExecutionResult(ok=False, exit_code=status, retryable=retryable, error=error)
         # RE2 runs in linear time; off the event loop all the same (a large pattern over 64 KiB)
         if pattern is not None and await asyncio.to_thread(pattern.search, text) is None:
             return ExecutionResult(ok=False, exit_code=status, retryable=True,

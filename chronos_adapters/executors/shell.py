@@ -65,7 +65,7 @@ class ShellExecutor(Executor):
 
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
         if not self.allowed:
-            raise ExecutionFailed("shell jobs are disabled on this worker (allow_shell is off)",
+            raise ExecutionFailed("shell jobs are disabled on this worker (CHRONOS_ALLOW_SHELL is off)",
                                   retryable=False)
         p = parse_payload(ShellPayload, job.payload)
         env = {**self.base_env, **p.env, "CHRONOS_JOB_ID": job.id, "CHRONOS_RUN_ID": run.id,

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from sqlalchemy import create_engine, event, exc, make_url, text
 from sqlalchemy.engine import Connection, Engine
 
-from chronos_core.errors import ExecutionFailed
+from chronos_core.errors import ExecutionFailed, FieldError
 from chronos_core.models import Job, Run
 from chronos_core.payloads import SqlPayload
 from chronos_core.ports import ExecutionResult, Executor, LogSink
@@ -108,12 +108,20 @@ class SqlExecutor(Executor):
     def _mask(self, message: str) -> str:
         return mask(message, self._secrets)
 
+    def _unknown(self, name: object) -> str:
+        known = ", ".join(sorted(self.connections)) or "none"
+        return f"unknown SQL connection {name!r} (configured in CHRONOS_SQL_CONNECTIONS: {known})"
+
+    def check_payload(self, payload: Mapping[str, Any]) -> list[FieldError]:
+        name = payload.get("connection")
+        if name in self.connections:
+            return []
+        return [FieldError(("payload", "connection"), self._unknown(name))]
+
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
         p = parse_payload(SqlPayload, job.payload)
         if p.connection not in self.connections:
-            known = ", ".join(sorted(self.connections)) or "none"
-            raise ExecutionFailed(f"unknown SQL connection {p.connection!r} (configured: {known})",
-                                  retryable=False)
+            raise ExecutionFailed(self._unknown(p.connection), retryable=False)
         engine = self._engine(p.connection)
         limit = min(p.max_rows, self.max_rows)
         statement = _Statement()

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +35,33 @@ def _version() -> str:
         return version("chronos-scheduler")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0"
+
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def routes_by_path(handlers: list[tuple[str, str, Endpoint]]) -> list[Route]:
+    """One route per path, whatever the methods: a method the path does not serve is a 405 whose
+    ``Allow`` lists every method it does (one Starlette route per method would name only its own)."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for method, path, endpoint in handlers:
+        by_path.setdefault(path, {})[method] = endpoint
+    routes = []
+    for path, endpoints in by_path.items():
+        if "GET" in endpoints:
+            endpoints.setdefault("HEAD", endpoints["GET"])
+        allow = ", ".join(sorted(endpoints))
+
+        async def dispatch(request: Request, endpoints: dict[str, Endpoint] = endpoints,
+                           allow: str = allow) -> Response:
+            endpoint = endpoints.get(request.method)
+            if endpoint is None:
+                raise HTTPException(405, headers={"Allow": allow})
+            return await endpoint(request)
+
+        routes.append(Route(path, dispatch, methods=_METHODS))
+    return routes
 
 
 def create_app(container: Container | None = None, *,
@@ -66,8 +94,8 @@ def create_app(container: Container | None = None, *,
             await metrics.stop()
             await chronos.stop(settings.shutdown_grace)
 
-    routes = [Route(op.path, op.endpoint, methods=[op.method]) for op in OPS]
-    routes.append(Route("/openapi.json", openapi, methods=["GET"]))
+    routes = routes_by_path([(op.method, op.path, op.endpoint) for op in OPS]
+                            + [("GET", "/openapi.json", openapi)])
     public = {op.path for op in OPS if op.public} | {"/openapi.json"}
     middleware = [Middleware(TokenAuth, tokens=settings.api_tokens, readonly_tokens=settings.readonly_tokens,
                              public=public, query_token_prefixes=("/monitor/logs", "/monitor/runs/"),

@@ -54,6 +54,8 @@ class Op:
     description: str = ""
     example: dict[str, Any] | None = None
     """An example request body for the document."""
+    request_media_type: str = "application/json"
+    """The body's media type in the document (any JSON media type is accepted)."""
     creates: str | None = None
     """The path parameter (``job_id``, ``run_id``) the response's ``id`` fills: OpenAPI links to every
     operation that takes it."""

@@ -101,7 +101,7 @@ def build_openapi(ops: Sequence[Op], *, title: str, version: str, auth: bool = T
             body: dict[str, Any] = {"schema": ref(op.body, "validation")}
             if op.example is not None:
                 body["example"] = op.example
-            operation["requestBody"] = {"required": True, "content": {"application/json": body}}
+            operation["requestBody"] = {"required": True, "content": {op.request_media_type: body}}
         if op.public or not auth:
             operation["security"] = []
         paths.setdefault(op.path, {})[op.method.lower()] = operation

@@ -109,7 +109,7 @@ PROBLEMS: dict[type[BaseException], tuple[int, str, str]] = {
     UnsupportedMediaType: (415, "unsupported-media-type", "The request body must be JSON"),
     InvalidParameters: (422, "invalid-parameters", "Invalid parameters"),
     InvalidArgument: (422, "invalid-argument", "Invalid argument"),
-    InvalidJob: (422, "invalid-job", "Invalid job"),
+    InvalidJob: (422, "invalid-job", "Invalid input"),
     IdempotencyKeyReused: (422, "idempotency-key-reused",
                            "The Idempotency-Key was already used with another request"),
     StoreUnavailable: (503, "store-unavailable", "The store is unavailable; try again"),

@@ -20,7 +20,7 @@ from chronos_core import (
     Trigger,
     parse_schedule,
 )
-from chronos_core.errors import FieldError, InvalidArgument
+from chronos_core.errors import FieldError, InvalidArgument, InvalidJob
 from chronos_core.payloads import field_errors
 from chronos_core.ports import RunCounts
 
@@ -34,6 +34,7 @@ from .schemas import (
     JobCount,
     JobOut,
     JobPage,
+    JobPatch,
     Readiness,
     RunOut,
     RunPage,
@@ -203,11 +204,36 @@ async def get_job(request: Request) -> Response:
     return _json(await _job_out(ctx, job))
 
 
+# what a job as shown has beyond its definition: ignored in a PUT or PATCH body (a job read with GET
+# can be written back as it is), except ``id``, which must be the job's own
+SERVER_OWNED = frozenset(JobOut.model_fields) - frozenset(JobSpec.model_fields)
+
+
+def _definition(data: object, job_id: str) -> object:
+    if not isinstance(data, dict):
+        return data  # the validation says what is wrong with it
+    if "id" in data and data["id"] != job_id:
+        raise InvalidJob.single(("id",), f"is not the id of the job in the URL ({job_id}); leave it out")
+    return {k: v for k, v in data.items() if k not in SERVER_OWNED}
+
+
 async def replace_job(request: Request) -> Response:
+    """The whole definition; a job as GET shows it is accepted as it is (see SERVER_OWNED)."""
     ctx = api(request)
     job_id = request.path_params["job_id"]
     data = await read_json(request, ctx.settings.max_body_bytes)
-    job = await ctx.chronos.jobs.update(job_id, data)
+    job = await ctx.chronos.jobs.update(job_id, _definition(data, job_id))  # type: ignore[arg-type]
+    return _json(await _job_out(ctx, job))
+
+
+async def patch_job(request: Request) -> Response:
+    """A JSON merge patch (RFC 7396) of the job's definition: only the fields it names change."""
+    ctx = api(request)
+    job_id = request.path_params["job_id"]
+    data = await read_json(request, ctx.settings.max_body_bytes)
+    if not isinstance(data, dict):
+        raise InvalidJob.single((), "a merge patch of a job is a JSON object of the fields to change")
+    job = await ctx.chronos.jobs.patch(job_id, _definition(data, job_id))  # type: ignore[arg-type]
     return _json(await _job_out(ctx, job))
 
 
@@ -383,7 +409,14 @@ def _ops() -> list[Op]:
            errors=(422,)),
         Op("GET", "/jobs/{job_id}", get_job, "Get a job", 200, JobOut, _J, errors=(404,)),
         Op("PUT", "/jobs/{job_id}", replace_job, "Replace a job's definition (secrets shown as *** are kept)",
-           200, JobOut, _J, body=JobSpec, errors=(400, 404, 409, 413, 415, 422), example=_JOB_EXAMPLE),
+           200, JobOut, _J, body=JobSpec, errors=(400, 404, 409, 413, 415, 422), example=_JOB_EXAMPLE,
+           description="A job as GET returned it is accepted: id (if given, the job's own), next_run_at, "
+                       "created_at, updated_at and the run summaries are ignored."),
+        Op("PATCH", "/jobs/{job_id}", patch_job, "Change some fields of a job (JSON merge patch, RFC 7396)",
+           200, JobOut, _J, body=JobPatch, errors=(400, 404, 409, 413, 415, 422),
+           request_media_type="application/merge-patch+json",
+           description="Objects merge, null removes a field (it takes its default), other values replace. "
+                       "Fields a GET shows beyond the definition (id, next_run_at, summaries) are ignored."),
         Op("DELETE", "/jobs/{job_id}", delete_job, "Delete a job and its history", 204, None, _J,
            errors=(404,)),
         Op("PATCH", "/jobs/{job_id}/status", set_job_status, "Pause or resume (restart) a job", 200, JobOut,

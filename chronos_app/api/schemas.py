@@ -22,6 +22,7 @@ __all__ = [
     "HistoryDeleted",
     "JobOut",
     "JobPage",
+    "JobPatch",
     "LastRun",
     "Problem",
     "Readiness",
@@ -131,6 +132,14 @@ class JobPage(_Out):
 class RunPage(_Out):
     items: list[RunOut]
     next_cursor: str | None = Field(description="pass as ?before= for the next (older) page")
+
+
+class JobPatch(BaseModel):
+    """A JSON merge patch of a job's definition (RFC 7396): any of the fields of a job, ``null`` to reset
+    one to its default."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "example": {"schedule": "0 3 * * *", "retry": {"max_attempts": 5}, "description": None}})
 
 
 class StatusChange(BaseModel):

@@ -92,7 +92,7 @@ async def test_refused_when_shell_is_not_allowed(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     with pytest.raises(ExecutionFailed) as err:
         await run(ShellExecutor(allowed=False), {"command": f"touch {marker}"})
-    assert not err.value.retryable and "allow_shell" in str(err.value)
+    assert not err.value.retryable and "CHRONOS_ALLOW_SHELL" in str(err.value)
     assert not marker.exists()
 
 
