@@ -35,7 +35,7 @@ from .models import (
 from .payloads import REDACTED, JobTypes, field_errors
 from .planning import next_slot
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, Executor, Store, StoreStats, Subscription
-from .schedules import parse_schedule, parse_timezone
+from .schedules import OneOffSchedule, parse_schedule, parse_timezone
 
 __all__ = ["Events", "Jobs", "Runs", "merge_patch", "restore_redacted"]
 
@@ -127,8 +127,8 @@ class Jobs:
             changed = previous is None or (previous.schedule, previous.timezone) != (spec.schedule or None,
                                                                                    spec.timezone)
             now = self._clock.now()
-            if changed and spec.schedule and schedule.next_after(now) is None:
-                errors.append(FieldError(("schedule",), f"{spec.schedule.split()[0]} time is in the past "
+            if changed and isinstance(schedule, OneOffSchedule) and schedule.at <= now:
+                errors.append(FieldError(("schedule",), "the @at time is in the past "
                                          f"(now: {now.isoformat(timespec='seconds')}), so the job would "
                                          "never run; give a future time, or no schedule for a job run by "
                                          "hand"))

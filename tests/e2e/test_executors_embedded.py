@@ -77,7 +77,7 @@ async def test_shell_refused_at_execution_when_not_allowed() -> None:
         [run] = await finished_runs(chronos, job.id, 1)
         await asyncio.sleep(0.3)
         assert len(await chronos.jobs.history(job.id)) == 1  # not retried
-    assert run.status is RunStatus.FAILED and "allow_shell" in (run.error or "")
+    assert run.status is RunStatus.FAILED and "CHRONOS_ALLOW_SHELL" in (run.error or "")
 
 
 async def test_http_job_records_200_and_its_retry_keeps_the_idempotency_key(
