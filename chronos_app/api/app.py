@@ -75,10 +75,16 @@ def create_app(container: Container | None = None, *,
     ctx = ApiContext(chronos=chronos, settings=settings,
                      idempotency=IdempotencyCache(settings.idempotency_ttl,
                                                   max_bytes=settings.idempotency_max_bytes), metrics=metrics)
-    document = build_openapi(OPS, title="Chronos", version=_version(), auth=settings.auth_enabled)
+    documents: dict[tuple[str, ...], dict[str, Any]] = {}
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(document)
+        # built on first use, again when a job type is registered later (its payload is in the document)
+        key = tuple(chronos.job_types.names)
+        if key not in documents:
+            documents.clear()
+            documents[key] = build_openapi(OPS, title="Chronos", version=_version(),
+                                           auth=settings.auth_enabled, job_types=chronos.job_types)
+        return JSONResponse(documents[key])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from chronos_core import JobTypes
 
 from .context import Op
 from .problems import PROBLEMS
@@ -26,7 +29,44 @@ def _problem_types(status: int) -> str:
     return ", ".join(slugs)
 
 
-def build_openapi(ops: Sequence[Op], *, title: str, version: str, auth: bool = True) -> dict[str, Any]:
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name) if part)
+
+
+def job_type_schemas(job_types: JobTypes, spec: dict[str, Any]) -> dict[str, Any]:
+    """``JobSpec`` as a ``oneOf`` discriminated by ``type``: one variant per registered job type (plugins
+    included), its ``type`` a constant and its ``payload`` the type's payload model. ``spec`` is the plain
+    JobSpec schema. Returns the components to add (the variants, the payload models and their $defs,
+    and ``JobSpec`` itself)."""
+    out: dict[str, Any] = {}
+    variants = {}
+    for name in job_types.names:
+        model = job_types.model(name)
+        payload = model.model_json_schema(ref_template=_REF, mode="validation")
+        out.update(payload.pop("$defs", {}))
+        payload_key = f"{_camel(name)}Payload"
+        if payload_key in out and out[payload_key] != payload:  # e.g. a plugin model named like a $def
+            payload_key = f"{_camel(name)}JobPayload"
+        out[payload_key] = payload
+        variant = copy.deepcopy(spec)
+        variant["title"] = f"{_camel(name)}Job"
+        variant["description"] = (f"A job of type {name!r}. " + (model.__doc__ or "").strip()).strip()
+        variant["properties"]["type"] = {"type": "string", "const": name, "title": "Type"}
+        variant["properties"]["payload"] = {"$ref": _REF.format(model=payload_key)}
+        variant["required"] = sorted({*variant.get("required", ()), "type"})
+        out[variant["title"]] = variant
+        variants[name] = _REF.format(model=variant["title"])
+    out["JobSpec"] = {
+        "title": "JobSpec",
+        "description": spec.get("description", ""),
+        "oneOf": [{"$ref": ref} for ref in variants.values()],
+        "discriminator": {"propertyName": "type", "mapping": variants},
+    }
+    return out
+
+
+def build_openapi(ops: Sequence[Op], *, title: str, version: str, auth: bool = True,
+                  job_types: JobTypes | None = None) -> dict[str, Any]:
     inputs = {op.body for op in ops if op.body is not None}
     outputs = {op.response for op in ops if op.response is not None}
     outputs |= {m for op in ops for m, _ in op.extra_responses.values() if m is not None}
@@ -36,6 +76,8 @@ def build_openapi(ops: Sequence[Op], *, title: str, version: str, auth: bool = T
         key=lambda p: (p[0].__name__, p[1]))
     refs, top = models_json_schema(pairs, ref_template=_REF)
     components: dict[str, Any] = dict(top.get("$defs", {}))
+    if job_types is not None and "JobSpec" in components:
+        components.update(job_type_schemas(job_types, components["JobSpec"]))
 
     def ref(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
         return dict(refs[(model, mode)])
