@@ -123,7 +123,7 @@ async def test_unknown_connection_is_not_retried() -> None:
     with pytest.raises(ExecutionFailed) as err:
         await ex.execute(job, make_run(job), Lines())
     assert not err.value.retryable
-    assert str(err.value) == "unknown SQL connection 'prod' (configured: reports)"
+    assert str(err.value) == "unknown SQL connection 'prod' (configured in CHRONOS_SQL_CONNECTIONS: reports)"
 
 
 async def test_misconfigured_url_is_not_retried_and_hides_the_password() -> None:
