@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..container import Container
 from .auth import TokenAuth
@@ -37,30 +38,34 @@ def _version() -> str:
         return "0"
 
 
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class _PathRoute(Route):
+    """A path with every method it serves, so a 405's ``Allow`` names them all (sorted)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            raise HTTPException(405, headers={"Allow": ", ".join(sorted(self.methods))})
+        await self.app(scope, receive, send)
+
+
 def routes_by_path(handlers: list[tuple[str, str, Endpoint]]) -> list[Route]:
-    """One route per path, whatever the methods: a method the path does not serve is a 405 whose
-    ``Allow`` lists every method it does (one Starlette route per method would name only its own)."""
+    """One route per path whatever its methods (one Starlette route per method would make a 405 name
+    only its own). Routing is as before: a method a path does not serve may still match a later path
+    (``PUT /jobs/health`` is ``PUT /jobs/{job_id}``); a 405 comes when none does."""
     by_path: dict[str, dict[str, Endpoint]] = {}
     for method, path, endpoint in handlers:
         by_path.setdefault(path, {})[method] = endpoint
-    routes = []
+    routes: list[Route] = []
     for path, endpoints in by_path.items():
         if "GET" in endpoints:
             endpoints.setdefault("HEAD", endpoints["GET"])
-        allow = ", ".join(sorted(endpoints))
 
-        async def dispatch(request: Request, endpoints: dict[str, Endpoint] = endpoints,
-                           allow: str = allow) -> Response:
-            endpoint = endpoints.get(request.method)
-            if endpoint is None:
-                raise HTTPException(405, headers={"Allow": allow})
-            return await endpoint(request)
+        async def dispatch(request: Request, endpoints: dict[str, Endpoint] = endpoints) -> Response:
+            return await endpoints[request.method](request)
 
-        routes.append(Route(path, dispatch, methods=_METHODS))
+        routes.append(_PathRoute(path, dispatch, methods=list(endpoints)))
     return routes
 
 
