@@ -8,9 +8,11 @@ are accepted before the command (``chronos --url U jobs list``) or after it. Out
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
@@ -125,14 +127,16 @@ def jobs() -> None:
 @connection_options
 @_output_option
 @click.option("--status", type=click.Choice(["active", "paused"]), help="only jobs in this status")
+@click.option("--last-status", metavar="STATUS[,STATUS]", help="only jobs whose last run ended so (failed)")
 @click.option("--type", "job_type", metavar="TYPE", help="only jobs of this type (shell, http, ...)")
 @click.option("--name", metavar="PREFIX", help="only jobs whose name starts with this")
 @click.option("--limit", type=click.IntRange(1), help="at most this many (default: all)")
-def jobs_list(fmt: str, status: str | None, job_type: str | None, name: str | None,
-              limit: int | None) -> None:
+def jobs_list(fmt: str, status: str | None, last_status: str | None, job_type: str | None,
+              name: str | None, limit: int | None) -> None:
     """List jobs."""
     with _client() as c:
-        items = list(c.list_jobs(status=status, type=job_type, name=name, limit=limit))
+        items = list(c.list_jobs(status=status, type=job_type, name=name, last_status=last_status,
+                                 limit=limit))
     render.emit(fmt, items, render.job_table(items) if items else "no jobs", [j["id"] for j in items])
 
 
@@ -156,6 +160,12 @@ def _job_file(ctx_param: str, source: str) -> tuple[list[dict[str, Any]], bool]:
         raise click.BadParameter(str(exc), param_hint=ctx_param) from None
 
 
+def _definition(spec: dict[str, Any]) -> dict[str, Any]:
+    """A job as a file gives it, without what the server keeps itself (a job as ``jobs get`` printed it,
+    from this server or another, is a valid definition)."""
+    return {k: v for k, v in spec.items() if k not in _SERVER_OWNED}
+
+
 _FILE = click.option("-f", "--file", "source", required=True, metavar="FILE",
                      help="a YAML or JSON job definition; - reads standard input")
 
@@ -165,13 +175,14 @@ _FILE = click.option("-f", "--file", "source", required=True, metavar="FILE",
 @_output_option
 @_FILE
 def jobs_create(fmt: str, source: str) -> None:
-    """Create the job(s) defined in FILE (one job, a list, or several YAML documents)."""
+    """Create the job(s) defined in FILE (one job, a list, or several YAML documents; a job as 'jobs get
+    -o yaml' printed it works too)."""
     specs, single = _job_file("'-f'", source)
     created: list[dict[str, Any]] = []
     with _client() as c:
         try:
             for spec in specs:
-                created.append(c.create_job(spec))
+                created.append(c.create_job(_definition(spec)))
                 if fmt == "table":
                     click.echo(f"created job {render.clean(created[-1]['name'])} ({created[-1]['id']})")
         except ApiProblem as exc:
@@ -201,9 +212,7 @@ def jobs_update(fmt: str, source: str, merge: bool, name: str) -> None:
         if merge:
             updated = c.patch_job(job["id"], spec)
         else:
-            body = {k: v for k, v in spec.items() if k not in _SERVER_OWNED}
-            body.setdefault("name", job["name"])
-            updated = c.replace_job(job["id"], body)
+            updated = c.replace_job(job["id"], {"name": job["name"], **_definition(spec)})
     render.emit(fmt, updated, f"updated job {updated['name']} ({updated['id']})", [updated["id"]])
 
 
@@ -326,14 +335,35 @@ class _JobNames:
         return self._names
 
 
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An ISO 8601 time (naive: UTC) or an age (``2h``: two hours ago), as the API's aware ISO text."""
+    if value is None:
+        return None
+    text = value.strip()
+    age = _AGE.match(text.lower())
+    if age:
+        return (datetime.now(UTC) - timedelta(seconds=float(age[1]) * _UNIT[age[2]])).isoformat()
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter("give an ISO 8601 time (2026-05-04T09:00:00+02:00, 2026-05-04) or an "
+                                 "age (30m, 2h, 1d)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
 @runs.command("list")
 @connection_options
 @_output_option
 @click.option("--job", "job_ref", metavar="NAME", help="only runs of this job (name or id)")
 @click.option("--status", metavar="STATUS[,STATUS]", help="e.g. failed or failed,timed_out")
-@click.option("--trigger", type=click.Choice(["schedule", "manual", "retry", "catch_up"]))
-@click.option("--since", metavar="TIME", help="slots at or after this ISO 8601 time")
-@click.option("--until", metavar="TIME", help="slots before this ISO 8601 time")
+@click.option("--trigger", metavar="TRIGGER[,TRIGGER]", help="schedule, manual, retry, catch_up")
+@click.option("--since", metavar="TIME", callback=_time_option,
+              help="slots at or after TIME: ISO 8601 (UTC unless it says), or an age: 30m, 2h, 1d")
+@click.option("--until", metavar="TIME", callback=_time_option, help="slots at or before TIME (as --since)")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
 def runs_list(fmt: str, job_ref: str | None, status: str | None, trigger: str | None, since: str | None,
               until: str | None, limit: int) -> None:

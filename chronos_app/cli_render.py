@@ -190,7 +190,7 @@ def job_table(jobs: Sequence[dict[str, Any]]) -> Any:
 def job_detail(job: dict[str, Any]) -> Any:
     retry = job.get("retry") or {}
     retry_text = (f"{retry.get('strategy')}, at most {retry.get('max_attempts')} attempts, "
-                  f"delay {retry.get('delay')}s" if retry else None)
+                  f"delay {retry.get('delay')}s" if retry.get("max_attempts", 1) > 1 else "none")
     rows: list[tuple[str, Any]] = [
         ("name", job.get("name")), ("id", job.get("id")), ("type", job.get("type")),
         ("status", _status(job.get("status"))), ("schedule", job.get("schedule") or "(manual only)"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -107,12 +106,6 @@ def _reason(exc: httpx.TransportError) -> str:
     return text or type(exc).__name__
 
 
-def _route_missing(problem: ApiProblem) -> bool:
-    """The server does not serve this path at all (an older version), as opposed to "no such run"."""
-    return problem.status in (404, 405) and (problem.type or "").endswith(("/not-found",
-                                                                           "/method-not-allowed"))
-
-
 def _segment(value: str) -> str:
     return quote(value, safe="")
 
@@ -145,11 +138,14 @@ class ChronosClient:
     # --------------------------------------------------------------------------------------- plumbing
 
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                json_body: Any = None, content_type: str = "application/json") -> httpx.Response:
+                json_body: Any = None, content_type: str = "application/json",
+                accept: str = "application/json") -> httpx.Response:
         """One call; a 4xx/5xx answer raises :class:`ApiProblem`, no answer :class:`ServerUnreachable`."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         content = None if json_body is None else json.dumps(json_body).encode()
-        headers = {"Content-Type": content_type} if content is not None else None
+        headers = {"Accept": accept}
+        if content is not None:
+            headers["Content-Type"] = content_type
         try:
             response = self._http.request(method, path, params=query, content=content, headers=headers)
         except httpx.TransportError as exc:
@@ -179,10 +175,10 @@ class ChronosClient:
     # ------------------------------------------------------------------------------------------- jobs
 
     def list_jobs(self, *, status: str | None = None, type: str | None = None, name: str | None = None,
-                  limit: int | None = None, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Jobs in id order; ``name`` filters as the API does (extra ``filters`` pass through)."""
-        return self._pages("/jobs", {"status": status, "type": type, "name": name, **filters}, "after",
-                           limit)
+                  last_status: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Jobs in id order: ``name`` is a prefix, ``last_status`` a comma list of run statuses."""
+        return self._pages("/jobs", {"status": status, "type": type, "name": name,
+                                     "last_status": last_status}, "after", limit)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", f"/jobs/{_segment(job_id)}")
@@ -253,59 +249,27 @@ class ChronosClient:
     def list_runs(self, *, job_id: str | None = None, status: str | None = None,
                   trigger: str | None = None, since: str | None = None, until: str | None = None,
                   limit: int | None = None) -> Iterator[dict[str, Any]]:
-        """Runs of all jobs (or one), newest first; ``status`` is a comma list, ``since``/``until`` bound
-        ``scheduled_for`` (ISO 8601)."""
-        try:
-            yield from self._pages("/runs", {"job_id": job_id, "status": status, "trigger": trigger,
-                                             "since": since, "until": until}, "before", limit)
-        except ApiProblem as exc:  # a server without GET /runs: one job's history is all it has
-            if not _route_missing(exc):
-                raise
-            if job_id is None or trigger or since or until:
-                raise ApiProblem(exc.status, exc.title, "this server has no GET /runs (an older version): "
-                                 "name one job, filter by status only") from None
-            yield from self.job_history(job_id, status=status, limit=limit)
+        """Runs of all jobs (or one), newest first; ``status`` and ``trigger`` are comma lists,
+        ``since``/``until`` bound ``scheduled_for`` (ISO 8601 with a UTC offset)."""
+        return self._pages("/runs", {"job_id": job_id, "status": status, "trigger": trigger,
+                                     "since": since, "until": until}, "before", limit)
 
     def run_log(self, run_id: str) -> str:
-        """The run's output so far (plain text)."""
-        try:
-            return self.request("GET", f"/runs/{_segment(run_id)}/log").text
-        except ApiProblem as exc:
-            if not _route_missing(exc):
-                raise
-            return str(self.get_run(run_id)["output"])  # an older server: the stored tail
+        """The run's output so far (plain text, secrets masked)."""
+        return self.request("GET", f"/runs/{_segment(run_id)}/log", accept="text/plain").text
 
-    def follow_log(self, run_id: str, *, poll: float = 0.5) -> Iterator[str]:
-        """The run's output so far, then each new piece as it is printed, until the run ends."""
-        path = f"/runs/{_segment(run_id)}/log"
+    def follow_log(self, run_id: str) -> Iterator[str]:
+        """The run's output so far, then each new line as it is printed, until the run ends."""
         try:
-            with self._http.stream("GET", path, params={"follow": "true"},
+            with self._http.stream("GET", f"/runs/{_segment(run_id)}/log", params={"follow": "true"},
+                                   headers={"Accept": "text/plain"},
                                    timeout=httpx.Timeout(30.0, read=None)) as response:
                 if response.is_error:
                     response.read()
-                    problem = ApiProblem.of(response)
-                    if not _route_missing(problem):
-                        raise problem
-                else:
-                    yield from response.iter_text()
-                    return
+                    raise ApiProblem.of(response)
+                yield from response.iter_text()
         except httpx.TransportError as exc:
             raise ServerUnreachable(self.url, _reason(exc)) from None
-        yield from self._poll_output(run_id, poll)
-
-    def _poll_output(self, run_id: str, poll: float) -> Iterator[str]:
-        """``follow_log`` on a server without ``/runs/{id}/log``: the stored tail's growth until the end."""
-        shown = ""
-        while True:
-            run = self.get_run(run_id)
-            output = str(run["output"])
-            new = output[len(shown):] if output.startswith(shown) else output
-            if new:
-                yield new
-            shown = output
-            if run["status"] in FINISHED_STATUSES:
-                return
-            time.sleep(poll)
 
     # -------------------------------------------------------------------------------------- schedules
 
