@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
 from chronos_core import Executor, JobTypes, Store, SystemClock
+from chronos_core.secrets import MIN_SECRET_LENGTH
 
 from .runtime import Chronos
 from .settings import Settings
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from chronos_adapters.executors import ExecutorConfig
 
 __all__ = ["Container", "build_executor_config", "build_executors", "build_job_types"]
+
+log = logging.getLogger("chronos")
 
 
 def _memory_store() -> Store:
@@ -114,7 +118,11 @@ def build_executor_config(settings: Settings) -> ExecutorConfig:
 def build_job_types(settings: Settings) -> JobTypes:
     """The job types, with the service's limits, and its secrets to mask in every job's output."""
     types = JobTypes(email_max_recipients=settings.email_max_recipients)
-    types.add_service_secrets(settings.secret_values())
+    secrets = settings.secret_values()
+    if any(len(s) < MIN_SECRET_LENGTH for s in secrets):
+        log.warning("a configured secret (API token, password) is shorter than %d characters: it cannot "
+                    "be masked in job output; use a longer one", MIN_SECRET_LENGTH)
+    types.add_service_secrets(secrets)
     return types
 
 

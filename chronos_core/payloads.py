@@ -9,6 +9,7 @@ that secrets are masked whenever the job is shown.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from email.utils import getaddresses
 from typing import Any, ClassVar, Literal
@@ -122,7 +123,9 @@ class ShellPayload(_ItemSecrets):
         return _mapping_items("env", self.env)
 
     def secret_binding(self) -> dict[str, Any]:
-        return {"command": self.command, "argv": self.argv}
+        # what runs, where, and with which other variables (PATH, LD_PRELOAD... change what runs)
+        return {"command": self.command, "argv": self.argv, "cwd": self.cwd,
+                "env": {k: v for k, v in self.env.items() if not is_secret_name(k)}}
 
 
 class HttpPayload(_ItemSecrets):
@@ -164,7 +167,9 @@ class HttpPayload(_ItemSecrets):
     def _regex(cls, v: str | None) -> str | None:
         if v is not None:
             try:
-                re.compile(v)
+                with warnings.catch_warnings():  # FutureWarning "possible nested set": RE2's [[:alpha:]]
+                    warnings.simplefilter("ignore")
+                    re.compile(v)
             except re.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
             construct = _backtracking_construct(v)
@@ -404,7 +409,9 @@ class SqlPayload(_ItemSecrets):
         return [(("params", *loc), v) for loc, v in walk_named(self.params)]
 
     def secret_binding(self) -> dict[str, Any]:
-        return {"connection": self.connection, "statement": self.statement}
+        # the other parameters decide where the statement puts the secrets (WHERE id = :id)
+        return {"connection": self.connection, "statement": self.statement,
+                "params": {k: v for k, v in self.params.items() if not is_secret_name(k)}}
 
 
 class JobTypes:

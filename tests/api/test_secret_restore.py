@@ -110,7 +110,10 @@ async def test_shell_env_secrets_do_not_follow_a_new_command() -> None:
         assert r.status_code == 422
         assert [e["pointer"] for e in r.json()["errors"]] == ["/payload/env/DEPLOY_TOKEN"]
         body["payload"]["command"] = "deploy.sh"
-        body["payload"]["env"]["STAGE"] = "staging"  # other edits keep the secret
+        for change in ({"cwd": "/tmp/evil"}, {"env": {"DEPLOY_TOKEN": "***", "PATH": "/tmp/evil"}}):
+            r = await c.put(f"/jobs/{job['id']}", json={**body, "payload": {**body["payload"], **change}})
+            assert r.status_code == 422, change  # what runs changed: PATH, LD_PRELOAD, cwd...
+        body["timeout"] = 30  # edits outside what runs keep the secret
         assert (await c.put(f"/jobs/{job['id']}", json=body)).status_code == 200
 
 
@@ -120,10 +123,22 @@ async def test_sql_params_do_not_follow_a_new_statement_or_connection() -> None:
             "connection": "a", "statement": "UPDATE u SET pw = :new_password",
             "params": {"new_password": "letmein-1234"}}})
         job = (await c.get(f"/jobs/{r.json()['id']}")).json()
-        for change in ({"statement": "INSERT INTO leak VALUES (:new_password)"}, {"connection": "b"}):
+        for change in ({"statement": "INSERT INTO leak VALUES (:new_password)"}, {"connection": "b"},
+                       {"params": {"new_password": "***", "id": 7}}):
             body = _body(job)
             body["payload"].update(change)
             r = await c.put(f"/jobs/{job['id']}", json=body)
             assert r.status_code == 422, change
             assert [e["pointer"] for e in r.json()["errors"]] == ["/payload/params/new_password"]
         assert (await c.put(f"/jobs/{job['id']}", json=_body(job))).status_code == 200
+
+
+def test_a_service_secret_too_short_to_mask_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from chronos_app.container import build_job_types
+    from chronos_app.settings import Settings
+
+    build_job_types(Settings(database_url="memory", api_tokens=["a-long-enough-token"]))
+    assert "cannot be masked" not in caplog.text
+    types = build_job_types(Settings(database_url="memory", api_tokens=["ab"], smtp_password="smtp-pass"))
+    assert "cannot be masked" in caplog.text
+    assert "smtp-pass" in types.secrets("shell", {"command": "true"})

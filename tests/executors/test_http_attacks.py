@@ -202,3 +202,11 @@ async def test_an_explicit_authorization_header_wins_over_url_userinfo(
     first, second = http_server.requests
     assert first.headers["authorization"] == "Bearer explicit-777"
     assert second.headers["authorization"].startswith("Basic ")
+
+
+async def test_a_posix_class_is_accepted_and_matched_by_re2(http: HttpExecutor,
+                                                            http_server: LocalHttpServer) -> None:
+    # Python's re warns about "[[" (a possible nested set); with warnings as errors that was a 500
+    JobTypes().validate("http", {"url": "https://example.com/", "expect_body": "^[[:alpha:]]+$"})
+    http_server.respond("/alpha", (200, "hello"))
+    assert (await call(http, {"url": f"{http_server.url}/alpha", "expect_body": "^[[:alpha:]]+$"})).ok
