@@ -27,12 +27,14 @@ from pydantic import (
 
 from .errors import FieldError, InvalidJob, UnknownJobType
 from .secrets import (
+    MAX_SECRETS,
     MIN_SECRET_LENGTH,
     REDACTED,
     Loc,
     form_secrets,
     is_secret_name,
     redact_named,
+    redact_query,
     redact_text,
     restore_text,
     text_secrets,
@@ -264,14 +266,13 @@ def _body_secrets(body: str) -> list[str]:
 def _redact_body(body: str) -> str:
     import json
 
-    secrets = _body_secrets(body)
-    if not secrets:
-        return body
     try:
         data = json.loads(body)
     except ValueError:
-        for v in sorted(secrets, key=len, reverse=True):
-            body = body.replace(v, REDACTED)
+        if form_secrets(body):  # name=value&...: the secret-named values, by position
+            body = redact_query(body)
+        return redact_text(body)
+    if not any(True for _ in walk_named(data)):
         return body
     return json.dumps(redact_named(data))
 
@@ -463,7 +464,12 @@ class JobTypes:
             parsed = self.model(name).model_validate(payload, context=self._context)
         except ValidationError as exc:
             raise InvalidJob(field_errors(exc, prefix=("payload",))) from None
-        short = dict.fromkeys(loc for loc, v in parsed.secret_items() if 0 < len(v) < MIN_SECRET_LENGTH)
+        items = parsed.secret_items()
+        count = len({v for _, v in items})
+        if count > MAX_SECRETS:
+            raise InvalidJob.single(("payload",), f"{count} secret values; a job carries at most "
+                                    f"{MAX_SECRETS} (each is looked for in every line of output)")
+        short = dict.fromkeys(loc for loc, v in items if 0 < len(v) < MIN_SECRET_LENGTH)
         if short:
             raise InvalidJob([FieldError(("payload", *loc), f"a secret shorter than {MIN_SECRET_LENGTH} "
                                          "characters cannot be masked in output; use a longer one")
@@ -539,6 +545,10 @@ def restore_masked(new: Any, shown: Any, old: Any, restored: list[Loc] | None = 
         return [restore_masked(v, shown_list[i], old[i], restored, (*loc, i)) if i < len(old) else v
                 for i, v in enumerate(new)]
     if isinstance(new, str) and isinstance(old, str) and REDACTED in new:
+        if new == shown and shown != old:  # sent back as it was shown (a body, a DSN in a variable)
+            if restored is not None:
+                restored.append(loc)
+            return old
         back = restore_text(new, old)
         if back is not None:
             if restored is not None:

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote
 
 __all__ = [
+    "MAX_SECRETS",
     "MIN_SECRET_LENGTH",
     "REDACTED",
     "Loc",
@@ -46,6 +47,8 @@ REDACTED = "***"
 MIN_SECRET_LENGTH = 3
 """Shorter values cannot be masked without masking half the output: payloads refuse them."""
 USERNAME_TOKEN_LENGTH = 12
+MAX_SECRETS = 100
+"""Secret values one job may carry: the worker looks for each, in several forms, in every output line."""
 
 Loc = tuple[str | int, ...]
 

@@ -142,3 +142,28 @@ def test_a_service_secret_too_short_to_mask_is_warned_about(caplog: pytest.LogCa
     types = build_job_types(Settings(database_url="memory", api_tokens=["ab"], smtp_password="smtp-pass"))
     assert "cannot be masked" in caplog.text
     assert "smtp-pass" in types.secrets("shell", {"command": "true"})
+
+
+async def test_bodies_written_back_as_shown_keep_their_secrets(http_server: LocalHttpServer) -> None:
+    async with running(build_app(http_allow_hosts=["127.0.0.1"])) as c:
+        for name, body, sent in (
+                ("json-string", '{"client_secret": "cs-4711-body", "n": 1}', b'"cs-4711-body"'),
+                ("form", "grant_type=client_credentials&client_secret=cs-4712-form", b"cs-4712-form")):
+            r = await c.post("/jobs", json={"name": name, "type": "http", "payload": {
+                "method": "POST", "url": f"{http_server.url}/{name}", "body": body}})
+            job = (await c.get(f"/jobs/{r.json()['id']}")).json()
+            assert "cs-471" not in job["payload"]["body"] and "***" in job["payload"]["body"]
+            assert (await c.put(f"/jobs/{job['id']}", json=_body(job))).status_code == 200
+            await _trigger(c, job["id"])
+            [req] = http_server.requests_to(f"/{name}")
+            assert sent in req.body, req.body
+
+
+async def test_a_job_carries_at_most_100_secrets() -> None:
+    async with running(build_app()) as c:
+        r = await c.post("/jobs", json={"name": "many", "type": "shell", "payload": {
+            "command": "true", "env": {f"TOKEN_{i}": f"value-{i}" for i in range(101)}}})
+        assert r.status_code == 422 and r.json()["errors"][0]["pointer"] == "/payload"
+        r = await c.post("/jobs", json={"name": "many", "type": "shell", "payload": {
+            "command": "true", "env": {f"TOKEN_{i}": f"value-{i}" for i in range(100)}}})
+        assert r.status_code == 201
