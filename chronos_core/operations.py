@@ -233,6 +233,9 @@ class Jobs:
         default), anything else replaces. Then as :meth:`update`."""
         old = await self._store.get_job(job_id)
         current = old.spec().model_dump(mode="json", by_alias=True)
+        # merged into the job as shown (secrets as ***): update's rules then decide whether the stored
+        # secrets stay (a patch moving the url to another origin must send them again)
+        current["payload"] = self.types.redact(old.type, old.payload)
         return await self.update(job_id, merge_patch(current, patch))
 
     async def pause(self, job_id: str) -> Job:

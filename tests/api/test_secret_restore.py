@@ -167,3 +167,26 @@ async def test_a_job_carries_at_most_100_secrets() -> None:
         r = await c.post("/jobs", json={"name": "many", "type": "shell", "payload": {
             "command": "true", "env": {f"TOKEN_{i}": f"value-{i}" for i in range(100)}}})
         assert r.status_code == 201
+
+
+async def test_a_merge_patch_cannot_move_the_secrets_either(http_server: LocalHttpServer,
+                                                            other_server: LocalHttpServer) -> None:
+    async with running(build_app(http_allow_hosts=["127.0.0.1"])) as c:
+        r = await c.post("/jobs", json={"name": "p", "type": "http", "payload": {
+            "url": f"http://svc:url-pw-9876@127.0.0.1:{http_server.port}/a", "headers": SECRETS}})
+        job_id = r.json()["id"]
+        patch = {"payload": {"url": f"{other_server.url}/stolen"}}
+        r = await c.patch(f"/jobs/{job_id}", json=patch,
+                          headers={"Content-Type": "application/merge-patch+json"})
+        assert r.status_code == 422, r.text
+        assert {e["pointer"] for e in r.json()["errors"]} == {"/payload/headers/Authorization",
+                                                             "/payload/headers/X-Api-Key"}
+        r = await c.patch(f"/jobs/{job_id}", json={"description": "edited", "payload": {
+            "url": f"http://svc:***@127.0.0.1:{http_server.port}/b"}},
+            headers={"Content-Type": "application/merge-patch+json"})
+        assert r.status_code == 200, r.text  # same origin: the secrets stay
+        await _trigger(c, job_id)
+        assert other_server.requests == []
+        [req] = http_server.requests
+        assert req.path == "/b" and req.headers["x-api-key"] == "stored-key-1234"
+        assert req.headers["authorization"] == "Bearer stored-auth-1234"
