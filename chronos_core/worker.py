@@ -4,6 +4,9 @@ output as ``run.log`` events, records the outcome and schedules the retry.
 Every write is fenced: ``start_run`` only moves a queued run to running (a redelivered message for a
 run that already started does nothing), and ``finish_run`` only applies while this worker still holds
 the lease (a worker that lost its lease cannot overwrite the outcome recorded by whoever took over).
+The fence holds inside one worker too: one handler per run id at a time (a second delivery of a run
+being handled here is acked and dropped), and a handler goes ahead only if *its own* ``start_run``
+applied (after a store error, the stored start time tells it from an earlier handler's).
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class WorkerStats:
     started: int = 0
     finished: int = 0
     stale: int = 0
+    duplicates: int = 0  # deliveries dropped because a handler here had the run already
     by_status: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -143,6 +147,7 @@ class Worker:
         self._attempts: dict[str, _Attempt] = {}  # executing here, by run id
         self._maskers: dict[tuple[str, datetime], _Masker] = {}
         self._handlers: set[asyncio.Task[Run | None]] = set()
+        self._in_flight: set[str] = set()  # run ids a handler here is handling (one handler per run)
         self._slots = asyncio.Semaphore(concurrency)
         self._background: list[asyncio.Task[None]] = []
         self._loop_task: asyncio.Task[None] | None = None
@@ -297,30 +302,55 @@ class Worker:
     # one run ----------------------------------------------------------------------------------------
     async def process(self, dispatch: Dispatch) -> Run | None:
         """Execute one dispatched run to its end; the finished run, or None if it was not runnable
-        (already started elsewhere, finished or cancelled) or the outcome could not be recorded."""
-        try:
-            result = await self._process(dispatch)
-        except asyncio.CancelledError:
-            raise  # not acked: a durable queue delivers it again; the store's lease/recovery rules hold
-        except Exception as exc:
-            # Not handled (the store stayed unavailable past the retry window, or a bug): hand it back
-            # rather than lose it; a durable queue counts the tries and dead-letters it in the end.
-            log.error("run %s could not be handled, handing it back: %s", dispatch.run.id, exc)
-            await self._queue.nack(dispatch, f"{type(exc).__name__}: {exc}")
+        (already started elsewhere, finished or cancelled, or being handled here already) or the outcome
+        could not be recorded."""
+        run_id = dispatch.run.id
+        if run_id in self._in_flight:
+            # A second delivery (the outbox relay sent the row again, a redelivery after a rebalance)
+            # while a handler here has the run: that handler starts it or finds it not runnable.
+            log.info("run %s is being handled here already: dropping a second delivery of it", run_id)
+            self.stats.duplicates += 1
+            await self._queue.ack(dispatch)
             return None
-        await self._queue.ack(dispatch)
-        return result
+        self._in_flight.add(run_id)
+        try:
+            try:
+                result = await self._process(dispatch)
+            except asyncio.CancelledError:
+                raise  # not acked: a durable queue delivers it again; the store's lease rules hold
+            except Exception as exc:
+                # Not handled (the store stayed unavailable past the retry window, or a bug): hand it
+                # back rather than lose it; a durable queue counts the tries and dead-letters it.
+                log.error("run %s could not be handled, handing it back: %s", run_id, exc)
+                await self._queue.nack(dispatch, f"{type(exc).__name__}: {exc}")
+                return None
+            await self._queue.ack(dispatch)
+            return result
+        finally:
+            self._in_flight.discard(run_id)
 
     async def _process(self, dispatch: Dispatch) -> Run | None:
         run, job = dispatch.run, dispatch.job
         now = self._clock.now()
+        tried: list[datetime] = []  # the start time of each try: the token of this handler's start
 
         def start() -> Awaitable[bool]:
             nonlocal now  # each try starts (and leases) from its own time: an outage may be long
             now = self._clock.now()
+            tried.append(now)
             return self._store.start_run(run.id, self.owner, now, now + self.lease)
 
-        if not await self._persist(start, run.id, RunStatus.RUNNING):
+        async def started_here(stored: Run) -> bool:
+            # After a store error, the run running under this owner may be an earlier handler's start (a
+            # delivery handled before, whose outcome could not be recorded): only a start time this
+            # handler wrote says the start is its own. The try that applied set ``now``.
+            nonlocal now
+            if stored.started_at not in tried:
+                return False
+            now = stored.started_at
+            return True
+
+        if not await self._persist(start, run.id, RunStatus.RUNNING, started_here):
             return None
         self._held.add(run.id)
         try:
@@ -336,8 +366,12 @@ class Worker:
         self.stats.started += 1
         assert run.started_at is not None
         await self._publish([run_event(run, run.started_at)], run.id)  # the run goes ahead regardless
-        status, exit_code, error, retryable, extra = await self._execute(job, run)
-        tail = self._attempts.pop(run.id).tail
+        tail = OutputTail(self.output_limit)
+        self._attempts[run.id] = _Attempt(job, tail)
+        try:
+            status, exit_code, error, retryable, extra = await self._execute(job, run, tail)
+        finally:
+            self._attempts.pop(run.id, None)
         if extra:
             for line in extra.splitlines():
                 tail.add(line)
@@ -443,11 +477,10 @@ class Worker:
             mask = self._maskers[key] = _Masker(self._types.secrets(job.type, job.payload))
         return mask
 
-    async def _execute(self, job: Job, run: Run
+    async def _execute(self, job: Job, run: Run, tail: OutputTail
                        ) -> tuple[RunStatus, int | None, str | None, bool, str]:
-        """Run the executor under the timeout; (status, exit code, error, retryable, extra output)."""
-        tail = OutputTail(self.output_limit)
-        self._attempts[run.id] = _Attempt(job, tail)
+        """Run the executor under the timeout, its output going to ``tail``; (status, exit code, error,
+        retryable, extra output)."""
         executor = self.executors.get(job.type)
         if executor is None:
             return (RunStatus.FAILED, None, f"no executor for job type {job.type!r} on worker "
