@@ -22,7 +22,7 @@ from .errors import RunNotFound, SubscriptionOverflow
 from .models import Event, EventType, Run
 from .ports import EventBus, Store, Subscription
 
-__all__ = ["follow_output", "stored_lines"]
+__all__ = ["follow_output", "stored_line_range", "stored_lines"]
 
 _FINAL = frozenset({EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.RUN_TIMED_OUT,
                     EventType.RUN_CANCELLED, EventType.RUN_SKIPPED, EventType.RUN_MISSED})
@@ -40,6 +40,25 @@ def stored_lines(run: Run) -> tuple[int, list[str]]:
         lines = lines[1:]
     last = max(run.output_lines, len(lines))
     return last - len(lines) + 1, lines
+
+
+def stored_line_range(run: Run, start: int, end: int) -> list[tuple[int | None, str]]:
+    """Lines ``start..end`` of the run's stored output, each with its number, and a numberless marker
+    for each stretch of lines the capped tail no longer keeps."""
+    first, kept = stored_lines(run)
+    out: list[tuple[int | None, str]] = []
+    missing = 0
+    for seq in range(start, end + 1):
+        if first <= seq < first + len(kept):
+            if missing:
+                out.append((None, f"[... {missing} line(s) not kept]"))
+                missing = 0
+            out.append((seq, kept[seq - first]))
+        else:
+            missing += 1
+    if missing:
+        out.append((None, f"[... {missing} line(s) not kept]"))
+    return out
 
 
 def _lines(run: Run, pending: dict[int, str], start: int, end: int) -> list[str]:

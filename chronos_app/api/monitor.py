@@ -20,9 +20,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from chronos_core import Event, EventType, Run, SubscriptionOverflow
+from chronos_core import Event, EventType, Run, RunNotFound, SubscriptionOverflow
 from chronos_core.errors import FieldError
 from chronos_core.events import run_event
+from chronos_core.logs import stored_line_range
 
 from .context import ApiContext, api
 from .inputs import parse_query
@@ -34,6 +35,8 @@ __all__ = ["stream_all", "stream_job", "stream_run"]
 _FINAL_RUN_EVENTS = frozenset({EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.RUN_TIMED_OUT,
                                EventType.RUN_CANCELLED, EventType.RUN_SKIPPED, EventType.RUN_MISSED})
 _RETRY_MS = 2000
+_GAP_POLL = 0.25  # seconds between reads of the store while it catches up with a gap
+_GAP_TIMEOUT = 10.0  # then the lines still missing are marked as not kept
 
 
 class StreamQuery(BaseModel):
@@ -76,6 +79,30 @@ def _replay_events(ctx: ApiContext, runs: list[Run], types: Collection[EventType
     return out
 
 
+async def _gap(ctx: ApiContext, run_id: str, start: int, end: int) -> list[Event]:
+    """Lines ``start..end`` of a run, which the stream saw no event of: printed before it subscribed but
+    after the worker's last write of the output so far (the worker writes it about once a second), or
+    refused by the bus. The store has them after the worker's next write or at the run's end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _GAP_TIMEOUT
+    while True:
+        try:
+            run = await ctx.chronos.runs.get(run_id)
+        except RunNotFound:
+            return []
+        if run.output_lines >= end or run.finished or loop.time() >= deadline:
+            break
+        await asyncio.sleep(_GAP_POLL)
+    now = ctx.chronos.clock.now()
+    events = []
+    for seq, line in stored_line_range(run, start, end):
+        data: dict[str, object] = {"line": line, "stream": "stdout", "attempt": run.attempt}
+        if seq is not None:
+            data["seq"] = seq
+        events.append(Event(type=EventType.RUN_LOG, time=now, job_id=run.job_id, run_id=run.id, data=data))
+    return events
+
+
 async def _stream(request: Request, *, job_id: str | None = None, run_id: str | None = None,
                   history: int = 20) -> Response:
     ctx = api(request)
@@ -96,8 +123,10 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
         await sub.aclose()
         raise
     closes_on_final = run_id is not None
-    # a run stream starts with the output so far: its live lines already in it are not sent again
-    shown = snapshot[0].output_lines if run_id is not None and snapshot else 0
+    # A run stream starts with the output so far, numbered up to ``shown``: live lines already in it are
+    # not sent again, and lines between it and the first live line are read from the store. (A client
+    # that resumed from an id the bus retains gets no snapshot: it numbers from its first live line.)
+    shown: int | None = snapshot[0].output_lines if run_id is not None and snapshot else None
 
     shutdown = anyio.Event()  # set by sse-starlette when the server shuts down
 
@@ -106,6 +135,7 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
         await sub.aclose()  # ends the iteration below, so the response completes cleanly
 
     async def events() -> AsyncIterator[ServerSentEvent]:
+        nonlocal shown
         ctx.metrics.sse_clients.inc()
         watcher = asyncio.create_task(close_on_shutdown())
         try:
@@ -117,9 +147,15 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
                     if closes_on_final and event.type in _FINAL_RUN_EVENTS:
                         return
                 async for event in sub:
-                    if shown and event.type is EventType.RUN_LOG and isinstance(
-                            seq := event.data.get("seq"), int) and seq <= shown:
-                        continue
+                    if run_id is not None and event.type is EventType.RUN_LOG and isinstance(
+                            seq := event.data.get("seq"), int):
+                        if shown is not None and seq <= shown:
+                            continue
+                        if shown is not None and seq > shown + 1:
+                            for line in await _gap(ctx, run_id, shown + 1, seq - 1):
+                                yield _sse(line, replayed=True, first=not sent)
+                                sent += 1
+                        shown = seq
                     yield _sse(event, first=not sent)
                     sent += 1
                     if closes_on_final and event.type in _FINAL_RUN_EVENTS:

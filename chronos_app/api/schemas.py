@@ -114,6 +114,8 @@ class RunOut(_Out):
     finished_at: datetime | None
     exit_code: int | None
     output: str = Field(description="the tail of the output (secrets masked)")
+    output_lines: int = Field(description="the number of the last line in output, so far for a running "
+                                          "run (its run.log events carry the numbers as seq)")
     error: str | None
 
     @classmethod
@@ -121,7 +123,7 @@ class RunOut(_Out):
         return cls(id=run.id, job_id=run.job_id, scheduled_for=run.scheduled_for, trigger=run.trigger,
                    attempt=run.attempt, status=run.status, created_at=run.created_at, due_at=run.due_at,
                    started_at=run.started_at, finished_at=run.finished_at, exit_code=run.exit_code,
-                   output=run.output, error=run.error)
+                   output=run.output, output_lines=run.output_lines, error=run.error)
 
 
 class JobPage(_Out):

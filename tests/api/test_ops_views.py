@@ -249,3 +249,47 @@ async def test_stats_count_jobs_runs_now_and_outcomes(client: httpx.AsyncClient)
     await client.delete(f"/jobs/{bad['id']}")
     w = (await client.get("/stats")).json()["last_hour"]
     assert w["failing"] == [{"job_id": bad["id"], "name": None, "runs": 2, "consecutive_failures": None}]
+
+
+async def test_the_run_stream_reads_lines_printed_before_it_subscribed_but_not_yet_stored(
+        tmp_path: Path) -> None:
+    """The worker stores the output so far about once a second and publishes each line as it comes: lines
+    published before a stream subscribed, which the store did not have yet, must come from the store
+    (they are in neither the snapshot nor the live events). The store's output writes are held back
+    while those lines are printed, so the gap is there every time."""
+    from chronos_adapters.memory import MemoryStore
+    from tests.engine.proxies import Proxy
+
+    store = Proxy(MemoryStore())
+    gate_a, gate_b = tmp_path / "a", tmp_path / "b"
+    command = (f"echo one; echo two; while [ ! -e {gate_a} ]; do sleep 0.05; done; echo three; echo four; "
+               f"while [ ! -e {gate_b} ]; do sleep 0.05; done; echo five")
+    held = False
+
+    async def record_output(real: Any, *args: Any, **kwargs: Any) -> Any:
+        return None if held else await real(*args, **kwargs)
+    store.hooks["record_output"] = record_output
+
+    async with live(build_app(store=store)) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        job = (await client.post("/jobs", json=shell("gapped", command))).json()
+        run_id = await trigger(client, job["id"])
+        await wait_for(lambda: _has_output(client, run_id, "one\ntwo"))
+        held = True
+        # a job stream sees the lines published while the store is held back
+        async with client.stream("GET", f"/monitor/logs/{job['id']}", params={"types": "run.log"}) as js:
+            seen = sse_events(js)
+            gate_a.touch()
+            assert [(await anext(seen))["data"]["data"]["line"] for _ in range(2)] == ["three", "four"]
+        run = (await client.get(f"/runs/{run_id}")).json()
+        assert (run["output"], run["output_lines"]) == ("one\ntwo", 2)  # the store is behind
+        async with client.stream("GET", f"/monitor/runs/{run_id}") as r:
+            events = sse_events(r)
+            first = await anext(events)
+            assert first["data"]["data"]["output"] == "one\ntwo"
+            held = False
+            gate_b.touch()
+            rest = [e async for e in events]
+        logs = [e["data"]["data"] for e in rest if e["event"] == "run.log"]
+        assert [(d["line"], d["seq"]) for d in logs] == [("three", 3), ("four", 4), ("five", 5)]
+        assert [d.get("replayed", False) for d in logs] == [True, True, False]
+        assert rest[-1]["event"] == "run.succeeded"
