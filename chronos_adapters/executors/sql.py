@@ -10,9 +10,12 @@ carries a URL or a password), through SQLAlchemy in a worker thread.
   background.
 * Confinement: a statement may not leave the database its connection names. On SQLite (whose "server"
   is this process, with its files) an authorizer refuses ``ATTACH`` of any file, ``DETACH``, ``VACUUM
-  INTO`` and ``load_extension``, and the attached-database limit is 1 (plain ``VACUUM`` attaches an
-  unnamed temporary database). MySQL/PostgreSQL connections are confined by the grants of the user in
-  their URL: configure a least-privilege user.
+  INTO``, ``load_extension``, ``fts3_tokenizer`` (it takes a pointer) and every pragma but a few
+  harmless ones (``hard_heap_limit``, ``writable_schema``... act on the process or corrupt the file);
+  the connection is in SQLite's defensive mode, strings and blobs are at most 16 MiB, and the
+  attached-database limit is 1 (plain ``VACUUM`` attaches an unnamed temporary database).
+  MySQL/PostgreSQL connections are confined by the grants of the user in their URL: configure a
+  least-privilege user.
 * Failures: an unknown connection name, a bad URL/driver, syntax errors, missing tables, constraint
   violations and missing parameters are not retryable; lost/refused connections, deadlocks and lock
   timeouts are. Passwords of every configured URL are masked in error messages.
@@ -22,8 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import sqlite3
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -229,26 +235,94 @@ class SqlExecutor(Executor):
         return ExecutionFailed(self._mask(message), retryable=retryable)
 
 
+# Pragmas a statement may use; every other one is refused. Some act on the whole process
+# (hard_heap_limit/soft_heap_limit starve every SQLite database of the service, the store included;
+# threads, mmap_size), some corrupt the file or open it to corruption (writable_schema, schema_version=,
+# journal_mode=OFF, synchronous=OFF, cell_size_check), some name paths (temp_store_directory,
+# data_store_directory) or lock the file for everyone (locking_mode), some print the file's path
+# (database_list).
+_PRAGMAS_ANY_ARGUMENT = frozenset({  # read-only; the argument names a table or index, or a number
+    "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list",
+    "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check", "collation_list",
+    "function_list", "module_list", "pragma_list", "compile_options"})
+_PRAGMAS_QUERY = frozenset({  # read without a value
+    "page_count", "page_size", "freelist_count", "schema_version", "data_version", "encoding",
+    "journal_mode", "auto_vacuum", "cache_size", "synchronous", "busy_timeout", "foreign_keys",
+    "defer_foreign_keys", "recursive_triggers", "user_version", "application_id", "optimize"})
+_PRAGMAS_SET = frozenset({"foreign_keys", "defer_foreign_keys", "user_version", "application_id",
+                          "optimize"})
+# load_extension runs native code; fts3_tokenizer with one argument prints a pointer into the process,
+# with two it installs any address as a tokenizer's function table (the next fts3 table calls into it:
+# a segfault, or code execution with a pointer from the first form)
+_DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer"})
+SQLITE_MAX_LENGTH = 16 * 1024 * 1024  # bytes of one string or blob (SQLite's default is 1 GB)
+_DBCONFIG_DEFENSIVE = 1010
+_DBCONFIG_TRUSTED_SCHEMA = 1017
+
+
 def _sqlite_authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
                        trigger: str | None) -> int:
     if action == sqlite3.SQLITE_ATTACH and arg1 != "":  # "": VACUUM's own temporary database
         return sqlite3.SQLITE_DENY  # ATTACH 'file', VACUUM INTO 'file', ATTACH (expression)
     if action == sqlite3.SQLITE_DETACH:
         return sqlite3.SQLITE_DENY
-    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA:  # PRAGMA x, PRAGMA x = v, PRAGMA x(v), SELECT ... FROM pragma_x
+        name = (arg1 or "").lower()
+        if name in _PRAGMAS_ANY_ARGUMENT or name in (_PRAGMAS_SET if arg2 is not None else _PRAGMAS_QUERY):
+            return sqlite3.SQLITE_OK
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
 
 
 def confine_sqlite(dbapi_connection: Any, connection_record: Any = None) -> None:
-    """Keep every statement on a SQLite connection inside its own database file: no ``ATTACH`` of
-    another file (the store, a ``*.pth`` in site-packages...), no ``VACUUM INTO`` a path, no extensions."""
+    """Keep every statement on a SQLite connection inside its own database file and away from the
+    process: no ``ATTACH`` of another file (the store, a ``*.pth`` in site-packages...), no ``VACUUM
+    INTO`` a path, no extensions, no pointer-taking functions, only harmless pragmas, SQLite's defensive
+    mode (no writable schema, no writes to the shadow tables of FTS/R-tree tables, which SQLite trusts),
+    strings and blobs of at most 16 MiB."""
     if not isinstance(dbapi_connection, sqlite3.Connection):
         raise ExecutionFailed(f"SQLite driver {type(dbapi_connection).__module__} cannot be confined to "
                               "its database; use the standard sqlite3 driver (sqlite:///...)",
                               retryable=False)
     dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 1)
+    dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH)
+    _defensive(dbapi_connection)
     dbapi_connection.set_authorizer(_sqlite_authorizer)
+
+
+def _defensive(conn: sqlite3.Connection) -> None:
+    """``SQLITE_DBCONFIG_DEFENSIVE`` on and ``TRUSTED_SCHEMA`` off: ``Connection.setconfig`` from Python
+    3.12; on CPython 3.11 the same C call through ctypes on the connection's ``sqlite3 *`` (the first
+    field after the object header), checked by reading the setting back."""
+    setconfig = getattr(conn, "setconfig", None)
+    if setconfig is not None:  # Python 3.12+
+        setconfig(_DBCONFIG_DEFENSIVE, True)
+        setconfig(_DBCONFIG_TRUSTED_SCHEMA, False)
+        if conn.getconfig(_DBCONFIG_DEFENSIVE):
+            return
+    elif sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11):
+        lib = _sqlite_library()
+        handle = ctypes.c_void_p.from_address(id(conn) + object.__basicsize__).value
+        state = ctypes.c_int(-1)
+        lib.sqlite3_db_config(ctypes.c_void_p(handle), _DBCONFIG_TRUSTED_SCHEMA, 0, ctypes.byref(state))
+        state.value = -1
+        lib.sqlite3_db_config(ctypes.c_void_p(handle), _DBCONFIG_DEFENSIVE, 1, ctypes.byref(state))
+        if state.value == 1:
+            return
+    raise ExecutionFailed("cannot put this SQLite connection in defensive mode (CPython 3.11 or 3.12+ "
+                          "with the standard sqlite3 module is needed)", retryable=False)
+
+
+@functools.cache
+def _sqlite_library() -> Any:
+    """The libsqlite3 the ``_sqlite3`` module uses (dlsym on the module searches what it links to)."""
+    import _sqlite3
+
+    lib = ctypes.CDLL(_sqlite3.__file__)
+    lib.sqlite3_db_config.restype = ctypes.c_int
+    return lib
 
 
 def _retryable_dbapi(e: exc.DBAPIError, dialect: str) -> bool:
