@@ -21,7 +21,6 @@ from .events import job_event, publish_best_effort, run_event
 from .ids import new_id
 from .logs import follow_output
 from .models import (
-    ACTIVE_RUN_STATUSES,
     Event,
     EventType,
     Job,
@@ -268,13 +267,12 @@ class Jobs:
 
     async def delete(self, job_id: str) -> None:
         """Delete the job and its history; runs still going are asked to cancel."""
-        active = await self._store.list_runs(job_id, status=ACTIVE_RUN_STATUSES, limit=10_000)
         job = await self._store.get_job(job_id)
-        await self._store.delete_job(job_id)
+        removed = await self._store.delete_job(job_id)  # the active runs, as the delete found them
         now = self._clock.now()
-        # queued ones too: one may have started since it was listed (a worker not holding it ignores it)
+        # queued ones too: one may be starting as it is deleted (a worker not holding it ignores it)
         events = [Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, job_id=job_id, run_id=r.id,
-                        data={"reason": "job deleted"}) for r in active]
+                        data={"reason": "job deleted"}) for r in removed]
         events.append(job_event(EventType.JOB_DELETED, job, now))
         # best-effort: a running run of a deleted job is also stopped by its worker's next heartbeat
         await publish_best_effort(self._bus, events, log, f"job {job_id} deleted")

@@ -174,8 +174,10 @@ class Store(abc.ABC):
         """Replace the stored job with the same id. :class:`JobNotFound`, :class:`NameConflict`."""
 
     @abc.abstractmethod
-    async def delete_job(self, job_id: str) -> None:
-        """Delete the job and all its runs. :class:`JobNotFound` if there is none."""
+    async def delete_job(self, job_id: str) -> list[Run]:
+        """Delete the job and all its runs; the active (queued or running) runs it removed, as they were
+        when removed, so the caller asks exactly those to stop (a run started after a listing taken
+        beforehand would be missed). :class:`JobNotFound` if there is none."""
 
     # scheduling --------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -166,8 +166,9 @@ class MemoryStore(Store):
         if job.next_run_at != old.next_run_at or job.status is not old.status:
             self._index_due(job)
 
-    async def delete_job(self, job_id: str) -> None:
+    async def delete_job(self, job_id: str) -> list[Run]:
         job = await self.get_job(job_id)
+        removed = [r for r in map(self._run, self._active.get(job_id, ())) if r is not None]
         del self._jobs[job_id]
         del self._next[job_id]
         del self._names[job.name]
@@ -176,6 +177,7 @@ class MemoryStore(Store):
         self._active.pop(job_id, None)
         self._summaries.pop(job_id, None)
         self._compact_all_runs()
+        return sorted(removed, key=lambda r: r.id)
 
     def _forget_run(self, run_id: str) -> None:
         run = self._runs.pop(run_id)

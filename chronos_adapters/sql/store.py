@@ -707,14 +707,22 @@ class SqlStore(Store):
                 raise NameConflict(job.name) from None
         await self._call(update_)
 
-    async def delete_job(self, job_id: str) -> None:
-        def delete_() -> None:
+    async def delete_job(self, job_id: str) -> list[Run]:
+        def delete_() -> list[Run]:
             with self._tx() as conn:
+                # the job's row locked first: no run of it is inserted meanwhile (a claim skips it, an
+                # insert's foreign key check waits), so the active runs read are exactly those deleted
+                found = conn.execute(self._for_update(select(jobs.c.id).where(jobs.c.id == job_id)))
+                if found.first() is None:
+                    raise JobNotFound(job_id)
+                removed = [_run(r) for r in conn.execute(self._for_update(
+                    select(runs).where(runs.c.job_id == job_id, runs.c.status.in_(_ACTIVE))
+                    .order_by(runs.c.id)))]
                 conn.execute(delete(runs).where(runs.c.job_id == job_id))
                 conn.execute(delete(job_summaries).where(job_summaries.c.job_id == job_id))
-                if conn.execute(delete(jobs).where(jobs.c.id == job_id)).rowcount == 0:
-                    raise JobNotFound(job_id)
-        await self._call(delete_)
+                conn.execute(delete(jobs).where(jobs.c.id == job_id))
+                return removed
+        return await self._call(delete_)
 
     # scheduling -------------------------------------------------------------------------------
     async def claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
