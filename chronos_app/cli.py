@@ -84,8 +84,10 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     if not (scheduler and worker) and settings.bus_backend == "memory":
         log.warning("the API runs without a scheduler and a worker on the in-process bus: runs it queues "
                     "reach no worker; set CHRONOS_KAFKA_BOOTSTRAP, or use 'chronos serve'")
-    app = create_app(_container(settings, scheduler=scheduler, worker=worker),
-                     on_started=tune_process if settings.process_tuning else None)
+    container = _container(settings, scheduler=scheduler, worker=worker)
+    chronos = container.chronos()
+    chronos.wait_for_backends = True  # a database or broker still starting is waited for
+    app = create_app(container, on_started=tune_process if settings.process_tuning else None)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, close the SSE streams, then
     # the lifespan stops Chronos (no more claims; running attempts get shutdown_grace, then are cancelled).
     # uvicorn re-raises the signal once it has shut down; exiting with status 0 then says "stopped cleanly".
@@ -95,8 +97,10 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
                             timeout_graceful_shutdown=5, proxy_headers=False, server_header=False,
                             **uvicorn_options(settings))
+    server = uvicorn.Server(config)
+    chronos.stopping = lambda: server.should_exit  # SIGTERM while waiting for a backend: give up
     # the port first: a second `chronos serve` must stop here, before its engines start beside the first
-    uvicorn.Server(config).run(sockets=[_listen(host, port)])
+    server.run(sockets=[_listen(host, port)])
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -155,7 +159,11 @@ async def _run_until_signal(container: Container) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    chronos.wait_for_backends = True  # a database or broker still starting is waited for
+    chronos.stopping = stop.is_set
     await chronos.start()
+    if not chronos.started:  # stopped while waiting for a backend
+        return
     if container.settings().process_tuning:
         from .tuning import tune_process
 

@@ -13,8 +13,9 @@ advanced users build a ``Chronos`` from their own adapters with the constructor.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,7 @@ from chronos_core import (
     Runs,
     Scheduler,
     Store,
+    StoreUnavailable,
     SystemClock,
     Worker,
 )
@@ -90,6 +92,16 @@ class Chronos:
                               concurrency=concurrency, lease=lease, output_limit=output_limit)
                        if worker else None)
         self._started = False
+        # The CLI roles wait at start-up for a backend that cannot be reached yet (the database or broker
+        # is starting too, or restarting), trying again with a log line, until ``stopping()`` says to
+        # give up; a program embedding Chronos gets the error at once (the default).
+        self.wait_for_backends = False
+        self.stopping: Callable[[], bool] = lambda: False
+        self._opened: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     @classmethod
     def embedded(
@@ -130,19 +142,75 @@ class Chronos:
             self.worker.executors[name] = executor
 
     async def start(self) -> None:
+        """Open the adapters and start the engines. With ``wait_for_backends``, a store, queue or bus
+        that is unreachable (:class:`StoreUnavailable`) is waited for; if ``stopping()`` turns true
+        meanwhile, what was opened is closed again and ``started`` stays False."""
         if self._started:
             return
-        await self.store.start()
-        await self.queue.start()
-        await self.bus.start()
-        for executor in self.executors.values():
-            await executor.start()
-        if self.worker is not None:
-            await self.worker.start()
-        if self.scheduler is not None:
-            await self._warn_of_shell_jobs()
-            await self.scheduler.start()
+        self._opened = []
+        try:
+            steps: list[tuple[str, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = [
+                ("the store", self.store.start, self.store.stop),
+                ("the dispatch queue", self.queue.start, self.queue.stop),
+                ("the event bus", self.bus.start, self.bus.stop)]
+            steps += [(f"the {name} executor", e.start, e.stop) for name, e in self.executors.items()]
+            for what, open_, close in steps:
+                if not await self._start_step(what, open_):
+                    return await self._close_opened()
+                self._opened.append(close)
+            if self.worker is not None:
+                if not await self._start_step("the worker", self.worker.start):
+                    return await self._close_opened()
+                self._opened.append(self.worker.stop)
+            if self.scheduler is not None:
+                if not await self._start_step("the scheduler", self._start_scheduler):
+                    return await self._close_opened()
+        except BaseException:
+            await self._close_opened()
+            raise
+        self._opened = []
         self._started = True
+
+    async def _start_scheduler(self) -> None:
+        assert self.scheduler is not None
+        await self._warn_of_shell_jobs()
+        await self.scheduler.start()
+
+    async def _start_step(self, what: str, step: Callable[[], Awaitable[None]]) -> bool:
+        """Run one start-up step; with ``wait_for_backends``, again while a backend is unreachable.
+        False if ``stopping()`` turned true before it succeeded."""
+        pause, tries = 0.5, 0
+        while True:
+            if self.stopping():
+                log.info("stopping before start-up completed (%s was not reachable)", what)
+                return False
+            try:
+                await step()
+                if tries:
+                    log.info("%s is reachable again: starting", what)
+                return True
+            except StoreUnavailable as exc:
+                if not self.wait_for_backends:
+                    raise
+                tries += 1
+                if tries == 1:
+                    log.warning("cannot start yet: %s is unreachable (%s); waiting for it, trying again "
+                                "every few seconds", what, exc)
+                elif tries % 12 == 0:  # about once a minute
+                    log.warning("still waiting for %s (%d tries): %s", what, tries, exc)
+            for _ in range(round(pause / 0.1)):  # the pause, watching for a stop request
+                if self.stopping():
+                    break
+                await asyncio.sleep(0.1)
+            pause = min(pause * 2, 5.0)
+
+    async def _close_opened(self) -> None:
+        opened, self._opened = self._opened, []
+        for close in reversed(opened):
+            try:
+                await close()
+            except Exception as exc:  # closing after a failed start: nothing more to do about it
+                log.debug("closing after a failed start: %s", exc)
 
     def _refuse(self, job: Job) -> str | None:
         if job.type == "shell" and not self.allow_shell:

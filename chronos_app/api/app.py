@@ -94,6 +94,9 @@ def create_app(container: Container | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await chronos.start()
+        if not chronos.started:  # the server was stopped while Chronos waited for its database
+            yield
+            return
         await metrics.start(chronos)
         if on_started is not None:
             on_started()
