@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..container import Container
+from ..ui import PUBLIC_PATHS, PUBLIC_PREFIXES, ui_routes
 from .auth import TokenAuth
 from .context import ApiContext
 from .idempotency import IdempotencyCache
@@ -110,10 +111,11 @@ def create_app(container: Container | None = None, *,
 
     routes = routes_by_path([(op.method, op.path, op.endpoint) for op in OPS]
                             + [("GET", "/openapi.json", openapi)])
-    public = {op.path for op in OPS if op.public} | {"/openapi.json"}
+    routes += ui_routes()
+    public = {op.path for op in OPS if op.public} | {"/openapi.json"} | PUBLIC_PATHS
     middleware = [Middleware(TokenAuth, tokens=settings.api_tokens, readonly_tokens=settings.readonly_tokens,
                              public=public, query_token_prefixes=("/monitor/logs", "/monitor/runs/"),
-                             allowed_hosts=settings.allowed_hosts)]
+                             allowed_hosts=settings.allowed_hosts, public_prefixes=PUBLIC_PREFIXES)]
     handlers: dict[Any, Any] = dict(EXCEPTION_HANDLERS)
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
     app.state.api = ctx

@@ -6,8 +6,9 @@ streams also accept ``?token=`` because browsers' ``EventSource`` cannot send he
 configured, auth is off (the CLI refuses that unless bound to a loopback address) and, against DNS
 rebinding and cross-site requests from a browser on this machine, only loopback ``Host`` names
 (``localhost``, ``*.localhost``, ``127.x.x.x``, ``[::1]``, plus ``allowed_hosts``) are served and writes
-from another ``Origin`` are refused. Public paths (health, readiness, the OpenAPI document) are public
-for GET/HEAD only; any other method needs a token like every other path, before any body is read.
+from another ``Origin`` are refused. Public paths (health, readiness, the OpenAPI document, the pages of
+the dashboard and the docs) are public for GET/HEAD only; any other method needs a token like every other
+path, before any body is read. ``scope["chronos.readonly"]`` says whether the token is read-only.
 """
 
 from __future__ import annotations
@@ -53,12 +54,13 @@ def _digest(token: str) -> bytes:
 class TokenAuth:
     def __init__(self, app: ASGIApp, *, tokens: Iterable[str], readonly_tokens: Iterable[str],
                  public: Collection[str], query_token_prefixes: tuple[str, ...],
-                 allowed_hosts: Iterable[str] = ()) -> None:
+                 allowed_hosts: Iterable[str] = (), public_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self._allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
         # Compare fixed-length digests so neither the length nor the content leaks through timing.
         self._tokens = [(_digest(t), False) for t in tokens] + [(_digest(t), True) for t in readonly_tokens]
         self._public = frozenset(public)
+        self._public_prefixes = public_prefixes
         self._query_prefixes = query_token_prefixes
 
     def _check(self, token: str) -> bool | None:
@@ -116,7 +118,8 @@ class TokenAuth:
                 return
             await self.app(scope, receive, send)
             return
-        if scope["path"] in self._public and scope["method"] in _PUBLIC_METHODS:
+        if scope["method"] in _PUBLIC_METHODS and (
+                scope["path"] in self._public or scope["path"].startswith(self._public_prefixes)):
             await self.app(scope, receive, send)
             return
         token = self._token(scope)
@@ -131,6 +134,7 @@ class TokenAuth:
                 error = Forbidden("this token is read-only")
             else:
                 scope["chronos.token_id"] = _digest(token).hex()[:16]
+                scope["chronos.readonly"] = readonly
         if error is not None:
             await exception_problem(error, scope["path"])(scope, receive, send)
             return

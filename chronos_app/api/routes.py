@@ -391,6 +391,7 @@ _IDEMPOTENCY = {"Idempotency-Key": "replays the first answer for a repeated key 
 
 def _ops() -> list[Op]:
     from .monitor import stream_all, stream_job, stream_run  # SSE handlers
+    from .views import view_ops  # what the dashboard needs
 
     sse = "text/event-stream"
     return [
@@ -447,6 +448,7 @@ def _ops() -> list[Op]:
            media_type=sse, errors=(404, 422)),
         Op("GET", "/monitor/runs/{run_id}", stream_run, "Live events of one run (SSE)", 200, None,
            "monitor", media_type=sse, errors=(404, 422)),
+        *view_ops(),
     ]
 
 
