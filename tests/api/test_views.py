@@ -69,7 +69,8 @@ async def test_describe_a_schedule_flags_fire_times_on_days_the_clocks_change(
 
 
 def test_schedules_in_words() -> None:
-    assert describe_schedule("0 0 9 * * 1-5", "UTC") == "At 09:00, Monday through Friday (UTC)"  # seconds first
+    # six fields: seconds first
+    assert describe_schedule("0 0 9 * * 1-5", "UTC") == "At 09:00, Monday through Friday (UTC)"
     assert describe_schedule("*/10 * * * * *") == "Every 10 seconds (UTC)"
     assert describe_schedule("@daily", "Asia/Tokyo") == "every day at 00:00 (Asia/Tokyo)"
     assert describe_schedule("@every 90s") == "every 90s"
