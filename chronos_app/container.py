@@ -110,6 +110,9 @@ def build_executor_config(settings: Settings) -> ExecutorConfig:
         "smtp_ssl": settings.smtp_ssl,
         "smtp_sender": settings.smtp_sender,
         "sql_connections": dict(settings.sql_connections) or None,
+        # the service's allow-list, even when empty (None would allow every module)
+        "python_modules": tuple(settings.python_modules),
+        "python_threads": settings.python_threads,
     }
     # None means "not configured": keep the executor's own default.
     return ExecutorConfig(**{k: v for k, v in values.items() if k in known and v is not None})

@@ -105,11 +105,15 @@ class Settings(BaseSettings):
     smtp_ssl: bool | None = None
     smtp_sender: str | None = None
     sql_connections: dict[str, str] = Field(default_factory=dict, repr=False)
+    python_modules: CommaList = Field(default_factory=list, description=(
+        "modules (prefixes: 'myapp' allows myapp.jobs) whose functions python jobs may import and run "
+        "on the workers; empty: python jobs are refused. They run with the worker's own rights"))
+    python_threads: int = Field(default=8, ge=1, description="plain functions of python jobs at once")
 
     log_level: str = "info"
 
     @field_validator("api_tokens", "readonly_tokens", "http_allow_hosts", "plugins", "shell_pass_env",
-                     "allowed_hosts", mode="before")
+                     "allowed_hosts", "python_modules", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
         if isinstance(v, str):

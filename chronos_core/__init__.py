@@ -34,7 +34,7 @@ from .models import (
     Trigger,
 )
 from .operations import Events, Jobs, Runs
-from .payloads import EmailPayload, HttpPayload, JobTypes, Payload, ShellPayload, SqlPayload
+from .payloads import EmailPayload, HttpPayload, JobTypes, Payload, PythonPayload, ShellPayload, SqlPayload
 from .ports import (
     Claim,
     Clock,
@@ -48,6 +48,7 @@ from .ports import (
     Store,
     Subscription,
 )
+from .python import RunContext, function_ref
 from .retry import RetryPolicy, RetryStrategy
 from .scheduler import Scheduler
 from .schedules import Schedule, parse_duration, parse_schedule
@@ -87,10 +88,12 @@ __all__ = [
     "NameConflict",
     "OverlapPolicy",
     "Payload",
+    "PythonPayload",
     "RetryPolicy",
     "RetryStrategy",
     "Run",
     "RunConflict",
+    "RunContext",
     "RunNotFound",
     "RunStatus",
     "Runs",
@@ -108,6 +111,7 @@ __all__ = [
     "Trigger",
     "UnknownJobType",
     "Worker",
+    "function_ref",
     "parse_duration",
     "parse_schedule",
 ]

@@ -47,6 +47,7 @@ __all__ = [
     "HttpPayload",
     "JobTypes",
     "Payload",
+    "PythonPayload",
     "ShellPayload",
     "SqlPayload",
     "field_errors",
@@ -415,6 +416,51 @@ class SqlPayload(_ItemSecrets):
                 "params": {k: v for k, v in self.params.items() if not is_secret_name(k)}}
 
 
+FUNCTION_REF = (r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+                r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class PythonPayload(Payload):
+    """``function`` is ``"package.module:qualname"`` (a module-level function, or a static/class method
+    reached through its class); ``args``/``kwargs`` are JSON. ``isolation``: ``thread`` (the worker's
+    thread pool, or its event loop for an ``async def``) or ``process`` (a child process that a timeout or
+    cancel kills). Values under secret-looking names in ``kwargs`` are secrets (masked in output)."""
+
+    function: str = Field(min_length=3, max_length=500, pattern=FUNCTION_REF,
+                          description="import path: 'package.module:function'")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    isolation: Literal["thread", "process"] = "thread"
+
+    @field_validator("kwargs")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = [k for k in v if not k.isidentifier()]
+        if bad:
+            raise ValueError(f"keyword argument names must be identifiers: {bad[:5]}")
+        return v
+
+    @property
+    def module(self) -> str:
+        return self.function.partition(":")[0]
+
+    def redacted(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["kwargs"] = redact_named(data["kwargs"])
+        return data
+
+    def secret_items(self) -> list[tuple[Loc, str]]:
+        return [(("kwargs", *loc), v) for loc, v in walk_named(self.kwargs)]
+
+    def secrets(self) -> list[str]:
+        return list(dict.fromkeys(v for _, v in self.secret_items()))
+
+    def secret_binding(self) -> dict[str, Any]:
+        # a secret argument goes to whatever function is named, with whatever other arguments
+        return {"function": self.function, "args": self.args,
+                "kwargs": {k: v for k, v in self.kwargs.items() if not is_secret_name(k)}}
+
+
 class JobTypes:
     """The registry of job types: type name -> payload model."""
 
@@ -423,6 +469,7 @@ class JobTypes:
         "http": HttpPayload,
         "email": EmailPayload,
         "sql": SqlPayload,
+        "python": PythonPayload,
     }
 
     def __init__(self, types: dict[str, type[Payload]] | None = None, *,

@@ -1,4 +1,5 @@
-"""Executors, one per job type, registered by ``type_name``: ``shell``, ``http``, ``email``, ``sql``."""
+"""Executors, one per job type, registered by ``type_name``: ``shell``, ``http``, ``email``, ``sql``,
+``python``."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from chronos_core.ports import Executor
 from .config import ExecutorConfig
 from .email import EmailExecutor
 from .http import HttpExecutor
+from .python import PythonExecutor
 from .shell import ShellExecutor
 from .sql import SqlExecutor
 
-__all__ = ["EmailExecutor", "ExecutorConfig", "HttpExecutor", "ShellExecutor", "SqlExecutor",
-           "builtin_executors"]
+__all__ = ["EmailExecutor", "ExecutorConfig", "HttpExecutor", "PythonExecutor", "ShellExecutor",
+           "SqlExecutor", "builtin_executors"]
 
 
 def builtin_executors(config: ExecutorConfig | None = None) -> list[Executor]:
@@ -26,4 +28,6 @@ def builtin_executors(config: ExecutorConfig | None = None) -> list[Executor]:
                       starttls=c.smtp_starttls, ssl=c.smtp_ssl, sender=c.smtp_sender, timeout=c.smtp_timeout,
                       ca_file=c.smtp_ca_file, max_recipients=c.smtp_max_recipients),
         SqlExecutor(connections=c.sql_connections, max_rows=c.sql_max_rows, max_cell=c.sql_max_cell),
+        PythonExecutor(allowed_modules=c.python_modules, threads=c.python_threads,
+                       kill_grace=c.python_kill_grace),
     ]

@@ -71,6 +71,17 @@ class ExecutorConfig:
     sql_max_cell: int = 1024
     """Characters of one recorded value; longer ones are cut."""
 
+    # python ------------------------------------------------------------------------------------------
+    python_modules: tuple[str, ...] | None = None
+    """Modules whose functions ``python`` jobs may import and run (prefixes on dotted boundaries:
+    ``myapp`` allows ``myapp.jobs``; ``*`` allows all). ``None`` allows every module: the embedded
+    library's default, where the program names its own functions; the service passes
+    ``CHRONOS_PYTHON_MODULES`` (empty: no python job). A comma-separated string is accepted too."""
+    python_threads: int = 8
+    """Threads running plain (not ``async``) functions of ``python`` jobs at once; more runs wait."""
+    python_kill_grace: float = 5.0
+    """Seconds between SIGTERM and SIGKILL to a ``python`` job's child process on timeout/cancel."""
+
     def secrets(self) -> list[str]:
         """The configuration's own secrets: the SMTP password, every SQL URL and its password."""
         out = [self.smtp_password] if self.smtp_password else []
@@ -90,3 +101,8 @@ class ExecutorConfig:
             names = tuple(names.split(","))
         object.__setattr__(self, "shell_pass_env", tuple(n.strip() for n in names if n.strip()))
         object.__setattr__(self, "sql_connections", dict(self.sql_connections))
+        modules = self.python_modules
+        if isinstance(modules, str):
+            modules = tuple(modules.split(","))
+        if modules is not None:
+            object.__setattr__(self, "python_modules", tuple(m.strip() for m in modules if m.strip()))

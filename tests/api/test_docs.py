@@ -36,7 +36,7 @@ async def test_each_job_type_payload_is_a_variant_discriminated_by_type() -> Non
         spec = schemas["JobSpec"]
         assert spec["discriminator"]["propertyName"] == "type"
         assert spec["discriminator"]["mapping"] == {t: f"#/components/schemas/{t.capitalize()}Job"
-                                                    for t in ("email", "http", "shell", "sql")}
+                                                    for t in ("email", "http", "python", "shell", "sql")}
         assert [v["$ref"] for v in spec["oneOf"]] == list(spec["discriminator"]["mapping"].values())
         http = schemas["HttpJob"]
         assert http["properties"]["type"] == {"type": "string", "const": "http", "title": "Type"}

@@ -8,6 +8,7 @@ from chronos_adapters.executors import (
     EmailExecutor,
     ExecutorConfig,
     HttpExecutor,
+    PythonExecutor,
     ShellExecutor,
     SqlExecutor,
     builtin_executors,
@@ -18,7 +19,7 @@ from chronos_core import JobTypes
 def test_every_builtin_job_type_has_an_executor() -> None:
     executors = builtin_executors()
     names = sorted(e.type_name for e in executors)
-    assert names == sorted(JobTypes().names) == ["email", "http", "shell", "sql"]
+    assert names == sorted(JobTypes().names) == ["email", "http", "python", "shell", "sql"]
 
 
 def test_config_reaches_the_executors() -> None:
@@ -42,3 +43,20 @@ def test_defaults_are_usable_and_conflicts_refused() -> None:
     assert config.allow_shell and config.http_allow_hosts == () and config.sql_connections == {}
     with pytest.raises(ValueError, match="exclude"):
         ExecutorConfig(smtp_ssl=True, smtp_starttls=True)
+
+
+def test_the_service_allows_no_python_module_unless_configured() -> None:
+    from chronos_app.container import build_executor_config
+    from chronos_app.settings import Settings
+
+    def python(settings: Settings) -> PythonExecutor:
+        [ex] = [e for e in builtin_executors(build_executor_config(settings)) if e.type_name == "python"]
+        assert isinstance(ex, PythonExecutor)
+        return ex
+
+    default = python(Settings(database_url="memory"))
+    assert default.allowed_modules == () and not default.allowed("myapp.jobs:report")
+    configured = python(Settings(database_url="memory", python_modules="myapp, other.jobs"))
+    assert configured.allowed("myapp.jobs:report") and configured.allowed("other.jobs:x")
+    assert not configured.allowed("os:system") and not configured.allowed("other:x")
+    assert PythonExecutor().allowed("os:system")  # the embedded default: the program's own functions

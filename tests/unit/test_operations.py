@@ -64,7 +64,7 @@ async def test_unknown_fields_and_types_are_rejected(jobs: Jobs) -> None:
     with pytest.raises(InvalidJob) as exc:
         await jobs.create(shell(type="fax"))
     assert exc.value.errors[0].pointer == "/type"
-    assert "known: email, http, shell, sql" in exc.value.errors[0].reason
+    assert "known: email, http, python, shell, sql" in exc.value.errors[0].reason
     with pytest.raises(UnknownJobType):
         JobTypes().model("fax")
 

@@ -14,7 +14,7 @@ CORE = [
     "BufferedSubscription", "ChronosError", "Claim", "Clock", "Dispatch", "DispatchQueue", "EmailPayload",
     "Event", "EventBus",
     "EventType", "Events", "ExecutionFailed", "ExecutionResult", "Executor", "FakeClock", "FieldError",
-    "HttpPayload", "InvalidArgument", "InvalidJob", "InvalidSchedule", "Job", "JobNotFound", "JobSpec",
+    "HttpPayload", "InvalidArgument", "PythonPayload", "RunContext", "function_ref", "InvalidJob", "InvalidSchedule", "Job", "JobNotFound", "JobSpec",
     "JobStatus", "JobSummary", "JobTypes",
     "Jobs", "LogSink", "MisfirePolicy", "NameConflict", "OverlapPolicy", "Payload", "RetryPolicy",
     "RetryStrategy", "Run", "RunConflict", "RunNotFound", "RunStatus", "Runs", "Schedule", "Scheduler",

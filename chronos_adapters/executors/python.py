@@ -1,0 +1,436 @@
+"""Python jobs: import ``"package.module:function"`` and call it with the job's JSON arguments.
+
+* **Allow-list.** The module must match ``allowed_modules`` (prefixes on dotted boundaries, see
+  ``chronos_core.python.module_allowed``) *before* anything is imported: importing runs code. ``None``
+  allows every module (the embedded library: the program names its own functions); the service passes
+  ``CHRONOS_PYTHON_MODULES`` (empty: none). ``allow(ref)`` adds one function (what ``Chronos.schedule``
+  does for a function the program hands over). Checked when a job is created (``check_payload``) and
+  again before each execution (a job stored by another process).
+* **Where it runs.** ``async def`` on the worker's event loop; a plain function in this executor's own
+  thread pool (``threads``); with ``isolation: process`` in a child process (``python_child``) in its own
+  session, whose group gets SIGTERM, then SIGKILL after ``kill_grace``, on timeout or cancel. A thread
+  cannot be killed: on timeout/cancel its ``RunContext.cancelled`` turns true, the run is recorded
+  (``timed_out``/``cancelled``) at once, and whatever the thread returns later is discarded (it holds a
+  pool thread until it returns).
+* **Output.** ``print`` (``sys.stdout``/``sys.stderr``), ``logging`` records (at the loggers' own levels)
+  and ``RunContext.log`` inside the function become ``run.log`` lines of that run: a context variable
+  says which run a write belongs to, so concurrent runs' output never mixes. Outside a run, writes go to
+  the streams as before.
+* **Outcome.** The return value, as JSON (``default=str`` for what JSON lacks), is the run's result: the
+  last output line, ``result: <json>`` (at most ``max_result`` characters; a longer one is not kept and a
+  line says so). An exception fails the attempt with its type, message and traceback in ``error``;
+  retried by the job's policy unless it is ``ExecutionFailed(retryable=False)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+import importlib
+import inspect
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, TextIO
+
+from chronos_core.errors import ExecutionFailed, FieldError
+from chronos_core.models import Job, Run
+from chronos_core.payloads import PythonPayload
+from chronos_core.ports import ExecutionResult, Executor, LogSink
+from chronos_core.python import RunContext, context_parameter, module_allowed, split_ref
+
+from ._common import Threads, parse_payload
+from .shell import group_members
+
+__all__ = ["PythonExecutor", "load_function"]
+
+_current: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar("chronos_python_run",
+                                                                          default=None)
+_PENDING = 1000  # lines a thread may have waiting for the log sink before its writes wait
+_MAX_LINE = 1024 * 1024
+
+
+class _Capture:
+    """One run's output: text written from any thread, cut into lines, handed to the log sink in order
+    by one task on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()  # made on the loop
+        self._queue: asyncio.Queue[tuple[str, str, bool] | None] = asyncio.Queue()
+        self._partial: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._room = threading.Semaphore(_PENDING)
+        self.closed = False
+
+    def write(self, stream: str, text: str) -> None:
+        if self.closed or not text:
+            return
+        with self._lock:
+            text = self._partial.pop(stream, "") + text
+            *lines, rest = text.split("\n")
+            while len(rest) > _MAX_LINE:
+                lines.append(rest[:_MAX_LINE])
+                rest = rest[_MAX_LINE:]
+            if rest:
+                self._partial[stream] = rest
+        for line in lines:
+            self._put(line, stream)
+
+    def line(self, text: str, stream: str) -> None:
+        self.flush(stream)
+        for line in text.split("\n"):
+            self._put(line, stream)
+
+    def flush(self, stream: str | None = None) -> None:
+        with self._lock:
+            items = ([(stream, self._partial.pop(stream))] if stream in self._partial else []) \
+                if stream is not None else list(self._partial.items())
+            if stream is None:
+                self._partial.clear()
+        for s, text in items:
+            self._put(text, s)
+
+    def _put(self, line: str, stream: str) -> None:
+        if self.closed:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._queue.put_nowait((line, stream, False))
+            return
+        # a thread waits while the sink is far behind (bounded memory), but never once the run is over
+        while not self._room.acquire(timeout=0.5):
+            if self.closed:
+                return
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (line, stream, True))
+        except RuntimeError:  # the loop is closed
+            self.closed = True
+
+    async def pump(self, log: LogSink) -> None:
+        while (item := await self._queue.get()) is not None:
+            line, stream, from_thread = item
+            if from_thread:
+                self._room.release()
+            await log(line, stream)
+
+    async def finish(self, pump: asyncio.Task[None]) -> None:
+        """Send what is left, then stop."""
+        self.flush()
+        self._queue.put_nowait(None)
+        try:
+            await pump
+        finally:
+            self.closed = True
+
+
+class _StreamRouter:
+    """Stands in for ``sys.stdout``/``sys.stderr``: a write inside a run goes to that run, any other to
+    the stream it replaced."""
+
+    def __init__(self, target: TextIO, name: str) -> None:
+        self._target = target
+        self._name = name
+
+    def write(self, text: str) -> int:
+        cap = _current.get()
+        if cap is None:
+            return self._target.write(text)
+        cap.write(self._name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self._target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+class _LogRouter(logging.Handler):
+    """On the root logger: a record emitted inside a run becomes a line of that run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        cap = _current.get()
+        if cap is not None:
+            try:
+                cap.line(self.format(record), "stderr")
+            except Exception:  # pragma: no cover - logging must not fail the caller
+                self.handleError(record)
+
+
+_router_lock = threading.Lock()
+_log_router = _LogRouter()
+
+
+def _install_routers() -> None:
+    """Route ``sys.stdout``/``sys.stderr`` and the root logger through the run capture (again if someone
+    replaced the streams since)."""
+    with _router_lock:
+        if not isinstance(sys.stdout, _StreamRouter):
+            sys.stdout = _StreamRouter(sys.stdout, "stdout")
+        if not isinstance(sys.stderr, _StreamRouter):
+            sys.stderr = _StreamRouter(sys.stderr, "stderr")
+        root = logging.getLogger()
+        if _log_router not in root.handlers:
+            root.addHandler(_log_router)
+
+
+def load_function(ref: str) -> Callable[..., Any]:
+    """Import ``"module:qualname"`` and return the callable; ``ExecutionFailed`` (not retryable) if it
+    cannot be found."""
+    module_name, qualname = split_ref(ref)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ExecutionFailed(f"cannot import {module_name!r}: {exc}", retryable=False) from None
+    for part in qualname.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ExecutionFailed(f"{ref}: {module_name} has no {qualname!r}", retryable=False) from None
+    if not callable(target):
+        raise ExecutionFailed(f"{ref} is not callable", retryable=False)
+    return target  # type: ignore[no-any-return]
+
+
+_HERE = os.path.dirname(__file__)
+_INTERNAL = (*(os.path.dirname(m.__file__ or "") + os.sep for m in (asyncio, concurrent.futures)),
+             __file__, os.path.join(_HERE, "_common.py"), os.path.join(_HERE, "python_child.py"))
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` and the traceback from the job's own code on (the frames of this executor, its
+    thread pool and asyncio are left out), as the run's error."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(_INTERNAL):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
+    return f"{type(exc).__name__}: {exc}\n{text}"
+
+
+def encode_result(value: Any, limit: int) -> tuple[str | None, str | None]:
+    """(the value as JSON text, or None; a note for the output if it was not kept)."""
+    if value is None:
+        return None, None
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        return None, f"[chronos] the return value was not kept: not JSON ({exc})"
+    if len(text) > limit:
+        return None, f"[chronos] the return value ({len(text)} characters of JSON) was not kept: over " \
+                     f"the limit of {limit}"
+    return text, None
+
+
+class PythonExecutor(Executor):
+    type_name: ClassVar[str] = "python"
+
+    def __init__(self, *, allowed_modules: Iterable[str] | None = None, threads: int = 8,
+                 kill_grace: float = 5.0, max_result: int = 16 * 1024,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.allowed_modules = None if allowed_modules is None else tuple(allowed_modules)
+        self._allowed_refs: set[str] = set()
+        self._threads = Threads("chronos-python", threads)
+        self.kill_grace = kill_grace
+        self.max_result = max_result
+        self._env = env
+
+    def allow(self, ref: str) -> None:
+        """Allow this one function, whatever the module allow-list says."""
+        self._allowed_refs.add(ref)
+
+    def allowed(self, ref: str) -> bool:
+        if self.allowed_modules is None or ref in self._allowed_refs:
+            return True
+        return module_allowed(ref.partition(":")[0], self.allowed_modules)
+
+    def _refusal(self, ref: str) -> str:
+        listed = ", ".join(self.allowed_modules or ()) or "none"
+        return (f"module {ref.partition(':')[0]!r} is not in the python job allow-list "
+                f"(CHRONOS_PYTHON_MODULES: {listed})")
+
+    def check_payload(self, payload: Mapping[str, Any]) -> list[FieldError]:
+        ref = str(payload.get("function", ""))
+        if ref and not self.allowed(ref):
+            return [FieldError(("payload", "function"), self._refusal(ref))]
+        return []
+
+    async def start(self) -> None:
+        _install_routers()
+
+    async def stop(self) -> None:
+        self._threads.close()
+
+    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
+        p = parse_payload(PythonPayload, job.payload)
+        if not self.allowed(p.function):
+            raise ExecutionFailed(self._refusal(p.function), retryable=False)
+        if p.isolation == "process":
+            return await self._in_process(job, run, p, log)
+        _install_routers()
+        func = load_function(p.function)
+        loop = asyncio.get_running_loop()
+        cap = _Capture(loop)
+        pump = asyncio.create_task(cap.pump(log), context=contextvars.Context())
+        ctx = RunContext(run_id=run.id, job_id=job.id, job_name=job.name, attempt=run.attempt,
+                         scheduled_for=run.scheduled_for, trigger=run.trigger.value, _emit=cap.line)
+        kwargs = dict(p.kwargs)
+        name = context_parameter(func)
+        if name is not None:
+            kwargs[name] = ctx
+        context = contextvars.copy_context()
+        context.run(_current.set, cap)
+        try:
+            try:
+                if inspect.iscoroutinefunction(func):
+                    task = asyncio.create_task(func(*p.args, **kwargs), context=context)
+                    try:
+                        value = await asyncio.shield(task)
+                    except asyncio.CancelledError:
+                        ctx._cancel.set()
+                        task.cancel()
+                        with contextlib.suppress(BaseException):
+                            await task
+                        raise
+                else:
+                    try:
+                        call = functools.partial(func, *p.args, **kwargs)
+                        value = await self._threads.run(context.run, call)
+                    except asyncio.CancelledError:
+                        ctx._cancel.set()  # the thread goes on; what it returns is dropped
+                        raise
+                    if inspect.isawaitable(value):  # a plain function returning a coroutine
+                        value = await asyncio.create_task(_await(value), context=context)
+            except ExecutionFailed as exc:
+                raise ExecutionFailed(describe_exception(exc), retryable=exc.retryable,
+                                      exit_code=exc.exit_code) from None
+            except Exception as exc:
+                raise ExecutionFailed(describe_exception(exc), retryable=True) from None
+        except BaseException:
+            cap.closed = True
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+            raise
+        await cap.finish(pump)
+        return self._result(value)
+
+    def _result(self, value: Any) -> ExecutionResult:
+        text, note = encode_result(value, self.max_result)
+        if note:
+            return ExecutionResult(ok=True, output=note)
+        return ExecutionResult(ok=True, output="" if text is None else f"result: {text}")
+
+    # isolation: process ------------------------------------------------------------------------------
+    async def _in_process(self, job: Job, run: Run, p: PythonPayload, log: LogSink) -> ExecutionResult:
+        if p.module == "__main__":
+            raise ExecutionFailed("isolation 'process' needs an importable module; a function of the "
+                                  "program's __main__ cannot be imported by a child process",
+                                  retryable=False)
+        request = {"function": p.function, "args": p.args, "kwargs": p.kwargs, "sys_path": sys.path,
+                   "max_result": self.max_result,
+                   "context": {"run_id": run.id, "job_id": job.id, "job_name": job.name,
+                               "attempt": run.attempt, "scheduled_for": run.scheduled_for.isoformat(),
+                               "trigger": run.trigger.value}}
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ if self._env is None else self._env)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["CHRONOS_RESULT_FD"] = str(write_fd)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "chronos_adapters.executors.python_child",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+        loop = asyncio.get_running_loop()
+        messages = asyncio.StreamReader(limit=64 * 1024 * 1024)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(messages), os.fdopen(read_fd, "rb", buffering=0))
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        outcome: dict[str, Any] = {}
+
+        async def read_messages() -> None:
+            while line := await messages.readline():
+                msg = json.loads(line)
+                if "log" in msg:
+                    await log(msg["log"], msg.get("stream", "stdout"))
+                else:
+                    outcome.update(msg)
+
+        pumps = asyncio.gather(_pump(proc.stdout, "stdout", log), _pump(proc.stderr, "stderr", log),
+                               read_messages())
+        try:
+            proc.stdin.write(json.dumps(request).encode())
+            with contextlib.suppress(ConnectionError):
+                await proc.stdin.drain()
+            proc.stdin.close()
+            await pumps
+            code = await proc.wait()
+        except BaseException:
+            pumps.cancel()
+            await _end_group(proc.pid, self.kill_grace)
+            with contextlib.suppress(BaseException):
+                await pumps
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(proc.wait(), 5)
+            raise
+        finally:
+            transport.close()
+        if "error" in outcome:
+            err = outcome["error"]
+            raise ExecutionFailed(err["text"], retryable=bool(err.get("retryable", True)))
+        if "result" not in outcome:
+            raise ExecutionFailed(f"the child process ended (exit code {code}) without a result",
+                                  exit_code=code)
+        note = outcome.get("note")
+        if note:
+            return ExecutionResult(ok=True, output=note)
+        text = outcome["result"]
+        return ExecutionResult(ok=True, output="" if text is None else f"result: {text}")
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+async def _pump(stream: asyncio.StreamReader, name: str, log: LogSink) -> None:
+    pending = b""
+    while chunk := await stream.read(64 * 1024):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            await log(line.decode("utf-8", "replace"), name)
+        while len(pending) > _MAX_LINE:
+            await log(pending[:_MAX_LINE].decode("utf-8", "replace"), name)
+            pending = pending[_MAX_LINE:]
+    if pending:
+        await log(pending.decode("utf-8", "replace"), name)
+
+
+async def _end_group(pgid: int, grace: float) -> None:
+    """SIGTERM to the child's process group, SIGKILL to what is left after ``grace`` seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline:
+        if not group_members(pgid):
+            return
+        await asyncio.sleep(0.05)  # no event tells when a group empties
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,269 @@
+"""``python`` jobs through the real engines (``Chronos.embedded()``): a plain function, sync or async, in a
+thread or a child process; its output, result, traceback, retries, timeouts and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chronos_adapters.executors import ExecutorConfig
+from chronos_app import Chronos
+from chronos_core import InvalidJob, Run, RunStatus
+from chronos_core.python import function_ref, module_allowed
+from tests.executors import pyjobs
+
+MOD = "tests.executors.pyjobs"
+
+
+async def finished(chronos: Chronos, job_id: str, count: int = 1, limit: float = 30) -> list[Run]:
+    """The job's runs, oldest first, once ``count`` have finished."""
+    async with asyncio.timeout(limit):
+        while True:
+            runs = await chronos.jobs.history(job_id)
+            if sum(r.finished for r in runs) >= count:
+                return sorted(runs, key=lambda r: r.id)
+            await asyncio.sleep(0.02)
+
+
+async def run_once(chronos: Chronos, function: str, **fields: Any) -> Run:
+    payload = {"function": f"{MOD}:{function}", **fields.pop("payload", {})}
+    job = await chronos.jobs.create({"name": f"{function}-{len(pyjobs.seen)}-{id(fields)}",
+                                     "type": "python", "payload": payload, **fields})
+    await chronos.jobs.trigger(job.id)
+    return (await finished(chronos, job.id))[0]
+
+
+async def until(condition: Any, limit: float = 10) -> None:
+    """Wait (polling) until ``condition()`` (maybe async) is true."""
+    async with asyncio.timeout(limit):
+        while True:
+            value = condition()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(0.02)
+
+
+def result(run: Run) -> Any:
+    last = run.output.splitlines()[-1]
+    assert last.startswith("result: ")
+    return json.loads(last.removeprefix("result: "))
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+async def test_a_function_logs_prints_and_returns(isolation: str) -> None:
+    async with Chronos.embedded() as chronos:
+        run = await run_once(chronos, "report", payload={"kwargs": {"day": "monday"},
+                                                          "isolation": isolation})
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    lines = run.output.splitlines()
+    assert lines[0] == "building monday"  # ctx.log
+    assert "printed monday" in lines  # print
+    assert any(line.endswith("logged monday") for line in lines)  # logging
+    value = result(run)
+    assert value["rows"] == 42 and value["run"] == run.id and value["attempt"] == 1
+    assert value["job"].startswith("report") and value["slot"] == run.scheduled_for.isoformat()
+
+
+async def test_sync_functions_run_in_the_pool_and_async_ones_on_the_loop() -> None:
+    async with Chronos.embedded() as chronos:
+        sync_run = await run_once(chronos, "where")
+        async_run = await run_once(chronos, "where_async")
+    assert result(sync_run)["main"] is False
+    assert result(sync_run)["thread"].startswith("chronos-python")
+    assert result(async_run) == {"thread": threading.current_thread().name, "main": True, "loop": True}
+
+
+async def test_concurrent_runs_output_does_not_mix() -> None:
+    pyjobs.seen["turns"] = threading.Barrier(2)  # each line of one run is printed beside one of the other
+    async with Chronos.embedded() as chronos:
+        jobs = [await chronos.jobs.create({"name": f"chatter-{tag}", "type": "python", "payload": {
+            "function": f"{MOD}:chatter", "kwargs": {"tag": tag, "count": 20, "barrier_key": "turns"}}})
+            for tag in ("aaa", "bbb")]
+        ajobs = [await chronos.jobs.create({"name": f"achatter-{tag}", "type": "python", "payload": {
+            "function": f"{MOD}:chatter_async", "kwargs": {"tag": tag, "count": 20}}})
+            for tag in ("ccc", "ddd")]
+        for job in jobs + ajobs:
+            await chronos.jobs.trigger(job.id)
+        runs = {job.name: (await finished(chronos, job.id))[0] for job in jobs + ajobs}
+    for name, run in runs.items():
+        tag = name.split("-")[1]
+        assert run.status is RunStatus.SUCCEEDED, run.error
+        lines = run.output.splitlines()[:-1]  # the last one is the result
+        expected = 40 if name.startswith("chatter") else 20
+        assert len(lines) == expected, lines
+        assert all(line.startswith(tag) or line.endswith(tuple(f"{tag} log {i}" for i in range(20)))
+                   for line in lines), lines
+        assert f"{tag} 19" in lines
+
+
+async def test_an_exception_fails_with_its_traceback_and_is_retried() -> None:
+    async with Chronos.embedded() as chronos:
+        job = await chronos.jobs.create({
+            "name": "failing", "type": "python", "retry": {"strategy": "immediate", "max_attempts": 2},
+            "payload": {"function": f"{MOD}:failing", "args": ["no such key"]}})
+        await chronos.jobs.trigger(job.id)
+        runs = await finished(chronos, job.id, 2)
+    assert [r.status for r in runs] == [RunStatus.FAILED, RunStatus.FAILED]
+    error = runs[0].error or ""
+    assert error.startswith("KeyError: 'no such key'")
+    assert "Traceback (most recent call last):" in error
+    assert 'pyjobs.py", line' in error and "in _inner" in error and "in failing" in error
+    assert "executors/python.py" not in error  # the executor's own frames are left out
+
+
+async def test_a_flaky_function_succeeds_on_retry() -> None:
+    async with Chronos.embedded() as chronos:
+        job = await chronos.jobs.create({
+            "name": "flaky", "type": "python", "retry": {"strategy": "immediate", "max_attempts": 3},
+            "payload": {"function": f"{MOD}:flaky", "kwargs": {"key": "flaky-1", "fail_times": 1}}})
+        await chronos.jobs.trigger(job.id)
+        runs = await finished(chronos, job.id, 2)
+    assert [r.status for r in runs] == [RunStatus.FAILED, RunStatus.SUCCEEDED]
+    assert "ConnectionError: call 1 failed" in (runs[0].error or "")
+    assert result(runs[1]) == "ok after 2"
+
+
+async def test_execution_failed_not_retryable_is_not_retried() -> None:
+    async with Chronos.embedded() as chronos:
+        job = await chronos.jobs.create({
+            "name": "permanent", "type": "python", "retry": {"strategy": "immediate", "max_attempts": 3},
+            "payload": {"function": f"{MOD}:permanent"}})
+        await chronos.jobs.trigger(job.id)
+        [run] = await finished(chronos, job.id)
+        await asyncio.sleep(0.2)
+        assert len(await chronos.jobs.history(job.id)) == 1
+    assert run.status is RunStatus.FAILED
+    assert (run.error or "").startswith("ExecutionFailed: the input is gone")
+    assert "not retried" in (run.error or "")
+
+
+async def test_a_timed_out_thread_is_recorded_at_once_and_its_late_result_dropped() -> None:
+    async with Chronos.embedded() as chronos:
+        job = await chronos.jobs.create({
+            "name": "stubborn", "type": "python", "timeout": 0.3,
+            "payload": {"function": f"{MOD}:stubborn", "kwargs": {"key": "stubborn", "seconds": 1.5}}})
+        await chronos.jobs.trigger(job.id)
+        [run] = await finished(chronos, job.id)
+        assert run.status is RunStatus.TIMED_OUT and "stubborn" not in pyjobs.seen  # still going
+        await until(lambda: "stubborn" in pyjobs.seen)
+        await asyncio.sleep(0.1)
+        again = await chronos.runs.get(run.id)
+    assert pyjobs.seen["stubborn"] is True  # ctx.cancelled told it
+    assert again.status is RunStatus.TIMED_OUT and "result" not in again.output
+
+
+async def test_a_cancelled_thread_sees_ctx_cancelled() -> None:
+    async with Chronos.embedded() as chronos:
+        job = await chronos.jobs.create({"name": "polite", "type": "python", "payload": {
+            "function": f"{MOD}:polite", "kwargs": {"key": "polite"}}})
+        run = await chronos.jobs.trigger(job.id)
+        async def running() -> bool:
+            return (await chronos.runs.get(run.id)).status is RunStatus.RUNNING
+
+        await until(running)
+        await chronos.runs.cancel(run.id)
+        [done] = await finished(chronos, job.id)
+        await until(lambda: "polite" in pyjobs.seen)
+    assert done.status is RunStatus.CANCELLED and pyjobs.seen["polite"] == "stopped"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                     if line.startswith("State:"))
+    except OSError:
+        return False
+    return "Z" not in state.split()[1]
+
+
+async def test_process_isolation_timeout_kills_the_child() -> None:
+    async with Chronos.embedded() as chronos:
+        job = await chronos.jobs.create({"name": "sleeper", "type": "python", "timeout": 1.5,
+                                         "payload": {"function": f"{MOD}:sleeper", "isolation": "process"}})
+        await chronos.jobs.trigger(job.id)
+        [run] = await finished(chronos, job.id)
+    assert run.status is RunStatus.TIMED_OUT
+    pid = int(run.output.splitlines()[0].split()[1])
+    assert not _alive(pid)
+
+
+async def test_process_isolation_cancel_kills_the_child() -> None:
+    async with Chronos.embedded() as chronos:
+        job = await chronos.jobs.create({"name": "sleeper", "type": "python",
+                                         "payload": {"function": f"{MOD}:sleeper", "isolation": "process"}})
+        async with chronos.events.subscribe(job_id=job.id) as sub:
+            run = await chronos.jobs.trigger(job.id)
+            async with asyncio.timeout(30):
+                async for event in sub:
+                    if event.data.get("line", "").startswith("pid "):
+                        pid = int(event.data["line"].split()[1])
+                        break
+        assert _alive(pid)
+        await chronos.runs.cancel(run.id)
+        [done] = await finished(chronos, job.id)
+    assert done.status is RunStatus.CANCELLED and not _alive(pid)
+
+
+async def test_return_values_not_kept_say_why() -> None:
+    async with Chronos.embedded() as chronos:
+        odd = await run_once(chronos, "unserializable")
+        big = await run_once(chronos, "huge")
+        none = await run_once(chronos, "no_value")
+    assert odd.status is RunStatus.SUCCEEDED and result(odd).startswith("<object object at")  # str()
+    assert big.status is RunStatus.SUCCEEDED and "was not kept: over the limit" in big.output
+    assert none.output == "nothing to return"
+
+
+async def test_the_module_allow_list_refuses_other_modules_at_create_and_at_execution() -> None:
+    config = ExecutorConfig(python_modules=(MOD,))
+    async with Chronos.embedded(executor_config=config) as chronos:
+        with pytest.raises(InvalidJob) as info:
+            await chronos.jobs.create({"name": "evil", "type": "python",
+                                       "payload": {"function": "os:system", "args": ["id"]}})
+        assert info.value.errors[0].loc == ("payload", "function")
+        assert "CHRONOS_PYTHON_MODULES" in info.value.errors[0].reason
+        ok = await run_once(chronos, "where")
+        assert ok.status is RunStatus.SUCCEEDED
+        # a job stored by a process with another allow-list is refused where it would run
+        chronos.executors["python"].allowed_modules = ("tests.other",)  # type: ignore[attr-defined]
+        job = await chronos.jobs.get(ok.job_id)
+        await chronos.jobs.trigger(job.id)
+        runs = await finished(chronos, job.id, 2)
+    assert runs[1].status is RunStatus.FAILED and "allow-list" in (runs[1].error or "")
+
+
+def test_module_allowed_matches_dotted_prefixes() -> None:
+    assert module_allowed("myapp", ["myapp"]) and module_allowed("myapp.jobs.x", ["myapp"])
+    assert module_allowed("myapp.jobs", ["myapp."]) and module_allowed("os", ["*"])
+    assert not module_allowed("myapplication", ["myapp"]) and not module_allowed("os", [])
+    assert not module_allowed("my", ["myapp"])
+
+
+def _nested() -> Any:
+    def inner() -> None: ...
+
+    return inner
+
+
+def test_function_ref_refuses_what_another_process_could_not_import() -> None:
+    assert function_ref(pyjobs.report) == f"{MOD}:report"
+    with pytest.raises(ValueError, match="lambda"):
+        function_ref(lambda: None)
+    with pytest.raises(ValueError, match="inside a function"):
+        function_ref(_nested())
+    with pytest.raises(ValueError, match="bound to an instance"):
+        function_ref(Path("x").exists)
+
+
+async def test_a_payload_that_names_no_function_is_refused() -> None:
+    async with Chronos.embedded() as chronos:
+        with pytest.raises(InvalidJob) as info:
+            await chronos.jobs.create({"name": "bad", "type": "python", "payload": {"function": "os.system"}})
+    assert info.value.errors[0].loc == ("payload", "function")
