@@ -185,7 +185,7 @@ def _alive(pid: int) -> bool:
 
 async def test_process_isolation_timeout_kills_the_child() -> None:
     async with Chronos.embedded() as chronos:
-        job = await chronos.jobs.create({"name": "sleeper", "type": "python", "timeout": 1.5,
+        job = await chronos.jobs.create({"name": "sleeper", "type": "python", "timeout": 5,
                                          "payload": {"function": f"{MOD}:sleeper", "isolation": "process"}})
         await chronos.jobs.trigger(job.id)
         [run] = await finished(chronos, job.id)
