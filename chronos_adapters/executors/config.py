@@ -37,9 +37,11 @@ class ExecutorConfig:
     ``10.0.0.0/8``, ``internal.example``); ``*`` turns the guard off. Everything public is always allowed.
     A comma-separated string is accepted too."""
     http_timeout: float = 300.0
-    """httpx timeout (seconds) for each of connect/read/write/pool; the job's own timeout still applies."""
+    """Seconds the whole exchange of one attempt may take (connect, redirects, headers, body), and httpx's
+    timeout for each of connect/read/write/pool; the job's own timeout still applies."""
     http_max_body: int = 64 * 1024
-    """Bytes of a response body kept (logged and matched against ``expect_body``); the rest is not read."""
+    """Bytes of a response body kept (logged and matched against ``expect_body``), also after gzip/deflate
+    are undone; the rest is neither read nor inflated."""
     http_max_redirects: int = 10
 
     # email -------------------------------------------------------------------------------------------

@@ -7,6 +7,13 @@
 * Outcome: the status code is the run's ``exit_code``; the status line with timing, each redirect hop and
   the first ``max_body`` bytes of the body are logged as ``run.log`` lines. Success is a status in
   ``expected_status`` (default: any 2xx) and, with ``expect_body``, a body matching that pattern.
+* Bounds: the whole exchange - connecting, every redirect hop, the headers and the body - ends within
+  ``timeout`` (a server trickling its body a byte at a time is cut there, not only when the job's own
+  timeout comes); at most ``max_body`` bytes of the body are read and decoded (a gzip body is
+  inflated only that far: a 200 KB "gzip bomb" no longer becomes 200 MB in the service);
+  ``expect_body`` is an RE2 pattern of at most ``MAX_PATTERN_PROGRAM`` instructions (RE2's fallback
+  matcher takes time body x program), checked when the job is made, compiled and matched in the
+  executor's threads, never on the event loop.
 * Failures: 408/425/429/5xx, connection errors and timeouts are retryable; other unexpected statuses,
   refused addresses, bad URLs and too many redirects are not; a body that does not match is retryable.
 * SSRF guard: the connection layer resolves every host itself and refuses loopback, private, link-local
@@ -24,6 +31,7 @@ import logging
 import re
 import socket
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -36,10 +44,10 @@ from chronos_core.models import Job, Run
 from chronos_core.payloads import HttpPayload, is_secret_name
 from chronos_core.ports import ExecutionResult, Executor, LogSink
 
-from ._common import parse_payload
+from ._common import Threads, parse_payload
 
-__all__ = ["AddressGuard", "BlockedAddress", "HttpExecutor", "idempotency_key", "is_public",
-           "quiet_httpx_logging"]
+__all__ = ["MAX_PATTERN_PROGRAM", "AddressGuard", "BlockedAddress", "HttpExecutor", "idempotency_key",
+           "is_public", "pattern_problem", "quiet_httpx_logging"]
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 
@@ -197,6 +205,7 @@ class HttpExecutor(Executor):
         self.max_body = max_body
         self.max_redirects = max_redirects
         self._client: httpx.AsyncClient | None = None
+        self._threads = Threads("chronos-re2", size=4)
 
     async def start(self) -> None:
         quiet_httpx_logging()
@@ -210,6 +219,7 @@ class HttpExecutor(Executor):
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+        self._threads.close()
 
     def check_payload(self, payload: Mapping[str, Any]) -> list[FieldError]:
         """Header names and values that no request can carry (a CR or LF would split the header)."""
@@ -222,6 +232,11 @@ class HttpExecutor(Executor):
             elif any(c in str(value) for c in "\r\n\x00"):
                 errors.append(FieldError(("payload", "headers", name), "a header value is one line: no CR, "
                                          "LF or NUL"))
+        pattern = payload.get("expect_body")
+        if isinstance(pattern, str):
+            problem = pattern_problem(pattern)
+            if problem:
+                errors.append(FieldError(("payload", "expect_body"), problem))
         return errors
 
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
@@ -229,7 +244,8 @@ class HttpExecutor(Executor):
         if self._client is None:
             await self.start()
         assert self._client is not None
-        pattern = _compile(p.expect_body) if p.expect_body is not None else None
+        # RE2 compiles in time linear in the program it builds, bounded, but not on the event loop
+        pattern = await self._threads.run(_compile, p.expect_body) if p.expect_body is not None else None
         headers = httpx.Headers(p.headers)
         headers.setdefault("Idempotency-Key", idempotency_key(job, run))
         headers["X-Chronos-Run-Id"] = run.id
@@ -248,15 +264,20 @@ class HttpExecutor(Executor):
             raise ExecutionFailed(f"bad request: {exc}", retryable=False) from None
         await log(f"{p.method} {_shown_url(request.url)}")
         started = time.perf_counter()
-        response = await self._send(request, p.follow_redirects, log)
         try:
-            body, truncated = await self._read_capped(response)
-        except httpx.TimeoutException as exc:
-            raise ExecutionFailed(f"{type(exc).__name__} while reading the body") from None
-        except httpx.TransportError as exc:
-            raise ExecutionFailed(f"{type(exc).__name__} while reading the body: {exc}") from None
-        finally:
-            await response.aclose()
+            async with asyncio.timeout(self.timeout):  # the whole exchange, not each read
+                response = await self._send(request, p.follow_redirects, log)
+                try:
+                    body, truncated = await self._read_capped(response)
+                except httpx.TimeoutException as exc:
+                    raise ExecutionFailed(f"{type(exc).__name__} while reading the body") from None
+                except (httpx.TransportError, zlib.error) as exc:
+                    raise ExecutionFailed(f"{type(exc).__name__} while reading the body: {exc}") from None
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise ExecutionFailed(f"no complete answer within {self.timeout:g}s (the HTTP timeout, for "
+                                  "connecting, redirects, headers and body together)") from None
         elapsed = (time.perf_counter() - started) * 1000
         status = response.status_code
         await log(f"HTTP {status} {response.reason_phrase} in {elapsed:.0f} ms, "
@@ -275,7 +296,7 @@ class HttpExecutor(Executor):
                 error += f"; not retried: HTTP {status} is permanent"
             return ExecutionResult(ok=False, exit_code=status, retryable=retryable, error=error)
         # RE2 runs in linear time; off the event loop all the same (a large pattern over 64 KiB)
-        if pattern is not None and await asyncio.to_thread(pattern.search, text) is None:
+        if pattern is not None and await self._threads.run(pattern.search, text) is None:
             return ExecutionResult(ok=False, exit_code=status, retryable=True,
                                    error=f"the response body does not match {p.expect_body!r}")
         return ExecutionResult(ok=True, exit_code=status)
@@ -318,15 +339,55 @@ class HttpExecutor(Executor):
         raise AssertionError("unreachable")
 
     async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
-        """At most ``max_body`` bytes of the (decoded) body; the rest is not read."""
+        """At most ``max_body`` bytes of the decoded body, and never more than that decoded at once
+        (httpx inflates each chunk whole); the rest is not read."""
         buf = bytearray()
-        async for chunk in response.aiter_bytes():
-            room = self.max_body - len(buf)
-            if len(chunk) > room:
-                buf += chunk[:room]
-                return bytes(buf), True
-            buf += chunk
+        decoder = _Inflater.for_encoding(response.headers.get("content-encoding", ""))
+        raw = 0
+        async for chunk in response.aiter_raw():
+            raw += len(chunk)
+            data, more = decoder.feed(chunk, self.max_body - len(buf) + 1)
+            buf += data
+            if len(buf) > self.max_body or more or raw > self.max_body + 65536:
+                return bytes(buf[: self.max_body]), True
+            if decoder.done:
+                break
         return bytes(buf), False
+
+
+class _Inflater:
+    """A body's ``Content-Encoding`` undone with a bound on the output of each step (``identity``,
+    ``gzip``, ``deflate``; like httpx, any other coding is shown as it came)."""
+
+    def __init__(self, wbits: int | None) -> None:
+        self._wbits = wbits
+        self._z = zlib.decompressobj(wbits) if wbits is not None else None
+        self._first = True
+        self.done = False
+
+    @classmethod
+    def for_encoding(cls, header: str) -> _Inflater:
+        coding = header.split(",")[-1].strip().lower()
+        if coding in ("gzip", "x-gzip"):
+            return cls(16 + zlib.MAX_WBITS)
+        if coding == "deflate":
+            return cls(zlib.MAX_WBITS)
+        return cls(None)
+
+    def feed(self, chunk: bytes, limit: int) -> tuple[bytes, bool]:
+        """(at most ``limit`` decoded bytes, whether this chunk holds more than that)."""
+        if self._z is None:
+            return chunk[:limit], len(chunk) > limit
+        try:
+            out = self._z.decompress(chunk, limit)
+        except zlib.error:
+            if not (self._first and self._wbits == zlib.MAX_WBITS):
+                raise
+            self._z = zlib.decompressobj(-zlib.MAX_WBITS)  # "deflate" sent raw, without the zlib header
+            out = self._z.decompress(chunk, limit)
+        self._first = False
+        self.done = self._z.eof
+        return out, bool(self._z.unconsumed_tail)
 
 
 def _retryable_status(status: int) -> bool:
@@ -348,19 +409,42 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
+_RE2_CHECK_OPTIONS = re2.Options()  # a small memory budget: a pattern too big fails to compile fast
+_RE2_CHECK_OPTIONS.log_errors = False
+_RE2_CHECK_OPTIONS.max_mem = 1 << 20
+# RE2 instructions of an expect_body pattern: "status":\s*"ok" is 20, .{100} is 805. RE2 matches in time
+# linear in the body, but when its DFA runs out of states ([ab]{999}[ab]{999}x) its NFA takes body x
+# program steps: 16 s for a 193-character pattern over a 64 KiB body at the 130,000 RE2 allowed
+MAX_PATTERN_PROGRAM = 1000
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why RE2 will not run ``pattern`` as an ``expect_body``, or None; bounded work (at most about a
+    megabyte of program), so it may run on the event loop when a job is checked."""
+    try:
+        compiled = re2.compile(pattern, _RE2_CHECK_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) \
+            else str(exc)
+        if "too large" in detail:
+            return f"the pattern is too large (more than {MAX_PATTERN_PROGRAM} RE2 instructions)"
+        return f"not a pattern RE2 can run: {detail}"
+    size = max(compiled.programsize, compiled.reverseprogramsize)
+    if size > MAX_PATTERN_PROGRAM:
+        return (f"the pattern is too large ({size} RE2 instructions, at most {MAX_PATTERN_PROGRAM}): "
+                "a long repetition of a class such as .{999} is matched in time body x pattern")
+    return None
 
 
 def _compile(pattern: str) -> Any:
     """``expect_body`` as an RE2 pattern: matching takes time linear in the body, whatever the pattern
-    (Python's ``re`` can take exponential time: ``^(a+)+$``). The payload model refuses what RE2 lacks
-    when a job is created; anything it still cannot compile fails the run, not retried."""
-    try:
-        return re2.compile(pattern, _RE2_OPTIONS)
-    except re2.error as exc:
-        detail = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) \
-            else str(exc)
-        raise ExecutionFailed(f"expect_body is not a pattern RE2 can run: {detail}",
-                              retryable=False) from None
+    (Python's ``re`` can take exponential time: ``^(a+)+$``). The job's check refuses what RE2 lacks or
+    what compiles too large when a job is made; anything still refused here (a job stored before) fails
+    the run, not retried. Runs in a thread."""
+    problem = pattern_problem(pattern)
+    if problem:
+        raise ExecutionFailed(f"expect_body: {problem}", retryable=False)
+    return re2.compile(pattern, _RE2_OPTIONS)
 
 
 class _QuietHttpx(logging.Filter):

@@ -210,3 +210,56 @@ async def test_a_posix_class_is_accepted_and_matched_by_re2(http: HttpExecutor,
     JobTypes().validate("http", {"url": "https://example.com/", "expect_body": "^[[:alpha:]]+$"})
     http_server.respond("/alpha", (200, "hello"))
     assert (await call(http, {"url": f"{http_server.url}/alpha", "expect_body": "^[[:alpha:]]+$"})).ok
+
+
+# ------------------------------------------------- bounds: a trickled body, a gzip bomb, RE2 programs
+
+async def test_a_trickled_body_is_cut_at_the_exchange_timeout(http_server: LocalHttpServer) -> None:
+    # a byte every 0.2 s never trips a per-read timeout: only a deadline on the whole exchange ends it
+    ex = HttpExecutor(allow_hosts=["127.0.0.1"], timeout=1.5)
+    try:
+        async with asyncio.timeout(60):  # the bug: the run never ends (64 KiB at 5 bytes a second)
+            with pytest.raises(ExecutionFailed) as err:
+                await call(ex, {"url": f"{http_server.url}/trickle?s=0.2"})
+    finally:
+        await ex.stop()
+    assert err.value.retryable and "no complete answer within 1.5s" in str(err.value)
+
+
+async def test_a_gzip_bomb_is_inflated_only_to_max_body(http: HttpExecutor,
+                                                        http_server: LocalHttpServer) -> None:
+    import tracemalloc
+
+    log = Lines()
+    tracemalloc.start()
+    try:  # 100 MB of zeros are 100 KB gzip-compressed; httpx inflated each read whole
+        result = await call(http, {"url": f"{http_server.url}/gzip?n=100000000"}, log)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.ok and f"body cut after {http.max_body} bytes" in log.text
+    assert peak < 20_000_000, f"{peak / 1e6:.0f} MB allocated for a {http.max_body}-byte body"
+    log = Lines()
+    assert (await call(http, {"url": f"{http_server.url}/gzip?n=10"}, log)).ok  # gzip still decoded
+    assert "200 OK" in log.text and ", 10 bytes" in log.text
+
+
+@pytest.mark.parametrize("pattern", ["[ab]{999}[ab]{999}x", ".{999}" * 32 + "z", r"[\w\d\s]{999}" * 4])
+async def test_a_pattern_compiling_to_a_huge_program_is_refused(pattern: str, http: HttpExecutor,
+                                                                http_server: LocalHttpServer) -> None:
+    # [ab]{999}[ab]{999}x: 2,003 RE2 instructions, its DFA gives up, the NFA took 1 s per 64 KiB body;
+    # .{999} x 32 took 16 s, in a thread of the event loop's default pool (the one resolving host names)
+    errors = http.check_payload({"url": f"{http_server.url}/x", "expect_body": pattern})
+    assert [e.pointer for e in errors] == ["/payload/expect_body"] and "too large" in errors[0].reason
+    with pytest.raises(ExecutionFailed) as err:  # a job stored before the check: refused at the run
+        await call(http, {"url": f"{http_server.url}/x", "expect_body": pattern})
+    assert not err.value.retryable and "too large" in str(err.value)
+    assert http_server.requests == []
+
+
+def test_ordinary_patterns_pass_the_check(http: HttpExecutor) -> None:
+    for pattern in (r'"status":\s*"ok"', r"(?i)healthy|up and running", r"^\{.*\"ok\":\s*true.*\}$",
+                    r".{100}", r"[[:alpha:]]+", r"\d{1,3}(\.\d{1,3}){3}"):
+        assert http.check_payload({"url": "https://example.com/", "expect_body": pattern}) == [], pattern
+    errors = http.check_payload({"url": "https://example.com/", "expect_body": "(?a)x"})
+    assert errors and "RE2" in errors[0].reason
