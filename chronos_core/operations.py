@@ -10,13 +10,13 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import FieldError, InvalidArgument, InvalidJob, RunConflict, ShellNotAllowed
+from .errors import FieldError, InvalidArgument, InvalidJob, RunConflict, ShellNotAllowed, StoreUnavailable
 from .events import job_event, publish_best_effort, run_event
 from .ids import new_id
 from .logs import follow_output
@@ -32,7 +32,7 @@ from .models import (
     Trigger,
 )
 from .payloads import REDACTED, JobTypes, field_errors
-from .planning import next_slot
+from .planning import next_slot, plan_dropped
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, Executor, Store, StoreStats, Subscription
 from .schedules import OneOffSchedule, parse_schedule, parse_timezone
 
@@ -206,25 +206,69 @@ class Jobs:
 
     async def update(self, job_id: str, data: JobSpec | Mapping[str, Any]) -> Job:
         """Replace a job's definition (id, creation time and history stay). Secrets shown as ``***``
-        keep their stored value. The next slot is recomputed when timing fields change."""
-        old = await self._store.get_job(job_id)
-        spec = _spec(data)
-        if spec.type == old.type:  # secrets shown as *** stay, unless what they are bound to changed
-            spec = spec.model_copy(update={"payload": self.types.restore(spec.type, spec.payload,
-                                                                         old.payload)})
-        spec = self.validate(spec, previous=old)
-        now = self._clock.now()
-        job = self._build(spec, old.created_at)
-        job.id, job.updated_at = old.id, now
-        timing = ("schedule", "timezone", "start_at", "end_at", "status")
-        if job.status is JobStatus.ACTIVE:
-            same = all(getattr(old, f) == getattr(job, f) for f in timing)
-            job.next_run_at = old.next_run_at if same else next_slot(job, now)
-        else:
-            job.next_run_at = None
-        await self._store.update_job(job)
-        await publish_best_effort(self._bus, [job_event(EventType.JOB_UPDATED, job, now)], log)
-        return job
+        keep their stored value. The next slot is recomputed when timing fields change (or the job had
+        none, e.g. it was parked after it could not be planned); slots due but not fired yet that this
+        takes away are recorded ``skipped``.
+
+        Only the fields that changed are written, as a compare-and-set on the job as read (see
+        :meth:`Store.change_job`): a claim advancing ``next_run_at`` meanwhile is never wound back, and
+        a concurrent change makes this one read the job again and decide again."""
+        given = _spec(data)
+
+        async def change(old: Job, now: datetime) -> tuple[dict[str, Any], list[Run]] | None:
+            spec = given
+            if spec.type == old.type:  # secrets shown as *** stay, unless what they are bound to changed
+                spec = spec.model_copy(update={"payload": self.types.restore(spec.type, spec.payload,
+                                                                             old.payload)})
+            spec = self.validate(spec, previous=old)
+            job = self._build(spec, old.created_at)
+            changes = {f: getattr(job, f) for f in _DEFINITION if getattr(job, f) != getattr(old, f)}
+            records: list[Run] = []
+            if job.status is JobStatus.ACTIVE:
+                same = all(getattr(old, f) == getattr(job, f) for f in _TIMING)
+                if not same or old.next_run_at is None:  # new timing, or a parked job: re-armed
+                    changes["next_run_at"] = next_slot(job, now)
+            elif old.next_run_at is not None:
+                changes["next_run_at"] = None
+            if "next_run_at" in changes:
+                why = ("the job was paused" if job.status is JobStatus.PAUSED
+                       else "the job's timing was changed")
+                records = self._dropped(old, now, why)
+            return changes, records
+        return await self._change(job_id, change, EventType.JOB_UPDATED)
+
+    def _dropped(self, old: Job, now: datetime, why: str) -> builtins.list[Run]:
+        """Records of the slots of ``old`` due by ``now`` that the scheduler has not fired yet (it is
+        behind), which a change of ``next_run_at`` takes away."""
+        if old.status is not JobStatus.ACTIVE or old.next_run_at is None or old.next_run_at > now:
+            return []
+        return plan_dropped(old, now, f"{why} before the scheduler fired this slot")
+
+    async def _change(self, job_id: str,
+                      decide: Callable[[Job, datetime], Awaitable[tuple[dict[str, Any], builtins.list[Run]]
+                                                                  | None]],
+                      kind: EventType) -> Job:
+        """Read the job, let ``decide(old, now)`` say what changes (None: nothing) and which records go
+        with it, and write that conditionally; again from a fresh read while another write got there
+        first."""
+        for _ in range(_CHANGE_TRIES):
+            old = await self._store.get_job(job_id)
+            now = self._clock.now()
+            decided = await decide(old, now)
+            if decided is None:
+                return old
+            changes, records = decided
+            # updated_at is the row's version: it moves forward with every change, even within one tick
+            changes["updated_at"] = now if now > old.updated_at else old.updated_at + _US
+            done = await self._store.change_job(old, changes, records=records)
+            if done is None:
+                continue  # changed meanwhile (another write, or a claim moved next_run_at)
+            events = [job_event(kind, done.job, now)]
+            events.extend(run_event(r, now) for r in done.recorded)
+            await publish_best_effort(self._bus, events, log)
+            return done.job
+        raise StoreUnavailable(f"job {job_id} kept changing while this change was being written; "
+                               "try again")
 
     async def patch(self, job_id: str, patch: Mapping[str, Any]) -> Job:
         """Change some fields of a job's definition: ``patch`` is a JSON merge patch (RFC 7396) of its
@@ -253,17 +297,16 @@ class Jobs:
         return await self._set_status(job_id, value)
 
     async def _set_status(self, job_id: str, status: JobStatus) -> Job:
-        old = await self._store.get_job(job_id)
-        if old.status is status:
-            return old
-        now = self._clock.now()
-        job = dataclasses.replace(old, status=status, updated_at=now, next_run_at=None)
-        if status is JobStatus.ACTIVE:
-            job.next_run_at = next_slot(job, now)
-        await self._store.update_job(job)
+        """Only the status and the next slot are written, conditionally (a concurrent PUT is not lost);
+        a pause records the slots due but not fired yet (the scheduler is behind) as skipped."""
+        async def change(old: Job, now: datetime) -> tuple[dict[str, Any], builtins.list[Run]] | None:
+            if old.status is status:
+                return None
+            nxt = next_slot(dataclasses.replace(old, status=status), now) if status is JobStatus.ACTIVE \
+                else None
+            return {"status": status, "next_run_at": nxt}, self._dropped(old, now, "the job was paused")
         kind = EventType.JOB_RESUMED if status is JobStatus.ACTIVE else EventType.JOB_PAUSED
-        await publish_best_effort(self._bus, [job_event(kind, job, now)], log)
-        return job
+        return await self._change(job_id, change, kind)
 
     async def delete(self, job_id: str) -> None:
         """Delete the job and its history; runs still going are asked to cancel."""
@@ -306,6 +349,14 @@ class Jobs:
     async def delete_history(self, job_id: str) -> int:
         """Delete the job's finished runs; returns how many."""
         return await self._store.delete_runs(job_id)
+
+
+_DEFINITION = tuple(f.name for f in dataclasses.fields(Job)
+                    if f.name not in ("id", "created_at", "updated_at", "next_run_at"))
+"""The fields of a job a PUT replaces: all but its id, creation time, version and next slot."""
+_TIMING = ("schedule", "timezone", "start_at", "end_at", "status")
+_CHANGE_TRIES = 50
+_US = timedelta(microseconds=1)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -22,8 +22,10 @@ __all__ = [
     "MAX_SLOTS_WALKED",
     "Limits",
     "next_slot",
+    "plan_dropped",
     "plan_due_job",
     "plan_retry",
+    "replaced_reason",
     "schedule_of",
 ]
 
@@ -177,6 +179,36 @@ def _plan_walk(job: Job, active_run_ids: Sequence[str], now: datetime, limits: L
             for f, t in fire
         )
     return SlotPlan(runs=runs, next_run_at=s, cancel=cancel)
+
+
+def replaced_reason(slot: datetime) -> str:
+    """The error of a queued run cancelled by a newer slot's run (overlap ``replace``)."""
+    return f"cancelled: replaced by the run for {slot.isoformat()} before it started (overlap replace)"
+
+
+def plan_dropped(job: Job, now: datetime, reason: str, limits: Limits = Limits()) -> list[Run]:
+    """Records (``skipped``, ``reason``) of the job's slots from its ``next_run_at`` up to ``now``: the
+    slots a change (a pause, new timing) takes away before the scheduler fired them, as it does when it
+    is behind. The first ``max_slots_listed`` one by one, the rest as one summary record (the walk stops
+    after ``MAX_SLOTS_WALKED`` of them: the summary then says "at least")."""
+    out: list[Run] = []
+    s = job.next_run_at
+    more, first_more, last_more = 0, None, None
+    while s is not None and s <= now:
+        if len(out) < limits.max_slots_listed:
+            out.append(_record(job, s, now, RunStatus.SKIPPED, f"skipped: {reason}"))
+        else:
+            first_more, last_more, more = first_more or s, s, more + 1
+            if more == MAX_SLOTS_WALKED:
+                last_more = now
+                break
+        s = next_slot(job, s)
+    if first_more is not None and last_more is not None:
+        count = f"at least {more}" if more == MAX_SLOTS_WALKED else str(more)
+        out.append(_record(job, first_more, now, RunStatus.SKIPPED,
+                           f"skipped: {reason}: {count} more slots from {first_more.isoformat()} to "
+                           f"{last_more.isoformat()} (listed as one)"))
+    return out
 
 
 def _tail_window(job: Job, start: datetime, cutoff: datetime, n: int) -> datetime:

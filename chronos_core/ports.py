@@ -26,6 +26,7 @@ __all__ = [
     "EventBus",
     "ExecutionResult",
     "Executor",
+    "JobChange",
     "LogSink",
     "Planner",
     "RunCounts",
@@ -45,7 +46,9 @@ class SlotPlan:
 
     ``runs`` are inserted: ``queued`` ones due now are dispatched, the others are records (``missed``,
     ``skipped``). ``next_run_at`` replaces the job's. ``cancel`` lists active run ids the new slot
-    replaces (overlap policy ``replace``).
+    replaces (overlap policy ``replace``): in the claim's transaction the store cancels the queued ones
+    and returns the running ones in :attr:`Claim.cancel`; none of them when the replacing run is a
+    duplicate (its slot already had a run: the slot was planned again, e.g. after a lost race).
     """
 
     runs: list[Run]
@@ -70,14 +73,25 @@ class Dispatch:
 
 @dataclass(slots=True)
 class Claim:
-    """The outcome of one claim: runs to dispatch, records written, runs to cancel, and duplicate slots
-    (a run for the same (job, slot, attempt) already existed: another scheduler fired it)."""
+    """The outcome of one claim: runs to dispatch, records written, running runs to ask to stop
+    (``cancel``: replaced, overlap ``replace``), queued runs it cancelled (``cancelled``, as stored:
+    replaced before they started), and duplicate slots (a run for the same (job, slot, attempt) already
+    existed: another scheduler fired it)."""
 
     dispatch: list[Dispatch] = field(default_factory=list)
     recorded: list[Run] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)
     duplicates: int = 0
     jobs: int = 0
+    cancelled: list[Run] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class JobChange:
+    """What :meth:`Store.change_job` wrote: the job as now stored, and the records it inserted."""
+
+    job: Job
+    recorded: list[Run] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -171,7 +185,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def update_job(self, job: Job) -> None:
-        """Replace the stored job with the same id. :class:`JobNotFound`, :class:`NameConflict`."""
+        """Replace the stored job with the same id, every field, unconditionally (set-up and tests; the
+        operations use :meth:`change_job`). :class:`JobNotFound`, :class:`NameConflict`."""
+
+    @abc.abstractmethod
+    async def change_job(self, read: Job, changes: Mapping[str, Any], *,
+                         records: Sequence[Run] = ()) -> JobChange | None:
+        """Write only ``changes`` (``Job`` field names -> values; not ``id``) to the job as it was
+        ``read``, as a compare-and-set: only while the stored ``updated_at`` is ``read.updated_at`` and,
+        when ``next_run_at`` is among the changes, the stored ``next_run_at`` is ``read.next_run_at``.
+        Else (a concurrent change, or a claim that moved ``next_run_at``) None and nothing written: read
+        again and decide again. Fields not in ``changes`` keep what is stored, so a claim's advance of
+        ``next_run_at`` is never wound back. Callers make ``updated_at`` increase with every change (it
+        is the row's version). ``records`` (finished runs for slots the change drops, e.g. a pause while
+        the scheduler is behind) are inserted in the same transaction, those whose (job, slot, attempt)
+        already has a run left out. :class:`JobNotFound`, :class:`NameConflict`."""
 
     @abc.abstractmethod
     async def delete_job(self, job_id: str) -> list[Run]:

@@ -185,6 +185,7 @@ class Scheduler:
             events: list[Event] = [run_event(r, now) for r in claim.recorded]
             if self.publish_queued:
                 events.extend(run_event(d.run, now) for d in claim.dispatch)
+            events.extend(run_event(r, now) for r in claim.cancelled)  # replaced before they started
             events.extend(Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, run_id=run_id,
                                 data={"reason": "replaced by a newer slot (overlap replace)"})
                           for run_id in claim.cancel)

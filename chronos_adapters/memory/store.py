@@ -37,7 +37,8 @@ from chronos_core.models import (
     count_lines,
     evolve,
 )
-from chronos_core.ports import Claim, Dispatch, Planner, RunCounts, SlotPlan, Store, StoreStats
+from chronos_core.planning import replaced_reason
+from chronos_core.ports import Claim, Dispatch, JobChange, Planner, RunCounts, SlotPlan, Store, StoreStats
 
 __all__ = ["MemoryStore"]
 
@@ -166,6 +167,25 @@ class MemoryStore(Store):
         if job.next_run_at != old.next_run_at or job.status is not old.status:
             self._index_due(job)
 
+    async def change_job(self, read: Job, changes: Mapping[str, Any], *,
+                         records: Sequence[Run] = ()) -> JobChange | None:
+        if "id" in changes:
+            raise ValueError("a job's id never changes")
+        current = await self.get_job(read.id)
+        if current.updated_at != read.updated_at or (
+                "next_run_at" in changes and current.next_run_at != read.next_run_at):
+            return None
+        job = evolve(current, **changes)
+        if job.name != current.name:
+            if job.name in self._names:
+                raise NameConflict(job.name)
+            del self._names[current.name]
+            self._names[job.name] = job.id
+        self._set(job)
+        if job.next_run_at != current.next_run_at or job.status is not current.status:
+            self._index_due(job)
+        return JobChange(job, [r for r in records if self._insert_run(r, dispatched=True)])
+
     async def delete_job(self, job_id: str) -> list[Run]:
         job = await self.get_job(job_id)
         removed = [r for r in map(self._run, self._active.get(job_id, ())) if r is not None]
@@ -232,18 +252,32 @@ class MemoryStore(Store):
             raise
         for job_id, (job, plan) in plans.items():
             claim.jobs += 1
+            replacing: Run | None = None
             for run in plan.runs:
                 if not self._insert_run(run, dispatched=True):
                     claim.duplicates += 1
                 elif run.status is RunStatus.QUEUED:
                     claim.dispatch.append(Dispatch(run, job))
+                    replacing = run
                 else:
                     claim.recorded.append(run)
-            claim.cancel.extend(plan.cancel)
+            if replacing is not None:  # a duplicate replaces nothing (its slot was planned again)
+                self._replace(plan.cancel, replacing, now, claim)
             at = self._next[job_id] = plan.next_run_at
             if at is not None:
                 heapq.heappush(self._due, (at, next(self._seq), job_id))  # the job is active
         return claim
+
+    def _replace(self, run_ids: Sequence[str], by: Run, now: datetime, claim: Claim) -> None:
+        """Overlap replace: cancel the replaced runs still queued, ask the running ones to stop."""
+        for run_id in run_ids:
+            run = self._run(run_id)
+            if run is None:
+                continue
+            if run.status is RunStatus.QUEUED:
+                claim.cancelled.append(self._cancel(run, now, replaced_reason(by.scheduled_for)))
+            elif run.status is RunStatus.RUNNING:
+                claim.cancel.append(run_id)
 
     async def claim_due_runs(self, now: datetime, limit: int) -> list[Dispatch]:
         out: list[Dispatch] = []
@@ -394,12 +428,17 @@ class MemoryStore(Store):
         run = self._run(run_id)
         if run is None or run.status is not RunStatus.QUEUED:
             return False
-        self._put(evolve(run, status=RunStatus.CANCELLED, finished_at=now, error=reason))
-        self._active[run.job_id].pop(run_id, None)
-        self._undispatched.pop(run_id, None)
-        self._finished.append((now, run_id))
-        self._count(now, run.job_id, RunStatus.CANCELLED)
+        self._cancel(run, now, reason)
         return True
+
+    def _cancel(self, run: Run, now: datetime, reason: str) -> Run:
+        cancelled = evolve(run, status=RunStatus.CANCELLED, finished_at=now, error=reason)
+        self._put(cancelled)
+        self._active[run.job_id].pop(run.id, None)
+        self._undispatched.pop(run.id, None)
+        self._finished.append((now, run.id))
+        self._count(now, run.job_id, RunStatus.CANCELLED)
+        return cancelled
 
     def _count(self, at: datetime, job_id: str, status: RunStatus) -> None:
         for table, bucket, key in ((self._totals, at.replace(second=0, microsecond=0), status.value),

@@ -63,7 +63,8 @@ from chronos_core.models import (
     Trigger,
     count_lines,
 )
-from chronos_core.ports import Claim, Dispatch, Planner, RunCounts, Store, StoreStats
+from chronos_core.planning import replaced_reason
+from chronos_core.ports import Claim, Dispatch, JobChange, Planner, RunCounts, Store, StoreStats
 from chronos_core.retry import RetryPolicy
 
 from . import sqlite_batch
@@ -707,6 +708,54 @@ class SqlStore(Store):
                 raise NameConflict(job.name) from None
         await self._call(update_)
 
+    async def change_job(self, read: Job, changes: Mapping[str, Any], *,
+                         records: Sequence[Run] = ()) -> JobChange | None:
+        if "id" in changes:
+            raise ValueError("a job's id never changes")
+        return await self._call(self._change_job, read, dict(changes), list(records))
+
+    def _change_job(self, read: Job, changes: dict[str, Any], records: list[Run]) -> JobChange | None:
+        values = {k: v for k, v in _job_values(dataclasses.replace(read, **changes)).items() if k in changes}
+        where = [jobs.c.id == read.id, jobs.c.updated_at == read.updated_at]
+        if "next_run_at" in changes:
+            where.append(jobs.c.next_run_at.is_(None) if read.next_run_at is None
+                         else jobs.c.next_run_at == read.next_run_at)
+        try:
+            with self._tx() as conn:
+                if conn.execute(update(jobs).where(*where).values(values)).rowcount == 0:
+                    if conn.scalar(select(jobs.c.id).where(jobs.c.id == read.id)) is None:
+                        raise JobNotFound(read.id)
+                    return None  # changed since it was read
+                inserted = self._insert_records(conn, records)
+                job = _job(conn.execute(select(jobs).where(jobs.c.id == read.id)).one())
+        except sa_exc.IntegrityError:
+            raise NameConflict(str(values.get("name", read.name))) from None
+        return JobChange(job, inserted)
+
+    def _insert_records(self, conn: Connection, records: Sequence[Run]) -> list[Run]:
+        """Insert finished runs (records of slots), those whose slot is taken left out; counted."""
+        if not records:
+            return []
+        if self._sqlite:
+            dt = _memo(self._to_db)
+            taken = self._insert_runs(conn, [self._run_params(r, True, dt) for r in records],
+                                      skip_taken_slots=True)
+            inserted = [r for r in records if r.id not in taken]
+        else:
+            existing = self._existing_slots(conn, records)
+            inserted = []
+            for r in records:
+                if (r.job_id, r.scheduled_for, r.attempt) not in existing:
+                    existing.add((r.job_id, r.scheduled_for, r.attempt))
+                    inserted.append(r)
+            if inserted:
+                dt = _memo(self._to_db)
+                self._insert_runs(conn, [self._run_params(r, True, dt) for r in inserted])
+        if inserted:
+            self._count_outcomes(conn, [(r.finished_at or r.created_at, r.job_id, r.status)
+                                        for r in inserted])
+        return inserted
+
     async def delete_job(self, job_id: str) -> list[Run]:
         def delete_() -> list[Run]:
             with self._tx() as conn:
@@ -799,6 +848,7 @@ class SqlStore(Store):
         params = self._run_params
         dt = _memo(self._to_db)
         next_at: dict[datetime | None, list[str]] = defaultdict(list)
+        replaces: list[tuple[Run, list[str]]] = []  # (the replacing run, the runs it replaces)
         for job, plan in plans:
             for run in plan.runs:
                 if existing is not None:
@@ -809,9 +859,10 @@ class SqlStore(Store):
                     existing.add(slot)
                 new.append(params(run, True, dt))
                 made.append((run, job))
-            if plan.cancel:
-                claim.cancel.extend(plan.cancel)
+                if plan.cancel and run.status is RunStatus.QUEUED:
+                    replaces.append((run, plan.cancel))
             next_at[plan.next_run_at].append(job.id)
+        taken: set[str] = set()
         if new:
             taken = self._insert_runs(conn, new, skip_taken_slots=self._sqlite)
             claim.duplicates += len(taken)
@@ -825,11 +876,31 @@ class SqlStore(Store):
                 else:
                     recorded.append(run)
         self._set_next_run_at(conn, next_at)
-        if claim.recorded:
-            self._count_outcomes(conn, [(r.finished_at or now, r.job_id, r.status) for r in claim.recorded])
+        for by, replaced in replaces:
+            if by.id not in taken:  # a duplicate replaces nothing (its slot was planned again)
+                self._replace(conn, replaced, by, now, claim)
+        if claim.recorded or claim.cancelled:
+            self._count_outcomes(conn, [(r.finished_at or now, r.job_id, r.status)
+                                        for r in (*claim.recorded, *claim.cancelled)])
         if self.on_dispatch is not None and claim.dispatch:
             self.on_dispatch(conn, claim.dispatch, now)
         return claim
+
+    def _replace(self, conn: Connection, run_ids: Sequence[str], by: Run, now: datetime,
+                 claim: Claim) -> None:
+        """Overlap replace, in the claim's transaction: cancel the replaced runs still queued (one
+        compare-and-set each: a start that lands first wins), ask the running ones to stop."""
+        reason = _cut(replaced_reason(by.scheduled_for))
+        done: list[str] = []
+        for run_id in run_ids:
+            if conn.execute(update(runs).where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED.value)
+                            .values(status=RunStatus.CANCELLED.value, finished_at=now, error=reason,
+                                    dispatch_due_at=None)).rowcount == 1:
+                done.append(run_id)
+        found = {r.id: _run(r) for r in conn.execute(select(runs).where(runs.c.id.in_(list(run_ids))))}
+        claim.cancelled.extend(found[run_id] for run_id in done)
+        claim.cancel.extend(run_id for run_id in run_ids if run_id in found and run_id not in done
+                            and found[run_id].status is RunStatus.RUNNING)
 
     async def claim_due_runs(self, now: datetime, limit: int) -> list[Dispatch]:
         try:

@@ -107,3 +107,131 @@ async def test_delete_job_returns_the_active_runs_it_removed(rig: Rig) -> None:
     assert [(r.id, r.status) for r in removed] == [(queued.id, RunStatus.QUEUED),
                                                    (running.id, RunStatus.RUNNING)]
     assert T0 <= removed[0].scheduled_for
+
+
+def spec_of(job: Job, **changes: Any) -> dict[str, Any]:
+    """The job's definition as a PUT sends it back."""
+    return {**job.spec().model_dump(mode="json"), **changes}
+
+
+# ------------------------------------------------- 2: a PUT racing a claim, a pause racing a PUT
+
+
+async def test_a_put_racing_a_claim_does_not_wind_next_run_at_back(rig: Rig) -> None:
+    job = await rig.create(schedule="*/10 * * * * *", overlap="replace")
+    rig.clock.set(T0 + 10 * S)
+
+    async def claim(_: Any) -> None:  # the scheduler fires the slot between the PUT's read and write
+        await rig.scheduler.tick()
+    rig.store.once_after("get_job", claim)
+    put = await rig.jobs.update(job.id, spec_of(job, description="only the text changed"))
+    assert put.next_run_at == T0 + 20 * S and put.description == "only the text changed"
+    stored = await rig.store.get_job(job.id)
+    assert (stored.next_run_at, stored.description) == (T0 + 20 * S, "only the text changed")
+    await rig.scheduler.tick()  # the slot is not planned again, so nothing replaces its own run
+    assert rig.scheduler.stats.duplicates == 0
+    assert rig.published(EventType.RUN_CANCEL_REQUESTED) == []
+    [run] = await rig.history(job)
+    d = rig.take()
+    assert d is not None and d.run.id == run.id
+    done = await rig.worker.process(d)
+    assert done is not None and done.status is RunStatus.SUCCEEDED
+
+
+async def test_a_pause_does_not_lose_a_put_that_landed_after_its_read(rig: Rig) -> None:
+    job = await rig.create(schedule="*/10 * * * * *", description="before")
+
+    async def put(_: Any) -> None:
+        await rig.jobs.update(job.id, spec_of(job, description="after"))
+    rig.store.once_after("get_job", put)
+    paused = await rig.jobs.pause(job.id)
+    stored = await rig.store.get_job(job.id)
+    assert (stored.status.value, stored.description, stored.next_run_at) == ("paused", "after", None)
+    assert paused == stored
+    assert stored.updated_at > job.updated_at
+
+
+async def test_a_put_after_a_pause_it_did_not_see_decides_again_from_the_paused_job(rig: Rig) -> None:
+    job = await rig.create(schedule="*/10 * * * * *")
+
+    async def pause(_: Any) -> None:
+        await rig.jobs.pause(job.id)
+    rig.store.once_after("get_job", pause)
+    # a PUT replaces the whole definition, status included: written against the job as it now is
+    put = await rig.jobs.update(job.id, spec_of(job, description="d", status="paused"))
+    assert (put.status.value, put.description, put.next_run_at) == ("paused", "d", None)
+    assert [e.type for e in rig.events if e.type.value.startswith("job.")] == [
+        EventType.JOB_CREATED, EventType.JOB_PAUSED, EventType.JOB_UPDATED]
+
+
+# ----------------------------------------------------- 3: replace cancels a still-queued run
+
+
+async def test_overlap_replace_cancels_a_run_still_queued_so_only_the_newest_executes(rig: Rig) -> None:
+    job = await rig.create(schedule="*/10 * * * * *", overlap="replace")
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    rig.clock.set(T0 + 20 * S)  # no worker took the first run meanwhile
+    await rig.scheduler.tick()
+    first, second = await rig.history(job)
+    assert (first.status, second.status) == (RunStatus.CANCELLED, RunStatus.QUEUED)
+    assert "replaced by the run for" in (first.error or "") and first.finished_at == T0 + 20 * S
+    assert [e.run_id for e in rig.published(EventType.RUN_CANCELLED)] == [first.id]
+    while (d := rig.take()) is not None:  # a worker starting later gets both dispatches
+        await rig.worker.process(d)
+    assert rig.executor.started == [second.id]
+    assert (await rig.store.get_run(second.id)).status is RunStatus.SUCCEEDED
+
+
+# ------------------------------------------------------ 5: an update re-arms a parked job
+
+
+async def test_an_update_with_the_same_timing_re_arms_a_parked_job(rig: Rig) -> None:
+    job = await rig.create(schedule="*/10 * * * * *")
+
+    def broken(_: Job) -> str | None:
+        raise RuntimeError("time zone data missing")
+    rig.scheduler.refuse = broken  # the planner cannot plan it: the job is parked
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    assert (await rig.store.get_job(job.id)).next_run_at is None
+    rig.scheduler.refuse = None  # fixed ("it fires again once it is updated")
+    put = await rig.jobs.update(job.id, spec_of(job))
+    assert put.next_run_at == T0 + 20 * S
+    rig.clock.set(T0 + 20 * S)
+    await rig.scheduler.tick()
+    assert [(r.scheduled_for, r.status) for r in await rig.history(job)] == [
+        (T0 + 10 * S, RunStatus.MISSED), (T0 + 20 * S, RunStatus.QUEUED)]
+
+
+# ------------------------------------------------- 12: a pause records the slots it drops
+
+
+async def test_a_pause_while_the_scheduler_is_behind_records_the_slots_it_drops(rig: Rig) -> None:
+    job = await rig.create(schedule="* * * * * *")
+    rig.clock.set(T0 + 8 * S + S / 2)  # the scheduler has not reached slots 1..8 yet
+    await rig.jobs.pause(job.id)
+    runs = await rig.history(job)
+    assert [(r.scheduled_for, r.status) for r in runs] == [
+        (T0 + i * S, RunStatus.SKIPPED) for i in range(1, 9)]
+    assert all("paused before the scheduler fired this slot" in (r.error or "") for r in runs)
+    assert len(rig.published(EventType.RUN_SKIPPED)) == 8
+    await rig.jobs.resume(job.id)  # from the next slot after now
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    assert [r.scheduled_for for r in (await rig.history(job))[8:]] == [T0 + 9 * S, T0 + 10 * S]
+
+
+async def test_a_pause_racing_a_claim_records_only_what_the_claim_left(rig: Rig) -> None:
+    job = await rig.create(schedule="* * * * * *", misfire_grace=2)
+    rig.clock.set(T0 + 8 * S)
+
+    async def claim(_: Any) -> None:
+        await rig.scheduler.tick()
+    rig.store.once_after("get_job", claim)
+    await rig.jobs.pause(job.id)
+    runs = await rig.history(job)
+    slots = [r.scheduled_for for r in runs]
+    assert sorted(slots) == [T0 + i * S for i in range(1, 9)]  # each slot once: fired or recorded
+    assert all(r.status is not RunStatus.SKIPPED for r in runs)  # the claim had taken them all
+    assert (await rig.store.get_job(job.id)).next_run_at is None
