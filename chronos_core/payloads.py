@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterable, Mapping
+from email.headerregistry import HeaderRegistry
 from email.utils import getaddresses
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -317,18 +318,43 @@ def _backtracking_construct(pattern: str) -> str | None:
     return None
 
 
-# an addr-spec without quoting or comments: what the envelope gets is exactly what the job says
-_ADDR_SPEC = re.compile(r"[^\s@<>()\[\]\\,;:\"]+@[^\s@<>()\[\]\\,;:\"]+\.[^\s@<>()\[\]\\,;:\".]+")
-_NAME_FORBIDDEN = re.compile(r"[<>@\r\n]")
+# an addr-spec without quoting, comments or control characters: what the envelope gets is exactly what
+# the job says
+_ADDR_SPEC = re.compile(r"[^\s\x00-\x1f\x7f@<>()\[\]\\,;:\"]+@[^\s\x00-\x1f\x7f@<>()\[\]\\,;:\"]+"
+                        r"\.[^\s\x00-\x1f\x7f@<>()\[\]\\,;:\".]+")
+_NAME_FORBIDDEN = re.compile(r"[<>@\x00-\x1f\x7f]")
+# what ends a line for str.splitlines (the email package refuses them all in a header, at send time)
+_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+_HEADERS = HeaderRegistry()
 DEFAULT_MAX_RECIPIENTS = 100
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why ``value`` cannot be the header ``name`` of an email as written, or None. The email package
+    decodes RFC 2047 encoded-words in what it is given: ``=?utf-8?q?hi=0D=0ABcc:_x@evil.example?=`` as
+    a Subject became the two header lines ``Subject: hi`` and ``Bcc: x@evil.example`` (and an encoded
+    blank line started the body there), so the value is checked raw and as it decodes."""
+    try:
+        header = _HEADERS(name, value)
+    except Exception as exc:  # e.g. "address parts cannot contain CR or LF", from a decoded name
+        return f"not a header the email package can write: {exc}"
+    decoded = " ".join([str(header), *(a.display_name for a in getattr(header, "addresses", ()))])
+    for text, how in ((value, ""), (decoded, " once its =?...?= encoded-words are decoded")):
+        if _LINE_BREAKS.search(text):
+            return f"a header is one line: no line breaks{how}"
+        if _CONTROLS.search(text):
+            return f"no control characters{how}"
+    return None
 
 
 def parse_address(text: str) -> str:
     """One address, ``user@example.com`` or ``Name <user@example.com>`` (a name with commas in
     quotes), normalised; ``ValueError`` for anything else, e.g. a list of addresses in one entry."""
     value = text.strip()
-    if "\r" in value or "\n" in value:
-        raise ValueError("line breaks are not allowed")
+    problem = header_problem("to", value)
+    if problem:
+        raise ValueError(problem)
     pairs = getaddresses([value])
     if len(pairs) != 1:
         raise ValueError("one address per entry")
@@ -339,7 +365,7 @@ def parse_address(text: str) -> str:
         shown = f'"{name}" <{addr}>' if re.search(r"[^\w .'-]", name) else f"{name} <{addr}>"
     else:
         shown = addr
-    if getaddresses([shown]) != [(name, addr)]:
+    if getaddresses([shown]) != [(name, addr)] or header_problem("to", shown):
         raise ValueError("not a single address")
     return shown
 
@@ -366,6 +392,14 @@ class EmailPayload(Payload):
             raise ValueError(f"not an email address (one per entry): {', '.join(map(repr, bad[:5]))}"
                              + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
         return out
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        problem = header_problem("subject", v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("sender")
     @classmethod

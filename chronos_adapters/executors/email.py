@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.policy
 import smtplib
 import socket
 import ssl
 import threading
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import formatdate, make_msgid, parseaddr
 from typing import ClassVar, TypeVar
 
@@ -54,7 +56,19 @@ def build_message(p: EmailPayload, sender: str, run: Run | None = None) -> Email
             msg.add_alternative(p.html, subtype="html")
     else:
         msg.set_content(p.html or "", subtype="html")
+    _check_generated(msg)
     return msg
+
+
+def _check_generated(msg: EmailMessage) -> None:
+    """The headers of the message as it will be written are the headers it was given, one each: the
+    email package of Python < 3.11.10 / 3.12.5 writes a header whose decoded value holds a line break
+    as several lines (CVE-2024-6923); the payload check refuses those, this catches whatever it misses."""
+    written = BytesHeaderParser(policy=email.policy.default).parsebytes(msg.as_bytes())
+    if [k.lower() for k in written.keys()] != [k.lower() for k in msg.keys()]:
+        extra = sorted(set(written.keys()) - set(msg.keys()))
+        raise ValueError("a header would be written as several lines"
+                         + (f" (it would add {', '.join(extra[:5])})" if extra else ""))
 
 
 class _Session:

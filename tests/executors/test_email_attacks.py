@@ -65,3 +65,65 @@ async def test_the_executor_refuses_more_recipients_than_its_setting(smtp_server
         await ex.execute(job, make_run(job), Lines())
     assert not err.value.retryable and "at most 10" in str(err.value)
     assert smtp_server.received == []
+
+
+# ------------------------------------- header injection through RFC 2047 encoded-words and line breaks
+
+INJECTED_SUBJECTS = [
+    "=?utf-8?q?hi=0D=0ABcc:_victim@evil.example?=",  # decoded: "hi\r\nBcc: victim@evil.example"
+    "=?utf-8?b?aGkNCkJjYzogdmljdGltQGV2aWwuZXhhbXBsZQ==?=",  # the same, base64
+    "=?utf-8?q?hi=0AX-Evil:_1?=", "ok =?iso-8859-1?q?hi=0D=0AX-Evil:_1?= end",
+    "=?utf-8?q?hi=0D=0A=0D=0Aa_body_of_the_attacker's?=",  # a blank line: the body starts there
+    "hi\u2028X-Evil: 1", "hi\x0bX-Evil: 1", "hi\x00there"]
+
+
+@pytest.mark.parametrize("subject", INJECTED_SUBJECTS)
+def test_a_subject_that_would_write_more_header_lines_is_refused(subject: str) -> None:
+    with pytest.raises(InvalidJob) as err:
+        JobTypes().validate("email", {"to": ["a@example.com"], "subject": subject, "text": "x"})
+    assert err.value.errors[0].pointer == "/payload/subject"
+
+
+@pytest.mark.parametrize("entry", ["=?utf-8?q?Bob=0D=0AX-Evil=3A_1?= <a@example.com>",
+                                   "=?utf-8?b?Qm9iDQpYLUV2aWw6IDE=?= <a@example.com>",
+                                   '"=?utf-8?q?Bob=0AX-Evil=3A_1?=" <a@example.com>', "a\x00b@example.com",
+                                   "Bob\x1b[31m <a@example.com>"])
+def test_a_name_that_decodes_to_a_line_break_is_refused(entry: str) -> None:
+    for field in ("to", "cc", "bcc", "sender"):
+        payload = {"to": ["a@example.com"], "text": "x", field: [entry] if field != "sender" else entry}
+        with pytest.raises(InvalidJob) as err:
+            JobTypes().validate("email", payload)
+        assert err.value.errors[0].pointer == f"/payload/{field}"
+
+
+async def test_an_injected_subject_never_reaches_the_smtp_server(smtp_server: LocalSmtpServer) -> None:
+    # a job stored before the check (or by a plugin path) still fails at its run, not retried
+    ex = EmailExecutor(host=smtp_server.host, port=smtp_server.port, sender="ops@example.net")
+    for subject in INJECTED_SUBJECTS[:5]:
+        job = make_job("email", {"to": ["a@example.com"], "subject": subject, "text": "x"})
+        with pytest.raises(ExecutionFailed) as err:
+            await ex.execute(job, make_run(job), Lines())
+        assert not err.value.retryable
+    assert smtp_server.received == []
+
+
+def test_the_written_headers_are_checked_whatever_the_payload_check_missed() -> None:
+    from chronos_adapters.executors.email import build_message
+    from chronos_core.payloads import EmailPayload
+
+    unchecked = EmailPayload.model_construct(to=["a@example.com"], cc=[], bcc=[], sender=None,
+                                             subject=INJECTED_SUBJECTS[0], text="x", html=None)
+    with pytest.raises(ValueError, match="several lines"):
+        build_message(unchecked, "ops@example.net")
+
+
+async def test_encoded_words_and_unicode_still_send(smtp_server: LocalSmtpServer) -> None:
+    ex = EmailExecutor(host=smtp_server.host, port=smtp_server.port, sender="ops@example.net")
+    job = make_job("email", {"to": ["=?utf-8?q?J=C3=BCrgen?= <j@example.com>", "Zoë Ünal <z@example.com>"],
+                             "subject": "=?utf-8?q?Gr=C3=BC=C3=9Fe?=, 日本語 " + "long " * 60,
+                             "text": "x", "html": "<b>x</b>"})
+    assert (await ex.execute(job, make_run(job), Lines())).ok
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ["j@example.com", "z@example.com"]
+    assert str(received.message["Subject"]).startswith("Grüße, 日本語 long")
+    assert "X-Evil" not in received.message and "Bcc" not in received.message
