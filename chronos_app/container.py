@@ -193,5 +193,6 @@ class Container(containers.DeclarativeContainer):
         lease=settings.provided.lease,
         output_limit=settings.provided.output_limit,
         shutdown_grace=settings.provided.shutdown_grace,
+        redispatch_after=settings.provided.redispatch_after,
     )
     chronos = providers.Singleton(load_plugins, engines, settings.provided.plugins)

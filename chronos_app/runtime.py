@@ -69,6 +69,7 @@ class Chronos:
         batch_size: int = 1000,
         shutdown_grace: float = 10.0,
         max_queued: int | Literal["auto"] | None = "auto",
+        redispatch_after: float | None = 120.0,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -87,7 +88,8 @@ class Chronos:
             # worker keeps up with stay due in the store rather than pile up in memory, starting ever later
             max_queued = None if queue.durable else max(1000, 8 * concurrency)
         self.scheduler = (Scheduler(store, queue, bus, self.clock, batch_size=batch_size,
-                                    max_queued=max_queued, refuse=self._refuse) if scheduler else None)
+                                    max_queued=max_queued, refuse=self._refuse,
+                                    redispatch_after=redispatch_after or None) if scheduler else None)
         self.worker = (Worker(store, queue, bus, self.clock, self.executors, job_types=self.job_types,
                               concurrency=concurrency, lease=lease, output_limit=output_limit)
                        if worker else None)

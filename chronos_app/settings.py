@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=16, ge=1)
     lease: float = Field(default=30.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    redispatch_after: float = Field(default=120.0, ge=0, description=(
+        "seconds a run may stay queued after its dispatch was sent to Kafka before the scheduler sends "
+        "it again (the broker lost it, e.g. restarted without its data); 0: never"))
     output_limit: int = Field(default=64 * 1024, ge=1024)
     process_tuning: bool = Field(default=True, description=(
         "chronos serve/scheduler/worker: after start-up, freeze what is alive out of the garbage "

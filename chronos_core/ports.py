@@ -374,6 +374,13 @@ class DispatchQueue(abc.ABC):
         """How many dispatches wait, if the queue can tell cheaply."""
         return None
 
+    async def sent_before(self, run_ids: Collection[str], before: datetime) -> set[str] | None:
+        """Of these runs, those whose dispatch the queue handed to its backend before ``before`` and has
+        not been given again since; None if it cannot tell. The scheduler dispatches again a run still
+        queued long after it was sent (a broker that lost acknowledged messages), and asks this first
+        so that a dispatch still waiting to be sent (the broker is down) is not doubled."""
+        return None
+
 
 # ------------------------------------------------------------------------------------------ events
 

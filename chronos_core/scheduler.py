@@ -42,6 +42,7 @@ class SchedulerStats:
     duplicates: int = 0
     retries_dispatched: int = 0
     reaped: int = 0
+    redispatched: int = 0
     pruned: int = 0
     last_lag: float = 0.0
 
@@ -54,7 +55,8 @@ class Scheduler:
                  publish_queued: bool = True, history_max_age: float | None = None,
                  prune_interval: float = 60.0, min_interval: float = 0.005,
                  reap_grace: float = 10.0, max_queued: int | None = None,
-                 refuse: Callable[[Job], str | None] | None = None) -> None:
+                 refuse: Callable[[Job], str | None] | None = None,
+                 redispatch_after: float | None = 120.0) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -80,6 +82,11 @@ class Scheduler:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._planner = self._plan
+        # A run still queued this long after its dispatch was sent was lost by the queue's backend (a
+        # broker restarted without its data): dispatch it again (a durable queue only; None: never).
+        self.redispatch_after = None if redispatch_after is None else timedelta(seconds=redispatch_after)
+        self._next_redispatch: datetime | None = None
+        self._redispatched: dict[str, datetime] = {}  # run id -> when this scheduler dispatched it again
         # why a job's slots cannot run here (e.g. shell jobs while shell is off): they are recorded
         # skipped with that reason instead of being dispatched to fail
         self.refuse = refuse
@@ -152,6 +159,10 @@ class Scheduler:
         room = await self._room()
         self._held_back = room == 0
         room = await self._phase("firing due slots", self._fire(now, room), room)
+        if self.redispatch_after is not None and (self._next_redispatch is None
+                                                  or now >= self._next_redispatch):
+            self._next_redispatch = now + max(self.redispatch_after / 4, _REAP_EVERY)
+            await self._phase("dispatching lost runs again", self.redispatch_lost(now), 0)
         room = await self._phase("dispatching due runs", self._dispatch_due(now, room), room)
         held = self._reap_hold_until is not None and now < self._reap_hold_until
         if not held and (self._next_reap is None or now >= self._next_reap):  # once a second is enough
@@ -217,6 +228,47 @@ class Scheduler:
             if len(due) < limit:
                 break
         return room
+
+    async def redispatch_lost(self, now: datetime, pages: int = 10) -> int:
+        """Dispatch again the runs still queued ``redispatch_after`` after their dispatch was sent: the
+        queue's backend lost them (a broker restarted without its data acknowledged them, then forgot
+        them). They are released (:meth:`Store.release_undispatched`), and the due-runs phase hands them
+        out again; a copy that does arrive after all is refused by ``start_run``. Only runs the queue
+        says it sent that long ago (:meth:`DispatchQueue.sent_before`: not those still waiting to be sent
+        while the broker is down); with a queue that cannot tell, those this scheduler has not
+        dispatched again within ``redispatch_after``. How many runs were dispatched again."""
+        if self.redispatch_after is None or not self._queue.durable:
+            return 0  # an in-process queue loses nothing while the process lives (recover() after)
+        before = now - self.redispatch_after
+        candidates: list[Run] = []
+        cursor: str | None = None
+        for _ in range(pages):  # newest first; a slot scheduled after ``before`` cannot qualify
+            page = await self._store.list_runs(status=[RunStatus.QUEUED], until=before, before=cursor,
+                                               limit=self.batch_size)
+            candidates.extend(r for r in page if max(r.created_at, r.due_at) < before)
+            if len(page) < self.batch_size:
+                break
+            cursor = page[-1].id
+        for run_id, when in list(self._redispatched.items()):
+            if when < before:
+                del self._redispatched[run_id]
+        candidates = [r for r in candidates if r.id not in self._redispatched]
+        if not candidates:
+            return 0
+        sent = await self._queue.sent_before([r.id for r in candidates], before)
+        lost = [r for r in candidates if sent is None or r.id in sent]
+        if not lost:
+            return 0
+        released = await self._store.release_undispatched([r.id for r in lost])
+        for r in lost:
+            self._redispatched[r.id] = now
+        if released:
+            self.stats.redispatched += released
+            oldest = min(max(r.created_at, r.due_at) for r in lost)
+            log.warning("dispatching %d run(s) again: still queued %.0fs or more after they were sent "
+                        "(the oldest since %s); the queue's broker may have lost them (restarted without "
+                        "its data?)", released, self.redispatch_after.total_seconds(), oldest.isoformat())
+        return released
 
     def _hold_reaping(self) -> None:
         """After losing the store, reap nothing until ``reap_grace`` after it answers again: workers cut

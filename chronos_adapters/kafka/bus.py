@@ -33,7 +33,7 @@ from chronos_core.models import Event, EventType
 from chronos_core.ports import EventBus
 from chronos_core.subscriptions import BufferedSubscription
 
-from ._common import ensure_topics, unavailable
+from ._common import TopicKeeper, ensure_topics, unavailable
 from .codec import DecodeError, decode_event, encode_event
 
 __all__ = ["KafkaEventBus", "KafkaSubscription", "format_event_id", "parse_event_id"]
@@ -97,6 +97,8 @@ class KafkaEventBus(EventBus):
         self.replication_factor = replication_factor
         self.client_id = client_id
         self._linger_ms = linger_ms
+        self.topics = TopicKeeper(bootstrap, {topic: partitions}, replication_factor=replication_factor,
+                                  client_id=f"{client_id}-admin", enabled=create_topics)
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._feed: asyncio.Task[None] | None = None
@@ -177,6 +179,7 @@ class KafkaEventBus(EventBus):
                     sent.append((e, await producer.send(self.topic, encode_event(e),
                                                         key=e.job_id.encode() if e.job_id else None)))
         except KafkaError as exc:
+            await self.topics.recreate_if_missing(exc)  # for the next publish (events are best-effort)
             raise unavailable("publish", exc) from exc
         except TimeoutError:
             log.warning("kafka unreachable: %d events not published", len(events) - len(sent))
@@ -187,6 +190,7 @@ class KafkaEventBus(EventBus):
             if f in done:
                 exc = f.exception()
                 if exc is not None:
+                    await self.topics.recreate_if_missing(exc)
                     raise unavailable("publish", exc)
                 md = f.result()
                 e.id = format_event_id(md.partition, md.offset)
@@ -225,6 +229,7 @@ class KafkaEventBus(EventBus):
                 batch = await consumer.getmany(timeout_ms=1000)
             except KafkaError as exc:
                 log.warning("event feed: %s", exc)
+                await self.topics.recreate_if_missing(exc)
                 await asyncio.sleep(1)
                 continue
             for tp, messages in batch.items():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -219,6 +219,24 @@ class OutboxRelay:
                 write_outbox(conn, [d for d in dispatches if d.run.id not in there], when, ready=True)
         await self._db(go)
 
+    async def sent_before(self, run_ids: Collection[str], before: datetime) -> set[str]:
+        """Of these runs, those whose row was sent before ``before`` (and not written again since), or
+        has no row any more (sent rows are deleted ``keep_sent`` after they were sent)."""
+        ids = list(run_ids)
+        cut = _utc_naive(before)
+
+        def read() -> set[str]:
+            unsent_or_recent: set[str] = set()
+            with self.engine.connect() as conn:
+                for i in range(0, len(ids), 500):
+                    q = select(outbox_table.c.run_id).where(
+                        outbox_table.c.run_id.in_(ids[i:i + 500]),
+                        or_(outbox_table.c.sent_at.is_(None), outbox_table.c.sent_at >= cut))
+                    unsent_or_recent.update(conn.scalars(q))
+            return set(ids) - unsent_or_recent
+        result: set[str] = await self._db(read)
+        return result
+
     async def pending(self) -> int:
         """Rows not sent yet."""
         def count() -> int:
@@ -348,3 +366,6 @@ class OutboxDispatchQueue(DispatchQueue):
 
     async def depth(self) -> int | None:
         return await self.relay.pending()
+
+    async def sent_before(self, run_ids: Collection[str], before: datetime) -> set[str] | None:
+        return await self.relay.sent_before(run_ids, before)

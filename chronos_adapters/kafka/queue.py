@@ -34,7 +34,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from chronos_core.ports import Dispatch, DispatchQueue
 
-from ._common import ensure_topics, unavailable
+from ._common import TopicKeeper, ensure_topics, unavailable
 from .codec import DecodeError, decode_dispatch, encode_dispatch
 
 __all__ = ["DEAD_REASON", "DEAD_SOURCE", "TRIES", "KafkaDispatchQueue"]
@@ -131,6 +131,9 @@ class KafkaDispatchQueue(DispatchQueue):
         self._commit_lock = asyncio.Lock()
         self._closed = False
         self.dead_lettered = 0
+        self.topics = TopicKeeper(bootstrap, {topic: partitions, self.dead_letter_topic: 1},
+                                  replication_factor=replication_factor, client_id=f"{client_id}-admin",
+                                  enabled=create_topics)
 
     # lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -180,11 +183,19 @@ class KafkaDispatchQueue(DispatchQueue):
         """Send already encoded dispatches ``(job id, message)``, in order; returns once the broker
         acknowledged every one (:class:`StoreUnavailable` if it did not)."""
         producer = self._require_producer()
-        try:
+
+        async def send() -> None:
             futures = [await producer.send(self.topic, value, key=job_id.encode())
                        for job_id, value in messages]
             if futures:
                 await asyncio.gather(*futures)
+        try:
+            try:
+                await send()
+            except KafkaError as exc:
+                if not await self.topics.recreate_if_missing(exc):
+                    raise
+                await send()  # the topic is back: again (a message sent twice is harmless)
         except KafkaError as exc:
             raise unavailable("send", exc) from exc
 
@@ -225,12 +236,20 @@ class KafkaDispatchQueue(DispatchQueue):
             return
         delivery = entry[0]
         producer = self._require_producer()
-        try:
+
+        async def send() -> None:
             if delivery.tries + 1 >= self.max_tries:
                 await self._dead_letter(delivery, reason)
             else:
                 await producer.send_and_wait(self.topic, delivery.value, key=delivery.key,
                                              headers=[(TRIES, str(delivery.tries + 1).encode())])
+        try:
+            try:
+                await send()
+            except KafkaError as exc:
+                if not await self.topics.recreate_if_missing(exc):
+                    raise
+                await send()
         except KafkaError as exc:
             # not acked: it is delivered again after a restart / rebalance
             raise unavailable("send", exc) from exc
@@ -280,6 +299,7 @@ class KafkaDispatchQueue(DispatchQueue):
             except KafkaError as exc:
                 # a rebalance took the partition away: the new owner redelivers, which is harmless
                 log.warning("offset commit failed (%s); those runs will be delivered again", exc)
+                await self.topics.recreate_if_missing(exc)
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         consumer = self._consumer
@@ -345,6 +365,7 @@ class KafkaDispatchQueue(DispatchQueue):
                 batch = await consumer.getmany(timeout_ms=500, max_records=room)
             except KafkaError as exc:
                 log.warning("fetch failed: %s", exc)
+                await self.topics.recreate_if_missing(exc)
                 await asyncio.sleep(1)
                 continue
             for tp, messages in batch.items():

@@ -1,0 +1,93 @@
+"""Issue #12 item 10: topics lost by the broker (restarted without its data, or deleted) are created again
+by the running adapters, instead of every send failing until the processes restart. Against the real
+(Tansu) broker. Tansu creates a missing topic by itself on a metadata request (with 4 partitions); a
+Kafka broker with ``auto.create.topics.enable=false`` answers UNKNOWN_TOPIC_OR_PARTITION instead: that
+answer is injected through a proxy around the real producer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import UnknownTopicOrPartitionError
+
+from chronos_adapters.kafka import KafkaDispatchQueue, KafkaEventBus
+from chronos_core.models import EventType
+from tests.contracts.test_bus_contract import ev
+from tests.contracts.test_queue_contract import make_dispatch, make_job
+from tests.engine.proxies import Proxy
+from tests.fixtures.kafka import KafkaNames
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+
+async def delete_topics(bootstrap: str, *topics: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(topics))
+    finally:
+        await admin.close()
+
+
+async def partitions(bootstrap: str, topic: str) -> int | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            return None
+        [described] = await admin.describe_topics([topic])
+        return len(described["partitions"])
+    finally:
+        await admin.close()
+
+
+def unknown_topic_once(producer: Any) -> Proxy:
+    """The producer, whose next ``send`` is answered UNKNOWN_TOPIC_OR_PARTITION (no auto-creation)."""
+    proxy = Proxy(producer)
+    proxy.fail("send", UnknownTopicOrPartitionError())
+    return proxy
+
+
+async def test_the_dispatch_queue_creates_its_lost_topics_again(kafka_bootstrap: str,
+                                                               kafka_names: KafkaNames) -> None:
+    q = KafkaDispatchQueue(kafka_bootstrap, topic=kafka_names.topic("runs"), group=kafka_names.group(),
+                           partitions=3, client_id=kafka_names.prefix)
+    await q.start()
+    try:
+        await delete_topics(kafka_bootstrap, q.topic, q.dead_letter_topic)  # the broker lost its data
+        q._producer = unknown_topic_once(q._producer)
+        job = make_job("job-lost-topic")
+        d = make_dispatch(job)
+        await q.put([d])  # not StoreUnavailable: the topics are created again and the send goes out
+        assert q.topics.recreated == 1
+        assert await partitions(kafka_bootstrap, q.topic) == 3  # as configured
+        assert await partitions(kafka_bootstrap, q.dead_letter_topic) == 1
+        got = await asyncio.wait_for(q.get(), 60)
+        assert got.run.id == d.run.id
+        await q.ack(got)
+    finally:
+        await q.stop()
+
+
+async def test_the_event_bus_creates_its_lost_topic_again(kafka_bootstrap: str,
+                                                         kafka_names: KafkaNames) -> None:
+    bus = KafkaEventBus(kafka_bootstrap, topic=kafka_names.topic("events"), partitions=2,
+                        client_id=kafka_names.prefix)
+    await bus.start()
+    try:
+        await delete_topics(kafka_bootstrap, bus.topic)
+        real = bus._producer
+        bus._producer = unknown_topic_once(real)
+        with pytest.raises(Exception, match="publish"):
+            await bus.publish([ev("job-e", type=EventType.RUN_QUEUED)])  # this one is lost (best-effort)...
+        assert bus.topics.recreated == 1
+        assert await partitions(kafka_bootstrap, bus.topic) == 2  # ... and the topic is back as configured
+        bus._producer = real
+        event = ev("job-e", type=EventType.RUN_QUEUED)
+        await bus.publish([event])
+        assert event.id is not None
+    finally:
+        await bus.stop()
