@@ -3,6 +3,7 @@
 ::
 
     async with Chronos.embedded() as chronos:
+        await chronos.schedule(report, "0 6 * * *", kwargs={"day": "yesterday"})   # a python job
         job = await chronos.jobs.create({"name": "hello", "type": "shell",
                                          "schedule": "*/1 * * * * *", "payload": {"command": "echo hi"}})
         async for event in chronos.events.subscribe(job_id=job.id): ...
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from chronos_core import (
     Clock,
@@ -25,18 +27,25 @@ from chronos_core import (
     EventBus,
     Events,
     Executor,
+    FakeClock,
+    InvalidArgument,
     Job,
     Jobs,
     JobStatus,
     JobTypes,
     Payload,
+    Run,
     Runs,
+    RunStatus,
     Scheduler,
     Store,
     StoreUnavailable,
     SystemClock,
     Worker,
+    function_ref,
 )
+from chronos_core.ids import new_id
+from chronos_core.models import ACTIVE_RUN_STATUSES
 
 if TYPE_CHECKING:
     from chronos_adapters.executors import ExecutorConfig
@@ -44,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["Chronos"]
 
 log = logging.getLogger("chronos")
+F = TypeVar("F", bound=Callable[..., Any])
 SHELL_OFF = "shell jobs are disabled here (CHRONOS_ALLOW_SHELL is off)"
 
 
@@ -100,6 +110,7 @@ class Chronos:
         self.wait_for_backends = False
         self.stopping: Callable[[], bool] = lambda: False
         self._opened: list[Callable[[], Awaitable[None]]] = []
+        self._declared: list[dict[str, Any]] = []  # @scheduled before start: applied by start()
 
     @property
     def started(self) -> bool:
@@ -172,6 +183,9 @@ class Chronos:
             raise
         self._opened = []
         self._started = True
+        declared, self._declared = self._declared, []
+        if declared:  # @scheduled functions, declared before start
+            await self.jobs.apply(declared)
 
     async def _start_scheduler(self) -> None:
         assert self.scheduler is not None
@@ -249,6 +263,151 @@ class Chronos:
         await self.bus.stop()
         await self.queue.stop()
         await self.store.stop()
+
+    # python functions --------------------------------------------------------------------------------
+    def python_spec(self, func: Callable[..., Any], schedule: str | None = None, *, name: str | None = None,
+                    args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                    isolation: Literal["thread", "process"] = "thread", **fields: Any) -> dict[str, Any]:
+        """The job definition of ``schedule(func, ...)`` (and allows ``func`` on this process's python
+        executor, whatever its module allow-list: the program hands the function over itself)."""
+        try:
+            ref = function_ref(func)
+        except ValueError as exc:
+            raise InvalidArgument.single(("function",), str(exc)) from None
+        executor = self.executors.get("python")
+        allow = getattr(executor, "allow", None)
+        if callable(allow):
+            allow(ref)
+        return {"name": name or ref, "type": "python", "schedule": schedule, **fields,
+                "payload": {"function": ref, "args": list(args), "kwargs": dict(kwargs or {}),
+                            "isolation": isolation}}
+
+    async def schedule(self, func: Callable[..., Any], schedule: str | None = None, *,
+                       name: str | None = None, args: Sequence[Any] = (),
+                       kwargs: Mapping[str, Any] | None = None,
+                       isolation: Literal["thread", "process"] = "thread", **fields: Any) -> Job:
+        """Run ``func`` (a module-level function, ``async`` or not) on ``schedule`` (cron, ``@every 30s``,
+        ``@daily``...; None: only by hand) with JSON ``args``/``kwargs``; ``fields`` are any other job
+        fields (``timezone``, ``retry``, ``timeout``, ``overlap``, ``description``...). The job is named
+        after the function's import path unless ``name`` is given; if a job of that name exists it is
+        updated (unchanged if it already is so), so a program may declare its schedules at every start.
+        A lambda, closure or nested function is refused (:class:`InvalidArgument`): another process
+        could not import it."""
+        spec = self.python_spec(func, schedule, name=name, args=args, kwargs=kwargs, isolation=isolation,
+                                **fields)
+        return (await self.jobs.apply([spec])).jobs[0]
+
+    def scheduled(self, schedule: str | None = None, **options: Any) -> Callable[[F], F]:
+        """Decorator form of :meth:`schedule` (same options), for use before ``start()``, which applies
+        it; the function is returned unchanged. Started already: ``await chronos.schedule(...)``."""
+        def decorate(func: F) -> F:
+            spec = self.python_spec(func, schedule, **options)
+            if self._started:
+                raise RuntimeError("@scheduled registers before start(); on a running Chronos use "
+                                   "'await chronos.schedule(func, ...)'")
+            self._declared.append(spec)
+            return func
+        return decorate
+
+    async def run_now(self, target: Callable[..., Any] | Job | str, *, args: Sequence[Any] | None = None,
+                      kwargs: Mapping[str, Any] | None = None, wait: bool = False,
+                      timeout: float | None = None) -> Run:  # noqa: ASYNC109
+        """Run a job now: ``target`` is a job, a job name, or a function (its job, named after it, made
+        without a schedule if there is none). With ``args``/``kwargs`` other than the job's, the run gets
+        a one-off job of its own (named ``<job> #<id>``, no schedule) so that its retries keep those
+        arguments and its history stays. Returns the run as queued, or with ``wait`` as it ended
+        (:meth:`wait`)."""
+        if isinstance(target, Job):
+            job = target
+        elif isinstance(target, str):
+            job = await self.jobs.get_by_name(target)
+        else:
+            spec = self.python_spec(target, None, args=args or (), kwargs=kwargs)
+            try:
+                job = await self.jobs.get_by_name(spec["name"])
+            except LookupError:
+                job = await self.jobs.create(spec)
+        if args is not None or kwargs is not None:
+            payload = dict(job.payload)
+            if args is not None:
+                payload["args"] = list(args)
+            if kwargs is not None:
+                payload["kwargs"] = dict(kwargs)
+            if self.jobs.types.validate(job.type, payload) != job.payload:
+                spec_ = job.spec().model_dump(by_alias=True)
+                spec_.update(name=f"{job.name} #{new_id()[-8:]}", payload=payload, schedule=None,
+                             description=f"one-off run of {job.name} (run_now with other arguments)")
+                job = await self.jobs.create(spec_)
+        run = await self.jobs.trigger(job.id)
+        return await self.wait(run, timeout=timeout) if wait else run
+
+    async def wait(self, run: Run | str, *, timeout: float | None = None,  # noqa: ASYNC109
+                   retries: bool = False) -> Run:
+        """The run once it has ended (``TimeoutError`` after ``timeout`` seconds). With ``retries``, the
+        slot's last attempt once no retry of it is left (with a fake clock, retries need time moved on:
+        see :meth:`advance`)."""
+        run_id = run if isinstance(run, str) else run.id
+        async with asyncio.timeout(timeout):
+            current = await self.runs.get(run_id)
+            async with self.events.subscribe(job_id=current.job_id) as sub:
+                while True:
+                    current = await self.runs.get(current.id)
+                    if current.finished and retries:
+                        later = await self._next_attempt(current)
+                        if later is not None:
+                            current = later
+                            continue
+                    if current.finished:
+                        return current
+                    # an event of the job, or a second (a missed event must not hang the wait)
+                    async with asyncio.timeout(1.0):
+                        try:
+                            await sub.__anext__()
+                        except TimeoutError:
+                            pass
+
+    async def _next_attempt(self, run: Run) -> Run | None:
+        for other in await self.runs.list(job_id=run.job_id, since=run.scheduled_for,
+                                          until=run.scheduled_for, limit=100):
+            if other.attempt == run.attempt + 1 and other.scheduled_for == run.scheduled_for:
+                return other
+        return None
+
+    async def advance(self, seconds: float = 0.0, *, settle: float = 60.0, **units: float) -> datetime:
+        """Move a :class:`FakeClock` on by ``seconds`` (and ``minutes=``, ``hours=``...) the way time
+        would pass: to each due time in turn, waiting each time until every run due by then has ended
+        (retries included); then to the end. For users' tests: a day of a job's slots and retries in
+        milliseconds. ``TimeoutError`` if runs are still going after ``settle`` real seconds at a step."""
+        clock = self.clock
+        if not isinstance(clock, FakeClock):
+            raise TypeError("advance() needs Chronos.embedded(clock=FakeClock(...))")
+        end = clock.now() + timedelta(seconds=seconds, **units)
+        while True:
+            await self.settle(settle)
+            due = await self.store.next_due_time()
+            if due is None or due > end:
+                break
+            if due > clock.now():
+                clock.set(due)
+            else:  # due, not taken yet (the scheduler is on its way): let it run
+                await asyncio.sleep(0.001)
+        if end > clock.now():
+            clock.set(end)
+        await self.settle(settle)
+        return clock.now()
+
+    async def settle(self, limit: float = 60.0) -> None:
+        """Wait until nothing is due now and no run is queued for now or running."""
+        async with asyncio.timeout(limit):
+            while True:
+                await asyncio.sleep(0.001)
+                now = self.clock.now()
+                due = await self.store.next_due_time()
+                if due is not None and due <= now:
+                    continue
+                active = await self.store.list_runs(None, status=ACTIVE_RUN_STATUSES, limit=1000)
+                if all(r.status is RunStatus.QUEUED and r.due_at > now for r in active):
+                    return
 
     async def __aenter__(self) -> Chronos:
         await self.start()

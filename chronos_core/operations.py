@@ -8,6 +8,7 @@ handlers and ``Chronos.jobs`` call these; they hold no rules of their own.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -16,7 +17,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import FieldError, InvalidArgument, InvalidJob, RunConflict, ShellNotAllowed, StoreUnavailable
+from .errors import (
+    FieldError,
+    InvalidArgument,
+    InvalidJob,
+    JobNotFound,
+    RunConflict,
+    ShellNotAllowed,
+    StoreUnavailable,
+)
 from .events import job_event, publish_best_effort, run_event
 from .ids import new_id
 from .logs import follow_output
@@ -36,7 +45,7 @@ from .planning import next_slot, plan_dropped
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, Executor, Store, StoreStats, Subscription
 from .schedules import OneOffSchedule, parse_schedule, parse_timezone
 
-__all__ = ["Events", "Jobs", "Runs", "merge_patch", "restore_redacted"]
+__all__ = ["ApplyResult", "Events", "Jobs", "Runs", "merge_patch", "restore_redacted"]
 
 log = logging.getLogger("chronos.operations")
 
@@ -57,6 +66,23 @@ def restore_redacted(new: Any, old: Any) -> Any:
         return {k: (old[k] if v == REDACTED and k in old else restore_redacted(v, old.get(k)))
                 for k, v in new.items()}
     return new
+
+
+@dataclasses.dataclass(slots=True)
+class ApplyResult:
+    """What :meth:`Jobs.apply` did (or, with ``dry_run``, would do), by job name. ``jobs`` are the jobs
+    of the applied set as stored afterwards (empty on a dry run)."""
+
+    created: list[str] = dataclasses.field(default_factory=list)
+    updated: list[str] = dataclasses.field(default_factory=list)
+    unchanged: list[str] = dataclasses.field(default_factory=list)
+    deleted: list[str] = dataclasses.field(default_factory=list)
+    dry_run: bool = False
+    jobs: list[Job] = dataclasses.field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
 
 
 class Jobs:
@@ -171,6 +197,76 @@ class Jobs:
         await self._store.add_jobs(jobs)
         await publish_best_effort(self._bus, [job_event(EventType.JOB_CREATED, j, now) for j in jobs], log)
         return jobs
+
+    async def apply(self, specs: Iterable[JobSpec | Mapping[str, Any]], *, prune: bool = False,
+                    dry_run: bool = False) -> ApplyResult:
+        """Make the jobs named in ``specs`` be as given (jobs as code): create the missing ones, update
+        those whose definition differs, leave the rest alone; with ``prune``, delete every other job.
+        Applying the same set twice changes nothing the second time. A job's ``status`` (paused by hand)
+        stays unless the spec gives one. Everything is validated before
+        anything is written (:class:`InvalidJob` locates a field by the item's index, a name given twice
+        included); then each job is written on its own, so a failure midway (the store down) leaves the
+        earlier ones applied and applying again completes it. ``dry_run``: only say what would change."""
+        items = list(specs)
+        result = ApplyResult(dry_run=dry_run)
+        plan: list[tuple[JobSpec, Job | None]] = []
+        errors: list[FieldError] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            try:
+                spec = _spec(item)
+                if spec.name in seen:
+                    errors.append(FieldError((i, "name"), f"{spec.name!r} is also job #{seen[spec.name]} "
+                                             "of this set"))
+                    continue
+                seen[spec.name] = i
+                old = await self._by_name(spec.name)
+                if old is not None and "status" not in spec.model_fields_set:
+                    # paused or resumed by hand: a set that does not say keeps it so
+                    spec = spec.model_copy(update={"status": old.status})
+                if old is not None and spec.type == old.type:
+                    spec = spec.model_copy(update={"payload": self.types.restore(
+                        spec.type, spec.payload, old.payload)})
+                plan.append((self.validate(spec, previous=old), old))
+            except InvalidJob as exc:
+                errors.extend(dataclasses.replace(e, loc=(i, *e.loc)) for e in exc.errors)
+        if errors:
+            raise InvalidJob(errors)
+        to_create = [spec for spec, old in plan if old is None]
+        for spec, old in plan:
+            if old is None:
+                result.created.append(spec.name)
+            elif _definition(old.spec()) == _definition(spec):
+                result.unchanged.append(spec.name)
+            else:
+                result.updated.append(spec.name)
+        stale: list[Job] = []
+        if prune:
+            after = None
+            while page := await self._store.list_jobs(after=after, limit=500):
+                stale.extend(j for j in page if j.name not in seen)
+                after = page[-1].id
+            result.deleted = [j.name for j in stale]
+        if dry_run:
+            return result
+        created = {j.name: j for j in await self._add(to_create)} if to_create else {}
+        for spec, old in plan:
+            if old is None:
+                result.jobs.append(created[spec.name])
+            elif spec.name in result.updated:
+                result.jobs.append(await self.update(old.id, spec))
+            else:
+                result.jobs.append(old)
+        for job in stale:
+            with contextlib.suppress(JobNotFound):  # deleted meanwhile: what prune wanted
+                await self.delete(job.id)
+        return result
+
+    async def _by_name(self, name: str) -> Job | None:
+        try:
+            return await self._store.get_job_by_name(name)
+        except JobNotFound:
+            return None
 
     async def get(self, job_id: str) -> Job:
         return await self._store.get_job(job_id)
@@ -357,6 +453,13 @@ _DEFINITION = tuple(f.name for f in dataclasses.fields(Job)
 _TIMING = ("schedule", "timezone", "start_at", "end_at", "status")
 _CHANGE_TRIES = 50
 _US = timedelta(microseconds=1)
+
+
+def _definition(spec: JobSpec) -> dict[str, Any]:
+    """A spec as comparable data (what :meth:`Jobs.apply` compares; times compare as instants)."""
+    data = spec.model_dump(by_alias=True)
+    data["schedule"] = data.get("schedule") or None
+    return data
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

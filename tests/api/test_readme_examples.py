@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from chronos_core.models import JobSpec
-from chronos_core.payloads import EmailPayload, HttpPayload, ShellPayload, SqlPayload
+from chronos_core.payloads import EmailPayload, HttpPayload, PythonPayload, ShellPayload, SqlPayload
 from tests.api.conftest import build_app, running
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # a payload field each example may leave out, because it excludes one that is shown
 ALTERNATIVES = {"shell": {"argv"}, "http": {"body"}}
-MODELS = {"shell": ShellPayload, "http": HttpPayload, "email": EmailPayload, "sql": SqlPayload}
+MODELS = {"shell": ShellPayload, "http": HttpPayload, "email": EmailPayload, "sql": SqlPayload,
+          "python": PythonPayload}
 
 
 def _examples() -> list[dict[str, Any]]:
@@ -40,7 +41,8 @@ def test_each_type_example_names_every_payload_field() -> None:
 
 
 async def test_the_examples_are_accepted_by_the_app(tmp_path: Path) -> None:
-    app = build_app(sql_connections={"app": f"sqlite:///{tmp_path}/app.db"}, worker=False, scheduler=False)
+    app = build_app(sql_connections={"app": f"sqlite:///{tmp_path}/app.db"}, python_modules=["myapp"],
+                    worker=False, scheduler=False)
     async with running(app) as client:
         for example in _examples():
             r = await client.post("/jobs", json=example)

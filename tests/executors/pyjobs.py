@@ -65,9 +65,9 @@ def permanent() -> None:
     raise ExecutionFailed("the input is gone", retryable=False)
 
 
-def flaky(key: str, fail_times: int) -> str:
-    """Fails the first ``fail_times`` calls for ``key``."""
-    n = seen[key] = seen.get(key, 0) + 1
+def flaky(counter: str, fail_times: int) -> str:
+    """Fails the first ``fail_times`` calls counted under ``counter``."""
+    n = seen[counter] = seen.get(counter, 0) + 1
     if n <= fail_times:
         raise ConnectionError(f"call {n} failed")
     return f"ok after {n}"
@@ -103,3 +103,13 @@ def huge() -> str:
 
 def no_value() -> None:
     print("nothing to return")
+
+
+def greet(name: str = "world") -> str:
+    print(f"hello {name}")
+    return f"hello {name}"
+
+
+async def agreet(name: str = "world") -> str:
+    await asyncio.sleep(0)
+    return f"async hello {name}"

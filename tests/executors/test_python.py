@@ -122,7 +122,7 @@ async def test_a_flaky_function_succeeds_on_retry() -> None:
     async with Chronos.embedded() as chronos:
         job = await chronos.jobs.create({
             "name": "flaky", "type": "python", "retry": {"strategy": "immediate", "max_attempts": 3},
-            "payload": {"function": f"{MOD}:flaky", "kwargs": {"key": "flaky-1", "fail_times": 1}}})
+            "payload": {"function": f"{MOD}:flaky", "kwargs": {"counter": "flaky-1", "fail_times": 1}}})
         await chronos.jobs.trigger(job.id)
         runs = await finished(chronos, job.id, 2)
     assert [r.status for r in runs] == [RunStatus.FAILED, RunStatus.SUCCEEDED]
