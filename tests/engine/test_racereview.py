@@ -1,0 +1,65 @@
+"""Breaks found by reviewing issue #12's fixes (helper racereview): each a deterministic reproduction, the
+real engines on a FakeClock over every real store, the other side of the race injected through a proxy
+around the real adapter (``tests/engine/proxies.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus
+from chronos_core import Event, FakeClock, Jobs, JobTypes, Runs, RunStatus, Scheduler, Worker
+from chronos_core.ports import Store
+from tests.engine.proxies import Proxy
+from tests.engine.test_races import T0, Rig, S, StepExecutor, StepPayload
+
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+@pytest.fixture
+def rig(store: Store) -> Rig:
+    """test_races' rig: every adapter behind a proxy, the published events recorded."""
+    clock = FakeClock(T0)
+    store_p, queue, bus = Proxy(store), Proxy(MemoryDispatchQueue()), Proxy(MemoryEventBus())
+    types = JobTypes()
+    types.register("step", StepPayload)
+    executor = StepExecutor()
+    r = Rig(clock=clock, store=store_p, queue=queue, bus=bus,
+            jobs=Jobs(store_p, queue, bus, clock, types),  # type: ignore[arg-type]
+            runs=Runs(store_p, bus, clock),  # type: ignore[arg-type]
+            scheduler=Scheduler(store_p, queue, bus, clock, batch_size=50, reap_grace=10),  # type: ignore[arg-type]
+            worker=Worker(store_p, queue, bus, clock, {"step": executor}, job_types=types,  # type: ignore[arg-type]
+                          lease=30, store_retry_for=3600),
+            executor=executor)
+
+    async def record(real: Any, events: list[Event]) -> None:
+        await real(events)
+        r.events.extend(events)
+    bus.hooks["publish"] = record
+    return r
+
+
+# ------------------------------------------------ item 3: overlap replace, the replaced run's retry
+
+
+@pytest.mark.xfail(strict=True, reason="racereview F1: open, owner race (item 3)")
+async def test_a_replaced_run_that_is_reaped_later_is_not_retried_beside_its_replacement(rig: Rig) -> None:
+    job = await rig.create(schedule="*/30 * * * * *", overlap="replace",
+                           retry={"strategy": "immediate", "max_attempts": 3})
+    rig.clock.set(T0 + 30 * S)
+    await rig.scheduler.tick()
+    [old] = await rig.history(job)
+    assert rig.take() is not None
+    assert await rig.store.start_run(old.id, "worker-killed", rig.clock.now(), rig.clock.now() + 30 * S)
+    rig.clock.set(T0 + 60 * S)  # the next slot replaces the running one (its worker is dead: no one stops it)
+    await rig.scheduler.tick()
+    new = next(r for r in await rig.history(job) if r.scheduled_for == T0 + 60 * S)
+    rig.clock.set(T0 + 71 * S)  # the dead worker's lease ran out 11 s ago: reaped
+    await rig.scheduler.tick()
+    rig.clock.set(T0 + 72 * S)
+    await rig.scheduler.tick()
+    assert rig.scheduler.stats.reaped == 1
+    active = [r for r in await rig.history(job) if r.status in ACTIVE]
+    # the replaced slot must not come back as a retry running beside (or after) the slot that replaced it
+    assert [r.id for r in active] == [new.id], [(r.scheduled_for, r.attempt, r.status) for r in active]
