@@ -187,22 +187,52 @@ def _install_routers() -> None:
             root.addHandler(_log_router)
 
 
-def load_function(ref: str) -> Callable[..., Any]:
+def load_function(ref: str, allowed: Iterable[str] | None = None) -> Callable[..., Any]:
     """Import ``"module:qualname"`` and return the callable; ``ExecutionFailed`` (not retryable) if it
-    cannot be found."""
+    cannot be found. With ``allowed`` (module prefixes), the function must be *defined* in an allowed
+    module, and reached only through classes defined there: otherwise ``json:codecs.builtins.exec``
+    (``json`` imports ``codecs``, which imports ``builtins``) ran any code with only ``json`` allowed."""
     module_name, qualname = split_ref(ref)
+    if allowed is not None:
+        allowed = tuple(allowed)
+        problem = ref_problem(ref)
+        if problem:
+            raise ExecutionFailed(problem, retryable=False)
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ExecutionFailed(f"cannot import {module_name!r}: {exc}", retryable=False) from None
-    for part in qualname.split("."):
+    parts = qualname.split(".")
+    for i, part in enumerate(parts):
         try:
             target = getattr(target, part)
         except AttributeError:
             raise ExecutionFailed(f"{ref}: {module_name} has no {qualname!r}", retryable=False) from None
+        if allowed is None:
+            continue
+        if i < len(parts) - 1 and not inspect.isclass(target):
+            raise ExecutionFailed(f"{ref}: {'.'.join(parts[:i + 1])} is not a class of {module_name} (a "
+                                  "module or object it imported leads out of the allow-list)",
+                                  retryable=False)
+        defined_in = getattr(target, "__module__", None)
+        if not isinstance(defined_in, str) or not module_allowed(defined_in, allowed):
+            raise ExecutionFailed(f"{ref}: {'.'.join(parts[:i + 1])} is defined in {defined_in!r}, which is "
+                                  "not in the python job allow-list (CHRONOS_PYTHON_MODULES)",
+                                  retryable=False)
     if not callable(target):
         raise ExecutionFailed(f"{ref} is not callable", retryable=False)
     return target  # type: ignore[no-any-return]
+
+
+def ref_problem(ref: str) -> str | None:
+    """Why an allow-listed reference is refused without importing anything: a private or dunder name
+    (``f.__globals__``, ``C.__subclasses__``, ``_os.system``) leads anywhere."""
+    _, qualname = split_ref(ref)
+    private = [part for part in qualname.split(".") if part.startswith("_")]
+    if private:
+        return (f"{ref}: {private[0]!r} is private; python jobs under an allow-list call public names "
+                "defined in the allowed modules")
+    return None
 
 
 _HERE = os.path.dirname(__file__)
@@ -265,7 +295,16 @@ class PythonExecutor(Executor):
         ref = str(payload.get("function", ""))
         if ref and not self.allowed(ref):
             return [FieldError(("payload", "function"), self._refusal(ref))]
+        problem = ref_problem(ref) if ref and self._restricted(ref) else None
+        if problem:
+            return [FieldError(("payload", "function"), problem)]
         return []
+
+    def _restricted(self, ref: str) -> tuple[str, ...] | None:
+        """The allow-list that applies to ``ref`` (None: the program named this function itself)."""
+        if self.allowed_modules is None or ref in self._allowed_refs:
+            return None
+        return self.allowed_modules
 
     async def start(self) -> None:
         _install_routers()
@@ -280,7 +319,7 @@ class PythonExecutor(Executor):
         if p.isolation == "process":
             return await self._in_process(job, run, p, log)
         _install_routers()
-        func = load_function(p.function)
+        func = load_function(p.function, self._restricted(p.function))
         loop = asyncio.get_running_loop()
         cap = _Capture(loop)
         pump = asyncio.create_task(cap.pump(log), context=contextvars.Context())
@@ -340,6 +379,7 @@ class PythonExecutor(Executor):
                                   "program's __main__ cannot be imported by a child process",
                                   retryable=False)
         request = {"function": p.function, "args": p.args, "kwargs": p.kwargs, "sys_path": sys.path,
+                   "allowed": self._restricted(p.function),
                    "max_result": self.max_result,
                    "context": {"run_id": run.id, "job_id": job.id, "job_name": job.name,
                                "attempt": run.attempt, "scheduled_for": run.scheduled_for.isoformat(),

@@ -40,7 +40,7 @@ def main() -> int:
                      scheduled_for=datetime.fromisoformat(c["scheduled_for"]), trigger=c["trigger"],
                      _emit=emit)
     try:
-        func = load_function(request["function"])
+        func = load_function(request["function"], request.get("allowed"))
         kwargs = dict(request["kwargs"])
         name = context_parameter(func)
         if name is not None:
