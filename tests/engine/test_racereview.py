@@ -63,3 +63,29 @@ async def test_a_replaced_run_that_is_reaped_later_is_not_retried_beside_its_rep
     active = [r for r in await rig.history(job) if r.status in ACTIVE]
     # the replaced slot must not come back as a retry running beside (or after) the slot that replaced it
     assert [r.id for r in active] == [new.id], [(r.scheduled_for, r.attempt, r.status) for r in active]
+
+
+# -------------------------------------------- item 10: a backlog is not a loss (re-dispatch is bounded)
+
+
+@pytest.mark.xfail(strict=True, reason="racereview F2: open, owner fault (item 10)")
+async def test_a_backlog_the_broker_still_holds_is_not_sent_again_and_again(store: Store) -> None:
+    from tests.engine.test_redispatch import LossyBroker
+
+    clock, broker, bus = FakeClock(T0), LossyBroker(), MemoryEventBus()
+    broker.losing = False  # the broker keeps everything: the workers are merely behind
+    jobs = Jobs(store, broker, bus, clock, JobTypes())  # type: ignore[arg-type]
+    scheduler = Scheduler(store, broker, bus, clock, redispatch_after=120)  # type: ignore[arg-type]
+    job = await jobs.create({"name": "backlog", "type": "shell", "payload": {"command": "true"}})
+    runs = []
+    for _ in range(5):
+        runs.append(await jobs.trigger(job.id))
+        clock.advance(1)
+    for _ in range(240):  # an hour of a saturated worker pool: nothing is taken from the queue
+        clock.advance(15)
+        await scheduler.tick()
+    copies = broker.taken()
+    per_run = {r.id: copies.count(r.id) for r in runs}
+    # every copy is a delivery a worker must take, look up in the store and drop: a backlog that grows
+    # by itself with every period, the more the further behind the workers are
+    assert max(per_run.values()) <= 3, per_run
