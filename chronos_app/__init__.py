@@ -1,6 +1,7 @@
-"""The composition root: ``Chronos`` for embedding, plus the service's ``Settings``, DI ``Container`` and
-REST app factory ``create_app``, each imported on first use (embedding does not load Starlette; the client
-commands of ``chronos`` load neither the engines nor the API)."""
+"""The composition root: ``Chronos`` for embedding (``SyncChronos`` for synchronous code), plus the
+service's ``Settings``, DI ``Container`` and REST app factory ``create_app``, each imported on first use
+(embedding does not load Starlette; the client commands of ``chronos`` load neither the engines nor the
+API)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ if TYPE_CHECKING:
     from .container import Container
     from .runtime import Chronos
     from .settings import Settings
+    from .sync import SyncChronos
 
-__all__ = ["Chronos", "Container", "Settings", "create_app"]
+__all__ = ["Chronos", "Container", "Settings", "SyncChronos", "create_app"]
 
-_LAZY = {"Chronos": ".runtime", "Container": ".container", "Settings": ".settings", "create_app": ".api"}
+_LAZY = {"Chronos": ".runtime", "Container": ".container", "Settings": ".settings", "SyncChronos": ".sync",
+         "create_app": ".api"}
 
 
 def __getattr__(name: str) -> Any:

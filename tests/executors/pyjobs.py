@@ -113,3 +113,8 @@ def greet(name: str = "world") -> str:
 async def agreet(name: str = "world") -> str:
     await asyncio.sleep(0)
     return f"async hello {name}"
+
+
+async def calls_sync_chronos() -> None:
+    """An async job calling a SyncChronos from its own loop (refused: it would wait for itself)."""
+    seen["sync"].jobs.list()

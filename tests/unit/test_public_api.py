@@ -32,7 +32,7 @@ def test_core_all_is_pinned() -> None:
 
 
 def test_app_all_is_pinned_and_resolves() -> None:
-    assert sorted(chronos_app.__all__) == ["Chronos", "Container", "Settings", "create_app"]
+    assert sorted(chronos_app.__all__) == ["Chronos", "Container", "Settings", "SyncChronos", "create_app"]
     for name in chronos_app.__all__:
         assert getattr(chronos_app, name) is not None
 
