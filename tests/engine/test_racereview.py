@@ -89,3 +89,25 @@ async def test_a_backlog_the_broker_still_holds_is_not_sent_again_and_again(stor
     # every copy is a delivery a worker must take, look up in the store and drop: a backlog that grows
     # by itself with every period, the more the further behind the workers are
     assert max(per_run.values()) <= 3, per_run
+
+
+# ------------------------------------- item 11: the misfire grace at start must not starve a lagging job
+
+
+async def test_a_job_whose_runs_all_reach_the_workers_late_still_runs(rig: Rig) -> None:
+    """Workers a steady 10 s behind a per-second job (misfire fire_once, grace 5 s): each run reaches a
+    worker after its grace, and a later slot is always due by then. fire_once means the latest of the
+    missed slots still runs: the job must keep running, not be recorded missed slot after slot."""
+    job = await rig.create(schedule="* * * * * *")
+    assert (job.misfire.value, job.misfire_grace) == ("fire_once", 5.0)
+    for t in range(1, 61):
+        rig.clock.set(T0 + t * S)
+        await rig.scheduler.tick()
+        if t > 10:  # the workers take the oldest dispatch, 10 s after it was queued
+            d = rig.take()
+            assert d is not None and d.run.scheduled_for == T0 + (t - 10) * S
+            await rig.worker.process(d)
+    runs = await rig.history(job)
+    assert [r.scheduled_for for r in runs] == [T0 + t * S for t in range(1, 61)]  # every slot has a run
+    ran = [r for r in runs if r.status is RunStatus.SUCCEEDED]
+    assert len(ran) >= 5, [(r.scheduled_for.second, r.status.value) for r in runs]
