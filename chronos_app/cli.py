@@ -64,9 +64,27 @@ def _settings() -> Settings:
         raise click.UsageError(f"invalid configuration: {exc}") from None
 
 
+# what ends or rewrites a line of the log: C0 controls but tab, DEL, NEL and the Unicode separators
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0a, 0x20), 0x7f, 0x85)} | {
+    0x0a: "\\n", 0x0d: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+class OneLineFormatter(logging.Formatter):
+    """Each record's message on one line, its control characters escaped: messages carry text from jobs
+    (a SQL error quoting a table named ``x\n2026-... INFO chronos.api: admin logged in`` forged a log
+    line). A traceback still follows on its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_UNPRINTABLE)
+        return super().formatMessage(record)
+
+
 def _logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        fmt = handler.formatter
+        handler.setFormatter(OneLineFormatter(fmt._fmt if fmt else None, fmt.datefmt if fmt else None))
     # the schema migration's own INFO lines ("Context impl SQLiteImpl", "Will assume ...") are noise here
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 

@@ -245,6 +245,20 @@ def test_a_sql_job_cannot_read_the_store_next_to_it(serve: Any, tmp_path: Path) 
     assert (tmp_path / "chronos.db").exists()
 
 
+def test_text_from_a_job_cannot_forge_a_line_of_the_server_log(serve: Any) -> None:
+    # the run's error (here SQLite's, quoting the statement) goes into the worker's INFO line
+    forged = "2026-12-02 00:59:59,000 INFO chronos.api: admin logged in from 10.0.0.1"
+    server = serve(CHRONOS_SQL_CONNECTIONS=json.dumps({"work": "sqlite:///work.db"}))
+    with httpx.Client(base_url=server.base, timeout=10) as c:
+        run = _run_job(c, {"name": "forger", "type": "sql", "payload": {
+            "connection": "work", "statement": f'SELECT * FROM "x\n{forged}\r\u2028"'}})
+    assert run["status"] == "failed"
+    log = server.stop()
+    [line] = [line for line in log.splitlines() if "job forger:" in line]
+    assert "\\n" + forged in line and "\\u2028" in line  # escaped, on the worker's own line
+    assert not any(line.startswith(forged) for line in log.splitlines())
+
+
 # ----------------------------------------------------------------------- the README walk-through
 
 def test_the_readme_walk_through_still_works(serve: Any) -> None:
