@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from chronos_core import InvalidSchedule, JobNotFound, RunStatus, parse_schedule
+from chronos_core import InvalidSchedule, JobNotFound, JobSpec, RunStatus, parse_schedule
 from chronos_core.schedules import parse_timezone
 
 from .context import Op, api
@@ -106,6 +106,8 @@ class JobTypeOut(_Out):
 
 class JobTypeList(_Out):
     items: list[JobTypeOut]
+    job_schema: dict[str, Any] = Field(description="JSON Schema of a job's definition (JobSpec); its payload "
+                                                   "is the type's payload_schema")
 
 
 async def job_types(request: Request) -> Response:
@@ -116,7 +118,7 @@ async def job_types(request: Request) -> Response:
         enabled = name in chronos.executors and (name != "shell" or chronos.allow_shell)
         items.append(JobTypeOut(name=name, description=(model.__doc__ or "").strip(), enabled=enabled,
                                 payload_schema=model.model_json_schema(mode="validation")))
-    return _json(JobTypeList(items=items))
+    return _json(JobTypeList(items=items, job_schema=JobSpec.model_json_schema(mode="validation")))
 
 
 # --------------------------------------------------------------------------------------- digests

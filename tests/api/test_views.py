@@ -17,6 +17,8 @@ async def test_job_types_carry_their_payload_schema_and_whether_this_server_runs
         assert {"command", "argv", "env"} <= set(types["shell"]["payload_schema"]["properties"])
         assert "url" in types["http"]["payload_schema"]["properties"]
         assert types["sql"]["description"]
+        job_schema = (await c.get("/job-types")).json()["job_schema"]
+        assert {"name", "type", "schedule", "timezone", "retry", "payload"} <= set(job_schema["properties"])
 
 
 async def test_digests_give_the_schedule_in_words_and_the_last_outcomes_oldest_first() -> None:

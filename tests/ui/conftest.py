@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import backend_missing
 
@@ -28,6 +29,7 @@ ADMIN = "ui-admin-token-0123456789"
 VIEWER = "ui-viewer-token-0123456789"
 SCREENSHOTS = Path(os.environ.get("CHRONOS_SCREENSHOTS", "build/ui-screenshots"))
 TIMEOUT_MS = 20_000  # generous: a busy 2-core machine
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 def _free_port() -> int:

@@ -230,18 +230,5 @@ document.addEventListener("alpine:init", () => {
     },
   });
 
-  // ---------------------------------------------------------------------------------- overview
-  Alpine.data("overviewPage", () => ({
-    stats: null,
-    async init() {
-      const refresh = throttle(() => this.load(), 2000);
-      await this.load();
-      openStream("/monitor/logs", () => refresh(), ["run.started", "run.succeeded", "run.failed",
-        "run.timed_out", "run.cancelled", "run.skipped", "run.missed", "job.created", "job.deleted",
-        "job.paused", "job.resumed"]);
-    },
-    async load() {
-      try { this.stats = await api.get("/stats"); } catch (exc) { Alpine.store("app").fail(exc); }
-    },
-  }));
+  registerPages();
 });
