@@ -12,7 +12,7 @@ from tests.api.conftest import build_app, job, running, wait_for
 async def test_job_types_carry_their_payload_schema_and_whether_this_server_runs_them() -> None:
     async with running(build_app(allow_shell=False)) as c:
         types = {t["name"]: t for t in (await c.get("/job-types")).json()["items"]}
-        assert set(types) == {"email", "http", "shell", "sql"}
+        assert {"email", "http", "shell", "sql"} <= set(types)
         assert types["shell"]["enabled"] is False and types["http"]["enabled"] is True
         assert {"command", "argv", "env"} <= set(types["shell"]["payload_schema"]["properties"])
         assert "url" in types["http"]["payload_schema"]["properties"]
