@@ -16,6 +16,8 @@ carries a URL or a password), through SQLAlchemy in a worker thread.
   attached-database limit is 1 (plain ``VACUUM`` attaches an unnamed temporary database).
   MySQL/PostgreSQL connections are confined by the grants of the user in their URL: configure a
   least-privilege user.
+  MySQL/MariaDB connections never allow ``LOAD DATA LOCAL INFILE`` (it reads this host's files), whatever
+  the URL says.
 * Failures: an unknown connection name, a bad URL/driver, syntax errors, missing tables, constraint
   violations and missing parameters are not retryable; lost/refused connections, deadlocks and lock
   timeouts are. Passwords of every configured URL are masked in error messages.
@@ -102,7 +104,8 @@ class SqlExecutor(Executor):
             engine = self._engines.get(name)
             if engine is None:
                 try:
-                    engine = create_engine(self.connections[name], pool_pre_ping=True)
+                    url = make_url(self.connections[name])
+                    engine = create_engine(url, pool_pre_ping=True, connect_args=_client_confinement(url))
                 except Exception as e:  # bad URL, unknown dialect, driver not installed
                     raise ExecutionFailed(self._mask(f"connection {name!r} is misconfigured: "
                                                      f"{type(e).__name__}: {e}"), retryable=False) from None
@@ -323,6 +326,20 @@ def _sqlite_library() -> Any:
     lib = ctypes.CDLL(_sqlite3.__file__)
     lib.sqlite3_db_config.restype = ctypes.c_int
     return lib
+
+
+def _client_confinement(url: Any) -> dict[str, Any]:
+    """Driver options no URL may turn on: MySQL's ``LOAD DATA LOCAL INFILE`` has the *client* - this
+    process - send any file it can read (the store, ``/proc/self/environ``) to the server, where the job
+    selects it; with ``?local_infile=1`` in a connection URL a job read the Chronos host's files."""
+    if url.get_backend_name() not in ("mysql", "mariadb"):
+        return {}
+    driver = url.get_driver_name()
+    if driver == "mysqlconnector":
+        return {"allow_local_infile": False}
+    if driver in ("pymysql", "mysqldb", "mariadbconnector"):
+        return {"local_infile": False}
+    return {}
 
 
 def _retryable_dbapi(e: exc.DBAPIError, dialect: str) -> bool:

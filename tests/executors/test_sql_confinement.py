@@ -179,3 +179,34 @@ async def test_harmless_pragmas_still_work(layout: Path) -> None:
         assert (await _run(layout, statement))[0] == "ok", statement
     outcome, out = await _run(layout, "PRAGMA user_version")
     assert outcome == "ok" and '{"user_version": 3}' in out
+
+
+# -------------------------------------------- MySQL/MariaDB: the client side is this process, too
+
+from tests.executors.test_sql import mariadb_url  # noqa: E402,F401 - the fixture
+
+
+async def test_load_data_local_infile_reads_no_file_of_this_host(mariadb_url: str, tmp_path: Path) -> None:  # noqa: F811
+    # LOAD DATA LOCAL INFILE makes the *client* (the worker) send a file of its host to the server; an
+    # operator's ?local_infile=1 in the URL let a job read the store, /proc/self/environ...
+    secret_file = tmp_path / "service-secret.txt"
+    secret_file.write_text("host-file-secret-4711\n")
+    sql = SqlExecutor(connections={"db": f"{mariadb_url}?local_infile=1"})
+
+    async def run(statement: str) -> tuple[str, str]:
+        job = make_job("sql", {"connection": "db", "statement": statement})
+        log = Lines()
+        try:
+            await sql.execute(job, make_run(job), log)
+            return "ok", log.text
+        except ExecutionFailed as exc:
+            return f"refused: {exc}", log.text
+
+    try:
+        assert (await run("CREATE TABLE leak (x TEXT)"))[0] == "ok"
+        outcome, _ = await run(f"LOAD DATA LOCAL INFILE '{secret_file}' INTO TABLE leak")
+        assert outcome.startswith("refused") and "local infile" in outcome
+        outcome, out = await run("SELECT x FROM leak")
+        assert outcome == "ok" and "host-file-secret" not in out
+    finally:
+        await sql.stop()
