@@ -89,7 +89,30 @@ def _logging(settings: Settings) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
+def _jobs_file(container: Container, source: str) -> None:
+    """Read FILE (``${VAR}`` from the environment) and check it now, so that ``serve --jobs`` stops with a
+    readable message before it listens; the jobs are applied once Chronos has started."""
+    from chronos_core import InvalidJob
+
+    from .jobfile import JobFileError, read_jobs
+
+    try:
+        specs, _ = read_jobs(source, expand=True)
+    except JobFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--jobs'") from None
+    chronos = container.chronos()
+    for i, spec in enumerate(specs):
+        try:
+            chronos.jobs.validate(spec)
+        except InvalidJob as exc:
+            name = spec.get("name", "?")
+            raise click.BadParameter(f"{source}: job #{i + 1} ({name!r}): {exc}", param_hint="'--jobs'") \
+                from None
+    chronos.declare(specs)
+    log.info("%s: %d job(s) to apply at start", source, len(specs))
+
+
+def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool, jobs: str | None = None) -> None:
     import uvicorn
 
     from .api import create_app
@@ -105,6 +128,8 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool) -> None:
     container = _container(settings, scheduler=scheduler, worker=worker)
     chronos = container.chronos()
     chronos.wait_for_backends = True  # a database or broker still starting is waited for
+    if jobs:
+        _jobs_file(container, jobs)
     app = create_app(container, on_started=tune_process if settings.process_tuning else None)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, close the SSE streams, then
     # the lifespan stops Chronos (no more claims; running attempts get shutdown_grace, then are cancelled).
@@ -158,9 +183,11 @@ for _command in CLIENT_COMMANDS:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-def serve(host: str, port: int) -> None:
+@click.option("--jobs", "jobs_file", metavar="FILE", help="apply the jobs in FILE at start (as 'chronos "
+              "apply -f FILE': YAML, JSON or TOML, ${VAR} from the environment; other jobs are kept)")
+def serve(host: str, port: int, jobs_file: str | None) -> None:
     """API, scheduler and worker in one process (default store: SQLite file ./chronos.db)."""
-    _serve_http(host, port, scheduler=True, worker=True)
+    _serve_http(host, port, scheduler=True, worker=True, jobs=jobs_file)
 
 
 @main.command()

@@ -1,5 +1,5 @@
-"""The client commands of ``chronos``: ``jobs``, ``runs``, ``logs``, ``preview``, calling the REST API of a
-running Chronos through :mod:`chronos_app.client`.
+"""The client commands of ``chronos``: ``jobs``, ``runs``, ``logs``, ``preview``, ``apply``, calling the
+REST API of a running Chronos through :mod:`chronos_app.client`.
 
 Where: ``--url`` / ``CHRONOS_URL`` (default http://127.0.0.1:8080), ``--token`` / ``CHRONOS_TOKEN``; both
 are accepted before the command (``chronos --url U jobs list``) or after it. Output: tables for people,
@@ -444,5 +444,36 @@ def preview(fmt: str, timezone: str, count: int, schedule: str) -> None:
                 result["times"])
 
 
-CLIENT_COMMANDS: tuple[click.Command, ...] = (jobs, runs, logs, preview)
+@click.command(cls=ClientCommand, epilog=_EXIT_HELP)
+@connection_options
+@_output_option
+@click.option("-f", "--file", "source", required=True, metavar="FILE",
+              help="the jobs: YAML or JSON (a list, or documents), TOML ([[jobs]] tables, .toml); - reads "
+                   "standard input. ${VAR} in a value is taken from the environment")
+@click.option("--prune", is_flag=True, help="delete every job that is not in FILE")
+@click.option("--dry-run", is_flag=True, help="only say what would change")
+def apply(fmt: str, source: str, prune: bool, dry_run: bool) -> None:
+    """Make the jobs in FILE true on the server (jobs as code): create the missing ones, update by name
+    those that differ, leave the others; --prune deletes every job not in FILE. Applying the same file
+    twice changes nothing. Secrets stay out of the file as ${VAR}."""
+    from .jobfile import JobFileError, read_jobs
+
+    try:
+        specs, _ = read_jobs(source, expand=True)
+    except JobFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-f'") from None
+    with _client() as c:
+        result = c.apply_jobs([_definition(s) for s in specs], prune=prune, dry_run=dry_run)
+    if fmt != "table":
+        render.emit(fmt, result, ids=[*result["created"], *result["updated"], *result["deleted"]])
+        return
+    would = "would be " if dry_run else ""
+    for key in ("created", "updated", "deleted", "unchanged"):
+        for name in result[key]:
+            click.echo(f"{would if key != 'unchanged' else ''}{key} {render.clean(name)}")
+    counts = ", ".join(f"{len(result[k])} {k}" for k in ("created", "updated", "unchanged", "deleted"))
+    click.echo(f"{'dry run: ' if dry_run else ''}{counts}")
+
+
+CLIENT_COMMANDS: tuple[click.Command, ...] = (jobs, runs, logs, preview, apply)
 

@@ -209,6 +209,13 @@ class ChronosClient:
         result: dict[str, Any] = self._json("POST", "/jobs", json_body=spec)
         return result
 
+    def apply_jobs(self, specs: list[dict[str, Any]], *, prune: bool = False,
+                   dry_run: bool = False) -> dict[str, Any]:
+        """``POST /jobs/apply``: created/updated/unchanged/deleted job names."""
+        result: dict[str, Any] = self._json("POST", "/jobs/apply", json_body={"jobs": specs, "prune": prune},
+                                            params={"dry_run": "true" if dry_run else None})
+        return result
+
     def replace_job(self, job_id: str, spec: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("PUT", f"/jobs/{_segment(job_id)}", json_body=spec)
         return result

@@ -264,6 +264,13 @@ class Chronos:
         await self.queue.stop()
         await self.store.stop()
 
+    def declare(self, specs: Iterable[Mapping[str, Any]]) -> None:
+        """Jobs to apply (:meth:`Jobs.apply`: created, or updated by name) when :meth:`start` runs (what
+        ``chronos serve --jobs FILE`` does); applied at once if started already is not supported."""
+        if self._started:
+            raise RuntimeError("declare() is for jobs applied at start(); use 'await chronos.jobs.apply'")
+        self._declared.extend(dict(s) for s in specs)
+
     # python functions --------------------------------------------------------------------------------
     def python_spec(self, func: Callable[..., Any], schedule: str | None = None, *, name: str | None = None,
                     args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,

@@ -29,12 +29,14 @@ from .inputs import parse_query, read_json
 from .metrics import CONTENT_TYPE
 from .problems import InvalidParameters
 from .schemas import (
+    ApplyOut,
     Health,
     HistoryDeleted,
     JobCount,
     JobOut,
     JobPage,
     JobPatch,
+    JobsApply,
     Readiness,
     RunOut,
     RunPage,
@@ -185,6 +187,28 @@ async def create_job(request: Request) -> Response:
         return _json(JobOut.of(job, ctx.chronos.job_types), status, {"Location": location})
 
     return await ctx.idempotency.run(f"{scope}:{key}", data, create, request.url.path, replay)
+
+
+class ApplyQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dry_run: bool = Field(default=False, description="only say what would change")
+
+
+async def apply_jobs(request: Request) -> Response:
+    ctx = api(request)
+    q = parse_query(request, ApplyQuery)
+    data = await read_json(request, ctx.settings.max_body_bytes)
+    try:
+        body = JobsApply.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc)) from None
+    try:
+        result = await ctx.chronos.jobs.apply(body.jobs, prune=body.prune, dry_run=q.dry_run)
+    except InvalidJob as exc:  # located within the set: /jobs/3/schedule
+        raise InvalidJob([FieldError(("jobs", *e.loc), e.reason) for e in exc.errors]) from None
+    return _json(ApplyOut(created=result.created, updated=result.updated, unchanged=result.unchanged,
+                          deleted=result.deleted, dry_run=result.dry_run))
 
 
 async def list_jobs(request: Request) -> Response:
@@ -408,6 +432,13 @@ def _ops() -> list[Op]:
            request_headers=_IDEMPOTENCY, creates="job_id", example=_JOB_EXAMPLE),
         Op("GET", "/jobs", list_jobs, "List jobs (keyset pagination)", 200, JobPage, _J, query=JobListQuery,
            errors=(422,)),
+        Op("POST", "/jobs/apply", apply_jobs, "Apply a set of jobs (jobs as code)", 200, ApplyOut, _J,
+           body=JobsApply, query=ApplyQuery, errors=(400, 409, 413, 415, 422),
+           description="Creates the jobs of the set that do not exist, updates (by name) those that "
+                       "differ, leaves the others; with prune, deletes every job not in the set. The "
+                       "whole set is validated first (errors point into /jobs/N). Applying the same set "
+                       "twice changes nothing. A job's status, if the set does not give one, stays as "
+                       "it is (paused by hand)."),
         Op("GET", "/jobs/{job_id}", get_job, "Get a job", 200, JobOut, _J, errors=(404,)),
         Op("PUT", "/jobs/{job_id}", replace_job, "Replace a job's definition (secrets shown as *** are kept)",
            200, JobOut, _J, body=JobSpec, errors=(400, 404, 409, 413, 415, 422), example=_JOB_EXAMPLE,

@@ -16,6 +16,7 @@ from chronos_core.models import JobStatus, MisfirePolicy, OverlapPolicy, RunStat
 from chronos_core.retry import RetryPolicy
 
 __all__ = [
+    "ApplyOut",
     "EventOut",
     "FieldProblem",
     "Health",
@@ -23,6 +24,7 @@ __all__ = [
     "JobOut",
     "JobPage",
     "JobPatch",
+    "JobsApply",
     "LastRun",
     "Problem",
     "Readiness",
@@ -175,6 +177,28 @@ class Stats(_Out):
     runs: dict[str, int] = Field(description="runs queued and running now")
     last_hour: WindowStats
     last_day: WindowStats
+
+
+class JobsApply(BaseModel):
+    """A set of jobs to make true (jobs as code): created or updated by name, the others left alone, or
+    deleted with ``prune``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"jobs": [
+        {"name": "nightly", "type": "http", "schedule": "0 2 * * *",
+         "payload": {"url": "https://example.com/hooks/nightly", "method": "POST"}}], "prune": False}})
+
+    jobs: list[dict[str, Any]] = Field(description="job definitions, as POST /jobs takes them; names unique")
+    prune: bool = Field(default=False, description="delete every job not in the set")
+
+
+class ApplyOut(_Out):
+    """What an apply did (or, with ``dry_run``, would do), by job name."""
+
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    deleted: list[str]
+    dry_run: bool
 
 
 class HistoryDeleted(_Out):

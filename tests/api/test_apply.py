@@ -1,0 +1,38 @@
+"""``POST /jobs/apply``: jobs as code through the real app."""
+
+from __future__ import annotations
+
+from tests.api.conftest import build_app, running
+
+
+def _http(name: str, **fields: object) -> dict[str, object]:
+    return {"name": name, "type": "http", "payload": {"url": f"https://example.com/{name}"}, **fields}
+
+
+async def test_apply_dry_run_then_apply_then_nothing_to_do() -> None:
+    async with running(build_app(worker=False, scheduler=False)) as c:
+        await c.post("/jobs", json=_http("old"))
+        body = {"jobs": [_http("a"), _http("b", schedule="@daily")], "prune": True}
+        dry = await c.post("/jobs/apply?dry_run=true", json=body)
+        assert dry.status_code == 200, dry.text
+        assert dry.json() == {"created": ["a", "b"], "updated": [], "unchanged": [], "deleted": ["old"],
+                              "dry_run": True}
+        assert [j["name"] for j in (await c.get("/jobs")).json()["items"]] == ["old"]
+        done = (await c.post("/jobs/apply", json=body)).json()
+        assert (done["created"], done["deleted"], done["dry_run"]) == (["a", "b"], ["old"], False)
+        again = (await c.post("/jobs/apply", json=body)).json()
+        assert (again["unchanged"], again["created"], again["updated"]) == (["a", "b"], [], [])
+        assert sorted(j["name"] for j in (await c.get("/jobs")).json()["items"]) == ["a", "b"]
+
+
+async def test_apply_refusals_point_into_the_set() -> None:
+    async with running(build_app(worker=False, scheduler=False)) as c:
+        r = await c.post("/jobs/apply", json={"jobs": [_http("a"), _http("b", schedule="sometimes"),
+                                                        _http("a")]})
+        assert r.status_code == 422
+        assert {e["pointer"] for e in r.json()["errors"]} == {"/jobs/1/schedule", "/jobs/2/name"}
+        r = await c.post("/jobs/apply", json={"jobs": [_http("a")], "purge": True})
+        assert r.status_code == 422 and r.json()["errors"][0]["pointer"] == "/purge"
+        r = await c.post("/jobs/apply", json=[_http("a")])
+        assert r.status_code == 422
+        assert (await c.get("/jobs")).json()["items"] == []
