@@ -5,7 +5,8 @@
   ``X-Chronos-Run-Id`` / ``X-Chronos-Job-Id`` / ``X-Chronos-Attempt``. A job that sets its own
   ``Idempotency-Key`` keeps it.
 * Outcome: the status code is the run's ``exit_code``; the status line with timing, each redirect hop and
-  the first ``max_body`` bytes of the body are logged as ``run.log`` lines. Success is a status in
+  the first ``max_body`` bytes of the body are logged as ``run.log`` lines (values under secret-looking
+  names of a JSON or form answer - a fresh ``access_token`` - as ``***``). Success is a status in
   ``expected_status`` (default: any 2xx) and, with ``expect_body``, a body matching that pattern.
 * Bounds: the whole exchange - connecting, every redirect hop, the headers and the body - ends within
   ``timeout`` (a server trickling its body a byte at a time is cut there, not only when the job's own
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import re
 import socket
@@ -43,8 +45,9 @@ from chronos_core.errors import ExecutionFailed, FieldError
 from chronos_core.models import Job, Run
 from chronos_core.payloads import HttpPayload, is_secret_name
 from chronos_core.ports import ExecutionResult, Executor, LogSink
+from chronos_core.secrets import form_secrets, walk_named
 
-from ._common import Threads, parse_payload
+from ._common import Threads, mask, parse_payload
 
 __all__ = ["MAX_PATTERN_PROGRAM", "AddressGuard", "BlockedAddress", "HttpExecutor", "idempotency_key",
            "is_public", "pattern_problem", "quiet_httpx_logging"]
@@ -283,8 +286,9 @@ class HttpExecutor(Executor):
         await log(f"HTTP {status} {response.reason_phrase} in {elapsed:.0f} ms, "
                   f"{len(body)}{'+' if truncated else ''} bytes")
         text = body.decode(response.encoding or "utf-8", "replace")
+        fresh = answer_secrets(text, response.headers.get("content-type", ""))
         for line in text.splitlines():
-            await log(line)
+            await log(mask(line, fresh) if fresh else line)
         if truncated:
             await log(f"[chronos] body cut after {self.max_body} bytes")
         expected = p.expected_status
@@ -388,6 +392,24 @@ class _Inflater:
         self._first = False
         self.done = self._z.eof
         return out, bool(self._z.unconsumed_tail)
+
+
+_MIN_ANSWER_SECRET = 8  # shorter values under secret-looking names ("Bearer", counts) are not tokens
+
+
+def answer_secrets(text: str, content_type: str) -> list[str]:
+    """Values under secret-looking names in a JSON or form answer - the ``access_token`` a token
+    endpoint hands out - so the run's output, which read-only tokens read, shows them as ``***``."""
+    found: list[str] = []
+    head = text.lstrip()[:1]
+    if head in ("{", "[") or "json" in content_type:
+        try:
+            found = [v for _, v in walk_named(json.loads(text))]
+        except ValueError:  # not JSON (or cut by max_body): nothing to find by name
+            return []
+    elif "x-www-form-urlencoded" in content_type:
+        found = [v for _, v in form_secrets(text.strip())]
+    return [v for v in dict.fromkeys(found) if len(v) >= _MIN_ANSWER_SECRET][:100]
 
 
 def _retryable_status(status: int) -> bool:

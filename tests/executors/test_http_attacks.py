@@ -263,3 +263,17 @@ def test_ordinary_patterns_pass_the_check(http: HttpExecutor) -> None:
         assert http.check_payload({"url": "https://example.com/", "expect_body": pattern}) == [], pattern
     errors = http.check_payload({"url": "https://example.com/", "expect_body": "(?a)x"})
     assert errors and "RE2" in errors[0].reason
+
+
+async def test_a_token_the_target_hands_out_is_masked_in_the_output(http: HttpExecutor,
+                                                                   http_server: LocalHttpServer) -> None:
+    # a scheduled token refresh: the run's output (which read-only tokens read) showed the fresh token
+    http_server.respond("/oauth/token", (200, '{"access_token": "fresh-token-8c1f2a9e", "token_type": '
+                                              '"Bearer", "expires_in": 3600,\n"scope": {"refresh_token": '
+                                              '"refresh-7d3b55aa"}}'))
+    log = Lines()
+    result = await call(http, {"url": f"{http_server.url}/oauth/token", "method": "POST",
+                               "expect_body": "fresh-token-8c1f"}, log)
+    assert result.ok  # the pattern matched the answer as it came
+    assert "fresh-token" not in log.text and "refresh-7d3b" not in log.text
+    assert '"access_token": "***", "token_type": "Bearer", "expires_in": 3600' in log.text
