@@ -21,6 +21,7 @@ __all__ = [
     "MAX_SLOTS_LISTED",
     "MAX_SLOTS_WALKED",
     "Limits",
+    "late_start",
     "next_slot",
     "plan_dropped",
     "plan_due_job",
@@ -179,6 +180,29 @@ def _plan_walk(job: Job, active_run_ids: Sequence[str], now: datetime, limits: L
             for f, t in fire
         )
     return SlotPlan(runs=runs, next_run_at=s, cancel=cancel)
+
+
+def late_start(job: Job, run: Run, now: datetime) -> str | None:
+    """Why a run that reaches a worker at ``now`` is recorded ``missed`` instead of started (None: it
+    starts). The misfire grace holds when a run finally starts, as at claim: a first attempt of a slot
+    (not a catch-up, retry or manual run) that waited in a backed-up queue past the job's
+    ``misfire_grace`` is late, and then by the misfire policy: ``skip`` records it; ``fire_once`` runs it
+    only if it is the job's latest due slot (a later one is due too: that one stands for both);
+    ``fire_all`` runs it (late runs are what it asks for)."""
+    if run.trigger is not Trigger.SCHEDULE or run.attempt != 1 or job.misfire is MisfirePolicy.FIRE_ALL:
+        return None
+    late = (now - run.scheduled_for).total_seconds()
+    if late <= job.misfire_grace:
+        return None
+    if job.misfire is MisfirePolicy.FIRE_ONCE:
+        nxt = next_slot(job, run.scheduled_for)
+        if nxt is None or nxt > now:
+            return None
+        why = "misfire policy fire_once: a later slot is due too"
+    else:
+        why = "misfire policy skip"
+    return (f"missed: it reached a worker {late:.3g}s after its slot, past the misfire grace "
+            f"({job.misfire_grace:g}s; {why})")
 
 
 def replaced_reason(slot: datetime) -> str:

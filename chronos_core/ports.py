@@ -304,8 +304,11 @@ class Store(abc.ABC):
         a running run's output, whichever worker runs it."""
 
     @abc.abstractmethod
-    async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:
-        """queued -> cancelled. False when the run is not queued (it started, or finished)."""
+    async def cancel_queued_run(self, run_id: str, now: datetime, reason: str, *,
+                                status: RunStatus = RunStatus.CANCELLED) -> bool:
+        """queued -> cancelled (or, with ``status=MISSED``, missed: a slot that reached a worker past its
+        misfire grace), with ``reason`` as its error. False when the run is not queued (it started, or
+        finished). ValueError for another status."""
 
     @abc.abstractmethod
     async def expired_leases(self, now: datetime, limit: int) -> list[Run]:

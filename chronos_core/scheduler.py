@@ -157,13 +157,20 @@ class Scheduler:
         now = self._clock.now()
         self.stats.ticks += 1
         room = await self._room()
-        self._held_back = room == 0
+        # Due retries and recovered runs first, up to a fair share (half the room, or one batch when the
+        # queue is not bounded): new slots must not take all the room while they wait ever longer. Then
+        # the slots, then the due runs again with whatever room the slots left.
+        share = self.batch_size if room is None else (room + 1) // 2
+        left = await self._phase("dispatching due runs", self._dispatch_due(now, share), share)
+        if room is not None and left is not None:
+            room -= share - left
         room = await self._phase("firing due slots", self._fire(now, room), room)
         if self.redispatch_after is not None and (self._next_redispatch is None
                                                   or now >= self._next_redispatch):
             self._next_redispatch = now + max(self.redispatch_after / 4, _REAP_EVERY)
             await self._phase("dispatching lost runs again", self.redispatch_lost(now), 0)
         room = await self._phase("dispatching due runs", self._dispatch_due(now, room), room)
+        self._held_back = room is not None and room <= 0
         held = self._reap_hold_until is not None and now < self._reap_hold_until
         if not held and (self._next_reap is None or now >= self._next_reap):  # once a second is enough
             self._next_reap = now + _REAP_EVERY
@@ -207,7 +214,6 @@ class Scheduler:
                 await self._dispatch(claim.dispatch)
             if room is not None:
                 room -= len(claim.dispatch)
-                self._held_back = room <= 0
             if claim.jobs < limit:
                 break
         return room
@@ -224,7 +230,6 @@ class Scheduler:
                 await self._dispatch(due)
             if room is not None:
                 room -= len(due)
-                self._held_back = room <= 0
             if len(due) < limit:
                 break
         return room

@@ -25,7 +25,7 @@ from .events import publish_best_effort, run_event, watch
 from .ids import new_id
 from .models import Event, EventType, Job, Run, RunStatus, evolve
 from .payloads import JobTypes
-from .planning import plan_retry
+from .planning import late_start, plan_retry
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, ExecutionResult, Executor, Store
 from .secrets import secret_forms
 
@@ -350,6 +350,8 @@ class Worker:
             now = stored.started_at
             return True
 
+        if (late := late_start(job, run, now)) is not None:
+            return await self._record_late(run, late)
         if not await self._persist(start, run.id, RunStatus.RUNNING, started_here):
             return None
         self._held.add(run.id)
@@ -361,6 +363,16 @@ class Worker:
             self._held.discard(run.id)
             self._attempts.pop(run.id, None)
             self._early_cancels.pop(run.id, None)
+
+    async def _record_late(self, run: Run, reason: str) -> Run | None:
+        """A slot that waited in the queue past its misfire grace: recorded missed (if still queued)."""
+        now = self._clock.now()
+        if not await self._store.cancel_queued_run(run.id, now, reason, status=RunStatus.MISSED):
+            return None  # started elsewhere, finished or cancelled meanwhile
+        missed = evolve(run, status=RunStatus.MISSED, finished_at=now, error=reason)
+        self.stats.by_status["missed"] = self.stats.by_status.get("missed", 0) + 1
+        await self._publish([run_event(missed, now)], run.id)
+        return missed
 
     async def _run_started(self, job: Job, run: Run) -> Run | None:
         self.stats.started += 1

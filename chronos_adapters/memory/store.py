@@ -424,20 +424,23 @@ class MemoryStore(Store):
                 written.add(run_id)
         return written
 
-    async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:
+    async def cancel_queued_run(self, run_id: str, now: datetime, reason: str, *,
+                                status: RunStatus = RunStatus.CANCELLED) -> bool:
+        if status not in (RunStatus.CANCELLED, RunStatus.MISSED):
+            raise ValueError(f"a queued run ends cancelled or missed, not {status}")
         run = self._run(run_id)
         if run is None or run.status is not RunStatus.QUEUED:
             return False
-        self._cancel(run, now, reason)
+        self._cancel(run, now, reason, status)
         return True
 
-    def _cancel(self, run: Run, now: datetime, reason: str) -> Run:
-        cancelled = evolve(run, status=RunStatus.CANCELLED, finished_at=now, error=reason)
+    def _cancel(self, run: Run, now: datetime, reason: str, status: RunStatus = RunStatus.CANCELLED) -> Run:
+        cancelled = evolve(run, status=status, finished_at=now, error=reason)
         self._put(cancelled)
         self._active[run.job_id].pop(run.id, None)
         self._undispatched.pop(run.id, None)
         self._finished.append((now, run.id))
-        self._count(now, run.job_id, RunStatus.CANCELLED)
+        self._count(now, run.job_id, status)
         return cancelled
 
     def _count(self, at: datetime, job_id: str, status: RunStatus) -> None:

@@ -1346,16 +1346,20 @@ class SqlStore(Store):
             return held
         return await self._call(renew)
 
-    async def cancel_queued_run(self, run_id: str, now: datetime, reason: str) -> bool:
+    async def cancel_queued_run(self, run_id: str, now: datetime, reason: str, *,
+                                status: RunStatus = RunStatus.CANCELLED) -> bool:
+        if status not in (RunStatus.CANCELLED, RunStatus.MISSED):
+            raise ValueError(f"a queued run ends cancelled or missed, not {status}")
+
         def cancel() -> bool:
             with self._tx() as conn:
                 done = conn.execute(
                     update(runs).where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED.value)
-                    .values(status=RunStatus.CANCELLED.value, finished_at=now, error=_cut(reason),
+                    .values(status=status.value, finished_at=now, error=_cut(reason),
                             dispatch_due_at=None)).rowcount == 1
                 if done:
                     job_id = conn.scalar(select(runs.c.job_id).where(runs.c.id == run_id))
-                    self._count_outcomes(conn, [(now, job_id, RunStatus.CANCELLED)])
+                    self._count_outcomes(conn, [(now, job_id, status)])
                 return done
         return await self._call(cancel)
 

@@ -235,3 +235,73 @@ async def test_a_pause_racing_a_claim_records_only_what_the_claim_left(rig: Rig)
     assert sorted(slots) == [T0 + i * S for i in range(1, 9)]  # each slot once: fired or recorded
     assert all(r.status is not RunStatus.SKIPPED for r in runs)  # the claim had taken them all
     assert (await rig.store.get_job(job.id)).next_run_at is None
+
+
+# ---------------------------------------- 11: due retries get their share; the grace at start
+
+
+async def test_due_retries_get_a_fair_share_of_the_queue_while_slots_saturate_it(rig: Rig) -> None:
+    from chronos_core import Trigger
+    from chronos_core.ids import new_id
+
+    rig.scheduler.max_queued = 4
+    slots = [await rig.create(name=f"slot-{i}", schedule="*/10 * * * * *") for i in range(6)]
+    failing = await rig.create(name="retried")
+    retries = [Run(id=new_id(), job_id=failing.id, scheduled_for=T0 + i * S, trigger=Trigger.RETRY,
+                   attempt=2, status=RunStatus.QUEUED, created_at=T0 + i * S, due_at=T0 + 5 * S)
+               for i in range(3)]
+    for r in retries:
+        await rig.store.add_run(r, dispatched=False)
+    rig.clock.set(T0 + 10 * S)
+    handed: list[list[str]] = []
+    for _ in range(4):  # each tick the workers drain the queue: 4 places a tick
+        await rig.scheduler.tick()
+        batch = []
+        while (d := rig.take()) is not None:
+            batch.append(d.run.job_id)
+        handed.append(batch)
+    # half the room goes to the due retries first, the rest to the slots; nothing is left out
+    assert [b.count(failing.id) for b in handed] == [2, 1, 0, 0]
+    assert [len(b) for b in handed] == [4, 4, 1, 0]
+    assert sorted(j for b in handed for j in b if j != failing.id) == sorted(j.id for j in slots)
+
+
+async def test_a_slot_that_waited_in_the_queue_past_its_grace_is_recorded_missed(rig: Rig) -> None:
+    job = await rig.create(schedule="*/10 * * * * *", misfire="skip", misfire_grace=5)
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    d = rig.take()
+    assert d is not None and d.run.job_id == job.id
+    rig.clock.set(T0 + 16 * S)  # the workers were busy (or down): it reaches one 6 s after its slot
+    done = await rig.worker.process(d)
+    assert done is not None and done.status is RunStatus.MISSED
+    assert rig.executor.started == []
+    stored = await rig.store.get_run(d.run.id)
+    assert (stored.status, stored.finished_at) == (RunStatus.MISSED, T0 + 16 * S)
+    assert "6s after its slot, past the misfire grace (5s; misfire policy skip)" in (stored.error or "")
+    assert [e.run_id for e in rig.published(EventType.RUN_MISSED)] == [d.run.id]
+    assert rig.queue.inner.get_nowait() is None  # handled: acked
+
+
+async def test_the_grace_at_start_follows_the_misfire_policy(rig: Rig) -> None:
+    once = await rig.create(name="once", schedule="*/10 * * * * *", misfire_grace=5)  # fire_once
+    every = await rig.create(name="all", schedule="*/10 * * * * *", misfire="fire_all", misfire_grace=5)
+    for t in (10, 20):
+        rig.clock.set(T0 + t * S)
+        await rig.scheduler.tick()
+    rig.clock.set(T0 + 21 * S)
+    manual = await rig.jobs.trigger(once.id)
+    dispatches = []
+    while (d := rig.take()) is not None:
+        dispatches.append(d)
+    rig.clock.set(T0 + 27 * S)  # slot 10 is 17 s late, slot 20 7 s late (the latest: fire_once runs it)
+    for d in dispatches:
+        await rig.worker.process(d)
+    got = {(r.job_id, r.scheduled_for): r.status for j in (once, every) for r in await rig.history(j)}
+    assert got == {
+        (once.id, T0 + 10 * S): RunStatus.MISSED,
+        (once.id, T0 + 20 * S): RunStatus.SUCCEEDED,
+        (once.id, manual.scheduled_for): RunStatus.SUCCEEDED,  # a manual run is never late
+        (every.id, T0 + 10 * S): RunStatus.SUCCEEDED,
+        (every.id, T0 + 20 * S): RunStatus.SUCCEEDED,
+    }
