@@ -21,6 +21,7 @@ __all__ = [
     "MAX_SLOTS_LISTED",
     "MAX_SLOTS_WALKED",
     "Limits",
+    "is_late",
     "late_start",
     "next_slot",
     "plan_dropped",
@@ -182,23 +183,28 @@ def _plan_walk(job: Job, active_run_ids: Sequence[str], now: datetime, limits: L
     return SlotPlan(runs=runs, next_run_at=s, cancel=cancel)
 
 
-def late_start(job: Job, run: Run, now: datetime) -> str | None:
+def is_late(job: Job, run: Run, now: datetime) -> bool:
+    """Whether a run reaching a worker at ``now`` is a late slot the misfire policy may drop: a slot's
+    first attempt (not a catch-up, retry or manual run) past the job's ``misfire_grace``, of a job whose
+    policy is not ``fire_all`` (late runs are what it asks for)."""
+    return (run.trigger is Trigger.SCHEDULE and run.attempt == 1 and job.misfire is not MisfirePolicy.FIRE_ALL
+            and (now - run.scheduled_for).total_seconds() > job.misfire_grace)
+
+
+def late_start(job: Job, run: Run, now: datetime, last_started: datetime | None = None) -> str | None:
     """Why a run that reaches a worker at ``now`` is recorded ``missed`` instead of started (None: it
-    starts). The misfire grace holds when a run finally starts, as at claim: a first attempt of a slot
-    (not a catch-up, retry or manual run) that waited in a backed-up queue past the job's
-    ``misfire_grace`` is late, and then by the misfire policy: ``skip`` records it; ``fire_once`` runs it
-    only if it is the job's latest due slot (a later one is due too: that one stands for both);
-    ``fire_all`` runs it (late runs are what it asks for)."""
-    if run.trigger is not Trigger.SCHEDULE or run.attempt != 1 or job.misfire is MisfirePolicy.FIRE_ALL:
+    starts). The misfire grace holds when a run finally starts, as at claim (:func:`is_late`: a queue
+    backed up, workers down). ``skip`` records every late run. ``fire_once`` runs one late run for a
+    backlog: a late run is recorded only if a run of the job started at or after its slot
+    (``last_started``, from the job's summary), which stands for it; so a job its workers trail steadily
+    still runs, about once per lag."""
+    if not is_late(job, run, now):
         return None
     late = (now - run.scheduled_for).total_seconds()
-    if late <= job.misfire_grace:
-        return None
     if job.misfire is MisfirePolicy.FIRE_ONCE:
-        nxt = next_slot(job, run.scheduled_for)
-        if nxt is None or nxt > now:
+        if last_started is None or last_started < run.scheduled_for:
             return None
-        why = "misfire policy fire_once: a later slot is due too"
+        why = (f"misfire policy fire_once: the run started at {last_started.isoformat()} stands for it")
     else:
         why = "misfire policy skip"
     return (f"missed: it reached a worker {late:.3g}s after its slot, past the misfire grace "

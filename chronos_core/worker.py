@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from .errors import ExecutionFailed, JobNotFound, RunNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
 from .ids import new_id
-from .models import Event, EventType, Job, Run, RunStatus, evolve
+from .models import Event, EventType, Job, MisfirePolicy, Run, RunStatus, evolve
 from .payloads import JobTypes
-from .planning import late_start, plan_retry
+from .planning import is_late, late_start, plan_retry
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, ExecutionResult, Executor, Store
 from .secrets import secret_forms
 
@@ -350,8 +350,13 @@ class Worker:
             now = stored.started_at
             return True
 
-        if (late := late_start(job, run, now)) is not None:
-            return await self._record_late(run, late)
+        if is_late(job, run, now):  # past its misfire grace: maybe recorded missed instead
+            last = None
+            if job.misfire is MisfirePolicy.FIRE_ONCE:
+                summary = (await self._store.job_summaries([job.id])).get(job.id)
+                last = None if summary is None else summary.last_run_started_at
+            if (late := late_start(job, run, now, last)) is not None:
+                return await self._record_late(run, late)
         if not await self._persist(start, run.id, RunStatus.RUNNING, started_here):
             return None
         self._held.add(run.id)
