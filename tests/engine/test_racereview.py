@@ -43,7 +43,6 @@ def rig(store: Store) -> Rig:
 # ------------------------------------------------ item 3: overlap replace, the replaced run's retry
 
 
-@pytest.mark.xfail(strict=True, reason="racereview F1: open, owner race (item 3)")
 async def test_a_replaced_run_that_is_reaped_later_is_not_retried_beside_its_replacement(rig: Rig) -> None:
     job = await rig.create(schedule="*/30 * * * * *", overlap="replace",
                            retry={"strategy": "immediate", "max_attempts": 3})
