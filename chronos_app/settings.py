@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     allow_shell: bool = False
     shell_kill_grace: float = Field(default=5.0, ge=0)
     shell_pass_env: CommaList = Field(default_factory=list, description=(
-        "variables passed on to shell jobs besides PATH, HOME, LANG, TZ (nothing else is inherited)"))
+        "variables passed on to shell jobs (and python jobs' child processes) besides PATH, HOME, LANG, "
+        "TZ (nothing else is inherited)"))
     email_max_recipients: int = Field(default=100, ge=1, description="recipients of one email job")
     http_allow_hosts: CommaList = Field(default_factory=list)
     smtp_host: str | None = Field(default=None, validation_alias=_env("smtp_host", "SMTP_HOST"))

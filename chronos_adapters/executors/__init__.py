@@ -29,5 +29,5 @@ def builtin_executors(config: ExecutorConfig | None = None) -> list[Executor]:
                       ca_file=c.smtp_ca_file, max_recipients=c.smtp_max_recipients),
         SqlExecutor(connections=c.sql_connections, max_rows=c.sql_max_rows, max_cell=c.sql_max_cell),
         PythonExecutor(allowed_modules=c.python_modules, threads=c.python_threads,
-                       kill_grace=c.python_kill_grace),
+                       kill_grace=c.python_kill_grace, pass_env=c.shell_pass_env),
     ]

@@ -27,8 +27,9 @@ class ExecutorConfig:
     """Longest line (bytes) passed on whole; longer output is passed on in pieces. (The worker masks
     secrets in each, then cuts it into ``run.log`` events of at most 16 KiB.)"""
     shell_pass_env: tuple[str, ...] = ()
-    """Variables of the service's environment passed on to shell jobs besides ``PATH``, ``HOME``,
-    ``LANG`` and ``TZ`` (nothing else is inherited). A comma-separated string is accepted too."""
+    """Variables of the service's environment passed on to shell jobs (and the child processes of python
+    jobs with ``isolation: process``) besides ``PATH``, ``HOME``, ``LANG`` and ``TZ`` (nothing else is
+    inherited). A comma-separated string is accepted too."""
 
     # http --------------------------------------------------------------------------------------------
     http_allow_hosts: tuple[str, ...] = ()

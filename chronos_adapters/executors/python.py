@@ -8,10 +8,11 @@
   again before each execution (a job stored by another process).
 * **Where it runs.** ``async def`` on the worker's event loop; a plain function in this executor's own
   thread pool (``threads``); with ``isolation: process`` in a child process (``python_child``) in its own
-  session, whose group gets SIGTERM, then SIGKILL after ``kill_grace``, on timeout or cancel. A thread
-  cannot be killed: on timeout/cancel its ``RunContext.cancelled`` turns true, the run is recorded
-  (``timed_out``/``cancelled``) at once, and whatever the thread returns later is discarded (it holds a
-  pool thread until it returns).
+  session, started from a minimal environment (``PATH``, ``HOME``, ``LANG``, ``TZ``, ``PYTHONPATH`` and
+  the ``pass_env`` names, as shell jobs: not the service's tokens and URLs), whose group gets SIGTERM,
+  then SIGKILL after ``kill_grace``, on timeout or cancel. A thread cannot be killed: on timeout/cancel
+  its ``RunContext.cancelled`` turns true, the run is recorded (``timed_out``/``cancelled``) at once,
+  and whatever the thread returns later is discarded (it holds a pool thread until it returns).
 * **Output.** ``print`` (``sys.stdout``/``sys.stderr``), ``logging`` records (at the loggers' own levels)
   and ``RunContext.log`` inside the function become ``run.log`` lines of that run: a context variable
   says which run a write belongs to, so concurrent runs' output never mixes. Outside a run, writes go to
@@ -48,7 +49,7 @@ from chronos_core.ports import ExecutionResult, Executor, LogSink
 from chronos_core.python import RunContext, context_parameter, module_allowed, split_ref
 
 from ._common import Threads, parse_payload
-from .shell import group_members
+from .shell import group_members, minimal_env
 
 __all__ = ["PythonExecutor", "load_function"]
 
@@ -269,13 +270,14 @@ class PythonExecutor(Executor):
 
     def __init__(self, *, allowed_modules: Iterable[str] | None = None, threads: int = 8,
                  kill_grace: float = 5.0, max_result: int = 16 * 1024,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()) -> None:
         self.allowed_modules = None if allowed_modules is None else tuple(allowed_modules)
         self._allowed_refs: set[str] = set()
         self._threads = Threads("chronos-python", threads)
         self.kill_grace = kill_grace
         self.max_result = max_result
-        self._env = env
+        # the child starts from a minimal environment, as shell jobs do: not the service's tokens and URLs
+        self._env = minimal_env(("PYTHONPATH", *pass_env)) if env is None else dict(env)
 
     def allow(self, ref: str) -> None:
         """Allow this one function, whatever the module allow-list says."""
@@ -385,7 +387,7 @@ class PythonExecutor(Executor):
                                "attempt": run.attempt, "scheduled_for": run.scheduled_for.isoformat(),
                                "trigger": run.trigger.value}}
         read_fd, write_fd = os.pipe()
-        env = dict(os.environ if self._env is None else self._env)
+        env = dict(self._env)
         env["PYTHONUNBUFFERED"] = "1"
         env["CHRONOS_RESULT_FD"] = str(write_fd)
         try:

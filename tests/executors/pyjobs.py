@@ -118,3 +118,7 @@ async def agreet(name: str = "world") -> str:
 async def calls_sync_chronos() -> None:
     """An async job calling a SyncChronos from its own loop (refused: it would wait for itself)."""
     seen["sync"].jobs.list()
+
+
+def environment() -> list[str]:
+    return sorted(os.environ)

@@ -267,3 +267,13 @@ async def test_a_payload_that_names_no_function_is_refused() -> None:
         with pytest.raises(InvalidJob) as info:
             await chronos.jobs.create({"name": "bad", "type": "python", "payload": {"function": "os.system"}})
     assert info.value.errors[0].loc == ("payload", "function")
+
+
+async def test_a_child_process_starts_from_a_minimal_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHRONOS_API_TOKENS", "service-token-not-for-jobs")
+    monkeypatch.setenv("PASSED_ON", "yes")
+    config = ExecutorConfig(shell_pass_env=("PASSED_ON",))
+    async with Chronos.embedded(executor_config=config) as chronos:
+        run = await run_once(chronos, "environment", payload={"isolation": "process"})
+    names = result(run)
+    assert "CHRONOS_API_TOKENS" not in names and "PASSED_ON" in names and "PATH" in names
