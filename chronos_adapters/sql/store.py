@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -322,6 +323,8 @@ class SqlStore(Store):
             options.update(pool_size=self.pool_size, max_overflow=0, pool_timeout=30, pool_recycle=3600,
                            isolation_level="READ COMMITTED")
         options.update(self.engine_options)
+        if self._sqlite:
+            _private_sqlite_file(url)
         engine = create_engine(url, **options)
         if self._sqlite:
             _sqlite_setup(engine)
@@ -1497,6 +1500,24 @@ class SqlStore(Store):
 
 
 # -------------------------------------------------------------------------------------- helpers
+
+
+def _private_sqlite_file(url: Any) -> None:
+    """A new SQLite store file is made readable by its owner only (``0600``; SQLite gives its ``-wal`` and
+    ``-shm`` files the same mode): it holds every job's secrets in clear, and with the usual umask 022
+    every local user could read them. An existing file readable by others is said so in the log."""
+    path = url.database
+    if not path or path == ":memory:" or path.startswith("file:") or url.query.get("uri"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_mode & 0o077:
+                log.warning("the store %s is readable by other users (mode %o): it holds every job's "
+                            "secrets; chmod 600 it", path, os.stat(path).st_mode & 0o777)
+    except OSError:  # no such directory, no permission: SQLite says so when it opens it
+        pass
 
 
 def _sqlite_setup(engine: Engine) -> None:
