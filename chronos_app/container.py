@@ -22,6 +22,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from chronos_adapters.executors import ExecutorConfig
+    from chronos_core.ports import NotifyChannel
 
 __all__ = ["Container", "build_executor_config", "build_executors", "build_job_types"]
 
@@ -129,6 +130,12 @@ def build_job_types(settings: Settings) -> JobTypes:
     return types
 
 
+def build_notify_channels(config: ExecutorConfig) -> list[NotifyChannel]:
+    from chronos_adapters.notify import notify_channels
+
+    return notify_channels(config)
+
+
 def build_executors(config: ExecutorConfig) -> list[Executor]:
     from chronos_adapters.executors import builtin_executors
 
@@ -177,6 +184,7 @@ class Container(containers.DeclarativeContainer):
     )
     executor_config = providers.Singleton(build_executor_config, settings)
     executors = providers.Singleton(build_executors, executor_config)
+    notify_channels = providers.Singleton(build_notify_channels, executor_config)
 
     engines = providers.Singleton(
         Chronos,
@@ -194,5 +202,7 @@ class Container(containers.DeclarativeContainer):
         output_limit=settings.provided.output_limit,
         shutdown_grace=settings.provided.shutdown_grace,
         redispatch_after=settings.provided.redispatch_after,
+        notify_channels=notify_channels,
+        default_notify=settings.provided.notify_default,
     )
     chronos = providers.Singleton(load_plugins, engines, settings.provided.plugins)

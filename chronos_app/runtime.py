@@ -46,6 +46,9 @@ from chronos_core import (
 )
 from chronos_core.ids import new_id
 from chronos_core.models import ACTIVE_RUN_STATUSES
+from chronos_core.hookspec import NotifyRule
+from chronos_core.notifier import Notifier
+from chronos_core.ports import NotifyChannel
 
 if TYPE_CHECKING:
     from chronos_adapters.executors import ExecutorConfig
@@ -80,6 +83,9 @@ class Chronos:
         shutdown_grace: float = 10.0,
         max_queued: int | Literal["auto"] | None = "auto",
         redispatch_after: float | None = 120.0,
+        notify_channels: Iterable[NotifyChannel] = (),
+        default_notify: Sequence[NotifyRule | dict[str, Any]] = (),
+        notifier: bool | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -97,12 +103,22 @@ class Chronos:
             # an in-process queue is bounded (the scheduler waits while it is full): runs beyond what the
             # worker keeps up with stay due in the store rather than pile up in memory, starting ever later
             max_queued = None if queue.durable else max(1000, 8 * concurrency)
+        # the service-wide notifications of jobs that set none
+        self.default_notify = [r if isinstance(r, NotifyRule) else NotifyRule.model_validate(r)
+                               for r in default_notify]
         self.scheduler = (Scheduler(store, queue, bus, self.clock, batch_size=batch_size,
                                     max_queued=max_queued, refuse=self._refuse,
-                                    redispatch_after=redispatch_after or None) if scheduler else None)
+                                    redispatch_after=redispatch_after or None,
+                                    default_notify=self.default_notify) if scheduler else None)
         self.worker = (Worker(store, queue, bus, self.clock, self.executors, job_types=self.job_types,
-                              concurrency=concurrency, lease=lease, output_limit=output_limit)
+                              concurrency=concurrency, lease=lease, output_limit=output_limit,
+                              default_notify=self.default_notify)
                        if worker else None)
+        # delivers notifications, chained runs and auto-pauses (by default where the scheduler runs)
+        self.notify_channels = {c.channel: c for c in notify_channels}
+        self.notifier = (Notifier(store, queue, bus, self.clock, self.notify_channels,
+                                  default_notify=self.default_notify)
+                         if (scheduler if notifier is None else notifier) else None)
         self._started = False
         # The CLI roles wait at start-up for a backend that cannot be reached yet (the database or broker
         # is starting too, or restarting), trying again with a log line, until ``stopping()`` says to
@@ -141,6 +157,10 @@ class Chronos:
             store = SqlStore(database_url)
         if executors is None:
             executors = builtin_executors(executor_config)
+        if "notify_channels" not in options:
+            from chronos_adapters.notify import notify_channels
+
+            options["notify_channels"] = notify_channels(executor_config)
         chronos = cls(store=store, queue=MemoryDispatchQueue(), bus=MemoryEventBus(), executors=executors,
                       allow_shell=allow_shell, **options)
         if executor_config is not None:  # its SMTP password and SQL URLs are masked in every job's output
@@ -178,6 +198,12 @@ class Chronos:
             if self.scheduler is not None:
                 if not await self._start_step("the scheduler", self._start_scheduler):
                     return await self._close_opened()
+                self._opened.append(self.scheduler.stop)
+            if self.notifier is not None:
+                for channel in self.notify_channels.values():
+                    await channel.start()
+                    self._opened.append(channel.stop)
+                await self.notifier.start()
         except BaseException:
             await self._close_opened()
             raise
@@ -256,6 +282,10 @@ class Chronos:
         self._started = False
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
+            for channel in self.notify_channels.values():
+                await channel.stop()
         if self.worker is not None:
             await self.worker.stop(self.shutdown_grace if grace is None else grace)
         for executor in self.executors.values():

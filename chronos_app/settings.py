@@ -13,6 +13,7 @@ from urllib.parse import quote
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from chronos_core.hookspec import NotifyRule
 from chronos_core.secrets import text_secrets
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings"]
@@ -113,6 +114,9 @@ class Settings(BaseSettings):
         "modules (prefixes: 'myapp' allows myapp.jobs) whose functions python jobs may import and run "
         "on the workers; empty: python jobs are refused. They run with the worker's own rights"))
     python_threads: int = Field(default=8, ge=1, description="plain functions of python jobs at once")
+    notify_default: list[NotifyRule] = Field(default_factory=list, repr=False, description=(
+        "CHRONOS_NOTIFY_DEFAULT: notifications (a JSON list, as a job's notify) for every job that sets "
+        "none"))
 
     log_level: str = "info"
 
@@ -156,6 +160,9 @@ class Settings(BaseSettings):
         """The service's own secrets, masked in the output of every job: API tokens, the SMTP and
         database passwords, the database URL and every SQL connection URL (with their passwords)."""
         out = [*self.api_tokens, *self.readonly_tokens, self.smtp_password, self.db_password]
+        for rule in self.notify_default:
+            if rule.webhook is not None:
+                out += [rule.webhook.secret or "", *rule.webhook.headers.values()]
         for url in (self.database_url, *self.sql_connections.values()):
             if url and url not in ("memory", "memory://"):
                 out += [url, *text_secrets(url)]

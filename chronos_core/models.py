@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .hookspec import ChainRule, Exclusion, NotifyRule
 from .retry import RetryPolicy
 
 __all__ = [
@@ -81,6 +82,7 @@ class Trigger(StrEnum):
     MANUAL = "manual"
     RETRY = "retry"
     CATCH_UP = "catch_up"
+    CHAIN = "chain"  # started by another job's outcome (its ``then``)
 
 
 class EventType(StrEnum):
@@ -140,6 +142,20 @@ class JobSpec(BaseModel):
     end_at: datetime | None = None
     history_limit: int | None = Field(default=None, ge=1, le=1_000_000,
                                       description="keep at most this many runs of the job")
+    notify: list[NotifyRule] = Field(default_factory=list, max_length=20, description=(
+        "notifications: [{on: [events], webhook: {...} | email: {...}}]; failed/timed_out are a slot's "
+        "final outcome (no retry left)"))
+    then: list[ChainRule] = Field(default_factory=list, max_length=20, description=(
+        "jobs to run (trigger chain) when a run ends with one of the statuses in on"))
+    pause_after_failures: int | None = Field(default=None, ge=1, le=10_000, description=(
+        "pause the job after this many failed slots in a row (final outcomes)"))
+    alert_after: float | None = Field(default=None, gt=0, le=86400 * 7, description=(
+        "seconds: a run still running this long notifies running_long (once; the run goes on)"))
+    jitter: float | None = Field(default=None, ge=0, le=86400, description=(
+        "seconds: each slot starts at a deterministic offset in [0, jitter] after its nominal time"))
+    exclude: list[Exclusion] = Field(default_factory=list, max_length=50, description=(
+        "blackouts: time ranges {from, to} (in the job's zone) or cron windows {cron}; slots inside are "
+        "recorded skipped (excluded)"))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -165,6 +181,14 @@ class Job:
     start_at: datetime | None = None
     end_at: datetime | None = None
     history_limit: int | None = None
+    notify: list[NotifyRule] = field(default_factory=list)
+    then: list[ChainRule] = field(default_factory=list)
+    pause_after_failures: int | None = None
+    alert_after: float | None = None
+    jitter: float | None = None
+    exclude: list[Exclusion] = field(default_factory=list)
+    paused_reason: str | None = None
+    """Why the job is paused when Chronos paused it (``pause_after_failures``); None otherwise."""
 
     def spec(self) -> JobSpec:
         """The job's definition, as it would be given to create it again."""
@@ -173,7 +197,9 @@ class Job:
             timezone=self.timezone, description=self.description, retry=self.retry, timeout=self.timeout,
             overlap=self.overlap, misfire=self.misfire, misfire_grace=self.misfire_grace,
             status=self.status, start_at=self.start_at, end_at=self.end_at,
-            history_limit=self.history_limit,
+            history_limit=self.history_limit, notify=self.notify, then=self.then,
+            pause_after_failures=self.pause_after_failures, alert_after=self.alert_after,
+            jitter=self.jitter, exclude=self.exclude,
         )
 
 
@@ -222,8 +248,10 @@ def count_lines(output: str) -> int:
 class JobSummary:
     """What a job's runs came to, kept by the store in the same write that records each outcome (never
     recomputed from history): the last attempt that ran to an end, the last success and failure
-    (``failed`` or ``timed_out``), and how many failures followed the last success. A cancelled attempt
-    is the last run but neither a failure nor a success."""
+    (``failed`` or ``timed_out``), and how many failures followed the last success: attempts
+    (``consecutive_failures``) and slots whose final attempt failed (``consecutive_failed_slots``, what
+    ``pause_after_failures`` counts). A cancelled attempt is the last run but neither a failure nor a
+    success."""
 
     last_run_id: str | None = None
     last_run_status: RunStatus | None = None
@@ -233,20 +261,24 @@ class JobSummary:
     last_success_at: datetime | None = None
     last_failure_at: datetime | None = None
     consecutive_failures: int = 0
+    consecutive_failed_slots: int = 0
 
     def record(self, run_id: str, status: RunStatus, scheduled_for: datetime,
-               started_at: datetime | None, finished_at: datetime) -> None:
-        """Fold one finished attempt in (attempts are folded in the order they finished)."""
+               started_at: datetime | None, finished_at: datetime, final: bool = True) -> None:
+        """Fold one finished attempt in (attempts are folded in the order they finished); ``final``: no
+        retry follows it (the slot's outcome)."""
         if self.last_run_finished_at is None or finished_at >= self.last_run_finished_at:
             self.last_run_id, self.last_run_status = run_id, status
             self.last_run_scheduled_for, self.last_run_started_at = scheduled_for, started_at
             self.last_run_finished_at = finished_at
         if status is RunStatus.SUCCEEDED:
-            self.consecutive_failures = 0
+            self.consecutive_failures = self.consecutive_failed_slots = 0
             if self.last_success_at is None or finished_at > self.last_success_at:
                 self.last_success_at = finished_at
         elif status in FAILED_RUN_STATUSES:
             self.consecutive_failures += 1
+            if final:
+                self.consecutive_failed_slots += 1
             if self.last_failure_at is None or finished_at > self.last_failure_at:
                 self.last_failure_at = finished_at
 

@@ -27,6 +27,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .events import job_event, publish_best_effort, run_event
+from .hooks import Notice, NoticeKind, NoticeStatus, redact_notify, restore_notify
 from .ids import new_id
 from .logs import follow_output
 from .models import (
@@ -170,7 +171,10 @@ class Jobs:
                   schedule=spec.schedule or None, timezone=spec.timezone, description=spec.description,
                   retry=spec.retry, timeout=spec.timeout, overlap=spec.overlap, misfire=spec.misfire,
                   misfire_grace=spec.misfire_grace, status=spec.status, start_at=spec.start_at,
-                  end_at=spec.end_at, history_limit=spec.history_limit, created_at=now, updated_at=now)
+                  end_at=spec.end_at, history_limit=spec.history_limit, created_at=now, updated_at=now,
+                  notify=list(spec.notify), then=list(spec.then),
+                  pause_after_failures=spec.pause_after_failures, alert_after=spec.alert_after,
+                  jitter=spec.jitter, exclude=list(spec.exclude))
         if job.status is JobStatus.ACTIVE:
             job.next_run_at = next_slot(job, now)
         return job
@@ -178,7 +182,47 @@ class Jobs:
     # commands -------------------------------------------------------------------------------------
     async def create(self, data: JobSpec | Mapping[str, Any]) -> Job:
         """Create a job. :class:`InvalidJob` / :class:`InvalidSchedule` / :class:`NameConflict`."""
-        return (await self._add([self.validate(data)]))[0]
+        spec = self.validate(data)
+        await self._check_chains([spec])
+        return (await self._add([spec]))[0]
+
+    async def _check_chains(self, specs: Sequence[JobSpec], *, index: bool = False) -> None:
+        """Refuse ``then`` chains that lead back to the job (A→B→A), through the stored jobs and the
+        ``specs`` (which replace stored jobs of the same name); the error shows the cycle."""
+        given = {s.name: [c.job for c in s.then] for s in specs}
+        cache: dict[str, builtins.list[str]] = {}
+
+        async def targets(name: str) -> builtins.list[str]:
+            if name in given:
+                return given[name]
+            if name not in cache:
+                try:
+                    cache[name] = [c.job for c in (await self._store.get_job_by_name(name)).then]
+                except LookupError:
+                    cache[name] = []
+            return cache[name]
+
+        errors: builtins.list[FieldError] = []
+        for i, spec in enumerate(specs):
+            if not spec.then:
+                continue
+            # depth-first from the job's targets, the path kept: a path reaching the job is a cycle
+            stack: builtins.list[builtins.list[str]] = [[spec.name, t] for t in reversed(given[spec.name])]
+            seen: set[str] = set()
+            while stack and len(seen) < 10_000:
+                path = stack.pop()
+                last = path[-1]
+                if last == spec.name:
+                    loc: tuple[str | int, ...] = (i, "then") if index else ("then",)
+                    errors.append(FieldError(loc, "the chain comes back to this job: "
+                                             + " -> ".join(path)))
+                    break
+                if last in seen:
+                    continue
+                seen.add(last)
+                stack.extend([*path, t] for t in reversed(await targets(last)))
+        if errors:
+            raise InvalidJob(errors)
 
     async def create_many(self, items: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
         """Create many jobs in one write, all or none. Field errors are located by the item's index
@@ -189,6 +233,7 @@ class Jobs:
                 specs.append(self.validate(item))
             except InvalidJob as exc:
                 raise InvalidJob([dataclasses.replace(e, loc=(i, *e.loc)) for e in exc.errors]) from None
+        await self._check_chains(specs, index=True)
         return await self._add(specs)
 
     async def _add(self, specs: Sequence[JobSpec]) -> list[Job]:
@@ -317,7 +362,12 @@ class Jobs:
                 spec = spec.model_copy(update={"payload": self.types.restore(spec.type, spec.payload,
                                                                              old.payload)})
             spec = self.validate(spec, previous=old)
+            if spec.notify:  # webhook secrets and headers shown as *** stay, unless the url moved
+                spec = spec.model_copy(update={"notify": restore_notify(spec.notify, old.notify)})
+            await self._check_chains([spec])
             job = self._build(spec, old.created_at)
+            if job.status is JobStatus.PAUSED and old.status is JobStatus.PAUSED:
+                job.paused_reason = old.paused_reason  # why Chronos paused it, while it stays paused
             changes = {f: getattr(job, f) for f in _DEFINITION if getattr(job, f) != getattr(old, f)}
             records: list[Run] = []
             if job.status is JobStatus.ACTIVE:
@@ -375,6 +425,7 @@ class Jobs:
         # merged into the job as shown (secrets as ***): update's rules then decide whether the stored
         # secrets stay (a patch moving the url to another origin must send them again)
         current["payload"] = self.types.redact(old.type, old.payload)
+        current["notify"] = redact_notify(old.notify)
         return await self.update(job_id, merge_patch(current, patch))
 
     async def pause(self, job_id: str) -> Job:
@@ -400,7 +451,10 @@ class Jobs:
                 return None
             nxt = next_slot(dataclasses.replace(old, status=status), now) if status is JobStatus.ACTIVE \
                 else None
-            return {"status": status, "next_run_at": nxt}, self._dropped(old, now, "the job was paused")
+            changes: dict[str, Any] = {"status": status, "next_run_at": nxt}
+            if old.paused_reason is not None:
+                changes["paused_reason"] = None
+            return changes, self._dropped(old, now, "the job was paused")
         kind = EventType.JOB_RESUMED if status is JobStatus.ACTIVE else EventType.JOB_PAUSED
         return await self._change(job_id, change, kind)
 
@@ -508,6 +562,23 @@ class Runs:
 
     async def get(self, run_id: str) -> Run:
         return await self._store.get_run(run_id)
+
+    async def notices(self, run_id: str) -> builtins.list[Notice]:
+        """What the run's outcome set off (notifications, chained runs, an auto-pause) and how each
+        delivery went. :class:`RunNotFound` if there is no such run."""
+        await self._store.get_run(run_id)
+        return await self._store.list_notices(run_id=run_id)
+
+    async def links(self, run: Run) -> tuple[str | None, builtins.list[str]]:
+        """The run that chained this one (or None) and the runs this one chained."""
+        parent = None
+        if run.trigger is Trigger.CHAIN:
+            made = [n for n in await self._store.list_notices(result=run.id, limit=10)
+                    if n.kind is NoticeKind.CHAIN]
+            parent = made[0].run_id if made else None
+        children = [n.result for n in await self._store.list_notices(run_id=run.id)
+                    if n.kind is NoticeKind.CHAIN and n.status is NoticeStatus.DELIVERED and n.result]
+        return parent, children
 
     async def list(self, *, job_id: str | None = None, status: Collection[RunStatus | str] | str |
                    None = None, before: str | None = None, limit: int = 50,

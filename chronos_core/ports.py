@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Protocol
 
 from .errors import FieldError
+from .hooks import Delivery, Notice, NoticeStatus, OutcomeHooks
 from .models import Event, EventType, Job, JobStatus, JobSummary, Run, RunStatus, Trigger
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Executor",
     "JobChange",
     "LogSink",
+    "NotifyChannel",
     "Planner",
     "RunCounts",
     "SlotPlan",
@@ -286,11 +288,16 @@ class Store(abc.ABC):
         retry: Run | None = None,
         lease_expires_at: datetime | None = None,
         output_lines: int | None = None,
+        hooks: OutcomeHooks | None = None,
     ) -> bool:
         """Record the outcome of a running run held by ``owner`` and, in the same transaction, insert
-        ``retry`` (the next attempt, queued, not dispatched) if given and fold the outcome into the job's
-        summary (:meth:`JobSummary.record`). Fenced: False and nothing written when the run is not
-        running under ``owner`` any more (the lease expired and someone else took over) or, when
+        ``retry`` (the next attempt, queued, not dispatched) if given, fold the outcome into the job's
+        summary (:meth:`JobSummary.record`, ``final`` when there is no retry) and, with ``hooks`` (the
+        job's notifications, chains and auto-pause), insert the notices
+        :func:`~chronos_core.hooks.outcome_notices` gives for the summary before and after (the outbox:
+        an outcome recorded is never without its notices, nor the other way round). Fenced: False and
+        nothing written when the run is not running under ``owner`` any more (the lease expired and
+        someone else took over) or, when
         ``lease_expires_at`` is given, when its lease no longer expires at that time (the reaper passes
         the expiry it read in :meth:`expired_leases`: a renewal that landed in between wins, and the live
         attempt is not failed). :class:`RunConflict` (nothing written) when the retry's (job, slot,
@@ -302,6 +309,34 @@ class Store(abc.ABC):
         :meth:`finish_run` (only runs still running under ``owner``) and never backwards (a line count
         below the stored one is ignored). Returns the ids written. This is how every API instance shows
         a running run's output, whichever worker runs it."""
+
+    # notices (the outbox of notifications, chains and pauses; see chronos_core.hooks) ----------------
+    @abc.abstractmethod
+    async def add_notices(self, notices: Sequence[Notice]) -> int:
+        """Insert notices whose ``key`` is new (an existing key is left as it is, also within
+        ``notices``); how many went in. Notices of a job that does not exist are dropped."""
+
+    @abc.abstractmethod
+    async def claim_notices(self, now: datetime, limit: int, owner: str, lease_until: datetime
+                            ) -> list[Notice]:
+        """Up to ``limit`` pending notices due by ``now`` (``due_at``, earliest first) that no notifier
+        holds (no owner, or a lease that ended before ``now``), now held by ``owner`` until
+        ``lease_until``. Concurrent claims never return the same notice."""
+
+    @abc.abstractmethod
+    async def settle_notice(self, notice_id: str, owner: str, *, status: NoticeStatus, now: datetime,
+                            due_at: datetime | None = None, error: str | None = None,
+                            code: int | None = None, result: str | None = None) -> bool:
+        """Record one delivery attempt of a notice ``owner`` holds: ``attempts`` + 1, the attempt
+        appended to ``tries`` ({at, ok, code, error}), ``last_error``/``last_code``, the lease released;
+        ``status`` delivered/failed (final: ``finished_at``, ``result``) or pending again from
+        ``due_at``. False (nothing written) when ``owner`` does not hold it any more."""
+
+    @abc.abstractmethod
+    async def list_notices(self, *, run_id: str | None = None, job_id: str | None = None,
+                           result: str | None = None, limit: int = 100) -> list[Notice]:
+        """Notices of a run (or a job, or whose ``result`` is this value: the chain that made a run),
+        oldest first."""
 
     @abc.abstractmethod
     async def cancel_queued_run(self, run_id: str, now: datetime, reason: str, *,
@@ -489,6 +524,31 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult: ...
+
+
+# ------------------------------------------------------------------------------------ notification
+
+
+class NotifyChannel(abc.ABC):
+    """Delivers notices of one channel (``channel``: ``webhook``, ``email``), the notice's ``target``
+    naming where (``{"webhook": {...}}``) and its ``data`` what (``hooks.message_data``).
+
+    ``deliver`` makes one attempt and says how it went; it does not retry (the notifier does, with
+    backoff). A failure that trying again cannot fix (a refused address, a 4xx other than 408/429) is
+    ``retryable=False``. It must give up within its own timeout, and never put a secret of the target
+    (header values, the signing secret) in the error it returns.
+    """
+
+    channel: ClassVar[str]
+
+    async def start(self) -> None:
+        """Open shared resources. Idempotent."""
+
+    async def stop(self) -> None:
+        """Close them. Idempotent."""
+
+    @abc.abstractmethod
+    async def deliver(self, notice: Notice) -> Delivery: ...
 
 
 # ------------------------------------------------------------------------------------------- clock

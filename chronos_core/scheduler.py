@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 
 from .errors import ChronosError, JobNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
+from .hooks import OutcomeHooks
+from .hookspec import NotifyRule
 from .ids import new_id
 from .models import Event, EventType, Job, OverlapPolicy, Run, RunStatus, Trigger, evolve
 from .planning import Limits, plan_due_job, plan_retry
@@ -57,7 +59,8 @@ class Scheduler:
                  prune_interval: float = 60.0, min_interval: float = 0.005,
                  reap_grace: float = 10.0, max_queued: int | None = None,
                  refuse: Callable[[Job], str | None] | None = None,
-                 redispatch_after: float | None = 120.0) -> None:
+                 redispatch_after: float | None = 120.0,
+                 default_notify: Sequence[NotifyRule] = ()) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -91,6 +94,7 @@ class Scheduler:
         # why a job's slots cannot run here (e.g. shell jobs while shell is off): they are recorded
         # skipped with that reason instead of being dispatched to fail
         self.refuse = refuse
+        self.default_notify = tuple(default_notify)  # for jobs without notify (the service's default)
 
     def wake(self) -> None:
         """Look for due work now rather than at the planned time."""
@@ -333,7 +337,8 @@ class Scheduler:
             if await self._store.finish_run(run.id, run.owner, status=RunStatus.FAILED, finished_at=now,
                                             output=run.output, error=error, retry=retry,
                                             lease_expires_at=run.lease_expires_at,
-                                            output_lines=run.output_lines):
+                                            output_lines=run.output_lines,
+                                            hooks=OutcomeHooks.of(job, self.default_notify)):
                 self.stats.reaped += 1
                 done = dataclasses.replace(run, status=RunStatus.FAILED, finished_at=now, error=error)
                 events.append(run_event(done, now))

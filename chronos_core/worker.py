@@ -16,12 +16,14 @@ import contextlib
 import dataclasses
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import ExecutionFailed, JobNotFound, RunNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
+from .hooks import OutcomeHooks
+from .hookspec import NotifyRule
 from .ids import new_id
 from .models import Event, EventType, Job, MisfirePolicy, Run, RunStatus, evolve
 from .payloads import JobTypes
@@ -124,7 +126,8 @@ class Worker:
                  executors: Mapping[str, Executor], *, job_types: JobTypes | None = None,
                  concurrency: int = 16, lease: float = 30.0, output_limit: int = 64 * 1024,
                  line_limit: int = 16 * 1024, owner: str | None = None,
-                 store_retry_for: float = 300.0, output_interval: float = 1.0) -> None:
+                 store_retry_for: float = 300.0, output_interval: float = 1.0,
+                 default_notify: Sequence[NotifyRule] = ()) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -139,6 +142,8 @@ class Worker:
         self.store_retry_for = store_retry_for
         # how often the output so far of running runs goes to the store (every API instance reads it)
         self.output_interval = timedelta(seconds=output_interval)
+        # notifications for jobs that set none (the service-wide default list)
+        self.default_notify = tuple(default_notify)
         self.stats = WorkerStats()
         self._running: dict[str, asyncio.Task[ExecutionResult]] = {}
         self._cancel_reasons: dict[str, str] = {}
@@ -419,7 +424,8 @@ class Worker:
 
         ok = await self._persist(lambda: self._store.finish_run(
             run.id, self.owner, status=status, finished_at=end, exit_code=exit_code,
-            output=finished.output, error=error, retry=retry, output_lines=tail.lines), run.id, status, mine)
+            output=finished.output, error=error, retry=retry, output_lines=tail.lines,
+            hooks=OutcomeHooks.of(job, self.default_notify)), run.id, status, mine)
         if not ok:
             self.stats.stale += 1
             if await self._job_deleted(job):

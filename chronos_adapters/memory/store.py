@@ -25,6 +25,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from chronos_core.errors import JobNotFound, NameConflict, RunConflict, RunNotFound
+from chronos_core.hooks import Notice, NoticeStatus, OutcomeHooks, outcome_notices, run_facts
+from chronos_core.ids import new_id
 from chronos_core.models import (
     ACTIVE_RUN_STATUSES,
     FINISHED_RUN_STATUSES,
@@ -83,6 +85,8 @@ class MemoryStore(Store):
         self._waiting: list[tuple[datetime, int, str]] = []  # (due_at, seq, run id), undispatched
         self._leases: list[tuple[datetime, int, str]] = []  # (lease_expires_at, seq, run id)
         self._finished: deque[tuple[datetime, str]] = deque()  # (finished_at, run id)
+        self._notices: dict[str, Notice] = {}  # id -> notice, in insertion order
+        self._notice_keys: dict[str, str] = {}  # key -> id
 
     def _run(self, run_id: str) -> Run | None:
         value = self._runs.get(run_id)
@@ -196,6 +200,8 @@ class MemoryStore(Store):
             self._forget_run(run_id)
         self._active.pop(job_id, None)
         self._summaries.pop(job_id, None)
+        for nid in [nid for nid, n in self._notices.items() if n.job_id == job_id]:
+            del self._notice_keys[self._notices.pop(nid).key]
         self._compact_all_runs()
         return sorted(removed, key=lambda r: r.id)
 
@@ -390,7 +396,7 @@ class MemoryStore(Store):
                          finished_at: datetime, exit_code: int | None = None, output: str = "",
                          error: str | None = None, retry: Run | None = None,
                          lease_expires_at: datetime | None = None,
-                         output_lines: int | None = None) -> bool:
+                         output_lines: int | None = None, hooks: OutcomeHooks | None = None) -> bool:
         run = self._run(run_id)
         if run is None or run.status is not RunStatus.RUNNING or run.owner != owner:
             return False
@@ -409,10 +415,65 @@ class MemoryStore(Store):
         summary = self._summaries.get(run.job_id)
         if summary is None:
             summary = self._summaries[run.job_id] = JobSummary()
-        summary.record(run.id, status, run.scheduled_for, run.started_at, finished_at)
+        before = dataclasses.replace(summary) if hooks is not None else summary
+        summary.record(run.id, status, run.scheduled_for, run.started_at, finished_at, retry is None)
         if retry is not None:
             self._insert_run(retry, dispatched=False)
+        if hooks is not None:
+            facts = run_facts(run.id, status, run.attempt, run.trigger.value, run.scheduled_for,
+                              run.started_at, finished_at, exit_code, error, output)
+            self._add_notices(outcome_notices(hooks, job_id=run.job_id, run=facts, status=status,
+                                              final=retry is None, before=before, after=summary,
+                                              now=finished_at, new_id=new_id))
         return True
+
+    # notices ------------------------------------------------------------------------------------------
+    def _add_notices(self, notices: Sequence[Notice]) -> int:
+        added = 0
+        for n in notices:
+            if n.key in self._notice_keys or n.job_id not in self._jobs:
+                continue
+            self._notices[n.id] = dataclasses.replace(n, tries=list(n.tries))
+            self._notice_keys[n.key] = n.id
+            added += 1
+        return added
+
+    async def add_notices(self, notices: Sequence[Notice]) -> int:
+        return self._add_notices(notices)
+
+    async def claim_notices(self, now: datetime, limit: int, owner: str, lease_until: datetime
+                            ) -> list[Notice]:
+        due = sorted((n for n in self._notices.values()
+                      if n.status is NoticeStatus.PENDING and n.due_at <= now
+                      and (n.owner is None or n.lease_until is None or n.lease_until < now)),
+                     key=lambda n: (n.due_at, n.id))[:max(limit, 0)]
+        for n in due:
+            n.owner, n.lease_until = owner, lease_until
+        return [dataclasses.replace(n, tries=list(n.tries)) for n in due]
+
+    async def settle_notice(self, notice_id: str, owner: str, *, status: NoticeStatus, now: datetime,
+                            due_at: datetime | None = None, error: str | None = None,
+                            code: int | None = None, result: str | None = None) -> bool:
+        n = self._notices.get(notice_id)
+        if n is None or n.owner != owner or n.status is not NoticeStatus.PENDING:
+            return False
+        n.attempts += 1
+        n.tries.append({"at": now.isoformat(), "ok": status is NoticeStatus.DELIVERED, "code": code,
+                        "error": error})
+        n.last_error, n.last_code, n.owner, n.lease_until = error, code, None, None
+        n.status = status
+        if status is NoticeStatus.PENDING:
+            n.due_at = due_at or now
+        else:
+            n.finished_at, n.result = now, result
+        return True
+
+    async def list_notices(self, *, run_id: str | None = None, job_id: str | None = None,
+                           result: str | None = None, limit: int = 100) -> list[Notice]:
+        out = [dataclasses.replace(n, tries=list(n.tries)) for n in self._notices.values()
+               if (run_id is None or n.run_id == run_id) and (job_id is None or n.job_id == job_id)
+               and (result is None or n.result == result)]
+        return sorted(out, key=lambda n: (n.created_at, n.id))[:limit]
 
     async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
         written = set()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from pydantic import TypeAdapter
 from sqlalchemy import (
     Connection,
     Engine,
@@ -51,6 +52,9 @@ from chronos_core.errors import (
     RunNotFound,
     StoreUnavailable,
 )
+from chronos_core.hooks import Notice, NoticeKind, NoticeStatus, OutcomeHooks, outcome_notices, run_facts
+from chronos_core.hookspec import ChainRule, Exclusion, NotifyRule
+from chronos_core.ids import new_id
 from chronos_core.models import (
     ACTIVE_RUN_STATUSES,
     FINISHED_RUN_STATUSES,
@@ -69,7 +73,7 @@ from chronos_core.ports import Claim, Dispatch, JobChange, Planner, RunCounts, S
 from chronos_core.retry import RetryPolicy
 
 from . import sqlite_batch
-from .tables import UtcDateTime, job_run_counts, job_summaries, jobs, run_counts, runs
+from .tables import UtcDateTime, job_run_counts, job_summaries, jobs, notices, run_counts, runs
 
 __all__ = ["SqlStore"]
 
@@ -87,6 +91,25 @@ _MISFIRE = {p.value: p for p in MisfirePolicy}
 _Guard = Callable[[list[dict[str, Any]]], tuple[str, list[Any]]]  # a chunk's extra WHERE and its params
 _MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock: the transaction was rolled back; run it again
 _CHUNK = 500  # ids per IN list / rows per CASE update
+
+
+_NOTIFY = TypeAdapter(list[NotifyRule])
+_CHAIN = TypeAdapter(list[ChainRule])
+_EXCLUDE = TypeAdapter(list[Exclusion])
+
+
+def _dump_list(items: Sequence[Any]) -> str | None:
+    if not items:
+        return None
+    return json.dumps([i.model_dump(mode="json", by_alias=True, exclude_none=True) for i in items],
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _load_list(adapter_name: str, text_: str | None) -> tuple[Any, ...]:
+    if not text_:
+        return ()
+    return tuple({"notify": _NOTIFY, "chain": _CHAIN, "exclude": _EXCLUDE}[adapter_name].validate_json(text_))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -111,6 +134,9 @@ def _job_values(job: Job) -> dict[str, Any]:
         "misfire": job.misfire.value, "misfire_grace": job.misfire_grace, "status": job.status.value,
         "created_at": job.created_at, "updated_at": job.updated_at, "next_run_at": job.next_run_at,
         "start_at": job.start_at, "end_at": job.end_at, "history_limit": job.history_limit,
+        "notify": _dump_list(job.notify), "chain": _dump_list(job.then),
+        "pause_after_failures": job.pause_after_failures, "alert_after": job.alert_after,
+        "jitter": job.jitter, "exclude": _dump_list(job.exclude), "paused_reason": job.paused_reason,
     }
 
 
@@ -121,7 +147,10 @@ def _job(row: Any) -> Job:
         timeout=row.timeout, overlap=_OVERLAP[row.overlap], misfire=_MISFIRE[row.misfire],
         misfire_grace=row.misfire_grace, status=_JOB_STATUS[row.status], created_at=row.created_at,
         updated_at=row.updated_at, next_run_at=row.next_run_at, start_at=row.start_at, end_at=row.end_at,
-        history_limit=row.history_limit,
+        history_limit=row.history_limit, notify=list(_load_list("notify", row.notify)),
+        then=list(_load_list("chain", row.chain)), pause_after_failures=row.pause_after_failures,
+        alert_after=row.alert_after, jitter=row.jitter, exclude=list(_load_list("exclude", row.exclude)),
+        paused_reason=row.paused_reason,
     )
 
 
@@ -161,6 +190,7 @@ def _summary(row: Any) -> JobSummary:
         last_run_scheduled_for=row.last_run_scheduled_for, last_run_started_at=row.last_run_started_at,
         last_run_finished_at=row.last_run_finished_at, last_success_at=row.last_success_at,
         last_failure_at=row.last_failure_at, consecutive_failures=row.consecutive_failures,
+        consecutive_failed_slots=row.consecutive_failed_slots,
     )
 
 
@@ -174,6 +204,10 @@ class _Finished:
     scheduled_for: datetime
     started_at: datetime | None
     finished_at: datetime
+    final: bool = True  # no retry follows
+    op: _Finish | None = None  # with hooks: the finish, for the notices
+    attempt: int = 1
+    trigger: str = "schedule"
 
 
 @dataclass(slots=True)
@@ -196,6 +230,7 @@ class _Finish:
     retry: Run | None
     output_lines: int
     lease: datetime | None = None  # the lease expiry the caller read (the reaper's fence), if any
+    hooks: OutcomeHooks | None = None  # the job's notifications, chains, auto-pause
 
 
 def _cut(error: str | None, limit: int = 8000) -> str | None:
@@ -1043,13 +1078,13 @@ class SqlStore(Store):
                          finished_at: datetime, exit_code: int | None = None, output: str = "",
                          error: str | None = None, retry: Run | None = None,
                          lease_expires_at: datetime | None = None,
-                         output_lines: int | None = None) -> bool:
+                         output_lines: int | None = None, hooks: OutcomeHooks | None = None) -> bool:
         status = RunStatus(status)
         if status not in FINISHED_RUN_STATUSES:
             raise ValueError(f"{status} is not a finished status")
         lines = count_lines(output) if output_lines is None else output_lines
         return bool(await self._write(_Finish(run_id, owner, status, finished_at, exit_code, output,
-                                              error, retry, lines, lease_expires_at)))
+                                              error, retry, lines, lease_expires_at, hooks)))
 
     async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
         items = sorted(outputs.items())
@@ -1160,8 +1195,8 @@ class SqlStore(Store):
                     rows.append({"id": op.run_id, "started_at": op.now, "owner": op.owner,
                                  "lease_expires_at": op.until})
             self._bulk_update(conn, "id", rows, {"status": RunStatus.RUNNING.value, "dispatch_due_at": None})
-        # finishes with a retry to insert or a lease to compare take the select path below
-        plain = all(fin.retry is None and fin.lease is None for _, fin in finishes)
+        # finishes with a retry to insert, a lease to compare or hooks take the select path below
+        plain = all(fin.retry is None and fin.lease is None and fin.hooks is None for _, fin in finishes)
         if finishes and self._sqlite and plain:
             dt = _memo(self._to_db)
             facts = self._sqlite_finish_states(conn, {fin.run_id for _, fin in finishes})
@@ -1198,14 +1233,16 @@ class SqlStore(Store):
         elif finishes:
             owners: dict[str, str | None] = {}
             leases: dict[str, datetime | None] = {}
-            found: dict[str, tuple[str, datetime, datetime | None]] = {}
+            found: dict[str, tuple[str, datetime, datetime | None, int, str]] = {}
             for chunk in _chunks(sorted({fin.run_id for _, fin in finishes})):
                 for row in conn.execute(self._for_update(
                         select(runs.c.id, runs.c.owner, runs.c.status, runs.c.lease_expires_at, runs.c.job_id,
-                               runs.c.scheduled_for, runs.c.started_at).where(runs.c.id.in_(chunk)))):
+                               runs.c.scheduled_for, runs.c.started_at, runs.c.attempt, runs.c.trigger)
+                        .where(runs.c.id.in_(chunk)))):
                     if row.status == RunStatus.RUNNING.value:
                         owners[row.id], leases[row.id] = row.owner, row.lease_expires_at
-                        found[row.id] = (row.job_id, row.scheduled_for, row.started_at)
+                        found[row.id] = (row.job_id, row.scheduled_for, row.started_at, row.attempt,
+                                         row.trigger)
             retries = [fin.retry for _, fin in finishes if fin.retry is not None]
             taken = self._existing_slots(conn, retries) if retries else set()
             rows, inserts = [], []
@@ -1228,8 +1265,10 @@ class SqlStore(Store):
                 rows.append({"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
                              "exit_code": fin.exit_code, "output": self._cap(fin.output),
                              "error": _cut(fin.error), "output_lines": fin.output_lines})
-                job_id, slot_at, started = found[fin.run_id]
-                applied.append(_Finished(fin.run_id, job_id, fin.status, slot_at, started, fin.finished_at))
+                job_id, slot_at, started, attempt, trigger = found[fin.run_id]
+                applied.append(_Finished(fin.run_id, job_id, fin.status, slot_at, started, fin.finished_at,
+                                         fin.retry is None, fin if fin.hooks is not None else None,
+                                         attempt, trigger))
             self._bulk_update(conn, "id", rows, {"lease_expires_at": None, "dispatch_due_at": None})
             if inserts:
                 self._insert_runs(conn, inserts)
@@ -1264,21 +1303,35 @@ class SqlStore(Store):
                         last_run_finished_at=_from_utc_text(values["last_run_finished_at"]),
                         last_success_at=_from_utc_text(values["last_success_at"]),
                         last_failure_at=_from_utc_text(values["last_failure_at"]),
-                        consecutive_failures=int(values["consecutive_failures"] or 0))
+                        consecutive_failures=int(values["consecutive_failures"] or 0),
+                        consecutive_failed_slots=int(values["consecutive_failed_slots"] or 0))
         else:
             for chunk in _chunks(job_ids):
                 summaries.update((row.job_id, _summary(row)) for row in conn.execute(
                     select(job_summaries).where(job_summaries.c.job_id.in_(chunk))
                     .order_by(job_summaries.c.job_id).with_for_update()))
+        outbox: list[Notice] = []
         for fin in sorted(applied, key=lambda f: f.finished_at):
             summary = summaries.get(fin.job_id)
             if summary is None:
                 summary = summaries[fin.job_id] = JobSummary()
-            summary.record(fin.run_id, fin.status, fin.scheduled_for, fin.started_at, fin.finished_at)
+            before = dataclasses.replace(summary) if fin.op is not None else summary
+            summary.record(fin.run_id, fin.status, fin.scheduled_for, fin.started_at, fin.finished_at,
+                           fin.final)
+            op = fin.op
+            if op is not None and op.hooks is not None:
+                facts = run_facts(fin.run_id, fin.status, fin.attempt, fin.trigger, fin.scheduled_for,
+                                  fin.started_at, fin.finished_at, op.exit_code, op.error, op.output)
+                outbox += outcome_notices(op.hooks, job_id=fin.job_id, run=facts, status=fin.status,
+                                          final=fin.final, before=before, after=summary,
+                                          now=fin.finished_at, new_id=new_id)
+        if outbox:
+            self._insert_notices(conn, outbox)
         dt = _memo(self._to_db)
         values_ = [(job_id, s.last_run_id, None if s.last_run_status is None else s.last_run_status.value,
                     dt(s.last_run_scheduled_for), dt(s.last_run_started_at), dt(s.last_run_finished_at),
-                    dt(s.last_success_at), dt(s.last_failure_at), s.consecutive_failures)
+                    dt(s.last_success_at), dt(s.last_failure_at), s.consecutive_failures,
+                    s.consecutive_failed_slots)
                    for job_id in job_ids for s in [summaries[job_id]]]
         if self._sqlite:
             sqlite_batch.insert_rows(conn, self._summary_head, values_, self._summary_tail)
@@ -1287,6 +1340,126 @@ class SqlStore(Store):
                 marks = ", ".join(["(" + ", ".join(["%s"] * len(values_[0])) + ")"] * len(part))
                 conn.exec_driver_sql(f"{self._summary_head} VALUES {marks}{self._summary_tail}",
                                      tuple(v for row in part for v in row))
+
+    # notices ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _notice_values(n: Notice) -> dict[str, Any]:
+        return {"id": n.id, "key": n.key, "kind": n.kind.value, "event": n.event, "job_id": n.job_id,
+                "run_id": n.run_id, "target": json.dumps(n.target, separators=(",", ":")),
+                "data": json.dumps(n.data, separators=(",", ":"), ensure_ascii=False),
+                "status": n.status.value, "created_at": n.created_at, "due_at": n.due_at,
+                "attempts": n.attempts, "owner": n.owner, "lease_until": n.lease_until,
+                "last_error": _cut(n.last_error, 2000), "last_code": n.last_code,
+                "finished_at": n.finished_at, "result": n.result, "tries": json.dumps(n.tries)}
+
+    @staticmethod
+    def _notice(row: Any) -> Notice:
+        return Notice(id=row.id, key=row.key, kind=NoticeKind(row.kind), event=row.event, job_id=row.job_id,
+                      run_id=row.run_id, target=json.loads(row.target), data=json.loads(row.data),
+                      status=NoticeStatus(row.status), created_at=row.created_at, due_at=row.due_at,
+                      attempts=row.attempts, owner=row.owner, lease_until=row.lease_until,
+                      last_error=row.last_error, last_code=row.last_code, finished_at=row.finished_at,
+                      result=row.result, tries=json.loads(row.tries))
+
+    def _insert_notices(self, conn: Connection, items: Sequence[Notice]) -> int:
+        """Insert the notices whose key is new (also within ``items``) and whose job exists."""
+        fresh: dict[str, Notice] = {}
+        for n in items:
+            fresh.setdefault(n.key, n)
+        if not fresh:
+            return 0
+        for chunk in _chunks(sorted(fresh)):
+            for key in conn.scalars(select(notices.c.key).where(notices.c.key.in_(chunk))):
+                fresh.pop(key, None)
+        job_ids = sorted({n.job_id for n in fresh.values()})
+        known: set[str] = set()
+        for chunk in _chunks(job_ids):
+            known.update(conn.scalars(select(jobs.c.id).where(jobs.c.id.in_(chunk))))
+        rows = [self._notice_values(n) for n in fresh.values() if n.job_id in known]
+        if rows:
+            conn.execute(insert(notices), rows)
+        return len(rows)
+
+    async def add_notices(self, notices_: Sequence[Notice]) -> int:
+        items = list(notices_)
+        if not items:
+            return 0
+
+        def add() -> int:
+            with self._tx() as conn:
+                return self._insert_notices(conn, items)
+        try:
+            return await self._call(add)
+        except RunConflict:  # a concurrent writer inserted one of the keys first: the rest, one by one
+            added = 0
+            for n in items:
+                try:
+                    added += await self._call(lambda n=n: self._insert_one(n))
+                except RunConflict:
+                    pass
+            return added
+
+    def _insert_one(self, n: Notice) -> int:
+        with self._tx() as conn:
+            return self._insert_notices(conn, [n])
+
+    async def claim_notices(self, now: datetime, limit: int, owner: str, lease_until: datetime
+                            ) -> list[Notice]:
+        def claim() -> list[Notice]:
+            with self._tx() as conn:
+                free = (notices.c.owner.is_(None) | notices.c.lease_until.is_(None)
+                        | (notices.c.lease_until < now))
+                ids = list(conn.scalars(self._locking(
+                    select(notices.c.id).where(notices.c.status == NoticeStatus.PENDING.value,
+                                               notices.c.due_at <= now, free)
+                    .order_by(notices.c.due_at, notices.c.id).limit(max(limit, 0)))))
+                if not ids:
+                    return []
+                conn.execute(update(notices).where(notices.c.id.in_(ids))
+                             .values(owner=owner, lease_until=lease_until))
+                rows = conn.execute(select(notices).where(notices.c.id.in_(ids))).all()
+                found = sorted((self._notice(r) for r in rows), key=lambda n: (n.due_at, n.id))
+                return found
+        return await self._call(claim)
+
+    async def settle_notice(self, notice_id: str, owner: str, *, status: NoticeStatus, now: datetime,
+                            due_at: datetime | None = None, error: str | None = None,
+                            code: int | None = None, result: str | None = None) -> bool:
+        def settle() -> bool:
+            with self._tx() as conn:
+                row = conn.execute(self._for_update(select(notices.c.owner, notices.c.status,
+                                                           notices.c.attempts, notices.c.tries)
+                                                    .where(notices.c.id == notice_id))).first()
+                if row is None or row.owner != owner or row.status != NoticeStatus.PENDING.value:
+                    return False
+                tries = json.loads(row.tries)
+                tries.append({"at": now.isoformat(), "ok": status is NoticeStatus.DELIVERED, "code": code,
+                              "error": None if error is None else error[:500]})
+                values: dict[str, Any] = {
+                    "attempts": row.attempts + 1, "tries": json.dumps(tries[-20:]), "status": status.value,
+                    "last_error": _cut(error, 2000), "last_code": code, "owner": None, "lease_until": None}
+                if status is NoticeStatus.PENDING:
+                    values["due_at"] = due_at or now
+                else:
+                    values["finished_at"], values["result"] = now, None if result is None else result[:200]
+                conn.execute(update(notices).where(notices.c.id == notice_id).values(**values))
+                return True
+        return await self._call(settle)
+
+    async def list_notices(self, *, run_id: str | None = None, job_id: str | None = None,
+                           result: str | None = None, limit: int = 100) -> list[Notice]:
+        def list_() -> list[Notice]:
+            q = select(notices)
+            if run_id is not None:
+                q = q.where(notices.c.run_id == run_id)
+            if job_id is not None:
+                q = q.where(notices.c.job_id == job_id)
+            if result is not None:
+                q = q.where(notices.c.result == result)
+            with self._tx(read=True) as conn:
+                rows = conn.execute(q.order_by(notices.c.created_at, notices.c.id).limit(limit)).all()
+            return [self._notice(r) for r in rows]
+        return await self._call(list_)
 
     def _all_matched(self, conn: Connection, rows: list[dict[str, Any]], fixed: dict[str, Any],
                      guard: _Guard) -> bool:

@@ -24,7 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["UtcDateTime", "job_run_counts", "job_summaries", "jobs", "metadata", "run_counts", "runs"]
+__all__ = ["UtcDateTime", "job_run_counts", "job_summaries", "jobs", "metadata", "notices", "run_counts",
+           "runs"]
 
 _MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
@@ -81,6 +82,14 @@ jobs = Table(
     Column("start_at", UtcDateTime),
     Column("end_at", UtcDateTime),
     Column("history_limit", Integer),
+    # hooks (chronos_core.hooks): JSON lists, NULL when empty
+    Column("notify", Text),
+    Column("chain", Text),  # the job's `then` (a reserved word in SQL)
+    Column("pause_after_failures", Integer),
+    Column("alert_after", Float),
+    Column("jitter", Float),
+    Column("exclude", Text),
+    Column("paused_reason", Text),
     UniqueConstraint("name"),
     Index(None, "status", "next_run_at"),  # the due-job claim
     **_MYSQL,
@@ -131,6 +140,7 @@ job_summaries = Table(
     Column("last_success_at", UtcDateTime),
     Column("last_failure_at", UtcDateTime),
     Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("consecutive_failed_slots", Integer, nullable=False, server_default="0"),
     Index(None, "last_run_status", "job_id"),  # GET /jobs?last_status=failed
     **_MYSQL,
 )
@@ -156,5 +166,37 @@ job_run_counts = Table(
     Column("job_id", String(36), primary_key=True),
     Column("status", String(16), primary_key=True),
     Column("n", Integer, nullable=False),
+    **_MYSQL,
+)
+
+# The outbox of notifications, chained runs and auto-pauses (chronos_core.hooks.Notice): written by
+# finish_run in the transaction of the outcome that caused them, delivered by the notifier engine, which
+# records every attempt here. `key` is unique (run, event, rule): an outcome never notifies twice.
+notices = Table(
+    "notices", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("key", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("run_id", String(36)),
+    Column("target", Text, nullable=False),  # JSON
+    Column("data", _LongText, nullable=False),  # JSON
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("due_at", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("owner", String(200)),
+    Column("lease_until", UtcDateTime),
+    Column("last_error", Text),
+    Column("last_code", Integer),
+    Column("finished_at", UtcDateTime),
+    Column("result", String(200)),
+    Column("tries", Text, nullable=False),  # JSON list of {at, ok, code, error}
+    UniqueConstraint("key"),
+    Index(None, "status", "due_at"),  # the notifier's claim
+    Index(None, "run_id"),  # a run's notices
+    Index(None, "job_id", "created_at"),
+    Index(None, "result"),  # the chain that made a run
     **_MYSQL,
 )

@@ -37,6 +37,8 @@ from .schemas import (
     JobPage,
     JobPatch,
     JobsApply,
+    NoticeOut,
+    NoticePage,
     Readiness,
     RunOut,
     RunPage,
@@ -340,8 +342,15 @@ async def run_log(request: Request) -> Response:
 
 
 async def get_run(request: Request) -> Response:
-    run = await api(request).chronos.runs.get(request.path_params["run_id"])
-    return _json(RunOut.of(run))
+    runs = api(request).chronos.runs
+    run = await runs.get(request.path_params["run_id"])
+    parent, children = await runs.links(run)
+    return _json(RunOut.of(run, parent, children))
+
+
+async def run_notifications(request: Request) -> Response:
+    notices = await api(request).chronos.runs.notices(request.path_params["run_id"])
+    return _json(NoticePage(items=[NoticeOut.of(n) for n in notices]))
 
 
 async def cancel_run(request: Request) -> Response:
@@ -464,6 +473,9 @@ def _ops() -> list[Op]:
            RunPage, _R, query=RunListQuery, errors=(422,)),
         Op("GET", "/runs/{run_id}", get_run, "Get a run (a running one with its output so far)", 200, RunOut,
            _R, errors=(404,)),
+        Op("GET", "/runs/{run_id}/notifications", run_notifications,
+           "What the run's outcome set off (notifications, chained runs, an auto-pause) and each delivery "
+           "attempt", 200, NoticePage, _R, errors=(404,)),
         Op("GET", "/runs/{run_id}/log", run_log,
            "The run's output as plain text (?follow=true: until it ends)", 200, None, _R, query=LogQuery,
            errors=(404, 422), media_type="text/plain"),

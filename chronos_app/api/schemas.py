@@ -12,8 +12,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chronos_core import Event, Job, JobSummary, JobTypes, Run
+from chronos_core.hooks import Notice, NoticeKind, NoticeStatus, redact_notify
+from chronos_core.hookspec import ChainRule, Exclusion
 from chronos_core.models import JobStatus, MisfirePolicy, OverlapPolicy, RunStatus, Trigger
 from chronos_core.retry import RetryPolicy
+from chronos_core.secrets import redact_text
 
 __all__ = [
     "ApplyOut",
@@ -26,6 +29,8 @@ __all__ = [
     "JobPatch",
     "JobsApply",
     "LastRun",
+    "NoticeOut",
+    "NoticePage",
     "Problem",
     "Readiness",
     "RunOut",
@@ -70,6 +75,15 @@ class JobOut(_Out):
     start_at: datetime | None
     end_at: datetime | None
     history_limit: int | None
+    notify: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "notifications (webhook secrets and header values shown as ***)"))
+    then: list[ChainRule] = Field(default_factory=list)
+    pause_after_failures: int | None = None
+    alert_after: float | None = None
+    jitter: float | None = None
+    exclude: list[Exclusion] = Field(default_factory=list)
+    paused_reason: str | None = Field(default=None, description=(
+        "why Chronos paused the job (pause_after_failures); null when running or paused by hand"))
     next_run_at: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -77,6 +91,8 @@ class JobOut(_Out):
     last_success_at: datetime | None
     last_failure_at: datetime | None = Field(description="when the last failed or timed-out attempt ended")
     consecutive_failures: int = Field(description="failed or timed-out attempts since the last success")
+    consecutive_failed_slots: int = Field(default=0, description=(
+        "slots whose final attempt failed since the last success (what pause_after_failures counts)"))
     next_runs: list[datetime] = Field(description="the next 3 fire times (none while paused)")
 
     @classmethod
@@ -98,7 +114,11 @@ class JobOut(_Out):
                    end_at=job.end_at, history_limit=job.history_limit, next_run_at=job.next_run_at,
                    created_at=job.created_at, updated_at=job.updated_at, last_run=last,
                    last_success_at=s.last_success_at, last_failure_at=s.last_failure_at,
-                   consecutive_failures=s.consecutive_failures, next_runs=next_runs or [])
+                   consecutive_failures=s.consecutive_failures, next_runs=next_runs or [],
+                   notify=redact_notify(job.notify), then=job.then,
+                   pause_after_failures=job.pause_after_failures, alert_after=job.alert_after,
+                   jitter=job.jitter, exclude=job.exclude, paused_reason=job.paused_reason,
+                   consecutive_failed_slots=s.consecutive_failed_slots)
 
 
 class RunOut(_Out):
@@ -119,13 +139,61 @@ class RunOut(_Out):
     output_lines: int = Field(description="the number of the last line in output, so far for a running "
                                           "run (its run.log events carry the numbers as seq)")
     error: str | None
+    parent_run_id: str | None = Field(default=None, description=(
+        "the run whose outcome started this one (trigger chain); GET /runs/{id} only"))
+    children: list[str] = Field(default_factory=list, description=(
+        "runs this run's outcome started (the job's then); GET /runs/{id} only"))
 
     @classmethod
-    def of(cls, run: Run) -> RunOut:
+    def of(cls, run: Run, parent_run_id: str | None = None, children: list[str] | None = None) -> RunOut:
         return cls(id=run.id, job_id=run.job_id, scheduled_for=run.scheduled_for, trigger=run.trigger,
                    attempt=run.attempt, status=run.status, created_at=run.created_at, due_at=run.due_at,
                    started_at=run.started_at, finished_at=run.finished_at, exit_code=run.exit_code,
-                   output=run.output, output_lines=run.output_lines, error=run.error)
+                   output=run.output, output_lines=run.output_lines, error=run.error,
+                   parent_run_id=parent_run_id,
+                   children=children or [])
+
+
+class NoticeOut(_Out):
+    """Something a run's outcome set off - a notification, a chained run, an auto-pause - and how its
+    delivery went (every attempt in ``tries``)."""
+
+    id: str
+    kind: NoticeKind
+    event: str = Field(description="failed, timed_out, succeeded, recovered, missed, skipped, running_long, "
+                                   "paused; for a chain the status that set it off")
+    channel: str = Field(description="webhook, email, chain or pause")
+    target: dict[str, Any] = Field(description="where: the webhook url (secrets masked), the email "
+                                               "recipients, the chained job, the pause's reason")
+    job_id: str
+    run_id: str | None
+    status: NoticeStatus
+    attempts: int
+    tries: list[dict[str, Any]] = Field(description="each attempt: {at, ok, code, error}")
+    last_error: str | None
+    last_code: int | None
+    created_at: datetime
+    due_at: datetime = Field(description="when the next attempt is due (pending)")
+    finished_at: datetime | None
+    result: str | None = Field(description="the chained run's id, the response, the pause's reason")
+
+    @classmethod
+    def of(cls, n: Notice) -> NoticeOut:
+        if n.kind is NoticeKind.NOTIFY:
+            channel = next(iter(n.target), "")
+            inner = n.target.get(channel) or {}
+            target = ({"url": redact_text(str(inner.get("url", ""))), "format": inner.get("format", "json")}
+                      if channel == "webhook" else {"to": inner.get("to", [])})
+        else:
+            channel, target = n.kind.value, dict(n.target)
+        return cls(id=n.id, kind=n.kind, event=n.event, channel=channel, target=target, job_id=n.job_id,
+                   run_id=n.run_id, status=n.status, attempts=n.attempts, tries=n.tries,
+                   last_error=n.last_error, last_code=n.last_code, created_at=n.created_at,
+                   due_at=n.due_at, finished_at=n.finished_at, result=n.result)
+
+
+class NoticePage(_Out):
+    items: list[NoticeOut]
 
 
 class JobPage(_Out):

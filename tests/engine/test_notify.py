@@ -1,0 +1,260 @@
+"""Notifications, chains and auto-pause end to end: the real engines on every store (memory, SQLite,
+MariaDB) with a fake clock, a real local HTTP server receiving the webhooks and a real SMTP server
+(aiosmtpd) receiving the emails. The notifier is ticked by hand, like the scheduler."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from chronos_adapters.executors import ExecutorConfig
+from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus
+from chronos_adapters.notify import notify_channels
+from chronos_core import EventType, FakeClock, Job, Jobs, JobStatus, JobTypes, Run, Runs, Scheduler, Worker
+from chronos_core.hooks import MAX_ATTEMPTS, NoticeStatus
+from chronos_core.notifier import Notifier
+from chronos_core.ports import Store
+from tests.engine.test_engines import T0, StepExecutor, StepPayload, settle
+from tests.fixtures.httpserver import LocalHttpServer
+from tests.fixtures.smtp import LocalSmtpServer
+
+SECRET = "whsec-0123456789abcdef"
+
+
+@dataclass
+class H:
+    clock: FakeClock
+    store: Store
+    queue: MemoryDispatchQueue
+    bus: MemoryEventBus
+    jobs: Jobs
+    runs: Runs
+    scheduler: Scheduler
+    worker: Worker
+    notifier: Notifier
+    executor: StepExecutor
+    done: list[Run | None] = field(default_factory=list)
+
+    async def create(self, **spec: Any) -> Job:
+        base: dict[str, Any] = {"name": f"job-{id(spec)}", "type": "step", "payload": {"behaviour": "ok"}}
+        return await self.jobs.create({**base, **spec})
+
+    async def drain(self) -> None:
+        while (d := self.queue.get_nowait()) is not None:
+            self.done.append(await self.worker.process(d))
+        await settle()
+
+    async def run_now(self, job: Job) -> Run:
+        self.clock.advance(1)  # (two manual runs at the same instant would be the same slot)
+        run = await self.jobs.trigger(job.id)
+        await self.drain()
+        return run
+
+    async def later(self, seconds: float) -> None:
+        """Move the clock on, fire what is due (retries), execute it."""
+        self.clock.advance(seconds)
+        await self.scheduler.tick()
+        await self.drain()
+
+
+@pytest.fixture
+async def h(store: Store) -> Any:
+    clock = FakeClock(T0)
+    queue, bus = MemoryDispatchQueue(), MemoryEventBus()
+    types = JobTypes()
+    types.register("step", StepPayload)
+    executor = StepExecutor()
+    config = ExecutorConfig(http_allow_hosts=("127.0.0.1",))
+    channels = notify_channels(config)
+    notifier = Notifier(store, queue, bus, clock, {c.channel: c for c in channels}, lease=60)
+    for c in channels:
+        await c.start()
+    harness = H(clock=clock, store=store, queue=queue, bus=bus, jobs=Jobs(store, queue, bus, clock, types),
+                runs=Runs(store, bus, clock), scheduler=Scheduler(store, queue, bus, clock, batch_size=50),
+                worker=Worker(store, queue, bus, clock, {"step": executor}, job_types=types, lease=30),
+                notifier=notifier, executor=executor)
+    yield harness
+    for c in channels:
+        await c.stop()
+
+
+def hook(server: LocalHttpServer, path: str = "/hook", **extra: Any) -> dict[str, Any]:
+    return {"url": f"{server.url}{path}", **extra}
+
+
+def verify(req: Any) -> dict[str, Any]:
+    """The signature a receiver checks, as GitHub's: HMAC-SHA256 of the raw body with the shared secret."""
+    want = "sha256=" + hmac.new(SECRET.encode(), req.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(req.headers["x-chronos-signature"], want)
+    data: dict[str, Any] = json.loads(req.body)
+    return data
+
+
+async def test_one_message_after_the_last_of_three_failed_attempts(h: H, http_server: LocalHttpServer
+                                                                   ) -> None:
+    job = await h.create(name="nightly", payload={"behaviour": "fail"},
+                         retry={"max_attempts": 3, "strategy": "linear", "delay": 10},
+                         notify=[{"on": ["failed"], "webhook": hook(http_server, secret=SECRET,
+                                                                    headers={"Authorization": "Bearer tk"})}])
+    await h.run_now(job)
+    await h.notifier.tick()
+    await h.later(10)  # attempt 2
+    await h.notifier.tick()
+    assert http_server.requests_to("/hook") == []  # no message for attempts that will be retried
+    await h.later(20)  # attempt 3, the last (linear: 20 s after the second)
+    assert [(r.attempt, r.status.value) for r in await h.jobs.history(job.id)] == [
+        (3, "failed"), (2, "failed"), (1, "failed")]
+    await h.notifier.tick()
+    await h.notifier.tick()
+    (req,) = http_server.requests_to("/hook")
+    assert req.method == "POST" and req.headers["content-type"] == "application/json"
+    assert req.headers["authorization"] == "Bearer tk"
+    assert req.headers["x-chronos-event"] == "failed"
+    body = verify(req)
+    assert body["event"] == "failed" and body["job"] == {"id": job.id, "name": "nightly"}
+    assert body["run"]["attempt"] == 3 and body["run"]["status"] == "failed"
+    assert "exit code 3" in body["run"]["error"] and body["links"]["run"] == f"/runs/{body['run']['id']}"
+    # the delivery is recorded on the run's notices
+    (notice,) = await h.runs.notices(body["run"]["id"])
+    assert notice.status is NoticeStatus.DELIVERED and notice.attempts == 1 and notice.last_code == 200
+    assert req.headers["x-chronos-delivery"] == notice.id
+    assert notice.tries[0]["ok"] is True and notice.tries[0]["code"] == 200
+
+
+async def test_recovered_once_after_failures_and_succeeded_each_time(h: H, http_server: LocalHttpServer
+                                                                     ) -> None:
+    job = await h.create(name="flaky", payload={"behaviour": "fail"},
+                         notify=[{"on": ["recovered"], "webhook": hook(http_server, "/recovered")},
+                                 {"on": ["succeeded"], "webhook": hook(http_server, "/ok", format="slack")}])
+    await h.run_now(job)
+    await h.run_now(job)
+    await h.jobs.patch(job.id, {"payload": {"behaviour": "ok"}})
+    ok1 = await h.run_now(job)
+    await h.run_now(job)
+    await h.notifier.tick()
+    (rec,) = http_server.requests_to("/recovered")
+    assert json.loads(rec.body)["run"]["id"] == ok1.id
+    oks = http_server.requests_to("/ok")
+    assert len(oks) == 2
+    text = json.loads(oks[0].body)["text"]  # Slack's format: one text
+    assert text.startswith("[chronos] flaky: succeeded") and "x-chronos-signature" not in oks[0].headers
+
+
+async def test_an_endpoint_down_for_a_minute_still_gets_the_message_once(h: H, http_server: LocalHttpServer
+                                                                        ) -> None:
+    http_server.respond("/hook", *([(503, "down")] * 4), (200, "ok"))
+    job = await h.create(payload={"behaviour": "fatal"},
+                         notify=[{"on": ["failed"], "webhook": hook(http_server, secret=SECRET)}])
+    run = await h.run_now(job)
+    waited = 0.0
+    for _ in range(10):
+        await h.notifier.tick()
+        if len(http_server.requests_to("/hook")) == 5:
+            break
+        h.clock.advance(20)  # the backoff is 5 s, 15 s, 30 s...: a tick every 20 s finds each try due
+        waited += 20
+    reqs = http_server.requests_to("/hook")
+    assert [r.headers["x-chronos-delivery"] for r in reqs] == [reqs[0].headers["x-chronos-delivery"]] * 5
+    assert waited >= 50  # delivered after the endpoint was down for about a minute
+    for _ in range(3):
+        h.clock.advance(600)
+        await h.notifier.tick()
+    assert len(http_server.requests_to("/hook")) == 5  # once delivered, never again
+    (notice,) = await h.runs.notices(run.id)
+    assert notice.status is NoticeStatus.DELIVERED and notice.attempts == 5
+    assert [t["code"] for t in notice.tries] == [503, 503, 503, 503, 200]
+    verify(reqs[-1])
+
+
+async def test_an_undeliverable_message_stops_after_a_bounded_number_of_tries(
+        h: H, http_server: LocalHttpServer) -> None:
+    http_server.respond("/hook", (500, "broken"))
+    job = await h.create(payload={"behaviour": "fatal"},
+                         notify=[{"on": ["failed"], "webhook": hook(http_server)}])
+    run = await h.run_now(job)
+    for _ in range(MAX_ATTEMPTS + 5):
+        await h.notifier.tick()
+        h.clock.advance(3600)
+    assert len(http_server.requests_to("/hook")) == MAX_ATTEMPTS
+    (notice,) = await h.runs.notices(run.id)
+    assert notice.status is NoticeStatus.FAILED and notice.attempts == MAX_ATTEMPTS
+    assert "HTTP 500" in (notice.last_error or "")
+
+
+async def test_a_refused_address_is_not_retried_and_the_secret_is_not_in_the_error(h: H) -> None:
+    job = await h.create(payload={"behaviour": "fatal"},
+                         notify=[{"on": ["failed"], "webhook": {"url": "http://10.1.2.3/x?token=abc123secret",
+                                                                "headers": {"X-Api-Key": "k3y-value-9"}}}])
+    run = await h.run_now(job)
+    await h.notifier.tick()
+    (notice,) = await h.runs.notices(run.id)
+    assert notice.status is NoticeStatus.FAILED and notice.attempts == 1  # the SSRF guard refused it
+    assert "10.1.2.3" in (notice.last_error or "")
+    assert "abc123secret" not in (notice.last_error or "") and "k3y-value-9" not in (notice.last_error or "")
+
+
+async def test_pause_after_failures_pauses_with_the_reason_and_emails(h: H, smtp_server: LocalSmtpServer
+                                                                      ) -> None:
+    h.notifier.channels["email"].email.host = smtp_server.host  # type: ignore[attr-defined]
+    h.notifier.channels["email"].email.port = smtp_server.port  # type: ignore[attr-defined]
+    h.notifier.channels["email"].email.sender = "chronos@example.com"  # type: ignore[attr-defined]
+    job = await h.create(name="etl", payload={"behaviour": "fail"}, schedule="*/10 * * * * *",
+                         retry={"max_attempts": 2, "strategy": "immediate"}, pause_after_failures=2,
+                         notify=[{"on": ["paused", "failed"], "email": {"to": ["ops@example.com"]}}])
+    events = h.bus.subscribe(job_id=job.id, types={EventType.JOB_PAUSED})
+    await h.run_now(job)
+    await h.later(0)  # the retry: slot 1 failed (two attempts)
+    await h.notifier.tick()
+    assert (await h.jobs.get(job.id)).status is JobStatus.ACTIVE  # one failed slot of two
+    await h.run_now(job)
+    await h.later(0)
+    await h.notifier.tick()  # the pause notice: pauses, adds the paused notification
+    await h.notifier.tick()  # ...delivered
+    paused = await h.jobs.get(job.id)
+    assert paused.status is JobStatus.PAUSED and paused.next_run_at is None
+    assert paused.paused_reason is not None and "2 failed runs in a row" in paused.paused_reason
+    event = await anext(aiter(events))
+    assert event.type is EventType.JOB_PAUSED and "pause_after_failures" in event.data["reason"]
+    await events.aclose()
+    subjects = sorted(m.message["Subject"] for m in smtp_server.received)
+    assert subjects == ["[chronos] etl: failed", "[chronos] etl: failed", "[chronos] etl: paused"]
+    body = next(m for m in smtp_server.received if m.message["Subject"].endswith("paused"))
+    assert body.rcpt_tos == ["ops@example.com"]
+    assert "pause_after_failures: 2" in body.message.get_content()
+    summary = (await h.jobs.summaries([paused]))[job.id]
+    assert summary.consecutive_failed_slots == 2 and summary.consecutive_failures == 4
+    # resuming clears the reason
+    assert (await h.jobs.resume(job.id)).paused_reason is None
+
+
+async def test_the_service_default_list_applies_to_jobs_without_notify(h: H, http_server: LocalHttpServer
+                                                                      ) -> None:
+    from chronos_core.hookspec import NotifyRule
+
+    h.worker.default_notify = (NotifyRule.model_validate({"on": ["failed"],
+                                                          "webhook": hook(http_server, "/default")}),)
+    plain = await h.create(name="plain", payload={"behaviour": "fatal"})
+    own = await h.create(name="own", payload={"behaviour": "fatal"},
+                         notify=[{"on": ["failed"], "webhook": hook(http_server, "/own")}])
+    await h.run_now(plain)
+    await h.run_now(own)
+    await h.notifier.tick()
+    assert [json.loads(r.body)["job"]["name"] for r in http_server.requests_to("/default")] == ["plain"]
+    assert [json.loads(r.body)["job"]["name"] for r in http_server.requests_to("/own")] == ["own"]
+
+
+async def test_a_notice_written_twice_is_kept_once(h: H, http_server: LocalHttpServer) -> None:
+    job = await h.create(payload={"behaviour": "fatal"},
+                         notify=[{"on": ["failed"], "webhook": hook(http_server)}])
+    run = await h.run_now(job)
+    (notice,) = await h.store.list_notices(run_id=run.id)
+    from dataclasses import replace
+
+    assert await h.store.add_notices([replace(notice, id="another-id")]) == 0  # same key
+    await h.notifier.tick()
+    assert len(http_server.requests_to("/hook")) == 1
