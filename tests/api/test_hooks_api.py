@@ -42,8 +42,8 @@ async def test_bad_hook_fields_are_refused_each_at_its_place(api: httpx.AsyncCli
         {"on": ["failed"], "webhook": {"url": "https://a.example"}, "email": {"to": ["ops@example.com"]}},
         {"on": ["failed"], "email": {"to": ["not an address"]}},
     ], pause_after_failures=0, alert_after=-1, jitter=-5,
-        exclude=[{"from": "2026-12-27T00:00:00", "to": "2026-12-24T00:00:00"}, {"cron": "* * * * *",
-                                                                               "from": "2026-12-24T00:00:00"}]))
+        exclude=[{"from": "2026-12-27T00:00:00", "to": "2026-12-24T00:00:00"},
+                 {"cron": "* * * * *", "from": "2026-12-24T00:00:00"}]))
     got = pointers(r)
     for p in ("/notify/0/webhook/url", "/notify/1/on/0", "/notify/2", "/notify/3/email/to",
               "/pause_after_failures", "/alert_after", "/jitter", "/exclude/0", "/exclude/1"):
@@ -77,7 +77,8 @@ async def _stored(api: httpx.AsyncClient, job_id: str) -> Any:
 
 
 async def test_chain_cycles_are_refused_with_the_cycle(api: httpx.AsyncClient) -> None:
-    assert (await api.post("/jobs", json=job("a", then=[{"on": ["succeeded"], "job": "b"}]))).status_code == 201
+    r = await api.post("/jobs", json=job("a", then=[{"on": ["succeeded"], "job": "b"}]))
+    assert r.status_code == 201
     assert (await api.post("/jobs", json=job("b", then=[{"job": "c"}]))).status_code == 201
     r = await api.post("/jobs", json=job("c", then=[{"on": ["failed"], "job": "a"}]))
     assert pointers(r) == ["/then"]
