@@ -44,9 +44,9 @@ from chronos_core import (
     Worker,
     function_ref,
 )
+from chronos_core.hookspec import NotifyRule
 from chronos_core.ids import new_id
 from chronos_core.models import ACTIVE_RUN_STATUSES
-from chronos_core.hookspec import NotifyRule
 from chronos_core.notifier import Notifier
 from chronos_core.ports import NotifyChannel
 
