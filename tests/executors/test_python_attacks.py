@@ -66,3 +66,34 @@ async def test_a_function_the_program_hands_over_is_not_restricted() -> None:
     async with Chronos.embedded() as chronos:
         status, _ = await _run(chronos, {"function": "os.path:join", "args": ["a", "b"]})
     assert status is RunStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+async def test_a_private_module_of_an_allowed_package_is_not_imported(
+        tmp_path: Path, isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # importing runs code: pkg/__main__.py is the package's command line, run by the import alone
+    marker = tmp_path / "imported"
+    pkg = tmp_path / "srpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("def ok():\n    return 1\n")
+    (pkg / "__main__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    async with Chronos.embedded(executor_config=ExecutorConfig(python_modules=("srpkg",))) as chronos:
+        with pytest.raises(InvalidJob) as info:
+            await chronos.jobs.create({"name": "m", "type": "python",
+                                       "payload": {"function": "srpkg.__main__:main"}})
+        assert "private" in info.value.errors[0].reason
+        # a job stored by a process without the allow-list is refused where it runs, before the import
+        executor = chronos.executors["python"]
+        executor.allowed_modules = None  # type: ignore[attr-defined]
+        job = await chronos.jobs.create({"name": "m", "type": "python", "payload": {
+            "function": "srpkg.__main__:main", "isolation": isolation}})
+        executor.allowed_modules = ("srpkg",)  # type: ignore[attr-defined]
+        await chronos.jobs.trigger(job.id)
+        async with asyncio.timeout(60):
+            while not (runs := await chronos.jobs.history(job.id)) or not runs[0].finished:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert runs[0].status is RunStatus.FAILED and "private" in (runs[0].error or "")
+        status, _ = await _run(chronos, {"function": "srpkg:ok", "isolation": isolation})
+        assert status is RunStatus.SUCCEEDED
+    assert not marker.exists()
