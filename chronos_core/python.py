@@ -9,6 +9,7 @@ allow-list rule. Nothing here imports or runs user code.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import threading
@@ -115,6 +116,7 @@ class RunContext:
             raise ExecutionFailed("the run was cancelled", retryable=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def context_parameter(func: Callable[..., Any]) -> str | None:
     """The name of ``func``'s parameter annotated :class:`RunContext`, if any (also when the annotation
     is a string, as under ``from __future__ import annotations``)."""
