@@ -227,10 +227,11 @@ def load_function(ref: str, allowed: Iterable[str] | None = None) -> Callable[..
 
 def ref_problem(ref: str) -> str | None:
     """Why an allow-listed reference is refused without importing anything: a private or dunder name
-    (``f.__globals__``, ``C.__subclasses__``, ``_os.system``) leads anywhere."""
-    _, qualname = split_ref(ref)
-    private = [part for part in qualname.split(".") if part.startswith("_")]
-    if private:
+    (``f.__globals__``, ``C.__subclasses__``, ``_os.system``) leads anywhere, and importing a private
+    module (``pkg.__main__``) may run anything."""
+    module, qualname = split_ref(ref)
+    private = [part for part in (*module.split("."), *qualname.split(".")) if part.startswith("_")]
+    if private:  # also a module: importing pkg.__main__ runs the package's command line
         return (f"{ref}: {private[0]!r} is private; python jobs under an allow-list call public names "
                 "defined in the allowed modules")
     return None
