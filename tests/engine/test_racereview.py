@@ -4,15 +4,27 @@ around the real adapter (``tests/engine/proxies.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus
-from chronos_core import Event, FakeClock, Jobs, JobTypes, Runs, RunStatus, Scheduler, Worker
+from chronos_core import (
+    Event,
+    EventType,
+    FakeClock,
+    Jobs,
+    JobTypes,
+    Runs,
+    RunStatus,
+    Scheduler,
+    StoreUnavailable,
+    Worker,
+)
 from chronos_core.ports import Store
 from tests.engine.proxies import Proxy
-from tests.engine.test_races import T0, Rig, S, StepExecutor, StepPayload
+from tests.engine.test_races import T0, Rig, S, StepExecutor, StepPayload, moving_clock
 
 ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -131,3 +143,67 @@ async def test_a_job_whose_runs_all_reach_the_workers_late_still_runs(rig: Rig) 
     assert [r.scheduled_for for r in runs] == [T0 + t * S for t in range(1, 61)]  # every slot has a run
     ran = [r for r in runs if r.status is RunStatus.SUCCEEDED]
     assert len(ran) >= 5, [(r.scheduled_for.second, r.status.value) for r in runs]
+
+
+
+# ------------------------------- item 11: the late-start check waits out a store outage like start_run
+
+
+@pytest.mark.parametrize("misfire", ["skip", "fire_once"])
+async def test_a_late_run_reaching_a_worker_during_a_store_outage_is_not_handed_back(
+        rig: Rig, misfire: str) -> None:
+    """start_run waits out an outage (store_retry_for); the misfire check in front of it must too. Handed
+    back at once, an in-process queue gives it straight back to the worker (a hot loop of nacks and error
+    lines for as long as the outage lasts) and Kafka dead-letters it after max_tries (milliseconds)."""
+    await rig.create(schedule="*/10 * * * * *", misfire=misfire, misfire_grace=5)
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    d = rig.take()
+    assert d is not None
+    rig.clock.set(T0 + 30 * S)  # it reaches a worker 20 s after its slot: late
+    outage = {"down": True}
+
+    async def down(real: Any, *args: Any, **kwargs: Any) -> Any:
+        if outage["down"]:
+            raise StoreUnavailable("connection refused")
+        return await real(*args, **kwargs)
+    for name in ("job_summaries", "cancel_queued_run", "start_run", "get_run"):
+        rig.store.hooks[name] = down
+    nacks: list[str] = []
+
+    async def nack(real: Any, dispatch: Any, reason: str) -> None:
+        nacks.append(reason)
+        if len(nacks) > 20:  # (a hot loop: stop it here)
+            outage["down"] = False
+        await real(dispatch, reason)
+    rig.queue.hooks["nack"] = nack
+    task = asyncio.create_task(rig.worker.process(d))
+    for _ in range(5):  # the outage lasts 5 s of the worker's retries
+        for _ in range(5):
+            await asyncio.sleep(0)
+        rig.clock.advance(1)
+        await asyncio.sleep(0.001)
+    outage["down"] = False
+    await moving_clock(rig, task)
+    assert nacks == []
+    assert (await rig.store.get_run(d.run.id)).status in (RunStatus.MISSED, RunStatus.SUCCEEDED)
+
+
+async def test_a_late_record_applied_just_before_the_connection_broke_is_taken_for_its_own(rig: Rig) -> None:
+    await rig.create(schedule="*/10 * * * * *", misfire="skip", misfire_grace=5)
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    d = rig.take()
+    assert d is not None
+    rig.clock.set(T0 + 30 * S)
+    rig.store.fail("cancel_queued_run", StoreUnavailable("connection lost"), after=True)
+    nacks: list[str] = []
+
+    async def nack(real: Any, dispatch: Any, reason: str) -> None:
+        nacks.append(reason)
+        await real(dispatch, reason)
+    rig.queue.hooks["nack"] = nack
+    done = await moving_clock(rig, asyncio.create_task(rig.worker.process(d)))
+    assert done is not None and done.status is RunStatus.MISSED  # its own record, found after the error
+    assert rig.executor.started == [] and nacks == []
+    assert [e.run_id for e in rig.published(EventType.RUN_MISSED)] == [d.run.id]
