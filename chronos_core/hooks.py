@@ -39,6 +39,7 @@ __all__ = [
     "WebhookChannel",
     "backoff",
     "outcome_notices",
+    "shown_webhook_url",
     "sign",
 ]
 
@@ -255,15 +256,25 @@ class Delivery:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def shown_webhook_url(url: str) -> str:
+    """A webhook URL as shown to users: its origin, and ``/***`` for any path or query - an incoming
+    webhook's path is its credential (``https://hooks.slack.com/services/T…/B…/<secret>``: whoever reads
+    it can post to the channel)."""
+    parts = urlsplit(url)
+    if parts.path in ("", "/") and not parts.query:
+        return redact_text(url)
+    return redact_text(f"{parts.scheme}://{parts.netloc}") + "/" + REDACTED
+
+
 def redact_notify(rules: Sequence[NotifyRule]) -> list[dict[str, Any]]:
     """The rules as shown to users: a webhook's ``secret`` and every header value as ``***`` (a header
-    may carry a token whatever its name), a password or secret query parameter in its URL masked."""
+    may carry a token whatever its name), its URL's path and query too (:func:`shown_webhook_url`)."""
     out = []
     for rule in rules:
         data = rule.model_dump(mode="json", by_alias=True, exclude_none=True)
         hook = data.get("webhook")
         if hook is not None:
-            hook["url"] = redact_text(hook["url"])
+            hook["url"] = shown_webhook_url(hook["url"])
             hook["headers"] = {k: REDACTED for k in hook.get("headers", {})}
             if hook.get("secret"):
                 hook["secret"] = REDACTED
@@ -292,7 +303,9 @@ def restore_notify(new: Sequence[NotifyRule], old: Sequence[NotifyRule]) -> list
         masked = [k for k, v in hook.headers.items() if v == REDACTED]
         secret_masked = hook.secret == REDACTED
         url = hook.url
-        if REDACTED in url and prev is not None:
+        if prev is not None and url == shown_webhook_url(prev.url):  # the URL written back as shown
+            url = prev.url
+        elif REDACTED in url and prev is not None:
             url = restore_text(url, prev.url) or url
         if not masked and not secret_masked and url == hook.url:
             out.append(rule)

@@ -88,8 +88,9 @@ class WebhookNotifier(NotifyChannel):
             headers["X-Chronos-Signature"] = sign(hook.secret, body)
         payload = HttpPayload.model_validate({"method": "POST", "url": hook.url, "headers": headers,
                                               "body": body.decode()})
-        secrets = [*payload.secrets(), *text_secrets(hook.url), hook.secret or "",
-                   *hook.headers.values()]
+        path = hook.url.split("://", 1)[-1].partition("/")[2]  # a webhook's path is its credential
+        secrets = [*payload.secrets(), *text_secrets(hook.url), hook.secret or "", hook.url,
+                   *([path] if len(path) >= 8 else []), *hook.headers.values()]
         job, run = _carrier(notice, "http", payload.model_dump(mode="json", by_alias=True))
         return await _attempt(self.http, job, run, secrets)
 

@@ -12,11 +12,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chronos_core import Event, Job, JobSummary, JobTypes, Run
-from chronos_core.hooks import Notice, NoticeKind, NoticeStatus, redact_notify
+from chronos_core.hooks import Notice, NoticeKind, NoticeStatus, redact_notify, shown_webhook_url
 from chronos_core.hookspec import ChainRule, Exclusion
 from chronos_core.models import JobStatus, MisfirePolicy, OverlapPolicy, RunStatus, Trigger
 from chronos_core.retry import RetryPolicy
-from chronos_core.secrets import redact_text
 
 __all__ = [
     "ApplyOut",
@@ -182,7 +181,8 @@ class NoticeOut(_Out):
         if n.kind is NoticeKind.NOTIFY:
             channel = next(iter(n.target), "")
             inner = n.target.get(channel) or {}
-            target = ({"url": redact_text(str(inner.get("url", ""))), "format": inner.get("format", "json")}
+            target = ({"url": shown_webhook_url(str(inner.get("url", ""))),
+                       "format": inner.get("format", "json")}
                       if channel == "webhook" else {"to": inner.get("to", [])})
         else:
             channel, target = n.kind.value, dict(n.target)
