@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from chronos_core import InvalidSchedule, JobNotFound, JobSpec, RunStatus, parse_schedule
+from chronos_core import InvalidSchedule, Job, JobNotFound, JobSpec, RunStatus, parse_schedule
 from chronos_core.schedules import parse_timezone
 
 from .context import Op, api
@@ -33,6 +34,7 @@ _MACRO_WORDS = {"@yearly": "once a year, on 1 January at 00:00",
                 "@hourly": "every hour, on the hour"}
 
 
+@functools.lru_cache(maxsize=1024)
 def describe_schedule(expression: str | None, timezone: str = "UTC") -> str:
     """The schedule in words, e.g. "At 09:00, Monday through Friday (Europe/Berlin)"; a cron expression
     through cron-descriptor (5 fields, or 6 with seconds first as Chronos reads them)."""
@@ -152,10 +154,13 @@ async def job_digests(request: Request) -> Response:
     chronos = api(request).chronos
     q = parse_query(request, DigestQuery)
     ids = list(dict.fromkeys(q.ids.split(",")))[:500]
-    jobs = {}
-    for job_id in ids:
+
+    async def get(job_id: str) -> Job | None:
         with contextlib.suppress(JobNotFound):
-            jobs[job_id] = await chronos.jobs.get(job_id)
+            return await chronos.jobs.get(job_id)
+        return None
+
+    jobs = {j.id: j for j in await asyncio.gather(*(get(jid) for jid in ids)) if j is not None}
     found = [jid for jid in ids if jid in jobs]
     histories = await asyncio.gather(*(chronos.runs.list(job_id=jid, limit=OUTCOMES) for jid in found))
     items = []

@@ -115,12 +115,10 @@ function throttle(fn, ms) {
 
 const fmt = {
   // times in the browser's zone; the UTC time goes in the title (hover)
-  time(iso) {
-    if (!iso) return "—";
-    const d = new Date(iso);
-    return d.toLocaleString(undefined, {year: "numeric", month: "short", day: "numeric", hour: "2-digit",
-      minute: "2-digit", second: "2-digit"});
-  },
+  // one formatter (creating one per call costs more than the whole row)
+  local: new Intl.DateTimeFormat(undefined, {year: "numeric", month: "short", day: "numeric", hour: "2-digit",
+    minute: "2-digit", second: "2-digit"}),
+  time(iso) { return iso ? fmt.local.format(new Date(iso)) : "—"; },
   utc(iso) { return iso ? new Date(iso).toISOString().replace(".000Z", "Z") + " (UTC)" : ""; },
   ago(iso) {
     if (!iso) return "";
