@@ -19,6 +19,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from .errors import ExecutionFailed, JobNotFound, RunNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
@@ -34,6 +35,8 @@ from .secrets import secret_forms
 __all__ = ["OutputTail", "Worker", "WorkerStats"]
 
 log = logging.getLogger("chronos.worker")
+
+T = TypeVar("T")
 
 
 class OutputTail:
@@ -357,8 +360,8 @@ class Worker:
 
         if is_late(job, run, now):  # past its misfire grace: maybe recorded missed instead
             last = None
-            if job.misfire is MisfirePolicy.FIRE_ONCE:
-                summary = (await self._store.job_summaries([job.id])).get(job.id)
+            if job.misfire is MisfirePolicy.FIRE_ONCE:  # (an outage is waited out, as for the start)
+                summary = (await self._retrying(lambda: self._store.job_summaries([job.id]))).get(job.id)
                 last = None if summary is None else summary.last_run_started_at
             if (late := late_start(job, run, now, last)) is not None:
                 return await self._record_late(run, late)
@@ -377,7 +380,13 @@ class Worker:
     async def _record_late(self, run: Run, reason: str) -> Run | None:
         """A slot that waited in the queue past its misfire grace: recorded missed (if still queued)."""
         now = self._clock.now()
-        if not await self._store.cancel_queued_run(run.id, now, reason, status=RunStatus.MISSED):
+
+        async def mine(stored: Run) -> bool:  # after a store error: this record, not another write
+            return stored.finished_at == now and (stored.error or "")[:200] == reason[:200]
+
+        if not await self._persist(
+                lambda: self._store.cancel_queued_run(run.id, now, reason, status=RunStatus.MISSED),
+                run.id, RunStatus.MISSED, mine, owned=False):
             return None  # started elsewhere, finished or cancelled meanwhile
         missed = evolve(run, status=RunStatus.MISSED, finished_at=now, error=reason)
         self.stats.by_status["missed"] = self.stats.by_status.get("missed", 0) + 1
@@ -450,15 +459,33 @@ class Worker:
     async def _publish(self, events: list[Event], run_id: str) -> None:
         await publish_best_effort(self._bus, events, log, f"run {run_id}")
 
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A store read, tried again while the store is unavailable (as :meth:`_persist`): a run must not
+        be handed back at once for an outage (an in-process queue gives it straight back; Kafka
+        dead-letters it after a few tries)."""
+        never = asyncio.Event()
+        deadline = self._clock.now() + timedelta(seconds=self.store_retry_for)
+        pause = 0.1
+        while True:
+            try:
+                return await call()
+            except StoreUnavailable as exc:
+                if self._clock.now() >= deadline:
+                    raise
+                log.warning("store unavailable, trying again in %.1fs: %s", pause, exc)
+            await self._clock.sleep_until(self._clock.now() + timedelta(seconds=pause), never)
+            pause = min(pause * 2, 5.0)
+
     async def _persist(self, write: Callable[[], Awaitable[bool]], run_id: str, status: RunStatus,
-                       mine: Callable[[Run], Awaitable[bool]] | None = None) -> bool:
+                       mine: Callable[[Run], Awaitable[bool]] | None = None, *, owned: bool = True) -> bool:
         """A fenced store write, tried again while the store is unavailable (for up to
         ``store_retry_for`` seconds): a database restart must not lose a run's start or outcome.
 
         The write is a compare-and-set, so trying it again is safe; but a first try may have been
         applied before the connection broke, making the next one report False. So after a failure a
         False is checked against the stored run: if it shows this worker's write (its status and owner,
-        and what ``mine`` checks: the reaper finishes a run under the same owner), the write applied."""
+        and what ``mine`` checks: the reaper finishes a run under the same owner), the write applied.
+        ``owned=False``: a write that leaves no owner (a late slot recorded missed): ``mine`` alone says."""
         try:  # the common case first, without the retry loop's state
             return await write()
         except StoreUnavailable as exc:
@@ -476,7 +503,7 @@ class Worker:
                 if await write():
                     return True
                 stored = await self._store.get_run(run_id)
-                return stored.status is status and stored.owner == self.owner and (
+                return stored.status is status and (not owned or stored.owner == self.owner) and (
                     mine is None or await mine(stored))
             except StoreUnavailable as exc:
                 error = exc
