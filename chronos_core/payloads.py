@@ -52,6 +52,7 @@ __all__ = [
     "ShellPayload",
     "SqlPayload",
     "field_errors",
+    "header_problem",
     "is_secret_name",
     "parse_address",
     "restore_masked",

@@ -20,7 +20,7 @@ from chronos_core.errors import ExecutionFailed
 from chronos_core.hooks import Delivery, Notice, message_subject, message_text, sign, webhook_body
 from chronos_core.hookspec import EmailChannel, WebhookChannel
 from chronos_core.models import Job, JobStatus, MisfirePolicy, OverlapPolicy, Run, RunStatus, Trigger
-from chronos_core.payloads import EmailPayload, HttpPayload
+from chronos_core.payloads import EmailPayload, HttpPayload, header_problem
 from chronos_core.ports import ExecutionResult, Executor, NotifyChannel
 from chronos_core.retry import RetryPolicy
 from chronos_core.secrets import text_secrets
@@ -109,7 +109,10 @@ class EmailNotifier(NotifyChannel):
 
     async def deliver(self, notice: Notice) -> Delivery:
         target = EmailChannel.model_validate(notice.target["email"])
-        payload = EmailPayload.model_validate({"to": target.to, "subject": message_subject(notice.data),
+        subject = message_subject(notice.data)
+        if header_problem("subject", subject):  # a job named =?utf-8?q?x=0D=0ABcc:...?= : shown as is
+            subject = subject.replace("=?", "= ?")
+        payload = EmailPayload.model_validate({"to": target.to, "subject": subject,
                                                "text": message_text(notice.data)})
         job, run = _carrier(notice, "email", payload.model_dump(mode="json", by_alias=True))
         outcome = await _attempt(self.email, job, run, [])

@@ -127,3 +127,27 @@ async def test_encoded_words_and_unicode_still_send(smtp_server: LocalSmtpServer
     assert received.rcpt_tos == ["j@example.com", "z@example.com"]
     assert str(received.message["Subject"]).startswith("Grüße, 日本語 long")
     assert "X-Evil" not in received.message and "Bcc" not in received.message
+
+
+async def test_a_job_name_cannot_inject_headers_into_its_notification_email(
+        smtp_server: LocalSmtpServer) -> None:
+    # the notification subject is "[chronos] <job name>: <event>" and a job name may hold =?...?=
+    from datetime import UTC, datetime
+
+    from chronos_adapters.notify import EmailNotifier
+    from chronos_core.hooks import Notice, NoticeKind
+
+    name = "=?utf-8?q?nightly=0D=0ABcc:_victim@evil.example?="
+    notifier = EmailNotifier(EmailExecutor(host=smtp_server.host, port=smtp_server.port,
+                                           sender="ops@example.net"))
+    now = datetime.now(UTC)
+    notice = Notice(id="n1", key="r:failed:0", kind=NoticeKind.NOTIFY, event="failed", job_id="j",
+                    run_id="r", target={"email": {"to": ["ops@example.com"]}},
+                    data={"event": "failed", "job": {"id": "j", "name": name}, "run": {"id": "r"}},
+                    created_at=now, due_at=now)
+    outcome = await notifier.deliver(notice)
+    assert outcome.ok, outcome.error
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ["ops@example.com"]
+    assert "Bcc" not in received.message
+    assert str(received.message["Subject"]) == f"[chronos] {name.replace('=?', '= ?')}: failed"
