@@ -61,12 +61,14 @@ _MAX_LINE = 1024 * 1024
 
 class _Capture:
     """One run's output: text written from any thread, cut into lines, handed to the log sink in order
-    by one task on the event loop."""
+    by one task on the event loop (started by the first line: most functions print nothing)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: LogSink) -> None:
         self._loop = loop
+        self._log = log
         self._loop_thread = threading.get_ident()  # made on the loop
-        self._queue: asyncio.Queue[tuple[str, str, bool] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, str, bool] | None] | None = None
+        self._pump: asyncio.Task[None] | None = None
         self._partial: dict[str, str] = {}
         self._lock = threading.Lock()
         self._room = threading.Semaphore(_PENDING)
@@ -104,32 +106,52 @@ class _Capture:
         if self.closed:
             return
         if threading.get_ident() == self._loop_thread:
-            self._queue.put_nowait((line, stream, False))
+            self._enqueue((line, stream, False))
             return
         # a thread waits while the sink is far behind (bounded memory), but never once the run is over
         while not self._room.acquire(timeout=0.5):
             if self.closed:
                 return
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, (line, stream, True))
+        try:  # in order: the loop runs these callbacks first in, first out
+            self._loop.call_soon_threadsafe(self._enqueue, (line, stream, True))
         except RuntimeError:  # the loop is closed
             self.closed = True
 
-    async def pump(self, log: LogSink) -> None:
-        while (item := await self._queue.get()) is not None:
+    def _enqueue(self, item: tuple[str, str, bool]) -> None:
+        """On the loop: queue a line, starting the task that sends them on the first one."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            # its own empty context: what the sink logs is not this run's output
+            self._pump = self._loop.create_task(self._send(self._queue), context=contextvars.Context())
+        self._queue.put_nowait(item)
+
+    async def _send(self, queue: asyncio.Queue[tuple[str, str, bool] | None]) -> None:
+        while (item := await queue.get()) is not None:
             line, stream, from_thread = item
             if from_thread:
                 self._room.release()
-            await log(line, stream)
+            await self._log(line, stream)
 
-    async def finish(self, pump: asyncio.Task[None]) -> None:
-        """Send what is left, then stop."""
+    async def finish(self) -> None:
+        """Send what is left, then stop. (Lines a thread wrote before the call that returned were
+        scheduled on the loop before this continuation.)"""
         self.flush()
-        self._queue.put_nowait(None)
+        await asyncio.sleep(0)  # the lines flushed just now from this thread: already queued
+        pump = self._pump
         try:
-            await pump
+            if pump is not None and self._queue is not None:
+                self._queue.put_nowait(None)
+                await pump
         finally:
             self.closed = True
+
+    async def abandon(self) -> None:
+        """Stop at once (cancelled, timed out): later writes are dropped."""
+        self.closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pump
 
 
 class _StreamRouter:
@@ -324,8 +346,7 @@ class PythonExecutor(Executor):
         _install_routers()
         func = load_function(p.function, self._restricted(p.function))
         loop = asyncio.get_running_loop()
-        cap = _Capture(loop)
-        pump = asyncio.create_task(cap.pump(log), context=contextvars.Context())
+        cap = _Capture(loop, log)
         ctx = RunContext(run_id=run.id, job_id=job.id, job_name=job.name, attempt=run.attempt,
                          scheduled_for=run.scheduled_for, trigger=run.trigger.value, _emit=cap.line)
         kwargs = dict(p.kwargs)
@@ -355,18 +376,16 @@ class PythonExecutor(Executor):
                         raise
                     if inspect.isawaitable(value):  # a plain function returning a coroutine
                         value = await asyncio.create_task(_await(value), context=context)
-            except ExecutionFailed as exc:
-                raise ExecutionFailed(describe_exception(exc), retryable=exc.retryable,
-                                      exit_code=exc.exit_code) from None
-            except Exception as exc:
-                raise ExecutionFailed(describe_exception(exc), retryable=True) from None
+            except Exception as exc:  # the function failed: what it printed first still counts
+                await cap.finish()
+                retryable = exc.retryable if isinstance(exc, ExecutionFailed) else True
+                exit_code = exc.exit_code if isinstance(exc, ExecutionFailed) else None
+                raise ExecutionFailed(describe_exception(exc), retryable=retryable,
+                                      exit_code=exit_code) from None
         except BaseException:
-            cap.closed = True
-            pump.cancel()
-            with contextlib.suppress(BaseException):
-                await pump
+            await cap.abandon()  # cancelled or timed out: later output is dropped
             raise
-        await cap.finish(pump)
+        await cap.finish()
         return self._result(value)
 
     def _result(self, value: Any) -> ExecutionResult:

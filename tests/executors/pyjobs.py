@@ -54,6 +54,7 @@ async def chatter_async(tag: str, count: int) -> int:
 
 
 def failing(message: str) -> None:
+    print("about to fail")
     _inner(message)
 
 

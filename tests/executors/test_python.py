@@ -116,6 +116,7 @@ async def test_an_exception_fails_with_its_traceback_and_is_retried() -> None:
     assert "Traceback (most recent call last):" in error
     assert 'pyjobs.py", line' in error and "in _inner" in error and "in failing" in error
     assert "executors/python.py" not in error  # the executor's own frames are left out
+    assert runs[0].output == "about to fail"  # printed before the exception: kept
 
 
 async def test_a_flaky_function_succeeds_on_retry() -> None:
