@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from .errors import FieldError, InvalidJob
 from .hookspec import ChainRule, EmailChannel, Exclusion, NotifyEvent, NotifyRule, WebhookChannel
+from .ids import new_id
 from .models import FAILED_RUN_STATUSES, JobSummary, RunStatus
 from .secrets import REDACTED, redact_text, restore_text
 
@@ -195,6 +196,27 @@ def notify_notices(rules: Sequence[NotifyRule], event: NotifyEvent, *, key: str,
     """The notices of ``event`` for the rules that want it (``key``: unique per occurrence)."""
     return [_notify(f"{key}:{event.value}:{i}", event.value, rule, job_id, job_name, run, now, new_id)
             for i, rule in enumerate(rules) if event in rule.on]
+
+
+MAX_RECORD_NOTICES = 20
+"""Notifications of missed/skipped slots per claimed job and event (an outage of a per-second job
+records thousands of slots: the latest ones are told)."""
+
+
+def record_notices(rules: Sequence[NotifyRule], job_id: str, job_name: str, runs: Sequence[Any],
+                   now: datetime) -> list[Notice]:
+    """The ``missed``/``skipped`` notifications of the records a claim makes (the runs of a plan)."""
+    out: list[Notice] = []
+    for event, status in ((NotifyEvent.MISSED, RunStatus.MISSED), (NotifyEvent.SKIPPED, RunStatus.SKIPPED)):
+        if not any(event in r.on for r in rules):
+            continue
+        records = [r for r in runs if r.status is status][-MAX_RECORD_NOTICES:]
+        for r in records:
+            facts = run_facts(r.id, r.status, r.attempt, r.trigger.value, r.scheduled_for, None,
+                              r.finished_at, None, r.error, "")
+            out += notify_notices(rules, event, key=r.id, job_id=job_id, job_name=job_name, run=facts,
+                                  now=now, new_id=new_id)
+    return out
 
 
 def sign(secret: str, body: bytes) -> str:

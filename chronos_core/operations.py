@@ -158,6 +158,16 @@ class Jobs:
                                          f"(now: {now.isoformat(timespec='seconds')}), so the job would "
                                          "never run; give a future time, or no schedule for a job run by "
                                          "hand"))
+        for i, ex in enumerate(spec.exclude):
+            if ex.cron is not None:
+                try:
+                    parse_schedule(ex.cron, zone)
+                except InvalidJob as exc:
+                    errors.extend(FieldError(("exclude", i, "cron"), e.reason) for e in exc.errors)
+                    continue
+                if len(ex.cron.split()) not in (5, 6):
+                    errors.append(FieldError(("exclude", i, "cron"), "a cron window has 5 fields (or 6, "
+                                             "seconds first), e.g. '* * * * sat,sun' or '* 0-6 * * *'"))
         if len(caught) == 1 and not errors:
             raise caught[0]  # the only problem: keep its precise type (InvalidSchedule)
         for err in caught:

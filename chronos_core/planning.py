@@ -4,6 +4,7 @@ call these; they hold no state and do no I/O, so every rule is tested here witho
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -11,17 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
+from .hookspec import Exclusion
 from .ids import new_id
 from .models import Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, Trigger
 from .ports import SlotPlan
-from .schedules import Schedule, parse_schedule
+from .schedules import Schedule, parse_schedule, parse_timezone
 
 __all__ = [
     "MAX_CATCH_UP",
     "MAX_SLOTS_LISTED",
     "MAX_SLOTS_WALKED",
     "Limits",
+    "excluded_by",
     "is_late",
+    "jitter_offset",
     "late_start",
     "next_slot",
     "plan_dropped",
@@ -78,7 +82,77 @@ def _record(job: Job, slot: datetime, now: datetime, status: RunStatus, reason: 
 
 def plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime,
                  limits: Limits = Limits()) -> SlotPlan:
-    """The plan for a job whose ``next_run_at <= now``: see ``MisfirePolicy`` and ``OverlapPolicy``."""
+    """The plan for a job whose ``next_run_at <= now``: see ``MisfirePolicy`` and ``OverlapPolicy``;
+    then the job's ``exclude`` (slots inside are recorded ``skipped``) and ``jitter`` (a queued slot is
+    due at its deterministic offset, see :func:`jitter_offset`)."""
+    plan = _plan_due_job(job, active_run_ids, now, limits)
+    if job.exclude or job.jitter:
+        _shape(job, plan, now)
+    return plan
+
+
+def jitter_offset(job_id: str, slot: datetime, jitter: float) -> timedelta:
+    """Where in ``[0, jitter]`` seconds after its nominal time a slot starts: a hash of the job and the
+    slot, so every scheduler computes the same offset, and the jobs put at ``0 * * * *`` spread out."""
+    digest = hashlib.sha256(f"{job_id}|{slot.isoformat()}".encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64  # [0, 1)
+    return timedelta(microseconds=round(fraction * jitter * 1_000_000))
+
+
+def _window_matches(expression: str, timezone: str, anchor: datetime, slot: datetime) -> bool:
+    """Whether the slot falls in a cron window: the minute (5 fields) or second (6) it is in matches."""
+    unit = timedelta(seconds=1) if len(expression.split()) == 6 else timedelta(minutes=1)
+    start = slot - (slot - datetime.min.replace(tzinfo=slot.tzinfo)) % unit
+    return _schedule(expression, timezone, anchor).next_after(start - _US) == start
+
+
+def excluded_by(job: Job, slot: datetime) -> tuple[int, Exclusion] | None:
+    """The first of the job's exclusions the slot falls in (ranges are ``[from, to)`` in the job's zone
+    when they carry no offset), or None."""
+    zone = None
+    for i, ex in enumerate(job.exclude):
+        if ex.cron is not None:
+            if _window_matches(ex.cron, job.timezone, job.created_at, slot):
+                return i, ex
+            continue
+        assert ex.from_ is not None and ex.to is not None
+        lo, hi = ex.from_, ex.to
+        if lo.tzinfo is None:
+            zone = zone or parse_timezone(job.timezone)
+            lo, hi = lo.replace(tzinfo=zone), hi.replace(tzinfo=zone)
+        if lo <= slot < hi:
+            return i, ex
+    return None
+
+
+def _describe(ex: Exclusion) -> str:
+    if ex.cron is not None:
+        return f"cron {ex.cron}"
+    assert ex.from_ is not None and ex.to is not None
+    return f"{ex.from_.isoformat()} to {ex.to.isoformat()}"
+
+
+def _shape(job: Job, plan: SlotPlan, now: datetime) -> None:
+    fired = False
+    for k, run in enumerate(plan.runs):
+        if run.status is not RunStatus.QUEUED:
+            continue
+        hit = excluded_by(job, run.scheduled_for) if job.exclude else None
+        if hit is not None:
+            i, ex = hit
+            plan.runs[k] = Run(id=run.id, job_id=run.job_id, scheduled_for=run.scheduled_for,
+                               trigger=run.trigger, attempt=1, status=RunStatus.SKIPPED, created_at=now,
+                               due_at=run.due_at, finished_at=now,
+                               error=f"skipped: excluded by exclude[{i}] ({_describe(ex)})")
+            continue
+        fired = True
+        if job.jitter and run.trigger is Trigger.SCHEDULE:
+            run.due_at = run.scheduled_for + jitter_offset(job.id, run.scheduled_for, job.jitter)
+    if not fired:
+        plan.cancel = []  # nothing runs instead of what overlap replace would cancel
+
+
+def _plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime, limits: Limits) -> SlotPlan:
     cutoff = now - timedelta(seconds=job.misfire_grace)  # slots before it were missed
     s = job.next_run_at
     if s is not None and cutoff <= s <= now and (not active_run_ids or job.overlap is OverlapPolicy.ALLOW):

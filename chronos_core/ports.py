@@ -46,7 +46,8 @@ __all__ = [
 class SlotPlan:
     """What to do with one claimed job, decided by the scheduler's planner (pure domain logic).
 
-    ``runs`` are inserted: ``queued`` ones due now are dispatched, the others are records (``missed``,
+    ``runs`` are inserted: ``queued`` ones due now are dispatched (a later ``due_at``, the job's
+    ``jitter``, waits undispatched for :meth:`Store.claim_due_runs`), the others are records (``missed``,
     ``skipped``). ``next_run_at`` replaces the job's. ``cancel`` lists active run ids the new slot
     replaces (overlap policy ``replace``): in the claim's transaction the store cancels the queued ones
     and returns the running ones in :attr:`Claim.cancel`; none of them when the replacing run is a
@@ -56,6 +57,9 @@ class SlotPlan:
     runs: list[Run]
     next_run_at: datetime | None
     cancel: list[str] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    """Notices of the records (``missed``/``skipped`` notifications), inserted in the claim's
+    transaction for the runs that went in (not for duplicates)."""
 
 
 Planner = Callable[[Job, Sequence[str], datetime], SlotPlan]

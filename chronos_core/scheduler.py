@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from .errors import ChronosError, JobNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
-from .hooks import OutcomeHooks
+from .hooks import OutcomeHooks, record_notices
 from .hookspec import NotifyRule
 from .ids import new_id
 from .models import Event, EventType, Job, OverlapPolicy, Run, RunStatus, Trigger, evolve
@@ -135,6 +135,9 @@ class Scheduler:
             if reason is not None:
                 plan.runs = [evolve(r, status=RunStatus.SKIPPED, finished_at=now, error=f"skipped: {reason}")
                              if r.status is RunStatus.QUEUED else r for r in plan.runs]
+            rules = job.notify or self.default_notify
+            if rules:
+                plan.notices = record_notices(rules, job.id, job.name, plan.runs, now)
             return plan
         except Exception as exc:
             log.exception("cannot plan job %s", job.id)

@@ -259,14 +259,21 @@ class MemoryStore(Store):
         for job_id, (job, plan) in plans.items():
             claim.jobs += 1
             replacing: Run | None = None
+            inserted: set[str] = set()
             for run in plan.runs:
-                if not self._insert_run(run, dispatched=True):
+                due = run.status is not RunStatus.QUEUED or run.due_at <= now  # (jitter: later)
+                if not self._insert_run(run, dispatched=due):
                     claim.duplicates += 1
-                elif run.status is RunStatus.QUEUED:
-                    claim.dispatch.append(Dispatch(run, job))
+                    continue
+                inserted.add(run.id)
+                if run.status is RunStatus.QUEUED:
+                    if due:
+                        claim.dispatch.append(Dispatch(run, job))
                     replacing = run
                 else:
                     claim.recorded.append(run)
+            if plan.notices:
+                self._add_notices([n for n in plan.notices if n.run_id in inserted])
             if replacing is not None:  # a duplicate replaces nothing (its slot was planned again)
                 self._replace(plan.cancel, replacing, now, claim)
             at = self._next[job_id] = plan.next_run_at

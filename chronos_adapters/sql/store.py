@@ -895,7 +895,8 @@ class SqlStore(Store):
                         claim.duplicates += 1
                         continue
                     existing.add(slot)
-                new.append(params(run, True, dt))
+                # a queued run due later (the job's jitter) waits undispatched for claim_due_runs
+                new.append(params(run, run.status is not RunStatus.QUEUED or run.due_at <= now, dt))
                 made.append((run, job))
                 if plan.cancel and run.status is RunStatus.QUEUED:
                     replaces.append((run, plan.cancel))
@@ -910,9 +911,14 @@ class SqlStore(Store):
                 if taken and run.id in taken:
                     continue
                 if run.status is queued:
-                    dispatch.append(Dispatch(run, job))
+                    if run.due_at <= now:
+                        dispatch.append(Dispatch(run, job))
                 else:
                     recorded.append(run)
+            outbox = [n for _, p in plans for n in p.notices]
+            if outbox:  # the records' notifications (missed, skipped), with them
+                went_in = {run.id for run, _ in made if not (taken and run.id in taken)}
+                self._insert_notices(conn, [n for n in outbox if n.run_id in went_in])
         self._set_next_run_at(conn, next_at)
         for by, replaced in replaces:
             if by.id not in taken:  # a duplicate replaces nothing (its slot was planned again)

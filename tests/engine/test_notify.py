@@ -258,3 +258,70 @@ async def test_a_notice_written_twice_is_kept_once(h: H, http_server: LocalHttpS
     assert await h.store.add_notices([replace(notice, id="another-id")]) == 0  # same key
     await h.notifier.tick()
     assert len(http_server.requests_to("/hook")) == 1
+
+
+# ------------------------------------------------------------------ missed, skipped, exclude, jitter
+
+
+async def test_missed_slots_of_a_scheduler_outage_are_notified_once_each(h: H, http_server: LocalHttpServer
+                                                                        ) -> None:
+    job = await h.create(name="ticker", schedule="*/10 * * * * *", misfire="skip",
+                         notify=[{"on": ["missed"], "webhook": hook(http_server)}])
+    h.clock.advance(47)  # the scheduler was away: slots :10 :20 :30 :40 are past the grace (5 s)
+    await h.scheduler.tick()
+    await h.scheduler.tick()
+    await h.notifier.tick()
+    await h.notifier.tick()
+    missed = [r for r in await h.jobs.history(job.id) if r.status.value == "missed"]
+    assert len(missed) == 4
+    got = sorted(json.loads(r.body)["run"]["id"] for r in http_server.requests_to("/hook"))
+    assert got == sorted(r.id for r in missed)
+    assert all(json.loads(r.body)["event"] == "missed" for r in http_server.requests_to("/hook"))
+
+
+async def test_excluded_slots_are_recorded_skipped_with_the_reason(h: H, http_server: LocalHttpServer
+                                                                   ) -> None:
+    # T0 is Tuesday 2030-01-01 12:00 UTC = 13:00 in Berlin; the range is in the job's zone
+    job = await h.create(name="quiet", schedule="*/10 * * * * *", timezone="Europe/Berlin",
+                         exclude=[{"from": "2030-01-01T13:00:15", "to": "2030-01-01T13:00:35"},
+                                  {"cron": "50-59 * * * * *"}],
+                         notify=[{"on": ["skipped"], "webhook": hook(http_server)}])
+    for _ in range(6):
+        h.clock.advance(10)
+        await h.scheduler.tick()
+        await h.drain()
+    runs = sorted(await h.jobs.history(job.id), key=lambda r: r.scheduled_for)
+    assert [(r.scheduled_for.second, r.status.value) for r in runs] == [
+        (10, "succeeded"), (20, "skipped"), (30, "skipped"), (40, "succeeded"), (50, "skipped"),
+        (0, "succeeded")]
+    assert "excluded by exclude[0]" in (runs[1].error or "")
+    assert "excluded by exclude[1]" in (runs[4].error or "")
+    await h.notifier.tick()
+    told = sorted(json.loads(r.body)["run"]["id"] for r in http_server.requests_to("/hook"))
+    assert told == sorted(r.id for r in runs if r.status.value == "skipped")
+
+
+async def test_a_bad_exclusion_cron_is_refused(h: H) -> None:
+    from chronos_core import InvalidJob
+
+    with pytest.raises(InvalidJob) as err:
+        await h.create(exclude=[{"cron": "* * * *"}])
+    assert err.value.errors[0].loc[:3] == ("exclude", 0, "cron")
+
+
+async def test_jitter_delays_each_slot_by_its_offset_within_bounds(h: H) -> None:
+    from chronos_core.planning import jitter_offset
+
+    job = await h.create(name="spread", schedule="0 * * * *", jitter=30)
+    h.clock.set(T0.replace(hour=13))
+    await h.scheduler.tick()
+    (run,) = await h.jobs.history(job.id)
+    offset = jitter_offset(job.id, run.scheduled_for, 30)
+    assert run.scheduled_for == T0.replace(hour=13)  # the nominal slot is kept
+    assert run.due_at == run.scheduled_for + offset and 0 <= offset.total_seconds() <= 30
+    assert h.queue.get_nowait() is None  # not handed out before its offset
+    h.clock.set(run.due_at)
+    await h.scheduler.tick()
+    await h.drain()
+    (done,) = await h.jobs.history(job.id)
+    assert done.status.value == "succeeded" and done.started_at == run.due_at
