@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.api.conftest import build_app, running
+from tests.api.test_readme_examples import _examples
 
 
 def _http(name: str, **fields: object) -> dict[str, object]:
@@ -36,3 +39,15 @@ async def test_apply_refusals_point_into_the_set() -> None:
         r = await c.post("/jobs/apply", json=[_http("a")])
         assert r.status_code == 422
         assert (await c.get("/jobs")).json()["items"] == []
+
+
+async def test_applying_every_field_of_every_type_twice_changes_nothing(tmp_path: Path) -> None:
+    examples = _examples()  # the README's: every job field, every payload field of every type
+    app = build_app(sql_connections={"app": f"sqlite:///{tmp_path}/app.db"}, python_modules=["myapp"],
+                    worker=False, scheduler=False)
+    async with running(app) as c:
+        first = await c.post("/jobs/apply", json={"jobs": examples})
+        assert first.status_code == 200, first.text
+        assert sorted(first.json()["created"]) == sorted(e["name"] for e in examples)
+        again = (await c.post("/jobs/apply", json={"jobs": examples})).json()
+    assert sorted(again["unchanged"]) == sorted(e["name"] for e in examples), again
