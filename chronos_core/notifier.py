@@ -28,6 +28,7 @@ from .hooks import Delivery, Notice, NoticeKind, NoticeStatus, backoff, notify_n
 from .hookspec import NotifyEvent, NotifyRule
 from .ids import new_id
 from .models import EventType, JobStatus, Run, RunStatus, Trigger, evolve
+from .planning import plan_dropped
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, NotifyChannel, Store
 
 __all__ = ["Notifier", "NotifierStats"]
@@ -200,13 +201,19 @@ class Notifier:
             if job.status is not JobStatus.ACTIVE:
                 break  # paused already (by hand, or by this notice's earlier try)
             version = now if now > job.updated_at else job.updated_at + timedelta(microseconds=1)
+            # as Jobs.pause: the slots due but not fired yet (the scheduler is behind) are recorded
+            dropped = (plan_dropped(job, now, "the job was paused (pause_after_failures) before the "
+                                    "scheduler fired this slot")
+                       if job.next_run_at is not None and job.next_run_at <= now else [])
             done = await self._store.change_job(job, {"status": JobStatus.PAUSED, "next_run_at": None,
-                                                      "paused_reason": reason, "updated_at": version})
+                                                      "paused_reason": reason, "updated_at": version},
+                                                records=dropped)
             if done is not None:
                 job = done.job
                 event = job_event(EventType.JOB_PAUSED, job, now)
                 event.data["reason"] = reason
-                await publish_best_effort(self._bus, [event], log, f"job {job.id} paused")
+                events = [event, *(run_event(r, now) for r in done.recorded)]
+                await publish_best_effort(self._bus, events, log, f"job {job.id} paused")
                 log.warning("job %s %s", job.name, reason)
                 break
             job = await self._store.get_job(notice.job_id)

@@ -207,3 +207,30 @@ async def test_a_late_record_applied_just_before_the_connection_broke_is_taken_f
     assert done is not None and done.status is RunStatus.MISSED  # its own record, found after the error
     assert rig.executor.started == [] and nacks == []
     assert [e.run_id for e in rig.published(EventType.RUN_MISSED)] == [d.run.id]
+
+
+# ------------------------------- item 12 through #16: an auto-pause also records the slots it drops
+
+
+async def test_an_auto_pause_while_the_scheduler_is_behind_records_the_slots_it_drops(store: Store) -> None:
+    from chronos_core.notifier import Notifier
+
+    clock, queue, bus = FakeClock(T0), MemoryDispatchQueue(), MemoryEventBus()
+    types = JobTypes()
+    types.register("step", StepPayload)
+    jobs = Jobs(store, queue, bus, clock, types)
+    worker = Worker(store, queue, bus, clock, {"step": StepExecutor()}, job_types=types, lease=30)
+    notifier = Notifier(store, queue, bus, clock, {}, lease=60)
+    job = await jobs.create({"name": "auto", "type": "step", "payload": {"behaviour": "fail"},
+                             "schedule": "* * * * * *", "pause_after_failures": 1})
+    clock.set(T0 + S / 2)
+    await jobs.trigger(job.id)
+    d = queue.get_nowait()
+    assert d is not None and (await worker.process(d)) is not None  # failed: the pause notice is written
+    clock.set(T0 + 5 * S + S / 2)  # the scheduler is behind: slots 1..5 are due, not fired
+    await notifier.tick()
+    paused = await jobs.get(job.id)
+    assert paused.status.value == "paused"
+    slots = [(r.scheduled_for, r.status) for r in reversed(await store.list_runs(job.id))
+             if r.trigger.value == "schedule"]
+    assert slots == [(T0 + i * S, RunStatus.SKIPPED) for i in range(1, 6)]  # as Jobs.pause records them
