@@ -366,6 +366,15 @@ class Store(abc.ABC):
         pruning runs does not change the counts, and the cost depends on the minutes, jobs and statuses in
         the window, never on how many runs the history holds. Counts older than two days may be dropped."""
 
+    async def replaced_by_later_slot(self, run: Run) -> bool:
+        """Whether a later slot of the run's job has a run that was handed out (queued, ran or was
+        cancelled; a ``missed``/``skipped`` record of a later slot ran nothing): under overlap
+        ``replace`` that run replaced this one, which is then not retried."""
+        later = await self.list_runs(run.job_id, since=run.scheduled_for + timedelta(microseconds=1),
+                                     limit=1, trigger={Trigger.SCHEDULE, Trigger.CATCH_UP},
+                                     status=set(RunStatus) - {RunStatus.MISSED, RunStatus.SKIPPED})
+        return bool(later)
+
     @abc.abstractmethod
     async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
         """Delete up to ``limit`` finished runs that exceed their job's ``history_limit`` (oldest first)

@@ -31,7 +31,6 @@ log = logging.getLogger("chronos.scheduler")
 
 _REAP_EVERY = timedelta(seconds=1)
 _MAX_PAUSE = timedelta(milliseconds=50)
-_US = timedelta(microseconds=1)
 
 _WAKE_ON = frozenset({EventType.JOB_CREATED, EventType.JOB_UPDATED, EventType.JOB_RESUMED,
                       EventType.RUN_RETRY_SCHEDULED})
@@ -333,7 +332,8 @@ class Scheduler:
                 continue
             error = f"worker {run.owner} stopped renewing its lease (lost or killed)"
             retry = plan_retry(job, run, now)
-            if retry is not None and job.overlap is OverlapPolicy.REPLACE and await self._replaced(run):
+            if retry is not None and job.overlap is OverlapPolicy.REPLACE and \
+                    await self._store.replaced_by_later_slot(run):
                 retry = None  # its worker died before it could stop it: it stays replaced
                 error += "; not retried: a newer slot replaced it (overlap replace)"
             # fenced on the lease expiry read: a renewal landing in between means the worker is alive
@@ -349,12 +349,6 @@ class Scheduler:
                     events.append(run_event(retry, now, EventType.RUN_RETRY_SCHEDULED))
         await self._publish(events)
         return len(expired)
-
-    async def _replaced(self, run: Run) -> bool:
-        """Whether a later slot of the run's job has a run (overlap replace: it replaced this one)."""
-        later = await self._store.list_runs(run.job_id, since=run.scheduled_for + _US, limit=1,
-                                            trigger={Trigger.SCHEDULE, Trigger.CATCH_UP})
-        return bool(later)
 
     async def run(self) -> None:
         """Loop until :meth:`stop`: tick, then sleep until the next due time or a wake-up."""

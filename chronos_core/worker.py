@@ -26,7 +26,7 @@ from .events import publish_best_effort, run_event, watch
 from .hooks import OutcomeHooks
 from .hookspec import NotifyRule
 from .ids import new_id
-from .models import Event, EventType, Job, MisfirePolicy, Run, RunStatus, evolve
+from .models import Event, EventType, Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, evolve
 from .payloads import JobTypes
 from .planning import is_late, late_start, plan_retry
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, ExecutionResult, Executor, Store
@@ -411,7 +411,11 @@ class Worker:
         if status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
             if retryable:
                 retry = plan_retry(job, run, end)
-                if retry is None and job.retry.max_attempts > 1:
+                if retry is not None and job.overlap is OverlapPolicy.REPLACE and \
+                        await self._replaced(run):
+                    retry = None  # the stop request never reached this worker: it stays replaced
+                    error = f"{error}; not retried: a newer slot replaced it (overlap replace)"
+                elif retry is None and job.retry.max_attempts > 1:
                     error = f"{error}; no retry left (attempt {run.attempt} of {job.retry.max_attempts})"
             elif run.attempt < job.retry.max_attempts and "not retried" not in (error or ""):
                 error = f"{error}; not retried: the failure is permanent"
@@ -455,6 +459,13 @@ class Worker:
             events.append(run_event(retry, end, EventType.RUN_RETRY_SCHEDULED))
         await self._publish(events, run.id)  # recorded: a bus error must not hand the dispatch back
         return finished
+
+    async def _replaced(self, run: Run) -> bool:
+        try:
+            return await self._store.replaced_by_later_slot(run)
+        except Exception as exc:  # cannot tell: keep the retry (a run too many, rather than one lost)
+            log.warning("run %s: cannot tell whether a newer slot replaced it (%s); retrying it", run.id, exc)
+            return False
 
     async def _publish(self, events: list[Event], run_id: str) -> None:
         await publish_best_effort(self._bus, events, log, f"run {run_id}")

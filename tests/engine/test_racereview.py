@@ -77,7 +77,6 @@ async def test_a_replaced_run_that_is_reaped_later_is_not_retried_beside_its_rep
 
 
 
-@pytest.mark.xfail(strict=True, reason="racereview F4: open, owner race (F1's fix)")
 async def test_a_reaped_run_of_a_replace_job_is_retried_when_later_slots_were_only_recorded(rig: Rig) -> None:
     """Missed (or skipped) records of later slots did not run: they replace nothing, so the reaped
     attempt keeps its retry (a guard for F1's fix)."""

@@ -11,7 +11,19 @@ from typing import Any
 import pytest
 
 from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus
-from chronos_core import EventType, FakeClock, Job, Jobs, JobTypes, Run, Runs, RunStatus, Scheduler, Worker
+from chronos_core import (
+    EventType,
+    ExecutionResult,
+    FakeClock,
+    Job,
+    Jobs,
+    JobTypes,
+    Run,
+    Runs,
+    RunStatus,
+    Scheduler,
+    Worker,
+)
 from chronos_core.ports import Store
 from tests.engine.proxies import Proxy
 from tests.engine.test_races import T0, Rig, S, StepExecutor, StepPayload
@@ -35,6 +47,10 @@ class Gate(StepExecutor):
 
     async def execute(self, job: Job, run: Run, log: Any) -> Any:
         try:
+            if job.payload.get("behaviour") == "block-fail":
+                self.started.append(run.id)
+                await self.release.wait()
+                return ExecutionResult(ok=False, exit_code=3, error="exit code 3")
             return await super().execute(job, run, log)
         except asyncio.CancelledError:
             self.cancelled.append(run.id)
@@ -181,6 +197,27 @@ async def test_overlap_replace_cancels_a_run_still_queued_so_only_the_newest_exe
         await rig.worker.process(d)
     assert rig.executor.started == [second.id]
     assert (await rig.store.get_run(second.id)).status is RunStatus.SUCCEEDED
+
+
+async def test_a_replaced_run_failing_on_a_worker_that_missed_the_stop_is_not_retried(rig: Rig) -> None:
+    job = await rig.create(schedule="*/30 * * * * *", overlap="replace", payload={"behaviour": "block-fail"},
+                           retry={"strategy": "immediate", "max_attempts": 3})
+    rig.clock.set(T0 + 30 * S)
+    await rig.scheduler.tick()
+    d = rig.take()
+    assert d is not None
+    task = asyncio.create_task(rig.worker.process(d))  # (its worker follows no cancel requests)
+    await until(lambda: d.run.id in gate(rig).started, "the first run started")
+    rig.clock.set(T0 + 60 * S)
+    await rig.scheduler.tick()  # replaces it: the stop request is published, nobody acts on it
+    assert [e.run_id for e in rig.published(EventType.RUN_CANCEL_REQUESTED)] == [d.run.id]
+    gate(rig).release.set()  # ... and it fails, retryably
+    done = await asyncio.wait_for(task, 30)
+    assert done is not None and done.status is RunStatus.FAILED
+    assert "not retried: a newer slot replaced it" in (done.error or "")
+    assert [(r.scheduled_for, r.attempt) for r in await rig.history(job)] == [
+        (T0 + 30 * S, 1), (T0 + 60 * S, 1)]
+    assert rig.published(EventType.RUN_RETRY_SCHEDULED) == []
 
 
 # ------------------------------------------------------ 5: an update re-arms a parked job
