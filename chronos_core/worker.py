@@ -23,8 +23,8 @@ from typing import TypeVar
 
 from .errors import ExecutionFailed, JobNotFound, RunNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
-from .hooks import OutcomeHooks
-from .hookspec import NotifyRule
+from .hooks import OutcomeHooks, notify_notices, run_facts
+from .hookspec import NotifyEvent, NotifyRule
 from .ids import new_id
 from .models import Event, EventType, Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, evolve
 from .payloads import JobTypes
@@ -399,10 +399,13 @@ class Worker:
         await self._publish([run_event(run, run.started_at)], run.id)  # the run goes ahead regardless
         tail = OutputTail(self.output_limit)
         self._attempts[run.id] = _Attempt(job, tail)
+        alert = self._watch_running_long(job, run)
         try:
             status, exit_code, error, retryable, extra = await self._execute(job, run, tail)
         finally:
             self._attempts.pop(run.id, None)
+            if alert is not None:
+                alert.cancel()
         if extra:
             for line in extra.splitlines():
                 tail.add(line)
@@ -466,6 +469,37 @@ class Worker:
         except Exception as exc:  # cannot tell: keep the retry (a run too many, rather than one lost)
             log.warning("run %s: cannot tell whether a newer slot replaced it (%s); retrying it", run.id, exc)
             return False
+
+    def _watch_running_long(self, job: Job, run: Run) -> asyncio.Task[None] | None:
+        """With the job's ``alert_after``: a timer that, if the attempt is still going then, writes its
+        ``running_long`` notifications (once: their key is the run's; the run goes on)."""
+        rules = job.notify or self.default_notify
+        if job.alert_after is None or not any(NotifyEvent.RUNNING_LONG in r.on for r in rules):
+            return None
+        assert run.started_at is not None
+        deadline = run.started_at + timedelta(seconds=job.alert_after)
+
+        async def alert() -> None:
+            await self._clock.sleep_until(deadline, asyncio.Event())
+            now = self._clock.now()
+            facts = run_facts(run.id, RunStatus.RUNNING, run.attempt, run.trigger.value, run.scheduled_for,
+                              run.started_at, None, None, None, "")
+            notices = notify_notices(rules, NotifyEvent.RUNNING_LONG, key=run.id, job_id=job.id,
+                                     job_name=job.name, run=facts, now=now, new_id=new_id)
+            for n in notices:
+                n.data["reason"] = (f"still running after {job.alert_after:g}s (alert_after); it goes on "
+                                    f"{'until its timeout' if job.timeout else 'until it ends'}")
+            for pause in (1, 2, 5, 10, 30):  # the store may be away for a moment
+                try:
+                    await self._store.add_notices(notices)
+                    log.warning("job %s: run %s still running after %gs", job.name, run.id, job.alert_after)
+                    return
+                except StoreUnavailable as exc:
+                    log.warning("run %s: the running_long notice could not be written (%s)", run.id, exc)
+                    await self._clock.sleep_until(self._clock.now() + timedelta(seconds=pause),
+                                                  asyncio.Event())
+
+        return asyncio.create_task(alert(), name=f"chronos-alert-{run.id}")
 
     async def _publish(self, events: list[Event], run_id: str) -> None:
         await publish_best_effort(self._bus, events, log, f"run {run_id}")

@@ -4,10 +4,12 @@ MariaDB) with a fake clock, a real local HTTP server receiving the webhooks and 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -325,3 +327,127 @@ async def test_jitter_delays_each_slot_by_its_offset_within_bounds(h: H) -> None
     await h.drain()
     (done,) = await h.jobs.history(job.id)
     assert done.status.value == "succeeded" and done.started_at == run.due_at
+
+
+# ----------------------------------------------------------------------------- running_long, chains
+
+
+async def test_running_long_once_while_the_run_goes_on(h: H, http_server: LocalHttpServer) -> None:
+    job = await h.create(name="slow", payload={"behaviour": "block"}, alert_after=60,
+                         notify=[{"on": ["running_long"], "webhook": hook(http_server)}])
+    h.clock.advance(1)
+    run = await h.jobs.trigger(job.id)
+    task = asyncio.create_task(h.worker.process(h.queue.get_nowait()))  # type: ignore[arg-type]
+    await settle()
+    h.clock.advance(59)
+    await settle()
+    await h.notifier.tick()
+    assert http_server.requests_to("/hook") == []  # not yet
+    h.clock.advance(2)
+    await settle()
+    for _ in range(3):
+        h.clock.advance(120)
+        await settle()
+        await h.notifier.tick()
+    (req,) = http_server.requests_to("/hook")
+    body = json.loads(req.body)
+    assert body["event"] == "running_long" and body["run"]["id"] == run.id
+    assert body["run"]["status"] == "running"
+    assert (await h.runs.get(run.id)).status.value == "running"  # the alert does not stop it
+    h.executor.release.set()
+    done = await task
+    assert done is not None and done.status.value == "succeeded"
+    await h.notifier.tick()
+    assert len(http_server.requests_to("/hook")) == 1
+
+
+async def _second_store(store: Store, tmp: Any) -> tuple[Store, bool]:
+    """Another store on the same data, as a second scheduler process has (memory: the same one)."""
+    url = getattr(store, "url", None)
+    if url is None:
+        return store, False
+    from chronos_adapters.sql import SqlStore
+
+    other = SqlStore(url, pool_size=4)
+    await other.start()
+    return other, True
+
+
+async def test_a_chain_runs_the_next_job_once_per_success_with_links_both_ways(
+        h: H, store: Store, tmp_path: Any) -> None:
+    b = await h.create(name="load-warehouse")
+    a = await h.create(name="extract", then=[{"on": ["succeeded"], "job": "load-warehouse"}],
+                       retry={"max_attempts": 1})
+    other, opened = await _second_store(store, tmp_path)
+    try:
+        # two notifiers on two stores, as two scheduler processes: the chained run happens once
+        second = Notifier(other, h.queue, h.bus, h.clock, {}, lease=60)
+        parents = [await h.run_now(a) for _ in range(2)]
+        await asyncio.gather(h.notifier.tick(), second.tick())
+        await asyncio.gather(h.notifier.tick(), second.tick())
+        await h.drain()
+        children = [r for r in await h.jobs.history(b.id)]
+        assert len(children) == 2 and all(r.trigger.value == "chain" for r in children)
+        assert all(r.status.value == "succeeded" for r in children)
+        links = {(await h.runs.links(c))[0]: c.id for c in children}
+        assert set(links) == {p.id for p in parents}
+        for p in parents:
+            assert (await h.runs.links(await h.runs.get(p.id)))[1] == [links[p.id]]
+        # ticking again (a retry of the delivery path) makes no new run
+        h.clock.advance(3600)
+        await asyncio.gather(h.notifier.tick(), second.tick())
+        await h.drain()
+        assert len(await h.jobs.history(b.id)) == 2
+    finally:
+        if opened:
+            await other.stop()
+
+
+async def test_a_chain_on_failure_waits_for_the_last_attempt(h: H) -> None:
+    b = await h.create(name="cleanup")
+    a = await h.create(name="risky", payload={"behaviour": "fail"},
+                       then=[{"on": ["failed"], "job": "cleanup"}],
+                       retry={"max_attempts": 2, "strategy": "immediate"})
+    await h.run_now(a)
+    await h.notifier.tick()
+    await h.drain()
+    assert await h.jobs.history(b.id) == []  # attempt 1 of 2 failed: not final
+    await h.later(0)
+    await h.notifier.tick()
+    await h.drain()
+    (child,) = await h.jobs.history(b.id)
+    assert child.trigger.value == "chain"
+
+
+async def test_a_chain_to_a_deleted_job_is_reported_not_retried(h: H) -> None:
+    b = await h.create(name="gone")
+    a = await h.create(name="first", then=[{"job": "gone"}])
+    await h.jobs.delete(b.id)
+    run = await h.run_now(a)
+    await h.notifier.tick()
+    (notice,) = await h.runs.notices(run.id)
+    assert notice.status is NoticeStatus.FAILED and "does not exist" in (notice.last_error or "")
+
+
+async def test_a_worker_killed_mid_run_gives_one_message_when_two_schedulers_reap(
+        h: H, store: Store, tmp_path: Any, http_server: LocalHttpServer) -> None:
+    job = await h.create(name="doomed", notify=[{"on": ["failed"], "webhook": hook(http_server)}])
+    h.clock.advance(1)
+    run = await h.jobs.trigger(job.id)
+    h.queue.get_nowait()  # a worker took it...
+    now = h.clock.now()
+    assert await store.start_run(run.id, "worker-that-dies", now, now + timedelta(seconds=30))
+    # ...and died: no renewals. Two schedulers (two stores, as two processes) reap it at once.
+    other, opened = await _second_store(store, tmp_path)
+    try:
+        second = Scheduler(other, h.queue, h.bus, h.clock, batch_size=50)
+        h.clock.advance(60)
+        await asyncio.gather(h.scheduler.reap(h.clock.now()), second.reap(h.clock.now()))
+        await asyncio.gather(h.notifier.tick(), Notifier(other, h.queue, h.bus, h.clock,
+                                                         h.notifier.channels).tick())
+    finally:
+        if opened:
+            await other.stop()
+    assert (await h.runs.get(run.id)).status.value == "failed"
+    (req,) = http_server.requests_to("/hook")
+    assert "stopped renewing its lease" in json.loads(req.body)["run"]["error"]
