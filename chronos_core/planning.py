@@ -260,28 +260,30 @@ def _plan_walk(job: Job, active_run_ids: Sequence[str], now: datetime, limits: L
 def is_late(job: Job, run: Run, now: datetime) -> bool:
     """Whether a run reaching a worker at ``now`` is a late slot the misfire policy may drop: a slot's
     first attempt (not a catch-up, retry or manual run) past the job's ``misfire_grace``, of a job whose
-    policy is not ``fire_all`` (late runs are what it asks for)."""
+    policy is not ``fire_all`` (late runs are what it asks for). Late from when it was due: its slot, or
+    for a job with ``jitter`` its slot plus the slot's offset (handed out then, it is on time)."""
     return (run.trigger is Trigger.SCHEDULE and run.attempt == 1 and job.misfire is not MisfirePolicy.FIRE_ALL
-            and (now - run.scheduled_for).total_seconds() > job.misfire_grace)
+            and (now - run.due_at).total_seconds() > job.misfire_grace)
 
 
 def late_start(job: Job, run: Run, now: datetime, last_started: datetime | None = None) -> str | None:
     """Why a run that reaches a worker at ``now`` is recorded ``missed`` instead of started (None: it
     starts). The misfire grace holds when a run finally starts, as at claim (:func:`is_late`: a queue
     backed up, workers down). ``skip`` records every late run. ``fire_once`` runs one late run for a
-    backlog: a late run is recorded only if a run of the job started at or after its slot
+    backlog: a late run is recorded only if a run of the job started at or after it was due
     (``last_started``, from the job's summary), which stands for it; so a job its workers trail steadily
     still runs, about once per lag."""
     if not is_late(job, run, now):
         return None
-    late = (now - run.scheduled_for).total_seconds()
+    late = (now - run.due_at).total_seconds()
     if job.misfire is MisfirePolicy.FIRE_ONCE:
-        if last_started is None or last_started < run.scheduled_for:
+        if last_started is None or last_started < run.due_at:
             return None
         why = (f"misfire policy fire_once: the run started at {last_started.isoformat()} stands for it")
     else:
         why = "misfire policy skip"
-    return (f"missed: it reached a worker {late:.3g}s after its slot, past the misfire grace "
+    since = "its slot" if run.due_at == run.scheduled_for else "its start time (its slot plus its jitter)"
+    return (f"missed: it reached a worker {late:.3g}s after {since}, past the misfire grace "
             f"({job.misfire_grace:g}s; {why})")
 
 

@@ -233,3 +233,30 @@ async def test_an_auto_pause_while_the_scheduler_is_behind_records_the_slots_it_
     slots = [(r.scheduled_for, r.status) for r in reversed(await store.list_runs(job.id))
              if r.trigger.value == "schedule"]
     assert slots == [(T0 + i * S, RunStatus.SKIPPED) for i in range(1, 6)]  # as Jobs.pause records them
+
+
+# ----------------------------- item 11 x #16: a jittered slot is on time at its jittered start
+
+
+@pytest.mark.parametrize("misfire", ["skip", "fire_once"])
+async def test_a_jittered_run_handed_out_at_its_due_time_is_not_late(rig: Rig, misfire: str) -> None:
+    from chronos_core.planning import jitter_offset
+
+    for _ in range(10):  # a job whose first slot's offset is well past the grace (the offset hashes its id)
+        job = await rig.create(name=f"jittered-{rig.clock.now().timestamp()}-{_}", schedule="0 0 * * * *",
+                               jitter=3000, misfire=misfire, misfire_grace=5)
+        assert job.next_run_at is not None
+        offset = jitter_offset(job.id, job.next_run_at, 3000)
+        if offset.total_seconds() > 60:
+            break
+        await rig.jobs.delete(job.id)
+    slot = job.next_run_at
+    rig.clock.set(slot)
+    await rig.scheduler.tick()
+    assert rig.take() is None  # not due yet: it starts at its offset
+    rig.clock.set(slot + offset)
+    await rig.scheduler.tick()
+    d = rig.take()
+    assert d is not None and d.run.scheduled_for == slot
+    done = await rig.worker.process(d)  # it reaches a worker at once: on time for a jittered slot
+    assert done is not None and done.status is RunStatus.SUCCEEDED, done.error
