@@ -288,6 +288,10 @@ def encode_result(value: Any, limit: int) -> tuple[str | None, str | None]:
     return text, None
 
 
+_Prepared = tuple[PythonPayload, Callable[..., Any] | None, str | None]
+"""A job's payload, its function (None: it runs in a child process) and its RunContext parameter."""
+
+
 class PythonExecutor(Executor):
     type_name: ClassVar[str] = "python"
 
@@ -296,6 +300,7 @@ class PythonExecutor(Executor):
                  env: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()) -> None:
         self.allowed_modules = None if allowed_modules is None else tuple(allowed_modules)
         self._allowed_refs: set[str] = set()
+        self._prepared: dict[tuple[Any, ...], _Prepared] = {}
         self._threads = Threads("chronos-python", threads)
         self.kill_grace = kill_grace
         self.max_result = max_result
@@ -337,20 +342,36 @@ class PythonExecutor(Executor):
     async def stop(self) -> None:
         self._threads.close()
 
-    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
+    def _prepare(self, job: Job) -> _Prepared:
+        """The job's payload, function and RunContext parameter, kept per job version and allow-list
+        (validating and looking up again for every run of a job costs more than the call)."""
+        key = (job.id, job.updated_at, self.allowed_modules)
+        hit = self._prepared.get(key)
+        if hit is not None:
+            return hit
         p = parse_payload(PythonPayload, job.payload)
         if not self.allowed(p.function):
             raise ExecutionFailed(self._refusal(p.function), retryable=False)
-        if p.isolation == "process":
+        func = None if p.isolation == "process" else load_function(p.function,
+                                                                    self._restricted(p.function))
+        prepared = (p, func, None if func is None else context_parameter(func))
+        if len(self._prepared) >= 10_000:
+            self._prepared.clear()
+        self._prepared[key] = prepared
+        return prepared
+
+    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
+        p, func, name = self._prepare(job)
+        if not self.allowed(p.function):  # a function allowed by allow() stays allowed; a list may shrink
+            raise ExecutionFailed(self._refusal(p.function), retryable=False)
+        if func is None:
             return await self._in_process(job, run, p, log)
         _install_routers()
-        func = load_function(p.function, self._restricted(p.function))
         loop = asyncio.get_running_loop()
         cap = _Capture(loop, log)
         ctx = RunContext(run_id=run.id, job_id=job.id, job_name=job.name, attempt=run.attempt,
                          scheduled_for=run.scheduled_for, trigger=run.trigger.value, _emit=cap.line)
         kwargs = dict(p.kwargs)
-        name = context_parameter(func)
         if name is not None:
             kwargs[name] = ctx
         context = contextvars.copy_context()
