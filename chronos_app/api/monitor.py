@@ -37,6 +37,7 @@ _FINAL_RUN_EVENTS = frozenset({EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, Ev
 _RETRY_MS = 2000
 _GAP_POLL = 0.25  # seconds between reads of the store while it catches up with a gap
 _GAP_TIMEOUT = 10.0  # then the lines still missing are marked as not kept
+_IDLE_POLL = 2.0  # seconds a quiet run stream waits before it reads the store (workers write it each 1 s)
 
 
 class StreamQuery(BaseModel):
@@ -93,13 +94,18 @@ async def _gap(ctx: ApiContext, run_id: str, start: int, end: int) -> list[Event
         if run.output_lines >= end or run.finished or loop.time() >= deadline:
             break
         await asyncio.sleep(_GAP_POLL)
-    now = ctx.chronos.clock.now()
+    return _stored(run, start, end)
+
+
+def _stored(run: Run, start: int, end: int) -> list[Event]:
+    """``run.log`` events for lines ``start..end`` of the run's stored output (none if ``end < start``)."""
     events = []
     for seq, line in stored_line_range(run, start, end):
         data: dict[str, object] = {"line": line, "stream": "stdout", "attempt": run.attempt}
         if seq is not None:
             data["seq"] = seq
-        events.append(Event(type=EventType.RUN_LOG, time=now, job_id=run.job_id, run_id=run.id, data=data))
+        events.append(Event(type=EventType.RUN_LOG, time=run.started_at or run.created_at,
+                            job_id=run.job_id, run_id=run.id, data=data))
     return events
 
 
@@ -146,22 +152,51 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
                     sent += 1
                     if closes_on_final and event.type in _FINAL_RUN_EVENTS:
                         return
-                async for event in sub:
-                    if run_id is not None and event.type is EventType.RUN_LOG and isinstance(
-                            seq := event.data.get("seq"), int):
-                        if shown is not None and seq <= shown:
-                            continue
-                        if shown is not None and seq > shown + 1:
-                            for line in await _gap(ctx, run_id, shown + 1, seq - 1):
+                # A run stream that is quiet re-reads the store now and then: a line published before
+                # it subscribed and stored only afterwards would otherwise wait for a later line.
+                polls = run_id is not None and shown is not None and (
+                    types is None or EventType.RUN_LOG in types)
+                stream = aiter(sub)
+                nxt: asyncio.Future[Event] | None = None
+                try:
+                    while True:
+                        if nxt is None:
+                            nxt = asyncio.ensure_future(anext(stream))
+                        done, _ = await asyncio.wait({nxt}, timeout=_IDLE_POLL if polls else None)
+                        if not done:
+                            assert run_id is not None and shown is not None
+                            try:
+                                run = await ctx.chronos.runs.get(run_id)
+                            except RunNotFound:
+                                return
+                            for line in _stored(run, shown + 1, run.output_lines):
                                 yield _sse(line, replayed=True, first=not sent)
                                 sent += 1
-                        shown = seq
-                    yield _sse(event, first=not sent)
-                    sent += 1
-                    if closes_on_final and event.type in _FINAL_RUN_EVENTS:
-                        return
-                    if job_id is not None and event.type is EventType.JOB_DELETED:
-                        return
+                            shown = max(shown, run.output_lines)
+                            continue
+                        try:
+                            event = nxt.result()
+                        except StopAsyncIteration:
+                            return
+                        nxt = None
+                        if run_id is not None and event.type is EventType.RUN_LOG and isinstance(
+                                seq := event.data.get("seq"), int):
+                            if shown is not None and seq <= shown:
+                                continue
+                            if shown is not None and seq > shown + 1:
+                                for line in await _gap(ctx, run_id, shown + 1, seq - 1):
+                                    yield _sse(line, replayed=True, first=not sent)
+                                    sent += 1
+                            shown = seq
+                        yield _sse(event, first=not sent)
+                        sent += 1
+                        if closes_on_final and event.type in _FINAL_RUN_EVENTS:
+                            return
+                        if job_id is not None and event.type is EventType.JOB_DELETED:
+                            return
+                finally:
+                    if nxt is not None:
+                        nxt.cancel()
         except SubscriptionOverflow as exc:
             # Tell the client to reconnect: it resumes from its last id (replayed from history if need be).
             yield ServerSentEvent(event="overflow", data=json.dumps({"detail": str(exc)}), retry=0)

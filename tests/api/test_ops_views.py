@@ -3,6 +3,7 @@ output of a running run (stored, so any API instance shows it; followed as plain
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -292,4 +293,42 @@ async def test_the_run_stream_reads_lines_printed_before_it_subscribed_but_not_y
         logs = [e["data"]["data"] for e in rest if e["event"] == "run.log"]
         assert [(d["line"], d["seq"]) for d in logs] == [("three", 3), ("four", 4), ("five", 5)]
         assert [d.get("replayed", False) for d in logs] == [True, True, False]
+        assert rest[-1]["event"] == "run.succeeded"
+
+
+async def test_a_quiet_run_stream_still_gets_a_line_that_was_stored_after_it_subscribed(
+        tmp_path: Path) -> None:
+    """As above, but no later line comes to reveal the gap (``echo started; sleep 300``): the quiet stream
+    reads the store on its own and sends the line while the run still runs."""
+    from chronos_adapters.memory import MemoryStore
+    from tests.engine.proxies import Proxy
+
+    store = Proxy(MemoryStore())
+    gate = tmp_path / "gate"
+    held = True
+
+    async def record_output(real: Any, *args: Any, **kwargs: Any) -> Any:
+        return None if held else await real(*args, **kwargs)
+    store.hooks["record_output"] = record_output
+
+    async with live(build_app(store=store)) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        job = (await client.post("/jobs", json=shell(
+            "quiet", f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done; echo done"))).json()
+        async with client.stream("GET", f"/monitor/logs/{job['id']}", params={"types": "run.log"}) as js:
+            seen = sse_events(js)
+            run_id = await trigger(client, job["id"])
+            assert (await anext(seen))["data"]["data"]["line"] == "started"
+        assert (await client.get(f"/runs/{run_id}")).json()["output_lines"] == 0  # not stored yet
+        async with client.stream("GET", f"/monitor/runs/{run_id}") as r:
+            events = sse_events(r)
+            assert (await anext(events))["event"] == "run.started"
+            held = False
+            async with asyncio.timeout(15):  # the worker stores within ~1 s, the stream looks every 2 s
+                line = await anext(events)
+            assert line["event"] == "run.log" and line["data"]["data"]["line"] == "started"
+            assert line["data"]["data"]["seq"] == 1 and line["data"]["data"]["replayed"] is True
+            assert (await client.get(f"/runs/{run_id}")).json()["status"] == "running"
+            gate.touch()
+            rest = [e async for e in events]
+        assert [e["data"]["data"]["line"] for e in rest if e["event"] == "run.log"] == ["done"]
         assert rest[-1]["event"] == "run.succeeded"
