@@ -151,3 +151,14 @@ async def test_a_job_name_cannot_inject_headers_into_its_notification_email(
     assert received.rcpt_tos == ["ops@example.com"]
     assert "Bcc" not in received.message
     assert str(received.message["Subject"]) == f"[chronos] {name.replace('=?', '= ?')}: failed"
+
+
+@pytest.mark.timeout(60)  # before: 30 s for 100 KB on the event loop, quadratic (a 1 MiB body: hours)
+@pytest.mark.parametrize("entry", ["a@" + "b." * 50_000, '"' + "a," * 50_000 + '" <a@example.com>',
+                                   "=?utf-8?q?" + "=41" * 30_000 + "?= <a@example.com>"])
+def test_a_huge_address_is_refused_before_the_email_parser_reads_it(entry: str) -> None:
+    for field in ("to", "sender"):
+        with pytest.raises(InvalidJob) as err:
+            JobTypes().validate("email", {"to": ["a@example.com"], "text": "x",
+                                          field: [entry] if field == "to" else entry})
+        assert "longer than 320 characters" in str(err.value)
