@@ -126,7 +126,9 @@ def test_two_schedulers_and_two_workers_fire_every_slot_exactly_once(stack: Stac
     for _ in range(2):
         stack.spawn("scheduler")
         stack.spawn("worker")
-    spec = {"type": "shell", "schedule": "*/1 * * * * *", "payload": {"command": "true"}}
+    # a generous grace: a slot started late on a busy machine would be recorded missed at start
+    spec = {"type": "shell", "schedule": "*/1 * * * * *", "payload": {"command": "true"},
+            "misfire_grace": 60}
     created = [httpx.post(f"{a}/jobs", json={"name": f"tick-{i}", **spec}, timeout=30).json()
                for i in range(50)]
     start = datetime.now(UTC)
@@ -248,7 +250,10 @@ def test_killing_one_of_two_schedulers_mid_window_loses_no_slot(stack: Stack) ->
     doomed = stack.spawn("scheduler")
     stack.spawn("scheduler")
     stack.spawn("worker")
-    spec = {"type": "shell", "schedule": "*/1 * * * * *", "payload": {"command": "true"}}
+    # lateness is not what this test is about: on a busy machine a slot may start more than the default
+    # 5 s grace late (and since issue #12 item 11 it is then recorded missed at start, rightly)
+    spec = {"type": "shell", "schedule": "*/1 * * * * *", "payload": {"command": "true"},
+            "misfire_grace": 60}
     created = [httpx.post(f"{a}/jobs", json={"name": f"k-{i}", **spec}, timeout=30).json()
                for i in range(10)]
     start = datetime.now(UTC)
