@@ -277,3 +277,15 @@ async def test_a_token_the_target_hands_out_is_masked_in_the_output(http: HttpEx
     assert result.ok  # the pattern matched the answer as it came
     assert "fresh-token" not in log.text and "refresh-7d3b" not in log.text
     assert '"access_token": "***", "token_type": "Bearer", "expires_in": 3600' in log.text
+
+
+def test_a_pattern_is_checked_by_re2_not_by_pythons_re(http: HttpExecutor) -> None:
+    # Python's re, compiling each pattern at validation on the event loop, built a bitmap per range:
+    # 200 ranges up to U+10FFFF (3.4 KB, under the 4096 limit) held the loop 4 s per request. The
+    # pattern is RE2's to judge (it runs it): RE2 syntax Python lacks now passes, RE2's limits apply.
+    for pattern in (r"\pL+", r"\p{Greek}"):  # refused before: "bad escape \p" from Python's re
+        payload = JobTypes().validate("http", {"url": "https://example.com/", "expect_body": pattern})
+        assert http.check_payload(payload) == []
+    wide = "(?i)" + "".join(f"[\\x{i % 200:02x}-\\x{{10fff{i % 10}}}]" for i in range(200))
+    payload = JobTypes().validate("http", {"url": "https://example.com/", "expect_body": wide})
+    assert [e.pointer for e in http.check_payload(payload)] == ["/payload/expect_body"]  # too large
