@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test install services lint typecheck bench bench-quick bench-scale-out fuzz clean
+.PHONY: run test install services lint typecheck bench bench-quick bench-oneliner bench-scale-out fuzz clean
 
 ## What `make run` needs (the service and its drivers); `make test` adds the test tools (pytest, mypy...).
 RUNTIME := $(VENV)/.runtime-installed
@@ -46,6 +46,10 @@ bench: $(BENCH_STAMP) services
 
 bench-quick: $(BENCH_STAMP) services
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+## APScheduler add_job vs Chronos schedule (python jobs), 1k and 10k, memory and SQLite (BENCHMARKS.md)
+bench-oneliner: $(BENCH_STAMP)
+	$(PY) -m bench.oneliner $(BENCH_ARGS)
 
 ## Scheduler + 1 and 2 worker processes on MariaDB + Tansu (BENCHMARKS.md); BENCH_ARGS=--quick: under 2 min.
 bench-scale-out: $(BENCH_STAMP) services
