@@ -22,6 +22,7 @@ from .errors import (
     InvalidArgument,
     InvalidJob,
     JobNotFound,
+    NameConflict,
     RunConflict,
     ShellNotAllowed,
     StoreUnavailable,
@@ -261,8 +262,20 @@ class Jobs:
         stays unless the spec gives one. Everything is validated before
         anything is written (:class:`InvalidJob` locates a field by the item's index, a name given twice
         included); then each job is written on its own, so a failure midway (the store down) leaves the
-        earlier ones applied and applying again completes it. ``dry_run``: only say what would change."""
+        earlier ones applied and applying again completes it. ``dry_run``: only say what would change.
+        A job of the set created elsewhere meanwhile (programs declaring their jobs at every start,
+        started together) makes it read again and decide again."""
         items = list(specs)
+        for tries in range(_APPLY_TRIES):
+            try:
+                return await self._apply(items, prune, dry_run)
+            except NameConflict:
+                if tries == _APPLY_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _apply(self, items: builtins.list[JobSpec | Mapping[str, Any]], prune: bool,
+                     dry_run: bool) -> ApplyResult:
         result = ApplyResult(dry_run=dry_run)
         plan: list[tuple[JobSpec, Job | None]] = []
         errors: list[FieldError] = []
@@ -516,6 +529,7 @@ _DEFINITION = tuple(f.name for f in dataclasses.fields(Job)
 """The fields of a job a PUT replaces: all but its id, creation time, version and next slot."""
 _TIMING = ("schedule", "timezone", "start_at", "end_at", "status")
 _CHANGE_TRIES = 50
+_APPLY_TRIES = 5
 _US = timedelta(microseconds=1)
 
 

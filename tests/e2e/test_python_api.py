@@ -200,3 +200,20 @@ async def test_the_readme_fake_clock_example_runs(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("readme_fake_clock_example", None)
+
+
+async def test_a_job_created_elsewhere_between_read_and_write_is_updated_not_a_conflict() -> None:
+    from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus, MemoryStore
+    from chronos_core import Jobs, JobTypes
+    from tests.engine.proxies import Proxy
+
+    store = Proxy(MemoryStore())
+    async with Chronos(store=store, queue=MemoryDispatchQueue(), bus=MemoryEventBus()) as chronos:
+        # another process declaring the same function at its start: its create lands between this
+        # schedule()'s look-up and its write
+        other = Jobs(store.inner, chronos.queue, chronos.bus, chronos.clock, JobTypes())
+        store.once_before("add_jobs", lambda: other.create(chronos.python_spec(greet, "@every 1m")))
+        job = await chronos.schedule(greet, "@every 30s")
+        jobs = await chronos.jobs.list()
+    assert [j.id for j in jobs] == [job.id] and job.schedule == "@every 30s"  # updated, not refused
+    assert store.calls["add_jobs"] == 1

@@ -123,3 +123,8 @@ async def calls_sync_chronos() -> None:
 
 def environment() -> list[str]:
     return sorted(os.environ)
+
+
+def leak(api_token: str) -> str:
+    print(f"using token={api_token}")
+    return api_token

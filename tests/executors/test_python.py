@@ -278,3 +278,15 @@ async def test_a_child_process_starts_from_a_minimal_environment(monkeypatch: py
         run = await run_once(chronos, "environment", payload={"isolation": "process"})
     names = result(run)
     assert "CHRONOS_API_TOKENS" not in names and "PASSED_ON" in names and "PATH" in names
+
+
+async def test_secret_named_arguments_are_masked_in_output_result_and_the_job() -> None:
+    from chronos_core.payloads import JobTypes
+
+    async with Chronos.embedded() as chronos:
+        run = await run_once(chronos, "leak", payload={"kwargs": {"api_token": "tok-0123456789"}})
+        job = await chronos.jobs.get(run.job_id)
+    assert run.status is RunStatus.SUCCEEDED
+    assert "tok-0123456789" not in run.output and run.output == 'using token=***\nresult: "***"'
+    assert job.payload["kwargs"]["api_token"] == "tok-0123456789"  # stored as given...
+    assert JobTypes().redact("python", job.payload)["kwargs"]["api_token"] == "***"  # ...shown masked
