@@ -136,6 +136,7 @@ class KafkaEventBus(EventBus):
         self._begin = {tp.partition: begins[tp] for tp in tps}
         self._producer, self._consumer = producer, consumer
         self._feed = asyncio.create_task(self._run_feed(), name="chronos-kafka-events-feed")
+        self.topics.start()
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         for _ in range(50):
@@ -147,6 +148,7 @@ class KafkaEventBus(EventBus):
         raise KafkaError(f"topic {self.topic!r} has no partitions")
 
     async def stop(self) -> None:
+        await self.topics.stop()
         for s in list(self._subs):
             await s.aclose()
         if self._feed is not None:

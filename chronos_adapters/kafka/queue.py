@@ -131,6 +131,7 @@ class KafkaDispatchQueue(DispatchQueue):
         self._commit_lock = asyncio.Lock()
         self._closed = False
         self.dead_lettered = 0
+        self.commit_timeout = 30.0
         self.topics = TopicKeeper(bootstrap, {topic: partitions, self.dead_letter_topic: 1},
                                   replication_factor=replication_factor, client_id=f"{client_id}-admin",
                                   enabled=create_topics)
@@ -154,10 +155,12 @@ class KafkaDispatchQueue(DispatchQueue):
             await producer.stop()
             raise unavailable("producer start", exc) from exc
         self._producer = producer
+        self.topics.start()
 
     async def stop(self) -> None:
         self._closed = True
         self._wakeup.set()
+        await self.topics.stop()
         if self._fetcher is not None:
             self._fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -295,7 +298,12 @@ class KafkaDispatchQueue(DispatchQueue):
             if not offsets:
                 return
             try:
-                await consumer.commit(offsets)
+                # bounded: the client retries an unknown partition (a broker that lost the topic) for
+                # ever, and every ack waits for this lock
+                await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout)
+            except TimeoutError:
+                log.warning("offset commit did not complete in %gs; those runs may be delivered again",
+                            self.commit_timeout)
             except KafkaError as exc:
                 # a rebalance took the partition away: the new owner redelivers, which is harmless
                 log.warning("offset commit failed (%s); those runs will be delivered again", exc)
@@ -313,7 +321,12 @@ class KafkaDispatchQueue(DispatchQueue):
         self._ready = deque(item for item in self._ready if item[0].tp not in revoked)
         if offsets and consumer is not None:
             try:
-                await consumer.commit(offsets)
+                # bounded: the client retries an unknown partition (a broker that lost the topic) for
+                # ever, and every ack waits for this lock
+                await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout)
+            except TimeoutError:
+                log.warning("offset commit did not complete in %gs; those runs may be delivered again",
+                            self.commit_timeout)
             except KafkaError as exc:
                 log.warning("offset commit on revoke failed (%s)", exc)
 

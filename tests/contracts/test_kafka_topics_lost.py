@@ -56,6 +56,7 @@ async def test_the_dispatch_queue_creates_its_lost_topics_again(kafka_bootstrap:
     q = KafkaDispatchQueue(kafka_bootstrap, topic=kafka_names.topic("runs"), group=kafka_names.group(),
                            partitions=3, client_id=kafka_names.prefix)
     await q.start()
+    await q.topics.stop()  # (only the send's answer makes it look here)
     try:
         await delete_topics(kafka_bootstrap, q.topic, q.dead_letter_topic)  # the broker lost its data
         q._producer = unknown_topic_once(q._producer)
@@ -77,6 +78,7 @@ async def test_the_event_bus_creates_its_lost_topic_again(kafka_bootstrap: str,
     bus = KafkaEventBus(kafka_bootstrap, topic=kafka_names.topic("events"), partitions=2,
                         client_id=kafka_names.prefix)
     await bus.start()
+    await bus.topics.stop()
     try:
         await delete_topics(kafka_bootstrap, bus.topic)
         real = bus._producer
@@ -91,3 +93,29 @@ async def test_the_event_bus_creates_its_lost_topic_again(kafka_bootstrap: str,
         assert event.id is not None
     finally:
         await bus.stop()
+
+
+async def test_lost_topics_are_noticed_without_a_send_failing(kafka_bootstrap: str,
+                                                             kafka_names: KafkaNames) -> None:
+    """A broker may take records for a topic it lost without an error, and the client retries a
+    consumer's unknown-partition errors by itself: the adapters look for their topics now and then."""
+    q = KafkaDispatchQueue(kafka_bootstrap, topic=kafka_names.topic("runs"), group=kafka_names.group(),
+                           partitions=3, client_id=kafka_names.prefix)
+    q.topics.every = 0.3
+    bus = KafkaEventBus(kafka_bootstrap, topic=kafka_names.topic("events"), partitions=2,
+                        client_id=kafka_names.prefix)
+    bus.topics.every = 0.3
+    await q.start()
+    await bus.start()
+    try:
+        await delete_topics(kafka_bootstrap, q.topic, q.dead_letter_topic, bus.topic)
+        for _ in range(600):
+            if min(q.topics.recreated, bus.topics.recreated) >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert await partitions(kafka_bootstrap, q.topic) == 3
+        assert await partitions(kafka_bootstrap, q.dead_letter_topic) == 1
+        assert await partitions(kafka_bootstrap, bus.topic) == 2
+    finally:
+        await bus.stop()
+        await q.stop()
