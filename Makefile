@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test install services lint typecheck bench bench-quick bench-oneliner bench-scale-out fuzz clean
+.PHONY: run test faults install services lint typecheck bench bench-quick bench-oneliner bench-scale-out fuzz clean
 
 ## What `make run` needs (the service and its drivers); `make test` adds the test tools (pytest, mypy...).
 RUNTIME := $(VENV)/.runtime-installed
@@ -34,6 +34,11 @@ test: $(STAMP) services lint typecheck
 
 services:
 	@bash scripts/start-services
+
+## The fault suite (tests/faults, about 5 minutes; not in `make test`): a deployment on a private MariaDB and
+## Tansu broker under kill -9, SIGSTOP, a database outage and a broker that loses its data.
+faults: $(STAMP)
+	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)

@@ -204,5 +204,6 @@ class Container(containers.DeclarativeContainer):
         redispatch_after=settings.provided.redispatch_after,
         notify_channels=notify_channels,
         default_notify=settings.provided.notify_default,
+        worker_name=settings.provided.worker_name,
     )
     chronos = providers.Singleton(load_plugins, engines, settings.provided.plugins)

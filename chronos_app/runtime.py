@@ -86,6 +86,7 @@ class Chronos:
         notify_channels: Iterable[NotifyChannel] = (),
         default_notify: Sequence[NotifyRule | dict[str, Any]] = (),
         notifier: bool | None = None,
+        worker_name: str | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -112,7 +113,8 @@ class Chronos:
                                     default_notify=self.default_notify) if scheduler else None)
         self.worker = (Worker(store, queue, bus, self.clock, self.executors, job_types=self.job_types,
                               concurrency=concurrency, lease=lease, output_limit=output_limit,
-                              default_notify=self.default_notify)
+                              default_notify=self.default_notify,
+                              owner=f"{worker_name}-{new_id()[-8:]}" if worker_name else None)
                        if worker else None)
         # delivers notifications, chained runs and auto-pauses (by default where the scheduler runs)
         self.notify_channels = {c.channel: c for c in notify_channels}

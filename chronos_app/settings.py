@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=16, ge=1)
     lease: float = Field(default=30.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    worker_name: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+                                    description=(
+        "the start of this worker's lease owner id (a running run's owner shows it); a random suffix "
+        "keeps two workers given one name apart"))
     redispatch_after: float = Field(default=120.0, ge=0, description=(
         "seconds a run may stay queued after its dispatch was sent to Kafka before the scheduler sends "
         "it again (the broker lost it, e.g. restarted without its data); 0: never"))

@@ -103,3 +103,20 @@ def test_bind_guard(host: str, tokens: str, allowed: bool) -> None:
     else:
         with pytest.raises(click.UsageError, match="CHRONOS_API_TOKENS"):
             check_bind(host, settings)
+
+
+def test_worker_name_and_redispatch_after_reach_the_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dependency_injector import providers
+
+    monkeypatch.setenv("CHRONOS_DATABASE_URL", "memory")
+    monkeypatch.setenv("CHRONOS_WORKER_NAME", "w-eu1")
+    monkeypatch.setenv("CHRONOS_REDISPATCH_AFTER", "0")
+    container = Container()
+    container.settings.override(providers.Object(Settings()))
+    chronos = container.chronos()
+    assert chronos.worker is not None and chronos.worker.owner.startswith("w-eu1-")
+    assert len(chronos.worker.owner) > len("w-eu1-")  # a suffix: two workers of one name stay apart
+    assert chronos.scheduler is not None and chronos.scheduler.redispatch_after is None  # 0: never
+    monkeypatch.setenv("CHRONOS_WORKER_NAME", "bad name")
+    with pytest.raises(ValueError, match="worker_name"):
+        Settings()
