@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 __all__ = ["PUBLIC_PATHS", "PUBLIC_PREFIXES", "ui_routes"]
 
 STATIC = Path(__file__).parent / "static"
-PUBLIC_PATHS = frozenset({"/", "/ui", "/docs"})
+PUBLIC_PATHS = frozenset({"/", "/ui", "/docs", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/ui/",)
 """Served without a token (GET/HEAD): the pages and their scripts; the data behind them needs one."""
 
@@ -56,9 +56,13 @@ def ui_routes() -> list[BaseRoute]:
     async def to_ui(request: Request) -> Response:
         return RedirectResponse("/ui/", status_code=307)
 
+    async def favicon(request: Request) -> Response:
+        return RedirectResponse("/ui/static/favicon.svg", status_code=301)
+
     return [
         Route("/", to_ui, methods=["GET", "HEAD"]),
         Route("/ui", to_ui, methods=["GET", "HEAD"]),
+        Route("/favicon.ico", favicon, methods=["GET", "HEAD"]),
         Route("/ui/", _page("index.html"), methods=["GET", "HEAD"]),  # type: ignore[arg-type]
         Route("/docs", _page("docs.html"), methods=["GET", "HEAD"]),  # type: ignore[arg-type]
         Mount("/ui/static", app=_Static(directory=STATIC), name="ui-static"),

@@ -59,6 +59,7 @@ def test_create_a_job_through_the_form_and_see_it_appear_in_the_list_live(
         page.get_by_label("timezone").fill("Europe/Berlin")
         expect(page.get_by_test_id("schedule-words")).to_have_text(
             "At 09:00, Monday through Friday (Europe/Berlin)")
+        page.get_by_label("schedule").focus()
         expect(page.get_by_test_id("preview-times").locator("li")).to_have_count(5)
         screenshot(page, "create")
         page.get_by_role("button", name="Create job").click()
@@ -73,7 +74,6 @@ def test_create_a_job_through_the_form_and_see_it_appear_in_the_list_live(
         expect(page.get_by_test_id("log")).to_have_text("line-1\nline-2\nline-3\n")
         expect(row.get_by_test_id("last-status")).to_have_text("succeeded")
         expect(row.get_by_test_id("strip").locator("a.succeeded")).to_have_count(1)
-        screenshot(jobs, "jobs")
         assert jobs.js_errors == []
     finally:
         jobs.context.close()
@@ -170,11 +170,57 @@ def test_a_read_only_token_sees_no_write_actions_and_no_secret(browser: Any, ser
         page.context.close()
 
 
+def test_edit_a_job_through_the_form_keeps_its_secret(server: Server, page: Any) -> None:
+    secret = "Bearer edit-form-secret-value"
+    with server.client() as c:
+        job = c.post("/jobs", json={"name": "ui-edit", "type": "http", "schedule": "@daily", "payload": {
+            "url": "http://127.0.0.1:9/a", "headers": {"Authorization": secret}},
+            "retry": {"max_attempts": 3}}).json()
+    page.goto(f"/ui/#/jobs/{job['id']}/edit")
+    expect(page.get_by_label("url *")).to_have_value("http://127.0.0.1:9/a")
+    expect(page.get_by_label("headers")).to_have_value("Authorization: ***")  # the form never has it
+    page.get_by_text("Options (retry, timeout").click()
+    expect(page.get_by_label("retry.max_attempts")).to_have_value("3")
+    page.get_by_label("retry.max_attempts").fill("lots")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#f-retry-max-attempts-e")).to_be_visible()  # the API's 422 at its field
+    page.get_by_label("retry.max_attempts").fill("5")
+    page.get_by_label("url *").fill("http://127.0.0.1:9/b")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("h1")).to_contain_text("ui-edit")
+    assert "secret" not in page.content()
+    with server.client() as c:
+        shown = c.get(f"/jobs/{job['id']}").json()
+    assert shown["payload"]["url"] == "http://127.0.0.1:9/b" and shown["retry"]["max_attempts"] == 5
+    assert shown["payload"]["headers"] == {"Authorization": "***"} and shown["schedule"] == "@daily"
+
+
 def test_phone_width_and_overview(browser: Any, server: Server) -> None:
+    with server.client() as c:  # some failures to show
+        flaky = _job(c, name="ui-flaky", schedule="*/5 * * * *", payload={"command": "echo oops >&2; exit 2"})
+        for _ in range(3):
+            run = c.post(f"/jobs/{flaky['id']}/run").json()
+            _wait_for(lambda run=run: c.get(f"/runs/{run['id']}").json()["status"] == "failed")
+    page = new_page(browser, server)
+    try:
+        page.goto("/ui/#/jobs")
+        expect(page.locator("tr[data-job='ui-flaky'] .strip a.failed")).to_have_count(3)
+        expect(page.locator("tr[data-job='ui-flaky']")).to_contain_text("Every 5 minutes (UTC)")
+        expect(page.get_by_test_id("live")).to_have_text("live")
+        expect(page.get_by_test_id("range")).to_contain_text(" of ")
+        screenshot(page, "jobs")
+        with server.client() as c:  # a name is text, never markup (it arrives live, through the table)
+            evil = _job(c, name='ui-<img src=x onerror="window.pwned=1">', payload={"command": "true"})
+            c.post(f"/jobs/{evil['id']}/run")
+        expect(page.get_by_role("link", name='ui-<img src=x onerror="window.pwned=1">')).to_be_visible()
+        expect(page.locator("tr[data-job^='ui-<img'] [data-testid=last-status]")).to_have_text("succeeded")
+        assert page.locator("tbody img").count() == 0 and page.evaluate("window.pwned") is None
+    finally:
+        page.context.close()
     page = new_page(browser, server, width=390, height=844)
     try:
         page.goto("/ui/#/jobs")
-        expect(page.locator("tr[data-job='ui-hello']")).to_be_visible()
+        expect(page.locator("tr[data-job='ui-flaky']")).to_be_visible()
         assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
         screenshot(page, "jobs-phone")
     finally:
@@ -184,6 +230,9 @@ def test_phone_width_and_overview(browser: Any, server: Server) -> None:
         page.goto("/ui/")
         expect(page.get_by_test_id("jobs-total")).not_to_have_text("0")
         expect(page.locator(".chart canvas")).to_have_count(1)
+        expect(page.get_by_role("link", name="ui-flaky").first).to_be_visible()  # recent failures
+        expect(page.get_by_test_id("live")).to_have_text("live")
+        assert page.locator("main img").count() == 0 and page.evaluate("window.pwned") is None
         screenshot(page, "overview")
         assert page.js_errors == []
     finally:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.ui.conftest import VIEWER, Server, new_page, screenshot
+from pathlib import Path
+
+from playwright.sync_api import expect
+
+from tests.ui.conftest import VIEWER, Server, new_page, screenshot, start_server
 
 
 def _same_origin_only(page: Any, server: Server) -> list[str]:
@@ -45,3 +49,18 @@ def test_docs_show_every_operation_offline(page: Any, server: Server) -> None:
     assert page.locator(".opblock").count() >= 20
     screenshot(page, "docs")
     assert foreign == []
+
+
+def test_with_auth_off_on_loopback_it_just_works(browser: Any, tmp_path: Path) -> None:
+    server = start_server(tmp_path, CHRONOS_API_TOKENS="", CHRONOS_READONLY_TOKENS="")
+    try:
+        page = new_page(browser, server, token=None)
+        page.goto("/")
+        expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        expect(page.get_by_test_id("nav-new")).to_be_visible()  # may write: loopback, auth off
+        expect(page.get_by_test_id("access")).to_be_hidden()  # nothing to sign out of
+        expect(page.get_by_test_id("live")).to_have_text("live")
+        assert page.js_errors == []
+        page.context.close()
+    finally:
+        server.stop()

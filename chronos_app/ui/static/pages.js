@@ -103,6 +103,7 @@ function registerPages() {
     types: [],
     selected: [],
     loading: true,
+    inFlight: false,
     busy: false,
     async init() {
       const saved = sessionStorage.getItem("chronos.jobs.filters");
@@ -114,6 +115,7 @@ function registerPages() {
     },
     get filtered() { return Object.values(this.filters).some((v) => v); },
     async load() {
+      this.inFlight = true;
       try {
         const page = await api.get(`/jobs${query({...this.filters, after: this.cursors[this.cursors.length - 1],
           limit: this.limit})}`);
@@ -125,10 +127,12 @@ function registerPages() {
         const ids = new Set(this.items.map((j) => j.id));
         this.selected = this.selected.filter((id) => ids.has(id));
         this.loading = false;
+        this.inFlight = false;
         // the total for "1–50 of N" comes after the rows (it competes with them for the server)
         this.total = this.filtered ? null : (await api.get("/stats")).jobs.total;
       } catch (exc) { app().fail(exc); }
       this.loading = false;
+      this.inFlight = false;
     },
     search() {
       sessionStorage.setItem("chronos.jobs.filters", JSON.stringify(this.filters));
@@ -141,9 +145,13 @@ function registerPages() {
     get first() { return (this.cursors.length - 1) * this.limit + 1; },
     onEvent(type, body) {
       if (type === "reconnected" || JOB_EVENTS.includes(type)) { this.reload(); return; }
-      const job = body && this.items.find((j) => j.id === body.job_id);
-      if (!job) return;
       const status = statusOf(type);
+      const job = body && this.items.find((j) => j.id === body.job_id);
+      if (!job) {
+        // a job this page is loading (just created, say) may have ended a run meanwhile: load again
+        if (this.inFlight && FINAL.includes(status)) this.reload();
+        return;
+      }
       const d = this.digests[job.id];
       if (d && status && RUN_STATUSES.includes(status)) {  // the strip at once; the row when it ends
         const i = d.outcomes.findIndex((o) => o.run_id === body.run_id);
