@@ -3,9 +3,8 @@ ask for a token when the API wants one, and show what the token may do."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import expect
 

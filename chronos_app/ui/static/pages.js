@@ -317,10 +317,7 @@ function registerPages() {
     ended: false,
     notFound: false,
     busy: false,
-    sawLive: false,
-    catchUpTimer: null,
     get id() { return app().params.id; },
-    destroy() { if (this.catchUpTimer) clearTimeout(this.catchUpTimer); },
     async init() {
       try {
         this.run = await api.get(`/runs/${this.id}`);
@@ -347,13 +344,11 @@ function registerPages() {
       if (!body) return;
       const data = body.data || {};
       if (type === "run.log") {
-        if (!data.replayed) this.sawLive = true;
         if (data.seq > this.lastSeq) { this.append([data.line], data.stream); this.lastSeq = data.seq; }
         return;
       }
       if (data.replayed && typeof data.output === "string") {
         this.appendOutput(data.output, data.output_lines);
-        if (ACTIVE.includes(data.status)) this.catchUp(1500);
       }
       const status = statusOf(type);
       if (status && RUN_STATUSES.includes(status)) {
@@ -369,27 +364,13 @@ function registerPages() {
         this.ended = true;
         app().closeStream();
         app().live = "off";
-        // the stored outcome has every line (also those a live view could not have seen: see catchUp)
+        // the stored outcome has every line (a line published just before the stream subscribed and
+        // stored only at the end may not have come live)
         if (!data.replayed) {
           api.get(`/runs/${this.id}`).then((run) => this.appendOutput(run.output, run.output_lines),
             () => {});
         }
       }
-    },
-    // Lines printed just before the stream started and not yet stored are in neither its snapshot nor
-    // its live events; the stream fills such a gap when the next line comes, but a run that then stays
-    // quiet (sleep 300) would hide them. So, until a live line arrives, read the stored output again a few
-    // times (the worker stores it about once a second), backing off: 1.5, 3, 6, 12 s.
-    catchUp(delay) {
-      if (this.catchUpTimer) clearTimeout(this.catchUpTimer);
-      this.catchUpTimer = setTimeout(async () => {
-        if (this.ended || this.sawLive || delay > 12000) return;
-        try {
-          const run = await api.get(`/runs/${this.id}`);
-          if (!this.sawLive) this.appendOutput(run.output, run.output_lines);
-        } catch (exc) { return; }
-        this.catchUp(delay * 2);
-      }, delay);
     },
     // the stored tail: its last line is line `upTo`; lines already shown are not added again
     appendOutput(output, upTo) {
