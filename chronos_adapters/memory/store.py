@@ -118,6 +118,9 @@ class MemoryStore(Store):
             if job.name in self._names or job.name in seen:
                 raise NameConflict(job.name)
             seen.add(job.name)
+        ids = {job.id for job in jobs}
+        if len(ids) < len(jobs) or any(job_id in self._jobs for job_id in ids):
+            raise RunConflict("a job with one of these ids already exists")  # as the SQL store says
         for job in jobs:
             self._set(job)
             self._names[job.name] = job.id

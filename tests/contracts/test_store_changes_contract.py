@@ -118,3 +118,15 @@ async def test_a_duplicate_replacing_run_replaces_nothing(store: Store) -> None:
     again = await store.claim_due(T0, 10, plan_due_job)
     assert (again.duplicates, again.dispatch, again.cancel, again.cancelled) == (1, [], [], [])
     assert (await store.get_run(d.run.id)).status is RunStatus.QUEUED  # the slot's own run stays
+
+
+async def test_add_jobs_refuses_an_id_that_exists_and_changes_nothing(store: Store) -> None:
+    from chronos_core.errors import RunConflict
+
+    job = make_job("a")
+    await store.add_jobs([job])
+    with pytest.raises(RunConflict):
+        await store.add_jobs([dataclasses.replace(job, name="b", description="other")])
+    assert await store.get_job(job.id) == job
+    with pytest.raises(JobNotFound):
+        await store.get_job_by_name("b")

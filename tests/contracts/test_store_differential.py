@@ -75,7 +75,7 @@ class StoreDifferential(RuleBasedStateMachine):
         self.now = T0
         self.step = 0
         self.job_ids: list[str] = []  # every job ever created (deleted ones stay: operations on them too)
-        self.names: list[str] = []
+        self.applied = False  # whether the last operation applied (raised nothing)
         self.reads: list[Job] = []  # jobs as read at some step: stale reads for change_job
 
     # plumbing ------------------------------------------------------------------------------------
@@ -112,7 +112,8 @@ class StoreDifferential(RuleBasedStateMachine):
         ref = outcomes["memory"]
         for name, got in outcomes.items():
             assert got == ref, f"step {self.step} {what}: {name} gave {got!r}, memory {ref!r}"
-        return ref[1] if ref[0] == "ok" else None
+        self.applied = ref[0] == "ok"
+        return ref[1] if self.applied else None
 
     @property
     def memory(self) -> Store:
@@ -187,9 +188,11 @@ class StoreDifferential(RuleBasedStateMachine):
         if not paused:
             job.next_run_at = next_slot(job, self.now)
         self.each("add_jobs", lambda s: s.add_jobs([job]))
-        if job.name not in self.names:  # (a taken name: NameConflict, nothing added)
-            self.names.append(job.name)
+        if self.applied:  # (a taken name: NameConflict, nothing added)
             self.job_ids.append(job_id)
+        if name == 7 and self.job_ids:  # now and then an id that exists: refused, nothing changed
+            again = evolve(job, id=self.job_ids[0], name="fresh-name")
+            self.each("add_jobs (a taken id)", lambda s: s.add_jobs([again]))
 
     @rule()
     def claim_due(self) -> None:
@@ -320,9 +323,7 @@ class StoreDifferential(RuleBasedStateMachine):
         async def change(s: Store) -> Any:
             done = await s.change_job(read, changes, records=records)
             return None if done is None else (done.job, sorted(r.id for r in done.recorded))
-        done = self.each("change_job", change)
-        if done is not None and "name" in changes and changes["name"] not in self.names:
-            self.names.append(changes["name"])
+        self.each("change_job", change)
 
     @rule(j=index)
     def delete_job(self, j: int) -> None:
