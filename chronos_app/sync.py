@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import functools
 import inspect
 import threading
 import weakref
@@ -163,6 +164,21 @@ def _wrap(portal: _Portal, value: Any) -> Any:
     return value
 
 
+def _at_exit(hook: Callable[[], None]) -> None:
+    """Call ``hook`` when the program ends, before the interpreter waits for its threads: the python
+    executor's pool threads are joined then (``concurrent.futures`` registers its join the same way), and a
+    running job's thread only ends once Chronos is closed and its ``ctx.cancelled`` is set. (Hooks run
+    last registered first, so this one runs before that join; ``atexit`` would run after it: too late.)"""
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is not None:
+            register(hook)
+            return
+    except RuntimeError:  # the interpreter is already shutting down
+        return
+    atexit.register(hook)
+
+
 def _close_at_exit(ref: weakref.ref[SyncChronos]) -> None:
     sync = ref()
     if sync is not None:
@@ -208,7 +224,7 @@ class SyncChronos:
                 portal.stop()
                 raise
             self._portal, self._chronos = portal, chronos
-            atexit.register(_close_at_exit, weakref.ref(self))
+            _at_exit(functools.partial(_close_at_exit, weakref.ref(self)))
         return self
 
     def close(self, grace: float | None = None) -> None:

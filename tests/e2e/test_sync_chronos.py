@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -139,3 +140,32 @@ def test_ctrl_c_in_run_forever_closes_cleanly(tmp_path: Path) -> None:
     assert chronos.closed
     with SyncChronos.embedded(url) as again:
         assert again.runs.get(run.id).status is RunStatus.CANCELLED
+
+
+SCRIPT = '''
+import sys
+sys.path.insert(0, {root!r})
+from chronos_app import SyncChronos
+from chronos_core import EventType
+from tests.executors.pyjobs import polite
+
+chronos = SyncChronos.embedded({url!r}, shutdown_grace=0.2).start()
+run = chronos.run_now(polite, kwargs={{"key": "exit"}})
+for event in chronos.events.stream(run_id=run.id):
+    if event.type is EventType.RUN_STARTED:
+        break
+print(run.id, flush=True)
+sys.exit(0)  # no close(): the interpreter's exit closes it
+'''
+
+
+def test_the_end_of_the_program_closes_it_cleanly(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", SCRIPT.format(root=root, url=url)], capture_output=True,
+                         text=True, timeout=60)  # it hung: the pool's thread join came before the close
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.split()[-1]
+    with SyncChronos.embedded(url) as again:
+        run = again.runs.get(run_id)
+    assert run.status is RunStatus.CANCELLED and "shut down" in (run.error or "")
