@@ -257,6 +257,8 @@ BACKOFF = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 """Seconds before each further delivery attempt; after the last a notice is ``failed`` (about 2 hours
 of trying in all)."""
 MAX_ATTEMPTS = len(BACKOFF) + 1
+NOTICE_RETENTION = timedelta(days=7)
+"""Delivered and failed notices are kept this long after their last attempt (``Store.prune_runs``)."""
 
 
 def backoff(attempts: int) -> timedelta | None:

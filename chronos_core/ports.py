@@ -379,7 +379,8 @@ class Store(abc.ABC):
     async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
         """Delete up to ``limit`` finished runs that exceed their job's ``history_limit`` (oldest first)
         or finished longer than ``max_age`` ago. Returns how many; call again while it returns
-        ``limit``. Must not hold long locks."""
+        ``limit``. Must not hold long locks. Delivered and failed notices older than
+        ``hooks.NOTICE_RETENTION`` (by their last attempt) go too (not counted)."""
 
 
 # ---------------------------------------------------------------------------------------- dispatch

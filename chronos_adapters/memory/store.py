@@ -25,7 +25,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from chronos_core.errors import JobNotFound, NameConflict, RunConflict, RunNotFound
-from chronos_core.hooks import Notice, NoticeStatus, OutcomeHooks, outcome_notices, run_facts
+from chronos_core.hooks import (
+    NOTICE_RETENTION,
+    Notice,
+    NoticeStatus,
+    OutcomeHooks,
+    outcome_notices,
+    run_facts,
+)
 from chronos_core.ids import new_id
 from chronos_core.models import (
     ACTIVE_RUN_STATUSES,
@@ -87,6 +94,7 @@ class MemoryStore(Store):
         self._finished: deque[tuple[datetime, str]] = deque()  # (finished_at, run id)
         self._notices: dict[str, Notice] = {}  # id -> notice, in insertion order
         self._notice_keys: dict[str, str] = {}  # key -> id
+        self._pending: dict[str, None] = {}  # ids of pending notices (what a claim looks at)
 
     def _run(self, run_id: str) -> Run | None:
         value = self._runs.get(run_id)
@@ -205,6 +213,7 @@ class MemoryStore(Store):
         self._summaries.pop(job_id, None)
         for nid in [nid for nid, n in self._notices.items() if n.job_id == job_id]:
             del self._notice_keys[self._notices.pop(nid).key]
+            self._pending.pop(nid, None)
         self._compact_all_runs()
         return sorted(removed, key=lambda r: r.id)
 
@@ -445,6 +454,8 @@ class MemoryStore(Store):
                 continue
             self._notices[n.id] = dataclasses.replace(n, tries=list(n.tries))
             self._notice_keys[n.key] = n.id
+            if n.status is NoticeStatus.PENDING:
+                self._pending[n.id] = None
             added += 1
         return added
 
@@ -453,7 +464,7 @@ class MemoryStore(Store):
 
     async def claim_notices(self, now: datetime, limit: int, owner: str, lease_until: datetime
                             ) -> list[Notice]:
-        due = sorted((n for n in self._notices.values()
+        due = sorted((n for n in map(self._notices.__getitem__, self._pending)
                       if n.status is NoticeStatus.PENDING and n.due_at <= now
                       and (n.owner is None or n.lease_until is None or n.lease_until < now)),
                      key=lambda n: (n.due_at, n.id))[:max(limit, 0)]
@@ -476,6 +487,7 @@ class MemoryStore(Store):
             n.due_at = due_at or now
         else:
             n.finished_at, n.result = now, result
+            self._pending.pop(n.id, None)
         return True
 
     async def list_notices(self, *, run_id: str | None = None, job_id: str | None = None,
@@ -584,6 +596,9 @@ class MemoryStore(Store):
         return len(ids) - len(keep)
 
     async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
+        for nid in [nid for nid, n in self._notices.items()  # settled notices past their retention
+                    if nid not in self._pending and n.due_at < now - NOTICE_RETENTION]:
+            del self._notice_keys[self._notices.pop(nid).key]
         deleted = 0
         for job_id, ids in self._job_runs.items():
             job = self._jobs.get(job_id)

@@ -52,7 +52,15 @@ from chronos_core.errors import (
     RunNotFound,
     StoreUnavailable,
 )
-from chronos_core.hooks import Notice, NoticeKind, NoticeStatus, OutcomeHooks, outcome_notices, run_facts
+from chronos_core.hooks import (
+    NOTICE_RETENTION,
+    Notice,
+    NoticeKind,
+    NoticeStatus,
+    OutcomeHooks,
+    outcome_notices,
+    run_facts,
+)
 from chronos_core.hookspec import ChainRule, Exclusion, NotifyRule
 from chronos_core.ids import new_id
 from chronos_core.models import (
@@ -1646,6 +1654,13 @@ class SqlStore(Store):
         with self._tx() as conn:  # outcome counts older than two days (GET /stats reads one day)
             for table in (run_counts, job_run_counts):
                 conn.execute(delete(table).where(table.c.bucket < now - timedelta(days=2)))
+        # settled notices past NOTICE_RETENTION (their last attempt's due_at: the (status, due_at) index)
+        for status in (NoticeStatus.DELIVERED.value, NoticeStatus.FAILED.value):
+            with self._tx() as conn:
+                ids = list(conn.scalars(select(notices.c.id).where(
+                    notices.c.status == status, notices.c.due_at < now - NOTICE_RETENTION).limit(_CHUNK)))
+                if ids:
+                    conn.execute(delete(notices).where(notices.c.id.in_(ids)))
         if max_age is not None:
             cutoff = now - max_age
             while deleted < limit:

@@ -22,6 +22,7 @@ from chronos_core import (
 )
 from chronos_core.errors import FieldError, InvalidArgument, InvalidJob
 from chronos_core.payloads import field_errors
+from chronos_core.planning import excluded_by, jitter_offset
 from chronos_core.ports import RunCounts
 
 from .context import ApiContext, Op, api
@@ -97,9 +98,13 @@ class LogQuery(BaseModel):
 class PreviewQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    schedule: str = Field(max_length=200, description="a schedule expression, as in a job")
+    schedule: str | None = Field(default=None, max_length=200, description=(
+        "a schedule expression, as in a job (or job_id)"))
     timezone: str = Field(default="UTC", max_length=64)
     count: int = Field(default=5, ge=1, le=100)
+    job_id: str | None = Field(default=None, max_length=64, description=(
+        "preview this job's schedule in its zone, marking the slots its exclude skips (excluded) and "
+        "giving each slot's jitter offset"))
 
 
 def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -399,6 +404,12 @@ async def stats(request: Request) -> Response:
 
 async def preview_schedule(request: Request) -> Response:
     q = parse_query(request, PreviewQuery)
+    job = None
+    if q.job_id is not None:
+        job = await api(request).chronos.jobs.get(q.job_id)
+        q = q.model_copy(update={"schedule": job.schedule, "timezone": job.timezone})
+    elif q.schedule is None:
+        raise InvalidParameters([FieldError(("schedule",), "give a schedule (or a job_id)")])
     schedule = parse_schedule(q.schedule, q.timezone)
     times: list[datetime] = []
     t = datetime.now(UTC)
@@ -409,7 +420,13 @@ async def preview_schedule(request: Request) -> Response:
                 break
             times.append(nxt)
             t = nxt
-    return _json(SchedulePreview(schedule=q.schedule, timezone=q.timezone, times=times))
+    excluded: list[datetime] = []
+    offsets: list[float] = []
+    if job is not None:
+        excluded = [t for t in times if job.exclude and excluded_by(job, t) is not None]
+        offsets = [jitter_offset(job.id, t, job.jitter).total_seconds() if job.jitter else 0.0 for t in times]
+    return _json(SchedulePreview(schedule=q.schedule or "", timezone=q.timezone, times=times,
+                                 excluded=excluded, offsets=offsets))
 
 
 # ---------------------------------------------------------------------------------------- table

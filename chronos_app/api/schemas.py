@@ -280,6 +280,10 @@ class SchedulePreview(_Out):
     schedule: str
     timezone: str
     times: list[datetime] = Field(description="the next fire times, UTC")
+    excluded: list[datetime] = Field(default_factory=list, description=(
+        "with job_id: those of times the job's exclude skips (recorded skipped, not run)"))
+    offsets: list[float] = Field(default_factory=list, description=(
+        "with job_id: each time's jitter offset in seconds (the run is due that much later)"))
 
 
 class Health(_Out):

@@ -109,3 +109,30 @@ async def test_the_readme_examples_are_accepted(api: httpx.AsyncClient) -> None:
         for name in ("notify", "then", "pause_after_failures", "alert_after", "jitter", "exclude"):
             if name in example:
                 assert r.json()[name] is not None
+
+
+async def test_the_preview_of_a_job_marks_its_excluded_slots_and_offsets(api: httpx.AsyncClient) -> None:
+    r = await api.post("/jobs", json=job("weekdays", schedule="0 12 * * *", timezone="Europe/Berlin",
+                                         jitter=60, exclude=[{"cron": "* * * * sat,sun"}]))
+    assert r.status_code == 201, r.text
+    p = (await api.get("/schedules/preview", params={"job_id": r.json()["id"], "count": 14})).json()
+    from datetime import datetime
+
+    times = [datetime.fromisoformat(t) for t in p["times"]]
+    weekend = [t for t in times if t.weekday() >= 5]
+    assert [datetime.fromisoformat(t) for t in p["excluded"]] == weekend and len(weekend) == 4
+    assert len(p["offsets"]) == 14 and all(0 <= o <= 60 for o in p["offsets"]) and len(set(p["offsets"])) > 1
+    assert p["timezone"] == "Europe/Berlin" and p["schedule"] == "0 12 * * *"
+    r = await api.get("/schedules/preview")
+    assert r.status_code == 422 and "/schedule" in pointers(r)
+
+
+async def test_the_openapi_document_describes_the_fields_and_the_notifications(api: httpx.AsyncClient
+                                                                               ) -> None:
+    doc = (await api.get("/openapi.json")).json()
+    text = json.dumps(doc)
+    for name in ("pause_after_failures", "alert_after", "jitter", "exclude", "paused_reason",
+                 "consecutive_failed_slots", "parent_run_id", "then", "notify"):
+        assert f'"{name}"' in text, name
+    assert "/runs/{run_id}/notifications" in doc["paths"]
+    assert "NotifyRule" in text and "WebhookChannel" in text and "NoticeOut" in text

@@ -280,3 +280,50 @@ def test_killing_one_of_two_schedulers_mid_window_loses_no_slot(stack: Stack) ->
                 (r["attempt"], r["status"]))
         for slot in slots:
             assert by_slot.get(slot) == [(1, "succeeded")], (job["name"], slot, by_slot.get(slot))
+
+
+def test_chains_and_notifications_happen_once_per_outcome_across_two_schedulers(
+        stack: Stack, http_server: Any) -> None:
+    """Two scheduler processes (each with its notifier) and two workers on MariaDB and Kafka: every
+    success of A runs B once (trigger chain, linked both ways) and every run of B notifies once."""
+    stack.env["CHRONOS_HTTP_ALLOW_HOSTS"] = "127.0.0.1"
+    a = stack.api()
+    for _ in range(2):
+        stack.spawn("scheduler")
+        stack.spawn("worker")
+    hook = {"on": ["succeeded"], "webhook": {"url": f"{http_server.url}/b", "secret": "s3cret-signing"}}
+    r = httpx.post(f"{a}/jobs", json={"name": "b", "type": "shell", "payload": {"command": "true"},
+                                      "notify": [hook]}, timeout=30)
+    assert r.status_code == 201, r.text
+    job_a = httpx.post(f"{a}/jobs", json={"name": "a", "type": "shell", "schedule": "*/1 * * * * *",
+                                          "payload": {"command": "true"},
+                                          "then": [{"on": ["succeeded"], "job": "b"}]}, timeout=30).json()
+    deadline = time.monotonic() + 90  # the processes start (a busy machine: seconds), then A runs
+    while time.monotonic() < deadline:
+        got = httpx.get(f"{a}/runs", params={"job_id": job_a["id"], "status": "succeeded", "limit": 10},
+                        timeout=30).json()["items"]
+        if len(got) >= 5:
+            break
+        time.sleep(0.5)
+    assert httpx.patch(f"{a}/jobs/{job_a['id']}/status", json={"status": "paused"},
+                       timeout=30).status_code == 200
+    deadline = time.monotonic() + 120
+    while True:
+        runs_a = httpx.get(f"{a}/runs", params={"job_id": job_a["id"], "limit": 200},
+                           timeout=30).json()["items"]
+        ok_a = [r for r in runs_a if r["status"] == "succeeded"]
+        runs_b = httpx.get(f"{a}/runs", params={"trigger": "chain", "limit": 200}, timeout=30).json()["items"]
+        done_b = [r for r in runs_b if r["status"] == "succeeded"]
+        settled = all(r["status"] not in ("queued", "running") for r in runs_a + runs_b)
+        if (settled and len(done_b) == len(ok_a) and len(http_server.requests_to("/b")) >= len(done_b)) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(ok_a) >= 4, [(r["status"], r["error"]) for r in runs_a][:5]
+    parents = [httpx.get(f"{a}/runs/{r['id']}", timeout=30).json()["parent_run_id"] for r in runs_b]
+    assert sorted(parents) == sorted(r["id"] for r in ok_a)  # one child per success, none twice
+    for r in ok_a[:3]:
+        assert len(httpx.get(f"{a}/runs/{r['id']}", timeout=30).json()["children"]) == 1
+    time.sleep(2)  # a second notifier that would send again has had its chance
+    told = [json.loads(q.body)["run"]["id"] for q in http_server.requests_to("/b")]
+    assert sorted(told) == sorted(r["id"] for r in done_b)
