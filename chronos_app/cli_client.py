@@ -38,7 +38,8 @@ EXIT_CODES = {EXIT_OK: "success", EXIT_RUN_FAILED: "the run did not succeed", EX
 _EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {what}" for code, what in EXIT_CODES.items())
 
 _SERVER_OWNED = ("id", "next_run_at", "created_at", "updated_at", "last_run", "last_success_at",
-                 "last_failure_at", "consecutive_failures", "next_runs")
+                 "last_failure_at", "consecutive_failures", "consecutive_failed_slots", "paused_reason",
+                 "next_runs")
 F = TypeVar("F", bound=Callable[..., Any])
 
 

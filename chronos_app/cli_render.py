@@ -206,6 +206,8 @@ def job_detail(job: dict[str, Any]) -> Any:
             rows.append((key.replace("_at", "").replace("_", " "), moment(job.get(key))))
     if "consecutive_failures" in job:
         rows.append(("consecutive failures", job.get("consecutive_failures")))
+    if job.get("paused_reason"):
+        rows.append(("paused because", job["paused_reason"]))
     rows += [("retry", retry_text), ("timeout", f"{job['timeout']}s" if job.get("timeout") else None),
              ("overlap", job.get("overlap")), ("misfire", job.get("misfire")),
              ("created", moment(job.get("created_at"))), ("updated", moment(job.get("updated_at")))]
