@@ -125,7 +125,8 @@ def new_page(browser: Any, server: Server, token: str | None = ADMIN, *,
     context = browser.new_context(viewport={"width": width, "height": height}, base_url=server.url)
     context.set_default_timeout(TIMEOUT_MS)
     if token is not None:
-        context.add_init_script(f"sessionStorage.setItem('chronos.token', {token!r})")
+        context.add_init_script(f"if (location.origin === {server.url!r}) "
+                                f"sessionStorage.setItem('chronos.token', {token!r})")
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

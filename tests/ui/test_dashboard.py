@@ -109,6 +109,7 @@ def test_pause_and_resume_a_job_and_in_bulk(server: Server, page: Any) -> None:
     with server.client() as c:
         one = _job(c, name="ui-bulk-1", schedule="@hourly", payload={"command": "true"})
         _job(c, name="ui-bulk-2", schedule="@daily", payload={"command": "true"})
+        _job(c, name="ui-not-bulk", payload={"command": "true"})
     page.goto(f"/ui/#/jobs/{one['id']}")
     status = page.get_by_test_id("job-status")
     expect(status).to_have_text("active")
@@ -117,11 +118,30 @@ def test_pause_and_resume_a_job_and_in_bulk(server: Server, page: Any) -> None:
     screenshot(page, "job")
     page.get_by_role("button", name="Resume").click()
     expect(status).to_have_text("active")
+    # the page's first, unfiltered list answers late (after the search below): it must not win
+    page.add_init_script("""{
+      const fetch0 = window.fetch;
+      let slowed = false;
+      window.fetch = async (url, init) => {
+        if (!slowed && String(url).startsWith("/jobs?") && !String(url).includes("name=")) {
+          slowed = true;
+          const answer = await fetch0(url, init);
+          await new Promise((r) => setTimeout(r, 1500));
+          setTimeout(() => { window.slowAnswered = true; }, 100);
+          return answer;
+        }
+        return fetch0(url, init);
+      };
+    }""")
+    page.goto("about:blank")  # a new document: the script above runs in it
     page.goto("/ui/#/jobs")
     page.get_by_label("Name starts with").fill("ui-bulk-")
     page.get_by_role("button", name="Search").click()
     rows = page.locator("tbody tr[data-job]")
     expect(rows).to_have_count(2)
+    page.wait_for_function("window.slowAnswered === true")
+    expect(rows).to_have_count(2)
+    assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.job)")) == ["ui-bulk-1", "ui-bulk-2"]
     page.get_by_label("Select all on this page").check()
     page.get_by_role("button", name="Pause selected (2)").click()
     expect(rows.get_by_test_id("job-status").filter(has_text="paused")).to_have_count(2)

@@ -23,6 +23,7 @@ function registerPages() {
   // ----------------------------------------------------------------------------------- overview
   Alpine.data("overviewPage", () => ({
     stats: null,
+    loads: 0,
     running: [],
     failures: [],
     skipped: [],
@@ -37,6 +38,7 @@ function registerPages() {
     },
     destroy() { if (this.chart) this.chart.destroy(); },
     async load() {
+      const n = ++this.loads;
       try {
         const since = new Date(Date.now() - (this.window === "hour" ? 3600e3 : 86400e3)).toISOString();
         const [stats, running, failures, skipped, recent] = await Promise.all([
@@ -48,6 +50,7 @@ function registerPages() {
         ]);
         this.stats = stats;
         await names([...running.items, ...failures.items, ...skipped.items]);
+        if (n !== this.loads) return;
         this.running = running.items;
         this.failures = failures.items;
         this.skipped = skipped.items;
@@ -103,6 +106,7 @@ function registerPages() {
     types: [],
     selected: [],
     loading: true,
+    loads: 0,
     inFlight: false,
     busy: false,
     async init() {
@@ -114,25 +118,34 @@ function registerPages() {
       openStream("/monitor/logs", (type, body) => this.onEvent(type, body), STATUS_EVENTS);
     },
     get filtered() { return Object.values(this.filters).some((v) => v); },
+    // Each load is numbered: an answer to an older one (a slow unfiltered load finishing after the
+    // search that followed it) is dropped instead of overwriting the newer page.
     async load() {
+      const n = ++this.loads;
+      const current = () => n === this.loads;
       this.inFlight = true;
       try {
         const page = await api.get(`/jobs${query({...this.filters, after: this.cursors[this.cursors.length - 1],
           limit: this.limit})}`);
-        const digests = page.items.length
-          ? await api.get(`/job-digests?ids=${page.items.map((j) => j.id).join(",")}`) : {items: []};
-        this.digests = Object.fromEntries(digests.items.map((d) => [d.job_id, d]));
-        this.items = page.items;
+        if (!current()) return;
+        this.items = page.items;  // on screen now; the strips and the words follow with the digests
         this.next = page.next_cursor;
         const ids = new Set(this.items.map((j) => j.id));
         this.selected = this.selected.filter((id) => ids.has(id));
         this.loading = false;
+        const digests = page.items.length
+          ? await api.get(`/job-digests?ids=${page.items.map((j) => j.id).join(",")}`) : {items: []};
+        if (!current()) return;
+        this.digests = Object.fromEntries(digests.items.map((d) => [d.job_id, d]));
         this.inFlight = false;
         // the total for "1–50 of N" comes after the rows (it competes with them for the server)
-        this.total = this.filtered ? null : (await api.get("/stats")).jobs.total;
-      } catch (exc) { app().fail(exc); }
-      this.loading = false;
-      this.inFlight = false;
+        const total = this.filtered ? null : (await api.get("/stats")).jobs.total;
+        if (current()) this.total = total;
+      } catch (exc) {
+        if (current()) app().fail(exc);
+      } finally {
+        if (current()) { this.loading = false; this.inFlight = false; }
+      }
     },
     search() {
       sessionStorage.setItem("chronos.jobs.filters", JSON.stringify(this.filters));
@@ -231,6 +244,7 @@ function registerPages() {
     next: null,
     slots: [],
     confirmDelete: false,
+    loads: 0,
     notFound: false,
     chart: null,
     busy: false,
@@ -245,6 +259,7 @@ function registerPages() {
     },
     destroy() { if (this.chart) this.chart.destroy(); },
     async load() {
+      const n = ++this.loads;
       try {
         const [job, history, slots, recent] = await Promise.all([
           api.get(`/jobs/${this.id}`),
@@ -254,6 +269,7 @@ function registerPages() {
           api.get(`/jobs/${this.id}/history?limit=200`),
         ]);
         const digest = await api.get(`/job-digests?ids=${this.id}`);
+        if (n !== this.loads) return;  // a newer load (filter, page) is under way
         job.schedule_text = digest.items.length ? digest.items[0].schedule_text : job.schedule;
         this.job = job;
         this.history = history.items;
@@ -411,6 +427,7 @@ function registerPages() {
   // ---------------------------------------------------------------------------------------- runs
   Alpine.data("runsPage", () => ({
     status: "",
+    loads: 0,
     cursors: [null],
     items: [],
     next: null,
@@ -421,10 +438,12 @@ function registerPages() {
       openStream("/monitor/logs", () => { if (this.cursors.length === 1) this.reload(); }, STATUS_EVENTS);
     },
     async load() {
+      const n = ++this.loads;
       try {
         const page = await api.get(`/runs${query({status: this.status, before: this.cursors[this.cursors.length - 1],
           limit: 50})}`);
         await names(page.items);
+        if (n !== this.loads) return;
         this.items = page.items;
         this.next = page.next_cursor;
       } catch (exc) { app().fail(exc); }
