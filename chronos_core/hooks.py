@@ -111,6 +111,26 @@ class OutcomeHooks:
     def wants(self, event: NotifyEvent) -> bool:
         return any(event in rule.on for rule in self.notify)
 
+    def for_outcome(self, status: RunStatus, final: bool) -> OutcomeHooks | None:
+        """These hooks if an outcome so could set any of them off, else None: a finish given none takes
+        the store's fast path (a default list wanting only failures costs successes nothing)."""
+        if status is RunStatus.SUCCEEDED:
+            hit = self.wants(NotifyEvent.SUCCEEDED) or self.wants(NotifyEvent.RECOVERED)
+        elif status in FAILED_RUN_STATUSES:
+            hit = final and (self.wants(NotifyEvent(status.value)) or self.pause_after_failures is not None)
+        else:
+            hit = False
+        if not hit and (final or status is RunStatus.SUCCEEDED):
+            hit = any(status.value in c.on for c in self.then)
+        return self if hit else None
+
+
+def outcome_hooks(job: Any, default_notify: Sequence[NotifyRule], status: RunStatus,
+                  final: bool) -> OutcomeHooks | None:
+    """What ``finish_run`` is given for this outcome of the job (None: nothing to set off)."""
+    hooks = OutcomeHooks.of(job, default_notify)
+    return None if hooks is None else hooks.for_outcome(status, final)
+
 
 def _events_for(status: RunStatus, final: bool, failures_before: int) -> list[NotifyEvent]:
     if status is RunStatus.SUCCEEDED:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from .errors import ChronosError, JobNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
-from .hooks import OutcomeHooks, record_notices
+from .hooks import outcome_hooks, record_notices
 from .hookspec import NotifyRule
 from .ids import new_id
 from .models import Event, EventType, Job, OverlapPolicy, Run, RunStatus, Trigger, evolve
@@ -341,7 +341,8 @@ class Scheduler:
                                             output=run.output, error=error, retry=retry,
                                             lease_expires_at=run.lease_expires_at,
                                             output_lines=run.output_lines,
-                                            hooks=OutcomeHooks.of(job, self.default_notify)):
+                                            hooks=outcome_hooks(job, self.default_notify, RunStatus.FAILED,
+                                                                retry is None)):
                 self.stats.reaped += 1
                 done = dataclasses.replace(run, status=RunStatus.FAILED, finished_at=now, error=error)
                 events.append(run_event(done, now))

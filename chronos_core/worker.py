@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from .errors import ExecutionFailed, JobNotFound, RunNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
-from .hooks import OutcomeHooks, notify_notices, run_facts
+from .hooks import notify_notices, outcome_hooks, run_facts
 from .hookspec import NotifyEvent, NotifyRule
 from .ids import new_id
 from .models import Event, EventType, Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, evolve
@@ -441,7 +441,7 @@ class Worker:
         ok = await self._persist(lambda: self._store.finish_run(
             run.id, self.owner, status=status, finished_at=end, exit_code=exit_code,
             output=finished.output, error=error, retry=retry, output_lines=tail.lines,
-            hooks=OutcomeHooks.of(job, self.default_notify)), run.id, status, mine)
+            hooks=outcome_hooks(job, self.default_notify, status, retry is None)), run.id, status, mine)
         if not ok:
             self.stats.stale += 1
             if await self._job_deleted(job):
