@@ -89,7 +89,9 @@ class Scheduler:
         # broker restarted without its data): dispatch it again (a durable queue only; None: never).
         self.redispatch_after = None if redispatch_after is None else timedelta(seconds=redispatch_after)
         self._next_redispatch: datetime | None = None
-        self._redispatched: dict[str, datetime] = {}  # run id -> when this scheduler dispatched it again
+        # run id -> (how often, when last) this scheduler dispatched it again: the n-th time waits
+        # redispatch_after x 2^n, so a run that stays queued is not sent again and again
+        self._redispatched: dict[str, tuple[int, datetime]] = {}
         # why a job's slots cannot run here (e.g. shell jobs while shell is off): they are recorded
         # skipped with that reason instead of being dispatched to fail
         self.refuse = refuse
@@ -241,14 +243,17 @@ class Scheduler:
                 break
         return room
 
-    async def redispatch_lost(self, now: datetime, pages: int = 10) -> int:
-        """Dispatch again the runs still queued ``redispatch_after`` after their dispatch was sent: the
-        queue's backend lost them (a broker restarted without its data acknowledged them, then forgot
-        them). They are released (:meth:`Store.release_undispatched`), and the due-runs phase hands them
-        out again; a copy that does arrive after all is refused by ``start_run``. Only runs the queue
-        says it sent that long ago (:meth:`DispatchQueue.sent_before`: not those still waiting to be sent
-        while the broker is down); with a queue that cannot tell, those this scheduler has not
-        dispatched again within ``redispatch_after``. How many runs were dispatched again."""
+    async def redispatch_lost(self, now: datetime, pages: int = 100) -> int:
+        """Dispatch again the runs still queued ``redispatch_after`` after their dispatch was sent and
+        after the workers acknowledged everything sent until then: the queue's backend lost them (a
+        broker restarted without its data acknowledged them, then forgot them). They are released
+        (:meth:`Store.release_undispatched`), and the due-runs phase hands them out again; a copy that
+        does arrive after all is refused by ``start_run``. The queue tells which
+        (:meth:`DispatchQueue.sent_before`): not a dispatch still waiting to be sent (the broker is
+        down), nor one in a backlog the workers have not reached yet (a backlog is not a loss). A run
+        dispatched again that stays queued is dispatched again after ``redispatch_after`` x 2, x 4...
+        (up to x 64). With a queue that cannot tell (None), every run queued that long qualifies. How
+        many runs were dispatched again."""
         if self.redispatch_after is None or not self._queue.durable:
             return 0  # an in-process queue loses nothing while the process lives (recover() after)
         before = now - self.redispatch_after
@@ -261,10 +266,14 @@ class Scheduler:
             if len(page) < self.batch_size:
                 break
             cursor = page[-1].id
-        for run_id, when in list(self._redispatched.items()):
-            if when < before:
-                del self._redispatched[run_id]
-        candidates = [r for r in candidates if r.id not in self._redispatched]
+        queued = {r.id for r in candidates}
+        for run_id in [r for r in self._redispatched if r not in queued]:  # started, or gone
+            del self._redispatched[run_id]
+
+        def due(run: Run) -> bool:
+            n, when = self._redispatched.get(run.id, (0, None))
+            return when is None or now - when >= self.redispatch_after * 2 ** min(n, 6)
+        candidates = [r for r in candidates if due(r)]
         if not candidates:
             return 0
         sent = await self._queue.sent_before([r.id for r in candidates], before)
@@ -273,7 +282,7 @@ class Scheduler:
             return 0
         released = await self._store.release_undispatched([r.id for r in lost])
         for r in lost:
-            self._redispatched[r.id] = now
+            self._redispatched[r.id] = (self._redispatched.get(r.id, (0, now))[0] + 1, now)
         if released:
             self.stats.redispatched += released
             oldest = min(max(r.created_at, r.due_at) for r in lost)

@@ -368,4 +368,9 @@ class OutboxDispatchQueue(DispatchQueue):
         return await self.relay.pending()
 
     async def sent_before(self, run_ids: Collection[str], before: datetime) -> set[str] | None:
-        return await self.relay.sent_before(run_ids, before)
+        """Runs sent before ``before`` and before what the workers have acknowledged: a run sent since
+        may be waiting in a backlog the workers have not reached (not lost)."""
+        consumed = await self.queue.consumed_before()
+        if consumed is None:  # the broker cannot tell: nothing is taken for lost
+            return set()
+        return await self.relay.sent_before(run_ids, min(before, consumed))

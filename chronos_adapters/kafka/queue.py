@@ -23,12 +23,13 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -262,6 +263,53 @@ class KafkaDispatchQueue(DispatchQueue):
     async def depth(self) -> int:
         """Dispatches fetched and not handed out yet (the broker-side lag is not counted)."""
         return len(self._ready)
+
+    async def consumed_before(self) -> datetime | None:
+        """A time before which every message of the runs topic has been acknowledged by the workers'
+        group (the oldest timestamp among the first unacknowledged message of each partition; now if
+        none waits); None if the broker cannot tell. A run whose dispatch was sent before that time and
+        that is still queued was lost (a broker restarted without its data): it is not waiting in the
+        log, nor in a worker's hands."""
+        now = datetime.now(UTC)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
+        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                 client_id=f"{self.client_id}-probe")
+        try:
+            await admin.start()
+            await probe.start()
+            found = probe.partitions_for_topic(self.topic) or set()
+            if not found:
+                await probe.topics()
+                found = probe.partitions_for_topic(self.topic) or set()
+            tps = [TopicPartition(self.topic, p) for p in sorted(found)]
+            if not tps:
+                return None
+            committed = await admin.list_consumer_group_offsets(self.group, partitions=tps)
+            ends = await probe.end_offsets(tps)
+            begins = await probe.beginning_offsets(tps)
+            oldest = now
+            probe.assign(tps)
+            for tp in tps:
+                meta = committed.get(tp)
+                pos = max(meta.offset if meta is not None and meta.offset >= 0 else 0, begins[tp])
+                if pos >= ends[tp]:
+                    continue  # every message of the partition acknowledged
+                probe.seek(tp, pos)
+                record = await asyncio.wait_for(probe.getone(tp), 10)
+                oldest = min(oldest, datetime.fromtimestamp(record.timestamp / 1000, UTC))
+            return oldest
+        except (KafkaError, TimeoutError) as exc:
+            log.debug("cannot tell what the workers acknowledged: %s", exc)
+            return None
+        finally:
+            await probe.stop()
+            await admin.close()
+
+    async def sent_before(self, run_ids: Collection[str], before: datetime) -> set[str] | None:
+        """Without the outbox, what was sent when is not known here: every run is taken as sent before
+        ``before`` if the workers acknowledged everything sent until then (else none is)."""
+        consumed = await self.consumed_before()
+        return set(run_ids) if consumed is not None and consumed >= before else set()
 
     async def _dead_letter(self, delivery: _Delivery, reason: str) -> None:
         producer = self._require_producer()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import datetime
 
 from chronos_core.ports import Dispatch, DispatchQueue
 
@@ -55,3 +56,8 @@ class MemoryDispatchQueue(DispatchQueue):
 
     async def depth(self) -> int:
         return self._q.qsize()
+
+    async def sent_before(self, run_ids: Collection[str], before: datetime) -> set[str]:
+        """The runs not waiting here (a dispatch in the queue is waiting, not lost)."""
+        waiting = {d.run.id for d in list(self._q._queue)}  # type: ignore[attr-defined]
+        return {r for r in run_ids if r not in waiting}

@@ -7,6 +7,7 @@ answer is injected through a proxy around the real producer."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -118,4 +119,35 @@ async def test_lost_topics_are_noticed_without_a_send_failing(kafka_bootstrap: s
         assert await partitions(kafka_bootstrap, bus.topic) == 2
     finally:
         await bus.stop()
+        await q.stop()
+
+
+async def test_consumed_before_tells_a_backlog_from_a_loss(kafka_bootstrap: str,
+                                                          kafka_names: KafkaNames) -> None:
+    """What the scheduler asks before dispatching a run again: up to when the workers acknowledged
+    everything. A message still in the log (a backlog) holds it back; once acknowledged, it moves on."""
+    from datetime import UTC, datetime
+
+    q = KafkaDispatchQueue(kafka_bootstrap, topic=kafka_names.topic("runs"), group=kafka_names.group(),
+                           partitions=2, client_id=kafka_names.prefix)
+    await q.start()
+    try:
+        job = make_job("job-consumed")
+        await q.put([make_dispatch(job)])
+        first = await asyncio.wait_for(q.get(), 60)
+        await q.ack(first)
+        caught_up = datetime.now(UTC)
+        consumed = await q.consumed_before()
+        assert consumed is not None and consumed >= caught_up  # nothing waits
+        await q.put([make_dispatch(job)])  # a backlog: sent, not acknowledged
+        sent = datetime.now(UTC)
+        consumed = await q.consumed_before()
+        assert consumed is not None and caught_up - timedelta(seconds=5) < consumed <= sent
+        assert await q.sent_before(["run-x"], sent) == set()  # (no outbox: all or nothing)
+        second = await asyncio.wait_for(q.get(), 60)
+        await q.ack(second)
+        consumed = await q.consumed_before()
+        assert consumed is not None and consumed >= sent
+        assert await q.sent_before(["run-x"], sent) == {"run-x"}
+    finally:
         await q.stop()

@@ -99,7 +99,6 @@ async def test_a_reaped_run_of_a_replace_job_is_retried_when_later_slots_were_on
 # -------------------------------------------- item 10: a backlog is not a loss (re-dispatch is bounded)
 
 
-@pytest.mark.xfail(strict=True, reason="racereview F2: open, owner fault (item 10)")
 async def test_a_backlog_the_broker_still_holds_is_not_sent_again_and_again(store: Store) -> None:
     from tests.engine.test_redispatch import LossyBroker
 
