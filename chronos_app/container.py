@@ -126,8 +126,15 @@ def build_job_types(settings: Settings) -> JobTypes:
     if any(len(s) < MIN_SECRET_LENGTH for s in secrets):
         log.warning("a configured secret (API token, password) is shorter than %d characters: it cannot "
                     "be masked in job output; use a longer one", MIN_SECRET_LENGTH)
+    short = [t for t in (*settings.api_tokens, *settings.readonly_tokens) if len(t) < MIN_TOKEN_LENGTH]
+    if short:  # failed authentications are not rate-limited: a short token is guessed over the network
+        log.warning("%d API token(s) shorter than %d characters: guessable by trying; use long random "
+                    "values (openssl rand -hex 24)", len(short), MIN_TOKEN_LENGTH)
     types.add_service_secrets(secrets)
     return types
+
+
+MIN_TOKEN_LENGTH = 16
 
 
 def build_notify_channels(config: ExecutorConfig) -> list[NotifyChannel]:
