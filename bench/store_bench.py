@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
+from bench.common import scratch_mariadb
 from chronos_adapters.sql import SqlStore
 from chronos_core import Job, JobStatus, MisfirePolicy, OverlapPolicy, RetryPolicy, RunStatus
 from chronos_core.ids import new_id
@@ -91,24 +92,6 @@ async def bench(url: str, n: int, due: int, rounds: int, concurrency: int) -> di
         await store.stop()
 
 
-def mysql_database(server: str) -> tuple[str, object]:
-    import pymysql
-    from sqlalchemy.engine import make_url
-
-    u = make_url(server)
-    name = f"chronos_bench_{uuid.uuid4().hex[:8]}"
-    admin = pymysql.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
-                            password=u.password or "", autocommit=True)
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-
-    def drop() -> None:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.close()
-    return u.set(database=name).render_as_string(hide_password=False), drop
-
-
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", default="1000,10000,100000")
@@ -123,17 +106,12 @@ async def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for backend in args.backends.split(","):
         for n in (int(x) for x in args.jobs.split(",")):
-            with tempfile.TemporaryDirectory() as tmp:
-                drop = None
+            with contextlib.ExitStack() as stack:
                 if backend == "sqlite":
-                    url = f"sqlite:///{tmp}/bench.db"
+                    url = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/bench.db"
                 else:
-                    url, drop = mysql_database(args.mysql_url)
-                try:
-                    r = await bench(url, n, args.due, args.rounds, args.concurrency)
-                finally:
-                    if drop is not None:
-                        drop()  # type: ignore[operator]
+                    url = stack.enter_context(scratch_mariadb(args.mysql_url, "chronos_bench"))
+                r = await bench(url, n, args.due, args.rounds, args.concurrency)
             print(f"| {backend} | {n:,} | {args.due:,} | {r['claims_per_s']:,.0f} | "
                   f"{r['ms_per_1000_claims']:.0f} | {r['runs_per_s']:,.0f} | {r['next_due_ms']:.2f} |",
                   flush=True)

@@ -16,11 +16,11 @@ import asyncio
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench.common import scratch_mariadb
 from chronos_adapters.sql import SqlStore
 from chronos_core import Job, JobStatus, MisfirePolicy, OverlapPolicy, RetryPolicy, Run, RunStatus, Trigger
 from chronos_core.ids import new_id
@@ -109,18 +109,8 @@ async def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 results[backend] = await bench(f"sqlite:///{tmp}/views.db", args.runs, args.jobs)
         else:
-            from sqlalchemy import create_engine, text
-
-            name = f"chronos_views_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(args.mysql_url)
-            with admin.begin() as conn:
-                conn.execute(text(f"CREATE DATABASE {name}"))
-            try:
-                results[backend] = await bench(args.mysql_url.rstrip("/") + f"/{name}", args.runs, args.jobs)
-            finally:
-                with admin.begin() as conn:
-                    conn.execute(text(f"DROP DATABASE {name}"))
-                admin.dispose()
+            with scratch_mariadb(args.mysql_url, "chronos_views") as url:
+                results[backend] = await bench(url, args.runs, args.jobs)
     backends = list(results)
     print(f"\n| view ({args.runs} runs, {args.jobs} jobs) | " + " | ".join(
         f"{b} median / max ms" for b in backends) + " |")
