@@ -49,7 +49,7 @@ class Notifier:
     def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock,
                  channels: Mapping[str, NotifyChannel], *, owner: str | None = None,
                  default_notify: Sequence[NotifyRule] = (), batch_size: int = 50,
-                 lease: float = 60.0, interval: float = 1.0) -> None:
+                 lease: float = 60.0, interval: float = 1.0, concurrency: int = 32) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -60,6 +60,8 @@ class Notifier:
         self.batch_size = batch_size
         self.lease = timedelta(seconds=lease)
         self.interval = timedelta(seconds=interval)
+        self.concurrency = concurrency  # deliveries at once (each well within the lease)
+        self._inflight: set[asyncio.Task[None]] = set()
         self.stats = NotifierStats()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -93,7 +95,7 @@ class Notifier:
             while not self._stopping:
                 self._wake.clear()
                 try:
-                    busy = await self.tick() >= self.batch_size
+                    busy = await self._start_due() >= self.batch_size
                 except Exception as exc:  # the store is down, or a bug: keep the loop alive
                     log.warning("notifier tick failed: %s: %s", type(exc).__name__, exc)
                     busy = False
@@ -103,9 +105,34 @@ class Notifier:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
+            # deliveries still going: a moment to end, then cancelled (their lease ends: tried again)
+            if self._inflight:
+                await asyncio.wait(set(self._inflight), timeout=2)
+                for task in list(self._inflight):
+                    task.cancel()
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _start_due(self) -> int:
+        """Claim what is due as far as ``concurrency`` leaves room and start handling each in its own
+        task, without waiting: a slow or hanging endpoint holds up only its own notices."""
+        room = min(self.batch_size, self.concurrency - len(self._inflight))
+        if room <= 0:
+            return 0
+        now = self._clock.now()
+        notices = await self._store.claim_notices(now, room, self.owner, now + self.lease)
+        for n in notices:
+            task = asyncio.create_task(self._handle(n), name=f"chronos-notice-{n.id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+        return len(notices)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()  # room again
 
     async def tick(self) -> int:
-        """Claim the due notices and handle each (concurrently); how many were claimed."""
+        """Claim the due notices and handle each (concurrently), waiting for all; how many were
+        claimed. (For tests and tools; the loop does not wait, see ``_start_due``.)"""
         now = self._clock.now()
         notices = await self._store.claim_notices(now, self.batch_size, self.owner, now + self.lease)
         if notices:
