@@ -47,8 +47,9 @@ from chronos_core.models import Job, Run
 from chronos_core.payloads import PythonPayload
 from chronos_core.ports import ExecutionResult, Executor, LogSink
 from chronos_core.python import RunContext, context_parameter, module_allowed, split_ref
+from chronos_core.secrets import walk_named
 
-from ._common import Threads, parse_payload
+from ._common import Threads, mask, parse_payload
 from .shell import group_members, minimal_env
 
 __all__ = ["PythonExecutor", "load_function"]
@@ -285,7 +286,13 @@ def encode_result(value: Any, limit: int) -> tuple[str | None, str | None]:
     if len(text) > limit:
         return None, f"[chronos] the return value ({len(text)} characters of JSON) was not kept: over " \
                      f"the limit of {limit}"
-    return text, None
+    # values under secret-looking names (a fresh access_token the function fetched): the result is run
+    # output, which read-only tokens read
+    fresh = [v for _, v in walk_named(json.loads(text)) if len(v) >= _MIN_RESULT_SECRET]
+    return (mask(text, fresh) if fresh else text), None
+
+
+_MIN_RESULT_SECRET = 8  # shorter values under secret-looking names ("Bearer", counts) are not tokens
 
 
 _Prepared = tuple[PythonPayload, Callable[..., Any] | None, str | None]

@@ -97,3 +97,20 @@ async def test_a_private_module_of_an_allowed_package_is_not_imported(
         status, _ = await _run(chronos, {"function": "srpkg:ok", "isolation": isolation})
         assert status is RunStatus.SUCCEEDED
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+async def test_a_token_the_function_returns_is_masked_in_its_result(isolation: str) -> None:
+    # the result line is run output, which read-only tokens read: a function refreshing a token and
+    # returning the answer showed the fresh token there
+    answer = '{"access_token": "fresh-token-5e1c77aa", "token_type": "Bearer", "expires_in": 3600}'
+    async with Chronos.embedded(executor_config=ExecutorConfig(python_modules=("json",))) as chronos:
+        job = await chronos.jobs.create({"name": f"t-{isolation}", "type": "python", "payload": {
+            "function": "json:loads", "args": [answer], "isolation": isolation}})
+        await chronos.jobs.trigger(job.id)
+        async with asyncio.timeout(60):
+            while not (runs := await chronos.jobs.history(job.id)) or not runs[0].finished:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    assert runs[0].status is RunStatus.SUCCEEDED
+    assert "fresh-token" not in runs[0].output
+    assert '"access_token": "***", "token_type": "Bearer", "expires_in": 3600' in runs[0].output
