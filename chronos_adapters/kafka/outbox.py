@@ -127,7 +127,7 @@ class OutboxRelay:
     """Publishes the outbox to ``queue``'s runs topic. ``database`` is a SQLAlchemy URL or engine."""
 
     def __init__(self, database: str | Engine, queue: KafkaDispatchQueue, *, batch: int = 500,
-                 interval: float = 1.0, keep_sent: float = 3600.0, settle: float = 5.0,
+                 interval: float = 1.0, keep_sent: float = 3600.0, settle: float = 1.5,
                  create_table: bool = True) -> None:
         self._url = database if isinstance(database, str) else None
         self._engine: Engine | None = None if isinstance(database, str) else database

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -256,3 +257,35 @@ async def test_a_relay_that_lets_go_frees_the_lock_and_databases_do_not_share_it
         for relay in (first, second, elsewhere):
             await relay.stop()
         drop_test_database(other_db)
+
+
+async def test_a_dead_schedulers_claim_reaches_the_workers_within_the_default_misfire_grace(
+        tmp_path: Path) -> None:
+    """A scheduler killed between its claim and its put leaves the rows unready: the relay sends them
+    once ``settle`` old. Since the misfire grace also applies at start, settle (and the relay's poll)
+    must stay well inside the default grace, or every such kill turns its claimed runs into missed
+    records (the scale-out kill test saw it with settle = grace = 5 s)."""
+    from datetime import UTC, datetime
+
+    from chronos_adapters.kafka.outbox import write_outbox
+    from chronos_core.models import JobSpec
+    from tests.engine.proxies import Proxy
+
+    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    kafka = Proxy(KafkaDispatchQueue("127.0.0.1:9"))
+    sent: list[bytes] = []
+
+    async def put_encoded(real: object, messages: list[tuple[str, bytes]]) -> None:
+        sent.extend(m for _, m in messages)
+    kafka.hooks["put_encoded"] = put_encoded
+    relay = OutboxRelay(url, kafka)  # type: ignore[arg-type]
+    await relay.open()
+    try:
+        grace = JobSpec.model_fields["misfire_grace"].default
+        assert relay.settle.total_seconds() + relay.interval <= grace / 2
+        d = make_dispatch(make_job("job-settle"))
+        with relay.engine.begin() as conn:  # claimed 2.5 s ago by a scheduler that then died
+            write_outbox(conn, [d], datetime.now(UTC) - timedelta(seconds=2.5))
+        assert await relay.relay_once() == 1 and len(sent) == 1
+    finally:
+        await relay.stop()
