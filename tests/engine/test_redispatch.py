@@ -179,3 +179,30 @@ async def test_only_runs_the_outbox_says_were_sent_long_ago_are_dispatched_again
     finally:
         await relay.stop()
         await store.stop()
+
+
+async def test_a_lost_run_is_sent_again_while_a_backlog_waits_and_the_backlog_is_not(store: Store) -> None:
+    """The gate is per run: a steady backlog (the queue never empty) neither holds back a run the broker
+    lost nor gets copies of its own."""
+    clock, broker, bus = FakeClock(T0), LossyBroker(), MemoryEventBus()
+    jobs = Jobs(store, broker, bus, clock, JobTypes())  # type: ignore[arg-type]
+    scheduler = Scheduler(store, broker, bus, clock, redispatch_after=60)  # type: ignore[arg-type]
+    job = await jobs.create({"name": "mixed", "type": "shell", "payload": {"command": "true"}})
+    lost = await jobs.trigger(job.id)  # acknowledged, then forgotten
+    broker.losing = False
+    waiting = []
+    for _ in range(4):  # the backlog: in the broker, not reached by the saturated workers
+        clock.advance(1)
+        waiting.append(await jobs.trigger(job.id))
+    copies: list[str] = []
+    for _ in range(40):  # 10 minutes; the workers never catch up
+        clock.advance(15)
+        await scheduler.tick()
+        d = broker.inner.get_nowait()  # what is sent again goes behind the backlog: take it out to count
+        while d is not None:
+            copies.append(d.run.id)
+            d = broker.inner.get_nowait()
+        for r in waiting:  # the backlog is still there
+            await broker.inner.put([Dispatch(r, job)])
+    assert copies.count(lost.id) in (3, 4)  # at 60 s, then 120 s and 240 s later (back-off)
+    assert all(copies.count(r.id) == 40 for r in waiting)  # the backlog got no copies (40 rounds)
