@@ -91,9 +91,13 @@ def test_a_call_from_its_own_loop_is_refused_not_deadlocked() -> None:
 
 
 def _running(chronos: SyncChronos, run_id: str) -> None:
-    for event in chronos.events.stream(run_id=run_id):
-        if event.type is EventType.RUN_STARTED:
+    """Once the run is running: subscribed first, then its state read, so the start cannot fall between."""
+    with chronos.events.subscribe(run_id=run_id) as events:
+        if chronos.runs.get(run_id).status is RunStatus.RUNNING:
             return
+        for event in events:
+            if event.type is EventType.RUN_STARTED:
+                return
 
 
 def test_close_records_unfinished_runs_cancelled(tmp_path: Path) -> None:
@@ -102,8 +106,7 @@ def test_close_records_unfinished_runs_cancelled(tmp_path: Path) -> None:
     chronos = SyncChronos.embedded(url).start()
     job = chronos.schedule(polite, kwargs={"key": "close"})
     run = chronos.run_now(job)
-    if chronos.runs.get(run.id).status is not RunStatus.RUNNING:
-        _running(chronos, run.id)
+    _running(chronos, run.id)
     chronos.close(grace=0.2)
     with SyncChronos.embedded(url) as again:
         after = again.runs.get(run.id)
@@ -116,8 +119,7 @@ def test_ctrl_c_in_run_forever_closes_cleanly(tmp_path: Path) -> None:
     pyjobs.seen.pop("ctrl-c", None)
     chronos = SyncChronos.embedded(url, shutdown_grace=0.2).start()
     run = chronos.run_now(polite, kwargs={"key": "ctrl-c"})
-    if chronos.runs.get(run.id).status is not RunStatus.RUNNING:
-        _running(chronos, run.id)
+    _running(chronos, run.id)
     assert threading.current_thread() is threading.main_thread()
     main = threading.main_thread().ident
 
@@ -146,14 +148,13 @@ SCRIPT = '''
 import sys
 sys.path.insert(0, {root!r})
 from chronos_app import SyncChronos
-from chronos_core import EventType
+from chronos_core import RunStatus
 from tests.executors.pyjobs import polite
 
 chronos = SyncChronos.embedded({url!r}, shutdown_grace=0.2).start()
 run = chronos.run_now(polite, kwargs={{"key": "exit"}})
-for event in chronos.events.stream(run_id=run.id):
-    if event.type is EventType.RUN_STARTED:
-        break
+while chronos.runs.get(run.id).status is not RunStatus.RUNNING:
+    pass
 print(run.id, flush=True)
 sys.exit(0)  # no close(): the interpreter's exit closes it
 '''
