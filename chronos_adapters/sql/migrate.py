@@ -8,13 +8,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, text
+
+from .engine import VERSION_TABLE, open_engine
 
 __all__ = ["alembic_config", "current_revision", "head_revision", "migrate", "upgrade_connection"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-VERSION_TABLE = "chronos_alembic_version"
 
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
@@ -57,11 +57,7 @@ def upgrade_connection(conn: Connection) -> None:
 
 def migrate(url: str) -> None:
     """Upgrade the database at ``url`` to the newest schema (what ``chronos migrate`` runs)."""
-    from .store import _sqlite_setup
-
-    engine = create_engine(url)
-    if make_url(url).get_backend_name() == "sqlite":
-        _sqlite_setup(engine)
+    engine, _ = open_engine(url, pool_size=1)
     try:
         with engine.connect() as conn:
             upgrade_connection(conn)

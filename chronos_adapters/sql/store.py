@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -31,9 +30,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Select,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     literal,
@@ -42,7 +39,6 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import StaticPool
 
 from chronos_core.errors import (
     ChronosError,
@@ -81,6 +77,8 @@ from chronos_core.ports import Claim, Dispatch, JobChange, Planner, RunCounts, S
 from chronos_core.retry import RetryPolicy
 
 from . import sqlite_batch
+from .engine import open_engine
+from .migrate import upgrade_connection
 from .tables import UtcDateTime, job_run_counts, job_summaries, jobs, notices, run_counts, runs
 
 __all__ = ["SqlStore"]
@@ -352,25 +350,7 @@ class SqlStore(Store):
     async def start(self) -> None:
         if self._engine is not None:
             return
-        url = make_url(self.url)
-        options: dict[str, Any] = {"pool_pre_ping": True}
-        workers = self.pool_size
-        if self._sqlite:
-            options["connect_args"] = {"check_same_thread": False, "timeout": 60}
-            if url.database in (None, "", ":memory:"):
-                options["poolclass"] = StaticPool  # one shared in-memory database
-                workers = 1
-            else:
-                options.update(pool_size=self.pool_size, max_overflow=0, pool_timeout=60)
-        else:
-            options.update(pool_size=self.pool_size, max_overflow=0, pool_timeout=30, pool_recycle=3600,
-                           isolation_level="READ COMMITTED")
-        options.update(self.engine_options)
-        if self._sqlite:
-            _private_sqlite_file(url)
-        engine = create_engine(url, **options)
-        if self._sqlite:
-            _sqlite_setup(engine)
+        engine, workers = open_engine(self.url, pool_size=self.pool_size, options=self.engine_options)
         self._engine = engine
         self._prepare_sql(engine)
         self._executor = ThreadPoolExecutor(max(1, workers), thread_name_prefix="chronos-sql")
@@ -1696,48 +1676,7 @@ class SqlStore(Store):
 # -------------------------------------------------------------------------------------- helpers
 
 
-def _private_sqlite_file(url: Any) -> None:
-    """A new SQLite store file is made readable by its owner only (``0600``; SQLite gives its ``-wal`` and
-    ``-shm`` files the same mode): it holds every job's secrets in clear, and with the usual umask 022
-    every local user could read them. An existing file readable by others is said so in the log."""
-    path = url.database
-    if not path or path == ":memory:" or path.startswith("file:") or url.query.get("uri"):
-        return
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_mode & 0o077:
-                log.warning("the store %s is readable by other users (mode %o): it holds every job's "
-                            "secrets; chmod 600 it", path, os.stat(path).st_mode & 0o777)
-    except OSError:  # no such directory, no permission: SQLite says so when it opens it
-        pass
-
-
-def _sqlite_setup(engine: Engine) -> None:
-    """pysqlite's own transaction handling is off; we emit BEGIN ourselves (IMMEDIATE for writes, so a
-    claim holds the write lock from its first read), with WAL so readers do not block the writer."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=60000")
-        with contextlib.suppress(Exception):  # not for in-memory databases
-            cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("chronos_read")
-                             else "BEGIN IMMEDIATE")
-
-
 def _upgrade(engine: Engine) -> None:
-    from .migrate import upgrade_connection
-
     with engine.connect() as conn:
         upgrade_connection(conn)
 

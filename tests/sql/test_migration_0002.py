@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, insert
+from sqlalchemy import insert
 
 from chronos_adapters.sql import SqlStore
+from chronos_adapters.sql.engine import open_engine
 from chronos_adapters.sql.migrate import alembic_config
-from chronos_adapters.sql.store import _job_values, _sqlite_setup
+from chronos_adapters.sql.store import _job_values
 from chronos_adapters.sql.tables import jobs, runs
 from chronos_core.models import JobSummary, RunStatus
 from tests.contracts.test_store_contract import T0, S, make_job, make_run
@@ -34,9 +35,7 @@ async def test_existing_jobs_get_summaries_from_their_history(url: str) -> None:
         make_run(busy, T0 + 20 * S, status=RunStatus.MISSED),  # a record: it did not run
         make_run(busy, T0 + 30 * S, status=RunStatus.TIMED_OUT, finished_at=T0 + 33 * S),
     ]
-    engine = create_engine(url)
-    if url.startswith("sqlite"):
-        _sqlite_setup(engine)
+    engine, _ = open_engine(url, pool_size=1)
     try:
         with engine.connect() as conn:
             cfg = alembic_config(conn)

@@ -40,3 +40,18 @@ async def test_an_existing_store_readable_by_others_is_reported(tmp_path: Path,
         pass
     assert any("readable by other users" in r.getMessage() for r in caplog.records)
     assert stat.S_IMODE(db.stat().st_mode) == 0o644  # the operator's file: said, not changed
+
+
+def test_chronos_migrate_creates_the_store_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """``chronos migrate`` (``migrate(url)``) opens the database as the store does: a store it creates is
+    as private as one the service creates (it used to be left to the umask)."""
+    from chronos_adapters.sql import migrate
+
+    old = os.umask(0o022)
+    try:
+        migrate(f"sqlite:///{tmp_path}/chronos.db")
+    finally:
+        os.umask(old)
+    files = _modes(tmp_path)
+    assert "chronos.db" in files
+    assert {name: oct(mode) for name, mode in files.items() if mode & 0o077} == {}

@@ -6,9 +6,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from chronos_adapters.sql.engine import VERSION_TABLE
 from chronos_adapters.sql.tables import metadata
-
-VERSION_TABLE = "chronos_alembic_version"
 
 config = context.config
 
