@@ -12,11 +12,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from chronos_app import SyncChronos
-from chronos_core import EventType, FakeClock, InvalidArgument, RunStatus
+from chronos_core import (
+    EventType,
+    ExecutionResult,
+    Executor,
+    FakeClock,
+    InvalidArgument,
+    Job,
+    LogSink,
+    Payload,
+    Run,
+    RunStatus,
+)
 from tests.executors import pyjobs
 from tests.executors.pyjobs import calls_sync_chronos, flaky, greet, polite
 
@@ -170,3 +182,32 @@ def test_the_end_of_the_program_closes_it_cleanly(tmp_path: Path) -> None:
     with SyncChronos.embedded(url) as again:
         run = again.runs.get(run_id)
     assert run.status is RunStatus.CANCELLED and "shut down" in (run.error or "")
+
+
+class EchoPayload(Payload):
+    text: str
+
+
+class EchoExecutor(Executor):
+    type_name: ClassVar[str] = "echo"
+    started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
+        await log(EchoPayload.model_validate(job.payload).text)
+        return ExecutionResult(ok=True)
+
+
+def test_register_job_type_before_start() -> None:
+    chronos = SyncChronos.embedded()
+    executor = EchoExecutor()
+    chronos.register_job_type("echo", EchoPayload, executor)
+    with chronos:
+        assert executor.started  # start() opened it
+        job = chronos.jobs.create({"name": "echo", "type": "echo", "payload": {"text": "hi there"}})
+        run = chronos.wait(chronos.jobs.trigger(job.id), timeout=30)
+        with pytest.raises(RuntimeError, match="before start"):
+            chronos.register_job_type("late", EchoPayload, EchoExecutor())
+    assert run.status is RunStatus.SUCCEEDED and run.output == "hi there"
