@@ -7,10 +7,12 @@ import httpx
 
 from chronos_app.api.views import describe_schedule
 from tests.api.conftest import build_app, job, running, wait_for
+from tests.api.test_docs import SlackExecutor, SlackPayload
 
 
 async def test_job_types_carry_their_payload_schema_and_whether_this_server_runs_them() -> None:
-    async with running(build_app(allow_shell=False)) as c:
+    app = build_app(allow_shell=False)
+    async with running(app) as c:
         types = {t["name"]: t for t in (await c.get("/job-types")).json()["items"]}
         assert {"email", "http", "shell", "sql"} <= set(types)
         assert types["shell"]["enabled"] is False and types["http"]["enabled"] is True
@@ -19,6 +21,11 @@ async def test_job_types_carry_their_payload_schema_and_whether_this_server_runs
         assert types["sql"]["description"]
         job_schema = (await c.get("/job-types")).json()["job_schema"]
         assert {"name", "type", "schedule", "timezone", "retry", "payload"} <= set(job_schema["properties"])
+        # a plugin's type (registered after start-up, even) is offered with its payload's schema
+        app.state.api.chronos.register_job_type("slack", SlackPayload, SlackExecutor())
+        slack = {t["name"]: t for t in (await c.get("/job-types")).json()["items"]}["slack"]
+        assert slack["enabled"] is True and slack["description"] == "Posts a message to a Slack channel."
+        assert slack["payload_schema"]["required"] == ["channel", "text"]
 
 
 async def test_digests_give_the_schedule_in_words_and_the_last_outcomes_oldest_first() -> None:

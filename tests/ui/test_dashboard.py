@@ -164,6 +164,15 @@ def test_cancel_a_long_run(server: Server, page: Any) -> None:
     page.get_by_role("button", name="Cancel run").click()
     expect(page.get_by_test_id("run-status")).to_have_text("cancelled")
     expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
+    # its job's history, then cleared (asked first)
+    page.get_by_role("link", name="ui-long").click()
+    expect(page.get_by_test_id("history").locator("tbody tr")).to_have_count(1)
+    page.get_by_role("button", name="Clear history…").click()
+    page.get_by_role("button", name="Yes, clear").click()
+    expect(page.get_by_test_id("history-empty")).to_be_visible()
+    expect(page.get_by_test_id("history")).to_be_hidden()
+    with server.client() as c:
+        assert c.get(f"/jobs/{job['id']}/history").json()["items"] == []
 
 
 def test_a_read_only_token_sees_no_write_actions_and_no_secret(browser: Any, server: Server) -> None:

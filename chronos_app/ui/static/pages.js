@@ -244,6 +244,7 @@ function registerPages() {
     next: null,
     slots: [],
     confirmDelete: false,
+    confirmClear: false,
     loads: 0,
     notFound: false,
     chart: null,
@@ -298,6 +299,14 @@ function registerPages() {
     setStatus(status) {
       return this.act(async () => { this.job = {...this.job, ...(await api.patch(`/jobs/${this.id}/status`, {status})),
         schedule_text: this.job.schedule_text}; });
+    },
+    clearHistory() {
+      return this.act(async () => {
+        await api.del(`/jobs/${this.id}/history`);
+        this.confirmClear = false;
+        this.cursors = [null];
+        await this.load();
+      });
     },
     remove() {
       return this.act(async () => { await api.del(`/jobs/${this.id}`); location.hash = "#/jobs"; });
