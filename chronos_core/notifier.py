@@ -38,6 +38,18 @@ _WAKE_ON = frozenset({EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.R
                       EventType.RUN_CANCELLED, EventType.RUN_MISSED, EventType.RUN_SKIPPED})
 
 
+class _Never:
+    def is_set(self) -> bool:
+        return False
+
+    async def wait(self) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+
+_NEVER = _Never()
+
+
 @dataclass
 class NotifierStats:
     delivered: int = 0
@@ -49,7 +61,8 @@ class Notifier:
     def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock,
                  channels: Mapping[str, NotifyChannel], *, owner: str | None = None,
                  default_notify: Sequence[NotifyRule] = (), batch_size: int = 50,
-                 lease: float = 60.0, interval: float = 1.0, concurrency: int = 32) -> None:
+                 lease: float = 60.0, interval: float = 1.0, concurrency: int = 32,
+                 min_interval: float = 0.2) -> None:
         self._store = store
         self._queue = queue
         self._bus = bus
@@ -60,6 +73,7 @@ class Notifier:
         self.batch_size = batch_size
         self.lease = timedelta(seconds=lease)
         self.interval = timedelta(seconds=interval)
+        self.min_interval = timedelta(seconds=min_interval)
         self.concurrency = concurrency  # deliveries at once (each well within the lease)
         self._inflight: set[asyncio.Task[None]] = set()
         self.stats = NotifierStats()
@@ -93,6 +107,7 @@ class Notifier:
                                       name="chronos-notifier-wake")
         try:
             while not self._stopping:
+                began = self._clock.now()
                 self._wake.clear()
                 try:
                     busy = await self._start_due() >= self.batch_size
@@ -101,6 +116,8 @@ class Notifier:
                     busy = False
                 if not busy:
                     await self._clock.sleep_until(self._clock.now() + self.interval, self._wake)
+                # at most one claim per min_interval: run events wake it at the rate runs end
+                await self._clock.sleep_until(began + self.min_interval, _NEVER)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -1399,10 +1399,16 @@ class SqlStore(Store):
 
     async def claim_notices(self, now: datetime, limit: int, owner: str, lease_until: datetime
                             ) -> list[Notice]:
+        free = (notices.c.owner.is_(None) | notices.c.lease_until.is_(None) | (notices.c.lease_until < now))
+
+        def any_due() -> bool:  # a read first: most polls find nothing (no write transaction, no lock)
+            with self._tx(read=True) as conn:
+                return conn.scalar(select(notices.c.id).where(
+                    notices.c.status == NoticeStatus.PENDING.value, notices.c.due_at <= now, free)
+                    .limit(1)) is not None
+
         def claim() -> list[Notice]:
             with self._tx() as conn:
-                free = (notices.c.owner.is_(None) | notices.c.lease_until.is_(None)
-                        | (notices.c.lease_until < now))
                 ids = list(conn.scalars(self._locking(
                     select(notices.c.id).where(notices.c.status == NoticeStatus.PENDING.value,
                                                notices.c.due_at <= now, free)
@@ -1414,6 +1420,8 @@ class SqlStore(Store):
                 rows = conn.execute(select(notices).where(notices.c.id.in_(ids))).all()
                 found = sorted((self._notice(r) for r in rows), key=lambda n: (n.due_at, n.id))
                 return found
+        if not await self._call(any_due):
+            return []
         return await self._call(claim)
 
     async def settle_notice(self, notice_id: str, owner: str, *, status: NoticeStatus, now: datetime,

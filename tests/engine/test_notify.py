@@ -344,7 +344,10 @@ async def test_running_long_once_while_the_run_goes_on(h: H, http_server: LocalH
     await h.notifier.tick()
     assert http_server.requests_to("/hook") == []  # not yet
     h.clock.advance(2)
-    await settle()
+    for _ in range(500):  # the timer fired; its write goes through the store's threads (SQL)
+        if await h.store.list_notices(run_id=run.id):
+            break
+        await asyncio.sleep(0.01)
     for _ in range(3):
         h.clock.advance(120)
         await settle()
@@ -451,3 +454,33 @@ async def test_a_worker_killed_mid_run_gives_one_message_when_two_schedulers_rea
     assert (await h.runs.get(run.id)).status.value == "failed"
     (req,) = http_server.requests_to("/hook")
     assert "stopped renewing its lease" in json.loads(req.body)["run"]["error"]
+
+
+async def test_run_events_wake_the_notifier_at_most_once_per_min_interval() -> None:
+    from chronos_adapters.memory import MemoryStore
+    from chronos_core import Event
+
+    class Counting(MemoryStore):
+        claims = 0
+
+        async def claim_notices(self, *args: Any, **kw: Any) -> Any:
+            Counting.claims += 1
+            return await super().claim_notices(*args, **kw)
+
+    clock, bus = FakeClock(T0), MemoryEventBus()
+    notifier = Notifier(Counting(), MemoryDispatchQueue(), bus, clock, {}, interval=5, min_interval=0.2)
+    await notifier.start()
+    try:
+        await settle()
+        first = Counting.claims
+        assert first == 1
+        for _ in range(200):  # runs ending at a high rate: each run event wakes it
+            await bus.publish([Event(type=EventType.RUN_SUCCEEDED, time=T0, job_id="j", run_id="r")])
+            await settle()
+        assert Counting.claims == first  # the clock has not moved: no claim before min_interval
+        clock.advance(0.2)
+        await settle()
+        assert Counting.claims == first + 1  # then one, for all those events
+    finally:
+        clock.advance(10)
+        await notifier.stop()
