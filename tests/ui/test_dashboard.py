@@ -175,6 +175,25 @@ def test_cancel_a_long_run(server: Server, page: Any) -> None:
         assert c.get(f"/jobs/{job['id']}/history").json()["items"] == []
 
 
+def test_the_run_page_shows_what_its_outcome_set_off(server: Server, page: Any) -> None:
+    with server.client() as c:
+        _job(c, name="ui-chain-b", payload={"command": "echo second"})
+        first = _job(c, name="ui-chain-a", payload={"command": "echo first"},
+                     then=[{"on": ["succeeded"], "job": "ui-chain-b"}])
+        run = c.post(f"/jobs/{first['id']}/run").json()
+    page.goto(f"/ui/#/runs/{run['id']}")
+    expect(page.get_by_test_id("run-status")).to_have_text("succeeded")
+    notices = page.get_by_test_id("notices")
+    expect(notices.locator("tbody tr")).to_have_count(1)
+    expect(notices).to_contain_text("chain")
+    expect(notices.locator(".badge")).to_have_text("delivered")  # read again while pending
+    page.get_by_test_id("child-run").click()  # the chained run, and back to the run that started it
+    expect(page.locator("h1")).to_contain_text("ui-chain-b")
+    expect(page.get_by_test_id("log")).to_have_text("second\n")
+    page.get_by_test_id("parent-run").click()
+    expect(page.locator("h1")).to_contain_text("ui-chain-a")
+
+
 def test_a_read_only_token_sees_no_write_actions_and_no_secret(browser: Any, server: Server) -> None:
     secret = "Bearer s3cr3t-ui-token-value"
     with server.client() as c:

@@ -182,8 +182,9 @@ document.addEventListener("alpine:init", () => {
       this.closeStream();
       this.error = "";
       this.params = r.params;
-      this.page = r.page;
-      window.scrollTo(0, 0);
+      // a new page even when only its id changes (run → chained run): unmount, then mount again
+      this.page = null;
+      Alpine.nextTick(() => { this.page = r.page; window.scrollTo(0, 0); });
     },
     async whoami() {
       try {

@@ -342,7 +342,11 @@ function registerPages() {
     ended: false,
     notFound: false,
     busy: false,
+    notices: [],
+    noticeTimer: null,
+    noticeReads: 0,
     get id() { return app().params.id; },
+    destroy() { clearTimeout(this.noticeTimer); },
     async init() {
       try {
         this.run = await api.get(`/runs/${this.id}`);
@@ -351,8 +355,30 @@ function registerPages() {
         return;
       }
       this.loadRelated();
+      this.loadNotices();
       // the stream starts with the run's state and its output so far, then live lines; it ends with the run
       openStream(`/monitor/runs/${this.id}`, (type, body) => this.onEvent(type, body));
+    },
+    // What the outcome set off (notifications, chained runs, an auto-pause) and how delivery went; read
+    // again every 2 s while one is pending (the notifier sends with backoff; there is no event for it).
+    async loadNotices() {
+      clearTimeout(this.noticeTimer);
+      try {
+        const [notices, run] = await Promise.all([api.get(`/runs/${this.id}/notifications`),
+          api.get(`/runs/${this.id}`)]);
+        this.notices = notices.items;
+        this.run = {...this.run, parent_run_id: run.parent_run_id, children: run.children};
+        if (this.notices.some((n) => n.status === "pending") && this.noticeReads++ < 30) {
+          this.noticeTimer = setTimeout(() => this.loadNotices(), 2000);
+        }
+      } catch (exc) { if (exc.status !== 404) app().fail(exc); }
+    },
+    target(n) {
+      const t = n.target || {};
+      if (t.url) return t.url;
+      if (t.to) return [].concat(t.to).join(", ");
+      if (t.job) return t.job;
+      return Object.values(t).join(" ");
     },
     async loadRelated() {
       try {
@@ -392,6 +418,8 @@ function registerPages() {
         // the stored outcome has every line (a line published just before the stream subscribed and
         // stored only at the end may not have come live)
         if (!data.replayed) {
+          this.noticeReads = 0;
+          this.loadNotices();
           api.get(`/runs/${this.id}`).then((run) => this.appendOutput(run.output, run.output_lines),
             () => {});
         }
