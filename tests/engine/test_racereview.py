@@ -259,3 +259,74 @@ async def test_a_jittered_run_handed_out_at_its_due_time_is_not_late(rig: Rig, m
     assert d is not None and d.run.scheduled_for == slot
     done = await rig.worker.process(d)  # it reaches a worker at once: on time for a jittered slot
     assert done is not None and done.status is RunStatus.SUCCEEDED, done.error
+
+
+# --------------------- a store error at every store call of one run's handling (before or after it applied)
+
+
+STORE_CALLS = ("start_run", "finish_run", "get_run", "job_summaries", "cancel_queued_run", "get_job",
+               "replaced_by_later_slot", "list_runs")
+
+
+@pytest.mark.parametrize("mode", ["on-time", "late-skip", "late-fire_once"])
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after-applied"])
+async def test_a_store_error_at_any_call_of_a_run_neither_doubles_nor_loses_nor_hands_it_back(
+        rig: Rig, after: bool, mode: str) -> None:
+    """Each store call the worker makes for one run fails once in turn (the connection breaks before the
+    write reached the store, or after it applied): the run executes at most once, ends recorded (its own
+    outcome, or missed when late), one outcome event is published, and the dispatch is never handed back.
+    Late: past the grace; skip records it missed, fire_once runs it after reading the job's summary (no
+    run of the job started after its slot)."""
+    late = mode == "late-skip"
+    misfire = "fire_once" if mode == "late-fire_once" else "skip"
+    nacks: list[str] = []
+
+    async def nack(real: Any, dispatch: Any, reason: str) -> None:
+        nacks.append(reason)
+        await real(dispatch, reason)
+    rig.queue.hooks["nack"] = nack
+    calls: list[str] = []
+    target = {"k": -1}
+
+    def hook_for(name: str) -> Any:
+        async def hook(real: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            if len(calls) - 1 == target["k"]:
+                if after:
+                    await real(*args, **kwargs)
+                raise StoreUnavailable("connection lost")
+            return await real(*args, **kwargs)
+        return hook
+    k = 0
+    while True:
+        job = await rig.create(name=f"sweep-{k}", schedule="*/10 * * * * *", misfire=misfire, misfire_grace=5)
+        rig.clock.set((job.next_run_at or T0) - S / 2)
+        rig.clock.advance(1)
+        await rig.scheduler.tick()
+        d = rig.take()
+        assert d is not None and d.run.job_id == job.id
+        if mode != "on-time":
+            rig.clock.advance(20)  # it reaches a worker past its grace
+        calls.clear()
+        target["k"] = k
+        for name in STORE_CALLS:
+            rig.store.hooks[name] = hook_for(name)
+        before_events = len(rig.events)
+        done = await moving_clock(rig, asyncio.create_task(rig.worker.process(d)))
+        for name in STORE_CALLS:
+            del rig.store.hooks[name]
+        stored = await rig.store.get_run(d.run.id)
+        want = RunStatus.MISSED if late else RunStatus.SUCCEEDED
+        assert rig.executor.started.count(d.run.id) == (0 if late else 1), (k, calls)
+        assert stored.status is want, (k, calls, stored.status, stored.error)
+        assert done is not None and done.status is want, (k, calls)
+        outcome = EventType.RUN_MISSED if late else EventType.RUN_SUCCEEDED
+        assert [e.run_id for e in rig.events[before_events:] if e.type is outcome] == [d.run.id], (k, calls)
+        assert nacks == [], (k, calls)
+        if k >= len(calls):  # every call of the run's handling has failed once
+            break
+        k += 1
+        await rig.jobs.delete(job.id)  # (its later slots stay out of the next round's queue)
+        while rig.take() is not None:
+            pass
+        rig.clock.advance(60)
