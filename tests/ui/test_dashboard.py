@@ -203,6 +203,8 @@ def test_a_read_only_token_sees_no_write_actions_and_no_secret(browser: Any, ser
     try:
         page.goto(f"/ui/#/jobs/{job['id']}")
         expect(page.get_by_test_id("payload")).to_contain_text('"Authorization": "***"')
+        page.get_by_text("The whole definition").click()
+        expect(page.get_by_test_id("definition")).to_contain_text('"name": "ui-secret"')
         expect(page.get_by_test_id("access")).to_have_text("read-only")
         for name in ("Run now", "Pause", "Delete…"):
             expect(page.get_by_role("button", name=name)).to_be_hidden()

@@ -285,6 +285,14 @@ function registerPages() {
     nextPage() { this.cursors.push(this.next); this.load(); },
     prevPage() { this.cursors.pop(); this.load(); },
     get payload() { return this.job ? JSON.stringify(this.job.payload, null, 2) : ""; },
+    // the job as GET shows it, without what the engines keep about its runs
+    get definition() {
+      if (!this.job) return "";
+      const skip = ["schedule_text", "last_run", "last_success_at", "last_failure_at", "consecutive_failures",
+        "next_runs", "consecutive_failed_slots"];
+      return JSON.stringify(Object.fromEntries(Object.entries(this.job).filter(([k]) => !skip.includes(k))),
+        null, 2);
+    },
     async act(fn) {
       this.busy = true;
       try { await fn(); } catch (exc) { app().fail(exc); }
