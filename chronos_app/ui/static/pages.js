@@ -190,7 +190,7 @@ function registerPages() {
         return `<tr data-job="${esc(j.name)}">`
           + (write ? `<td><input type="checkbox" value="${esc(j.id)}" aria-label="Select ${esc(j.name)}"${
             selected.has(j.id) ? " checked" : ""} data-key="c${esc(j.id)}"></td>` : "")
-          + `<td><a href="#/jobs/${esc(j.id)}" data-key="l${esc(j.id)}">${esc(j.name)}</a></td>`
+          + `<td class="name"><a href="#/jobs/${esc(j.id)}" data-key="l${esc(j.id)}">${esc(j.name)}</a></td>`
           + `<td class="hide-narrow">${esc(j.type)}</td>`
           + `<td class="small" title="${esc(j.schedule || "")}">${esc(d ? d.schedule_text : (j.schedule || "manual"))}</td>`
           + `<td class="small hide-narrow" title="${esc(fmt.utc(j.next_run_at))}">${esc(j.next_run_at ? fmt.time(j.next_run_at) : "—")}</td>`
@@ -245,6 +245,7 @@ function registerPages() {
     slots: [],
     confirmDelete: false,
     confirmClear: false,
+    finishedRuns: 0,
     loads: 0,
     notFound: false,
     chart: null,
@@ -320,17 +321,19 @@ function registerPages() {
       return this.act(async () => { await api.del(`/jobs/${this.id}`); location.hash = "#/jobs"; });
     },
     // durations of the last 200 runs over time: succeeded and failed as separate point series
-    draw(runs) {
+    async draw(runs) {
       const el = this.$refs.chart;
       if (!el) return;
       if (this.chart) { this.chart.destroy(); this.chart = null; }
       const done = runs.filter((r) => r.started_at && r.finished_at).reverse();
+      this.finishedRuns = done.length;
       if (!done.length) return;
       const xs = done.map((r) => new Date(r.started_at).getTime() / 1000);
       const dur = done.map((r) => fmt.runDuration(r));
       const ok = done.map((r, i) => r.status === "succeeded" ? dur[i] : null);
       const bad = done.map((r, i) => r.status !== "succeeded" ? dur[i] : null);
       const pts = (color) => ({show: true, size: 7, fill: color, stroke: color});
+      await this.$nextTick();  // shown now (x-show): its width is known
       this.chart = new uPlot({width: Math.max(300, el.clientWidth - 10), height: 200,
         series: [{}, {label: "succeeded (s)", stroke: "#1e8e3e", paths: () => null, points: pts("#1e8e3e")},
           {label: "failed (s)", stroke: "#c5221f", paths: () => null, points: pts("#c5221f")}],
