@@ -80,6 +80,7 @@ class Scheduler:
         self._next_prune: datetime | None = None
         self._next_reap: datetime | None = None
         self._reap_hold_until: datetime | None = None
+        self._unsure = False  # a tick failed on the store: see _settle_unsure
         self.stats = SchedulerStats()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -165,6 +166,8 @@ class Scheduler:
         run that cannot be handed out never stops reaping or pruning."""
         now = self._clock.now()
         self.stats.ticks += 1
+        if self._unsure:
+            await self._settle_unsure()
         room = await self._room()
         # Due retries and recovered runs first, up to a fair share (half the room, or one batch when the
         # queue is not bounded): new slots must not take all the room while they wait ever longer. Then
@@ -195,10 +198,35 @@ class Scheduler:
         try:
             return await work
         except StoreUnavailable:
+            self._unsure = True  # a claim may have applied although its answer was lost
             raise
         except Exception:
             log.exception("scheduler: %s failed; the tick goes on", what)
             return fallback
+
+    async def _settle_unsure(self) -> None:
+        """After a store error in a tick, a claim may have committed although its answer was lost (the
+        connection broke after the commit): its runs are marked handed out, yet nothing was put. A durable
+        queue covers that (the outbox row is written in the claim's transaction; :meth:`redispatch_lost`
+        looks again later); with an in-process queue, the queued runs it does not hold are handed out
+        again (one a worker took meanwhile is refused by ``start_run`` or dropped as a second delivery)."""
+        if not self._queue.durable:
+            queued: list[str] = []
+            cursor: str | None = None
+            while True:
+                page = await self._store.list_runs(status=[RunStatus.QUEUED], before=cursor,
+                                                   limit=self.batch_size)
+                queued.extend(r.id for r in page)
+                if len(page) < self.batch_size:
+                    break
+                cursor = page[-1].id
+            outside = await self._queue.sent_before(queued, self._clock.now()) if queued else set()
+            ids = queued if outside is None else [r for r in queued if r in outside]
+            released = await self._store.release_undispatched(ids) if ids else 0
+            if released:
+                log.warning("dispatching again %d queued run(s) the queue does not hold (a claim's answer "
+                            "was lost with the store connection)", released)
+        self._unsure = False
 
     async def _fire(self, now: datetime, room: int | None) -> int | None:
         """Claim due jobs in batches; the room left in the queue."""

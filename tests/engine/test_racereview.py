@@ -20,8 +20,10 @@ from chronos_core import (
     RunStatus,
     Scheduler,
     StoreUnavailable,
+    Trigger,
     Worker,
 )
+from chronos_core.models import evolve
 from chronos_core.ports import Store
 from tests.engine.proxies import Proxy
 from tests.engine.test_races import T0, Rig, S, StepExecutor, StepPayload, moving_clock
@@ -330,3 +332,34 @@ async def test_a_store_error_at_any_call_of_a_run_neither_doubles_nor_loses_nor_
         while rig.take() is not None:
             pass
         rig.clock.advance(60)
+
+
+# ------------------ item 1's class: a claim that applied although the scheduler got an error for it
+
+
+@pytest.mark.parametrize("call", ["claim_due", "claim_due_runs"])
+async def test_a_claim_whose_answer_was_lost_does_not_leave_its_runs_queued_in_nobodys_hands(
+        rig: Rig, call: str) -> None:
+    """The claim committed, then the connection broke before its answer (a lost commit acknowledgement):
+    the scheduler saw StoreUnavailable and put nothing, yet the store marked the runs handed out. With the
+    in-process queue (chronos serve) nothing looks at them again until the process restarts."""
+    job = await rig.create(schedule="*/10 * * * * *", retry={"strategy": "immediate", "max_attempts": 2})
+    if call == "claim_due_runs":  # a retry waiting to be handed out
+        run = await rig.jobs.trigger(job.id)
+        d = rig.take()
+        assert d is not None
+        assert await rig.store.start_run(run.id, "w", T0, T0 + 30 * S)
+        assert await rig.store.finish_run(run.id, "w", status=RunStatus.FAILED, finished_at=T0,
+                                          retry=evolve(run, id="retry-1", attempt=2, trigger=Trigger.RETRY))
+    rig.clock.set(T0 + 10 * S)
+    rig.store.fail(call, StoreUnavailable("connection lost"), after=True)
+    with pytest.raises(StoreUnavailable):
+        await rig.scheduler.tick()
+    for t in range(11, 200):  # the store is fine again; the scheduler goes on ticking
+        rig.clock.set(T0 + t * S)
+        await rig.scheduler.tick()
+    handed = []
+    while (d := rig.take()) is not None:
+        handed.append(d.run.id)
+    stuck = [r for r in await rig.history(job) if r.status is RunStatus.QUEUED and r.id not in handed]
+    assert stuck == [], [(r.id, r.scheduled_for, r.attempt) for r in stuck]
