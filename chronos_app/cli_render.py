@@ -246,6 +246,9 @@ def run_detail(run: dict[str, Any], job_name: str | None) -> Any:
         ("duration", duration(run)), ("exit code", run.get("exit_code")), ("error", run.get("error")),
     ]
     parts: list[Any] = [_details(rows)]
+    if run.get("result") is not None:
+        parts += [Text("result:", style="bold"), Text(clean(json.dumps(run["result"], indent=2,
+                                                                      ensure_ascii=False)))]
     if run.get("output"):
         parts += [Text("output:", style="bold"), Text(clean(run["output"]))]
     return Group(*parts)

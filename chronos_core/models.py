@@ -8,6 +8,7 @@ shared by the library and the REST API so field names are the same everywhere).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -23,6 +24,7 @@ __all__ = [
     "ACTIVE_RUN_STATUSES",
     "FAILED_RUN_STATUSES",
     "FINISHED_RUN_STATUSES",
+    "RESULT_LIMIT",
     "Event",
     "EventType",
     "Job",
@@ -35,6 +37,7 @@ __all__ = [
     "RunStatus",
     "Trigger",
     "count_lines",
+    "encode_result",
     "evolve",
 ]
 
@@ -232,10 +235,34 @@ class Run:
     is line ``output_lines``; earlier ones may be cut from the stored tail). ``run.log`` events carry
     their line number as ``seq``, so a reader joins the stored tail and the live lines without a gap
     or a repeat."""
+    result: Any = None
+    """What the attempt returned, a JSON value (a ``python`` job's return value), or None: set by the
+    executor (:class:`~chronos_core.ports.ExecutionResult`), at most :data:`RESULT_LIMIT` characters of
+    JSON, secrets masked; recorded by ``finish_run``."""
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_RUN_STATUSES
+
+
+RESULT_LIMIT = 64 * 1024
+"""The longest run result kept, in characters of its JSON text. A longer one is not kept (the run's
+``result`` stays None) and the run's output says so in a ``[chronos]`` line."""
+
+
+def encode_result(value: Any, limit: int = RESULT_LIMIT) -> tuple[str | None, str | None]:
+    """A run result as JSON text (None for None) and, when it cannot be kept (not JSON, or longer than
+    ``limit`` characters), None and the note for the output instead."""
+    if value is None:
+        return None, None
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return None, f"[chronos] the result was not kept: not JSON ({exc})"
+    if len(text) > limit:
+        return None, (f"[chronos] the result ({len(text)} characters of JSON) was not kept: over the "
+                      f"limit of {limit}")
+    return text, None
 
 
 def count_lines(output: str) -> int:

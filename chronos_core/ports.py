@@ -293,6 +293,7 @@ class Store(abc.ABC):
         lease_expires_at: datetime | None = None,
         output_lines: int | None = None,
         hooks: OutcomeHooks | None = None,
+        result: Any = None,
     ) -> bool:
         """Record the outcome of a running run held by ``owner`` and, in the same transaction, insert
         ``retry`` (the next attempt, queued, not dispatched) if given, fold the outcome into the job's
@@ -305,7 +306,8 @@ class Store(abc.ABC):
         ``lease_expires_at`` is given, when its lease no longer expires at that time (the reaper passes
         the expiry it read in :meth:`expired_leases`: a renewal that landed in between wins, and the live
         attempt is not failed). :class:`RunConflict` (nothing written) when the retry's (job, slot,
-        attempt) exists. ``output_lines`` is the run's line count (None: the lines of ``output``)."""
+        attempt) exists. ``output_lines`` is the run's line count (None: the lines of ``output``);
+        ``result`` the attempt's JSON value (:attr:`Run.result`), read back equal."""
 
     @abc.abstractmethod
     async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
@@ -502,13 +504,15 @@ class LogSink(Protocol):
 
 @dataclass(slots=True)
 class ExecutionResult:
-    """How an attempt ended. ``output`` is appended after the logged lines (e.g. a response body)."""
+    """How an attempt ended. ``output`` is appended after the logged lines (e.g. a response body);
+    ``result`` is a JSON value kept as the run's ``result`` (see ``chronos_core.models.RESULT_LIMIT``)."""
 
     ok: bool
     exit_code: int | None = None
     output: str = ""
     error: str | None = None
     retryable: bool = True
+    result: Any = None
 
 
 class Executor(abc.ABC):

@@ -14,19 +14,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import ExecutionFailed, JobNotFound, RunNotFound, StoreUnavailable
 from .events import publish_best_effort, run_event, watch
 from .hooks import notify_notices, outcome_hooks, run_facts
 from .hookspec import NotifyEvent, NotifyRule
 from .ids import new_id
-from .models import Event, EventType, Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, evolve
+from .models import (
+    Event,
+    EventType,
+    Job,
+    MisfirePolicy,
+    OverlapPolicy,
+    Run,
+    RunStatus,
+    encode_result,
+    evolve,
+)
 from .payloads import JobTypes
 from .planning import is_late, late_start, plan_retry
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, ExecutionResult, Executor, Store
@@ -80,6 +91,18 @@ class _Masker:
             if s in text:
                 text = text.replace(s, "***")
         return text
+
+    def value(self, value: Any) -> Any:
+        """A JSON value (a run result) with every string in it, keys too, masked."""
+        if not self._secrets:
+            return value
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        if isinstance(value, dict):
+            return {self(k): self.value(v) for k, v in value.items()}
+        return value
 
 
 async def _finished_within(task: asyncio.Task[ExecutionResult], seconds: float | None) -> bool:
@@ -401,7 +424,7 @@ class Worker:
         self._attempts[run.id] = _Attempt(job, tail)
         alert = self._watch_running_long(job, run)
         try:
-            status, exit_code, error, retryable, extra = await self._execute(job, run, tail)
+            status, exit_code, error, retryable, extra, value = await self._execute(job, run, tail)
         finally:
             self._attempts.pop(run.id, None)
             if alert is not None:
@@ -423,7 +446,7 @@ class Worker:
             elif run.attempt < job.retry.max_attempts and "not retried" not in (error or ""):
                 error = f"{error}; not retried: the failure is permanent"
         finished = evolve(run, status=status, finished_at=end, exit_code=exit_code,
-                          output=tail.text(), error=error, output_lines=tail.lines)
+                          output=tail.text(), error=error, output_lines=tail.lines, result=value)
 
         async def mine(stored: Run) -> bool:
             # After a store error this outcome may have applied, or the reaper's finish (same owner, same
@@ -440,7 +463,7 @@ class Worker:
 
         ok = await self._persist(lambda: self._store.finish_run(
             run.id, self.owner, status=status, finished_at=end, exit_code=exit_code,
-            output=finished.output, error=error, retry=retry, output_lines=tail.lines,
+            output=finished.output, error=error, retry=retry, output_lines=tail.lines, result=value,
             hooks=outcome_hooks(job, self.default_notify, status, retry is None)), run.id, status, mine)
         if not ok:
             self.stats.stale += 1
@@ -573,13 +596,14 @@ class Worker:
         return mask
 
     async def _execute(self, job: Job, run: Run, tail: OutputTail
-                       ) -> tuple[RunStatus, int | None, str | None, bool, str]:
+                       ) -> tuple[RunStatus, int | None, str | None, bool, str, Any]:
         """Run the executor under the timeout, its output going to ``tail``; (status, exit code, error,
-        retryable, extra output)."""
+        retryable, extra output, result: a JSON value masked, or None when too long - the extra output
+        says so)."""
         executor = self.executors.get(job.type)
         if executor is None:
             return (RunStatus.FAILED, None, f"no executor for job type {job.type!r} on worker "
-                    f"{self.owner}", False, "")
+                    f"{self.owner}", False, "", None)
         mask = self._masker(job)
         limit = self.line_limit
         lost = 0  # run.log events the bus refused: the line is still kept in the tail
@@ -616,19 +640,22 @@ class Worker:
                 with contextlib.suppress(BaseException):
                     await task
                 if self._cancel_reasons.get(run.id) == "":
-                    return (RunStatus.TIMED_OUT, None, f"timed out after {job.timeout:g}s", True, "")
+                    return (RunStatus.TIMED_OUT, None, f"timed out after {job.timeout:g}s", True, "", None)
             if task.cancelled():
                 reason = self._cancel_reasons.get(run.id) or "cancelled"
-                return RunStatus.CANCELLED, None, reason, False, ""
+                return RunStatus.CANCELLED, None, reason, False, "", None
             try:
                 result = task.result()
             except ExecutionFailed as exc:
-                return RunStatus.FAILED, exc.exit_code, mask(str(exc)), exc.retryable, ""
+                return RunStatus.FAILED, exc.exit_code, mask(str(exc)), exc.retryable, "", None
             except Exception as exc:
-                return RunStatus.FAILED, None, mask(f"{type(exc).__name__}: {exc}"), True, ""
+                return RunStatus.FAILED, None, mask(f"{type(exc).__name__}: {exc}"), True, "", None
             status = RunStatus.SUCCEEDED if result.ok else RunStatus.FAILED
             error = None if result.ok else mask(result.error or f"exit code {result.exit_code}")
-            return status, result.exit_code, error, result.retryable, mask(result.output)
+            text, note = encode_result(result.result)
+            extra = mask(result.output) if not note else "\n".join(filter(None, (mask(result.output), note)))
+            value = None if text is None else mask.value(json.loads(text))  # plain JSON, as stored
+            return status, result.exit_code, error, result.retryable, extra, value
         except asyncio.CancelledError:
             task.cancel()
             with contextlib.suppress(BaseException):

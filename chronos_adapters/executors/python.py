@@ -17,10 +17,11 @@
   and ``RunContext.log`` inside the function become ``run.log`` lines of that run: a context variable
   says which run a write belongs to, so concurrent runs' output never mixes. Outside a run, writes go to
   the streams as before.
-* **Outcome.** The return value, as JSON (``default=str`` for what JSON lacks), is the run's result: the
-  last output line, ``result: <json>`` (at most ``max_result`` characters; a longer one is not kept and a
-  line says so). An exception fails the attempt with its type, message and traceback in ``error``;
-  retried by the job's policy unless it is ``ExecutionFailed(retryable=False)``.
+* **Outcome.** The return value, as JSON (``default=str`` for what JSON lacks), is the run's ``result``
+  (``Run.result``; at most ``max_result`` characters of JSON, by default ``RESULT_LIMIT``, 64 KiB: a
+  longer one is not kept, the result stays None and an output line says so). An exception fails the
+  attempt with its type, message and traceback in ``error``; retried by the job's policy unless it is
+  ``ExecutionFailed(retryable=False)``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TextIO
 
 from chronos_core.errors import ExecutionFailed, FieldError
-from chronos_core.models import Job, Run
+from chronos_core.models import RESULT_LIMIT, Job, Run
 from chronos_core.payloads import PythonPayload
 from chronos_core.ports import ExecutionResult, Executor, LogSink
 from chronos_core.python import RunContext, context_parameter, module_allowed, split_ref
@@ -280,16 +281,33 @@ def encode_result(value: Any, limit: int) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
     try:
-        text = json.dumps(value, default=str, ensure_ascii=False)
+        text = json.dumps(value, default=str, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         return None, f"[chronos] the return value was not kept: not JSON ({exc})"
+    # values under secret-looking names (a fresh access_token the function fetched): the result is shown
+    # with the run, which read-only tokens read
+    data = json.loads(text)
+    fresh = [v for _, v in walk_named(data) if len(v) >= _MIN_RESULT_SECRET]
+    if fresh:
+        text = json.dumps(_masked(data, fresh), ensure_ascii=False)
     if len(text) > limit:
         return None, f"[chronos] the return value ({len(text)} characters of JSON) was not kept: over " \
                      f"the limit of {limit}"
-    # values under secret-looking names (a fresh access_token the function fetched): the result is run
-    # output, which read-only tokens read
-    fresh = [v for _, v in walk_named(json.loads(text)) if len(v) >= _MIN_RESULT_SECRET]
-    return (mask(text, fresh) if fresh else text), None
+    return text, None
+
+
+def _masked(value: Any, secrets: list[str]) -> Any:
+    """A JSON value with the secrets in its strings (keys too) masked; a number that is one, ``***``."""
+    if isinstance(value, str):
+        return mask(value, secrets)
+    if isinstance(value, list):
+        return [_masked(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {mask(k, secrets): _masked(v, secrets) for k, v in value.items()}
+    if isinstance(value, int | float) and not isinstance(value, bool) and \
+            mask(str(value), secrets) != str(value):
+        return "***"
+    return value
 
 
 _MIN_RESULT_SECRET = 8  # shorter values under secret-looking names ("Bearer", counts) are not tokens
@@ -303,7 +321,7 @@ class PythonExecutor(Executor):
     type_name: ClassVar[str] = "python"
 
     def __init__(self, *, allowed_modules: Iterable[str] | None = None, threads: int = 8,
-                 kill_grace: float = 5.0, max_result: int = 16 * 1024,
+                 kill_grace: float = 5.0, max_result: int = RESULT_LIMIT,
                  env: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()) -> None:
         self.allowed_modules = None if allowed_modules is None else tuple(allowed_modules)
         self._allowed_refs: set[str] = set()
@@ -417,10 +435,7 @@ class PythonExecutor(Executor):
         return self._result(value)
 
     def _result(self, value: Any) -> ExecutionResult:
-        text, note = encode_result(value, self.max_result)
-        if note:
-            return ExecutionResult(ok=True, output=note)
-        return ExecutionResult(ok=True, output="" if text is None else f"result: {text}")
+        return _outcome(*encode_result(value, self.max_result))
 
     # isolation: process ------------------------------------------------------------------------------
     async def _in_process(self, job: Job, run: Run, p: PythonPayload, log: LogSink) -> ExecutionResult:
@@ -485,11 +500,14 @@ class PythonExecutor(Executor):
         if "result" not in outcome:
             raise ExecutionFailed(f"the child process ended (exit code {code}) without a result",
                                   exit_code=code)
-        note = outcome.get("note")
-        if note:
-            return ExecutionResult(ok=True, output=note)
-        text = outcome["result"]
-        return ExecutionResult(ok=True, output="" if text is None else f"result: {text}")
+        return _outcome(outcome["result"], outcome.get("note"))
+
+
+def _outcome(text: str | None, note: str | None) -> ExecutionResult:
+    """A success with the return value (its JSON text) as the run's result, or the note why it is not."""
+    if note:
+        return ExecutionResult(ok=True, output=note)
+    return ExecutionResult(ok=True, result=None if text is None else json.loads(text))
 
 
 async def _await(value: Any) -> Any:

@@ -19,6 +19,7 @@ import bisect
 import dataclasses
 import heapq
 import itertools
+import json
 from collections import defaultdict, deque
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -59,14 +60,16 @@ _Packed = tuple[Any, ...]
 def _pack(run: Run) -> _Packed:
     return (run.id, run.job_id, run.scheduled_for, run.trigger.value, run.attempt, run.status.value,
             run.created_at, run.due_at, run.started_at, run.finished_at, run.exit_code, run.output,
-            run.error, run.owner, run.lease_expires_at, run.output_lines)
+            run.error, run.owner, run.lease_expires_at, run.output_lines,
+            # the result as JSON text: each read gets its own copy, plain JSON as a SQL store reads it
+            None if run.result is None else json.dumps(run.result, ensure_ascii=False))
 
 
 def _unpack(t: _Packed) -> Run:
     return Run(id=t[0], job_id=t[1], scheduled_for=t[2], trigger=_TRIGGER[t[3]], attempt=t[4],
                status=_STATUS[t[5]], created_at=t[6], due_at=t[7], started_at=t[8], finished_at=t[9],
                exit_code=t[10], output=t[11], error=t[12], owner=t[13], lease_expires_at=t[14],
-               output_lines=t[15])
+               output_lines=t[15], result=None if t[16] is None else json.loads(t[16]))
 
 
 class MemoryStore(Store):
@@ -415,7 +418,8 @@ class MemoryStore(Store):
                          finished_at: datetime, exit_code: int | None = None, output: str = "",
                          error: str | None = None, retry: Run | None = None,
                          lease_expires_at: datetime | None = None,
-                         output_lines: int | None = None, hooks: OutcomeHooks | None = None) -> bool:
+                         output_lines: int | None = None, hooks: OutcomeHooks | None = None,
+                         result: Any = None) -> bool:
         run = self._run(run_id)
         if run is None or run.status is not RunStatus.RUNNING or run.owner != owner:
             return False
@@ -427,7 +431,8 @@ class MemoryStore(Store):
             raise RunConflict(f"attempt {retry.attempt} of this slot already exists")
         self._put(evolve(run, status=status, finished_at=finished_at, exit_code=exit_code, output=output,
                          error=error, lease_expires_at=None,
-                         output_lines=count_lines(output) if output_lines is None else output_lines))
+                         output_lines=count_lines(output) if output_lines is None else output_lines,
+                         result=result))  # (packed: kept as JSON text)
         self._active[run.job_id].pop(run_id, None)
         self._finished.append((finished_at, run_id))
         self._count(finished_at, run.job_id, status)

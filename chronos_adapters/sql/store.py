@@ -182,7 +182,7 @@ def _run(row: Any) -> Run:
         attempt=row.attempt, status=_RUN_STATUS[row.status], created_at=row.created_at, due_at=row.due_at,
         started_at=row.started_at, finished_at=row.finished_at, exit_code=row.exit_code, output=row.output,
         error=row.error, owner=row.owner, lease_expires_at=row.lease_expires_at,
-        output_lines=row.output_lines,
+        output_lines=row.output_lines, result=None if row.result is None else json.loads(row.result),
     )
 
 
@@ -237,6 +237,12 @@ class _Finish:
     output_lines: int
     lease: datetime | None = None  # the lease expiry the caller read (the reaper's fence), if any
     hooks: OutcomeHooks | None = None  # the job's notifications, chains, auto-pause
+    result: str | None = None  # the run's result as JSON text
+
+
+def _json(value: Any) -> str | None:
+    """A run result as stored: JSON text, NULL for None."""
+    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def _cut(error: str | None, limit: int = 8000) -> str | None:
@@ -440,7 +446,7 @@ class SqlStore(Store):
         return (run.id, run.job_id, dt(run.scheduled_for), run.trigger.value, run.attempt, run.status.value,
                 dt(run.created_at), due, due if run.status is RunStatus.QUEUED and not dispatched else None,
                 dt(run.started_at), dt(run.finished_at), run.exit_code, self._cap(run.output),
-                _cut(run.error), run.owner, dt(run.lease_expires_at), run.output_lines)
+                _cut(run.error), run.owner, dt(run.lease_expires_at), run.output_lines, _json(run.result))
 
     def _run_values(self, run: Run, dispatched: bool) -> dict[str, Any]:
         waiting = run.status is RunStatus.QUEUED and not dispatched
@@ -452,6 +458,7 @@ class SqlStore(Store):
             "finished_at": run.finished_at, "exit_code": run.exit_code,
             "output": self._cap(run.output), "error": _cut(run.error), "owner": run.owner,
             "lease_expires_at": run.lease_expires_at, "output_lines": run.output_lines,
+            "result": _json(run.result),
         }
 
     def _prepare_sql(self, engine: Engine) -> None:
@@ -476,7 +483,7 @@ class SqlStore(Store):
         if self._run_columns != ["id", "job_id", "scheduled_for", "trigger", "attempt", "status",
                                  "created_at", "due_at", "dispatch_due_at", "started_at", "finished_at",
                                  "exit_code", "output", "error", "owner", "lease_expires_at",
-                                 "output_lines"]:
+                                 "output_lines", "result"]:
             raise AssertionError("_run_params no longer matches the runs table")
         # datetimes bound as driver values without SQLAlchemy's per-value processors (see _utc_text)
         self._to_db: Callable[[datetime], str] = _utc_text
@@ -491,6 +498,7 @@ class SqlStore(Store):
                            "started_at = v.column2, owner = v.column3, lease_expires_at = v.column4")
         self._finish_set = ("status = v.column2, finished_at = v.column3, exit_code = v.column4, "
                             "output = v.column5, error = v.column6, output_lines = v.column7, "
+                            "result = v.column8, "
                             "lease_expires_at = NULL, dispatch_due_at = NULL")
         summary_columns = ["job_id", *_SUMMARY_COLUMNS]
         self._summary_head = (f"INSERT INTO job_summaries ({', '.join(quote(c) for c in summary_columns)})")
@@ -1072,13 +1080,15 @@ class SqlStore(Store):
                          finished_at: datetime, exit_code: int | None = None, output: str = "",
                          error: str | None = None, retry: Run | None = None,
                          lease_expires_at: datetime | None = None,
-                         output_lines: int | None = None, hooks: OutcomeHooks | None = None) -> bool:
+                         output_lines: int | None = None, hooks: OutcomeHooks | None = None,
+                         result: Any = None) -> bool:
         status = RunStatus(status)
         if status not in FINISHED_RUN_STATUSES:
             raise ValueError(f"{status} is not a finished status")
         lines = count_lines(output) if output_lines is None else output_lines
         return bool(await self._write(_Finish(run_id, owner, status, finished_at, exit_code, output,
-                                              error, retry, lines, lease_expires_at, hooks)))
+                                              error, retry, lines, lease_expires_at, hooks,
+                                              _json(result))))
 
     async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
         items = sorted(outputs.items())
@@ -1202,7 +1212,7 @@ class SqlStore(Store):
                     del facts[fin.run_id]  # a second finish of the same run in this batch loses
                     results[i] = True
                     done.append((fin.run_id, fin.status.value, dt(fin.finished_at), fin.exit_code,
-                                 self._cap(fin.output), _cut(fin.error), fin.output_lines))
+                                 self._cap(fin.output), _cut(fin.error), fin.output_lines, fin.result))
                     applied.append(_Finished(fin.run_id, fact[2], fin.status, fact[3], fact[4],
                                              fin.finished_at))
             sqlite_batch.update_from_values(conn, "runs", self._finish_set, done,
@@ -1211,7 +1221,7 @@ class SqlStore(Store):
         elif finishes and plain and self._all_matched(conn, [
                 {"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
                  "exit_code": fin.exit_code, "output": self._cap(fin.output), "error": _cut(fin.error),
-                 "output_lines": fin.output_lines}
+                 "output_lines": fin.output_lines, "result": fin.result}
                 for _, fin in finishes], {"lease_expires_at": None, "dispatch_due_at": None},
                 functools.partial(_owner_guard, {fin.run_id: fin.owner for _, fin in finishes})):
             for i, _ in finishes:
@@ -1258,7 +1268,8 @@ class SqlStore(Store):
                 results[i] = True
                 rows.append({"id": fin.run_id, "status": fin.status.value, "finished_at": fin.finished_at,
                              "exit_code": fin.exit_code, "output": self._cap(fin.output),
-                             "error": _cut(fin.error), "output_lines": fin.output_lines})
+                             "error": _cut(fin.error), "output_lines": fin.output_lines,
+                             "result": fin.result})
                 job_id, slot_at, started, attempt, trigger = found[fin.run_id]
                 applied.append(_Finished(fin.run_id, job_id, fin.status, slot_at, started, fin.finished_at,
                                          fin.retry is None, fin if fin.hooks is not None else None,

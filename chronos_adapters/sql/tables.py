@@ -116,6 +116,7 @@ runs = Table(
     Column("owner", String(200)),
     Column("lease_expires_at", UtcDateTime),
     Column("output_lines", Integer, nullable=False, server_default="0"),  # lines printed so far
+    Column("result", _LongText),  # JSON: what the attempt returned (Run.result), NULL for none
     UniqueConstraint("job_id", "scheduled_for", "attempt"),  # one first attempt per slot
     Index(None, "job_id", "id"),  # history, newest first
     Index(None, "status", "id"),  # runs of a status across jobs, newest first (GET /runs?status=)

@@ -138,6 +138,9 @@ class RunOut(_Out):
     output_lines: int = Field(description="the number of the last line in output, so far for a running "
                                           "run (its run.log events carry the numbers as seq)")
     error: str | None
+    result: Any = Field(default=None, description=(
+        "what the attempt returned, a JSON value (a python job's return value; at most 64 KiB of JSON, "
+        "secrets masked), null for none"))
     start_offset: float = Field(default=0.0, description=(
         "seconds from scheduled_for (the nominal slot) to due_at: the job's jitter for a first attempt, "
         "the retry's wait for a later one"))
@@ -151,7 +154,7 @@ class RunOut(_Out):
         return cls(id=run.id, job_id=run.job_id, scheduled_for=run.scheduled_for, trigger=run.trigger,
                    attempt=run.attempt, status=run.status, created_at=run.created_at, due_at=run.due_at,
                    started_at=run.started_at, finished_at=run.finished_at, exit_code=run.exit_code,
-                   output=run.output, output_lines=run.output_lines, error=run.error,
+                   output=run.output, output_lines=run.output_lines, error=run.error, result=run.result,
                    start_offset=(run.due_at - run.scheduled_for).total_seconds(), parent_run_id=parent_run_id,
                    children=children or [])
 

@@ -36,4 +36,4 @@ async def test_an_allowed_module_runs_and_others_stay_refused() -> None:
                     break
                 await asyncio.sleep(0.05)
     assert got["status"] == "succeeded", got
-    assert got["output"] == 'hello api\nresult: "hello api"'
+    assert got["output"] == "hello api" and got["result"] == "hello api"

@@ -87,7 +87,7 @@ def test_serve_applies_its_jobs_file_with_secrets_from_the_environment(server: S
             "status"] in ("queued", "running"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert got["status"] == "succeeded" and got["output"] == 'hello toml\nresult: "hello toml"'
+    assert got["status"] == "succeeded" and got["output"] == "hello toml" and got["result"] == "hello toml"
 
 
 def test_apply_creates_then_changes_nothing_then_prunes(server: Server, tmp_path: Path) -> None:

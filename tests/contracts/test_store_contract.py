@@ -488,6 +488,39 @@ async def test_finish_run_is_fenced_by_owner_and_status(store: Store) -> None:
     assert (await store.get_run(other.id)).status is RunStatus.RUNNING
 
 
+_RESULTS = [{"rows": 42, "ok": True, "ratio": 0.5, "none": None, "nested": {"list": [1, "two", [3]]}},
+            "ünïcødé ✓ \"quoted\"\n", 7, 0, False, [], "x" * (64 * 1024 - 2)]
+
+
+async def test_finish_run_keeps_the_result_as_a_json_value(store: Store) -> None:
+    job = make_job("result")
+    await store.add_jobs([job])
+    runs = [await running_run(store, job, T0 + i * S) for i in range(len(_RESULTS) + 1)]
+    # finishes in one group commit (the stores' fast path); the last one without a result, and a tuple
+    # read back as a list, as plain JSON, by every store
+    values = [*_RESULTS, None]
+    assert all(await asyncio.gather(*(
+        store.finish_run(r.id, "w1", status=RunStatus.SUCCEEDED, finished_at=T0 + 20 * S, result=value)
+        for r, value in zip(runs, values, strict=True))))
+    for r, value in zip(runs, values, strict=True):
+        got = (await store.get_run(r.id)).result
+        assert got == value and type(got) is type(value)
+    history = {r.id: r.result for r in await store.list_runs(job.id, limit=100)}
+    assert [history[r.id] for r in runs] == values
+    # a finish that inserts a retry (the locking path): the failed attempt keeps what it returned, the
+    # retry starts without one
+    failed = await running_run(store, job, T0 + 30 * S)
+    retry = make_run(job, T0 + 30 * S, attempt=2, trigger=Trigger.RETRY, due_at=T0 + 40 * S)
+    assert await store.finish_run(failed.id, "w1", status=RunStatus.FAILED, finished_at=T0 + 31 * S,
+                                  error="partly done", result=("done", 3), retry=retry)
+    assert (await store.get_run(failed.id)).result == ["done", 3]
+    assert (await store.get_run(retry.id)).result is None
+    # a stale finish writes no result either
+    assert not await store.finish_run(failed.id, "w1", status=RunStatus.SUCCEEDED, finished_at=T0 + 32 * S,
+                                      result="late")
+    assert (await store.get_run(failed.id)).result == ["done", 3]
+
+
 async def test_finish_run_inserts_the_retry_in_the_same_step(store: Store) -> None:
     job = make_job("retry")
     await store.add_jobs([job])

@@ -61,15 +61,15 @@ async def test_run_now_of_a_function_and_of_an_async_function() -> None:
         other = await chronos.run_now(agreet, kwargs={"name": "other"}, wait=True, timeout=30)
         same = await chronos.run_now(agreet, kwargs={"name": "loop"}, wait=True, timeout=30)
         jobs = {j.name: j for j in await chronos.jobs.list()}
-    assert done.status is RunStatus.SUCCEEDED and done.output == 'hello world\nresult: "hello world"'
-    assert adone.status is RunStatus.SUCCEEDED and adone.output == 'result: "async hello loop"'
+    assert done.status is RunStatus.SUCCEEDED and (done.output, done.result) == ("hello world", "hello world")
+    assert adone.status is RunStatus.SUCCEEDED and (adone.output, adone.result) == ("", "async hello loop")
     # a function without a job gets one (no schedule) with these arguments; other arguments get a
     # one-off job of their own, so that their retries keep them
     assert jobs[f"{MOD}:greet"].schedule is None
     assert jobs[f"{MOD}:agreet"].payload["kwargs"] == {"name": "loop"}
     assert same.job_id == adone.job_id == jobs[f"{MOD}:agreet"].id
     [one_off] = [n for n in jobs if n.startswith(f"{MOD}:agreet #")]
-    assert other.job_id == jobs[one_off].id and other.output == 'result: "async hello other"'
+    assert other.job_id == jobs[one_off].id and other.result == "async hello other"
     assert jobs[one_off].payload["kwargs"] == {"name": "other"} and jobs[one_off].schedule is None
 
 

@@ -40,9 +40,11 @@ def test_the_issue_snippet() -> None:
         job = chronos.schedule(greet, "*/5 * * * *")
         assert [j.id for j in chronos.jobs.list()] == [job.id] and job.name == f"{MOD}:greet"
         run = chronos.run_now(greet, wait=True, timeout=30)
-        assert run.status is RunStatus.SUCCEEDED and run.output == 'hello world\nresult: "hello world"'
+        assert run.status is RunStatus.SUCCEEDED
+        assert (run.output, run.result) == ("hello world", "hello world")
         assert chronos.runs.get(run.id).status is RunStatus.SUCCEEDED
-        assert [line for line in chronos.runs.follow(run.id)] == ["hello world", 'result: "hello world"']
+        assert chronos.runs.get(run.id).result == "hello world"
+        assert [line for line in chronos.runs.follow(run.id)] == ["hello world"]
     assert chronos.closed
 
 

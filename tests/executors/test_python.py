@@ -4,7 +4,6 @@ thread or a child process; its output, result, traceback, retries, timeouts and 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -51,9 +50,8 @@ async def until(condition: Any, limit: float = 10) -> None:
 
 
 def result(run: Run) -> Any:
-    last = run.output.splitlines()[-1]
-    assert last.startswith("result: ")
-    return json.loads(last.removeprefix("result: "))
+    assert run.result is not None and "result: " not in run.output  # a field, not an output line
+    return run.result
 
 
 @pytest.mark.parametrize("isolation", ["thread", "process"])
@@ -95,7 +93,7 @@ async def test_concurrent_runs_output_does_not_mix() -> None:
     for name, run in runs.items():
         tag = name.split("-")[1]
         assert run.status is RunStatus.SUCCEEDED, run.error
-        lines = run.output.splitlines()[:-1]  # the last one is the result
+        lines = run.output.splitlines()
         expected = 40 if name.startswith("chatter") else 20
         assert len(lines) == expected, lines
         assert all(line.startswith(tag) or line.endswith(tuple(f"{tag} log {i}" for i in range(20)))
@@ -218,8 +216,10 @@ async def test_return_values_not_kept_say_why() -> None:
         big = await run_once(chronos, "huge")
         none = await run_once(chronos, "no_value")
     assert odd.status is RunStatus.SUCCEEDED and result(odd).startswith("<object object at")  # str()
-    assert big.status is RunStatus.SUCCEEDED and "was not kept: over the limit" in big.output
-    assert none.output == "nothing to return"
+    assert big.status is RunStatus.SUCCEEDED and big.result is None
+    assert big.output == ("[chronos] the return value (100002 characters of JSON) was not kept: over the "
+                          "limit of 65536")
+    assert none.output == "nothing to return" and none.result is None
 
 
 async def test_the_module_allow_list_refuses_other_modules_at_create_and_at_execution() -> None:
@@ -287,6 +287,6 @@ async def test_secret_named_arguments_are_masked_in_output_result_and_the_job() 
         run = await run_once(chronos, "leak", payload={"kwargs": {"api_token": "tok-0123456789"}})
         job = await chronos.jobs.get(run.job_id)
     assert run.status is RunStatus.SUCCEEDED
-    assert "tok-0123456789" not in run.output and run.output == 'using token=***\nresult: "***"'
+    assert "tok-0123456789" not in run.output and run.output == "using token=***" and run.result == "***"
     assert job.payload["kwargs"]["api_token"] == "tok-0123456789"  # stored as given...
     assert JobTypes().redact("python", job.payload)["kwargs"]["api_token"] == "***"  # ...shown masked
