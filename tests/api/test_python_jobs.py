@@ -35,5 +35,7 @@ async def test_an_allowed_module_runs_and_others_stay_refused() -> None:
                 if got["status"] not in ("queued", "running"):
                     break
                 await asyncio.sleep(0.05)
+        listed = (await c.get(f"/jobs/{r.json()['id']}/history")).json()["items"]
+    assert [run["result"] for run in listed] == ["hello api"]
     assert got["status"] == "succeeded", got
     assert got["output"] == "hello api" and got["result"] == "hello api"

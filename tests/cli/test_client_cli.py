@@ -37,7 +37,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     served = Served(tmp_path_factory.mktemp("cli"), CHRONOS_ALLOW_SHELL="true", CHRONOS_API_TOKENS=TOKEN,
-                    CHRONOS_READONLY_TOKENS=READONLY, CHRONOS_SHUTDOWN_GRACE="1")
+                    CHRONOS_READONLY_TOKENS=READONLY, CHRONOS_SHUTDOWN_GRACE="1",
+                    CHRONOS_PYTHON_MODULES="tests.executors.pyjobs",
+                    PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     yield served
     if served.proc.poll() is None:
         served.terminate()
@@ -201,6 +203,20 @@ def test_trigger_wait_and_runs_get_exit_status(cli: Cli) -> None:
     assert re.search(r"^status +failed$", shown, re.M) and re.search(r"^exit code +3$", shown, re.M)
     assert shown.endswith("output:\noops\n")
     assert cli("runs", "get", failed["id"]).returncode == 0  # without --exit-status: shown is success
+
+
+def test_runs_get_shows_the_result(cli: Cli) -> None:
+    r = httpx.post(f"{cli.base}/jobs", headers=AUTH, timeout=30, json={
+        "name": "cli-py", "type": "python",
+        "payload": {"function": "tests.executors.pyjobs:report", "kwargs": {"day": "cli-day"}}})
+    assert r.status_code == 201, r.text
+    run = _ran(cli, r.json())
+    assert run["status"] == "succeeded", run
+    got = cli.json("runs", "get", run["id"])
+    assert isinstance(got, dict) and got["result"]["rows"] == 42 and got["result"]["run"] == run["id"]
+    shown = cli("runs", "get", run["id"]).stdout
+    assert re.search(r'^result:\n\{\n  "rows": 42,\n  "run": "' + run["id"] + '",$', shown, re.M), shown
+    assert "result" not in shown.partition("output:")[2]  # not an output line any more
 
 
 def test_exit_status_of_a_run_that_has_not_finished(cli: Cli) -> None:

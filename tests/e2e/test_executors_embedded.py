@@ -194,6 +194,10 @@ class EchoExecutor(Executor):
             await log(f"{word} (auth {p.token})")
         if "fail" in p.words:
             raise ExecutionFailed("asked to fail", retryable=False)
+        if "result" in p.words:
+            return ExecutionResult(ok=True, result={"words": p.words, f"auth {p.token}": [p.token, 1]})
+        if "huge" in p.words:
+            return ExecutionResult(ok=True, output="done", result=["x" * 70_000])
         return ExecutionResult(ok=True)
 
 
@@ -217,3 +221,21 @@ async def test_a_user_defined_job_type_as_documented() -> None:
     assert ok.status is RunStatus.SUCCEEDED and ok.output == "a (auth ***)\nb (auth ***)"
     assert failed.status is RunStatus.FAILED
     assert failed.error == "asked to fail; not retried: the failure is permanent"
+    assert ok.result is None  # returned none
+
+
+async def test_the_worker_masks_and_caps_what_an_executor_returns() -> None:
+    chronos = Chronos.embedded()
+    chronos.register_job_type("echo", EchoPayload, EchoExecutor())
+    async with chronos:
+        runs = []
+        for words in (["result"], ["huge"]):
+            job = await chronos.jobs.create({"name": words[0], "type": "echo",
+                                             "payload": {"words": words, "token": "tkn-123"}})
+            await chronos.jobs.trigger(job.id)
+            runs += await finished_runs(chronos, job.id, 1)
+    kept, huge = runs
+    assert kept.status is RunStatus.SUCCEEDED and kept.result == {"words": ["result"], "auth ***": ["***", 1]}
+    assert huge.status is RunStatus.SUCCEEDED and huge.result is None
+    assert huge.output.splitlines()[-2:] == [
+        "done", "[chronos] the result (70004 characters of JSON) was not kept: over the limit of 65536"]
