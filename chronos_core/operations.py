@@ -501,7 +501,15 @@ class Jobs:
         now = self._clock.now()
         run = Run(id=new_id(), job_id=job.id, scheduled_for=now, trigger=Trigger.MANUAL, attempt=1,
                   status=RunStatus.QUEUED, created_at=now, due_at=now)
-        await self._store.add_run(run, dispatched=True)
+        try:
+            await self._store.add_run(run, dispatched=True)
+        except StoreUnavailable:
+            # The insert may have committed with its answer lost (the connection broke after the commit):
+            # then the run is recorded as handed out, and nothing will put it. Leave it to the scheduler
+            # (a no-op if it was not inserted); the caller still gets the error.
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.release_undispatched([run.id])
+            raise
         # best-effort: an error here must not leave the run recorded but in nobody's hands
         await publish_best_effort(self._bus, [run_event(run, now)], log, f"run {run.id}")
         try:

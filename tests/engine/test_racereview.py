@@ -363,3 +363,24 @@ async def test_a_claim_whose_answer_was_lost_does_not_leave_its_runs_queued_in_n
         handed.append(d.run.id)
     stuck = [r for r in await rig.history(job) if r.status is RunStatus.QUEUED and r.id not in handed]
     assert stuck == [], [(r.id, r.scheduled_for, r.attempt) for r in stuck]
+
+
+async def test_a_manual_run_whose_insert_answer_was_lost_is_still_handed_out(rig: Rig) -> None:
+    """Run now: the insert committed, the answer was lost. The caller gets the error; the run, recorded as
+    handed out but put nowhere, must not stay queued for ever (with overlap forbid it would also skip every
+    later slot of its job as 'the previous run is still active')."""
+    job = await rig.create(schedule="*/10 * * * * *", overlap="forbid")
+    rig.store.fail("add_run", StoreUnavailable("connection lost"), after=True)
+    with pytest.raises(StoreUnavailable):
+        await rig.jobs.trigger(job.id)
+    [run] = await rig.history(job)
+    assert rig.take() is None  # nothing was put
+    rig.clock.set(T0 + 1 * S)
+    await rig.scheduler.tick()  # the scheduler's tick went fine: it has no reason to doubt anything
+    d = rig.take()
+    assert d is not None and d.run.id == run.id
+    done = await rig.worker.process(d)
+    assert done is not None and done.status is RunStatus.SUCCEEDED
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    assert [r.status for r in await rig.history(job)][-1] is RunStatus.QUEUED  # the next slot fires
