@@ -213,6 +213,10 @@ class Notifier:
         child_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"chronos:chain:{notice.id}"))
         with contextlib.suppress(Exception):
             existing = await self._store.get_run(child_id)
+            if existing.status is RunStatus.QUEUED:
+                # made by a try whose put never came (its insert's answer was lost, or it crashed): leave it
+                # to the scheduler rather than queued in nobody's hands (a second delivery is refused)
+                await self._store.release_undispatched([existing.id])
             return Delivery(ok=True, result=existing.id)
         run = Run(id=child_id, job_id=job.id, scheduled_for=now, trigger=Trigger.CHAIN, attempt=1,
                   status=RunStatus.QUEUED, created_at=now, due_at=now)

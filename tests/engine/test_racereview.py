@@ -384,3 +384,38 @@ async def test_a_manual_run_whose_insert_answer_was_lost_is_still_handed_out(rig
     rig.clock.set(T0 + 10 * S)
     await rig.scheduler.tick()
     assert [r.status for r in await rig.history(job)][-1] is RunStatus.QUEUED  # the next slot fires
+
+
+async def test_a_chained_run_whose_insert_answer_was_lost_is_still_handed_out(store: Store) -> None:
+    """#16's chain (then): the notifier's insert of the child run committed, its answer was lost; the
+    delivery is tried again, finds the child by its derived id and calls it done - the child must not stay
+    queued, handed out to nobody, for ever."""
+    from chronos_core.notifier import Notifier
+
+    clock, queue, bus = FakeClock(T0), MemoryDispatchQueue(), MemoryEventBus()
+    proxy = Proxy(store)
+    types = JobTypes()
+    types.register("step", StepPayload)
+    jobs = Jobs(proxy, queue, bus, clock, types)  # type: ignore[arg-type]
+    worker = Worker(proxy, queue, bus, clock, {"step": StepExecutor()}, job_types=types, lease=30)  # type: ignore[arg-type]
+    scheduler = Scheduler(proxy, queue, bus, clock)  # type: ignore[arg-type]
+    notifier = Notifier(proxy, queue, bus, clock, {}, lease=60)  # type: ignore[arg-type]
+    child_job = await jobs.create({"name": "child", "type": "step"})
+    parent = await jobs.create({"name": "parent", "type": "step", "then": [{"job": "child"}]})
+    await jobs.trigger(parent.id)
+    d = queue.get_nowait()
+    assert d is not None and (await worker.process(d)) is not None
+    proxy.fail("add_run", StoreUnavailable("connection lost"), after=True)
+    await notifier.tick()  # the delivery failed (it will be tried again)
+    clock.advance(120)
+    await notifier.tick()  # tried again: the child exists
+    [child] = await jobs.history(child_job.id)
+    for _ in range(3):
+        clock.advance(1)
+        await scheduler.tick()
+    handed = []
+    while (d := queue.get_nowait()) is not None:
+        handed.append(d.run.id)
+        await worker.process(d)
+    assert child.id in handed
+    assert (await store.get_run(child.id)).status is RunStatus.SUCCEEDED
