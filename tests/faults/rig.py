@@ -210,7 +210,7 @@ class Stack:
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith("CHRONOS_") and k not in SEED_VARS}
         self.env.update(CHRONOS_DATABASE_URL=database_url, CHRONOS_KAFKA_BOOTSTRAP=bootstrap,
-                        CHRONOS_KAFKA_RUNS_PARTITIONS="4", CHRONOS_LOG_LEVEL="warning", **env)
+                        CHRONOS_KAFKA_RUNS_PARTITIONS="4", CHRONOS_LOG_LEVEL="info", **env)
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.started = 0

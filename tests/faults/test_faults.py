@@ -135,6 +135,20 @@ def wait_until(condition: Any, what: str, timeout: float) -> float:
     return time.monotonic() - began
 
 
+def busy_worker(d: Deployment) -> str:
+    """A live worker running a slow run now (which ones get the slow jobs depends on the partitions)."""
+    found: list[str] = []
+
+    def look() -> bool:
+        for name, alive in d.stack.alive().items():
+            if alive and name.startswith("w") and any(r.job_id in d.slow for r in running_on(d, name)):
+                found.append(name)
+                return True
+        return False
+    wait_until(look, "a worker to run a slow run", 90)
+    return found[0]
+
+
 def running_on(d: Deployment, worker: str) -> list[Any]:
     return d.rows("SELECT id, job_id FROM runs WHERE status='running' AND owner LIKE :w",
                   w=f"{worker}-%")
@@ -153,9 +167,16 @@ def check(d: Deployment, scenario: str, start: datetime, end: datetime, heal: da
         first = min(first, earliest)
         extra["held"] = len(held)
     last = (end - timedelta(seconds=1)).replace(microsecond=0)
-    settle = wait_until(lambda: not d.rows(
-        "SELECT id FROM runs WHERE status IN ('queued','running') AND scheduled_for <= :last LIMIT 1",
-        last=naive(last)), "the window's runs to finish", 240)
+    try:
+        settle = wait_until(lambda: not d.rows(
+            "SELECT id FROM runs WHERE status IN ('queued','running') AND scheduled_for <= :last LIMIT 1",
+            last=naive(last)), "the window's runs to finish", 240)
+    except AssertionError:
+        stuck = d.rows("SELECT id, job_id, status, attempt, owner, created_at, due_at, started_at FROM runs "
+                       "WHERE status IN ('queued','running') AND scheduled_for <= :last ORDER BY id LIMIT 10",
+                       last=naive(last))
+        raise AssertionError(f"{scenario}: runs stuck queued/running: {[tuple(r) for r in stuck]}\n"
+                             f"{kafka_state(d)}") from None
     rows = d.rows("SELECT id, job_id, scheduled_for, attempt, status, error, `trigger` FROM runs "
                   "WHERE scheduled_for BETWEEN :a AND :b", a=naive(first), b=naive(last))
     hits = d.target.snapshot()
@@ -193,6 +214,39 @@ def check(d: Deployment, scenario: str, start: datetime, end: datetime, heal: da
     return result
 
 
+def kafka_state(d: Deployment) -> str:
+    """The runs topic's partitions, the workers' group (members, assignments, committed offsets) and the
+    log end offsets: what a stuck run is waiting for."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    env = d.stack.env
+    topic, group = env["CHRONOS_KAFKA_RUNS_TOPIC"], env["CHRONOS_KAFKA_GROUP"]
+
+    async def look() -> str:
+        admin = AIOKafkaAdminClient(bootstrap_servers=d.kafka.broker.bootstrap)
+        probe = AIOKafkaConsumer(bootstrap_servers=d.kafka.broker.bootstrap, group_id=None)
+        await admin.start()
+        await probe.start()
+        try:
+            [described] = await admin.describe_topics([topic])
+            tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+            committed = await admin.list_consumer_group_offsets(group)
+            ends = await probe.end_offsets(tps) if tps else {}
+            groups = await admin.describe_consumer_groups([group])
+            return (f"partitions={len(tps)} ends={ {tp.partition: o for tp, o in ends.items()} } "
+                    f"committed={ {tp.partition: m.offset for tp, m in committed.items()} } group={groups}")
+        finally:
+            await probe.stop()
+            await admin.close()
+    try:
+        return asyncio.run(look())
+    except Exception as exc:
+        return f"(kafka state unknown: {exc!r})"
+
+
 def settled_start(seconds: float = 3) -> datetime:
     start = now()
     time.sleep(seconds)
@@ -202,9 +256,9 @@ def settled_start(seconds: float = 3) -> datetime:
 def test_kill_9_of_a_worker_mid_run(deployment: Deployment) -> None:
     d = deployment
     start = settled_start()
-    wait_until(lambda: any(r.job_id in d.slow for r in running_on(d, "w1")), "w1 to run a slow run", 60)
-    in_flight = {r.id for r in running_on(d, "w1")}
-    d.stack.kill9("w1")
+    victim = busy_worker(d)
+    in_flight = {r.id for r in running_on(d, victim)}
+    d.stack.kill9(victim)
     fault = now()
     d.stack.spawn("w3", "worker")  # its replacement
     time.sleep(6)
@@ -245,18 +299,18 @@ def test_kill_9_of_the_broker_proxy_for_15s_data_kept(deployment: Deployment) ->
 def test_sigstop_of_a_worker_past_its_lease_then_sigcont(deployment: Deployment) -> None:
     d = deployment
     start = settled_start()
-    wait_until(lambda: any(r.job_id in d.slow for r in running_on(d, "w2")), "w2 to run a slow run", 60)
-    d.stack.signal("w2", signal.SIGSTOP)
+    victim = busy_worker(d)
+    d.stack.signal(victim, signal.SIGSTOP)
     stopped = now()
 
     def reaped() -> list[Any]:
-        return d.rows("SELECT id, status, error, finished_at FROM runs WHERE owner LIKE 'w2-%' "
-                      "AND error LIKE '%stopped renewing its lease%'")
-    held = {r.id for r in running_on(d, "w2")}
+        return d.rows("SELECT id, status, error, finished_at FROM runs WHERE owner LIKE :w "
+                      "AND error LIKE '%stopped renewing its lease%'", w=f"{victim}-%")
+    held = {r.id for r in running_on(d, victim)}
     wait_until(lambda: bool(reaped()), "the stopped worker's runs to be reaped", LEASE + REAP_GRACE + 30)
     time.sleep(2)
     before = {r.id: tuple(r) for r in reaped()}
-    d.stack.signal("w2", signal.SIGCONT)  # its late outcomes must be refused
+    d.stack.signal(victim, signal.SIGCONT)  # its late outcomes must be refused
     heal = now()
     time.sleep(8)
     check(d, "SIGSTOP worker past its lease", start, now(), heal, stopped_s=round((heal - stopped)
