@@ -5,6 +5,7 @@ around the real adapter (``tests/engine/proxies.py``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -419,3 +420,63 @@ async def test_a_chained_run_whose_insert_answer_was_lost_is_still_handed_out(st
         await worker.process(d)
     assert child.id in handed
     assert (await store.get_run(child.id)).status is RunStatus.SUCCEEDED
+
+
+TICK_CALLS = ("claim_due", "claim_due_runs", "release_undispatched", "expired_leases", "get_job",
+              "finish_run", "replaced_by_later_slot", "list_runs", "next_due_time", "prune_runs")
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after-applied"])
+async def test_a_store_error_at_any_call_of_a_tick_loses_no_slot_and_strands_no_run(rig: Rig,
+                                                                                    after: bool) -> None:
+    """Each store call of one scheduler tick (fire a slot, hand out a due retry, reap a dead worker's run)
+    fails once in turn, before it reached the store or after it applied. Later ticks go fine, a worker
+    takes what is handed out: every slot has its one first attempt, every run ends, none runs twice."""
+    calls: list[str] = []
+    target = {"k": -1}
+
+    def hook_for(name: str) -> Any:
+        async def hook(real: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            if len(calls) - 1 == target["k"]:
+                if after:
+                    await real(*args, **kwargs)
+                raise StoreUnavailable("connection lost")
+            return await real(*args, **kwargs)
+        return hook
+    k = 0
+    while True:
+        base = rig.clock.now().replace(microsecond=0) + 100 * S
+        rig.clock.set(base)
+        job = await rig.create(name=f"tick-{k}", schedule="* * * * * *",
+                               retry={"strategy": "immediate", "max_attempts": 2})
+        dead = await rig.jobs.trigger(job.id)  # taken by a worker that died: reaped in the tick
+        assert rig.take() is not None
+        assert await rig.store.start_run(dead.id, "worker-dead", base, base + 1 * S)
+        rig.clock.set(base + 12 * S)  # slots 1..12 are due, the dead worker's lease ran out 11 s ago
+        calls.clear()
+        target["k"] = k
+        for name in TICK_CALLS:
+            rig.store.hooks[name] = hook_for(name)
+        with contextlib.suppress(StoreUnavailable):
+            await rig.scheduler.tick()
+        for name in TICK_CALLS:
+            del rig.store.hooks[name]
+        failed_at = list(calls)
+        for t in range(13, 40):  # the store is fine again
+            rig.clock.set(base + t * S)
+            await rig.scheduler.tick()
+            while (d := rig.take()) is not None:
+                await rig.worker.process(d)
+        await rig.jobs.pause(job.id)
+        runs = await rig.history(job)
+        firsts = sorted(r.scheduled_for for r in runs if r.attempt == 1 and r.trigger.value != "manual")
+        assert firsts == [base + t * S for t in range(1, 40)], (k, failed_at)  # each slot once
+        assert [r for r in runs if r.status in ACTIVE] == [], (k, failed_at)  # nothing stranded
+        assert len(rig.executor.started) == len(set(rig.executor.started)), (k, failed_at)  # none twice
+        reaped = await rig.store.get_run(dead.id)
+        assert reaped.status is RunStatus.FAILED, (k, failed_at)
+        if k >= len(failed_at):
+            break
+        k += 1
+        await rig.jobs.delete(job.id)
