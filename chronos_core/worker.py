@@ -130,10 +130,11 @@ async def _finished_within(task: asyncio.Task[ExecutionResult], seconds: float |
 
 @dataclass(slots=True)
 class _Attempt:
-    """A run this worker is executing: its job (named in logs) and its output tail."""
+    """A run this worker is executing: its job (named in logs), its output tail and the run."""
 
     job: Job
     tail: OutputTail
+    run: Run | None = None
 
 
 @dataclass
@@ -307,6 +308,14 @@ class Worker:
         for run_id in ids:
             if run_id not in held:
                 self.cancel(run_id, "the worker lost its lease on the run")
+        # overlap replace: the newer slot's stop request is only an event (best-effort, and lost with a
+        # claim whose answer was lost); the store says so too, so a replaced run does not run on beside
+        # its replacement until it ends
+        for run_id in held:
+            attempt = self._attempts.get(run_id)
+            if attempt is not None and attempt.run is not None and \
+                    attempt.job.overlap is OverlapPolicy.REPLACE and await self._replaced(attempt.run):
+                self.cancel(run_id, "replaced by a newer slot (overlap replace)")
         return True
 
     async def _output_loop(self) -> None:
@@ -421,7 +430,7 @@ class Worker:
         assert run.started_at is not None
         await self._publish([run_event(run, run.started_at)], run.id)  # the run goes ahead regardless
         tail = OutputTail(self.output_limit)
-        self._attempts[run.id] = _Attempt(job, tail)
+        self._attempts[run.id] = _Attempt(job, tail, run)
         alert = self._watch_running_long(job, run)
         try:
             status, exit_code, error, retryable, extra, value = await self._execute(job, run, tail)

@@ -480,3 +480,30 @@ async def test_a_store_error_at_any_call_of_a_tick_loses_no_slot_and_strands_no_
             break
         k += 1
         await rig.jobs.delete(job.id)
+
+
+async def test_a_replaced_running_run_stops_at_the_heartbeat_if_its_stop_request_is_lost(rig: Rig) -> None:
+    """Overlap replace asks a running run to stop with a bus event only; when that event is lost (a bus
+    error: publishing is best-effort; or a claim whose answer was lost: its events are never published),
+    the worker's heartbeat still finds out from the store that a newer slot replaced it."""
+    job = await rig.create(schedule="*/30 * * * * *", overlap="replace", payload={"behaviour": "block"})
+    rig.clock.set(T0 + 30 * S)
+    await rig.scheduler.tick()
+    d = rig.take()
+    assert d is not None
+    task = asyncio.create_task(rig.worker.process(d))
+    for _ in range(50):
+        await asyncio.sleep(0.001)
+        if d.run.id in rig.executor.started:
+            break
+    assert d.run.id in rig.executor.started
+    rig.bus_fails_on(EventType.RUN_CANCEL_REQUESTED)  # the stop request is lost
+    rig.clock.set(T0 + 60 * S)
+    await rig.scheduler.tick()
+    assert await rig.worker.renew_leases()  # the heartbeat
+    done = await asyncio.wait_for(task, 10)
+    assert done is not None and done.status is RunStatus.CANCELLED, done
+    assert "replaced by a newer slot" in (done.error or "")
+    active = [r for r in await rig.history(job) if r.status in ACTIVE]
+    assert [r.scheduled_for for r in active] == [T0 + 60 * S]
+    rig.executor.release.set()
