@@ -35,7 +35,7 @@ test: $(STAMP) services lint typecheck
 services:
 	@bash scripts/start-services
 
-## The fault suite (tests/faults, about 5 minutes; not in `make test`): a deployment on a private MariaDB and
+## The fault suite (tests/faults, about 7 minutes, 11 on a busy machine; not in `make test`): a deployment on a private MariaDB and
 ## Tansu broker under kill -9, SIGSTOP, a database outage and a broker that loses its data.
 faults: $(STAMP)
 	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)

@@ -14,7 +14,7 @@ a little after the heal):
 * the recovery time: from the heal to the first request for a slot due after it (reported at the end).
 
 The tests run in file order on the same deployment (the last one loses the broker's data). ``make faults``
-runs them (about 5 minutes); ``make test`` leaves them out (``-m "not faults"``).
+runs them (about 7 minutes; 11 on a busy 2-core machine); ``make test`` leaves them out (``-m "not faults"``).
 """
 
 from __future__ import annotations
