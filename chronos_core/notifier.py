@@ -38,18 +38,6 @@ _WAKE_ON = frozenset({EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.R
                       EventType.RUN_CANCELLED, EventType.RUN_MISSED, EventType.RUN_SKIPPED})
 
 
-class _Never:
-    def is_set(self) -> bool:
-        return False
-
-    async def wait(self) -> bool:
-        await asyncio.Event().wait()
-        return True
-
-
-_NEVER = _Never()
-
-
 @dataclass
 class NotifierStats:
     delivered: int = 0
@@ -79,16 +67,19 @@ class Notifier:
         self.stats = NotifierStats()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._stopped = asyncio.Event()  # ends the pause between claims (only stop() may cut it short)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._task is None:
             self._stopping = False
+            self._stopped = asyncio.Event()
             self._task = asyncio.create_task(self.run(), name="chronos-notifier")
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._stopped.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -117,7 +108,7 @@ class Notifier:
                 if not busy:
                     await self._clock.sleep_until(self._clock.now() + self.interval, self._wake)
                 # at most one claim per min_interval: run events wake it at the rate runs end
-                await self._clock.sleep_until(began + self.min_interval, _NEVER)
+                await self._clock.sleep_until(began + self.min_interval, self._stopped)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
