@@ -28,6 +28,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .events import job_event, publish_best_effort, run_event
+from .filters import enum_set
 from .hooks import Notice, NoticeKind, NoticeStatus, redact_notify, restore_notify
 from .ids import new_id
 from .logs import follow_output
@@ -563,25 +564,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def _statuses(status: Collection[RunStatus | str] | RunStatus | str | None,
               name: str = "status") -> set[RunStatus] | None:
-    if status is None:
-        return None
-    values = [status] if isinstance(status, str) else list(status)
-    try:
-        return {RunStatus(s) for s in values}
-    except ValueError:
-        raise InvalidArgument.single((name,), f"unknown run status in {values!r}; known: "
-                                     f"{', '.join(s.value for s in RunStatus)}") from None
+    return enum_set(RunStatus, status, name, "run status")
 
 
 def _triggers(trigger: Collection[Trigger | str] | Trigger | str | None) -> set[Trigger] | None:
-    if trigger is None:
-        return None
-    values = [trigger] if isinstance(trigger, str) else list(trigger)
-    try:
-        return {Trigger(t) for t in values}
-    except ValueError:
-        raise InvalidArgument.single(("trigger",), f"unknown trigger in {values!r}; known: "
-                                     f"{', '.join(t.value for t in Trigger)}") from None
+    return enum_set(Trigger, trigger, "trigger", "trigger")
 
 
 class Runs:

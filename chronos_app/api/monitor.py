@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from chronos_core import Event, EventType, Run, RunNotFound, SubscriptionOverflow
-from chronos_core.errors import FieldError
 from chronos_core.events import run_event
+from chronos_core.filters import enum_set
 from chronos_core.logs import stored_line_range
 
 from .context import ApiContext, api
@@ -51,13 +51,7 @@ class StreamQuery(BaseModel):
 
 
 def _types(text: str | None) -> set[EventType] | None:
-    if not text:
-        return None
-    try:
-        return {EventType(t.strip()) for t in text.split(",") if t.strip()}
-    except ValueError:
-        raise InvalidParameters([FieldError(("types",), "unknown event type; known: "
-                                            + ", ".join(t.value for t in EventType))]) from None
+    return enum_set(EventType, text, "types", "event type", error=InvalidParameters)
 
 
 def _sse(event: Event, *, replayed: bool = False, first: bool = False) -> ServerSentEvent:

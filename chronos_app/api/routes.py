@@ -21,6 +21,7 @@ from chronos_core import (
     parse_schedule,
 )
 from chronos_core.errors import FieldError, InvalidArgument, InvalidJob
+from chronos_core.filters import enum_set
 from chronos_core.payloads import field_errors
 from chronos_core.planning import excluded_by, jitter_offset
 from chronos_core.ports import RunCounts
@@ -111,24 +112,12 @@ def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = 
     return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
 
 
-def _statuses(text: str | None, name: str = "status") -> list[RunStatus] | None:
-    if not text:
-        return None
-    try:
-        return [RunStatus(s.strip()) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise InvalidParameters([FieldError((name,), f"unknown run status; known: {_RUN_STATUSES}")]
-                                ) from None
+def _statuses(text: str | None, name: str = "status") -> set[RunStatus] | None:
+    return enum_set(RunStatus, text, name, "run status", error=InvalidParameters)
 
 
-def _triggers(text: str | None) -> list[Trigger] | None:
-    if not text:
-        return None
-    try:
-        return [Trigger(t.strip()) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise InvalidParameters([FieldError(("trigger",), "unknown trigger; known: "
-                                            + ", ".join(t.value for t in Trigger))]) from None
+def _triggers(text: str | None) -> set[Trigger] | None:
+    return enum_set(Trigger, text, "trigger", "trigger", error=InvalidParameters)
 
 
 async def _job_outs(ctx: ApiContext, jobs: Sequence[Job]) -> list[JobOut]:
