@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "ManualSchedule",
     "OneOffSchedule",
     "Schedule",
+    "fire_times",
     "parse_duration",
     "parse_schedule",
     "parse_timezone",
@@ -460,3 +462,18 @@ def parse_schedule(
         raise InvalidSchedule(expression, f"unknown schedule macro {head!r}; use one of "
                               f"{', '.join(sorted(_MACROS))}, @every <duration> or @at <time>")
     return CronSchedule(text, timezone)
+
+
+def fire_times(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
+    """The schedule's next ``count`` fire times strictly after ``after``: fewer when it ends (or would go
+    past year 9999). What the schedule previews show."""
+    times: list[datetime] = []
+    t = after
+    with contextlib.suppress(OverflowError, ValueError):  # past year 9999: no more times
+        while len(times) < count:
+            nxt = schedule.next_after(t)
+            if nxt is None:
+                break
+            times.append(nxt)
+            t = nxt
+    return times

@@ -25,6 +25,7 @@ from chronos_core.filters import enum_set
 from chronos_core.payloads import field_errors
 from chronos_core.planning import excluded_by, jitter_offset
 from chronos_core.ports import RunCounts
+from chronos_core.schedules import fire_times
 
 from .context import ApiContext, Op, api
 from .inputs import parse_query, read_json
@@ -399,16 +400,7 @@ async def preview_schedule(request: Request) -> Response:
         q = q.model_copy(update={"schedule": job.schedule, "timezone": job.timezone})
     elif q.schedule is None:
         raise InvalidParameters([FieldError(("schedule",), "give a schedule (or a job_id)")])
-    schedule = parse_schedule(q.schedule, q.timezone)
-    times: list[datetime] = []
-    t = datetime.now(UTC)
-    with contextlib.suppress(OverflowError, ValueError):  # past year 9999: no more times
-        for _ in range(q.count):
-            nxt = schedule.next_after(t)
-            if nxt is None:
-                break
-            times.append(nxt)
-            t = nxt
+    times = fire_times(parse_schedule(q.schedule, q.timezone), datetime.now(UTC), q.count)
     excluded: list[datetime] = []
     offsets: list[float] = []
     if job is not None:

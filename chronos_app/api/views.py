@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from chronos_core import InvalidSchedule, Job, JobNotFound, JobSpec, RunStatus, parse_schedule
-from chronos_core.schedules import parse_timezone
+from chronos_core import Job, JobNotFound, JobSpec, RunStatus, parse_schedule
+from chronos_core.schedules import fire_times, parse_timezone
 
 from .context import Op, api
 from .inputs import parse_query
@@ -200,15 +200,8 @@ async def describe(request: Request) -> Response:
     422 field errors as creating a job with this schedule)."""
     q = parse_query(request, DescribeQuery)
     schedule = parse_schedule(q.schedule or None, q.timezone)
-    times: list[FireTime] = []
-    t = datetime.now(UTC)
-    with contextlib.suppress(OverflowError, ValueError, InvalidSchedule):
-        for _ in range(q.count):
-            nxt = schedule.next_after(t)
-            if nxt is None:
-                break
-            times.append(FireTime(at=nxt, dst=dst_note(nxt, q.timezone)))
-            t = nxt
+    times = [FireTime(at=t, dst=dst_note(t, q.timezone))
+             for t in fire_times(schedule, datetime.now(UTC), q.count)]
     return _json(ScheduleDescription(schedule=q.schedule, timezone=q.timezone,
                                      description=describe_schedule(q.schedule, q.timezone), times=times))
 

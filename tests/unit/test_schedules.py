@@ -332,3 +332,18 @@ def test_at_fires_once_and_reads_naive_times_in_the_job_zone() -> None:
     assert s.next_after(at) is None
     explicit = parse_schedule("@at 2027-01-01T09:00:00+01:00", "America/New_York")
     assert explicit.next_after(at - timedelta(days=1)) == at
+
+
+def test_fire_times_stop_where_the_schedule_ends_and_before_year_9999() -> None:
+    from datetime import UTC, datetime
+
+    from chronos_core.schedules import fire_times, parse_schedule
+
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    assert fire_times(parse_schedule("@every 1h", "UTC"), t0, 3) == [
+        datetime(2030, 1, 1, h, tzinfo=UTC) for h in (1, 2, 3)]
+    assert fire_times(parse_schedule("@at 2030-06-01T00:00:00Z", "UTC"), t0, 5) == [
+        datetime(2030, 6, 1, tzinfo=UTC)]
+    assert fire_times(parse_schedule(None, "UTC"), t0, 5) == []
+    late = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+    assert len(fire_times(parse_schedule("* * * * *", "UTC"), late, 5)) <= 1
