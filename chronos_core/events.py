@@ -13,7 +13,7 @@ from .errors import SubscriptionOverflow
 from .models import RUN_EVENT_FOR_STATUS, Event, EventType, Job, Run
 from .ports import Clock, EventBus
 
-__all__ = ["job_event", "publish_best_effort", "run_data", "run_event", "watch"]
+__all__ = ["cancel_request", "job_event", "publish_best_effort", "run_data", "run_event", "watch"]
 
 log = logging.getLogger("chronos.events")
 
@@ -57,6 +57,12 @@ def run_event(run: Run, now: datetime, type: EventType | None = None) -> Event:
     """The event for the run's current status (or ``type``)."""
     return Event(type=type or RUN_EVENT_FOR_STATUS[run.status], time=now, job_id=run.job_id,
                  run_id=run.id, data=run_data(run))
+
+
+def cancel_request(run_id: str, now: datetime, reason: str, job_id: str | None = None) -> Event:
+    """``run.cancel_requested``: the worker holding the run stops it (and records ``reason``)."""
+    return Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, job_id=job_id, run_id=run_id,
+                 data={"reason": reason})
 
 
 def job_event(type: EventType, job: Job, now: datetime) -> Event:

@@ -27,7 +27,7 @@ from .errors import (
     ShellNotAllowed,
     StoreUnavailable,
 )
-from .events import job_event, publish_best_effort, run_event
+from .events import cancel_request, job_event, publish_best_effort, run_event
 from .filters import enum_set
 from .hooks import Notice, NoticeKind, NoticeStatus, redact_notify, restore_notify
 from .ids import new_id
@@ -488,8 +488,7 @@ class Jobs:
         removed = await self._store.delete_job(job_id)  # the active runs, as the delete found them
         now = self._clock.now()
         # queued ones too: one may be starting as it is deleted (a worker not holding it ignores it)
-        events = [Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, job_id=job_id, run_id=r.id,
-                        data={"reason": "job deleted"}) for r in removed]
+        events = [cancel_request(r.id, now, "job deleted", job_id) for r in removed]
         events.append(job_event(EventType.JOB_DELETED, job, now))
         # best-effort: a running run of a deleted job is also stopped by its worker's next heartbeat
         await publish_best_effort(self._bus, events, log, f"job {job_id} deleted")
@@ -638,9 +637,7 @@ class Runs:
             return run
         run = await self._store.get_run(run_id)
         if run.status is RunStatus.RUNNING:
-            await self._bus.publish([Event(type=EventType.RUN_CANCEL_REQUESTED, time=now,
-                                           job_id=run.job_id, run_id=run.id,
-                                           data={"reason": "cancelled by request"})])
+            await self._bus.publish([cancel_request(run.id, now, "cancelled by request", run.job_id)])
             return run
         raise RunConflict(f"run {run_id} already finished ({run.status.value}); nothing to cancel")
 

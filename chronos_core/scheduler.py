@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import ChronosError, JobNotFound, StoreUnavailable
-from .events import publish_best_effort, run_event, watch
+from .events import cancel_request, publish_best_effort, run_event, watch
 from .hooks import outcome_hooks, record_notices
 from .hookspec import NotifyRule
 from .ids import new_id
@@ -241,8 +241,7 @@ class Scheduler:
             if self.publish_queued:
                 events.extend(run_event(d.run, now) for d in claim.dispatch)
             events.extend(run_event(r, now) for r in claim.cancelled)  # replaced before they started
-            events.extend(Event(type=EventType.RUN_CANCEL_REQUESTED, time=now, run_id=run_id,
-                                data={"reason": "replaced by a newer slot (overlap replace)"})
+            events.extend(cancel_request(run_id, now, "replaced by a newer slot (overlap replace)")
                           for run_id in claim.cancel)
             await self._publish(events)
             if claim.dispatch:
