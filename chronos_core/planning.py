@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from .hookspec import Exclusion
 from .ids import new_id
-from .models import Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, Trigger
+from .models import Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, Trigger, evolve
 from .ports import SlotPlan
 from .schedules import Schedule, parse_schedule, parse_timezone
 
@@ -30,7 +30,9 @@ __all__ = [
     "next_slot",
     "plan_dropped",
     "plan_due_job",
+    "plan_refused",
     "plan_retry",
+    "plan_unplannable",
     "replaced_reason",
     "schedule_of",
 ]
@@ -78,6 +80,23 @@ def _record(job: Job, slot: datetime, now: datetime, status: RunStatus, reason: 
             trigger: Trigger = Trigger.SCHEDULE) -> Run:
     return Run(id=new_id(), job_id=job.id, scheduled_for=slot, trigger=trigger, attempt=1, status=status,
                created_at=now, due_at=slot, finished_at=now, error=reason)
+
+
+def plan_refused(plan: SlotPlan, reason: str, now: datetime) -> SlotPlan:
+    """``plan`` for a job this process refuses to run (a shell job with shell off): the runs it would
+    start are recorded ``skipped`` with the reason instead."""
+    plan.runs = [evolve(r, status=RunStatus.SKIPPED, finished_at=now, error=f"skipped: {reason}")
+                 if r.status is RunStatus.QUEUED else r for r in plan.runs]
+    return plan
+
+
+def plan_unplannable(job: Job, now: datetime, exc: BaseException) -> SlotPlan:
+    """The plan for a job the planner failed on: its slot recorded ``missed`` with the reason, and no
+    further slot until the job is changed (one bad job must not stall the others)."""
+    slot = job.next_run_at or now
+    return SlotPlan(runs=[_record(job, slot, now, RunStatus.MISSED,
+                                  f"missed: the job could not be planned ({type(exc).__name__}: {exc}); "
+                                  "it fires again once it is updated")], next_run_at=None)
 
 
 def plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime,

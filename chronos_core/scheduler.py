@@ -20,9 +20,8 @@ from .errors import ChronosError, JobNotFound, StoreUnavailable
 from .events import cancel_request, publish_best_effort, run_event, watch
 from .hooks import outcome_hooks, record_notices
 from .hookspec import NotifyRule
-from .ids import new_id
-from .models import Event, EventType, Job, OverlapPolicy, Run, RunStatus, Trigger, evolve
-from .planning import Limits, plan_due_job, plan_retry
+from .models import Event, EventType, Job, OverlapPolicy, Run, RunStatus
+from .planning import Limits, plan_due_job, plan_refused, plan_retry, plan_unplannable
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, SlotPlan, Store
 
 __all__ = ["Scheduler", "SchedulerStats"]
@@ -135,20 +134,14 @@ class Scheduler:
             plan = plan_due_job(job, active, now, self.limits)
             reason = self.refuse(job) if self.refuse is not None else None
             if reason is not None:
-                plan.runs = [evolve(r, status=RunStatus.SKIPPED, finished_at=now, error=f"skipped: {reason}")
-                             if r.status is RunStatus.QUEUED else r for r in plan.runs]
+                plan = plan_refused(plan, reason, now)
             rules = job.notify or self.default_notify
             if rules:
                 plan.notices = record_notices(rules, job.id, job.name, plan.runs, now)
             return plan
         except Exception as exc:
             log.exception("cannot plan job %s", job.id)
-            slot = job.next_run_at or now
-            record = Run(id=new_id(), job_id=job.id, scheduled_for=slot, trigger=Trigger.SCHEDULE, attempt=1,
-                         status=RunStatus.MISSED, created_at=now, due_at=slot, finished_at=now,
-                         error=f"missed: the job could not be planned ({type(exc).__name__}: {exc}); "
-                               "it fires again once it is updated")
-            return SlotPlan(runs=[record], next_run_at=None)
+            return plan_unplannable(job, now, exc)
 
     async def _room(self) -> int | None:
         """How many more dispatches the queue may take now (None: no bound)."""
