@@ -212,5 +212,9 @@ class Container(containers.DeclarativeContainer):
         notify_channels=notify_channels,
         default_notify=settings.provided.notify_default,
         worker_name=settings.provided.worker_name,
+        history_max_age=settings.provided.history_max_age,
+        prune_interval=settings.provided.prune_interval,
+        reap_grace=settings.provided.reap_grace,
+        store_retry_for=settings.provided.store_retry_for,
     )
     chronos = providers.Singleton(load_plugins, engines, settings.provided.plugins)

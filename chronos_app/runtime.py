@@ -87,6 +87,10 @@ class Chronos:
         default_notify: Sequence[NotifyRule | dict[str, Any]] = (),
         notifier: bool | None = None,
         worker_name: str | None = None,
+        history_max_age: float | None = None,
+        prune_interval: float = 60.0,
+        reap_grace: float = 10.0,
+        store_retry_for: float = 300.0,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -110,10 +114,12 @@ class Chronos:
         self.scheduler = (Scheduler(store, queue, bus, self.clock, batch_size=batch_size,
                                     max_queued=max_queued, refuse=self._refuse,
                                     redispatch_after=redispatch_after or None,
-                                    default_notify=self.default_notify) if scheduler else None)
+                                    default_notify=self.default_notify, history_max_age=history_max_age,
+                                    prune_interval=prune_interval, reap_grace=reap_grace)
+                          if scheduler else None)
         self.worker = (Worker(store, queue, bus, self.clock, self.executors, job_types=self.job_types,
                               concurrency=concurrency, lease=lease, output_limit=output_limit,
-                              default_notify=self.default_notify,
+                              default_notify=self.default_notify, store_retry_for=store_retry_for,
                               owner=f"{worker_name}-{new_id()[-8:]}" if worker_name else None)
                        if worker else None)
         # delivers notifications, chained runs and auto-pauses (by default where the scheduler runs)

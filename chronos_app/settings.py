@@ -92,6 +92,14 @@ class Settings(BaseSettings):
         "seconds a run may stay queued after its dispatch was sent to Kafka before the scheduler sends "
         "it again (the broker lost it, e.g. restarted without its data); 0: never"))
     output_limit: int = Field(default=64 * 1024, ge=1024)
+    history_max_age: float | None = Field(default=None, gt=0, description=(
+        "seconds a finished run is kept (retention by age, for every job; a job's history_limit still "
+        "applies); unset: kept until its job's history_limit or its deletion"))
+    prune_interval: float = Field(default=60.0, gt=0, description="seconds between retention sweeps")
+    reap_grace: float = Field(default=10.0, ge=0, description=(
+        "seconds past a run's lease expiry before the scheduler reaps it (fails or retries it)"))
+    store_retry_for: float = Field(default=300.0, ge=0, description=(
+        "seconds a worker keeps trying to record a run's start or outcome while the store is down"))
     process_tuning: bool = Field(default=True, description=(
         "chronos serve/scheduler/worker: after start-up, freeze what is alive out of the garbage "
         "collector's scans, collect its young generation less often and shorten the GIL switch "

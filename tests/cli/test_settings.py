@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from chronos_adapters.executors import ExecutorConfig
@@ -120,3 +122,53 @@ def test_worker_name_and_redispatch_after_reach_the_engines(monkeypatch: pytest.
     monkeypatch.setenv("CHRONOS_WORKER_NAME", "bad name")
     with pytest.raises(ValueError, match="worker_name"):
         Settings()
+
+
+def test_retention_reaping_and_store_retries_reach_the_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention by age could not be turned on in the service: the knobs reached neither Chronos nor
+    the settings."""
+    from datetime import timedelta
+
+    from dependency_injector import providers
+
+    monkeypatch.setenv("CHRONOS_DATABASE_URL", "memory")
+    monkeypatch.setenv("CHRONOS_HISTORY_MAX_AGE", "86400")
+    monkeypatch.setenv("CHRONOS_PRUNE_INTERVAL", "30")
+    monkeypatch.setenv("CHRONOS_REAP_GRACE", "20")
+    monkeypatch.setenv("CHRONOS_STORE_RETRY_FOR", "600")
+    container = Container()
+    container.settings.override(providers.Object(Settings()))
+    chronos = container.chronos()
+    assert chronos.scheduler is not None and chronos.worker is not None
+    assert chronos.scheduler.history_max_age == timedelta(days=1)
+    assert chronos.scheduler.prune_interval == timedelta(seconds=30)
+    assert chronos.scheduler.reap_grace == timedelta(seconds=20)
+    assert chronos.worker.store_retry_for == 600
+    assert Settings(history_max_age=None).history_max_age is None  # the default: kept
+    monkeypatch.setenv("CHRONOS_HISTORY_MAX_AGE", "0")
+    with pytest.raises(ValueError, match="history_max_age"):
+        Settings()
+
+
+async def test_history_max_age_prunes_old_runs_of_an_embedded_chronos() -> None:
+    from datetime import UTC, datetime
+
+    from chronos_app import Chronos
+    from chronos_core import FakeClock
+
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    async with Chronos.embedded(clock=clock, history_max_age=3600, prune_interval=60) as chronos:
+        job = await chronos.jobs.create({"name": "once", "type": "shell", "payload": {"command": "true"}})
+        await chronos.jobs.trigger(job.id)
+        await chronos.settle()
+        assert len(await chronos.jobs.history(job.id)) == 1
+        await chronos.advance(minutes=30)
+        assert len(await chronos.jobs.history(job.id)) == 1  # younger than an hour: kept
+        await chronos.advance(hours=1, minutes=5)
+        history = await chronos.jobs.history(job.id)
+        for _ in range(200):  # the sweep runs in the scheduler's loop, once it wakes at the new time
+            if not history:
+                break
+            await asyncio.sleep(0.01)
+            history = await chronos.jobs.history(job.id)
+        assert history == []
