@@ -12,12 +12,10 @@ import pytest
 
 from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus
 from chronos_core import (
-    Event,
     EventType,
     FakeClock,
     Jobs,
     JobTypes,
-    Runs,
     RunStatus,
     Scheduler,
     StoreUnavailable,
@@ -27,7 +25,7 @@ from chronos_core import (
 from chronos_core.models import evolve
 from chronos_core.ports import Store
 from tests.engine.proxies import Proxy
-from tests.engine.test_races import T0, Rig, S, StepExecutor, StepPayload, moving_clock
+from tests.engine.test_races import T0, Rig, S, StepExecutor, StepPayload, build_rig, moving_clock
 
 ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -35,24 +33,7 @@ ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 @pytest.fixture
 def rig(store: Store) -> Rig:
     """test_races' rig: every adapter behind a proxy, the published events recorded."""
-    clock = FakeClock(T0)
-    store_p, queue, bus = Proxy(store), Proxy(MemoryDispatchQueue()), Proxy(MemoryEventBus())
-    types = JobTypes()
-    types.register("step", StepPayload)
-    executor = StepExecutor()
-    r = Rig(clock=clock, store=store_p, queue=queue, bus=bus,
-            jobs=Jobs(store_p, queue, bus, clock, types),  # type: ignore[arg-type]
-            runs=Runs(store_p, bus, clock),  # type: ignore[arg-type]
-            scheduler=Scheduler(store_p, queue, bus, clock, batch_size=50, reap_grace=10),  # type: ignore[arg-type]
-            worker=Worker(store_p, queue, bus, clock, {"step": executor}, job_types=types,  # type: ignore[arg-type]
-                          lease=30, store_retry_for=3600),
-            executor=executor)
-
-    async def record(real: Any, events: list[Event]) -> None:
-        await real(events)
-        r.events.extend(events)
-    bus.hooks["publish"] = record
-    return r
+    return build_rig(store, StepExecutor())
 
 
 # ------------------------------------------------ item 3: overlap replace, the replaced run's retry

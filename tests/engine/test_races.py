@@ -102,13 +102,14 @@ class Rig:
         self.bus.hooks["publish"] = publish
 
 
-@pytest.fixture
-def rig(store: Store) -> Rig:
+def build_rig(store: Store, executor: Any) -> Rig:
+    """Every adapter behind a proxy around ``store`` and in-memory queue and bus, the engines on a fake
+    clock with ``executor`` for the ``step`` type, and the published events recorded (the rig of this
+    module, test_races_ops and test_racereview)."""
     clock = FakeClock(T0)
     store_p, queue, bus = Proxy(store), Proxy(MemoryDispatchQueue()), Proxy(MemoryEventBus())
     types = JobTypes()
     types.register("step", StepPayload)
-    executor = StepExecutor()
     r = Rig(clock=clock, store=store_p, queue=queue, bus=bus,
             jobs=Jobs(store_p, queue, bus, clock, types),  # type: ignore[arg-type]
             runs=Runs(store_p, bus, clock),  # type: ignore[arg-type]
@@ -122,6 +123,11 @@ def rig(store: Store) -> Rig:
         r.events.extend(events)
     bus.hooks["publish"] = record
     return r
+
+
+@pytest.fixture
+def rig(store: Store) -> Rig:
+    return build_rig(store, StepExecutor())
 
 
 async def moving_clock(rig: Rig, task: asyncio.Task[Any], step: float = 1.0, limit: int = 500) -> Any:

@@ -10,23 +10,15 @@ from typing import Any
 
 import pytest
 
-from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus
 from chronos_core import (
     EventType,
     ExecutionResult,
-    FakeClock,
     Job,
-    Jobs,
-    JobTypes,
     Run,
-    Runs,
     RunStatus,
-    Scheduler,
-    Worker,
 )
 from chronos_core.ports import Store
-from tests.engine.proxies import Proxy
-from tests.engine.test_races import T0, Rig, S, StepExecutor, StepPayload
+from tests.engine.test_races import T0, Rig, S, StepExecutor, build_rig
 
 
 async def until(predicate: Any, what: str, tries: int = 5000) -> None:
@@ -60,24 +52,7 @@ class Gate(StepExecutor):
 @pytest.fixture
 def rig(store: Store) -> Rig:
     """As test_races' rig, with a Gate executor."""
-    clock = FakeClock(T0)
-    store_p, queue, bus = Proxy(store), Proxy(MemoryDispatchQueue()), Proxy(MemoryEventBus())
-    types = JobTypes()
-    types.register("step", StepPayload)
-    executor = Gate()
-    r = Rig(clock=clock, store=store_p, queue=queue, bus=bus,
-            jobs=Jobs(store_p, queue, bus, clock, types),  # type: ignore[arg-type]
-            runs=Runs(store_p, bus, clock),  # type: ignore[arg-type]
-            scheduler=Scheduler(store_p, queue, bus, clock, batch_size=50, reap_grace=10),  # type: ignore[arg-type]
-            worker=Worker(store_p, queue, bus, clock, {"step": executor}, job_types=types,  # type: ignore[arg-type]
-                          lease=30, store_retry_for=3600),
-            executor=executor)
-
-    async def record(real: Any, events: list[Any]) -> None:
-        await real(events)
-        r.events.extend(events)
-    bus.hooks["publish"] = record
-    return r
+    return build_rig(store, Gate())
 
 
 def gate(rig: Rig) -> Gate:
