@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .payloads import parse_address
+from .payloads import http_url, parse_address
 
 __all__ = ["ChainRule", "EmailChannel", "Exclusion", "NotifyEvent", "NotifyRule", "WebhookChannel"]
 
@@ -41,9 +41,7 @@ class WebhookChannel(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s?#]+", v, re.I):
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return v
+        return http_url(v)
 
     @field_validator("headers")
     @classmethod

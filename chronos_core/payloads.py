@@ -132,6 +132,13 @@ class ShellPayload(_ItemSecrets):
                 "env": {k: v for k, v in self.env.items() if not is_secret_name(k)}}
 
 
+def http_url(v: str) -> str:
+    """``v`` if it is an absolute http(s) URL (what an HTTP job or a webhook may call), else ValueError."""
+    if not re.match(r"^https?://[^/\s?#]+", v, re.I):
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return v
+
+
 class HttpPayload(_ItemSecrets):
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
     url: str = Field(min_length=1, max_length=8192)
@@ -154,9 +161,7 @@ class HttpPayload(_ItemSecrets):
     @field_validator("url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s?#]+", v, re.I):
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return v
+        return http_url(v)
 
     @field_validator("expected_status")
     @classmethod
