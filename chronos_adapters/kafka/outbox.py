@@ -2,7 +2,8 @@
 first and a relay publishes them to the runs topic, so scheduling goes on while Kafka is down (the outbox
 grows) and everything is delivered once it is back.
 
-* ``chronos_outbox`` (created on start if missing, in the store's database): one row per dispatch, in
+* ``chronos_outbox`` (``chronos_adapters.sql.tables.outbox``, migration 0006: ``chronos migrate``, the
+  store's start or the relay's brings the database to it), in the store's database: one row per dispatch, in
   insertion order (``seq``), with the encoded message; ``sent_at`` is set once Kafka acknowledged it.
 * :func:`write_outbox` inserts the rows on a given connection: ``SqlStore(on_dispatch=write_outbox)``
   calls it inside the claim transaction (and for retries and manual triggers), so runs and their
@@ -26,34 +27,15 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    delete,
-    func,
-    insert,
-    inspect,
-    null,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import delete, func, insert, null, or_, select, text, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.mysql import LONGBLOB
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
+from chronos_adapters.sql.engine import open_engine
+from chronos_adapters.sql.migrate import upgrade_connection
+from chronos_adapters.sql.tables import outbox as outbox_table
 from chronos_core.errors import StoreUnavailable
 from chronos_core.ports import Dispatch, DispatchQueue
 
@@ -63,22 +45,6 @@ from .queue import KafkaDispatchQueue
 __all__ = ["OutboxDispatchQueue", "OutboxRelay", "outbox_table", "write_outbox"]
 
 log = logging.getLogger("chronos.kafka.outbox")
-
-metadata = MetaData()
-outbox_table = Table(
-    "chronos_outbox", metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("run_id", String(36), nullable=False),
-    Column("job_id", String(36), nullable=False),
-    Column("message", LargeBinary().with_variant(LONGBLOB(), "mysql"), nullable=False),
-    # False while written by the store in the claim transaction and not yet handed over by ``put``
-    Column("ready", Boolean, nullable=False),
-    Column("created_at", DateTime, nullable=False),  # naive UTC
-    Column("sent_at", DateTime),
-    Index("ix_chronos_outbox_unsent", "sent_at", "seq"),
-    Index("ux_chronos_outbox_run", "run_id", unique=True),
-    mysql_engine="InnoDB",
-)
 
 _LOCK_NAME = "chronos_outbox_relay"
 
@@ -155,22 +121,25 @@ class OutboxRelay:
         return self.engine.dialect.name in ("mysql", "mariadb")
 
     async def open(self) -> None:
-        """Connect and create the table if needed (without starting the relay loop)."""
+        """Connect (the engine the store would open: ``chronos_adapters.sql.engine.open_engine``) and,
+        with ``create_table``, bring the database to the newest schema, the outbox table included
+        (without starting the relay loop)."""
         if self._engine is None and self._url is not None:
-            options: dict[str, Any] = {"pool_pre_ping": True}
-            if not self._url.startswith("sqlite"):
-                options.update(pool_size=3, max_overflow=0, isolation_level="READ COMMITTED")
-            self._engine = create_engine(self._url, **options)
+            self._engine, _ = open_engine(self._url, pool_size=3)
         if self.create_table:
-            await self._db(self._create_table)
+            await self._db(self._migrate)
 
-    def _create_table(self) -> None:
-        try:
-            metadata.create_all(self.engine, checkfirst=True)
-        except sa_exc.DatabaseError:
-            # another process created it between the check and the CREATE
-            if not inspect(self.engine).has_table(outbox_table.name):
-                raise
+    def _migrate(self) -> None:
+        with self.engine.connect() as conn:
+            upgrade_connection(conn)
+
+    def _reading(self) -> Connection:
+        """A connection for reads only: on SQLite its transactions begin deferred, so the relay's polls
+        do not take the write lock the store's claims wait for."""
+        conn = self.engine.connect()
+        if self.engine.dialect.name == "sqlite":
+            conn.execution_options(chronos_read=True)
+        return conn
 
     async def start(self) -> None:
         if self._task is not None:
@@ -227,7 +196,7 @@ class OutboxRelay:
 
         def read() -> set[str]:
             unsent_or_recent: set[str] = set()
-            with self.engine.connect() as conn:
+            with self._reading() as conn:
                 for i in range(0, len(ids), 500):
                     q = select(outbox_table.c.run_id).where(
                         outbox_table.c.run_id.in_(ids[i:i + 500]),
@@ -240,7 +209,7 @@ class OutboxRelay:
     async def pending(self) -> int:
         """Rows not sent yet."""
         def count() -> int:
-            with self.engine.connect() as conn:
+            with self._reading() as conn:
                 q = select(func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))
                 return int(conn.scalar(q) or 0)
         return int(await self._db(count))
@@ -251,7 +220,7 @@ class OutboxRelay:
         settled = _utc_naive(datetime.now(UTC) - self.settle)
 
         def read() -> list[Any]:
-            with self.engine.connect() as conn:
+            with self._reading() as conn:
                 q = (select(outbox_table.c.seq, outbox_table.c.job_id, outbox_table.c.message)
                      .where(outbox_table.c.sent_at.is_(None),
                             or_(outbox_table.c.ready.is_(True), outbox_table.c.created_at < settled))

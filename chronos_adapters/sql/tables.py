@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -15,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -24,8 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["UtcDateTime", "job_run_counts", "job_summaries", "jobs", "metadata", "notices", "run_counts",
-           "runs"]
+__all__ = ["UtcDateTime", "job_run_counts", "job_summaries", "jobs", "metadata", "notices", "outbox",
+           "run_counts", "runs"]
 
 _MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
@@ -200,4 +203,23 @@ notices = Table(
     Index(None, "job_id", "created_at"),
     Index(None, "result"),  # the chain that made a run
     **_MYSQL,
+)
+
+# The dispatch outbox of a scaled-out deployment (chronos_adapters.kafka.outbox): one row per dispatch in
+# insertion order (`seq`), written in the claim's transaction, published to the runs topic by the relay,
+# which sets `sent_at`. Datetimes are naive UTC here (the relay writes them so). Migration 0006; databases
+# where an older relay created the table itself keep theirs (the same columns and indexes).
+outbox = Table(
+    "chronos_outbox", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("run_id", String(36), nullable=False),
+    Column("job_id", String(36), nullable=False),
+    Column("message", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=False),
+    # False while written by the store in the claim transaction and not yet handed over by ``put``
+    Column("ready", Boolean, nullable=False),
+    Column("created_at", DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"), nullable=False),
+    Column("sent_at", DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")),
+    Index("ix_chronos_outbox_unsent", "sent_at", "seq"),
+    Index("ux_chronos_outbox_run", "run_id", unique=True),
+    mysql_engine="InnoDB",
 )
