@@ -1,20 +1,34 @@
-"""How a SQL database is opened, by the store and by ``chronos migrate`` alike: the engine options per
-dialect, SQLite's connection set-up (our own BEGIN, WAL) and its private file, and the migrations'
-version table. The store, the migrations and the command import it; it imports none of them."""
+"""How a SQL database is opened and used, by the store and by ``chronos migrate`` alike: the engine
+options per dialect, SQLite's connection set-up (our own BEGIN, WAL) and its private file, the migrations'
+version table, and :class:`Database`: one transaction per call in a thread pool of its own, SQLite's
+writer lock, and driver errors translated into ``chronos_core`` errors (the one place that does). The
+store, the migrations and the command import it; it imports none of them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Mapping
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["VERSION_TABLE", "is_sqlite", "open_engine"]
+from chronos_core.errors import RunConflict, StoreUnavailable
+
+__all__ = ["VERSION_TABLE", "Database", "driver_detail", "is_sqlite", "open_engine"]
+
+T = TypeVar("T")
+
+_MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock: the transaction was rolled back; run it again
 
 log = logging.getLogger("chronos.store.sql")
 
@@ -90,3 +104,71 @@ def _sqlite_setup(engine: Engine) -> None:
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("chronos_read")
                              else "BEGIN IMMEDIATE")
+
+
+def driver_detail(exc: BaseException) -> str:
+    """The driver's message, never the statement or its parameters (they may hold secrets)."""
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {orig}"[:500]
+
+
+class Database:
+    """An open engine and the thread pool that uses it (the drivers are synchronous: no call runs on the
+    event loop). :meth:`call` runs a function (one transaction) in the pool through :meth:`guarded`;
+    :meth:`transaction` opens one."""
+
+    def __init__(self, engine: Engine, threads: int) -> None:
+        self.engine = engine
+        self.sqlite = is_sqlite(engine.url)
+        self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chronos-sql")
+        self._writer = threading.Lock()  # SQLite: this process's writing transactions, one at a time
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(self.guarded, fn, *args))
+
+    @staticmethod
+    def guarded(fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` (one transaction), again after a deadlock; driver errors as Chronos errors."""
+        for attempt in range(8):
+            try:
+                return fn(*args)
+            except sa_exc.IntegrityError as exc:  # one the caller did not expect: still a domain error
+                raise RunConflict(f"conflicting write: {driver_detail(exc)}") from None
+            except sa_exc.DBAPIError as exc:
+                code = getattr(exc.orig, "args", (None,))[0] if exc.orig is not None else None
+                if code in _MYSQL_RETRY and attempt < 7:
+                    time.sleep(0.005 * 2 ** attempt)
+                    continue
+                if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or \
+                        exc.connection_invalidated:
+                    raise StoreUnavailable(driver_detail(exc)) from None
+                raise
+            except (sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
+                raise StoreUnavailable(driver_detail(exc)) from None
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def transaction(self, read: bool = False) -> Iterator[Connection]:
+        """One transaction; on SQLite a writing one starts with ``BEGIN IMMEDIATE``, after taking the
+        writer lock: SQLite admits one writer at a time, and a thread of this process waiting in
+        SQLite's busy handler polls with sleeps of up to 100 ms, while one waiting on the lock is woken
+        as soon as the writer before it commits."""
+        writer = self.sqlite and not read
+        # as long as SQLite itself would wait (busy_timeout) before giving up
+        if writer and not self._writer.acquire(timeout=60):
+            raise StoreUnavailable("another transaction of this store kept the database locked")
+        try:
+            with self.engine.connect() as conn:
+                if read and self.sqlite:
+                    conn.execution_options(chronos_read=True)
+                with conn.begin():
+                    yield conn
+        finally:
+            if writer:
+                self._writer.release()
+
+    async def close(self) -> None:
+        """Wait for the calls in flight, then close the pool's connections."""
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        self.engine.dispose()

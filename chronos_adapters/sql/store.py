@@ -15,12 +15,9 @@ import dataclasses
 import functools
 import json
 import logging
-import threading
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -77,7 +74,7 @@ from chronos_core.ports import Claim, Dispatch, JobChange, Planner, RunCounts, S
 from chronos_core.retry import RetryPolicy
 
 from . import sqlite_batch
-from .engine import open_engine
+from .engine import Database, open_engine
 from .migrate import upgrade_connection
 from .tables import UtcDateTime, job_run_counts, job_summaries, jobs, notices, run_counts, runs
 
@@ -95,7 +92,6 @@ _JOB_STATUS = {s.value: s for s in JobStatus}
 _OVERLAP = {p.value: p for p in OverlapPolicy}
 _MISFIRE = {p.value: p for p in MisfirePolicy}
 _Guard = Callable[[list[dict[str, Any]]], tuple[str, list[Any]]]  # a chunk's extra WHERE and its params
-_MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock: the transaction was rolled back; run it again
 _CHUNK = 500  # ids per IN list / rows per CASE update
 
 
@@ -294,12 +290,6 @@ def _owner_guard(owners: dict[str, str | None], rows: list[dict[str, Any]]) -> t
             params)
 
 
-def _detail(exc: BaseException) -> str:
-    """The driver's message, never the statement or its parameters (they may hold secrets)."""
-    orig = getattr(exc, "orig", None) or exc
-    return f"{type(orig).__name__}: {orig}"[:500]
-
-
 # -------------------------------------------------------------------------------------- the store
 
 
@@ -322,15 +312,13 @@ class SqlStore(Store):
         self.create_schema = create_schema
         self.engine_options = engine_options
         self.max_write_batch = 500
-        self._engine: Engine | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._db: Database | None = None
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
         self._pending: list[tuple[_Start | _Finish, asyncio.Future[Any]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
         # group commits in flight at once: MySQL overlaps one batch's commit with the next batch; SQLite
         # serializes writers anyway
         self.parallel_commits = 1 if self._sqlite else 2
-        self._writer = threading.Lock()  # SQLite: this process's writing transactions, one at a time
         self._prune_after: str | None = None  # where the history_limit sweep resumes
         self._prune_backlog: list[str] = []  # excess runs found by the sweep, not deleted yet
         # Jobs as last claimed, by id: (version, job). The version is what the claim's select reads
@@ -348,18 +336,15 @@ class SqlStore(Store):
     @property
     def engine(self) -> Engine:
         """The SQLAlchemy engine (after :meth:`start`)."""
-        if self._engine is None:
-            raise RuntimeError("the store is not started")
-        return self._engine
+        return self._database.engine
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._engine is not None:
+        if self._db is not None:
             return
-        engine, workers = open_engine(self.url, pool_size=self.pool_size, options=self.engine_options)
-        self._engine = engine
+        engine, threads = open_engine(self.url, pool_size=self.pool_size, options=self.engine_options)
+        self._db = Database(engine, threads)
         self._prepare_sql(engine)
-        self._executor = ThreadPoolExecutor(max(1, workers), thread_name_prefix="chronos-sql")
         try:
             if self.create_schema:
                 await self._call(_upgrade, engine)
@@ -371,12 +356,9 @@ class SqlStore(Store):
         while self._flushers:
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*self._flushers)
-        engine, executor = self._engine, self._executor
-        self._engine = self._executor = None
-        if executor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
-        if engine is not None:
-            engine.dispose()
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
 
     async def ping(self) -> None:
         def ping() -> None:
@@ -385,51 +367,21 @@ class SqlStore(Store):
         await self._call(ping)
 
     # plumbing ---------------------------------------------------------------------------------
+    @property
+    def _database(self) -> Database:
+        if self._db is None:
+            raise RuntimeError("the store is not started")
+        return self._db
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
+        """``fn`` (one transaction) in the store's thread pool, driver errors as Chronos errors."""
+        if self._db is None:
             raise StoreUnavailable("the store is not started")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(self._guarded, fn, *args))
+        return await self._db.call(fn, *args)
 
-    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` (one transaction), again after a deadlock; driver errors as Chronos errors."""
-        for attempt in range(8):
-            try:
-                return fn(*args)
-            except sa_exc.IntegrityError as exc:  # one the method did not expect: still a domain error
-                raise RunConflict(f"conflicting write: {_detail(exc)}") from None
-            except sa_exc.DBAPIError as exc:
-                code = getattr(exc.orig, "args", (None,))[0] if exc.orig is not None else None
-                if code in _MYSQL_RETRY and attempt < 7:
-                    time.sleep(0.005 * 2 ** attempt)
-                    continue
-                if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or \
-                        exc.connection_invalidated:
-                    raise StoreUnavailable(_detail(exc)) from None
-                raise
-            except (sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
-                raise StoreUnavailable(_detail(exc)) from None
-        raise AssertionError("unreachable")
-
-    @contextlib.contextmanager
-    def _tx(self, read: bool = False) -> Iterator[Connection]:
-        """One transaction; on SQLite a writing one starts with ``BEGIN IMMEDIATE``, after taking this
-        store's writer lock: SQLite admits one writer at a time, and a thread of this process waiting in
-        SQLite's busy handler polls with sleeps of up to 100 ms, while one waiting on the lock is woken
-        as soon as the writer before it commits."""
-        writer = self._sqlite and not read
-        # as long as SQLite itself would wait (busy_timeout) before giving up
-        if writer and not self._writer.acquire(timeout=60):
-            raise StoreUnavailable("another transaction of this store kept the database locked")
-        try:
-            with self.engine.connect() as conn:
-                if read and self._sqlite:
-                    conn.execution_options(chronos_read=True)
-                with conn.begin():
-                    yield conn
-        finally:
-            if writer:
-                self._writer.release()
+    def _tx(self, read: bool = False) -> contextlib.AbstractContextManager[Connection]:
+        """One transaction (see :meth:`Database.transaction`)."""
+        return self._database.transaction(read)
 
     def _locking(self, query: Select[Any]) -> Select[Any]:
         """MySQL: lock the selected rows, skipping rows another transaction holds (SQLite serializes
@@ -1157,7 +1109,7 @@ class SqlStore(Store):
         results: list[Any] = []
         for op in ops:
             try:
-                results.extend(self._guarded(self._apply_writes, [op]))
+                results.extend(Database.guarded(self._apply_writes, [op]))
             except ChronosError as exc:
                 results.append(exc)
         return results
