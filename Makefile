@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test faults install services lint typecheck bench bench-quick bench-oneliner bench-scale-out fuzz clean
+.PHONY: run test faults install services lint typecheck bench bench-quick bench-api bench-oneliner bench-scale-out fuzz clean
 
 ## What `make run` needs (the service and its drivers); `make test` adds the test tools (pytest, mypy...).
 RUNTIME := $(VENV)/.runtime-installed
@@ -45,9 +45,16 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[mysql,bench]'
 	touch $(BENCH_STAMP)
 
-## Chronos and APScheduler 3.11 side by side (see BENCHMARKS.md); bench-quick takes under 3 minutes.
+## Chronos and APScheduler 3.11 side by side, then the API beside bare Starlette (see BENCHMARKS.md);
+## bench-quick takes under 3 minutes (without the API).
 bench: $(BENCH_STAMP) services
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.api $(BENCH_API_ARGS)
+
+## The REST API (chronos serve, SQLite) beside a bare Starlette app serving the same bytes, with wrk if
+## installed (apt-get install wrk), else a bundled load generator; SSE fan-out. BENCH_API_ARGS=--quick.
+bench-api: $(BENCH_STAMP)
+	$(PY) -m bench.api $(BENCH_API_ARGS)
 
 bench-quick: $(BENCH_STAMP) services
 	$(PY) -m bench.run --quick $(BENCH_ARGS)

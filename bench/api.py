@@ -1,0 +1,677 @@
+"""The REST API beside its framework's floor: ``chronos serve`` on SQLite and a bare Starlette app serving
+the same bytes, both started here, loaded side by side (``make bench-api``; ``python -m bench.api
+[--quick] [--repeats 3] [--duration 8]``).
+
+* The Chronos server is ``chronos serve`` itself (a subprocess, its store a SQLite file seeded first: jobs
+  of the HTTP type with a secret header to mask, some history per job and 150 runs for a few "hot"
+  jobs). The bare server is a Starlette app on the same uvicorn settings (``uvicorn_options``: the same
+  h11 protocol, keep-alive, limits) and the same interpreter tuning, answering each case with the exact
+  bytes Chronos answered it with - the difference between the two is Chronos's own work per request.
+* The load comes from ``wrk -t1 -c16`` when it is installed (``apt-get install wrk``), else from a
+  bundled asyncio HTTP/1.1 keep-alive client (in this process; it saturates well below wrk, so a
+  fallback figure understates both servers - ratios stay comparable, absolute figures do not).
+* Cases: ``GET /jobs?limit=100``, ``GET /jobs/{id}/history?limit=100``, ``POST /jobs`` (target >= 1,000/s),
+  ``GET /jobs/health`` (the floor check: routing, middleware, a tiny JSON body). Each case alternates
+  bare and Chronos ``--repeats`` times; the summary line gives the median and min-max of each and of
+  the per-repeat ratio (chronos rps / bare rps).
+* SSE (``--sse``, in ``make bench``): ``--sse-clients`` clients on ``/monitor/logs`` while
+  ``--sse-rate`` python jobs a second (an ``async def`` that does nothing) run for ``--sse-seconds``:
+  the events every client got against what the runs published (queued, started, succeeded), and the
+  delivery delay (receipt minus the event's ``time``) of the first event of each read, p50/p99/max.
+  The clients share this machine's two cores with the server (one process, raw sockets, no parsing
+  beyond counting events).
+
+Every JSON line carries the CPU model and the calibration figure (the bare Starlette rps of the same run
+and case); results go to ``bench/api-latest.jsonl`` (``--quick``: ``bench/results/api-quick.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+HOST = "127.0.0.1"
+SECRET = "Bearer bench-secret-token-0123456789"
+TARGETS = {"GET /jobs?limit=100": 0.25, "GET /jobs/{id}/history?limit=100": 0.25}
+POST_TARGET = 1000.0
+
+
+async def nothing() -> None:
+    """The SSE case's python job: an ``async def`` that does nothing (runs on the worker's loop)."""
+
+
+# ------------------------------------------------------------------------------------------ machine
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+# ------------------------------------------------------------------------------------------ seeding
+
+def job_spec(i: int, prefix: str = "bench") -> dict[str, Any]:
+    """An HTTP job with a secret header (masked in every answer) and a body; half cron, half interval,
+    none due during the bench."""
+    spec: dict[str, Any] = {
+        "name": f"{prefix}-{i:06d}", "type": "http", "description": f"bench job {i}",
+        "payload": {"url": f"https://example.com/hooks/{i}", "method": "POST",
+                    "headers": {"Authorization": SECRET, "X-Request-Source": "bench"},
+                    "json": {"job": i, "kind": "report"}},
+        "retry": {"strategy": "exponential", "max_attempts": 3, "delay": 10}, "timeout": 30,
+    }
+    if i % 2:
+        spec["schedule"] = "0 3 1 * *"
+    else:
+        spec["schedule"] = "@every 1h"
+        spec["start_at"] = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    return spec
+
+
+async def seed(url: str, jobs: int, runs_per_job: int, hot: int, hot_runs: int) -> list[str]:
+    """Create the jobs through the Python API and write their history as the engines write it (queued,
+    started, finished: the summaries come with each finish); returns the job ids, hot ones first."""
+    from chronos_app import Chronos
+    from chronos_core import Run, RunStatus, Trigger
+    from chronos_core.ids import new_id
+
+    chronos = Chronos.embedded(database_url=url)
+    await chronos.start()
+    try:
+        made = []
+        for first in range(0, jobs, 1000):
+            specs = [job_spec(i) for i in range(first, min(jobs, first + 1000))]
+            made += await chronos.jobs.create_many(specs)
+        store = chronos.store
+        now = datetime.now(UTC)
+        s = timedelta(seconds=1)
+        plan = [(j, hot_runs if k < hot else runs_per_job) for k, j in enumerate(made)]
+        batch: list[Run] = []
+
+        async def flush() -> None:
+            for run in batch:
+                await store.add_run(run, dispatched=True)
+            await asyncio.gather(*(store.start_run(r.id, "bench", r.scheduled_for, r.scheduled_for + 30 * s)
+                                   for r in batch))
+            await asyncio.gather(*(store.finish_run(
+                r.id, "bench", status=RunStatus.FAILED if n % 10 == 0 else RunStatus.SUCCEEDED,
+                finished_at=r.scheduled_for + s, output="fetched 42 rows\nwrote report.csv")
+                for n, r in enumerate(batch)))
+            batch.clear()
+
+        for job, count in plan:
+            for n in range(count):
+                slot = now - (count - n) * 60 * s
+                batch.append(Run(id=new_id(), job_id=job.id, scheduled_for=slot, trigger=Trigger.SCHEDULE,
+                                 attempt=1, status=RunStatus.QUEUED, created_at=slot, due_at=slot))
+                if len(batch) >= 500:
+                    await flush()
+        if batch:
+            await flush()
+        return [j.id for j in made]
+    finally:
+        await chronos.stop(grace=1.0)
+
+
+# ------------------------------------------------------------------------------------------ servers
+
+def serve_bare(port: int, bodies: Path) -> None:
+    """The floor: a Starlette app answering each case's path with the bytes Chronos answered it with, on
+    the uvicorn settings ``chronos serve`` uses."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from chronos_app.serving import uvicorn_options
+    from chronos_app.settings import Settings
+    from chronos_app.tuning import tune_process
+
+    @contextlib.asynccontextmanager
+    async def _tuned(app: Starlette) -> AsyncIterator[None]:
+        tune_process()  # as chronos serve does once started
+        yield
+
+    data = json.loads(bodies.read_text())
+    answers = {k: (v["status"], v["body"].encode(), v["location"]) for k, v in data.items()}
+
+    def answer(key: str) -> Response:
+        status, body, location = answers[key]
+        headers = {"Location": location} if location else None
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+    async def jobs(request: Request) -> Response:
+        if request.method == "POST":
+            await request.body()
+            return answer("POST /jobs")
+        return answer("GET /jobs?limit=100")
+
+    async def history(request: Request) -> Response:
+        return answer("GET /jobs/{id}/history?limit=100")
+
+    async def health(request: Request) -> Response:
+        return answer("GET /jobs/health")
+
+    app = Starlette(routes=[Route("/jobs/health", health), Route("/jobs", jobs, methods=["GET", "POST"]),
+                            Route("/jobs/{job_id}/history", history)],
+                    lifespan=_tuned)
+    uvicorn.run(app, host=HOST, port=port, log_level="warning", lifespan="on", server_header=False,
+                **uvicorn_options(Settings()))
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+                if _get(port, "/jobs/health")[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[0]} did not answer on {port}: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def chronos_env(db: Path, **extra: str) -> dict[str, str]:
+    env = _env()
+    for k in [k for k in env if k.startswith("CHRONOS_")]:
+        del env[k]
+    env.update(CHRONOS_DATABASE_URL=f"sqlite:///{db}", CHRONOS_LOG_LEVEL="warning",
+               CHRONOS_PYTHON_MODULES="bench", CHRONOS_SSE_PING="3600", **extra)
+    return env
+
+
+def chronos_cmd(port: int) -> list[str]:
+    exe = Path(sys.executable).with_name("chronos")
+    return [str(exe), "serve", "--host", HOST, "--port", str(port)]
+
+
+def _get(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request("POST" if body is not None else "GET", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read(), resp.getheader("Location") or ""
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------------------------------ load
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    requests: int
+    bad: int  # non-2xx answers and socket errors
+    tool: str
+    cpu_us_per_request: float | None = None  # the server process's CPU over the load / requests
+
+
+def _wrk_ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+POST_LUA = """
+local n = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/jobs", nil, string.format(%s, n))
+end
+"""
+
+
+def post_body_template(prefix: str) -> str:
+    """The body of POST /jobs with ``%d`` for a request counter (names must be unique)."""
+    spec = job_spec(0, prefix)
+    spec.pop("start_at", None)
+    spec["schedule"] = None  # manual only: nothing comes due while the bench runs
+    return json.dumps(spec).replace(f"{prefix}-000000", f"{prefix}-%d")
+
+
+def wrk(port: int, path: str, duration: float, connections: int, post: str | None, tmp: Path) -> Load:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
+    if post is not None:
+        lua = tmp / f"post-{uuid.uuid4().hex[:6]}.lua"
+        lua.write_text(POST_LUA % json.dumps(post))
+        cmd += ["-s", str(lua)]
+    out = subprocess.run([*cmd, f"http://{HOST}:{port}{path}"], capture_output=True, text=True,
+                         timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"\s50%\s+(\S+)", out)
+    p99 = re.search(r"\s99%\s+(\S+)", out)
+    bad = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if errors:
+        bad += sum(int(x) for x in errors.groups())
+    return Load(rps=round(rps, 1), p50_ms=_wrk_ms(p50.group(1)) if p50 else None,
+                p99_ms=_wrk_ms(p99.group(1)) if p99 else None, requests=requests, bad=bad,
+                tool=f"wrk -t1 -c{connections}")
+
+
+async def _client(port: int, make: Callable[[], bytes], deadline: float, lat: list[float],
+                  bad: list[int]) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            writer.write(make())
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+            await reader.readexactly(int(m.group(1)) if m else 0)
+            lat.append(time.perf_counter() - t)
+            if status >= 300:
+                bad[0] += 1
+    except (OSError, asyncio.IncompleteReadError):
+        bad[0] += 1
+    finally:
+        writer.close()
+
+
+def pyload(port: int, path: str, duration: float, connections: int, post: str | None) -> Load:
+    """The bundled load generator: ``connections`` keep-alive connections in one asyncio loop."""
+    counter = iter(range(1, 1 << 62))
+    get = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+
+    def make() -> bytes:
+        if post is None:
+            return get
+        body = (post % next(counter)).encode()
+        return (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    async def main() -> tuple[list[float], int, float]:
+        lat: list[float] = []
+        bad = [0]
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_client(port, make, t0 + duration, lat, bad) for _ in range(connections)))
+        return lat, bad[0], time.perf_counter() - t0
+
+    lat, bad, took = asyncio.run(main())
+    lat.sort()
+    return Load(rps=round(len(lat) / took, 1), p50_ms=_pct_ms(lat, 0.5), p99_ms=_pct_ms(lat, 0.99),
+                requests=len(lat), bad=bad, tool=f"bench.api asyncio client -c{connections}")
+
+
+def _pct_ms(sorted_s: list[float], q: float) -> float | None:
+    if not sorted_s:
+        return None
+    return round(sorted_s[min(len(sorted_s) - 1, int(q * len(sorted_s)))] * 1000, 2)
+
+
+# ------------------------------------------------------------------------------------------ cases
+
+@dataclass
+class CaseResult:
+    case: str
+    chronos: list[Load] = field(default_factory=list)
+    bare: list[Load] = field(default_factory=list)
+
+    def ratios(self) -> list[float]:
+        return [c.rps / b.rps for c, b in zip(self.chronos, self.bare, strict=False) if b.rps]
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def summary_line(r: CaseResult) -> str:
+    c, b, q = _spread([x.rps for x in r.chronos]), _spread([x.rps for x in r.bare]), _spread(r.ratios())
+    text = (f"{r.case}: chronos {c[0]:,.0f}/s ({c[1]:,.0f}-{c[2]:,.0f}) vs bare Starlette {b[0]:,.0f}/s "
+            f"({b[1]:,.0f}-{b[2]:,.0f}): ratio {q[0]:.3f} ({q[1]:.3f}-{q[2]:.3f})")
+    cc = statistics.median([x.cpu_us_per_request or 0 for x in r.chronos])
+    cb = statistics.median([x.cpu_us_per_request or 0 for x in r.bare])
+    text += f"; server CPU/request {cc:,.0f} vs {cb:,.0f} µs"
+    if r.case in TARGETS:
+        text += f"; target >= {TARGETS[r.case]:.2f}: {'met' if q[1] >= TARGETS[r.case] else 'NOT met'}"
+    if r.case == "POST /jobs":
+        text += f"; target >= {POST_TARGET:,.0f}/s: {'met' if c[1] >= POST_TARGET else 'NOT met'}"
+    bad = sum(x.bad for x in r.chronos)
+    if bad:
+        text += f"; {bad} bad answers from chronos"
+    return text
+
+
+def run_http_cases(args: argparse.Namespace, tmp: Path, meta: dict[str, Any], out: list[dict[str, Any]]) -> \
+        list[CaseResult]:
+    db = tmp / "api.db"
+    t0 = time.perf_counter()
+    ids = asyncio.run(seed(f"sqlite:///{db}", args.jobs, args.runs_per_job, args.hot, args.hot_runs))
+    print(f"seeded {args.jobs} jobs, {args.runs_per_job} runs each ({args.hot} with {args.hot_runs}) in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    prefix = f"post{uuid.uuid4().hex[:6]}"
+    post = post_body_template(prefix)
+    cases = [("GET /jobs/health", "/jobs/health", None),
+             ("GET /jobs?limit=100", "/jobs?limit=100", None),
+             ("GET /jobs/{id}/history?limit=100", f"/jobs/{ids[0]}/history?limit=100", None),
+             ("POST /jobs", "/jobs", post)]
+    cases = [c for c in cases if not args.cases or any(s in c[0] for s in args.cases)]
+    loader = wrk if shutil.which("wrk") and not args.no_wrk else None
+    cport, bport = free_port(), free_port()
+    bodies: dict[str, dict[str, Any]] = {}
+    results = []
+    with server(chronos_cmd(cport), cport, chronos_env(db), tmp / "chronos.log") as cproc:
+        for name, path, body in cases:  # the bytes the bare app will serve
+            status, data, location = _get(cport, path, (post % 0).encode() if body else None)
+            assert status in (200, 201), (name, status, data[:300])
+            bodies[name] = {"status": status, "body": data.decode(), "location": location}
+        (tmp / "bodies.json").write_text(json.dumps(bodies))
+        bare_cmd = [sys.executable, "-m", "bench.api", "--serve-bare", str(bport), "--bodies",
+                    str(tmp / "bodies.json")]
+        with server(bare_cmd, bport, _env(), tmp / "bare.log") as bproc:
+            for name, path, body in cases:
+                r = CaseResult(name)
+                for rep in range(args.repeats):
+                    for system, port, pid in (("bare", bport, bproc.pid), ("chronos", cport, cproc.pid)):
+                        if body is not None:  # names are unique: a prefix of each load's own
+                            body = post.replace(prefix, f"{prefix}r{rep}{system}")
+                        cpu0 = process_cpu(pid)
+                        if loader is not None:
+                            load = loader(port, path, args.duration, args.connections, body, tmp)
+                        else:
+                            load = pyload(port, path, args.duration, args.connections, body)
+                        if load.requests:
+                            used = process_cpu(pid) - cpu0
+                            load.cpu_us_per_request = round(used * 1e6 / load.requests, 1)
+                        getattr(r, system).append(load)
+                        line = {**meta, "bench": "api", "case": name, "system": system, "repeat": rep,
+                                "store": "sqlite", "jobs": args.jobs, "bytes": len(bodies[name]["body"]),
+                                "rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
+                                "requests": load.requests, "bad": load.bad, "load": load.tool,
+                                "cpu_us_per_request": load.cpu_us_per_request,
+                                "duration_s": args.duration}
+                        if system == "chronos":
+                            line["calibration_bare_rps"] = r.bare[-1].rps
+                            line["ratio"] = round(load.rps / r.bare[-1].rps, 4)
+                        out.append(line)
+                        print(json.dumps(line), flush=True)
+                results.append(r)
+                c, b, q = (_spread([x.rps for x in r.chronos]), _spread([x.rps for x in r.bare]),
+                           _spread(r.ratios()))
+                out.append({**meta, "bench": "api", "case": name, "summary": True, "store": "sqlite",
+                            "chronos_rps": c, "bare_rps": b, "ratio": [round(x, 4) for x in q],
+                            "calibration_bare_rps": b[0], "repeats": args.repeats})
+    return results
+
+
+# -------------------------------------------------------------------------------------------- SSE
+
+@dataclass
+class SseClient:
+    events: int = 0
+    reads: int = 0
+    delays: list[float] = field(default_factory=list)
+    overflow: bool = False
+    error: str | None = None
+    types: dict[str, int] | None = None  # by event type (one probe client)
+
+
+_TIME = re.compile(rb'"time":"([^"]+)"')
+_RUN_EVENT = b"event: run."
+
+
+async def _sse_client(port: int, c: SseClient, settled: Callable[[], None], stop: asyncio.Event) -> None:
+    """One client: counts the events it gets (blank-line ends) and samples the delay of the first event
+    of each read (the oldest in it)."""
+    writer = None
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
+        writer.write(f"GET /monitor/logs HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n\r\n"
+                     .encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head[:16]:
+            c.error = head[:40].decode(errors="replace")
+            return
+        settled()
+        tail = b""
+        stopping = asyncio.ensure_future(stop.wait())
+        while True:
+            reading = asyncio.ensure_future(reader.read(1 << 16))
+            done, _ = await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if reading not in done:
+                reading.cancel()
+                break
+            chunk = reading.result()
+            if not chunk:
+                break
+            now = time.time()
+            data = tail + chunk  # an event's "event: run.x" line may be split across reads
+            c.events += data.count(_RUN_EVENT) - tail.count(_RUN_EVENT)
+            tail = data[-len(_RUN_EVENT):]
+            if c.types is not None:
+                for t in re.findall(rb"event: (\S+)", chunk):
+                    c.types[t.decode()] = c.types.get(t.decode(), 0) + 1
+            c.reads += 1
+            if b"event: overflow" in chunk:
+                c.overflow = True
+            m = _TIME.search(chunk)
+            if m:
+                with contextlib.suppress(ValueError):
+                    c.delays.append(now - datetime.fromisoformat(m.group(1).decode()).timestamp())
+        stopping.cancel()
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        c.error = type(exc).__name__
+    finally:
+        if c.error is not None:
+            settled()
+        if writer is not None:
+            writer.close()
+
+
+async def _sse_main(args: argparse.Namespace, port: int, tmp: Path) -> dict[str, Any]:
+    clients = [SseClient() for _ in range(args.sse_clients)]
+    clients[0].types = {}
+    ready, stop = asyncio.Event(), asyncio.Event()
+    pending = [len(clients)]
+
+    def settled() -> None:  # a client is streaming, or has failed
+        pending[0] -= 1
+        if pending[0] <= 0:
+            ready.set()
+
+    tasks = []
+    for i, c in enumerate(clients):  # connect in waves: the listen backlog is finite
+        tasks.append(asyncio.create_task(_sse_client(port, c, settled, stop)))
+        if i % 50 == 49:
+            await asyncio.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ready.wait(), 60)
+    ok = sum(1 for c in clients if c.error is None)
+    # the jobs: N python jobs @every 1s, phases spread over the second, from 2 s from now for D seconds
+    base = datetime.fromtimestamp(int(time.time()) + 3, UTC)
+    end = base + timedelta(seconds=args.sse_seconds)
+    specs = [{"name": f"sse-{i:05d}", "type": "python", "payload": {"function": "bench.api:nothing"},
+              "schedule": "@every 1s", "start_at": (base + timedelta(seconds=i / args.sse_rate)).isoformat(),
+              "end_at": end.isoformat(), "misfire_grace": 1.0} for i in range(args.sse_rate)]
+    loop = asyncio.get_running_loop()
+    status, body, _ = await loop.run_in_executor(
+        None, lambda: _post_json(port, "/jobs/apply", {"jobs": specs}))
+    assert status == 200, body[:300]
+    await asyncio.sleep(max(0.0, end.timestamp() - time.time()) + args.sse_settle)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # what was published: every run of the window (and its events), read back from history
+    runs = await loop.run_in_executor(None, lambda: _all_runs(port))
+    by_status: dict[str, int] = {}
+    for r in runs:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    # queued + started + succeeded per succeeded run; a missed or skipped slot publishes one event
+    expected = sum(3 if s == "succeeded" else (1 if s in ("missed", "skipped") else 3)
+                   for s in (r["status"] for r in runs))
+    counts = sorted(c.events for c in clients if c.error is None)
+    delays = sorted(d for c in clients for d in c.delays)
+    full = sum(1 for n in counts if n >= expected)
+    return {
+        "clients": args.sse_clients, "connected": ok, "rate": args.sse_rate, "seconds": args.sse_seconds,
+        "runs": len(runs), "runs_by_status": by_status, "events_expected": expected,
+        "probe_client_types": clients[0].types,
+        "events_per_client_min": counts[0] if counts else 0, "events_per_client_median":
+            statistics.median(counts) if counts else 0, "events_per_client_max": counts[-1] if counts else 0,
+        "clients_with_every_event": full, "overflowed": sum(1 for c in clients if c.overflow),
+        "errors": sum(1 for c in clients if c.error is not None),
+        "delay_p50_ms": _pct_ms(delays, 0.5), "delay_p99_ms": _pct_ms(delays, 0.99),
+        "delay_max_ms": round(delays[-1] * 1000, 1) if delays else None, "delay_samples": len(delays),
+    }
+
+
+def _post_json(port: int, path: str, data: Any) -> tuple[int, bytes, str]:
+    return _get(port, path, json.dumps(data).encode())
+
+
+def _all_runs(port: int) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    before = ""
+    while True:
+        _, body, _ = _get(port, f"/runs?limit=500{before}")
+        page = json.loads(body)
+        runs += page["items"]
+        if not page["next_cursor"]:
+            return runs
+        before = f"&before={page['next_cursor']}"
+
+
+def run_sse(args: argparse.Namespace, tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    db = tmp / "sse.db"
+    port = free_port()
+    with server(chronos_cmd(port), port, chronos_env(db, CHRONOS_MAX_CONNECTIONS=str(args.sse_clients + 100)),
+                tmp / "chronos-sse.log"):
+        result = asyncio.run(_sse_main(args, port, tmp))
+    line = {**meta, "bench": "api", "case": "SSE /monitor/logs", "store": "sqlite", **result}
+    # the created events were counted out; the runs' events must each reach every client
+    return line
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="2 s per load, 1 repeat, 200 jobs, no SSE")
+    p.add_argument("--repeats", type=int, help="alternating bare/chronos loads per case (default 3)")
+    p.add_argument("--duration", type=float, help="seconds per load (default 8)")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--jobs", type=int, help="jobs stored (default 1000)")
+    p.add_argument("--runs-per-job", type=int, default=5)
+    p.add_argument("--hot", type=int, default=5, help="jobs with --hot-runs runs (the history case)")
+    p.add_argument("--hot-runs", type=int, default=150)
+    p.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these")
+    p.add_argument("--no-wrk", action="store_true", help="use the bundled load generator")
+    p.add_argument("--sse", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the SSE case (default: on, off with --quick)")
+    p.add_argument("--sse-clients", type=int, default=1000)
+    p.add_argument("--sse-rate", type=int, default=500, help="python jobs a second during the SSE case")
+    p.add_argument("--sse-seconds", type=int, default=10)
+    p.add_argument("--sse-settle", type=float, default=5.0)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--bodies", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_bare:
+        serve_bare(args.serve_bare, args.bodies)
+        return 0
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.duration = args.duration or (2.0 if args.quick else 8.0)
+    args.jobs = args.jobs or (200 if args.quick else 1000)
+    sse = args.sse if args.sse is not None else not args.quick
+    out_path = args.out or (RESULTS / "api-quick.jsonl" if args.quick else HERE / "api-latest.jsonl")
+    from importlib import metadata
+
+    meta = {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "machine_shared": True,
+            "python": platform.python_version(), "chronos": metadata.version("chronos-scheduler"),
+            "starlette": metadata.version("starlette"), "uvicorn": metadata.version("uvicorn"),
+            "time": datetime.now(UTC).isoformat(timespec="seconds")}
+    lines: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="chronos-bench-api-") as t:
+        tmp = Path(t)
+        results = run_http_cases(args, tmp, meta, lines) if args.cases != ["SSE"] else []
+        sse_line = run_sse(args, tmp, meta) if sse else None
+    if sse_line:
+        lines.append(sse_line)
+        print(json.dumps(sse_line), flush=True)
+    print(f"\nAPI on SQLite, {args.jobs} jobs; {args.repeats} x {args.duration:g} s per load, median "
+          f"(min-max); machine: {meta['cpu_model']} x{meta['cpus']}, shared with other work")
+    for r in results:
+        print("- " + summary_line(r))
+    if sse_line:
+        s = sse_line
+        met = s["clients_with_every_event"] == s["clients"] and (s["delay_p99_ms"] or 1e9) <= 100
+        print(f"- SSE: {s['connected']}/{s['clients']} clients on /monitor/logs, {s['runs']} runs in "
+              f"{s['seconds']} s ({s['rate']}/s nominal): events per client {s['events_per_client_min']}-"
+              f"{s['events_per_client_max']} of {s['events_expected']} expected, "
+              f"{s['clients_with_every_event']} clients got every event, {s['overflowed']} overflowed; "
+              f"delivery p50 {s['delay_p50_ms']} ms, p99 {s['delay_p99_ms']} ms (target: every event, "
+              f"p99 <= 100 ms: {'met' if met else 'NOT met'})")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    print(f"\nresults: {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
