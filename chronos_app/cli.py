@@ -143,14 +143,18 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool, jobs: st
     server = uvicorn.Server(config)
     chronos.stopping = lambda: server.should_exit  # SIGTERM while waiting for a backend: give up
     # the port first: a second `chronos serve` must stop here, before its engines start beside the first
-    server.run(sockets=[_listen(host, port)])
+    server.run(sockets=[listen_socket(host, port)])
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port, or a usage error that says why not (the port is taken...)."""
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a usage error that says why not (the port is taken...).
+
+    Its protocol is TCP by number, as getaddrinfo gives it: asyncio turns Nagle's algorithm off
+    (TCP_NODELAY) only on sockets whose ``proto`` says TCP, and a response written in two parts (uvicorn
+    writes the head, then the body) otherwise waits for the client's delayed ACK, ~40 ms a request."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, _ = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
