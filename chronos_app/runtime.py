@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from chronos_core import (
+    BackendUnavailable,
     Clock,
     DispatchQueue,
     EventBus,
@@ -39,7 +40,6 @@ from chronos_core import (
     RunStatus,
     Scheduler,
     Store,
-    StoreUnavailable,
     SystemClock,
     Worker,
     function_ref,
@@ -184,7 +184,7 @@ class Chronos:
 
     async def start(self) -> None:
         """Open the adapters and start the engines. With ``wait_for_backends``, a store, queue or bus
-        that is unreachable (:class:`StoreUnavailable`) is waited for; if ``stopping()`` turns true
+        that is unreachable (:class:`BackendUnavailable`) is waited for; if ``stopping()`` turns true
         meanwhile, what was opened is closed again and ``started`` stays False."""
         if self._started:
             return
@@ -239,7 +239,7 @@ class Chronos:
                 if tries:
                     log.info("%s is reachable again: starting", what)
                 return True
-            except StoreUnavailable as exc:
+            except BackendUnavailable as exc:  # the store or the broker
                 if not self.wait_for_backends:
                     raise
                 tries += 1

@@ -5,6 +5,8 @@ Pure: imports the standard library, pydantic and nothing else of the outside wor
 
 from .clock import FakeClock, SystemClock
 from .errors import (
+    BackendUnavailable,
+    BrokerUnavailable,
     ChronosError,
     ExecutionFailed,
     FieldError,
@@ -56,6 +58,8 @@ from .subscriptions import BufferedSubscription
 from .worker import Worker
 
 __all__ = [
+    "BackendUnavailable",
+    "BrokerUnavailable",
     "BufferedSubscription",
     "ChronosError",
     "Claim",

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "BackendUnavailable",
+    "BrokerUnavailable",
     "ChronosError",
     "ExecutionFailed",
     "FieldError",
@@ -126,11 +128,24 @@ class RunConflict(ChronosError, ValueError):
         super().__init__(message)
 
 
-class StoreUnavailable(ChronosError, ConnectionError):
+class BackendUnavailable(ChronosError, ConnectionError):
+    """A backend (the store, the message broker) cannot be reached; the operation did not happen and may
+    be retried. Catch this to wait out any outage; the subclasses say which backend it was."""
+
+
+class StoreUnavailable(BackendUnavailable):
     """The backing store cannot be reached; the operation did not happen and may be retried."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"store unavailable: {detail}")
+
+
+class BrokerUnavailable(BackendUnavailable):
+    """The message broker (Kafka) behind the dispatch queue or the event bus cannot be reached, or
+    refused; the operation did not happen and may be retried."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"broker unavailable: {detail}")
 
 
 class SubscriptionOverflow(ChronosError, RuntimeError):

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .errors import ChronosError, JobNotFound, StoreUnavailable
+from .errors import BackendUnavailable, ChronosError, JobNotFound
 from .events import cancel_request, publish_best_effort, run_event, watch
 from .hooks import outcome_hooks, record_notices
 from .hookspec import NotifyRule
@@ -155,7 +155,7 @@ class Scheduler:
         prune; return the next due time (None: nothing scheduled).
 
         The phases are independent: one that fails for another reason than an unreachable store or
-        queue (:class:`StoreUnavailable`, raised at once) is logged and the others still run, so e.g. a
+        queue (:class:`BackendUnavailable`, raised at once) is logged and the others still run, so e.g. a
         run that cannot be handed out never stops reaping or pruning."""
         now = self._clock.now()
         self.stats.ticks += 1
@@ -190,7 +190,7 @@ class Scheduler:
         goes on with ``fallback``."""
         try:
             return await work
-        except StoreUnavailable:
+        except BackendUnavailable:  # the store, or the queue's broker
             self._unsure = True  # a claim may have applied although its answer was lost
             raise
         except Exception:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
-from chronos_core.errors import StoreUnavailable
+from chronos_core.errors import BrokerUnavailable
 
 __all__ = ["TopicKeeper", "ensure_topics", "unavailable"]
 
@@ -20,16 +20,16 @@ log = logging.getLogger("chronos.kafka")
 _TOPIC_ALREADY_EXISTS = 36
 
 
-def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
-    """The core's "backend unreachable" error for a Kafka failure (the message names no credentials)."""
-    return StoreUnavailable(f"kafka {what}: {type(exc).__name__}: {exc}")
+def unavailable(what: str, exc: BaseException) -> BrokerUnavailable:
+    """The core's "broker unreachable" error for a Kafka failure (the message names no credentials)."""
+    return BrokerUnavailable(f"kafka {what}: {type(exc).__name__}: {exc}")
 
 
 async def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, replication_factor: int = 1,
                         client_id: str = "chronos-admin") -> list[str]:
     """Create the topics that do not exist yet, with the given partition counts; the names of those it
     created. An existing topic is left as it is (its partition count is not changed).
-    :class:`StoreUnavailable` if the broker cannot be reached or refuses."""
+    :class:`BrokerUnavailable` if the broker cannot be reached or refuses."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
     try:
         await admin.start()
@@ -43,7 +43,7 @@ async def ensure_topics(bootstrap: str, topics: Mapping[str, int], *, replicatio
         for err in response.topic_errors:
             name, code = err[0], err[1]
             if code not in (0, _TOPIC_ALREADY_EXISTS):
-                raise StoreUnavailable(f"kafka refused to create topic {name!r}: error {code} {err[2]}")
+                raise BrokerUnavailable(f"kafka refused to create topic {name!r}: error {code} {err[2]}")
             if code == 0:
                 log.info("created topic %s (%d partitions)", name, topics[name])
                 created.append(name)
@@ -99,7 +99,7 @@ class TopicKeeper:
             created = await ensure_topics(self.bootstrap, self.topics,
                                           replication_factor=self.replication_factor,
                                           client_id=self.client_id)
-        except Exception as err:  # StoreUnavailable: the broker is down; the next look tries again
+        except Exception as err:  # BrokerUnavailable: the broker is down; the next look tries again
             log.debug("looking for lost topics of %s: %s", ", ".join(self.topics), err)
             return False
         if created:

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from chronos_adapters.sql.engine import open_engine
 from chronos_adapters.sql.migrate import upgrade_connection
 from chronos_adapters.sql.tables import outbox as outbox_table
-from chronos_core.errors import StoreUnavailable
+from chronos_core.errors import BackendUnavailable, StoreUnavailable
 from chronos_core.ports import Dispatch, DispatchQueue
 
 from .codec import encode_dispatch
@@ -216,7 +216,8 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows, oldest first; how many. :class:`StoreUnavailable` when the
-        database or Kafka cannot be reached (nothing is marked sent then)."""
+        database cannot be reached, :class:`BrokerUnavailable` when Kafka cannot (nothing is marked sent
+        then)."""
         settled = _utc_naive(datetime.now(UTC) - self.settle)
 
         def read() -> list[Any]:
@@ -274,7 +275,7 @@ class OutboxRelay:
                     while await self.relay_once() == self.batch:
                         pass
                 backoff = 0.0
-            except StoreUnavailable as exc:
+            except BackendUnavailable as exc:  # the database or the broker: back off, try again
                 self.failures += 1
                 backoff = min(max(backoff * 2, 0.2), 5.0)
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)

@@ -185,7 +185,7 @@ class KafkaDispatchQueue(DispatchQueue):
 
     async def put_encoded(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Send already encoded dispatches ``(job id, message)``, in order; returns once the broker
-        acknowledged every one (:class:`StoreUnavailable` if it did not)."""
+        acknowledged every one (:class:`BrokerUnavailable` if it did not)."""
         producer = self._require_producer()
 
         async def send() -> None:

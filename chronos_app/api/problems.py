@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from chronos_core.errors import (
+    BackendUnavailable,
+    BrokerUnavailable,
     ChronosError,
     FieldError,
     InvalidArgument,
@@ -113,6 +115,8 @@ PROBLEMS: dict[type[BaseException], tuple[int, str, str]] = {
     IdempotencyKeyReused: (422, "idempotency-key-reused",
                            "The Idempotency-Key was already used with another request"),
     StoreUnavailable: (503, "store-unavailable", "The store is unavailable; try again"),
+    BrokerUnavailable: (503, "broker-unavailable", "The message broker is unavailable; try again"),
+    BackendUnavailable: (503, "backend-unavailable", "A backend is unavailable; try again"),
 }
 
 _HTTP_TITLES = {404: "Not found", 405: "Method not allowed"}
@@ -175,7 +179,7 @@ def exception_problem(exc: BaseException, instance: str | None = None) -> Respon
     if isinstance(exc, InvalidJob) and len(exc.errors) > MAX_ERRORS:
         detail = f"{len(exc.errors)} invalid fields, the first {MAX_ERRORS} are listed"
     headers = {"WWW-Authenticate": 'Bearer realm="chronos"'} if isinstance(exc, Unauthorized) else None
-    if isinstance(exc, StoreUnavailable):
+    if isinstance(exc, BackendUnavailable):
         headers = {"Retry-After": "5"}
     return problem_response(status, slug, title, _cut(detail, MAX_DETAIL), instance=instance,
                             errors=errors, headers=headers)

@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from chronos_adapters.kafka import KafkaDispatchQueue, KafkaEventBus
 from chronos_adapters.kafka.queue import DEAD_REASON, DEAD_SOURCE, TRIES
-from chronos_core.errors import StoreUnavailable
+from chronos_core.errors import BrokerUnavailable
 from chronos_core.models import EventType
 from tests.contracts.test_bus_contract import ev
 from tests.contracts.test_queue_contract import make_dispatch, make_job
@@ -158,9 +158,9 @@ async def test_several_event_partitions_keep_each_jobs_order_and_resume(
                 seen.add((await resumed.__anext__()).id)
 
 
-async def test_an_unreachable_broker_is_store_unavailable() -> None:
+async def test_an_unreachable_broker_is_broker_unavailable() -> None:
     q = KafkaDispatchQueue(f"127.0.0.1:{free_port()}")
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(BrokerUnavailable):
         async with asyncio.timeout(60):
             await q.start()
     with contextlib.suppress(Exception):

@@ -9,8 +9,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
+import pytest
+
 from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus, MemoryStore
 from chronos_core import (
+    BrokerUnavailable,
     Dispatch,
     Event,
     EventType,
@@ -283,6 +286,33 @@ async def test_runs_claimed_while_the_queue_fails_are_dispatched_at_the_next_tic
     assert d is not None and d.run.job_id == job.id and d.run.scheduled_for == T0 + timedelta(seconds=1)
     finished = await worker.process(d)
     assert finished is not None and finished.status is RunStatus.SUCCEEDED
+
+
+class BrokerDownQueue(MemoryDispatchQueue):
+    """A queue whose broker is down, as the Kafka queue reports it (not a store outage)."""
+
+    fail = 0
+
+    async def put(self, dispatches: Sequence[Dispatch]) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise BrokerUnavailable("kafka send: KafkaConnectionError")
+        await super().put(dispatches)
+
+
+async def test_a_broker_outage_fails_the_tick_like_a_store_outage_and_the_next_tick_dispatches() -> None:
+    rig = build(queue=BrokerDownQueue())
+    queue = rig.queue
+    job = await rig.jobs.create({"name": "j", "type": "shell", "schedule": "* * * * * *",
+                                 "payload": {"command": "true"}})
+    rig.clock.advance(1)
+    queue.fail = 1
+    with pytest.raises(BrokerUnavailable):  # an outage, not a bug the tick logs and goes past
+        await rig.scheduler.tick()
+    assert queue.get_nowait() is None
+    await rig.scheduler.tick()  # the broker is back
+    d = queue.get_nowait()
+    assert d is not None and d.run.job_id == job.id and d.run.scheduled_for == T0 + timedelta(seconds=1)
 
 
 async def test_run_now_while_the_queue_fails_is_dispatched_by_the_scheduler() -> None:

@@ -11,6 +11,7 @@ import chronos_core
 from chronos_app import Chronos
 
 CORE = [
+    "BackendUnavailable", "BrokerUnavailable",
     "BufferedSubscription", "ChronosError", "Claim", "Clock", "Dispatch", "DispatchQueue", "EmailPayload",
     "Event", "EventBus",
     "EventType", "Events", "ExecutionFailed", "ExecutionResult", "Executor", "FakeClock", "FieldError",
