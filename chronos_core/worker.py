@@ -128,13 +128,39 @@ async def _finished_within(task: asyncio.Task[ExecutionResult], seconds: float |
     return task.done()
 
 
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """Why a run's executor task was cancelled: its timeout, or a cancel request with its reason. The
+    first cause wins (a request arriving after the timeout does not turn the timeout into a cancel)."""
+
+    reason: str
+    timeout: bool = False
+
+
 @dataclass(slots=True)
-class _Attempt:
-    """A run this worker is executing: its job (named in logs), its output tail and the run."""
+class _InFlight:
+    """Everything this worker knows about one run it is handling, from the delivery to the recorded
+    outcome (one handler per run id; see :meth:`Worker.process`)."""
 
     job: Job
-    tail: OutputTail
-    run: Run | None = None
+    run: Run  # as dispatched; once started here, as started
+    held: bool = False  # started here, its outcome not recorded yet: its lease is renewed
+    tail: OutputTail | None = None  # while executing: its output so far (stored every output_interval)
+    task: asyncio.Task[ExecutionResult] | None = None  # while the executor runs
+    stop: _Stop | None = None  # why ``task`` was cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How an execution ended, before it is recorded (``extra``: output to add to the tail; ``value``:
+    the result, a JSON value masked, or None when too long, ``extra`` then saying so)."""
+
+    status: RunStatus
+    exit_code: int | None = None
+    error: str | None = None
+    retryable: bool = False
+    extra: str = ""
+    value: Any = None
 
 
 @dataclass
@@ -172,21 +198,23 @@ class Worker:
         # notifications for jobs that set none (the service-wide default list)
         self.default_notify = tuple(default_notify)
         self.stats = WorkerStats()
-        self._running: dict[str, asyncio.Task[ExecutionResult]] = {}
-        self._cancel_reasons: dict[str, str] = {}
-        self._held: set[str] = set()  # runs started here whose outcome is not recorded yet
-        self._early_cancels: OrderedDict[str, str] = OrderedDict()  # cancels that beat the task
-        self._attempts: dict[str, _Attempt] = {}  # executing here, by run id
+        self._runs: dict[str, _InFlight] = {}  # the runs a handler here is handling, by run id
+        # cancel requests for runs whose executor had not started yet (the run may not even have reached
+        # this worker: every worker hears every request); applied when it starts, bounded
+        self._early_cancels: OrderedDict[str, str] = OrderedDict()
         self._maskers: dict[tuple[str, datetime], _Masker] = {}
         self._handlers: set[asyncio.Task[Run | None]] = set()
-        self._in_flight: set[str] = set()  # run ids a handler here is handling (one handler per run)
         self._slots = asyncio.Semaphore(concurrency)
         self._background: list[asyncio.Task[None]] = []
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> int:
-        return len(self._running)
+        """How many runs are executing here now."""
+        return sum(1 for f in self._runs.values() if f.task is not None)
+
+    def _executing(self) -> list[tuple[str, _InFlight]]:
+        return [(run_id, f) for run_id, f in self._runs.items() if f.tail is not None]
 
     # lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -211,14 +239,14 @@ class Worker:
                 await self._loop_task
             self._loop_task = None
         if self._handlers:
-            if self._attempts:
+            if running := self._executing():
                 log.info("shutting down: waiting up to %gs for %d running run(s): %s", grace,
-                         len(self._attempts), self._describe_running())
+                         len(running), self._describe(running))
             _, pending = await asyncio.wait(set(self._handlers), timeout=grace)
-            if self._attempts:
+            if running := self._executing():
                 log.info("shutting down: cancelling %d run(s) still running after %gs: %s",
-                         len(self._attempts), grace, self._describe_running())
-            for run_id in list(self._running):
+                         len(running), grace, self._describe(running))
+            for run_id in [run_id for run_id, f in self._runs.items() if f.task is not None]:
                 self.cancel(run_id, f"worker {self.owner} shut down before the run finished")
             if pending:  # executors clean up (kill their process group) and outcomes are recorded
                 _, pending = await asyncio.wait(pending, timeout=max(grace, 10.0))
@@ -233,25 +261,33 @@ class Worker:
                 await task
         self._background = []
 
-    def _describe_running(self, most: int = 20) -> str:
-        items = [f"{a.job.name} (run {run_id})" for run_id, a in list(self._attempts.items())[:most]]
-        more = len(self._attempts) - len(items)
+    @staticmethod
+    def _describe(running: list[tuple[str, _InFlight]], most: int = 20) -> str:
+        items = [f"{f.job.name} (run {run_id})" for run_id, f in running[:most]]
+        more = len(running) - len(items)
         return ", ".join(items) + (f" and {more} more" if more > 0 else "")
 
     def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run this worker is executing; False if it holds no such run (yet: a request that
         arrives between the run's start and its executor's start is kept briefly and applied then)."""
-        task = self._running.get(run_id)
-        if task is None:
+        f = self._runs.get(run_id)
+        if f is None or f.task is None:
             self._early_cancels[run_id] = reason
             while len(self._early_cancels) > 10_000:
                 self._early_cancels.popitem(last=False)
             return False
-        if task.done():
+        if f.task.done():
             return False
-        self._cancel_reasons.setdefault(run_id, reason)
-        task.cancel()
+        self._stop(f, _Stop(reason))
         return True
+
+    @staticmethod
+    def _stop(f: _InFlight, stop: _Stop) -> None:
+        """Cancel the run's executor task, recording why (the first cause is kept)."""
+        assert f.task is not None
+        if f.stop is None:
+            f.stop = stop
+        f.task.cancel()
 
     async def _consume(self) -> None:
         never = asyncio.Event()
@@ -297,7 +333,7 @@ class Worker:
     async def renew_leases(self) -> bool:
         """Extend the leases of the runs this worker holds (executing, or recording their outcome);
         cancel those it no longer holds. False if the store could not be reached."""
-        ids = list(self._held)
+        ids = [run_id for run_id, f in self._runs.items() if f.held]
         if not ids:
             return True
         try:
@@ -312,9 +348,9 @@ class Worker:
         # claim whose answer was lost); the store says so too, so a replaced run does not run on beside
         # its replacement until it ends
         for run_id in held:
-            attempt = self._attempts.get(run_id)
-            if attempt is not None and attempt.run is not None and \
-                    attempt.job.overlap is OverlapPolicy.REPLACE and await self._replaced(attempt.run):
+            f = self._runs.get(run_id)
+            if f is not None and f.tail is not None and \
+                    f.job.overlap is OverlapPolicy.REPLACE and await self._replaced(f.run):
                 self.cancel(run_id, "replaced by a newer slot (overlap replace)")
         return True
 
@@ -327,7 +363,8 @@ class Worker:
     async def flush_output(self) -> None:
         """Store the output so far of the runs whose output grew since the last flush, so that any API
         instance shows it (``Store.record_output``: fenced by the lease, never backwards)."""
-        grown = {run_id: a.tail for run_id, a in self._attempts.items() if a.tail.lines != a.tail.stored}
+        grown = {run_id: f.tail for run_id, f in self._runs.items()
+                 if f.tail is not None and f.tail.lines != f.tail.stored}
         if not grown:
             return
         snapshot = {run_id: (tail.text(), tail.lines) for run_id, tail in grown.items()}
@@ -345,17 +382,17 @@ class Worker:
         (already started elsewhere, finished or cancelled, or being handled here already) or the outcome
         could not be recorded."""
         run_id = dispatch.run.id
-        if run_id in self._in_flight:
+        if run_id in self._runs:
             # A second delivery (the outbox relay sent the row again, a redelivery after a rebalance)
             # while a handler here has the run: that handler starts it or finds it not runnable.
             log.info("run %s is being handled here already: dropping a second delivery of it", run_id)
             self.stats.duplicates += 1
             await self._queue.ack(dispatch)
             return None
-        self._in_flight.add(run_id)
+        f = self._runs[run_id] = _InFlight(dispatch.job, dispatch.run)
         try:
             try:
-                result = await self._process(dispatch)
+                result = await self._process(f)
             except asyncio.CancelledError:
                 raise  # not acked: a durable queue delivers it again; the store's lease rules hold
             except Exception as exc:
@@ -367,10 +404,10 @@ class Worker:
             await self._queue.ack(dispatch)
             return result
         finally:
-            self._in_flight.discard(run_id)
+            del self._runs[run_id]
 
-    async def _process(self, dispatch: Dispatch) -> Run | None:
-        run, job = dispatch.run, dispatch.job
+    async def _process(self, f: _InFlight) -> Run | None:
+        run, job = f.run, f.job
         now = self._clock.now()
         tried: list[datetime] = []  # the start time of each try: the token of this handler's start
 
@@ -399,14 +436,14 @@ class Worker:
                 return await self._record_late(run, late)
         if not await self._persist(start, run.id, RunStatus.RUNNING, started_here):
             return None
-        self._held.add(run.id)
+        f.held = True
+        f.run = evolve(run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
+                       lease_expires_at=now + self.lease)
         try:
-            return await self._run_started(job, evolve(
-                run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
-                lease_expires_at=now + self.lease))
+            return await self._run_started(f)
         finally:
-            self._held.discard(run.id)
-            self._attempts.pop(run.id, None)
+            f.held = False
+            f.tail = None
             self._early_cancels.pop(run.id, None)
 
     async def _record_late(self, run: Run, reason: str) -> Run | None:
@@ -425,26 +462,27 @@ class Worker:
         await self._publish([run_event(missed, now)], run.id)
         return missed
 
-    async def _run_started(self, job: Job, run: Run) -> Run | None:
+    async def _run_started(self, f: _InFlight) -> Run | None:
+        job, run = f.job, f.run
         self.stats.started += 1
         assert run.started_at is not None
         await self._publish([run_event(run, run.started_at)], run.id)  # the run goes ahead regardless
-        tail = OutputTail(self.output_limit)
-        self._attempts[run.id] = _Attempt(job, tail, run)
+        tail = f.tail = OutputTail(self.output_limit)
         alert = self._watch_running_long(job, run)
         try:
-            status, exit_code, error, retryable, extra, value = await self._execute(job, run, tail)
+            outcome = await self._execute(f, tail)
         finally:
-            self._attempts.pop(run.id, None)
+            f.tail = None
             if alert is not None:
                 alert.cancel()
-        if extra:
-            for line in extra.splitlines():
+        status, exit_code, error, value = outcome.status, outcome.exit_code, outcome.error, outcome.value
+        if outcome.extra:
+            for line in outcome.extra.splitlines():
                 tail.add(line)
         end = self._clock.now()
         retry = None
         if status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
-            if retryable:
+            if outcome.retryable:
                 retry = plan_retry(job, run, end)
                 if retry is not None and job.overlap is OverlapPolicy.REPLACE and \
                         await self._replaced(run):
@@ -604,15 +642,13 @@ class Worker:
             mask = self._maskers[key] = _Masker(self._types.secrets(job.type, job.payload))
         return mask
 
-    async def _execute(self, job: Job, run: Run, tail: OutputTail
-                       ) -> tuple[RunStatus, int | None, str | None, bool, str, Any]:
-        """Run the executor under the timeout, its output going to ``tail``; (status, exit code, error,
-        retryable, extra output, result: a JSON value masked, or None when too long - the extra output
-        says so)."""
+    async def _execute(self, f: _InFlight, tail: OutputTail) -> _Outcome:
+        """Run the executor under the timeout, its output going to ``tail``."""
+        job, run = f.job, f.run
         executor = self.executors.get(job.type)
         if executor is None:
-            return (RunStatus.FAILED, None, f"no executor for job type {job.type!r} on worker "
-                    f"{self.owner}", False, "", None)
+            return _Outcome(RunStatus.FAILED, error=f"no executor for job type {job.type!r} on worker "
+                            f"{self.owner}")
         mask = self._masker(job)
         limit = self.line_limit
         lost = 0  # run.log events the bus refused: the line is still kept in the tail
@@ -637,40 +673,36 @@ class Worker:
                     log.warning("run %s: publishing its output failed (%s: %s); the stored output keeps "
                                 "it", run.id, type(exc).__name__, exc)
 
-        task = asyncio.create_task(executor.execute(job, run, emit))
-        self._running[run.id] = task
+        task = f.task = asyncio.create_task(executor.execute(job, run, emit))
         early = self._early_cancels.pop(run.id, None)
         if early is not None:
             self.cancel(run.id, early)
         try:
             if not await _finished_within(task, job.timeout):
-                self._cancel_reasons.setdefault(run.id, "")
-                task.cancel()
+                self._stop(f, _Stop(f"timed out after {job.timeout:g}s", timeout=True))
                 with contextlib.suppress(BaseException):
                     await task
-                if self._cancel_reasons.get(run.id) == "":
-                    return (RunStatus.TIMED_OUT, None, f"timed out after {job.timeout:g}s", True, "", None)
+            if f.stop is not None and f.stop.timeout:
+                return _Outcome(RunStatus.TIMED_OUT, error=f.stop.reason, retryable=True)
             if task.cancelled():
-                reason = self._cancel_reasons.get(run.id) or "cancelled"
-                return RunStatus.CANCELLED, None, reason, False, "", None
+                return _Outcome(RunStatus.CANCELLED, error=(f.stop.reason if f.stop else "") or "cancelled")
             try:
                 result = task.result()
             except ExecutionFailed as exc:
-                return RunStatus.FAILED, exc.exit_code, mask(str(exc)), exc.retryable, "", None
+                return _Outcome(RunStatus.FAILED, exc.exit_code, mask(str(exc)), exc.retryable)
             except Exception as exc:
-                return RunStatus.FAILED, None, mask(f"{type(exc).__name__}: {exc}"), True, "", None
+                return _Outcome(RunStatus.FAILED, error=mask(f"{type(exc).__name__}: {exc}"), retryable=True)
             status = RunStatus.SUCCEEDED if result.ok else RunStatus.FAILED
             error = None if result.ok else mask(result.error or f"exit code {result.exit_code}")
             text, note = encode_result(result.result)
             extra = mask(result.output) if not note else "\n".join(filter(None, (mask(result.output), note)))
             value = None if text is None else mask.value(json.loads(text))  # plain JSON, as stored
-            return status, result.exit_code, error, result.retryable, extra, value
+            return _Outcome(status, result.exit_code, error, result.retryable, extra, value)
         except asyncio.CancelledError:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
             raise
         finally:
-            self._running.pop(run.id, None)
-            self._cancel_reasons.pop(run.id, None)
-
+            f.task = None
+            f.stop = None
