@@ -13,7 +13,8 @@ from .errors import SubscriptionOverflow
 from .models import RUN_EVENT_FOR_STATUS, Event, EventType, Job, Run
 from .ports import Clock, EventBus
 
-__all__ = ["cancel_request", "job_event", "publish_best_effort", "run_data", "run_event", "watch"]
+__all__ = ["cancel_request", "job_event", "outcome_events", "publish_best_effort", "run_data", "run_event",
+           "watch"]
 
 log = logging.getLogger("chronos.events")
 
@@ -57,6 +58,15 @@ def run_event(run: Run, now: datetime, type: EventType | None = None) -> Event:
     """The event for the run's current status (or ``type``)."""
     return Event(type=type or RUN_EVENT_FOR_STATUS[run.status], time=now, job_id=run.job_id,
                  run_id=run.id, data=run_data(run))
+
+
+def outcome_events(finished: Run, retry: Run | None, now: datetime) -> list[Event]:
+    """The events of a recorded outcome: the run's final status, then ``run.retry_scheduled`` for its
+    retry if it has one."""
+    events = [run_event(finished, now)]
+    if retry is not None:
+        events.append(run_event(retry, now, EventType.RUN_RETRY_SCHEDULED))
+    return events
 
 
 def cancel_request(run_id: str, now: datetime, reason: str, job_id: str | None = None) -> Event:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from .hookspec import ChainRule, Exclusion, NotifyRule
+from .ids import new_id
 from .retry import RetryPolicy
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "count_lines",
     "encode_result",
     "evolve",
+    "new_run",
 ]
 
 
@@ -243,6 +245,17 @@ class Run:
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_RUN_STATUSES
+
+
+def new_run(job_id: str, scheduled_for: datetime, trigger: Trigger, now: datetime, *, attempt: int = 1,
+            status: RunStatus = RunStatus.QUEUED, due_at: datetime | None = None,
+            finished_at: datetime | None = None, error: str | None = None) -> Run:
+    """A new run (a fresh id, created ``now``): queued by default, due at its slot unless ``due_at``
+    says otherwise (a retry); a record (``skipped``/``missed``) gives its status, end and reason. The one
+    place runs are made, so every maker fills the same fields."""
+    return Run(id=new_id(), job_id=job_id, scheduled_for=scheduled_for, trigger=trigger, attempt=attempt,
+               status=status, created_at=now, due_at=scheduled_for if due_at is None else due_at,
+               finished_at=finished_at, error=error)
 
 
 RESULT_LIMIT = 64 * 1024

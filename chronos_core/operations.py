@@ -42,6 +42,7 @@ from .models import (
     Run,
     RunStatus,
     Trigger,
+    new_run,
 )
 from .payloads import REDACTED, JobTypes, field_errors
 from .planning import next_slot, plan_dropped
@@ -499,8 +500,7 @@ class Jobs:
         if job.type == "shell" and not self.allow_shell:
             raise ShellNotAllowed()  # stored before shell was switched off: it could only fail
         now = self._clock.now()
-        run = Run(id=new_id(), job_id=job.id, scheduled_for=now, trigger=Trigger.MANUAL, attempt=1,
-                  status=RunStatus.QUEUED, created_at=now, due_at=now)
+        run = new_run(job.id, now, Trigger.MANUAL, now)
         try:
             await self._store.add_run(run, dispatched=True)
         except StoreUnavailable:

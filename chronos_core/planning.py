@@ -7,14 +7,13 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
 from .hookspec import Exclusion
-from .ids import new_id
-from .models import Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, Trigger, evolve
+from .models import Job, MisfirePolicy, OverlapPolicy, Run, RunStatus, Trigger, evolve, new_run
 from .ports import SlotPlan
 from .schedules import Schedule, parse_schedule, parse_timezone
 
@@ -32,6 +31,7 @@ __all__ = [
     "plan_due_job",
     "plan_refused",
     "plan_retry",
+    "plan_retry_unless_replaced",
     "plan_unplannable",
     "replaced_reason",
     "schedule_of",
@@ -78,8 +78,7 @@ def next_slot(job: Job, after: datetime) -> datetime | None:
 
 def _record(job: Job, slot: datetime, now: datetime, status: RunStatus, reason: str,
             trigger: Trigger = Trigger.SCHEDULE) -> Run:
-    return Run(id=new_id(), job_id=job.id, scheduled_for=slot, trigger=trigger, attempt=1, status=status,
-               created_at=now, due_at=slot, finished_at=now, error=reason)
+    return new_run(job.id, slot, trigger, now, status=status, finished_at=now, error=reason)
 
 
 def plan_refused(plan: SlotPlan, reason: str, now: datetime) -> SlotPlan:
@@ -179,9 +178,7 @@ def _plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime, limits
         # nothing in its way.
         nxt = next_slot(job, s)
         if nxt is None or nxt > now:
-            return SlotPlan(runs=[Run(id=new_id(), job_id=job.id, scheduled_for=s, trigger=Trigger.SCHEDULE,
-                                      attempt=1, status=RunStatus.QUEUED, created_at=now, due_at=s)],
-                            next_run_at=nxt, cancel=[])
+            return SlotPlan(runs=[new_run(job.id, s, Trigger.SCHEDULE, now)], next_run_at=nxt, cancel=[])
     return _plan_walk(job, active_run_ids, now, limits, cutoff)
 
 
@@ -268,11 +265,7 @@ def _plan_walk(job: Job, active_run_ids: Sequence[str], now: datetime, limits: L
                                 f"skipped: replaced by the run for {newest} (overlap replace)", t)
                         for b, t in fire[:-1])
             fire = fire[-1:]
-        runs.extend(
-            Run(id=new_id(), job_id=job.id, scheduled_for=f, trigger=t, attempt=1,
-                status=RunStatus.QUEUED, created_at=now, due_at=f)
-            for f, t in fire
-        )
+        runs.extend(new_run(job.id, f, t, now) for f, t in fire)
     return SlotPlan(runs=runs, next_run_at=s, cancel=cancel)
 
 
@@ -358,6 +351,22 @@ def plan_retry(job: Job, run: Run, now: datetime, rng: random.Random | None = No
     if not job.retry.should_retry(run.attempt):
         return None
     wait = job.retry.next_delay(run.attempt, rng)
-    return Run(id=new_id(), job_id=run.job_id, scheduled_for=run.scheduled_for, trigger=Trigger.RETRY,
-               attempt=run.attempt + 1, status=RunStatus.QUEUED, created_at=now,
-               due_at=now + timedelta(seconds=wait))
+    return new_run(run.job_id, run.scheduled_for, Trigger.RETRY, now, attempt=run.attempt + 1,
+                   due_at=now + timedelta(seconds=wait))
+
+
+NOT_RETRIED_REPLACED = "not retried: a newer slot replaced it (overlap replace)"
+
+
+async def plan_retry_unless_replaced(job: Job, run: Run, now: datetime,
+                                     replaced: Callable[[Run], Awaitable[bool]]
+                                     ) -> tuple[Run | None, str | None]:
+    """The retry of a failed attempt (:func:`plan_retry`), unless overlap ``replace`` put a newer slot's
+    run in its place meanwhile: a replaced run stays replaced. ``replaced`` (a store read) is asked only
+    for a ``replace`` job that would be retried. The retry (or None) and, when the replacement is what
+    stopped it, the note for the run's error. One rule for the worker (an attempt it ran) and the
+    reaper (an attempt whose worker died)."""
+    retry = plan_retry(job, run, now)
+    if retry is not None and job.overlap is OverlapPolicy.REPLACE and await replaced(run):
+        return None, NOT_RETRIED_REPLACED
+    return retry, None

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import BackendUnavailable, ChronosError, JobNotFound
-from .events import cancel_request, publish_best_effort, run_event, watch
+from .events import cancel_request, outcome_events, publish_best_effort, run_event, watch
 from .hooks import outcome_hooks, record_notices
 from .hookspec import NotifyRule
-from .models import Event, EventType, Job, OverlapPolicy, Run, RunStatus
-from .planning import Limits, plan_due_job, plan_refused, plan_retry, plan_unplannable
+from .models import Event, EventType, Job, Run, RunStatus
+from .planning import Limits, plan_due_job, plan_refused, plan_retry_unless_replaced, plan_unplannable
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, SlotPlan, Store
 
 __all__ = ["Scheduler", "SchedulerStats"]
@@ -221,10 +221,24 @@ class Scheduler:
                             "was lost with the store connection)", released)
         self._unsure = False
 
-    async def _fire(self, now: datetime, room: int | None) -> int | None:
-        """Claim due jobs in batches; the room left in the queue."""
+    async def _batches(self, room: int | None, batch: Callable[[int], Awaitable[tuple[int, int]]]
+                       ) -> int | None:
+        """Backpressure: call ``batch(limit)`` (claim up to ``limit``, dispatch; it returns how many it
+        dispatched and how many it claimed) while the queue has room (None: unbounded) and a batch came
+        back full; the room left."""
         while room is None or room > 0:
             limit = self.batch_size if room is None else min(self.batch_size, room)
+            dispatched, claimed = await batch(limit)
+            if room is not None:
+                room -= dispatched
+            if claimed < limit:
+                break
+        return room
+
+    async def _fire(self, now: datetime, room: int | None) -> int | None:
+        """Claim due jobs in batches; the room left in the queue."""
+
+        async def batch(limit: int) -> tuple[int, int]:
             claim = await self._store.claim_due(now, limit, self._planner)
             self.stats.fired += len(claim.dispatch)
             self.stats.recorded += len(claim.recorded)
@@ -241,27 +255,23 @@ class Scheduler:
                 self.stats.last_lag = (self._clock.now() - claim.dispatch[-1].run.scheduled_for
                                        ).total_seconds()
                 await self._dispatch(claim.dispatch)
-            if room is not None:
-                room -= len(claim.dispatch)
-            if claim.jobs < limit:
-                break
-        return room
+            return len(claim.dispatch), claim.jobs
+
+        return await self._batches(room, batch)
 
     async def _dispatch_due(self, now: datetime, room: int | None) -> int | None:
         """Hand out queued runs whose time has come (retries, released runs); the room left."""
-        while room is None or room > 0:
-            limit = self.batch_size if room is None else min(self.batch_size, room)
+
+        async def batch(limit: int) -> tuple[int, int]:
             due = await self._store.claim_due_runs(now, limit)
             if due:
                 self.stats.retries_dispatched += len(due)
                 if self.publish_queued:
                     await self._publish([run_event(d.run, now) for d in due])
                 await self._dispatch(due)
-            if room is not None:
-                room -= len(due)
-            if len(due) < limit:
-                break
-        return room
+            return len(due), len(due)
+
+        return await self._batches(room, batch)
 
     async def redispatch_lost(self, now: datetime, pages: int = 100) -> int:
         """Dispatch again the runs still queued ``redispatch_after`` after their dispatch was sent and
@@ -360,11 +370,11 @@ class Scheduler:
             except JobNotFound:
                 continue
             error = f"worker {run.owner} stopped renewing its lease (lost or killed)"
-            retry = plan_retry(job, run, now)
-            if retry is not None and job.overlap is OverlapPolicy.REPLACE and \
-                    await self._store.replaced_by_later_slot(run):
-                retry = None  # its worker died before it could stop it: it stays replaced
-                error += "; not retried: a newer slot replaced it (overlap replace)"
+            # (replaced: its worker died before it could stop it; it stays replaced)
+            retry, not_retried = await plan_retry_unless_replaced(job, run, now,
+                                                                  self._store.replaced_by_later_slot)
+            if not_retried is not None:
+                error += f"; {not_retried}"
             # fenced on the lease expiry read: a renewal landing in between means the worker is alive
             if await self._store.finish_run(run.id, run.owner, status=RunStatus.FAILED, finished_at=now,
                                             output=run.output, error=error, retry=retry,
@@ -374,9 +384,7 @@ class Scheduler:
                                                                 retry is None)):
                 self.stats.reaped += 1
                 done = dataclasses.replace(run, status=RunStatus.FAILED, finished_at=now, error=error)
-                events.append(run_event(done, now))
-                if retry is not None:
-                    events.append(run_event(retry, now, EventType.RUN_RETRY_SCHEDULED))
+                events.extend(outcome_events(done, retry, now))
         await self._publish(events)
         return len(expired)
 

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from .errors import ExecutionFailed, JobNotFound, RunNotFound, StoreUnavailable
-from .events import publish_best_effort, run_event, watch
+from .events import outcome_events, publish_best_effort, run_event, watch
 from .hooks import notify_notices, outcome_hooks, run_facts
 from .hookspec import NotifyEvent, NotifyRule
 from .ids import new_id
@@ -39,7 +39,7 @@ from .models import (
     evolve,
 )
 from .payloads import JobTypes
-from .planning import is_late, late_start, plan_retry
+from .planning import is_late, late_start, plan_retry_unless_replaced
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, ExecutionResult, Executor, Store
 from .secrets import secret_forms
 
@@ -483,11 +483,10 @@ class Worker:
         retry = None
         if status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
             if outcome.retryable:
-                retry = plan_retry(job, run, end)
-                if retry is not None and job.overlap is OverlapPolicy.REPLACE and \
-                        await self._replaced(run):
-                    retry = None  # the stop request never reached this worker: it stays replaced
-                    error = f"{error}; not retried: a newer slot replaced it (overlap replace)"
+                # (replaced: the stop request never reached this worker; it stays replaced)
+                retry, not_retried = await plan_retry_unless_replaced(job, run, end, self._replaced)
+                if not_retried is not None:
+                    error = f"{error}; {not_retried}"
                 elif retry is None and job.retry.max_attempts > 1:
                     error = f"{error}; no retry left (attempt {run.attempt} of {job.retry.max_attempts})"
             elif run.attempt < job.retry.max_attempts and "not retried" not in (error or ""):
@@ -527,10 +526,8 @@ class Worker:
                  f": {error[:300]}" if error and status is not RunStatus.SUCCEEDED else "")
         self.stats.finished += 1
         self.stats.by_status[status.value] = self.stats.by_status.get(status.value, 0) + 1
-        events = [run_event(finished, end)]
-        if retry is not None:
-            events.append(run_event(retry, end, EventType.RUN_RETRY_SCHEDULED))
-        await self._publish(events, run.id)  # recorded: a bus error must not hand the dispatch back
+        # recorded: a bus error must not hand the dispatch back
+        await self._publish(outcome_events(finished, retry, end), run.id)
         return finished
 
     async def _replaced(self, run: Run) -> bool:
