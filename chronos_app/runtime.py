@@ -102,7 +102,7 @@ class Chronos:
         self.jobs = Jobs(store, queue, bus, self.clock, self.job_types, allow_shell=allow_shell,
                          executors=self.executors)
         self.runs = Runs(store, bus, self.clock)
-        self.events = Events(bus)
+        self.events = Events(bus, store, self.clock)
         self.shutdown_grace = shutdown_grace
         if max_queued == "auto":
             # an in-process queue is bounded (the scheduler waits while it is full): runs beyond what the

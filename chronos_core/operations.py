@@ -48,6 +48,7 @@ from .payloads import REDACTED, JobTypes, field_errors
 from .planning import next_slot, plan_dropped
 from .ports import Clock, Dispatch, DispatchQueue, EventBus, Executor, Store, StoreStats, Subscription
 from .schedules import OneOffSchedule, parse_schedule, parse_timezone
+from .streams import Resumed, resume
 
 __all__ = ["ApplyResult", "Events", "Jobs", "Runs", "merge_patch", "restore_redacted"]
 
@@ -643,16 +644,30 @@ class Runs:
 
 
 class Events:
-    """Live events: ``async for event in chronos.events.subscribe(job_id=...)``."""
+    """Live events: ``async for event in chronos.events.subscribe(job_id=...)``; ``resume`` for a
+    client coming back with the id of the last event it saw (the SSE streams use it)."""
 
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, store: Store, clock: Clock) -> None:
         self._bus = bus
+        self._store = store
+        self._clock = clock
 
     def subscribe(self, *, job_id: str | None = None, run_id: str | None = None,
                   types: Collection[EventType | str] | None = None,
                   after: str | None = None) -> Subscription:
         kinds = {EventType(t) for t in types} if types is not None else None
         return self._bus.subscribe(job_id=job_id, run_id=run_id, types=kinds, after=after)
+
+    async def resume(self, *, job_id: str | None = None, run_id: str | None = None,
+                     types: Collection[EventType | str] | str | None = None, after: str | None = None,
+                     history: int = 20) -> Resumed:
+        """A subscription resumed after the event id ``after``: from the bus while it still retains it,
+        else starting with the runs' current state from history (see :mod:`chronos_core.streams`).
+        ``types``: as for run filters (a collection or a comma-separated string). Close
+        ``.subscription`` when done (``async with resumed.subscription``)."""
+        kinds = enum_set(EventType, types, "types", "event type")
+        return await resume(self._bus, self._store, self._clock, job_id=job_id, run_id=run_id, types=kinds,
+                            after=after, history=history)
 
     async def stream(self, **filters: Any) -> AsyncIterator[Event]:
         async with self.subscribe(**filters) as sub:

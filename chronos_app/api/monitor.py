@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from chronos_core import Event, EventType, Run, RunNotFound, SubscriptionOverflow
-from chronos_core.events import run_event
 from chronos_core.filters import enum_set
 from chronos_core.logs import stored_line_range
 
@@ -62,18 +61,6 @@ def _sse(event: Event, *, replayed: bool = False, first: bool = False) -> Server
                            id=None if replayed else event.id, retry=_RETRY_MS if first else None)
 
 
-def _replay_events(ctx: ApiContext, runs: list[Run], types: Collection[EventType] | None) -> list[Event]:
-    now = ctx.chronos.clock.now()
-    out = []
-    for run in reversed(runs):  # oldest first
-        event = run_event(run, now)
-        event.data["output"] = run.output
-        event.data["output_lines"] = run.output_lines  # run.log events numbered up to it are in output
-        if types is None or event.type in types:
-            out.append(event)
-    return out
-
-
 async def _gap(ctx: ApiContext, run_id: str, start: int, end: int) -> list[Event]:
     """Lines ``start..end`` of a run, which the stream saw no event of: printed before it subscribed but
     after the worker's last write of the output so far (the worker writes it about once a second), or
@@ -109,19 +96,10 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
     q = parse_query(request, StreamQuery)
     types = _types(q.types)
     after = request.headers.get("last-event-id") or q.last_event_id or None
-    # Subscribe before reading history: nothing that happens in between can be missed.
-    sub = ctx.chronos.events.subscribe(job_id=job_id, run_id=run_id, types=types, after=after)
-    try:
-        snapshot: list[Run] = []
-        if after is None or ctx.chronos.bus.retains(after) is False:
-            if run_id is not None:  # a run stream starts with the run's current state
-                snapshot = [await ctx.chronos.runs.get(run_id)]
-            elif after is not None:
-                snapshot = await ctx.chronos.runs.list(job_id=job_id, limit=history)
-        first = _replay_events(ctx, snapshot, types)
-    except BaseException:
-        await sub.aclose()
-        raise
+    # resumed from the bus, or replayed from history (chronos_core.streams)
+    resumed = await ctx.chronos.events.resume(job_id=job_id, run_id=run_id, types=types, after=after,
+                                              history=history)
+    sub, first, snapshot = resumed.subscription, resumed.replayed, resumed.snapshot
     closes_on_final = run_id is not None
     # A run stream starts with the output so far, numbered up to ``shown``: live lines already in it are
     # not sent again, and lines between it and the first live line are read from the store. (A client
