@@ -318,3 +318,68 @@ async def measure_window_async(case: Case, base: datetime, server: ServerCpu | N
     window.close()
     await asyncio.sleep(SETTLE)
     return window
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: the CPU model, the cores, the load average when the case began
+    (the machine is shared: judge by ratios to a peer measured in the same run)."""
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {"cpu": model, "cores": os.cpu_count(), "load1": round(load[0], 2)}
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds used so far by each live thread of this process, grouped by the thread's name without
+    a pool's ``_<n>`` suffix (``MainThread`` is the event loop; ``chronos-sql`` the SQL store's threads)."""
+    import re
+    import threading
+
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        if t.ident is None:
+            continue
+        try:
+            seconds = time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+        except (OSError, AttributeError):  # the thread ended meanwhile, or no such clock here
+            continue
+        name = re.sub(r"_\d+$", "", t.name)
+        out[name] = out.get(name, 0.0) + seconds
+    return out
+
+
+def thread_cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per thread group, the CPU seconds between two :func:`thread_cpu` readings (a group that started
+    in between counts from zero)."""
+    return {k: round(v - before.get(k, 0.0), 3) for k, v in sorted(after.items(), key=lambda kv: -kv[1])
+            if v - before.get(k, 0.0) > 0.0005}
+
+
+@contextlib.contextmanager
+def profiled(what: str) -> Iterator[None]:
+    """With ``BENCH_PYSPY=<file>``: ``py-spy record`` this process (raw folded stacks into ``<file>``, for
+    ``what`` only), with ``BENCH_PYSPY_ARGS`` (e.g. ``--gil``, ``--threads``); else nothing."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    out = os.environ.get("BENCH_PYSPY")
+    if not out:
+        yield
+        return
+    spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(spy if spy.exists() else "py-spy"), "record", "--pid", str(os.getpid()), "-r", "200",
+           "-f", "raw", "-o", out, *shlex.split(os.environ.get("BENCH_PYSPY_ARGS", ""))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        print(f"profile of {what}: {out}", flush=True)
