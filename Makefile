@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test faults install services lint typecheck bench bench-quick bench-api bench-oneliner bench-scale-out fuzz clean
+.PHONY: run test faults install services lint typecheck bench bench-quick bench-api bench-burst bench-real-jobs bench-oneliner bench-scale-out fuzz clean
 
 ## What `make run` needs (the service and its drivers); `make test` adds the test tools (pytest, mypy...).
 RUNTIME := $(VENV)/.runtime-installed
@@ -46,9 +46,11 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 ## Chronos and APScheduler 3.11 side by side, then the API beside bare Starlette (see BENCHMARKS.md);
-## bench-quick takes under 3 minutes (without the API).
+## bench-quick takes about 5 minutes (without the API).
 bench: $(BENCH_STAMP) services
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.burst $(BENCH_BURST_ARGS)
+	$(PY) -m bench.real_jobs $(BENCH_REAL_ARGS)
 	$(PY) -m bench.api $(BENCH_API_ARGS)
 
 ## The REST API (chronos serve, SQLite) beside a bare Starlette app serving the same bytes, with wrk if
@@ -58,6 +60,18 @@ bench-api: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP) services
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+	$(PY) -m bench.burst --quick $(BENCH_BURST_ARGS)
+	$(PY) -m bench.real_jobs --quick $(BENCH_REAL_ARGS)
+
+## 10,000 jobs due at one instant (with and without jitter), Chronos and APScheduler, every store, 3
+## repetitions (about 25 minutes on a busy machine); BENCH_BURST_ARGS=--quick: memory and SQLite once.
+bench-burst: $(BENCH_STAMP) services
+	$(PY) -m bench.burst $(BENCH_BURST_ARGS)
+
+## chronos serve on SQLite running 1,000 HTTP jobs/s (local server) and 200 shell jobs/s (`true`), CPU per
+## run by component (py-spy); 3 repetitions, about 3 minutes. BENCH_REAL_ARGS=--quick: once, 5 s windows.
+bench-real-jobs: $(BENCH_STAMP)
+	$(PY) -m bench.real_jobs $(BENCH_REAL_ARGS)
 
 ## APScheduler add_job vs Chronos schedule (python jobs), 1k and 10k, memory and SQLite (BENCHMARKS.md)
 bench-oneliner: $(BENCH_STAMP)
