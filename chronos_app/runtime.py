@@ -15,6 +15,7 @@ advanced users build a ``Chronos`` from their own adapters with the constructor.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -38,17 +39,17 @@ from chronos_core import (
     Run,
     Runs,
     RunStatus,
-    Scheduler,
     Store,
     SystemClock,
-    Worker,
     function_ref,
 )
 from chronos_core.hookspec import NotifyRule
 from chronos_core.ids import new_id
 from chronos_core.models import ACTIVE_RUN_STATUSES
-from chronos_core.notifier import Notifier
 from chronos_core.ports import NotifyChannel
+
+from . import compose
+from .settings import EngineSettings, Settings
 
 if TYPE_CHECKING:
     from chronos_adapters.executors import ExecutorConfig
@@ -57,7 +58,6 @@ __all__ = ["Chronos"]
 
 log = logging.getLogger("chronos")
 F = TypeVar("F", bound=Callable[..., Any])
-SHELL_OFF = "shell jobs are disabled here (CHRONOS_ALLOW_SHELL is off)"
 
 
 class Chronos:
@@ -73,60 +73,43 @@ class Chronos:
         executors: Iterable[Executor] = (),
         clock: Clock | None = None,
         job_types: JobTypes | None = None,
-        allow_shell: bool = True,
         scheduler: bool = True,
         worker: bool = True,
-        concurrency: int = 16,
-        lease: float = 30.0,
-        output_limit: int = 64 * 1024,
-        batch_size: int = 1000,
-        shutdown_grace: float = 10.0,
-        max_queued: int | Literal["auto"] | None = "auto",
-        redispatch_after: float | None = 120.0,
-        notify_channels: Iterable[NotifyChannel] = (),
-        default_notify: Sequence[NotifyRule | dict[str, Any]] = (),
         notifier: bool | None = None,
-        worker_name: str | None = None,
-        history_max_age: float | None = None,
-        prune_interval: float = 60.0,
-        reap_grace: float = 10.0,
-        store_retry_for: float = 300.0,
+        notify_channels: Iterable[NotifyChannel] = (),
+        settings: EngineSettings | None = None,
+        default_notify: Sequence[NotifyRule | dict[str, Any]] | None = None,
+        **knobs: Any,
     ) -> None:
+        """``settings`` (an :class:`EngineSettings`, or the service's :class:`Settings`) and ``knobs``
+        over it (any of its fields as keywords: ``concurrency=``, ``lease=``, ``allow_shell=``,
+        ``history_max_age=``...; ``default_notify`` is ``notify_default``) configure every engine
+        (``chronos_app.compose`` builds them); an unknown keyword is a ``TypeError``."""
+        if default_notify is not None:
+            knobs["notify_default"] = default_notify
+        self.settings = compose.engine_settings(settings, knobs)
         self.store = store
         self.queue = queue
         self.bus = bus
         self.clock = clock or SystemClock()
         self.job_types = job_types or JobTypes()
-        self.executors: dict[str, Executor] = {e.type_name: e for e in executors}
-        self.allow_shell = allow_shell
-        self.jobs = Jobs(store, queue, bus, self.clock, self.job_types, allow_shell=allow_shell,
+        # shell jobs refused here run with no executor (compose.guard_executors): a run of one queued by
+        # another process, or before a restart, fails without starting anything
+        self.executors: dict[str, Executor] = compose.guard_executors(
+            {e.type_name: e for e in executors}, self.allow_shell)
+        self.jobs = Jobs(store, queue, bus, self.clock, self.job_types, allow_shell=self.allow_shell,
                          executors=self.executors)
         self.runs = Runs(store, bus, self.clock)
         self.events = Events(bus, store, self.clock)
-        self.shutdown_grace = shutdown_grace
-        if max_queued == "auto":
-            # an in-process queue is bounded (the scheduler waits while it is full): runs beyond what the
-            # worker keeps up with stay due in the store rather than pile up in memory, starting ever later
-            max_queued = None if queue.durable else max(1000, 8 * concurrency)
-        # the service-wide notifications of jobs that set none
-        self.default_notify = [r if isinstance(r, NotifyRule) else NotifyRule.model_validate(r)
-                               for r in default_notify]
-        self.scheduler = (Scheduler(store, queue, bus, self.clock, batch_size=batch_size,
-                                    max_queued=max_queued, refuse=self._refuse,
-                                    redispatch_after=redispatch_after or None,
-                                    default_notify=self.default_notify, history_max_age=history_max_age,
-                                    prune_interval=prune_interval, reap_grace=reap_grace)
-                          if scheduler else None)
-        self.worker = (Worker(store, queue, bus, self.clock, self.executors, job_types=self.job_types,
-                              concurrency=concurrency, lease=lease, output_limit=output_limit,
-                              default_notify=self.default_notify, store_retry_for=store_retry_for,
-                              owner=f"{worker_name}-{new_id()[-8:]}" if worker_name else None)
-                       if worker else None)
+        self.shutdown_grace = self.settings.shutdown_grace
+        self.default_notify = list(self.settings.notify_default)  # for jobs that set none
         # delivers notifications, chained runs and auto-pauses (by default where the scheduler runs)
         self.notify_channels = {c.channel: c for c in notify_channels}
-        self.notifier = (Notifier(store, queue, bus, self.clock, self.notify_channels,
-                                  default_notify=self.default_notify)
-                         if (scheduler if notifier is None else notifier) else None)
+        engines = compose.build_engines(
+            self.settings, store=store, queue=queue, bus=bus, clock=self.clock, executors=self.executors,
+            job_types=self.job_types, channels=self.notify_channels, refuse=self._refuse,
+            scheduler=scheduler, worker=worker, notifier=scheduler if notifier is None else notifier)
+        self.scheduler, self.worker, self.notifier = engines.scheduler, engines.worker, engines.notifier
         self._started = False
         # The CLI roles wait at start-up for a backend that cannot be reached yet (the database or broker
         # is starting too, or restarting), trying again with a log line, until ``stopping()`` says to
@@ -135,6 +118,11 @@ class Chronos:
         self.stopping: Callable[[], bool] = lambda: False
         self._opened: list[Callable[[], Awaitable[None]]] = []
         self._declared: list[dict[str, Any]] = []  # @scheduled before start: applied by start()
+
+    @property
+    def allow_shell(self) -> bool:
+        """Whether shell jobs are accepted and run here (the one source: ``settings.allow_shell``)."""
+        return self.settings.allow_shell
 
     @property
     def started(self) -> bool:
@@ -152,25 +140,21 @@ class Chronos:
     ) -> Chronos:
         """Everything in this process: the in-process queue and bus, the memory store (or, with
         ``database_url``, a durable SQL store), and the built-in executors (configured by
-        ``executor_config``) unless ``executors`` are given."""
-        from chronos_adapters.executors import builtin_executors
-        from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus, MemoryStore
-
-        store: Store
-        if database_url is None:
-            store = MemoryStore()
-        else:
-            from chronos_adapters.sql import SqlStore
-
-            store = SqlStore(database_url)
+        ``executor_config``) unless ``executors`` are given. ``options``: the constructor's keywords
+        (every engine knob, ``clock=``, ``scheduler=``...)."""
+        params = inspect.signature(cls.__init__).parameters
+        knobs = {k: options.pop(k) for k in list(options) if k not in params or k == "default_notify"}
+        if "default_notify" in knobs:
+            knobs["notify_default"] = knobs.pop("default_notify")
+        compose.engine_settings(None, knobs, called="Chronos.embedded()")  # a bad name: said at once
+        settings = Settings.given(database_url=database_url or "memory", bus="memory",
+                                  allow_shell=allow_shell, **knobs)
         if executors is None:
-            executors = builtin_executors(executor_config)
+            executors = compose.build_executors(executor_config)
         if "notify_channels" not in options:
-            from chronos_adapters.notify import notify_channels
-
-            options["notify_channels"] = notify_channels(executor_config)
-        chronos = cls(store=store, queue=MemoryDispatchQueue(), bus=MemoryEventBus(), executors=executors,
-                      allow_shell=allow_shell, **options)
+            options["notify_channels"] = compose.build_notify_channels(executor_config)
+        chronos = cls(store=compose.build_store(settings), queue=compose.build_queue(settings),
+                      bus=compose.build_bus(settings), executors=executors, settings=settings, **options)
         if executor_config is not None:  # its SMTP password and SQL URLs are masked in every job's output
             chronos.job_types.add_service_secrets(executor_config.secrets())
         return chronos
@@ -178,6 +162,7 @@ class Chronos:
     def register_job_type(self, name: str, payload_model: type[Payload], executor: Executor) -> None:
         """Add a job type: its payload model (validated on create) and the executor that runs it."""
         self.job_types.register(name, payload_model)
+        executor = compose.guard_executors({name: executor}, self.allow_shell)[name]
         self.executors[name] = executor
         if self.worker is not None:
             self.worker.executors[name] = executor
@@ -263,9 +248,7 @@ class Chronos:
                 log.debug("closing after a failed start: %s", exc)
 
     def _refuse(self, job: Job) -> str | None:
-        if job.type == "shell" and not self.allow_shell:
-            return SHELL_OFF
-        return None
+        return compose.shell_refusal(job.type, self.allow_shell)
 
     async def _warn_of_shell_jobs(self) -> None:
         """With shell off, stored shell jobs cannot run: say which, once, at start-up (their slots are

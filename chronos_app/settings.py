@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from chronos_core.hookspec import NotifyRule
 from chronos_core.secrets import text_secrets
 
-__all__ = ["DEFAULT_DATABASE_URL", "Settings"]
+__all__ = ["DEFAULT_DATABASE_URL", "EngineSettings", "Settings"]
 
 DEFAULT_DATABASE_URL = "sqlite:///./chronos.db"
 
@@ -27,8 +27,84 @@ def _env(name: str, *seed: str) -> AliasChoices:
     return AliasChoices(f"CHRONOS_{name.upper()}", *seed)
 
 
-class Settings(BaseSettings):
-    """Everything the service can be told. See the configuration table in README.md."""
+class EngineSettings(BaseModel):
+    """Every knob of the engines (scheduler, planner, retention, worker, notifier) and the shell policy:
+    what ``Chronos(...)`` and ``Chronos.embedded(...)`` take as keywords, and what :class:`Settings` reads
+    as ``CHRONOS_<NAME>`` (it is a subclass). The defaults are the engines' own (a test checks it);
+    ``chronos_app.compose`` says which engine parameter each one becomes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # policy ----------------------------------------------------------------------------------------
+    allow_shell: bool = Field(default=True, description=(
+        "shell jobs may be created, triggered and run here (they run code on the host)"))
+
+    # scheduler and planner -------------------------------------------------------------------------
+    batch_size: int = Field(default=1000, ge=1, description="due jobs the scheduler claims at once")
+    max_queued: int | Literal["auto"] | None = Field(default="auto", description=(
+        "dispatches waiting in the queue before the scheduler claims no more; 'auto': bounded (max(1000, "
+        "8 x concurrency)) for the in-process queue, unbounded for Kafka; 'none': unbounded"))
+    scheduler_max_sleep: float = Field(default=5.0, gt=0, description=(
+        "longest the scheduler sleeps between ticks when nothing is due sooner (it is woken by changes)"))
+    scheduler_min_interval: float = Field(default=0.005, ge=0, description=(
+        "shortest pause between two scheduler ticks"))
+    publish_queued: bool = Field(default=True, description=(
+        "the scheduler publishes run.queued events (off: fewer events when nobody watches them)"))
+    redispatch_after: float | None = Field(default=120.0, ge=0, description=(
+        "seconds a run may stay queued after its dispatch was sent to Kafka before the scheduler sends "
+        "it again (the broker lost it, e.g. restarted without its data); 0: never"))
+    reap_grace: float = Field(default=10.0, ge=0, description=(
+        "seconds past a run's lease expiry before the scheduler reaps it (fails or retries it)"))
+    max_slots_listed: int = Field(default=1000, ge=1, description=(
+        "missed slots of one job recorded one by one per claim; further ones are summed up in one run"))
+    max_catch_up: int = Field(default=100, ge=1, description="catch-up runs of a fire_all job per claim")
+
+    # retention -------------------------------------------------------------------------------------
+    history_max_age: float | None = Field(default=None, gt=0, description=(
+        "seconds a finished run is kept (retention by age, for every job; a job's history_limit still "
+        "applies); unset: kept until its job's history_limit or its deletion"))
+    prune_interval: float = Field(default=60.0, gt=0, description="seconds between retention sweeps")
+
+    # worker ----------------------------------------------------------------------------------------
+    concurrency: int = Field(default=16, ge=1, description="runs a worker executes at once")
+    lease: float = Field(default=30.0, gt=0, description="seconds of a run's lease (renewed by heartbeats)")
+    output_limit: int = Field(default=64 * 1024, ge=1024, description="bytes of output kept per run")
+    line_limit: int = Field(default=16 * 1024, ge=256, description=(
+        "bytes of one run.log event; longer output lines are cut into pieces"))
+    output_interval: float = Field(default=1.0, gt=0, description=(
+        "seconds between writes of a running run's output so far to the store"))
+    store_retry_for: float = Field(default=300.0, ge=0, description=(
+        "seconds a worker keeps trying to record a run's start or outcome while the store is down"))
+    worker_name: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+                                    description=(
+        "the start of this process's lease owner ids (a running run's owner shows it; the notifier's "
+        "too); a random suffix keeps two processes given one name apart"))
+    shutdown_grace: float = Field(default=10.0, ge=0, description=(
+        "seconds running attempts get on stop before they are cancelled (and recorded so)"))
+
+    # notifier --------------------------------------------------------------------------------------
+    notify_default: list[NotifyRule] = Field(default_factory=list, repr=False, description=(
+        "CHRONOS_NOTIFY_DEFAULT: notifications (a JSON list, as a job's notify) for every job that sets "
+        "none"))
+    notifier_batch_size: int = Field(default=50, ge=1, description="notices the notifier claims at once")
+    notifier_lease: float = Field(default=60.0, gt=0, description="seconds of a notice's delivery lease")
+    notifier_interval: float = Field(default=1.0, gt=0, description=(
+        "seconds between the notifier's claims while nothing wakes it"))
+    notifier_concurrency: int = Field(default=32, ge=1, description="notices delivered at once")
+    notifier_min_interval: float = Field(default=0.2, ge=0, description=(
+        "shortest pause between two claims of the notifier"))
+
+    @field_validator("max_queued", mode="before")
+    @classmethod
+    def _unbounded(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("none", "off", "unbounded"):
+            return None
+        return v
+
+
+class Settings(EngineSettings, BaseSettings):
+    """Everything the service can be told: the engines' knobs (:class:`EngineSettings`) and the adapters',
+    the API's and the executors' settings. See the configuration table in README.md."""
 
     model_config = SettingsConfigDict(env_prefix="CHRONOS_", extra="ignore", populate_by_name=True)
 
@@ -80,39 +156,28 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1000, ge=1, description=(
         "open connections (or requests in flight) before new requests get 503"))
 
-    # engines ---------------------------------------------------------------------------------------
-    concurrency: int = Field(default=16, ge=1)
-    lease: float = Field(default=30.0, gt=0)
-    shutdown_grace: float = Field(default=10.0, ge=0)
-    worker_name: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
-                                    description=(
-        "the start of this worker's lease owner id (a running run's owner shows it); a random suffix "
-        "keeps two workers given one name apart"))
-    redispatch_after: float = Field(default=120.0, ge=0, description=(
-        "seconds a run may stay queued after its dispatch was sent to Kafka before the scheduler sends "
-        "it again (the broker lost it, e.g. restarted without its data); 0: never"))
-    output_limit: int = Field(default=64 * 1024, ge=1024)
-    history_max_age: float | None = Field(default=None, gt=0, description=(
-        "seconds a finished run is kept (retention by age, for every job; a job's history_limit still "
-        "applies); unset: kept until its job's history_limit or its deletion"))
-    prune_interval: float = Field(default=60.0, gt=0, description="seconds between retention sweeps")
-    reap_grace: float = Field(default=10.0, ge=0, description=(
-        "seconds past a run's lease expiry before the scheduler reaps it (fails or retries it)"))
-    store_retry_for: float = Field(default=300.0, ge=0, description=(
-        "seconds a worker keeps trying to record a run's start or outcome while the store is down"))
+    # engines: the fields of EngineSettings (above); the service's own default for shell is off ------
+    allow_shell: bool = Field(default=False, description=(
+        "accept and run shell jobs (they run code on the host); off in the service unless set"))
     process_tuning: bool = Field(default=True, description=(
         "chronos serve/scheduler/worker: after start-up, freeze what is alive out of the garbage "
         "collector's scans, collect its young generation less often and shorten the GIL switch "
         "interval to 0.5 ms (chronos_app.tuning.tune_process)"))
 
     # executors -------------------------------------------------------------------------------------
-    allow_shell: bool = False
-    shell_kill_grace: float = Field(default=5.0, ge=0)
+    shell_kill_grace: float = Field(default=5.0, ge=0, description=(
+        "seconds between SIGTERM and SIGKILL to a shell job's process group on timeout or cancel"))
+    shell_max_line: int = Field(default=1024 * 1024, ge=1024, description=(
+        "longest output line (bytes) of a shell job passed on whole; longer ones in pieces"))
     shell_pass_env: CommaList = Field(default_factory=list, description=(
         "variables passed on to shell jobs (and python jobs' child processes) besides PATH, HOME, LANG, "
         "TZ (nothing else is inherited)"))
     email_max_recipients: int = Field(default=100, ge=1, description="recipients of one email job")
     http_allow_hosts: CommaList = Field(default_factory=list)
+    http_timeout: float = Field(default=300.0, gt=0, description=(
+        "seconds the whole exchange of one HTTP job's attempt may take (the job's timeout still applies)"))
+    http_max_body: int = Field(default=64 * 1024, ge=0, description="bytes of a response body kept")
+    http_max_redirects: int = Field(default=10, ge=0, description="redirects an HTTP job follows")
     smtp_host: str | None = Field(default=None, validation_alias=_env("smtp_host", "SMTP_HOST"))
     smtp_port: int | None = Field(default=None, validation_alias=_env("smtp_port", "SMTP_PORT"))
     smtp_user: str | None = Field(default=None, validation_alias=_env("smtp_user", "SMTP_USER"))
@@ -121,15 +186,18 @@ class Settings(BaseSettings):
     smtp_starttls: bool | None = None
     smtp_ssl: bool | None = None
     smtp_sender: str | None = None
+    smtp_timeout: float = Field(default=30.0, gt=0, description="seconds of each SMTP operation")
+    smtp_ca_file: str | None = Field(default=None, description=(
+        "CA bundle to verify the SMTP server with (default: the system's)"))
     sql_connections: dict[str, str] = Field(default_factory=dict, repr=False)
+    sql_max_rows: int = Field(default=1000, ge=0, description="rows a SQL job records at most")
+    sql_max_cell: int = Field(default=1024, ge=1, description="characters of one recorded SQL value")
     python_modules: CommaList = Field(default_factory=list, description=(
         "modules (prefixes: 'myapp' allows myapp.jobs) whose functions python jobs may import and run "
         "on the workers; empty: python jobs are refused. They run with the worker's own rights"))
     python_threads: int = Field(default=8, ge=1, description="plain functions of python jobs at once")
-    notify_default: list[NotifyRule] = Field(default_factory=list, repr=False, description=(
-        "CHRONOS_NOTIFY_DEFAULT: notifications (a JSON list, as a job's notify) for every job that sets "
-        "none"))
-
+    python_kill_grace: float = Field(default=5.0, ge=0, description=(
+        "seconds between SIGTERM and SIGKILL to a python job's child process on timeout or cancel"))
     log_level: str = "info"
 
     @field_validator("api_tokens", "readonly_tokens", "http_allow_hosts", "plugins", "shell_pass_env",
@@ -153,6 +221,12 @@ class Settings(BaseSettings):
                 self.database_url = DEFAULT_DATABASE_URL
         return self
 
+    @classmethod
+    def given(cls, **values: Any) -> Settings:
+        """Settings of these values over the defaults, without reading the environment (what
+        ``Chronos.embedded()`` builds from its arguments)."""
+        return _Given(**values)
+
     # derived ---------------------------------------------------------------------------------------
     @property
     def store_backend(self) -> str:
@@ -163,6 +237,13 @@ class Settings(BaseSettings):
         if self.bus == "auto":
             return "kafka" if self.kafka_bootstrap else "memory"
         return self.bus
+
+    @property
+    def dispatch_outbox(self) -> bool:
+        """Dispatches go through the ``chronos_outbox`` table and a relay (decided here, once): Kafka
+        with a SQL store, unless ``kafka_outbox`` is off. The store then writes the rows in its
+        dispatching transactions and the queue is the outbox's."""
+        return self.bus_backend == "kafka" and self.kafka_outbox and self.store_backend == "sql"
 
     @property
     def auth_enabled(self) -> bool:
@@ -179,3 +260,12 @@ class Settings(BaseSettings):
             if url and url not in ("memory", "memory://"):
                 out += [url, *text_secrets(url)]
         return [s for s in dict.fromkeys(out) if s]
+
+
+class _Given(Settings):
+    """:meth:`Settings.given`: only the values passed in (no ``CHRONOS_*`` variable read)."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   *sources: Any, **named: Any) -> tuple[Any, ...]:
+        return (init_settings,)
