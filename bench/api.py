@@ -411,7 +411,6 @@ def run_http_cases(args: argparse.Namespace, tmp: Path, meta: dict[str, Any], ou
              ("GET /jobs?limit=100", "/jobs?limit=100", None),
              ("GET /jobs/{id}/history?limit=100", f"/jobs/{ids[0]}/history?limit=100", None),
              ("POST /jobs", "/jobs", post)]
-    cases = [c for c in cases if not args.cases or any(s in c[0] for s in args.cases)]
     loader = wrk if shutil.which("wrk") and not args.no_wrk else None
     cport, bport = free_port(), free_port()
     bodies: dict[str, dict[str, Any]] = {}
@@ -422,6 +421,7 @@ def run_http_cases(args: argparse.Namespace, tmp: Path, meta: dict[str, Any], ou
             assert status in (200, 201), (name, status, data[:300])
             bodies[name] = {"status": status, "body": data.decode(), "location": location}
         (tmp / "bodies.json").write_text(json.dumps(bodies))
+        cases = [c for c in cases if not args.cases or any(s in c[0] for s in args.cases)]
         bare_cmd = [sys.executable, "-m", "bench.api", "--serve-bare", str(bport), "--bodies",
                     str(tmp / "bodies.json")]
         with server(bare_cmd, bport, _env(), tmp / "bare.log") as bproc:

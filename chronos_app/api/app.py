@@ -26,6 +26,7 @@ from .metrics import ApiMetrics
 from .openapi import build_openapi
 from .problems import EXCEPTION_HANDLERS
 from .routes import OPS
+from .shown import ShownJobs
 
 __all__ = ["create_app"]
 
@@ -80,7 +81,8 @@ def create_app(container: Container | None = None, *,
     metrics = ApiMetrics()
     ctx = ApiContext(chronos=chronos, settings=settings,
                      idempotency=IdempotencyCache(settings.idempotency_ttl,
-                                                  max_bytes=settings.idempotency_max_bytes), metrics=metrics)
+                                                  max_bytes=settings.idempotency_max_bytes), metrics=metrics,
+                     shown=ShownJobs(chronos.job_types))
     documents: dict[tuple[str, ...], dict[str, Any]] = {}
 
     async def openapi(request: Request) -> Response:

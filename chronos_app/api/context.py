@@ -15,6 +15,7 @@ from ..runtime import Chronos
 from ..settings import Settings
 from .idempotency import IdempotencyCache
 from .metrics import ApiMetrics
+from .shown import ShownJobs
 
 __all__ = ["ApiContext", "Op", "api"]
 
@@ -25,6 +26,7 @@ class ApiContext:
     settings: Settings
     idempotency: IdempotencyCache
     metrics: ApiMetrics
+    shown: ShownJobs
 
 
 def api(request: Request) -> ApiContext:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from chronos_core import (
     Job,
@@ -50,6 +50,7 @@ from .schemas import (
     StatusChange,
     WindowStats,
 )
+from .shown import page_json, run_json, runs_page_json
 
 __all__ = ["OPS"]
 
@@ -109,8 +110,10 @@ class PreviewQuery(BaseModel):
         "giving each slot's jitter offset"))
 
 
-def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # pydantic-core writes the JSON itself: no dict of the whole answer first, then json.dumps of it
+    return Response(model.model_dump_json(), status_code=status, headers=headers,
+                    media_type="application/json")
 
 
 def _statuses(text: str | None, name: str = "status") -> set[RunStatus] | None:
@@ -121,15 +124,21 @@ def _triggers(text: str | None) -> set[Trigger] | None:
     return enum_set(Trigger, text, "trigger", "trigger", error=InvalidParameters)
 
 
-async def _job_outs(ctx: ApiContext, jobs: Sequence[Job]) -> list[JobOut]:
-    """Jobs as shown: with their summaries (one store read for the page) and next fire times."""
-    chronos = ctx.chronos
-    summaries = await chronos.jobs.summaries(jobs)
-    return [JobOut.of(j, chronos.job_types, summaries.get(j.id), chronos.jobs.next_runs(j)) for j in jobs]
+async def _job_outs(ctx: ApiContext, jobs: Sequence[Job]) -> list[bytes]:
+    """Jobs as shown (JSON of ``JobOut``): with their summaries (one store read for the page) and next
+    fire times."""
+    summaries = await ctx.chronos.jobs.summaries(jobs)
+    return [ctx.shown.json(job, summaries.get(job.id)) for job in jobs]
 
 
-async def _job_out(ctx: ApiContext, job: Job) -> JobOut:
-    return (await _job_outs(ctx, [job]))[0]
+async def _job_out(ctx: ApiContext, job: Job, status: int = 200, headers: dict[str, str] | None = None
+                   ) -> Response:
+    return _raw((await _job_outs(ctx, [job]))[0], status, headers)
+
+
+def _raw(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """An answer written as JSON already (``shown``: the same bytes as its model would write)."""
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 # ---------------------------------------------------------------------------------------- health
@@ -168,7 +177,7 @@ async def create_job(request: Request) -> Response:
 
     async def create() -> Response:
         job = await ctx.chronos.jobs.create(data)
-        return _json(await _job_out(ctx, job), 201, {"Location": f"/jobs/{job.id}"})
+        return await _job_out(ctx, job, 201, {"Location": f"/jobs/{job.id}"})
 
     key = request.headers.get("idempotency-key")
     if not key:
@@ -216,13 +225,13 @@ async def list_jobs(request: Request) -> Response:
                                        limit=q.limit + 1, last_status=last_status)
     more = len(jobs) > q.limit
     jobs = jobs[:q.limit]
-    return _json(JobPage(items=await _job_outs(ctx, jobs), next_cursor=jobs[-1].id if more else None))
+    return _raw(page_json(await _job_outs(ctx, jobs), jobs[-1].id if more else None))  # a JobPage
 
 
 async def get_job(request: Request) -> Response:
     ctx = api(request)
     job = await ctx.chronos.jobs.get(request.path_params["job_id"])
-    return _json(await _job_out(ctx, job))
+    return await _job_out(ctx, job)
 
 
 # what a job as shown has beyond its definition: ignored in a PUT or PATCH body (a job read with GET
@@ -244,7 +253,7 @@ async def replace_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     data = await read_json(request, ctx.settings.max_body_bytes)
     job = await ctx.chronos.jobs.update(job_id, _definition(data, job_id))  # type: ignore[arg-type]
-    return _json(await _job_out(ctx, job))
+    return await _job_out(ctx, job)
 
 
 async def patch_job(request: Request) -> Response:
@@ -255,7 +264,7 @@ async def patch_job(request: Request) -> Response:
     if not isinstance(data, dict):
         raise InvalidJob.single((), "a merge patch of a job is a JSON object of the fields to change")
     job = await ctx.chronos.jobs.patch(job_id, _definition(data, job_id))  # type: ignore[arg-type]
-    return _json(await _job_out(ctx, job))
+    return await _job_out(ctx, job)
 
 
 async def delete_job(request: Request) -> Response:
@@ -272,7 +281,7 @@ async def set_job_status(request: Request) -> Response:
         raise InvalidArgument(field_errors(exc)) from None
     status = JobStatus.PAUSED if change.status == "paused" else JobStatus.ACTIVE  # resume, restart: active
     job = await ctx.chronos.jobs.set_status(request.path_params["job_id"], status)
-    return _json(await _job_out(ctx, job))
+    return await _job_out(ctx, job)
 
 
 async def job_history(request: Request) -> Response:
@@ -282,7 +291,7 @@ async def job_history(request: Request) -> Response:
                                           before=q.before, limit=q.limit + 1)
     more = len(runs) > q.limit
     runs = runs[:q.limit]
-    return _json(RunPage(items=[RunOut.of(r) for r in runs], next_cursor=runs[-1].id if more else None))
+    return _raw(runs_page_json(runs, runs[-1].id if more else None))  # a RunPage
 
 
 async def delete_job_history(request: Request) -> Response:
@@ -292,7 +301,7 @@ async def delete_job_history(request: Request) -> Response:
 
 async def run_job_now(request: Request) -> Response:
     run = await api(request).chronos.jobs.trigger(request.path_params["job_id"])
-    return _json(RunOut.of(run), 202, {"Location": f"/runs/{run.id}"})
+    return _raw(run_json(run), 202, {"Location": f"/runs/{run.id}"})
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -306,7 +315,7 @@ async def list_runs(request: Request) -> Response:
                                        until=q.until)
     more = len(runs) > q.limit
     runs = runs[:q.limit]
-    return _json(RunPage(items=[RunOut.of(r) for r in runs], next_cursor=runs[-1].id if more else None))
+    return _raw(runs_page_json(runs, runs[-1].id if more else None))  # a RunPage
 
 
 async def run_log(request: Request) -> Response:
@@ -340,7 +349,7 @@ async def get_run(request: Request) -> Response:
     runs = api(request).chronos.runs
     run = await runs.get(request.path_params["run_id"])
     parent, children = await runs.links(run)
-    return _json(RunOut.of(run, parent, children))
+    return _raw(run_json(run, parent, children))
 
 
 async def run_notifications(request: Request) -> Response:
@@ -351,7 +360,7 @@ async def run_notifications(request: Request) -> Response:
 async def cancel_run(request: Request) -> Response:
     """200 with the cancelled run when it had not started; 202 when a worker was asked to stop it."""
     run = await api(request).chronos.runs.cancel(request.path_params["run_id"])
-    return _json(RunOut.of(run), 200 if run.status is RunStatus.CANCELLED else 202)
+    return _raw(run_json(run), 200 if run.status is RunStatus.CANCELLED else 202)
 
 
 # ----------------------------------------------------------------------------------------- stats

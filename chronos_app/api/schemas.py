@@ -6,6 +6,7 @@ built from the domain objects here, with secrets masked by the job type's payloa
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any, Literal
 
@@ -97,27 +98,34 @@ class JobOut(_Out):
     @classmethod
     def of(cls, job: Job, types: JobTypes, summary: JobSummary | None = None,
            next_runs: list[datetime] | None = None) -> JobOut:
-        s = summary or JobSummary()
+        """The job as shown: its fields as stored (``_JOB_COPIED``), the payload and notifications with
+        their secrets masked, the summary's fields, the last run and the next fire times. Built without
+        validation: every value comes from a stored job, already valid. (The API writes the same JSON
+        without the model: ``shown.ShownJobs``.)"""
+        s = summary or _NO_SUMMARY
         last = None
         if s.last_run_id is not None and s.last_run_status is not None and s.last_run_finished_at:
-            assert s.last_run_scheduled_for is not None
             started = s.last_run_started_at
-            last = LastRun(id=s.last_run_id, status=s.last_run_status, scheduled_for=s.last_run_scheduled_for,
-                           finished_at=s.last_run_finished_at,
-                           duration=None if started is None
-                           else (s.last_run_finished_at - started).total_seconds())
-        return cls(id=job.id, name=job.name, type=job.type, payload=types.redact(job.type, job.payload),
-                   schedule=job.schedule, timezone=job.timezone, description=job.description,
-                   retry=job.retry, timeout=job.timeout, overlap=job.overlap, misfire=job.misfire,
-                   misfire_grace=job.misfire_grace, status=job.status, start_at=job.start_at,
-                   end_at=job.end_at, history_limit=job.history_limit, next_run_at=job.next_run_at,
-                   created_at=job.created_at, updated_at=job.updated_at, last_run=last,
-                   last_success_at=s.last_success_at, last_failure_at=s.last_failure_at,
-                   consecutive_failures=s.consecutive_failures, next_runs=next_runs or [],
-                   notify=redact_notify(job.notify), then=job.then,
-                   pause_after_failures=job.pause_after_failures, alert_after=job.alert_after,
-                   jitter=job.jitter, exclude=job.exclude, paused_reason=job.paused_reason,
-                   consecutive_failed_slots=s.consecutive_failed_slots)
+            last = LastRun.model_construct(
+                id=s.last_run_id, status=s.last_run_status, scheduled_for=s.last_run_scheduled_for,
+                finished_at=s.last_run_finished_at,
+                duration=None if started is None else (s.last_run_finished_at - started).total_seconds())
+        values = {name: getattr(job, name) for name in _JOB_COPIED}
+        values.update({name: getattr(s, name) for name in _SUMMARY_COPIED})
+        return cls.model_construct(**values, payload=types.redact(job.type, job.payload),
+                                   notify=redact_notify(job.notify), last_run=last, next_runs=next_runs or [])
+
+
+_NO_SUMMARY = JobSummary()
+_JOB_SHOWN = frozenset({"payload", "notify"})  # masked
+_JOB_COPIED = tuple(f.name for f in dataclasses.fields(Job) if f.name in JobOut.model_fields
+                    and f.name not in _JOB_SHOWN)
+"""The fields of a job shown as they are stored: every field of ``Job`` that ``JobOut`` declares."""
+_SUMMARY_COPIED = tuple(f.name for f in dataclasses.fields(JobSummary) if f.name in JobOut.model_fields)
+"""The fields of a job's summary shown as they are (the last run's are shown as ``last_run``)."""
+JOB_OUT_SOURCES = {"job": _JOB_COPIED, "masked": tuple(sorted(_JOB_SHOWN)), "summary": _SUMMARY_COPIED,
+                   "derived": ("last_run", "next_runs")}
+"""Where each field of ``JobOut`` comes from (a test checks that every field has exactly one)."""
 
 
 class RunOut(_Out):
@@ -151,12 +159,16 @@ class RunOut(_Out):
 
     @classmethod
     def of(cls, run: Run, parent_run_id: str | None = None, children: list[str] | None = None) -> RunOut:
-        return cls(id=run.id, job_id=run.job_id, scheduled_for=run.scheduled_for, trigger=run.trigger,
-                   attempt=run.attempt, status=run.status, created_at=run.created_at, due_at=run.due_at,
-                   started_at=run.started_at, finished_at=run.finished_at, exit_code=run.exit_code,
-                   output=run.output, output_lines=run.output_lines, error=run.error, result=run.result,
-                   start_offset=(run.due_at - run.scheduled_for).total_seconds(), parent_run_id=parent_run_id,
-                   children=children or [])
+        """The run's fields as stored (see ``_RUN_COPIED``), its start offset, and its links. Built
+        without validation: every value comes from a stored run, already valid."""
+        return cls.model_construct(**{name: getattr(run, name) for name in _RUN_COPIED},
+                                   start_offset=(run.due_at - run.scheduled_for).total_seconds(),
+                                   parent_run_id=parent_run_id, children=children or [])
+
+
+_RUN_COPIED = tuple(f.name for f in dataclasses.fields(Run) if f.name in RunOut.model_fields)
+"""Every field of ``Run`` that ``RunOut`` declares (not the lease: owner, lease_expires_at)."""
+RUN_OUT_SOURCES = {"run": _RUN_COPIED, "derived": ("start_offset", "parent_run_id", "children")}
 
 
 class NoticeOut(_Out):

@@ -1,0 +1,115 @@
+"""Jobs and runs written straight to JSON (chronos_app.api.shown) are what their models write, and the
+per-version cache of masked payloads and next fire times follows every change of a job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pydantic
+
+from chronos_app.api.schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, JobPage, RunOut, RunPage
+from chronos_core import Payload
+from tests.api.conftest import build_app, job, running, wait_for
+
+SECRET = "Bearer tok-3f9a81c2d7e6b5a4"
+HOOK_SECRET = "whsec-0a1b2c3d4e5f6a7b"
+
+
+def rich_job(**changes: Any) -> dict[str, Any]:
+    """A job using every part of a job as shown: secrets in the payload and in a webhook, chain, exclude,
+    jitter, a retry policy, a window."""
+    return job(name="rich", schedule="*/5 * * * *", timezone="Europe/Berlin", description="all of it",
+               payload={"command": "echo hi", "env": {"API_TOKEN": SECRET, "MODE": "fast"}},
+               retry={"strategy": "linear", "max_attempts": 2, "delay": 1}, timeout=30, jitter=0.5,
+               notify=[{"on": ["failed"], "webhook": {"url": "https://hooks.example.com/a/b?k=v",
+                                                      "secret": HOOK_SECRET,
+                                                      "headers": {"X-Token": "header-secret-1"}}}],
+               exclude=[{"cron": "0 12 * * *"}], start_at="2020-01-01T00:00:00Z", **changes)
+
+
+def same_as_model(model: type[pydantic.BaseModel], body: bytes) -> None:
+    """``body`` is valid as ``model`` (extra fields forbidden) and is what the model writes for it."""
+    assert model.model_validate_json(body).model_dump_json().encode() == body
+
+
+async def test_answers_are_what_their_models_write(client: httpx.AsyncClient) -> None:
+    created = await client.post("/jobs", json=rich_job())
+    assert created.status_code == 201, created.text
+    same_as_model(JobOut, created.content)
+    job_id = created.json()["id"]
+    run = await client.post(f"/jobs/{job_id}/run")
+    same_as_model(RunOut, run.content)
+
+    async def finished() -> bool:
+        return (await client.get(f"/runs/{run.json()['id']}")).json()["status"] == "succeeded"
+    await wait_for(finished)
+    for path, model in ((f"/jobs/{job_id}", JobOut), ("/jobs", JobPage), ("/jobs?limit=1", JobPage),
+                        (f"/jobs/{job_id}/history", RunPage), ("/runs", RunPage),
+                        (f"/runs/{run.json()['id']}", RunOut)):
+        r = await client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json", path
+        same_as_model(model, r.content)
+        for secret in (SECRET, HOOK_SECRET, "header-secret-1"):
+            assert secret not in r.text, path
+    shown = (await client.get(f"/jobs/{job_id}")).json()
+    assert shown["last_run"]["id"] == run.json()["id"] and shown["last_run"]["status"] == "succeeded"
+    assert len(shown["next_runs"]) == 3 and shown["payload"]["env"] == {"API_TOKEN": "***", "MODE": "fast"}
+
+
+async def test_a_changed_job_is_shown_changed() -> None:
+    async with running(build_app(scheduler=False)) as c:
+        job_id = (await c.post("/jobs", json=rich_job())).json()["id"]
+        before = (await c.get("/jobs")).json()["items"][0]
+        assert before["payload"]["env"]["MODE"] == "fast"
+        new_secret = "Bearer tok-new-9c8b7a6d5e4f"
+        patched = await c.patch(f"/jobs/{job_id}", json={"payload": {"env": {"API_TOKEN": new_secret,
+                                                                             "MODE": "slow"}},
+                                                        "schedule": "0 3 * * *"},
+                                headers={"Content-Type": "application/merge-patch+json"})
+        assert patched.status_code == 200, patched.text
+        for shown in (patched.json(), (await c.get("/jobs")).json()["items"][0],
+                      (await c.get(f"/jobs/{job_id}")).json()):
+            assert shown["payload"]["env"] == {"API_TOKEN": "***", "MODE": "slow"}
+            assert new_secret not in str(shown) and SECRET not in str(shown)
+            assert shown["schedule"] == "0 3 * * *"
+            assert shown["next_runs"] != before["next_runs"]
+            assert [t[11:16] for t in shown["next_runs"]] == ["02:00"] * 3  # 03:00 in Berlin, UTC+1
+        paused = (await c.patch(f"/jobs/{job_id}/status", json={"status": "paused"})).json()
+        assert paused["status"] == "paused" and paused["next_runs"] == []
+        assert (await c.get("/jobs")).json()["items"][0]["next_runs"] == []
+        assert (await c.get("/jobs")).json()["items"][0]["last_run"] is None
+        run = (await c.post(f"/jobs/{job_id}/run")).json()
+
+        async def summarised() -> Any:
+            last = (await c.get("/jobs")).json()["items"][0]["last_run"]
+            return last is not None and last["id"] == run["id"]
+        await wait_for(summarised)  # the summary of the same job version, shown changed
+
+
+class OpenPayload(Payload):
+    note: str = ""
+
+
+class SecretPayload(OpenPayload):
+    def redacted(self) -> dict[str, Any]:
+        return {**self.model_dump(mode="json"), "note": "***"}
+
+
+async def test_a_type_registered_again_masks_with_its_new_model() -> None:
+    app = build_app(scheduler=False, worker=False)
+    types = app.state.api.chronos.job_types
+    types.register("memo", OpenPayload)
+    async with running(app) as c:
+        job_id = (await c.post("/jobs", json={"name": "m", "type": "memo",
+                                              "payload": {"note": "launch code 0000"}})).json()["id"]
+        assert (await c.get("/jobs")).json()["items"][0]["payload"]["note"] == "launch code 0000"
+        types.register("memo", SecretPayload)  # the same job version, masked by the new model from now on
+        assert (await c.get("/jobs")).json()["items"][0]["payload"]["note"] == "***"
+        assert (await c.get(f"/jobs/{job_id}")).json()["payload"]["note"] == "***"
+
+
+def test_every_field_shown_has_one_source() -> None:
+    for model, sources in ((JobOut, JOB_OUT_SOURCES), (RunOut, RUN_OUT_SOURCES)):
+        named = [name for names in sources.values() for name in names]
+        assert sorted(named) == sorted(model.model_fields), model.__name__
