@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from ..runtime import Chronos
 from ..settings import Settings
+from .frames import EventFrames
 from .idempotency import IdempotencyCache
 from .metrics import ApiMetrics
 from .shown import ShownJobs
@@ -27,6 +28,7 @@ class ApiContext:
     idempotency: IdempotencyCache
     metrics: ApiMetrics
     shown: ShownJobs
+    frames: EventFrames = field(default_factory=EventFrames)
 
 
 def api(request: Request) -> ApiContext:

@@ -25,15 +25,14 @@ from chronos_core.filters import enum_set
 from chronos_core.logs import stored_line_range
 
 from .context import ApiContext, api
+from .frames import sse_event
 from .inputs import parse_query
 from .problems import InvalidParameters
-from .schemas import EventOut
 
 __all__ = ["stream_all", "stream_job", "stream_run"]
 
 _FINAL_RUN_EVENTS = frozenset({EventType.RUN_SUCCEEDED, EventType.RUN_FAILED, EventType.RUN_TIMED_OUT,
                                EventType.RUN_CANCELLED, EventType.RUN_SKIPPED, EventType.RUN_MISSED})
-_RETRY_MS = 2000
 _GAP_POLL = 0.25  # seconds between reads of the store while it catches up with a gap
 _GAP_TIMEOUT = 10.0  # then the lines still missing are marked as not kept
 _IDLE_POLL = 2.0  # seconds a quiet run stream waits before it reads the store (workers write it each 1 s)
@@ -54,11 +53,7 @@ def _types(text: str | None) -> set[EventType] | None:
 
 
 def _sse(event: Event, *, replayed: bool = False, first: bool = False) -> ServerSentEvent:
-    body = EventOut.of(event).model_dump(mode="json")
-    if replayed:
-        body["data"]["replayed"] = True
-    return ServerSentEvent(data=json.dumps(body, separators=(",", ":")), event=event.type.value,
-                           id=None if replayed else event.id, retry=_RETRY_MS if first else None)
+    return sse_event(event, replayed=replayed, first=first)
 
 
 async def _gap(ctx: ApiContext, run_id: str, start: int, end: int) -> list[Event]:
@@ -112,7 +107,7 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
         await shutdown.wait()
         await sub.aclose()  # ends the iteration below, so the response completes cleanly
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
+    async def events() -> AsyncIterator[ServerSentEvent | bytes]:
         nonlocal shown
         ctx.metrics.sse_clients.inc()
         watcher = asyncio.create_task(close_on_shutdown())
@@ -160,7 +155,7 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
                                     yield _sse(line, replayed=True, first=not sent)
                                     sent += 1
                             shown = seq
-                        yield _sse(event, first=not sent)
+                        yield ctx.frames.frame(event) if sent else _sse(event, first=True)
                         sent += 1
                         if closes_on_final and event.type in _FINAL_RUN_EVENTS:
                             return

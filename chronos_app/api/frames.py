@@ -1,0 +1,57 @@
+"""Server-sent event frames: an event's ``data`` is its ``EventOut`` JSON; a live event's frame is encoded
+once for every stream that sends it.
+
+With 1,000 clients on ``/monitor/logs`` each event was validated into an ``EventOut``, dumped and
+JSON-encoded 1,000 times, once per stream (bench/api.py, SSE case). A live event carries the bus's id,
+the same for every subscriber, and its frame is the same bytes for all of them (only a stream's first
+frame differs: it carries ``retry``), so :class:`EventFrames` keeps the last ``size`` frames by id.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sse_starlette import ServerSentEvent
+
+from chronos_core import Event
+
+from .schemas import EventOut
+
+__all__ = ["RETRY_MS", "EventFrames", "sse_event"]
+
+RETRY_MS = 2000
+
+
+def sse_event(event: Event, *, replayed: bool = False, first: bool = False) -> ServerSentEvent:
+    """The event as a frame; ``replayed`` (from history): marked so, without the bus id; ``first``: with
+    the client's reconnection delay."""
+    body = EventOut.of(event).model_dump(mode="json")
+    if replayed:
+        body["data"]["replayed"] = True
+    return ServerSentEvent(data=json.dumps(body, separators=(",", ":")), event=event.type.value,
+                           id=None if replayed else event.id, retry=RETRY_MS if first else None)
+
+
+class EventFrames:
+    """Encoded frames of live events (not a stream's first), by bus id, the last ``size`` of them."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._frames: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._frames
+
+    def frame(self, event: Event) -> bytes:
+        if event.id is None:
+            return sse_event(event).encode()
+        frame = self._frames.get(event.id)
+        if frame is None:
+            frame = sse_event(event).encode()
+            if len(self._frames) >= self.size:
+                del self._frames[next(iter(self._frames))]
+            self._frames[event.id] = frame
+        return frame
