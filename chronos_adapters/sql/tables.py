@@ -27,8 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["UtcDateTime", "job_run_counts", "job_summaries", "jobs", "metadata", "notices", "outbox",
-           "run_counts", "runs"]
+__all__ = ["UtcDateTime", "from_utc_text", "job_run_counts", "job_summaries", "jobs", "metadata",
+           "notices", "outbox",
+           "run_counts", "runs", "utc_naive", "utc_text"]
 
 _MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
@@ -38,6 +39,28 @@ metadata = MetaData(naming_convention={
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 })
+
+
+def utc_naive(value: datetime) -> datetime:
+    """An aware datetime as stored: naive UTC. A naive one is refused (its zone is unknown)."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: Chronos stores aware UTC datetimes")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def utc_text(value: datetime) -> str:
+    """An aware datetime as the driver value of the store's hot statements: naive UTC as
+    ``YYYY-MM-DD HH:MM:SS.ffffff``. On SQLite that is exactly the text SQLAlchemy's ``DATETIME`` stores
+    for ``UtcDateTime`` (comparisons and the unique slot key work on this text); MySQL reads it into a
+    ``DATETIME(6)`` exactly, and pymysql escapes a string several times faster than a datetime."""
+    if value.tzinfo is not UTC:
+        value = utc_naive(value)
+    return value.isoformat(" ", "microseconds")[:26]
+
+
+def from_utc_text(value: str | None) -> datetime | None:
+    """The stored text of a ``UtcDateTime`` (as SQLite returns it to a bare query) as an aware datetime."""
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -52,11 +75,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return dialect.type_descriptor(DateTime())
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: Chronos stores aware UTC datetimes")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return None if value is None else utc_naive(value)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)

@@ -12,8 +12,10 @@ import pytest
 from sqlalchemy.dialects import sqlite
 
 from chronos_adapters.sql import SqlStore
-from chronos_adapters.sql.store import _from_utc_text, _memo, _utc_text
+from chronos_adapters.sql.rows import memo as _memo
+from chronos_adapters.sql.tables import from_utc_text as _from_utc_text
 from chronos_adapters.sql.tables import runs
+from chronos_adapters.sql.tables import utc_text as _utc_text
 from chronos_core.planning import plan_due_job
 from tests.contracts.test_store_contract import make_job
 

@@ -11,7 +11,7 @@ from sqlalchemy import insert
 from chronos_adapters.sql import SqlStore
 from chronos_adapters.sql.engine import open_engine
 from chronos_adapters.sql.migrate import alembic_config
-from chronos_adapters.sql.store import _job_values
+from chronos_adapters.sql.rows import JOBS
 from chronos_adapters.sql.tables import jobs, runs
 from chronos_core.models import JobSummary, RunStatus
 from tests.contracts.test_store_contract import T0, S, make_job, make_run
@@ -41,7 +41,7 @@ async def test_existing_jobs_get_summaries_from_their_history(url: str) -> None:
             cfg = alembic_config(conn)
             command.upgrade(cfg, "0001")
             conn.commit()
-            conn.execute(insert(jobs), [{k: v for k, v in _job_values(j).items() if k not in _LATER}
+            conn.execute(insert(jobs), [{k: v for k, v in JOBS.row(j).items() if k not in _LATER}
                                         for j in (busy, idle)])
             for run in history:
                 started = None if run.status is RunStatus.MISSED else run.scheduled_for

@@ -1,4 +1,4 @@
-"""The one-step SQLite statements of ``sqlite_batch``: what they write and read, across chunk bounds."""
+"""The one-step SQLite statements of ``dialects/sqlite.py``: what they write and read, across chunk bounds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, create_engine
 
-from chronos_adapters.sql import sqlite_batch
+from chronos_adapters.sql.dialects import sqlite as sqlite_batch
 
 
 @pytest.fixture
