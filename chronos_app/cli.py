@@ -9,6 +9,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import signal
 import socket
 from typing import TYPE_CHECKING
@@ -87,6 +88,8 @@ def _logging(settings: Settings) -> None:
         handler.setFormatter(OneLineFormatter(fmt._fmt if fmt else None, fmt.datefmt if fmt else None))
     # the schema migration's own INFO lines ("Context impl SQLiteImpl", "Will assume ...") are noise here
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    for problem in type(settings).unknown_env(os.environ):  # a misspelt name is not silently dropped
+        log.warning("%s", problem)
 
 
 def _jobs_file(container: Container, source: str) -> None:

@@ -7,6 +7,8 @@ its compose files keep working. ``CHRONOS_*`` wins when both are set.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -21,6 +23,11 @@ __all__ = ["DEFAULT_DATABASE_URL", "EngineSettings", "Settings"]
 DEFAULT_DATABASE_URL = "sqlite:///./chronos.db"
 
 CommaList = Annotated[list[str], NoDecode]
+
+NOT_SETTINGS = frozenset({
+    "CHRONOS_URL", "CHRONOS_TOKEN",  # read by the client commands (chronos jobs|runs|logs...)
+    "CHRONOS_JOB_ID", "CHRONOS_RUN_ID", "CHRONOS_ATTEMPT", "CHRONOS_RESULT_FD",  # set for a job's process
+})
 
 
 def _env(name: str, *seed: str) -> AliasChoices:
@@ -220,6 +227,35 @@ class Settings(EngineSettings, BaseSettings):
             else:
                 self.database_url = DEFAULT_DATABASE_URL
         return self
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        """Every environment variable the settings read (``CHRONOS_*`` and the seed's names)."""
+        names = set()
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                names |= {str(c).upper() for c in alias.choices}
+            else:
+                names.add(f"CHRONOS_{name.upper()}")
+        return names
+
+    @classmethod
+    def unknown_env(cls, environ: Mapping[str, str]) -> list[str]:
+        """What to say of each ``CHRONOS_*`` variable of ``environ`` that is no setting (a misspelt one
+        would otherwise be ignored without a word), naming the closest setting."""
+        known = cls.env_names()
+        out = []
+        for name in sorted(environ):
+            upper = name.upper()
+            if not upper.startswith("CHRONOS_") or upper in known or upper in NOT_SETTINGS \
+                    or upper.startswith(("CHRONOS_TEST_", "CHRONOS_BENCH_")):
+                continue
+            longer = sorted(k for k in known if k.startswith(upper))  # cut short: CHRONOS_SMTP_PASS
+            close = longer[:1] or difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            out.append(f"{name} is not a setting{hint}: ignored")
+        return out
 
     @classmethod
     def given(cls, **values: Any) -> Settings:
