@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from chronos_adapters.sql.engine import open_engine
 from chronos_adapters.sql.migrate import upgrade_connection
 from chronos_adapters.sql.tables import outbox as outbox_table
+from chronos_adapters.sql.tables import utc_naive
 from chronos_core.errors import BackendUnavailable, StoreUnavailable
 from chronos_core.ports import Dispatch, DispatchQueue
 
@@ -47,10 +48,6 @@ __all__ = ["OutboxDispatchQueue", "OutboxRelay", "outbox_table", "write_outbox"]
 log = logging.getLogger("chronos.kafka.outbox")
 
 _LOCK_NAME = "chronos_outbox_relay"
-
-
-def _utc_naive(t: datetime) -> datetime:
-    return t.astimezone(UTC).replace(tzinfo=None)
 
 
 def write_outbox(conn: Connection, dispatches: Sequence[Dispatch], now: datetime, *,
@@ -67,7 +64,7 @@ def write_outbox(conn: Connection, dispatches: Sequence[Dispatch], now: datetime
     ``Store.start_run`` fences it). A second row would hit the unique run index and fail the whole
     transaction: the claim or the batch of due retries it belongs to."""
     if dispatches:
-        created = _utc_naive(now)
+        created = utc_naive(now)
         conn.execute(_upsert(conn), [
             {"run_id": d.run.id, "job_id": d.job.id, "message": encode_dispatch(d), "ready": ready,
              "created_at": created}
@@ -192,7 +189,7 @@ class OutboxRelay:
         """Of these runs, those whose row was sent before ``before`` (and not written again since), or
         has no row any more (sent rows are deleted ``keep_sent`` after they were sent)."""
         ids = list(run_ids)
-        cut = _utc_naive(before)
+        cut = utc_naive(before)
 
         def read() -> set[str]:
             unsent_or_recent: set[str] = set()
@@ -218,7 +215,7 @@ class OutboxRelay:
         """Publish one batch of unsent rows, oldest first; how many. :class:`StoreUnavailable` when the
         database cannot be reached, :class:`BrokerUnavailable` when Kafka cannot (nothing is marked sent
         then)."""
-        settled = _utc_naive(datetime.now(UTC) - self.settle)
+        settled = utc_naive(datetime.now(UTC) - self.settle)
 
         def read() -> list[Any]:
             with self._reading() as conn:
@@ -236,11 +233,11 @@ class OutboxRelay:
         def mark() -> None:
             with self.engine.begin() as conn:
                 conn.execute(update(outbox_table).where(outbox_table.c.seq.in_([r.seq for r in rows]))
-                             .values(sent_at=_utc_naive(now)))
+                             .values(sent_at=utc_naive(now)))
                 if now >= self._next_cleanup:
                     self._next_cleanup = now + min(self.keep_sent, timedelta(minutes=1))
                     conn.execute(delete(outbox_table).where(
-                        outbox_table.c.sent_at < _utc_naive(now - self.keep_sent)))
+                        outbox_table.c.sent_at < utc_naive(now - self.keep_sent)))
         await self._db(mark)
         self.sent += len(rows)
         return len(rows)
