@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import SubscriptionOverflow
@@ -19,23 +19,8 @@ __all__ = ["cancel_request", "job_event", "outcome_events", "publish_best_effort
 log = logging.getLogger("chronos.events")
 
 
-_ISO: dict[datetime, str] = {}
-
-
 def _iso(t: datetime | None) -> str | None:
-    """``t.isoformat()``, remembered: a run's slot and start time appear in up to three events each, and
-    formatting was the larger part of building them. (A dict of datetimes and strings only is not
-    tracked by the garbage collector.)"""
-    if t is None:
-        return None
-    if t.tzinfo is not UTC:  # equal instants in other zones format differently: not from the cache
-        return t.isoformat()
-    text = _ISO.get(t)
-    if text is None:
-        if len(_ISO) >= 100_000:
-            _ISO.clear()
-        text = _ISO[t] = t.isoformat()
-    return text
+    return None if t is None else t.isoformat()
 
 
 def run_data(run: Run) -> dict[str, Any]:
@@ -48,7 +33,7 @@ def run_data(run: Run) -> dict[str, Any]:
         "scheduled_for": slot,
         "due_at": slot if run.due_at is run.scheduled_for else _iso(run.due_at),
         "started_at": _iso(run.started_at),
-        "finished_at": None if run.finished_at is None else run.finished_at.isoformat(),  # once: not cached
+        "finished_at": _iso(run.finished_at),
         "exit_code": run.exit_code,
         "error": run.error,
     }

@@ -107,8 +107,11 @@ class _Masker:
 
 async def _finished_within(task: asyncio.Task[ExecutionResult], seconds: float | None) -> bool:
     """Wait until ``task`` is done or ``seconds`` passed (None: no limit); whether it is done. Neither
-    its outcome nor a cancellation of the waiter reaches the task: ``asyncio.wait({task}, timeout)``,
-    lighter (the worker waits once per run)."""
+    its outcome nor a cancellation of the waiter reaches the task: what ``asyncio.wait({task}, timeout)``
+    does, without the set, the extra futures and the second callback it makes. A measured speed trick,
+    kept to this one function: the worker waits once per run, and this saved ~8.6 µs of CPU per run
+    over ``asyncio.wait`` (median of 15 interleaved rounds of 20,000 waits, range -0.9 to 30.6 µs, on a
+    shared 2-core machine; a run costs ~130-250 µs there)."""
     if not task.done():
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
