@@ -16,10 +16,11 @@ from datetime import UTC, datetime, timedelta
 
 from bench.common import scratch_mariadb
 from chronos_adapters.sql import SqlStore
-from chronos_core import Job, JobStatus, MisfirePolicy, OverlapPolicy, RetryPolicy, Run, RunStatus, Trigger
+from chronos_core import Job, JobStatus, MisfirePolicy, OverlapPolicy, RetryPolicy, RunStatus, Trigger
 from chronos_core.hooks import outcome_hooks
 from chronos_core.hookspec import NotifyRule
 from chronos_core.ids import new_id
+from chronos_core.models import new_run
 
 S = timedelta(seconds=1)
 RULE = NotifyRule.model_validate({"on": ["succeeded"], "webhook": {"url": "https://hooks.example/x"}})
@@ -33,8 +34,7 @@ def job(name: str, notify: list[NotifyRule], now: datetime) -> Job:
 
 
 async def case(store: SqlStore, j: Job, runs: int, now: datetime) -> float:
-    made = [Run(id=new_id(), job_id=j.id, scheduled_for=now + i * S, trigger=Trigger.MANUAL, attempt=1,
-                status=RunStatus.QUEUED, created_at=now, due_at=now) for i in range(runs)]
+    made = [new_run(j.id, now + i * S, Trigger.MANUAL, now, due_at=now) for i in range(runs)]
     for r in made:
         await store.add_run(r, dispatched=True)
     await asyncio.gather(*(store.start_run(r.id, "w", now, now + 60 * S) for r in made))

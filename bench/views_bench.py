@@ -22,8 +22,9 @@ from typing import Any
 
 from bench.common import scratch_mariadb
 from chronos_adapters.sql import SqlStore
-from chronos_core import Job, JobStatus, MisfirePolicy, OverlapPolicy, RetryPolicy, Run, RunStatus, Trigger
+from chronos_core import Job, JobStatus, MisfirePolicy, OverlapPolicy, RetryPolicy, RunStatus, Trigger
 from chronos_core.ids import new_id
+from chronos_core.models import new_run
 
 S = timedelta(seconds=1)
 
@@ -44,8 +45,7 @@ async def fill(store: SqlStore, jobs: list[Job], runs: int, now: datetime, batch
         for i in range(first, min(runs, first + batch)):
             job = jobs[i % len(jobs)]
             slot = start + i * step * S
-            made.append(Run(id=new_id(), job_id=job.id, scheduled_for=slot, trigger=Trigger.SCHEDULE,
-                            attempt=1, status=RunStatus.QUEUED, created_at=slot, due_at=slot))
+            made.append(new_run(job.id, slot, Trigger.SCHEDULE, slot))
         for run in made:
             await store.add_run(run, dispatched=True)
         await asyncio.gather(*(store.start_run(r.id, "bench", r.scheduled_for, r.scheduled_for + 30 * S)
