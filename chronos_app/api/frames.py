@@ -37,7 +37,10 @@ class EventFrames:
 
     def __init__(self, size: int = 8192) -> None:
         self.size = size
-        self._frames: dict[str, bytes] = {}
+        # by id: the frame and what it was the frame of. An id can come back for another event: Kafka's
+        # are partition:offset, numbered from 0:0 again when a broker that lost its data recreates the
+        # topic; a kept frame is sent only for the event it was encoded from.
+        self._frames: dict[str, tuple[tuple[object, ...], bytes]] = {}
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -48,10 +51,12 @@ class EventFrames:
     def frame(self, event: Event) -> bytes:
         if event.id is None:
             return sse_event(event).encode()
-        frame = self._frames.get(event.id)
-        if frame is None:
-            frame = sse_event(event).encode()
-            if len(self._frames) >= self.size:
-                del self._frames[next(iter(self._frames))]
-            self._frames[event.id] = frame
+        stamp = (event.time, event.type, event.job_id, event.run_id)
+        kept = self._frames.get(event.id)
+        if kept is not None and kept[0] == stamp:
+            return kept[1]
+        frame = sse_event(event).encode()
+        if kept is None and len(self._frames) >= self.size:
+            del self._frames[next(iter(self._frames))]
+        self._frames[event.id] = (stamp, frame)
         return frame
