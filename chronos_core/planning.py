@@ -57,13 +57,17 @@ class Limits:
 
 
 @lru_cache(maxsize=65536)
-def _schedule(expression: str | None, timezone: str, anchor: datetime) -> Schedule:
+def _schedule(expression: str | None, timezone: str, anchor: datetime | None) -> Schedule:
     return parse_schedule(expression, timezone, anchor=anchor)
 
 
 def schedule_of(job: Job) -> Schedule:
-    """The job's parsed schedule (cached; ``@every`` is anchored at ``start_at`` or ``created_at``)."""
-    return _schedule(job.schedule, job.timezone, job.start_at or job.created_at)
+    """The job's parsed schedule (cached; ``@every`` is anchored at ``start_at`` or ``created_at``). Only
+    ``@every`` takes the anchor: the jobs of one cron expression and zone share one schedule (and its
+    last answer: a burst of 10,000 jobs at ``0 0 * * *`` computes their next slot once)."""
+    expression = job.schedule
+    every = expression is not None and expression.lstrip()[:6].lower() == "@every"
+    return _schedule(expression, job.timezone, (job.start_at or job.created_at) if every else None)
 
 
 def next_slot(job: Job, after: datetime) -> datetime | None:

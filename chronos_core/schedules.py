@@ -266,7 +266,7 @@ def _naive(t: datetime) -> datetime:
 class CronSchedule:
     """A cron expression evaluated in one time zone (see the module docstring for the DST rules)."""
 
-    __slots__ = ("_f", "_utc", "expression", "timezone", "tz")
+    __slots__ = ("_f", "_last", "_utc", "expression", "timezone", "tz")
 
     def __init__(self, expression: str, timezone: str = "UTC") -> None:
         text = " ".join(expression.split())
@@ -285,6 +285,9 @@ class CronSchedule:
         self.timezone = timezone
         self.tz: tzinfo = parse_timezone(timezone)
         self._utc = timezone in _UTC_NAMES
+        # the last (after, next) asked: the jobs sharing this schedule ask for the same slot's successor
+        # one after the other (one tuple, replaced whole: safe to read from the store's threads)
+        self._last: tuple[datetime, datetime | None] | None = None
 
     @property
     def fixed_time(self) -> bool:
@@ -300,10 +303,15 @@ class CronSchedule:
         return off
 
     def next_after(self, t: datetime) -> datetime | None:
+        last = self._last
+        if last is not None and last[0] == t:
+            return last[1]
         try:
-            return self._next_after(t)
+            nxt = self._next_after(t)
         except (OverflowError, ValueError):  # the next match would be past year 9999: there is none
-            return None
+            nxt = None
+        self._last = (t, nxt)
+        return nxt
 
     def _next_after(self, t: datetime) -> datetime | None:
         t = t.astimezone(UTC)
