@@ -255,7 +255,13 @@ class Scheduler:
                 self.stats.last_lag = (self._clock.now() - claim.dispatch[-1].run.scheduled_for
                                        ).total_seconds()
                 await self._dispatch(claim.dispatch)
-            return len(claim.dispatch), claim.jobs
+            handed = len(claim.dispatch)
+            if claim.jobs == limit and handed < limit:
+                # More to claim: first hand out the queued runs due meanwhile (the jittered slots of the
+                # batches before), or a burst of 10,000 jittered jobs starts the earliest ones only once
+                # the last batch is claimed.
+                handed = limit - (await self._dispatch_due(self._clock.now(), limit - handed) or 0)
+            return handed, claim.jobs
 
         return await self._batches(room, batch)
 
@@ -394,7 +400,7 @@ class Scheduler:
         try:
             while not self._stopping:
                 self._wake.clear()
-                began, fired = self._clock.now(), self.stats.fired
+                began, handed = self._clock.now(), self.stats.fired + self.stats.retries_dispatched
                 try:
                     nxt = await self.tick()
                 except ChronosError as exc:  # store or queue unavailable: keep trying
@@ -408,11 +414,12 @@ class Scheduler:
                 ended = self._clock.now()
                 cap = ended + timedelta(seconds=self.max_sleep)
                 until = cap if nxt is None or nxt > cap else nxt
-                if self.stats.fired > fired:
-                    # Busy: let the slots due meanwhile form one batch. Ticks start at least
-                    # ``min_interval`` apart, and the pause after one lasts as long as it took, up to 50 ms
-                    # (a store whose every claim costs transactions gets fewer, larger ones; the cap keeps
-                    # larger batches from lengthening the pause that made them larger).
+                if self.stats.fired + self.stats.retries_dispatched > handed:
+                    # Busy (new slots, or queued runs come due: retries, the jittered slots of a burst,
+                    # due one after the other): let what comes due meanwhile form one batch. Ticks start
+                    # at least ``min_interval`` apart, and the pause after one lasts as long as it took, up
+                    # to 50 ms (a store whose every claim costs transactions gets fewer, larger ones; the
+                    # cap keeps larger batches from lengthening the pause that made them larger).
                     floor = max(began + self.min_interval, ended + min(ended - began, _MAX_PAUSE))
                     if until < floor:
                         until = floor

@@ -329,6 +329,36 @@ async def test_jitter_delays_each_slot_by_its_offset_within_bounds(h: H) -> None
     assert done.status.value == "succeeded" and done.started_at == run.due_at
 
 
+async def test_a_burst_of_jittered_jobs_hands_out_due_runs_between_claim_batches(h: H) -> None:
+    # 120 jobs at one instant, claimed in batches of 50; the clock moves 10 s during each claim (a large
+    # burst takes a while to claim): the first batch's runs whose offset came meanwhile are handed out
+    # before the next batch is claimed, not only once the whole burst is claimed
+    for i in range(120):
+        await h.create(name=f"burst-{i}", schedule="0 * * * *", jitter=30)
+    h.clock.set(T0.replace(hour=13))
+    claim, waiting = h.store.claim_due, []
+
+    async def slow_claim(now: Any, limit: int, planner: Any) -> Any:
+        waiting.append(await h.queue.depth())  # handed out before this claim
+        got = await claim(now, limit, planner)
+        h.clock.advance(10)
+        return got
+
+    h.store.claim_due = slow_claim  # type: ignore[method-assign]
+    await h.scheduler.tick()
+    assert len(waiting) == 3 and waiting[0] == 0
+    assert waiting[1] > 0  # about a third of the first 50 (offsets under 10 s of 30)
+    handed = []
+    while (d := h.queue.get_nowait()) is not None:
+        assert d.run.due_at <= h.clock.now()  # none before its offset
+        handed.append(d.run.id)
+    h.clock.advance(30)
+    await h.scheduler.tick()
+    while (d := h.queue.get_nowait()) is not None:
+        handed.append(d.run.id)
+    assert len(handed) == len(set(handed)) == 120  # every slot handed out once
+
+
 # ----------------------------------------------------------------------------- running_long, chains
 
 
