@@ -177,7 +177,8 @@ async def create_job(request: Request) -> Response:
 
     async def create() -> Response:
         job = await ctx.chronos.jobs.create(data)
-        return await _job_out(ctx, job, 201, {"Location": f"/jobs/{job.id}"})
+        # a job created this moment has no runs to summarise: no store read for its (empty) summary
+        return _raw(ctx.shown.json(job, None), 201, {"Location": f"/jobs/{job.id}"})
 
     key = request.headers.get("idempotency-key")
     if not key:
