@@ -252,6 +252,7 @@ SCHEDULER_KNOBS: dict[str, str] = {
     "min_interval": "scheduler_min_interval",
     "publish_queued": "publish_queued",
     "history_max_age": "history_max_age",
+    "history_max_runs": "history_max_runs",
     "prune_interval": "prune_interval",
     "reap_grace": "reap_grace",
 }

@@ -70,6 +70,9 @@ class EngineSettings(BaseModel):
     history_max_age: float | None = Field(default=None, gt=0, description=(
         "seconds a finished run is kept (retention by age, for every job; a job's history_limit still "
         "applies); unset: kept until its job's history_limit or its deletion"))
+    history_max_runs: int | None = Field(default=None, ge=1, le=1_000_000, description=(
+        "finished runs kept per job that sets no history_limit (retention by count, for every job); "
+        "unset: no limit"))
     prune_interval: float = Field(default=60.0, gt=0, description="seconds between retention sweeps")
 
     # worker ----------------------------------------------------------------------------------------

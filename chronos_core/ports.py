@@ -378,9 +378,11 @@ class Store(abc.ABC):
         return bool(later)
 
     @abc.abstractmethod
-    async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
-        """Delete up to ``limit`` finished runs that exceed their job's ``history_limit`` (oldest first)
-        or finished longer than ``max_age`` ago. Returns how many; call again while it returns
+    async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int, *,
+                         default_limit: int | None = None) -> int:
+        """Delete up to ``limit`` finished runs that exceed their job's ``history_limit`` (oldest first;
+        ``default_limit`` for a job that sets none, None: no limit) or finished longer than ``max_age``
+        ago. Returns how many; call again while it returns
         ``limit``. Must not hold long locks. Delivered and failed notices older than
         ``hooks.NOTICE_RETENTION`` (by their last attempt) go too (not counted)."""
 

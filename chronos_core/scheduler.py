@@ -54,6 +54,7 @@ class Scheduler:
     def __init__(self, store: Store, queue: DispatchQueue, bus: EventBus, clock: Clock, *,
                  batch_size: int = 1000, max_sleep: float = 5.0, limits: Limits | None = None,
                  publish_queued: bool = True, history_max_age: float | None = None,
+                 history_max_runs: int | None = None,
                  prune_interval: float = 60.0, min_interval: float = 0.005,
                  reap_grace: float = 10.0, max_queued: int | None = None,
                  refuse: Callable[[Job], str | None] | None = None,
@@ -68,6 +69,7 @@ class Scheduler:
         self.limits = limits or Limits()
         self.publish_queued = publish_queued
         self.history_max_age = None if history_max_age is None else timedelta(seconds=history_max_age)
+        self.history_max_runs = history_max_runs  # per job that sets no history_limit (None: no limit)
         self.prune_interval = timedelta(seconds=prune_interval)
         self.min_interval = timedelta(seconds=min_interval)
         self.reap_grace = timedelta(seconds=reap_grace)
@@ -356,7 +358,8 @@ class Scheduler:
         batches, so no write lock is held for long."""
         total = 0
         for _ in range(100):
-            n = await self._store.prune_runs(now, self.history_max_age, self.batch_size)
+            n = await self._store.prune_runs(now, self.history_max_age, self.batch_size,
+                                             default_limit=self.history_max_runs)
             total += n
             if n < self.batch_size:
                 break

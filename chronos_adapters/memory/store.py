@@ -600,17 +600,21 @@ class MemoryStore(Store):
         self._compact_all_runs()
         return len(ids) - len(keep)
 
-    async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
+    async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int, *,
+                         default_limit: int | None = None) -> int:
         for nid in [nid for nid, n in self._notices.items()  # settled notices past their retention
                     if nid not in self._pending and n.due_at < now - NOTICE_RETENTION]:
             del self._notice_keys[self._notices.pop(nid).key]
         deleted = 0
         for job_id, ids in self._job_runs.items():
             job = self._jobs.get(job_id)
-            if job is None or job.history_limit is None:
+            if job is None:
+                continue
+            keep = default_limit if job.history_limit is None else job.history_limit
+            if keep is None:
                 continue
             finished = [r for r in ids if type(self._runs[r]) is tuple]  # only finished runs are packed
-            excess = len(finished) - job.history_limit
+            excess = len(finished) - keep
             if excess > 0:
                 doomed = set(finished[:min(excess, limit - deleted)])
                 for run_id in doomed:

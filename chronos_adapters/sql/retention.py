@@ -31,19 +31,21 @@ class Pruner:
         self.after: str | None = None  # where the history_limit sweep resumes
         self.backlog: list[str] = []  # excess runs found by the sweep, not deleted yet
 
-    def prune(self, db: Database, now: datetime, max_age: timedelta | None, limit: int) -> int:
+    def prune(self, db: Database, now: datetime, max_age: timedelta | None, limit: int,
+              default_limit: int | None = None) -> int:
         """At most ``limit`` deletions, in short transactions of a few hundred rows. Jobs with a
         ``history_limit`` are swept in id order, 200 per query (one window query ranks their finished
         runs); excess beyond ``limit`` waits in a backlog for the next call, so each job is ranked once
-        per sweep. Then runs finished before ``now - max_age`` go, oldest first (indexed by
-        ``finished_at``)."""
+        per sweep (with ``default_limit``, the jobs without one are swept too, held to it). Then runs
+        finished before ``now - max_age`` go, oldest first (indexed by ``finished_at``)."""
         deleted = 0
         if self.backlog:
             take, self.backlog = self.backlog[:limit], self.backlog[limit:]
             deleted += _delete_ids(db, take)
         while deleted < limit and not self.backlog:
-            q = (select(jobs.c.id, jobs.c.history_limit).where(jobs.c.history_limit.is_not(None))
-                 .order_by(jobs.c.id).limit(200))
+            q = select(jobs.c.id, jobs.c.history_limit).order_by(jobs.c.id).limit(200)
+            if default_limit is None:
+                q = q.where(jobs.c.history_limit.is_not(None))
             if self.after is not None:
                 q = q.where(jobs.c.id > self.after)
             with db.transaction(read=True) as conn:
@@ -51,7 +53,7 @@ class Pruner:
                 if not batch:
                     self.after = None  # the sweep is complete; the next one starts over
                     break
-                excess = _excess_runs(conn, {j: n for j, n in batch})
+                excess = _excess_runs(conn, {j: default_limit if n is None else n for j, n in batch})
             self.after = batch[-1][0]
             take, self.backlog = excess[:limit - deleted], excess[limit - deleted:]
             deleted += _delete_ids(db, take)

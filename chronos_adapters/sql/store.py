@@ -256,8 +256,9 @@ class SqlStore(Store):
     async def delete_runs(self, job_id: str) -> int:
         return await self._call(run_ops.delete_runs, self._db, job_id)
 
-    async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int) -> int:
-        return await self._call(self._pruner.prune, self._db, now, max_age, limit)
+    async def prune_runs(self, now: datetime, max_age: timedelta | None, limit: int, *,
+                         default_limit: int | None = None) -> int:
+        return await self._call(self._pruner.prune, self._db, now, max_age, limit, default_limit)
 
     async def stats(self, since: Sequence[datetime], top: int = 5) -> StoreStats:
         return await self._call(stats, self._db, since, top)

@@ -150,6 +150,36 @@ def test_retention_reaping_and_store_retries_reach_the_engines(monkeypatch: pyte
         Settings()
 
 
+async def test_history_max_runs_keeps_that_many_runs_per_job_of_the_service(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from dependency_injector import providers
+
+    from chronos_core import FakeClock
+
+    monkeypatch.setenv("CHRONOS_HISTORY_MAX_RUNS", "2")
+    monkeypatch.setenv("CHRONOS_DATABASE_URL", "memory")
+    monkeypatch.setenv("CHRONOS_ALLOW_SHELL", "true")
+    container = Container()
+    container.settings.override(providers.Object(Settings()))
+    container.clock.override(providers.Object(FakeClock(datetime(2030, 1, 1, tzinfo=UTC))))
+    chronos = container.chronos()
+    assert chronos.scheduler is not None and chronos.scheduler.history_max_runs == 2
+    async with chronos:
+        job = await chronos.jobs.create({"name": "often", "type": "shell", "payload": {"command": "true"}})
+        for _ in range(4):
+            await chronos.jobs.trigger(job.id)
+            await chronos.advance(1)
+        assert chronos.scheduler is not None
+        await chronos.scheduler.prune(chronos.clock.now())
+        assert len(await chronos.jobs.history(job.id)) == 2
+    assert Settings(history_max_runs=None).history_max_runs is None  # the default: no limit
+    monkeypatch.setenv("CHRONOS_HISTORY_MAX_RUNS", "0")
+    with pytest.raises(ValueError, match="history_max_runs"):
+        Settings()
+
+
 async def test_history_max_age_prunes_old_runs_of_an_embedded_chronos() -> None:
     from datetime import UTC, datetime
 

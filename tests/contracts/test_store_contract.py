@@ -671,6 +671,29 @@ async def test_prune_runs_by_history_limit_in_batches(store: Store) -> None:
     assert len(await store.list_runs(free.id)) == 5
 
 
+async def test_prune_runs_by_a_default_limit_for_jobs_that_set_none(store: Store) -> None:
+    # the service-wide count (CHRONOS_HISTORY_MAX_RUNS): a job without history_limit keeps that many of
+    # its finished runs, the newest; a job's own history_limit still applies, here a larger one
+    own = make_job("own", history_limit=4)
+    free = make_job("free")
+    await store.add_jobs([own, free])
+    made: dict[str, list[Run]] = {}
+    for job in (own, free):
+        made[job.id] = [make_run(job, T0 + i * S, status=RunStatus.SUCCEEDED) for i in range(6)]
+        for run in made[job.id]:
+            await store.add_run(run, dispatched=True)
+    active = make_run(free, T0 - S)  # active: never pruned, not counted
+    await store.add_run(active, dispatched=True)
+    now = T0 + 60 * S
+    assert await store.prune_runs(now, None, 100) == 2  # no default: only own's history_limit
+    assert len(await store.list_runs(free.id)) == 7
+    assert await store.prune_runs(now, None, 3, default_limit=2) == 3  # in batches, as ever
+    assert await store.prune_runs(now, None, 3, default_limit=2) == 1
+    assert await store.prune_runs(now, None, 3, default_limit=2) == 0
+    assert {r.id for r in await store.list_runs(free.id)} == {*(r.id for r in made[free.id][-2:]), active.id}
+    assert {r.id for r in await store.list_runs(own.id)} == {r.id for r in made[own.id][-4:]}
+
+
 async def test_prune_runs_by_max_age(store: Store) -> None:
     job = make_job("aged")
     await store.add_jobs([job])
