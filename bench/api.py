@@ -14,6 +14,9 @@ the same bytes, both started here, loaded side by side (``make bench-api``; ``py
   ``GET /jobs/health`` (the floor check: routing, middleware, a tiny JSON body). Each case alternates
   bare and Chronos ``--repeats`` times; the summary line gives the median and min-max of each and of
   the per-repeat ratio (chronos rps / bare rps).
+* The scheduler under load (``--scheduler``, in ``make bench``): ``--sched-rate`` python jobs a second on a
+  fresh ``chronos serve`` for ``--sched-seconds``, with the API idle, then with ``GET /jobs?limit=100``
+  loaded by wrk all along: the share of slots started within 1 s, lag p50/p99 (issue #18 target 6).
 * SSE (``--sse``, in ``make bench``): ``--sse-clients`` clients on ``/monitor/logs`` while
   ``--sse-rate`` python jobs a second (an ``async def`` that does nothing) run for ``--sse-seconds``:
   the events every client got against what the runs published (queued, started, succeeded), and the
@@ -607,6 +610,50 @@ def run_sse(args: argparse.Namespace, tmp: Path, meta: dict[str, Any]) -> dict[s
     return line
 
 
+# ------------------------------------------------------------------------- the scheduler under load
+
+def run_scheduler_case(args: argparse.Namespace, tmp: Path, meta: dict[str, Any], loaded: bool,
+                       tag: str) -> dict[str, Any]:
+    """``--sched-rate`` python jobs a second (``@every 1s``, an ``async def`` doing nothing) on a fresh
+    ``chronos serve`` for ``--sched-seconds``, with ``GET /jobs?limit=100`` loaded by wrk all along (or
+    not): the share of slots started within 1 s, the start lag p50/p99, slots recorded missed."""
+    db = tmp / f"sched-{tag}.db"
+    port = free_port()
+    with server(chronos_cmd(port), port, chronos_env(db), tmp / f"chronos-sched-{tag}.log"):
+        idle = [job_spec(i, "idle") for i in range(200)]  # a full first page for the listing
+        status, body, _ = _post_json(port, "/jobs/apply", {"jobs": idle})
+        assert status == 200, body[:300]
+        base = datetime.fromtimestamp(int(time.time()) + 5, UTC)
+        end = base + timedelta(seconds=args.sched_seconds)
+        step = timedelta(seconds=1 / args.sched_rate)
+        specs = [{"name": f"tick-{i:05d}", "type": "python", "payload": {"function": "bench.api:nothing"},
+                  "schedule": "@every 1s", "start_at": (base + i * step).isoformat(),
+                  "end_at": end.isoformat(), "misfire_grace": 5.0} for i in range(args.sched_rate)]
+        status, body, _ = _post_json(port, "/jobs/apply", {"jobs": specs})
+        assert status == 200, body[:300]
+        load = None
+        if loaded:
+            wait = max(0.0, base.timestamp() - time.time())
+            time.sleep(wait)
+            if shutil.which("wrk") and not args.no_wrk:
+                load = wrk(port, "/jobs?limit=100", args.sched_seconds, args.connections, None, tmp)
+            else:
+                load = pyload(port, "/jobs?limit=100", args.sched_seconds, args.connections, None)
+        time.sleep(max(0.0, end.timestamp() - time.time()) + 3.0)
+        runs = [r for r in _all_runs(port) if base.timestamp() <= datetime.fromisoformat(
+            r["scheduled_for"]).timestamp() < end.timestamp()]
+    lags = sorted((datetime.fromisoformat(r["started_at"]) - datetime.fromisoformat(r["scheduled_for"]))
+                  .total_seconds() for r in runs if r["started_at"])
+    slots = args.sched_rate * args.sched_seconds
+    on_time = sum(1 for x in lags if x <= 1.0)
+    return {**meta, "bench": "api", "case": "scheduler while the API is loaded" if loaded else
+            "scheduler, API idle", "store": "sqlite", "rate": args.sched_rate, "seconds": args.sched_seconds,
+            "slots": slots, "started": len(lags), "on_time_pct": round(100 * on_time / slots, 2),
+            "missed": sum(1 for r in runs if r["status"] == "missed"),
+            "lag_p50_ms": _pct_ms(lags, 0.5), "lag_p99_ms": _pct_ms(lags, 0.99),
+            "api_rps": load.rps if load else None, "api_p99_ms": load.p99_ms if load else None}
+
+
 # ------------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -628,6 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sse-rate", type=int, default=500, help="python jobs a second during the SSE case")
     p.add_argument("--sse-seconds", type=int, default=10)
     p.add_argument("--sse-settle", type=float, default=5.0)
+    p.add_argument("--scheduler", action=argparse.BooleanOptionalAction, default=None,
+                   help="the scheduler's on-time rate with the API idle and loaded (default: on, off "
+                        "with --quick)")
+    p.add_argument("--sched-rate", type=int, default=200, help="python jobs a second in that case")
+    p.add_argument("--sched-seconds", type=int, default=10)
     p.add_argument("--out", type=Path)
     p.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     p.add_argument("--bodies", type=Path, help=argparse.SUPPRESS)
@@ -651,6 +703,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(t)
         results = run_http_cases(args, tmp, meta, lines) if args.cases != ["SSE"] else []
         sse_line = run_sse(args, tmp, meta) if sse else None
+        sched = args.scheduler if args.scheduler is not None else not args.quick
+        sched_lines = [run_scheduler_case(args, tmp, meta, loaded, tag)
+                       for loaded, tag in ((False, "idle"), (True, "loaded"))] if sched else []
+    lines += sched_lines
+    for x in sched_lines:
+        print(json.dumps(x), flush=True)
     if sse_line:
         lines.append(sse_line)
         print(json.dumps(sse_line), flush=True)
@@ -667,6 +725,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['clients_with_every_event']} clients got every event, {s['overflowed']} overflowed; "
               f"delivery p50 {s['delay_p50_ms']} ms, p99 {s['delay_p99_ms']} ms (target: every event, "
               f"p99 <= 100 ms: {'met' if met else 'NOT met'})")
+    for x in sched_lines:
+        api = f"; API {x['api_rps']}/s, p99 {x['api_p99_ms']} ms" if x["api_rps"] is not None else ""
+        print(f"- {x['case']}: {x['rate']} jobs/s for {x['seconds']} s, {x['on_time_pct']} % of slots "
+              f"started within 1 s, lag p50 {x['lag_p50_ms']} ms, p99 {x['lag_p99_ms']} ms, "
+              f"{x['missed']} missed{api}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     print(f"\nresults: {out_path}")
