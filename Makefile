@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test faults install services lint typecheck bench bench-quick bench-api bench-burst bench-real-jobs bench-oneliner bench-scale-out fuzz clean
+.PHONY: run test faults install services lint typecheck bench bench-quick bench-api bench-burst bench-real-jobs bench-soak bench-oneliner bench-scale-out fuzz clean
 
 ## What `make run` needs (the service and its drivers); `make test` adds the test tools (pytest, mypy...).
 RUNTIME := $(VENV)/.runtime-installed
@@ -72,6 +72,11 @@ bench-burst: $(BENCH_STAMP) services
 ## run by component (py-spy); 3 repetitions, about 3 minutes. BENCH_REAL_ARGS=--quick: once, 5 s windows.
 bench-real-jobs: $(BENCH_STAMP)
 	$(PY) -m bench.real_jobs $(BENCH_REAL_ARGS)
+
+## chronos serve on SQLite, 500 HTTP jobs/s for 30 minutes with retention by count and age: RSS, file size
+## and stored runs every minute (not in `make bench`). BENCH_SOAK_ARGS="--minutes 5 --every 30".
+bench-soak: $(BENCH_STAMP)
+	$(PY) -m bench.soak $(BENCH_SOAK_ARGS)
 
 ## APScheduler add_job vs Chronos schedule (python jobs), 1k and 10k, memory and SQLite (BENCHMARKS.md)
 bench-oneliner: $(BENCH_STAMP)

@@ -80,13 +80,13 @@ async def _serve_http(port: int) -> None:
 
 # ------------------------------------------------------------------------------------------ helpers
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_http(url: str, within: float) -> None:
+def wait_http(url: str, within: float) -> None:
     deadline = time.monotonic() + within
     while True:
         try:
@@ -99,14 +99,14 @@ def _wait_http(url: str, within: float) -> None:
         time.sleep(0.2)
 
 
-def _post(url: str, body: Any) -> Any:
+def post_json(url: str, body: Any) -> Any:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read() or b"null")
 
 
-def _proc_cpu(pid: int) -> tuple[float, float]:
+def proc_cpu(pid: int) -> tuple[float, float]:
     """(own CPU, reaped children's CPU) of a process, seconds, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
@@ -115,7 +115,7 @@ def _proc_cpu(pid: int) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def service_process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent,
                                 start_new_session=True)
@@ -131,7 +131,7 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 proc.wait(10)
 
 
-def _specs(kind: str, n: int, base: datetime, http_port: int) -> list[dict[str, Any]]:
+def job_specs(kind: str, n: int, base: datetime, http_port: int) -> list[dict[str, Any]]:
     payload: dict[str, Any] = ({"url": f"http://127.0.0.1:{http_port}/ok"} if kind == "http"
                                else {"command": "true"})
     return [{"name": f"{kind}-{i}", "type": kind, "schedule": "@every 1s", "misfire_grace": 1,
@@ -182,19 +182,19 @@ def run_case(kind: str, n: int, *, duration: float, warmup: float, concurrency: 
     exe = Path(sys.executable).with_name("chronos")
     with tempfile.TemporaryDirectory(prefix="chronos-real-") as tmp_name:
         tmp = Path(tmp_name)
-        http_port, api_port = _free_port(), _free_port()
+        http_port, api_port = free_port(), free_port()
         env = dict(os.environ, CHRONOS_DATABASE_URL=f"sqlite:///{tmp / 'chronos.db'}",
                    CHRONOS_ALLOW_SHELL="true", CHRONOS_HTTP_ALLOW_HOSTS="127.0.0.1",
                    CHRONOS_CONCURRENCY=str(concurrency))
-        with _process([sys.executable, "-m", "bench.real_jobs", "--http-server", str(http_port)],
+        with service_process([sys.executable, "-m", "bench.real_jobs", "--http-server", str(http_port)],
                       dict(os.environ), tmp / "http.log") as http, \
-                _process([str(exe), "serve", "--host", "127.0.0.1", "--port", str(api_port)], env,
+                service_process([str(exe), "serve", "--host", "127.0.0.1", "--port", str(api_port)], env,
                          tmp / "serve.log") as serve:
             api = f"http://127.0.0.1:{api_port}"
-            _wait_http(f"{api}/jobs/health", 60)
+            wait_http(f"{api}/jobs/health", 60)
             base = datetime.fromtimestamp(math.ceil(time.time()) + 2, UTC)
             t0 = time.perf_counter()
-            _post(f"{api}/jobs/apply", {"jobs": _specs(kind, n, base, http_port)})
+            post_json(f"{api}/jobs/apply", {"jobs": job_specs(kind, n, base, http_port)})
             create_s = time.perf_counter() - t0
             start = max(base.timestamp(), time.time()) + warmup
             time.sleep(max(0.0, math.ceil(start) - time.time()))
@@ -206,13 +206,13 @@ def run_case(kind: str, n: int, *, duration: float, warmup: float, concurrency: 
                                         "--pid", str(serve.pid), "-r", "100", "--nonblocking", "-f", "raw",
                                         "-o", str(raw), "-d", str(int(duration))],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            cpu0, kids0 = _proc_cpu(serve.pid)
-            http0, _ = _proc_cpu(http.pid)
+            cpu0, kids0 = proc_cpu(serve.pid)
+            http0, _ = proc_cpu(http.pid)
             w0 = time.time()
             time.sleep(duration)
             w1 = time.time()
-            cpu1, kids1 = _proc_cpu(serve.pid)
-            http1, _ = _proc_cpu(http.pid)
+            cpu1, kids1 = proc_cpu(serve.pid)
+            http1, _ = proc_cpu(http.pid)
             if spy is not None:
                 spy.wait(60)
             time.sleep(1.5)  # the window's last runs finish
