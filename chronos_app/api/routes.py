@@ -269,7 +269,10 @@ async def patch_job(request: Request) -> Response:
 
 
 async def delete_job(request: Request) -> Response:
-    await api(request).chronos.jobs.delete(request.path_params["job_id"])
+    ctx = api(request)
+    job_id = request.path_params["job_id"]
+    await ctx.chronos.jobs.delete(job_id)
+    ctx.shown.forget(job_id)  # its entry would stay until pushed out by others
     return Response(status_code=204)
 
 

@@ -13,6 +13,13 @@ next fire times (three cron slots walk the calendar). Before they were kept, tho
 (``updated_at``, which every change of the definition moves forward, see ``Jobs.update``) and
 ``next_run_at`` (the next fire times start there), and is used only for the same payload model (a type
 registered again masks with its new model); the job's JSON is kept with the summary it was written with.
+
+The cache is bounded by what it holds, not only by its number of jobs: an entry weighs what its job
+weighs (the masked payload and the JSON, each about the job's size; a job may be 1 MiB), so a count alone
+let a write token make the server hold 20,000 large jobs - creating, reading and deleting each in turn -
+and a read-only token paging through a store of large jobs made it keep a copy of all of them. At most
+``max_bytes`` (estimated as twice the JSON, plus the objects' overhead) are kept, the oldest entries go
+first, a job larger than that is shown without being kept, and a job deleted here is forgotten.
 """
 
 from __future__ import annotations
@@ -97,15 +104,32 @@ class _Entry:
     parts: _Parts
     summary: tuple[Any, ...] | None = None
     json: bytes = b""
+    cost: int = 0  # bytes this entry is counted for (see ShownJobs._weigh)
+
+
+_ENTRY_OVERHEAD = 1024  # the entry, its dicts and lists, beyond twice its JSON (measured: ~2.3 KiB for a
+# job of 1 KiB of JSON, tracemalloc)
 
 
 class ShownJobs:
-    """Jobs as shown, kept per job version (at most ``max_entries`` jobs; the oldest go first)."""
+    """Jobs as shown, kept per job version: at most ``max_entries`` jobs and about ``max_bytes`` of them
+    (the oldest go first; a job weighing more than ``max_bytes`` is not kept)."""
 
-    def __init__(self, types: JobTypes, max_entries: int = 20_000) -> None:
+    def __init__(self, types: JobTypes, max_entries: int = 20_000, max_bytes: int = 64 * 1024 * 1024
+                 ) -> None:
         self._types = types
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._entries: dict[str, _Entry] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """What the kept entries are counted for."""
+        return self._bytes
 
     def _entry(self, job: Job) -> _Entry:
         model = self._types.model(job.type) if job.type in self._types else None
@@ -115,10 +139,20 @@ class ShownJobs:
             parts = (self._types.redact(job.type, job.payload), redact_notify(job.notify),
                      Jobs.next_runs(job))
             entry = _Entry(version, parts)
-            if job.id not in self._entries and len(self._entries) >= self.max_entries:
-                del self._entries[next(iter(self._entries))]
+            self.forget(job.id)
             self._entries[job.id] = entry
+            self._weigh(job.id, entry, _ENTRY_OVERHEAD)
         return entry
+
+    def _weigh(self, job_id: str, entry: _Entry, cost: int) -> None:
+        """Count the job's ``entry`` for ``cost`` bytes, then drop the oldest entries while over a bound
+        (an entry over the whole budget alone: only itself)."""
+        self._bytes += cost - entry.cost
+        entry.cost = cost
+        if cost > self.max_bytes:
+            self.forget(job_id)
+        while self._entries and (self._bytes > self.max_bytes or len(self._entries) > self.max_entries):
+            self.forget(next(iter(self._entries)))
 
     def parts(self, job: Job) -> _Parts:
         """(masked payload, masked notify rules, next fire times) of ``job``."""
@@ -132,7 +166,13 @@ class ShownJobs:
             payload, notify, next_runs = entry.parts
             entry.json = to_json(job_dict(job, payload, notify, summary, next_runs))
             entry.summary = key
+            if self._entries.get(job.id) is entry:  # (not dropped meanwhile: then nothing is counted)
+                # the masked parts weigh about what the JSON does
+                self._weigh(job.id, entry, 2 * len(entry.json) + _ENTRY_OVERHEAD)
         return entry.json
 
     def forget(self, job_id: str) -> None:
-        self._entries.pop(job_id, None)
+        """Drop the job's entry (it was deleted, or is dropped to stay within the bounds)."""
+        entry = self._entries.pop(job_id, None)
+        if entry is not None:
+            self._bytes -= entry.cost
