@@ -33,20 +33,34 @@ def sse_event(event: Event, *, replayed: bool = False, first: bool = False) -> S
 
 
 class EventFrames:
-    """Encoded frames of live events (not a stream's first), by bus id, the last ``size`` of them."""
+    """Encoded frames of live events (not a stream's first), by bus id: the last ``size`` of them, and at
+    most ``max_bytes`` of frames.
 
-    def __init__(self, size: int = 8192) -> None:
+    A count alone did not bound them: a frame weighs what its event does, and a log line of the worker's
+    limit (16 KiB by default, ``CHRONOS_LINE_LIMIT`` may raise it) JSON-escapes to up to 12 bytes per
+    character (an emoji as two ``\\u`` escapes): ~190 KiB a frame, 1.5 GiB for 8,192 of them, kept for a
+    job printing such lines (or any output a job relays) while one client watches. A frame over the whole
+    budget is sent without being kept."""
+
+    def __init__(self, size: int = 8192, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         # by id: the frame and what it was the frame of. An id can come back for another event: Kafka's
         # are partition:offset, numbered from 0:0 again when a broker that lost its data recreates the
         # topic; a kept frame is sent only for the event it was encoded from.
         self._frames: dict[str, tuple[tuple[object, ...], bytes]] = {}
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._frames)
 
     def __contains__(self, event_id: object) -> bool:
         return event_id in self._frames
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the kept frames."""
+        return self._bytes
 
     def frame(self, event: Event) -> bytes:
         if event.id is None:
@@ -56,7 +70,15 @@ class EventFrames:
         if kept is not None and kept[0] == stamp:
             return kept[1]
         frame = sse_event(event).encode()
-        if kept is None and len(self._frames) >= self.size:
-            del self._frames[next(iter(self._frames))]
+        if kept is not None:
+            self._drop(event.id)
+        if len(frame) > self.max_bytes:
+            return frame
+        while self._frames and (len(self._frames) >= self.size or self._bytes + len(frame) > self.max_bytes):
+            self._drop(next(iter(self._frames)))
         self._frames[event.id] = (stamp, frame)
+        self._bytes += len(frame)
         return frame
+
+    def _drop(self, event_id: str) -> None:
+        self._bytes -= len(self._frames.pop(event_id)[1])
