@@ -25,7 +25,13 @@ stops the scheduler, lets the workers drain, stops them, and reads the history b
 * **duplicates**: (job, slot) with more than one first attempt (the store's unique key forbids it; counted
   anyway), and run ids executed more than once (each worker records the ids its executor ran);
 * **CPU** of every process over the window (psutil: scheduler, each worker, the broker, mariadbd), as
-  % of one core and µs per run, and how busy the whole machine was (% of all cores, others' work too).
+  % of one core and µs per run (``cpu_ms_per_run_total``: all of them), and how busy the whole machine
+  was (% of all cores, others' work too). By default the database is a private ``mariadbd`` started for
+  the run (``--shared-mariadb``: the server of ``--mysql-url``, whose CPU then includes whatever else
+  uses it), so its CPU is the bench's alone;
+* **outbox hand-off**: ``sent_at - created_at`` of the outbox rows (claim commit to broker ack);
+* the CPU model and a **calibration** figure (CPU ms of a fixed pure-Python loop, taken before each
+  configuration) in every JSON line, to compare runs across machines and loads.
 
 Prints a table and one JSON line per configuration (``SCALE-OUT-RESULT {...}``).
 """
@@ -110,6 +116,7 @@ class Config:
     partitions: int = 12
     misfire_grace: float = 1.0
     mysql_url: str = "mysql+pymysql://root@127.0.0.1:3306"
+    private_mariadb: bool = True
 
     @property
     def label(self) -> str:
@@ -177,6 +184,88 @@ def stop_popen(proc: subprocess.Popen[bytes], timeout: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+class PrivateMariaDb:
+    """A ``mariadbd`` of the bench's own (a temporary data directory, a free port, the server's default
+    durability: ``innodb_flush_log_at_trx_commit=1``), so its CPU is the bench's alone."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="chronos-bench-so-db-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        import shutil
+
+        return bool((shutil.which("mariadb-install-db") or shutil.which("mysql_install_db"))
+                    and shutil.which("mariadbd"))
+
+    @property
+    def url(self) -> str:
+        return f"mysql+pymysql://root@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import shutil
+
+        import pymysql
+
+        installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+        mariadbd = shutil.which("mariadbd")
+        assert installer and mariadbd
+        data = self.root / "data"
+        subprocess.run([installer, "--no-defaults", f"--datadir={data}", "--user=root",
+                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       check=True, capture_output=True, timeout=180)
+        self.proc = subprocess.Popen(
+            [mariadbd, "--no-defaults", f"--datadir={data}", f"--port={self.port}",
+             "--bind-address=127.0.0.1",
+             f"--socket={self.root / 'sock'}", f"--pid-file={self.root / 'pid'}", "--user=root",
+             "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=256M",
+             "--max-connections=400", f"--log-error={self.root / 'error.log'}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="",
+                                connect_timeout=2).close()
+                return
+            except pymysql.Error:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the private mariadbd did not start: "
+                                       + (self.root / "error.log").read_text()[-2000:]) from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        import shutil
+
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_popen(proc, 60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def calibration_ms() -> float:
+    """CPU ms of a fixed pure-Python loop in this process (lower is a faster or quieter machine): the
+    best of three, to compare runs taken on different machines or under different loads."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        total = 0
+        for i in range(1_000_000):
+            total += i * i % 7
+        best = min(best, time.process_time() - t0)
+    return round(best * 1000, 1)
 
 
 def role_env(cfg: Config, url: str, bootstrap: str, prefix: str) -> dict[str, str]:
@@ -282,6 +371,10 @@ def read_history(url: str, lo: datetime, hi: datetime, w0: datetime, w1: datetim
         duplicate_slots = int(cur.fetchone()[0])
         cur.execute("SELECT COUNT(*) FROM runs")
         total = int(cur.fetchone()[0])
+        cur.execute("SELECT TIMESTAMPDIFF(MICROSECOND, o.created_at, o.sent_at) FROM chronos_outbox o "
+                    "JOIN runs r ON r.id = o.run_id WHERE o.sent_at IS NOT NULL "
+                    "AND r.scheduled_for >= %s AND r.scheduled_for < %s", (lo_, hi_))
+        handoff = sorted(max(0, int(v)) / 1e6 for (v,) in cur.fetchall() if v is not None)
     lags: list[float] = []
     done: list[float] = []
     status: dict[str, int] = {}
@@ -298,7 +391,8 @@ def read_history(url: str, lo: datetime, hi: datetime, w0: datetime, w1: datetim
     lags.sort()
     done.sort()
     return {"status": status, "lags": lags, "done": done, "retries": retries,
-            "finished_in_window": finished_in_window, "duplicate_slots": duplicate_slots, "total": total}
+            "finished_in_window": finished_in_window, "duplicate_slots": duplicate_slots, "total": total,
+            "handoff": handoff}
 
 
 def _ms(v: float | None) -> float | None:
@@ -334,9 +428,17 @@ def versions(url: str) -> dict[str, str]:
 def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
     import psutil
 
+    calibration = calibration_ms()
+    private = PrivateMariaDb() if cfg.private_mariadb else None
+    server_url = cfg.mysql_url
+    if private is not None:
+        private.start()
+        server_url = private.url
     broker, bootstrap = start_broker()
     database = contextlib.ExitStack()
-    url = database.enter_context(scratch_mariadb(cfg.mysql_url, "chronos_bench_so"))
+    if private is not None:
+        database.callback(private.stop)
+    url = database.enter_context(scratch_mariadb(server_url, "chronos_bench_so"))
     procs: list[Proc] = []
     tmp = Path(tempfile.mkdtemp(prefix="chronos-bench-so-"))
     prefix = f"b{uuid.uuid4().hex[:10]}"
@@ -363,7 +465,8 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
             time.sleep(0.25)
         time.sleep(max(0.0, math.ceil(time.time()) - time.time()))
         others = {"broker": psutil.Process(broker.pid)}
-        server = server_process()
+        server = (psutil.Process(private.proc.pid) if private is not None and private.proc
+                  else server_process())
         if server is not None:
             others["mariadbd"] = server
         spy = None
@@ -406,7 +509,7 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
             if p.record and p.record.exists():
                 for rid in p.record.read_text().split():
                     executed[rid] = executed.get(rid, 0) + 1
-        ver = versions(cfg.mysql_url)
+        ver = versions(server_url)
     finally:
         for p in procs:
             if p.popen.poll() is None:
@@ -436,6 +539,10 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
         "cpu_pct": {k: round(100 * v / window, 1) for k, v in cpu.items()},
         "machine_busy_pct": _busy(sys0, sys1), "cores": psutil.cpu_count(),
         "cpu_us_per_run": {k: round(1e6 * v / per_run, 1) for k, v in cpu.items()},
+        "cpu_ms_per_run_total": round(1e3 * sum(cpu.values()) / per_run, 3),
+        "handoff_p50_ms": _ms(percentile(hist["handoff"], 0.5)),
+        "handoff_p99_ms": _ms(percentile(hist["handoff"], 0.99)),
+        "private_mariadb": private is not None, "cpu_model": cpu_model(), "calibration_ms": calibration,
         "create_s": round(create_s, 2), "versions": ver,
     }
     return result
@@ -462,7 +569,8 @@ COLUMNS = [("N", "n"), ("S", "schedulers"), ("W", "workers"), ("kind", "kind"),
            ("not run", "not_run"), ("unfinished", "unfinished"), ("dup", "duplicate_slots"),
            ("twice", "executed_twice"),
            ("lag p50 ms", "lag_p50_ms"), ("lag p99 ms", "lag_p99_ms"), ("lag max ms", "lag_max_ms"),
-           ("done p99 ms", "done_p99_ms"), ("machine busy %", "machine_busy_pct")]
+           ("done p99 ms", "done_p99_ms"), ("hand-off p99 ms", "handoff_p99_ms"),
+           ("CPU ms/run", "cpu_ms_per_run_total"), ("machine busy %", "machine_busy_pct")]
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -495,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=256, help="CHRONOS_CONCURRENCY of each worker")
     ap.add_argument("--partitions", type=int, default=12, help="CHRONOS_KAFKA_RUNS_PARTITIONS")
     ap.add_argument("--profile", help="py-spy the named process during the window (scheduler, worker-1)")
+    ap.add_argument("--shared-mariadb", action="store_true",
+                    help="use the server of --mysql-url instead of a private mariadbd")
     ap.add_argument("--mysql-url", default=os.environ.get("CHRONOS_BENCH_MYSQL_URL",
                                                           "mysql+pymysql://root@127.0.0.1:3306"))
     args = ap.parse_args(argv)
@@ -509,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         for w in workers:
             cfg = Config(n, w, args.schedulers, kind=args.kind, duration=duration, warmup=warmup,
-                         concurrency=args.concurrency, partitions=args.partitions, mysql_url=args.mysql_url)
+                         concurrency=args.concurrency, partitions=args.partitions, mysql_url=args.mysql_url,
+                         private_mariadb=not args.shared_mariadb and PrivateMariaDb.available())
             print(f"# {cfg.label}: {duration:g} s window ...", file=sys.stderr, flush=True)
             try:
                 r = run_config(cfg, args.profile)

@@ -118,7 +118,8 @@ def build_queue(settings: Settings, *, run_relay: bool = True) -> DispatchQueue:
                                group=settings.kafka_group, partitions=settings.kafka_runs_partitions,
                                max_tries=settings.kafka_max_tries,
                                enable_idempotence=settings.kafka_idempotence,
-                               replication_factor=settings.kafka_replication_factor)
+                               replication_factor=settings.kafka_replication_factor,
+                               fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
     if not settings.dispatch_outbox:
         return queue
     from chronos_adapters.kafka.outbox import OutboxDispatchQueue, OutboxRelay
@@ -138,7 +139,8 @@ def build_bus(settings: Settings) -> EventBus:
     return KafkaEventBus(settings.kafka_bootstrap, topic=settings.kafka_events_topic,
                          partitions=settings.kafka_events_partitions,
                          enable_idempotence=settings.kafka_idempotence,
-                         replication_factor=settings.kafka_replication_factor)
+                         replication_factor=settings.kafka_replication_factor,
+                         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
 
 
 # executors ---------------------------------------------------------------------------------------------

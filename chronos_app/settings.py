@@ -143,6 +143,9 @@ class Settings(EngineSettings, BaseSettings):
     kafka_events_partitions: int = Field(default=1, ge=1, description="when the topic is created here")
     kafka_replication_factor: int = Field(default=1, ge=1)
     kafka_max_tries: int = Field(default=3, ge=1, description="deliveries before a dead letter")
+    kafka_fetch_max_wait_ms: int = Field(default=20, ge=1, le=10_000, description=(
+        "longest a consumer's fetch waits for records (runs, events, the outbox's wake topic): the "
+        "hand-off latency on brokers that answer a waiting fetch only when it is up (Tansu)"))
     kafka_outbox: bool = Field(default=True, description="with a SQL store: dispatches go through the "
                                "chronos_outbox table and a relay, so a Kafka outage loses nothing")
 

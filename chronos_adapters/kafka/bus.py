@@ -14,6 +14,13 @@ so any instance can serve any job's live stream, whichever worker ran it.
   there); an unfiltered one, with several partitions, replays the other partitions from the timestamp of
   event ``p:o`` (Kafka keeps no order across partitions, so a few events around that instant may come
   again). Replay reaches as far back as the topic's retention. An id that does not parse replays nothing.
+* **Filtered feed**: each event carries its type and run id in headers (``chronos-type``,
+  ``chronos-run``; the key is its job id), so the live feed decodes only events that one of this
+  instance's subscriptions wants: a worker (which listens for cancel requests) or a scheduler (job
+  changes, due retries, outcomes for its notifier) does not decode every run's every event (it still
+  fetches them: one topic keeps the ids' single order).
+* **Latency**: the feed's fetches wait at most ``fetch_max_wait_ms`` (20 ms) for records: Tansu answers a
+  waiting fetch only when that time is up.
 * **Slow subscribers**: each subscription buffers at most ``buffer`` live events; one that falls further
   behind is closed with :class:`SubscriptionOverflow` (carrying the last id it got, to resume from).
 """
@@ -46,6 +53,46 @@ def _report_late(f: asyncio.Future[Any]) -> None:
         log.error("an event was dropped: %s", f.exception())
 
 
+TYPE_HEADER = "chronos-type"
+RUN_HEADER = "chronos-run"
+
+
+def _headers(e: Event) -> list[tuple[str, bytes]]:
+    h = [(TYPE_HEADER, e.type.value.encode())]
+    if e.run_id:
+        h.append((RUN_HEADER, e.run_id.encode()))
+    return h
+
+
+def _routing(m: Any) -> tuple[bytes | None, str | None, bytes | None] | None:
+    """A record's job key, event type and run id as its headers say, without decoding it; None for a
+    record without the headers (from an older producer): it may be anything."""
+    headers = m.headers
+    if not headers:
+        return None
+    kind: str | None = None
+    run: bytes | None = None
+    for k, v in headers:
+        if k == TYPE_HEADER:
+            kind = v.decode()
+        elif k == RUN_HEADER:
+            run = v
+    return m.key, kind, run
+
+
+def _may_match(sub: KafkaSubscription, routing: tuple[bytes | None, str | None, bytes | None] | None,
+               ) -> bool:
+    """Whether an event so routed may be one ``sub`` wants (the decoded event is checked again)."""
+    if routing is None:
+        return True
+    key, kind, run = routing
+    if sub.job_key is not None and key is not None and key != sub.job_key:
+        return False
+    if sub.type_values is not None and kind is not None and kind not in sub.type_values:
+        return False
+    return sub.run_key is None or run == sub.run_key
+
+
 def format_event_id(partition: int, offset: int) -> str:
     return f"{partition}:{offset}"
 
@@ -65,19 +112,35 @@ class KafkaSubscription(BufferedSubscription):
         super().__init__(job_id=job_id, run_id=run_id, types=types, buffer=buffer,
                          detach=bus._subs.discard)
         self._bus = bus
+        # what the feed compares records' keys and headers with before decoding them
+        self.job_key = job_id.encode() if job_id is not None else None
+        self.run_key = run_id.encode() if run_id is not None else None
+        self.type_values = None if self.types is None else frozenset(t.value for t in self.types)
         self._after = after
         self._floor = after
         self._live_from = live_from
+        # A resumed subscription's live events, held while its replay is read back: they follow the
+        # replay, and a feed that runs ahead of the replay must not overflow a buffer its reader has
+        # not been able to read yet (at most ``_held_cap``; beyond that the buffer's own limit applies).
+        self._held: list[Event] | None = [] if after is not None else None
+        self._held_cap = 10 * buffer
 
     def _offer(self, e: Event, partition: int, offset: int) -> None:
         if self._floor is not None and partition == self._floor[0] and offset <= self._floor[1]:
             return  # resumed after an id the live feed had not reached yet: already seen
+        if self._held is not None and len(self._held) < self._held_cap:
+            self._held.append(e)
+            return
         self.offer(e)
 
     async def before_first(self) -> None:
         if self._after is not None:
             after, self._after = self._after, None
-            self.replay.extend(await self._bus._replay(self, after, self._live_from))
+            try:
+                self.replay.extend(await self._bus._replay(self, after, self._live_from))
+            finally:
+                held, self._held = self._held or [], None
+                self.replay.extend(held)
 
 class KafkaEventBus(EventBus):
     """Events topic ``topic`` (``partitions`` partitions when created here)."""
@@ -85,7 +148,8 @@ class KafkaEventBus(EventBus):
     def __init__(self, bootstrap: str, *, topic: str = "chronos.events", partitions: int = 1,
                  buffer: int = 10_000, enable_idempotence: bool = False, create_topics: bool = True,
                  replication_factor: int = 1, client_id: str = "chronos", linger_ms: int = 2,
-                 publish_timeout: float = 2.0, request_timeout_ms: int = 120_000) -> None:
+                 publish_timeout: float = 2.0, request_timeout_ms: int = 120_000,
+                 fetch_max_wait_ms: int = 20) -> None:
         self.bootstrap = bootstrap
         self.publish_timeout = publish_timeout
         self._request_timeout_ms = request_timeout_ms
@@ -97,6 +161,7 @@ class KafkaEventBus(EventBus):
         self.replication_factor = replication_factor
         self.client_id = client_id
         self._linger_ms = linger_ms
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.topics = TopicKeeper(bootstrap, {topic: partitions}, replication_factor=replication_factor,
                                   client_id=f"{client_id}-admin", enabled=create_topics)
         self._producer: AIOKafkaProducer | None = None
@@ -105,6 +170,7 @@ class KafkaEventBus(EventBus):
         self._subs: set[KafkaSubscription] = set()
         self._pos: dict[int, int] = {}  # partition -> next offset the live feed delivers
         self._begin: dict[int, int] = {}  # partition -> first retained offset (as of start)
+        self.decoded = 0  # events the live feed decoded (those no subscription here wanted were not)
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -118,7 +184,7 @@ class KafkaEventBus(EventBus):
                                     linger_ms=self._linger_ms, request_timeout_ms=self._request_timeout_ms)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                     client_id=f"{self.client_id}-events-feed", enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=self.fetch_max_wait_ms)
         try:
             await producer.start()
             await consumer.start()
@@ -179,7 +245,8 @@ class KafkaEventBus(EventBus):
             async with asyncio.timeout_at(deadline):
                 for e in events:
                     sent.append((e, await producer.send(self.topic, encode_event(e),
-                                                        key=e.job_id.encode() if e.job_id else None)))
+                                                        key=e.job_id.encode() if e.job_id else None,
+                                                        headers=_headers(e))))
         except KafkaError as exc:
             await self.topics.recreate_if_missing(exc)  # for the next publish (events are best-effort)
             raise unavailable("publish", exc) from exc
@@ -237,12 +304,17 @@ class KafkaEventBus(EventBus):
             for tp, messages in batch.items():
                 for m in messages:
                     self._pos[tp.partition] = m.offset + 1
+                    routing = _routing(m)
+                    subs = [s for s in self._subs if _may_match(s, routing)]
+                    if not subs:
+                        continue  # no subscription here wants it: not decoded
+                    self.decoded += 1
                     try:
                         e = decode_event(m.value, format_event_id(tp.partition, m.offset))
                     except DecodeError as exc:
                         log.warning("skipping event %d:%d: %s", tp.partition, m.offset, exc)
                         continue
-                    for s in list(self._subs):
+                    for s in subs:
                         if s.matches(e):
                             s._offer(e, tp.partition, m.offset)
 

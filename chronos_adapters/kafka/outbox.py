@@ -16,6 +16,11 @@ grows) and everything is delivered once it is back.
   with back-off while Kafka is unreachable, and deletes sent rows after ``keep_sent`` seconds. On MySQL
   one relay at a time is active (a named lock, ``GET_LOCK``), so a job's runs keep their order; the
   others stand by and take over when its connection goes.
+* **Woken by every put**, in whichever process: a put in the active relay's process wakes it at once; a
+  put elsewhere (another scheduler, an API's manual trigger) also sends an empty record to the wake topic
+  (``<runs topic>.wake``, one partition), which the active relay reads with the queue's
+  ``fetch_max_wait_ms``: rows another scheduler claimed go out within milliseconds, not at the next
+  poll (``interval``, 1 s, still the safety net when a wake is lost).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from sqlalchemy import delete, func, insert, null, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.mysql import insert as mysql_insert
@@ -40,6 +47,7 @@ from chronos_adapters.sql.tables import utc_naive
 from chronos_core.errors import BackendUnavailable, StoreUnavailable
 from chronos_core.ports import Dispatch, DispatchQueue
 
+from ._common import ensure_topics
 from .codec import encode_dispatch
 from .queue import KafkaDispatchQueue
 
@@ -91,7 +99,7 @@ class OutboxRelay:
 
     def __init__(self, database: str | Engine, queue: KafkaDispatchQueue, *, batch: int = 500,
                  interval: float = 1.0, keep_sent: float = 3600.0, settle: float = 1.5,
-                 create_table: bool = True) -> None:
+                 create_table: bool = True, wake_topic: str | None = None) -> None:
         self._url = database if isinstance(database, str) else None
         self._engine: Engine | None = None if isinstance(database, str) else database
         self.queue = queue
@@ -106,6 +114,12 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._lock_conn: Connection | None = None
         self._next_cleanup = datetime.min.replace(tzinfo=UTC)
+        self.wake_topic = wake_topic or f"{queue.topic}.wake"
+        self.woken = 0  # wake records read (how often another process's put woke this relay)
+        self._listener: asyncio.Task[None] | None = None
+        self._signal: asyncio.Task[None] | None = None
+        self._signal_again = False
+        self._signals: AIOKafkaProducer | None = None
 
     @property
     def engine(self) -> Engine:
@@ -144,7 +158,98 @@ class OutboxRelay:
         await self.open()
         self._task = asyncio.create_task(self._loop(), name="chronos-outbox-relay")
 
+    async def ensure_wake_topic(self) -> None:
+        """Create the wake topic if needed and open the producer of wake signals: a producer of its own,
+        so that whatever the broker answers for the wake topic never holds up or fails a dispatch's
+        send (seen on Tansu: a fresh topic's NotLeaderForPartition failed the batch it shared a request
+        with). Until both are there, puts send no wake signal."""
+        producer = None
+        try:
+            if self.queue.create_topics:
+                await ensure_topics(self.queue.bootstrap, {self.wake_topic: 1},
+                                    replication_factor=self.queue.replication_factor,
+                                    client_id=f"{self.queue.client_id}-admin")
+            producer = AIOKafkaProducer(bootstrap_servers=self.queue.bootstrap, acks=1, linger_ms=0,
+                                        client_id=f"{self.queue.client_id}-outbox-signal")
+            await asyncio.wait_for(producer.start(), self.queue.start_timeout)
+            self._signals = producer
+        except (BackendUnavailable, KafkaError, TimeoutError) as exc:
+            # the broker is down: puts elsewhere wake the relay by its poll
+            log.warning("outbox wake topic %s not available (%s): the relay polls", self.wake_topic, exc)
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), 5)
+
+    @property
+    def leading(self) -> bool:
+        """Whether this relay is the active one and running (its own wake is enough for its puts)."""
+        return self._task is not None and (not self._mysql or self._lock_conn is not None)
+
+    def signal(self) -> None:
+        """Wake the active relay, in whichever process it runs: an empty record on the wake topic, sent
+        in the background (a put never waits for the broker); signals while one is on its way coalesce."""
+        if self._signals is None:
+            return
+        if self._signal is not None and not self._signal.done():
+            self._signal_again = True
+            return
+        self._signal = asyncio.create_task(self._send_signal(), name="chronos-outbox-signal")
+
+    async def _send_signal(self) -> None:
+        while True:
+            self._signal_again = False
+            try:
+                assert self._signals is not None
+                await asyncio.wait_for(self._signals.send_and_wait(self.wake_topic, b""), 5.0)
+            except Exception as exc:  # the broker is down: the active relay's poll finds the rows
+                log.debug("outbox wake signal not sent: %s", exc)
+                return
+            if not self._signal_again:
+                return
+
+    def _listen(self, on: bool) -> asyncio.Task[None] | None:
+        """Read the wake topic while this relay leads (and only then); the task stopped, if any."""
+        if on and self._listener is None:
+            self._listener = asyncio.create_task(self._read_wakes(), name="chronos-outbox-wakes")
+        elif not on and self._listener is not None:
+            task, self._listener = self._listener, None
+            task.cancel()
+            return task
+        return None
+
+    async def _read_wakes(self) -> None:
+        tp = TopicPartition(self.wake_topic, 0)
+        while True:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.queue.bootstrap, group_id=None,
+                                        client_id=f"{self.queue.client_id}-outbox-wakes",
+                                        enable_auto_commit=False,
+                                        fetch_max_wait_ms=self.queue.fetch_max_wait_ms)
+            try:
+                await consumer.start()
+                consumer.assign([tp])
+                await consumer.seek_to_end(tp)
+                while True:
+                    batch = await consumer.getmany(timeout_ms=1000)
+                    if batch:
+                        self.woken += sum(len(m) for m in batch.values())
+                        self._wake.set()
+            except KafkaError as exc:
+                log.debug("outbox wake topic: %s; reading it again in 1s", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 5.0)
+            await asyncio.sleep(1)
+
     async def stop(self) -> None:
+        for task in (self._listen(False), self._signal):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._signals is not None:
+            producer, self._signals = self._signals, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 5)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -268,7 +373,9 @@ class OutboxRelay:
         backoff = 0.0
         while True:
             try:
-                if await self._lead():
+                lead = await self._lead()
+                self._listen(lead)
+                if lead:
                     while await self.relay_once() == self.batch:
                         pass
                 backoff = 0.0
@@ -278,6 +385,7 @@ class OutboxRelay:
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
                 if self._lock_conn is not None:  # the database may have dropped our lock with it
                     conn, self._lock_conn = self._lock_conn, None
+                    self._listen(False)
                     await asyncio.to_thread(_end_session, conn)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -309,6 +417,7 @@ class OutboxDispatchQueue(DispatchQueue):
 
     async def start(self) -> None:
         await self.queue.start()
+        await self.relay.ensure_wake_topic()
         if self.run_relay:
             await self.relay.start()
         else:
@@ -321,6 +430,8 @@ class OutboxDispatchQueue(DispatchQueue):
     async def put(self, dispatches: Sequence[Dispatch]) -> None:
         await self.relay.write(dispatches)
         self.relay.wake()
+        if not self.relay.leading:  # the active relay is in another process (or none runs here)
+            self.relay.signal()
 
     async def get(self) -> Dispatch:
         return await self.queue.get()

@@ -292,3 +292,53 @@ async def test_a_consumer_that_cannot_join_yet_keeps_trying_until_the_broker_ans
         await worker_side.stop()
         await scheduler_side.stop()
         proxy.stop()
+
+
+async def test_a_broker_that_accepts_connections_but_never_answers_fails_start_within_its_bound() -> None:
+    """A process must not hang at start on a broker that takes the connection and says nothing (the
+    group-join hang once seen on Tansu): ``start`` gives up after ``start_timeout``."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read()  # reads whatever comes and never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    q = KafkaDispatchQueue(f"127.0.0.1:{port}", start_timeout=2)
+    try:
+        with pytest.raises(BrokerUnavailable, match="no answer within 2s"):
+            async with asyncio.timeout(20):  # aiokafka's own request timeout is 40 s
+                await q.start()
+    finally:
+        with contextlib.suppress(Exception):
+            await q.stop()
+        for w in writers:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_live_feed_decodes_only_the_events_its_subscriptions_want(
+        kafka_bootstrap: str, kafka_names: KafkaNames) -> None:
+    """A worker listens for cancel requests only: the run logs and outcomes of every run go by it
+    without being decoded (the type travels in a header); what it subscribed to still arrives."""
+    topic = kafka_names.topic("events")
+    writer = KafkaEventBus(kafka_bootstrap, topic=topic, client_id=kafka_names.prefix)
+    reader = KafkaEventBus(kafka_bootstrap, topic=topic, client_id=kafka_names.prefix)
+    await writer.start()
+    await reader.start()
+    try:
+        async with reader.subscribe(types={EventType.RUN_CANCEL_REQUESTED}) as cancels, \
+                reader.subscribe(run_id="run-7") as one_run:
+            noise = [ev(run=f"run-{i}") for i in range(40)]
+            await writer.publish([*noise, ev(run="run-9", type=EventType.RUN_CANCEL_REQUESTED)])
+            async with asyncio.timeout(60):
+                got = await cancels.__anext__()
+                mine = await one_run.__anext__()
+        assert got.type is EventType.RUN_CANCEL_REQUESTED and got.run_id == "run-9"
+        assert mine.run_id == "run-7" and mine.id == noise[7].id
+        assert reader.decoded == 2  # of 41 events: the cancel request and run-7's line
+    finally:
+        await reader.stop()
+        await writer.stop()

@@ -150,6 +150,33 @@ async def test_one_relay_at_a_time_on_mysql(
             await q.stop()
 
 
+async def test_a_put_in_another_process_wakes_the_active_relay_at_once(
+        kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str,
+        consumer: KafkaDispatchQueue) -> None:
+    """Two schedulers, one active relay: rows the other one claimed go out when it puts them (a wake
+    record), not at the active relay's next poll (here 60 s, beyond the test's patience)."""
+    inners = [kafka_queue(kafka_bootstrap, kafka_names) for _ in range(2)]
+    queues = [OutboxDispatchQueue(q, OutboxRelay(fresh_mysql_url, q, interval=60)) for q in inners]
+    for q in queues:
+        await q.start()
+    try:
+        await until(lambda: _true(any(q.relay.leading for q in queues)))
+        active, standby = (queues if queues[0].relay.leading else queues[::-1])
+        assert not standby.relay.leading
+        job = make_job("job-woken")
+        await asyncio.sleep(1)  # the active relay's first round (and its wake reader's start) is over
+        for _round in range(3):
+            sent = [make_dispatch(job) for _ in range(2)]
+            await standby.put(sent)
+            async with asyncio.timeout(15):
+                assert [d.run.id for d in await take(consumer, 2)] == [d.run.id for d in sent]
+        await until(lambda: _true(active.relay.sent == 6))  # counted once marked sent, after the ack
+        assert active.relay.woken >= 1 and standby.relay.sent == 0
+    finally:
+        for q in queues:
+            await q.stop()
+
+
 async def test_two_chronos_processes_on_mysql_and_kafka_run_jobs_through_the_outbox(
         kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str) -> None:
     """The container's scaled-out wiring: a scheduler-only and a worker-only Chronos share MariaDB and
