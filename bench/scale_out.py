@@ -96,8 +96,22 @@ def role_main(role: str, record: str | None) -> None:
     cli._logging(settings)
     container = cli._container(settings, scheduler=role == "scheduler", worker=role == "worker")
     noop = RecordingNoop()
-    container.chronos().register_job_type("noop", NoopPayload, noop)  # the container's singleton
-    asyncio.run(cli._run_until_signal(container))
+    chronos = container.chronos()
+    chronos.register_job_type("noop", NoopPayload, noop)  # the container's singleton
+
+    async def run() -> None:
+        async def say_ready() -> None:  # started, and a worker's consumer has its partitions
+            inner = getattr(chronos.queue, "queue", chronos.queue)
+            while not (chronos.started and (role != "worker" or getattr(inner, "joined", True))):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            if record:
+                Path(record + ".ready").write_text("")  # noqa: ASYNC240
+        ready = asyncio.create_task(say_ready())
+        try:
+            await cli._run_until_signal(container)
+        finally:
+            ready.cancel()
+    asyncio.run(run())
     if record:
         Path(record).write_text("\n".join(noop.executed))
 
@@ -320,7 +334,7 @@ async def create_jobs(cfg: Config, env: dict[str, str], base: datetime) -> float
 def spawn(name: str, role: str, env: dict[str, str], tmp: Path) -> Proc:
     import psutil
 
-    record = tmp / f"{name}.executed" if role == "worker" else None
+    record = tmp / f"{name}.executed"
     cmd = [sys.executable, "-m", "bench.scale_out", "--role", role]
     if record:
         cmd += ["--record", str(record)]
@@ -451,10 +465,15 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
             procs.append(spawn("scheduler" if i == 0 else f"scheduler-{i + 1}", "scheduler", env, tmp))
         for i in range(cfg.workers):
             procs.append(spawn(f"worker-{i + 1}", "worker", env, tmp))
-        time.sleep(3.0)  # the processes import, open the store and join the broker
-        for p in procs:
-            if p.popen.poll() is not None:
-                raise RuntimeError(f"{p.name} exited: {(tmp / (p.name + '.log')).read_text()[-2000:]}")
+        # the processes import, open the store and join the broker (on a loaded machine: many seconds)
+        started = time.monotonic() + 180
+        while not all(p.record and Path(str(p.record) + ".ready").exists() for p in procs):
+            for p in procs:
+                if p.popen.poll() is not None:
+                    raise RuntimeError(f"{p.name} exited: {(tmp / (p.name + '.log')).read_text()[-2000:]}")
+            if time.monotonic() > started:
+                raise RuntimeError("the processes did not start within 180 s")
+            time.sleep(0.2)
         base = datetime.fromtimestamp(math.ceil(time.time()) + 2, UTC)
         create_s = asyncio.run(create_jobs(cfg, env, base))
         time.sleep(max(0.0, base.timestamp() + cfg.warmup - time.time()))

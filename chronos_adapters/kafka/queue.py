@@ -282,6 +282,11 @@ class KafkaDispatchQueue(DispatchQueue):
         self._mark_done(delivery)
         await self._commit()
 
+    @property
+    def joined(self) -> bool:
+        """Whether this consumer has been given its share of the partitions (after its first ``get``)."""
+        return self._assigned_once.is_set()
+
     async def depth(self) -> int:
         """Dispatches fetched and not handed out yet (the broker-side lag is not counted)."""
         return len(self._ready)
