@@ -579,14 +579,18 @@ class JobTypes:
         return self.parse(name, payload).model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def redact(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """The payload with secrets masked (unknown types are masked by key name alone)."""
+        """The payload with secrets masked. A type not registered here (a plugin this process did not
+        load) or a stored payload its model refuses now is masked by names and text alone, at any depth:
+        values under secret-looking names, URL passwords and secret query parameters (only the top-level
+        names were looked at before: a read-only token read ``{"config": {"password": ...}}``)."""
         model = self._types.get(name)
         if model is not None:
             try:
                 return model.model_validate(payload).redacted()
             except ValidationError:
                 pass
-        return {k: (REDACTED if is_secret_name(k) else v) for k, v in payload.items()}
+        shown: dict[str, Any] = redact_named(payload)
+        return shown
 
     def secrets(self, name: str, payload: dict[str, Any]) -> list[str]:
         """The job's secrets and the service's: what the worker masks in its output."""
