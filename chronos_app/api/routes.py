@@ -112,7 +112,7 @@ class PreviewQuery(BaseModel):
 
 def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     # pydantic-core writes the JSON itself: no dict of the whole answer first, then json.dumps of it
-    return Response(model.model_dump_json(), status_code=status, headers=headers,
+    return Response(model.model_dump_json(by_alias=True), status_code=status, headers=headers,
                     media_type="application/json")
 
 

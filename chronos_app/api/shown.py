@@ -40,8 +40,8 @@ from .schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, LastRun, RunOut
 __all__ = ["ShownJobs", "job_dict", "page_json", "run_dict", "run_json", "runs_page_json"]
 
 def to_json(value: Any) -> bytes:
-    # field names, not aliases, as ``model_dump_json()`` writes them (an exclusion's ``from_``)
-    return _to_json(value, by_alias=False)
+    # aliases, as the OpenAPI document names them and as input takes them (an exclusion's ``from``)
+    return _to_json(value, by_alias=True)
 
 
 _NO_SUMMARY = JobSummary()

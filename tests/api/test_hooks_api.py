@@ -136,3 +136,20 @@ async def test_the_openapi_document_describes_the_fields_and_the_notifications(a
         assert f'"{name}"' in text, name
     assert "/runs/{run_id}/notifications" in doc["paths"]
     assert "NotifyRule" in text and "WebhookChannel" in text and "NoticeOut" in text
+
+
+async def test_an_exclusion_is_answered_as_the_document_names_it_and_written_back_unchanged(
+        api: httpx.AsyncClient) -> None:
+    window = {"from": "2026-12-24T00:00:00", "to": "2026-12-27T00:00:00"}
+    r = await api.post("/jobs", json=job("holidays", schedule="0 12 * * *", exclude=[window]))
+    assert r.status_code == 201, r.text
+    for shown in (r.json(), (await api.get(f"/jobs/{r.json()['id']}")).json(),
+                  (await api.get("/jobs")).json()["items"][0]):
+        assert shown["exclude"] == [{"from": window["from"], "to": window["to"], "cron": None}], shown
+    doc = (await api.get("/openapi.json")).json()
+    assert "from" in doc["components"]["schemas"]["Exclusion"]["properties"]
+    # what a client read is what it may send back
+    body = {k: v for k, v in r.json().items() if k in job("x", schedule="", exclude=[])}
+    again = await api.put(f"/jobs/{r.json()['id']}", json={**body, "exclude": r.json()["exclude"]})
+    assert again.status_code == 200, again.text
+    assert again.json()["exclude"] == r.json()["exclude"]

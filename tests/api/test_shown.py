@@ -30,7 +30,7 @@ def rich_job(**changes: Any) -> dict[str, Any]:
 
 def same_as_model(model: type[pydantic.BaseModel], body: bytes) -> None:
     """``body`` is valid as ``model`` (extra fields forbidden) and is what the model writes for it."""
-    assert model.model_validate_json(body).model_dump_json().encode() == body
+    assert model.model_validate_json(body).model_dump_json(by_alias=True).encode() == body
 
 
 async def test_answers_are_what_their_models_write(client: httpx.AsyncClient) -> None:
