@@ -72,6 +72,12 @@ def _unpack(t: _Packed) -> Run:
                output_lines=t[15], result=None if t[16] is None else json.loads(t[16]))
 
 
+# finished runs of a slot that was handed out, as Store.replaced_by_later_slot counts them (retention keeps
+# the latest slot's after an active run)
+_RAN = frozenset(s.value for s in FINISHED_RUN_STATUSES - {RunStatus.MISSED, RunStatus.SKIPPED})
+_SLOT_TRIGGERS = frozenset({Trigger.SCHEDULE.value, Trigger.CATCH_UP.value})
+
+
 class MemoryStore(Store):
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}  # next_run_at as of the last definition change: see _next
@@ -616,7 +622,14 @@ class MemoryStore(Store):
             finished = [r for r in ids if type(self._runs[r]) is tuple]  # only finished runs are packed
             excess = len(finished) - keep
             if excess > 0:
-                doomed = set(finished[:min(excess, limit - deleted)])
+                doomed_ = finished[:excess]
+                # not the runs of the latest slot that ran after an active run: they say it was replaced
+                # (see the SQL store's retention)
+                active = [run.scheduled_for for r in ids if type(run := self._runs[r]) is not tuple]
+                ran = [t[2] for r in finished if (t := self._runs[r])[5] in _RAN and t[3] in _SLOT_TRIGGERS]
+                if active and ran and (latest := max(ran)) > min(active):
+                    doomed_ = [r for r in doomed_ if self._runs[r][2] != latest]
+                doomed = set(doomed_[:limit - deleted])
                 for run_id in doomed:
                     self._forget_run(run_id)
                 ids[:] = [r for r in ids if r not in doomed]

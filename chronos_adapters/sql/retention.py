@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, delete, func, select
 
 from chronos_core.hooks import NOTICE_RETENTION, NoticeStatus
-from chronos_core.models import ACTIVE_RUN_STATUSES, FINISHED_RUN_STATUSES, JobStatus, RunStatus
+from chronos_core.models import ACTIVE_RUN_STATUSES, FINISHED_RUN_STATUSES, JobStatus, RunStatus, Trigger
 from chronos_core.ports import RunCounts, StoreStats
 
 from .dialects.base import CHUNK, chunks
@@ -21,6 +22,10 @@ __all__ = ["Pruner", "stats"]
 
 _ACTIVE = sorted(s.value for s in ACTIVE_RUN_STATUSES)
 _FINISHED = sorted(s.value for s in FINISHED_RUN_STATUSES)
+# finished runs of a slot that was handed out (a missed or skipped record ran nothing), as
+# Store.replaced_by_later_slot counts them
+_RAN = sorted(s.value for s in FINISHED_RUN_STATUSES - {RunStatus.MISSED, RunStatus.SKIPPED})
+_SLOT_TRIGGERS = [Trigger.SCHEDULE.value, Trigger.CATCH_UP.value]
 
 
 class Pruner:
@@ -81,13 +86,27 @@ class Pruner:
 
 
 def _excess_runs(conn: Connection, limits: dict[str, int]) -> list[str]:
-    """Ids of finished runs beyond their job's history_limit, oldest first."""
-    ranked = (select(runs.c.id, runs.c.job_id,
+    """Ids of finished runs beyond their job's history_limit, oldest first; but not those of the latest
+    slot that ran (scheduled, catch-up) after an active run of their job: under overlap ``replace`` they
+    are what says that run was replaced (``Store.replaced_by_later_slot``), so that it is not retried
+    when it fails or is reaped."""
+    ranked = (select(runs.c.id, runs.c.job_id, runs.c.scheduled_for,
                      func.row_number().over(partition_by=runs.c.job_id, order_by=runs.c.id.desc())
                      .label("rank"))
               .where(runs.c.job_id.in_(list(limits)), runs.c.status.in_(_FINISHED)).subquery())
-    return [run_id for run_id, job_id, rank in conn.execute(select(ranked).order_by(ranked.c.id))
-            if rank > limits[job_id]]
+    active_from = dict(conn.execute(  # the (status, job_id) index
+        select(runs.c.job_id, func.min(runs.c.scheduled_for))
+        .where(runs.c.status.in_(_ACTIVE), runs.c.job_id.in_(list(limits))).group_by(runs.c.job_id)).all())
+    kept: set[tuple[str, Any]] = set()
+    if active_from:
+        for job_id, slot in conn.execute(
+                select(runs.c.job_id, func.max(runs.c.scheduled_for))
+                .where(runs.c.job_id.in_(list(active_from)), runs.c.status.in_(_RAN),
+                       runs.c.trigger.in_(_SLOT_TRIGGERS)).group_by(runs.c.job_id)):
+            if slot is not None and slot > active_from[job_id]:
+                kept.add((job_id, slot))
+    return [run_id for run_id, job_id, slot, rank in conn.execute(select(ranked).order_by(ranked.c.id))
+            if rank > limits[job_id] and (job_id, slot) not in kept]
 
 
 def _delete_ids(db: Database, ids: Sequence[str]) -> int:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from chronos_adapters.memory import MemoryDispatchQueue, MemoryEventBus
 from chronos_core import FakeClock, Jobs, JobTypes, RunStatus, Trigger, Worker
 from chronos_core.notifier import Notifier
 from chronos_core.ports import Store
-from tests.engine.test_races import T0, StepExecutor, StepPayload
+from tests.engine.test_races import T0, Rig, S, StepExecutor, StepPayload, build_rig
 
 
 def _engines(store: Store) -> tuple[FakeClock, MemoryDispatchQueue, Jobs, Worker, Notifier]:
@@ -59,3 +61,50 @@ async def test_a_chain_changed_by_an_update_is_the_chain_that_fires(store: Store
     assert queue.get_nowait() is None
     assert len(await jobs.history(new_child.id)) == 1
     assert [r.status for r in await jobs.history(parent.id)] == [RunStatus.SUCCEEDED] * 2
+
+
+@pytest.fixture
+def rig(store: Store) -> Rig:
+    return build_rig(store, StepExecutor())
+
+
+async def _ran(rig: Rig, run_id: str, owner: str) -> None:
+    now = rig.clock.now()
+    assert await rig.store.start_run(run_id, owner, now, now + 30 * S)
+    assert await rig.store.finish_run(run_id, owner, status=RunStatus.SUCCEEDED, finished_at=now)
+
+
+async def test_retention_keeps_the_evidence_that_a_running_run_was_replaced(rig: Rig) -> None:
+    """Overlap replace: slot B's run replaced the running run of slot A, whose worker then died (its stop
+    request reached no one). That B ran is what keeps A from being retried when it is reaped
+    (Store.replaced_by_later_slot). Retention by count (a job's history_limit; since 6bb053c every job's,
+    CHRONOS_HISTORY_MAX_RUNS) deleted B as soon as a newer run finished (here a manual one), and the
+    reaped A came back as a retry of the old slot, after the slot that replaced it."""
+    job = await rig.create(schedule="0 1,2 12 * * *", overlap="replace", history_limit=1,
+                           retry={"strategy": "immediate", "max_attempts": 3})
+    rig.clock.set(T0 + 60 * S)  # 12:01: A
+    await rig.scheduler.tick()
+    [a] = await rig.history(job)
+    assert rig.take() is not None
+    # its worker renewed the lease until it died, at about 12:02:30
+    assert await rig.store.start_run(a.id, "worker-killed", rig.clock.now(), T0 + 180 * S)
+    rig.clock.set(T0 + 120 * S)  # 12:02: B replaces A (the stop request is lost with the worker)
+    await rig.scheduler.tick()
+    b = next(r for r in await rig.history(job) if r.scheduled_for == T0 + 120 * S)
+    assert rig.take() is not None
+    rig.clock.set(T0 + 125 * S)
+    await _ran(rig, b.id, "worker-2")
+    rig.clock.set(T0 + 130 * S)
+    manual = await rig.jobs.trigger(job.id)  # a run now, newer than B
+    assert rig.take() is not None
+    await _ran(rig, manual.id, "worker-2")
+    rig.clock.set(T0 + 140 * S)
+    await rig.store.prune_runs(rig.clock.now(), None, 1000)
+    rig.clock.set(T0 + 191 * S)  # A's lease ran out 11 s ago: reaped
+    await rig.scheduler.tick()
+    rig.clock.set(T0 + 192 * S)
+    await rig.scheduler.tick()
+    assert rig.scheduler.stats.reaped == 1
+    again = [(r.attempt, r.status) for r in await rig.history(job)
+             if r.scheduled_for == a.scheduled_for and r.status in (RunStatus.QUEUED, RunStatus.RUNNING)]
+    assert again == [], again  # not retried: a newer slot replaced it
