@@ -320,15 +320,19 @@ async def measure_window_async(case: Case, base: datetime, server: ServerCpu | N
     return window
 
 
-def machine() -> dict[str, Any]:
-    """What a figure was measured on: the CPU model, the cores, the load average when the case began
-    (the machine is shared: judge by ratios to a peer measured in the same run)."""
-    model = "?"
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "?"
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: the CPU model, the cores, the load average when the case began
+    (the machine is shared: judge by ratios to a peer measured in the same run)."""
+    model = cpu_model()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {"cpu": model, "cores": os.cpu_count(), "load1": round(load[0], 2)}
 

@@ -60,7 +60,7 @@ from typing import Any, ClassVar
 if __package__ in (None, ""):  # run as ``python bench/scale_out.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import mysql_connect_kwargs, percentile, scratch_mariadb, server_version
+from bench.common import cpu_model, mysql_connect_kwargs, percentile, scratch_mariadb, server_version
 from bench.noop import NoopPayload
 from chronos_core import ExecutionResult, Executor, Job, LogSink, Run
 
@@ -259,14 +259,6 @@ class PrivateMariaDb:
         if proc is not None:
             stop_popen(proc, 60)
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def calibration_ms() -> float:

@@ -13,7 +13,6 @@ from typing import Any
 import click
 import pytest
 import yaml
-from pydantic import AliasChoices
 
 from chronos_app.api.routes import OPS
 from chronos_app.cli import check_bind, main
@@ -47,14 +46,7 @@ def interpolate(value: object, given: dict[str, str] | None = None) -> str:
 
 
 def known_env_names() -> set[str]:
-    names = set()
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names |= {str(c).upper() for c in alias.choices}
-        else:
-            names.add(f"CHRONOS_{name.upper()}")
-    return names
+    return Settings.env_names()
 
 
 def service_env(service: dict[str, Any], given: dict[str, str] | None = None) -> dict[str, str]:
