@@ -42,6 +42,10 @@ async def test_embedded_a_failed_run_is_told_and_a_hanging_endpoint_delays_nothi
         async def recorded() -> bool:
             return (await chronos.runs.get(first.id)).status is RunStatus.SUCCEEDED
         await _until(recorded)
+
+        async def stuck_in_slow() -> bool:  # its notice is claimed and the request is at the server
+            return bool(http_server.requests_to("/slow"))
+        await _until(stuck_in_slow)
         # the notifier is now stuck in the slow endpoint: the next run is recorded all the same
         run = await chronos.jobs.trigger(job.id)
 
