@@ -36,9 +36,10 @@ services:
 	@bash scripts/start-services
 
 ## The fault suite (tests/faults, about 7 minutes, 11 on a busy machine; not in `make test`): a deployment on a private MariaDB and
-## Tansu broker under kill -9, SIGSTOP, a database outage and a broker that loses its data.
+## Tansu broker under kill -9, SIGSTOP, a database outage and a broker that loses its data; plus the
+## scale-out fault tests of tests/e2e (marked faults: broker outage, kill -9 of a worker and of a scheduler).
 faults: $(STAMP)
-	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
+	$(PY) -m pytest -m faults tests/faults tests/e2e $(PYTEST_ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)

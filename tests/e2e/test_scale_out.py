@@ -20,6 +20,9 @@ import pytest
 from tests.fixtures.kafka import KafkaNames, TansuProcess, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.mysql, pytest.mark.timeout(300)]
+# Fault tests in nature (a broker outage, kill -9 of a worker mid-run, kill -9 of a scheduler): about 100 s
+# of `make test` together, with counterparts in tests/faults; `make faults` runs them with the fault suite.
+FAULT = pytest.mark.faults
 
 CHRONOS = str(Path(sys.executable).with_name("chronos"))
 SEED_VARS = ("DB_HOST", "DB_USER", "DB_PASSWORD", "DB_NAME", "KAFKA_BROKER", "SMTP_HOST", "SMTP_PORT",
@@ -159,6 +162,7 @@ def test_two_schedulers_and_two_workers_fire_every_slot_exactly_once(stack: Stac
         assert all(by_slot[s] == ["succeeded"] for s in slots), (job["name"], {s: by_slot[s] for s in slots})
 
 
+@FAULT
 def test_a_broker_outage_during_scheduling_loses_no_slot_and_runs_none_twice(
         fresh_mysql_url: str, kafka_bootstrap: str, kafka_names: KafkaNames, tmp_path: Path) -> None:
     proxy = TansuProcess(origin=kafka_bootstrap)  # every process talks to Kafka through it
@@ -217,6 +221,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> 
         time.sleep(0.2)
 
 
+@FAULT
 def test_a_worker_killed_mid_run_is_retried_elsewhere_and_history_shows_both_attempts(stack: Stack) -> None:
     a = stack.api()
     stack.spawn("scheduler")
@@ -245,6 +250,7 @@ def test_a_worker_killed_mid_run_is_retried_elsewhere_and_history_shows_both_att
     assert "finished" in runs[1]["output"]
 
 
+@FAULT
 def test_killing_one_of_two_schedulers_mid_window_loses_no_slot(stack: Stack) -> None:
     a = stack.api()
     doomed = stack.spawn("scheduler")
