@@ -58,11 +58,41 @@ class BufferedSubscription:
     def __aiter__(self) -> BufferedSubscription:
         return self
 
-    async def __anext__(self) -> Event:
+    async def start(self) -> None:
+        """Run :meth:`before_first` now rather than at the first step of the iteration (idempotent)."""
         if not self._started:
             self._started = True
             if not self._closed:
                 await self.before_first()
+
+    def take(self) -> list[Event]:
+        """Every event ready now, without waiting: the replay, then the live ones (after :meth:`start`).
+        Empty when none is ready (or the subscription is closed); :class:`SubscriptionOverflow` once the
+        buffered events are taken, if the subscriber fell behind. A follower that takes everything and
+        then subscribes elsewhere in the same step of the event loop misses nothing: the bus offers
+        each event to every subscription in one step."""
+        out = list(self.replay)
+        self.replay.clear()
+        out += self._items
+        self._items.clear()
+        if out:
+            self.last_id = out[-1].id
+        elif self._overflow and not self._closed:
+            raise SubscriptionOverflow(self.last_id)
+        return out
+
+    @property
+    def ready(self) -> int:
+        """How many events :meth:`take` would return now."""
+        return len(self.replay) + len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __anext__(self) -> Event:
+        if not self._started:
+            await self.start()
         if self.replay:
             e = self.replay.popleft()
         else:
@@ -78,6 +108,10 @@ class BufferedSubscription:
         return e
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """:meth:`aclose` from synchronous code (closing waits for nothing)."""
         self._closed = True
         self._items.clear()
         self.replay.clear()

@@ -71,6 +71,12 @@ def routes_by_path(handlers: list[tuple[str, str, Endpoint]]) -> list[Route]:
     return routes
 
 
+class _App(Starlette):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["chronos.send"] = send  # the server's own: the SSE fan-out writes to its transport (fanout.py)
+        await super().__call__(scope, receive, send)
+
+
 def create_app(container: Container | None = None, *,
                on_started: Callable[[], None] | None = None) -> Starlette:
     """The API over the container's ``Chronos``; the lifespan starts and stops it (and calls
@@ -119,7 +125,7 @@ def create_app(container: Container | None = None, *,
                              public=public, query_token_prefixes=("/monitor/logs", "/monitor/runs/"),
                              allowed_hosts=settings.allowed_hosts, public_prefixes=PUBLIC_PREFIXES)]
     handlers: dict[Any, Any] = dict(EXCEPTION_HANDLERS)
-    app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
+    app = _App(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
     app.state.api = ctx
     app.state.container = container
     return app

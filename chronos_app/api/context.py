@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from ..runtime import Chronos
 from ..settings import Settings
+from .fanout import SseHub
 from .frames import EventFrames
 from .idempotency import IdempotencyCache
 from .metrics import ApiMetrics
@@ -29,6 +30,11 @@ class ApiContext:
     metrics: ApiMetrics
     shown: ShownJobs
     frames: EventFrames = field(default_factory=EventFrames)
+    sse: SseHub = field(init=False)
+    """The open SSE streams: their fan-out, keep-alive and shutdown (``close`` ends them all)."""
+
+    def __post_init__(self) -> None:
+        self.sse = SseHub(self.chronos.bus, self.frames, ping=self.settings.sse_ping)
 
 
 def api(request: Request) -> ApiContext:

@@ -6,25 +6,29 @@ bus no longer has it (the window moved on, or the process restarted), the stream
 current state from the store's history instead: one ``run.<status>`` event per recent run, marked
 ``"replayed": true`` and carrying the stored output tail, without an id (so the client's position is kept
 until the next live event). Keep-alive comments go out every ``CHRONOS_SSE_PING`` seconds.
+
+The streams of all jobs and of one job are written by their group once caught up (``fanout.py``: one
+bus subscription per filter, one write per client per batch of events); a run stream writes its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from chronos_core import Event, EventType, Run, RunNotFound, SubscriptionOverflow
 from chronos_core.filters import enum_set
 from chronos_core.logs import stored_line_range
+from chronos_core.ports import Subscription
+from chronos_core.subscriptions import BufferedSubscription
 
 from .context import ApiContext, api
+from .fanout import SseClient, listen_for_disconnect
 from .frames import sse_event
 from .inputs import parse_query
 from .problems import InvalidParameters
@@ -52,8 +56,8 @@ def _types(text: str | None) -> set[EventType] | None:
     return enum_set(EventType, text, "types", "event type", error=InvalidParameters)
 
 
-def _sse(event: Event, *, replayed: bool = False, first: bool = False) -> ServerSentEvent:
-    return sse_event(event, replayed=replayed, first=first)
+def _replayed(event: Event) -> bytes:
+    return sse_event(event, replayed=True).encode()
 
 
 async def _gap(ctx: ApiContext, run_id: str, start: int, end: int) -> list[Event]:
@@ -100,25 +104,45 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
     # not sent again, and lines between it and the first live line are read from the store. (A client
     # that resumed from an id the bus retains gets no snapshot: it numbers from its first live line.)
     shown: int | None = snapshot[0].output_lines if run_id is not None and snapshot else None
+    hub = ctx.sse
+    # The streams of many clients (all jobs, one job) catch up on their own subscription, then hand over
+    # to their group's (chronos_app.api.fanout); a run stream keeps its own (its lines are numbered).
+    shared = run_id is None and isinstance(sub, BufferedSubscription)
+    kinds = None if types is None else frozenset(types)
 
-    shutdown = anyio.Event()  # set by sse-starlette when the server shuts down
+    async def catch_up(client: SseClient, own: BufferedSubscription) -> bool:
+        await own.start()
+        while True:
+            events = own.take()
+            if not events:
+                return hub.join(client, own, job_id, kinds)
+            frames: list[bytes] = []
+            size = 0
+            for event in events:
+                frames.append(ctx.frames.frame(event))
+                size += len(frames[-1])
+                deleted = job_id is not None and event.type is EventType.JOB_DELETED
+                if deleted or size > client.limit // 4:
+                    if not client.write(b"".join(frames)) or deleted:
+                        return False
+                    frames, size = [], 0
+                    await client.drain()
+            if frames and not client.write(b"".join(frames)):
+                return False
 
-    async def close_on_shutdown() -> None:
-        await shutdown.wait()
-        await sub.aclose()  # ends the iteration below, so the response completes cleanly
-
-    async def events() -> AsyncIterator[ServerSentEvent | bytes]:
+    async def events(client: SseClient) -> bool:
+        """The stream's frames; True when it was handed over to its group."""
         nonlocal shown
-        ctx.metrics.sse_clients.inc()
-        watcher = asyncio.create_task(close_on_shutdown())
-        try:
-            async with sub:
-                sent = 0
+        async with sub:
+            try:
                 for event in first:
-                    yield _sse(event, replayed=True, first=not sent)
-                    sent += 1
+                    if not client.write(_replayed(event)):
+                        return False
                     if closes_on_final and event.type in _FINAL_RUN_EVENTS:
-                        return
+                        return False
+                if shared:
+                    assert isinstance(sub, BufferedSubscription)
+                    return await catch_up(client, sub)
                 # A run stream that is quiet re-reads the store now and then: a line published before
                 # it subscribed and stored only afterwards would otherwise wait for a later line.
                 polls = run_id is not None and shown is not None and (
@@ -127,6 +151,7 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
                 nxt: asyncio.Future[Event] | None = None
                 try:
                     while True:
+                        await client.drain()
                         if nxt is None:
                             nxt = asyncio.ensure_future(anext(stream))
                         done, _ = await asyncio.wait({nxt}, timeout=_IDLE_POLL if polls else None)
@@ -135,16 +160,16 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
                             try:
                                 run = await ctx.chronos.runs.get(run_id)
                             except RunNotFound:
-                                return
+                                return False
                             for line in _stored(run, shown + 1, run.output_lines):
-                                yield _sse(line, replayed=True, first=not sent)
-                                sent += 1
+                                if not client.write(_replayed(line)):
+                                    return False
                             shown = max(shown, run.output_lines)
                             continue
                         try:
                             event = nxt.result()
                         except StopAsyncIteration:
-                            return
+                            return False
                         nxt = None
                         if run_id is not None and event.type is EventType.RUN_LOG and isinstance(
                                 seq := event.data.get("seq"), int):
@@ -152,27 +177,78 @@ async def _stream(request: Request, *, job_id: str | None = None, run_id: str | 
                                 continue
                             if shown is not None and seq > shown + 1:
                                 for line in await _gap(ctx, run_id, shown + 1, seq - 1):
-                                    yield _sse(line, replayed=True, first=not sent)
-                                    sent += 1
+                                    if not client.write(_replayed(line)):
+                                        return False
                             shown = seq
-                        yield ctx.frames.frame(event) if sent else _sse(event, first=True)
-                        sent += 1
+                        if not client.write(ctx.frames.frame(event)):
+                            return False
                         if closes_on_final and event.type in _FINAL_RUN_EVENTS:
-                            return
+                            return False
                         if job_id is not None and event.type is EventType.JOB_DELETED:
-                            return
+                            return False
                 finally:
                     if nxt is not None:
                         nxt.cancel()
-        except SubscriptionOverflow as exc:
-            # Tell the client to reconnect: it resumes from its last id (replayed from history if need be).
-            yield ServerSentEvent(event="overflow", data=json.dumps({"detail": str(exc)}), retry=0)
-        finally:
-            watcher.cancel()
-            ctx.metrics.sse_clients.dec()
+            except SubscriptionOverflow as exc:
+                # Tell the client to reconnect: it resumes from its last id (replayed from history if need
+                # be).
+                client.overflow(str(exc))
+                return False
 
-    return EventSourceResponse(events(), ping=ctx.settings.sse_ping, shutdown_event=shutdown,
-                               shutdown_grace_period=1.0)
+    return SseResponse(ctx, events, sub)
+
+
+class SseResponse(Response):
+    """A ``text/event-stream`` whose body ``events`` writes to the stream's :class:`SseClient` (and
+    returns True when it handed the stream over to its group, which writes from then on). The stream
+    ends when the body returns False, when its group ends it, when the client disconnects, or when the
+    server shuts down. HEAD gets the headers only."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, ctx: ApiContext, events: Callable[[SseClient], Awaitable[bool]],
+                 sub: Subscription) -> None:
+        self.status_code = 200
+        self.background = None
+        # no body: no Content-Length, so the server sends the body in chunks
+        self.init_headers({"Cache-Control": "no-store", "Connection": "keep-alive",
+                           "X-Accel-Buffering": "no"})
+        self.ctx = ctx
+        self.events = events
+        self.sub = sub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if scope["method"] == "HEAD":
+            await self.sub.aclose()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        ctx = self.ctx
+        client = ctx.sse.client(scope, send)
+        ctx.metrics.sse_clients.inc()
+        body = asyncio.create_task(self._body(client))
+        listener = asyncio.create_task(listen_for_disconnect(receive, client))
+        try:
+            await client.run()
+        finally:
+            listener.cancel()
+            body.cancel()
+            try:
+                await asyncio.wait({body})
+            finally:
+                ctx.sse.remove(client)
+                ctx.metrics.sse_clients.dec()
+        if not body.cancelled() and (failed := body.exception()) is not None:
+            raise failed  # as the server reports a failing app (the stream has ended)
+
+    async def _body(self, client: SseClient) -> None:
+        try:
+            handed_over = await self.events(client)
+        except BaseException:
+            client.end()
+            raise
+        if not handed_over:
+            client.end()
 
 
 async def stream_job(request: Request) -> Response:
