@@ -361,22 +361,23 @@ class SseHub:
         """Hand ``client`` over from its own subscription ``sub`` (started) to its group, in this step of
         the loop: the frames of what ``sub`` still holds are written first, then ``sub`` is closed. False
         when the stream ended meanwhile (a job's deletion, an overflow)."""
-        try:
-            rest = sub.take()
-        except SubscriptionOverflow as exc:
-            client.overflow(str(exc))
-            return False
-        if rest and not self._write_own(client, rest, job_id):
-            return False
-        if client.ended:
-            return False
+        # The group's subscription first: one registered after ``sub`` took everything could miss what was
+        # published in between and not yet delivered on this loop (a bus publishing from another thread).
         key = (job_id, types)
         group = self.groups.get(key)
         if group is None or group.sub.closed:
             group = self.groups[key] = _Group(self, key)
-        group.join(client)
+        try:
+            rest = sub.take()
+        except SubscriptionOverflow as exc:
+            client.overflow(str(exc))
+        else:
+            if not rest or self._write_own(client, rest, job_id):
+                group.join(client)
         sub.close()
-        return True
+        if not group.members:
+            group.close()
+        return not client.ended
 
     def _write_own(self, client: SseClient, events: list[Event], job_id: str | None) -> bool:
         frames = []
