@@ -197,3 +197,30 @@ async def test_a_job_stream_ends_with_the_deletion_and_all_end_when_the_bus_clos
     await until(lambda: other.ended)
     assert not other.overflowed and bus.subscribers == 0
     hub.close()
+
+
+async def test_without_a_transport_frames_go_through_the_asgi_send_within_the_same_bound() -> None:
+    """Another server than uvicorn (or HTTP/1.0): the frames wait in the client's buffer for the ASGI
+    send, still at most ``limit`` bytes; a client whose send does not return is told and ended."""
+    sent: list[dict[str, Any]] = []
+    gate = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        await gate.wait()  # a client that does not read: the server's send waits
+        sent.append(message)
+
+    client = SseClient(send, None, 4096)
+    running = asyncio.create_task(client.run())
+    assert client.write(b"data: 1\r\n\r\n")
+    await asyncio.sleep(0)  # run() took it and waits in send
+    assert client.write(b"data: " + b"x" * 3000 + b"\r\n\r\n")
+    assert not client.write(b"data: " + b"y" * 2000 + b"\r\n\r\n")  # over the bound
+    assert client.ended and client.overflowed and client.unsent <= 4096
+    gate.set()
+    await asyncio.wait_for(running, 10)
+    bodies = [m["body"] for m in sent]
+    assert bodies[0] == b"retry: 2000\r\ndata: 1\r\n\r\n"
+    assert bodies[1].startswith(b"data: xxx") and b"event: overflow\r\n" in bodies[1]
+    assert b"yyy" not in bodies[1]
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert all(m["more_body"] for m in sent[:-1])

@@ -105,3 +105,24 @@ async def test_head_gets_the_stream_headers_only() -> None:
         r = await c.head("/monitor/logs")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         assert r.content == b"" and not app.state.api.sse.clients
+
+
+async def test_an_http_1_0_client_gets_the_stream_unchunked() -> None:
+    """HTTP/1.0 has no chunked bodies: the server ends the body by closing, and the fan-out writes through
+    the ASGI send instead of the socket (a chunk there would corrupt the stream)."""
+    app = build_app(sse_ping=60, worker=False, scheduler=False)
+    ctx = app.state.api
+    async with live(app) as base:
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /monitor/logs HTTP/1.0\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower()
+        await _until(lambda: ctx.sse.groups)
+        assert all(client.transport is None for client in ctx.sse.clients)
+        await ctx.chronos.bus.publish([_log(1, "one"), _log(2, "two")])
+        async with asyncio.timeout(30):
+            body = await reader.readuntil(b'"two"')
+        assert body.startswith(b"retry: 2000\r\nid: ") and body.count(b"event: run.log\r\n") == 2
+        writer.close()
+        await _until(lambda: not ctx.sse.clients)
