@@ -103,6 +103,7 @@ class SseClient:
         self.overflowed = False
         self.writes = 0  # writes of frames (not pings) to the client's output: one per batch
         self._buffer = bytearray()
+        self._sending = 0  # bytes of the ASGI send in progress
         self._wake = asyncio.Event()
         self.group: _Group | None = None
         self.skip = 0  # events at the start of the group's next batch this client already has
@@ -112,7 +113,7 @@ class SseClient:
         """Bytes written to this client that have not left the process."""
         if self.transport is not None:
             return self.transport.get_write_buffer_size()
-        return len(self._buffer)
+        return len(self._buffer) + self._sending
 
     def write(self, frames: bytes, chunk: bytes | None = None) -> bool:
         """Send complete frames (``chunk``: the same framed as a body chunk, shared by a group). False
@@ -179,7 +180,11 @@ class SseClient:
             if self._buffer and not self.gone:
                 data = bytes(self._buffer)
                 self._buffer.clear()
-                await self._send({"type": "http.response.body", "body": data, "more_body": True})
+                self._sending = len(data)
+                try:
+                    await self._send({"type": "http.response.body", "body": data, "more_body": True})
+                finally:
+                    self._sending = 0
             if self.ended and not self._buffer:
                 break
         if self.gone:
