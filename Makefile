@@ -46,13 +46,15 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[mysql,bench]'
 	touch $(BENCH_STAMP)
 
-## Chronos and APScheduler 3.11 side by side, then the API beside bare Starlette (see BENCHMARKS.md);
+## Chronos and APScheduler 3.11 side by side, then the API beside bare Starlette (see BENCHMARKS.md), then
+## issue 18's six targets one line each (bench.targets, from the result files just written);
 ## bench-quick takes about 5 minutes (without the API).
 bench: $(BENCH_STAMP) services
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.burst $(BENCH_BURST_ARGS)
 	$(PY) -m bench.real_jobs $(BENCH_REAL_ARGS)
 	$(PY) -m bench.api $(BENCH_API_ARGS)
+	$(PY) -m bench.targets
 
 ## The REST API (chronos serve, SQLite) beside a bare Starlette app serving the same bytes, with wrk if
 ## installed (apt-get install wrk), else a bundled load generator; SSE fan-out. BENCH_API_ARGS=--quick.
