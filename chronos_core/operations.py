@@ -354,6 +354,15 @@ class Jobs:
                                            name=name, after=after, limit=limit,
                                            last_status=_statuses(last_status, "last_status"))
 
+    async def list_with_summaries(self, *, status: JobStatus | str | None = None, type: str | None = None,
+                                  name: str | None = None, after: str | None = None, limit: int = 100,
+                                  last_status: Collection[RunStatus | str] | RunStatus | str | None = None
+                                  ) -> builtins.list[tuple[Job, JobSummary]]:
+        """:meth:`list` with each job's summary of its runs (see :meth:`summaries`), read together."""
+        return await self._store.list_jobs_with_summaries(
+            status=JobStatus(status) if status else None, type=type, name=name, after=after, limit=limit,
+            last_status=_statuses(last_status, "last_status"))
+
     async def summaries(self, jobs: Iterable[Job]) -> dict[str, JobSummary]:
         """Each job's summary of its runs (kept by the engines with every outcome; see ``JobSummary``)."""
         return await self._store.job_summaries([j.id for j in jobs])

@@ -189,6 +189,25 @@ class Store(abc.ABC):
         unknown ids are left out). Summaries are written by :meth:`finish_run`, in its transaction:
         reading them costs O(len(job_ids)), never a scan of the history."""
 
+    async def list_jobs_with_summaries(
+        self,
+        *,
+        status: JobStatus | None = None,
+        type: str | None = None,
+        name: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        last_status: Collection[RunStatus] | None = None,
+    ) -> list[tuple[Job, JobSummary]]:
+        """The page :meth:`list_jobs` gives (the same jobs, filters and order), each job with its summary
+        as :meth:`job_summaries` gives it (an empty one for a job without). What a listing shows, read
+        together: a backend that can reads both in one query. This default makes the two calls (a job
+        deleted between them comes with an empty summary)."""
+        jobs = await self.list_jobs(status=status, type=type, name=name, after=after, limit=limit,
+                                    last_status=last_status)
+        summaries = await self.job_summaries([j.id for j in jobs]) if jobs else {}
+        return [(j, summaries.get(j.id) or JobSummary()) for j in jobs]
+
     @abc.abstractmethod
     async def update_job(self, job: Job) -> None:
         """Replace the stored job with the same id, every field, unconditionally (set-up and tests; the

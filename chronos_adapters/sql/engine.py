@@ -13,18 +13,18 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from chronos_core.errors import RunConflict, StoreUnavailable
 
-__all__ = ["VERSION_TABLE", "Database", "driver_detail", "is_sqlite", "open_engine"]
+__all__ = ["VERSION_TABLE", "Database", "driver_detail", "driver_rows", "is_sqlite", "open_engine"]
 
 T = TypeVar("T")
 
@@ -104,6 +104,22 @@ def _sqlite_setup(engine: Engine) -> None:
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("chronos_read")
                              else "BEGIN IMMEDIATE")
+
+
+def driver_rows(conn: Connection, statement: Executable) -> list[Sequence[Any]]:
+    """The rows of ``statement`` as the DB-API cursor returns them: driver values, no SQLAlchemy ``Row``
+    and no result processors. The statement is still executed by SQLAlchemy (its compiled cache, bound
+    values, error translation); only the reading is skipped, for the listings, which decode the rows
+    themselves (``rows.Codec.reader``). A driver error while reading is "unavailable", as in
+    :meth:`Database.guarded`."""
+    result = conn.execute(statement)
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        return list(result.cursor.fetchall())
+    except (dbapi.OperationalError, dbapi.InterfaceError) as exc:
+        raise StoreUnavailable(driver_detail(exc)) from None
+    finally:
+        result.close()
 
 
 def driver_detail(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Select, delete, insert, select, update
 from sqlalchemy import exc as sa_exc
 
 from chronos_core.errors import JobNotFound, NameConflict, RunConflict
@@ -17,13 +17,13 @@ from chronos_core.ports import JobChange
 
 from .dialects import Dialect
 from .dialects.base import chunks
-from .engine import Database
+from .engine import Database, driver_rows
 from .outcomes import count_outcomes
 from .rows import JOBS, RUNS, SUMMARIES, memo
 from .tables import job_summaries, jobs, runs, utc_text
 
 __all__ = ["add_jobs", "change_job", "delete_job", "get_job", "get_job_by_name", "list_jobs",
-           "read_summaries", "update_job"]
+           "list_jobs_with_summaries", "read_summaries", "update_job"]
 
 _ACTIVE = sorted(s.value for s in ACTIVE_RUN_STATUSES)
 
@@ -66,9 +66,10 @@ def get_job_by_name(db: Database, name: str) -> Job:
     return JOBS.load_row(row)
 
 
-def list_jobs(db: Database, d: Dialect, status: JobStatus | None, type: str | None, name: str | None,
-              after: str | None, limit: int, last_status: Collection[RunStatus] | None) -> list[Job]:
-    q = select(jobs).order_by(jobs.c.id).limit(limit)
+def _listing(q: Select[Any], d: Dialect, status: JobStatus | None, type: str | None, name: str | None,
+             after: str | None, limit: int, last_status: Collection[RunStatus] | None) -> Select[Any]:
+    """A page of jobs in id order, filtered as ``Store.list_jobs`` says."""
+    q = q.order_by(jobs.c.id).limit(limit)
     if last_status is not None:
         q = q.where(jobs.c.id.in_(select(job_summaries.c.job_id).where(
             job_summaries.c.last_run_status.in_(sorted(s.value for s in last_status)))))
@@ -80,8 +81,30 @@ def list_jobs(db: Database, d: Dialect, status: JobStatus | None, type: str | No
         q = q.where(jobs.c.id > after)
     if name:
         q = q.where(d.name_prefix(name))
+    return q
+
+
+def list_jobs(db: Database, d: Dialect, status: JobStatus | None, type: str | None, name: str | None,
+              after: str | None, limit: int, last_status: Collection[RunStatus] | None) -> list[Job]:
+    q = _listing(select(jobs), d, status, type, name, after, limit, last_status)
+    read = d.read_job
     with db.transaction(read=True) as conn:
-        return [JOBS.load_row(r) for r in conn.execute(q)]
+        return [read(r) for r in driver_rows(conn, q)]
+
+
+_WITH_SUMMARIES = select(jobs, job_summaries).select_from(
+    jobs.outerjoin(job_summaries, job_summaries.c.job_id == jobs.c.id))
+_NO_SUMMARY_ROW = len(jobs.c) + [c.name for c in job_summaries.c].index("consecutive_failures")  # NULL: none
+
+
+def list_jobs_with_summaries(db: Database, d: Dialect, status: JobStatus | None, type: str | None,
+                             name: str | None, after: str | None, limit: int,
+                             last_status: Collection[RunStatus] | None) -> list[tuple[Job, JobSummary]]:
+    """The page of ``list_jobs`` and each job's summary, in one query (the summaries' row joined)."""
+    q = _listing(_WITH_SUMMARIES, d, status, type, name, after, limit, last_status)
+    read, summary, none = d.read_job, d.read_joined_summary, _NO_SUMMARY_ROW
+    with db.transaction(read=True) as conn:
+        return [(read(r), JobSummary() if r[none] is None else summary(r)) for r in driver_rows(conn, q)]
 
 
 def read_summaries(db: Database, ids: Sequence[str]) -> dict[str, JobSummary]:

@@ -143,10 +143,14 @@ class Codec(Generic[E]):
         self._decode = [(f, dec[f]) for f in self.fields if f in dec]
         self.datetimes = tuple(i for i, c in enumerate(self.columns)
                                if isinstance(table.c[c].type, UtcDateTime))
+        self._datetime_columns = frozenset(self.columns[i] for i in self.datetimes)
         self.encoders = {i: enc[f] for i, f in enumerate(self.fields) if f in enc}
         self._row = _compile_row(self.fields, self.encoders, self.datetimes, with_dt=False)
         self._row_dt = _compile_row(self.fields, self.encoders, self.datetimes, with_dt=True)
-        self._pick = itemgetter(*[table_columns.index(c) for c in self.columns])
+        self._at = [table_columns.index(c) for c in self.columns]  # each field's place in a table row
+        self._pick = itemgetter(*self._at)
+        self._decoders = dec
+        self._hints = hints
 
     def values(self, obj: E, dt: Callable[[datetime | None], Any] | None = None) -> tuple[Any, ...]:
         """The row of ``obj``, in :attr:`columns` order; with ``dt``, datetimes converted by it."""
@@ -166,6 +170,43 @@ class Codec(Generic[E]):
     def load_row(self, row: Sequence[Any]) -> E:
         """An object from a row of the whole table (``select(table)``)."""
         return self.load(self._pick(row))
+
+    def reader(self, stored_time: Callable[[Any], datetime], offset: int = 0) -> Callable[[Sequence[Any]], E]:
+        """``read(row)``: an object from a row of *driver values* (the DB-API cursor's own, no SQLAlchemy
+        result processing) holding the whole table's columns in table order from ``offset`` on (a join
+        may put other columns before or after). ``stored_time`` turns the driver's value of a
+        ``UtcDateTime`` column (not NULL) into an aware datetime: the dialect's own.
+
+        For the listings (``GET /jobs``, a job's history): a page of 101 jobs cost ~1.1 ms through
+        :meth:`load_row` and SQLAlchemy's rows (11 us a job, most of it ``cls(**kw)`` with 26 keyword
+        arguments and the dict zipped for it), the largest part of ``GET /jobs?limit=100`` (py-spy,
+        BENCHMARKS.md). Compiled once from the field names, like :func:`_compile_row` and for the same
+        reason: ``object.__new__`` and one slot store per field, each value converted inline."""
+        scope: dict[str, Any] = {"new": object.__new__, "cls": self.cls, "dt": stored_time}
+        lines = []
+        for field, at in zip(self.fields, self._at, strict=True):
+            if not field.isidentifier():
+                raise ValueError(f"not a field name: {field!r}")
+            raw = f"r[{at + offset}]"
+            kind = _enum_of(self._hints[field])
+            decode = self._decoders.get(field)
+            if kind is not None:  # a dict lookup of the stored value
+                scope[f"m_{field}"] = dict(kind._value2member_map_)
+                value, nullable = f"m_{field}[{raw}]", _optional(self._hints[field])
+            elif decode is not None:  # (takes NULL itself where the column has it)
+                scope[f"d_{field}"] = decode
+                value, nullable = f"d_{field}({raw})", False
+            elif self.columns[self.fields.index(field)] in self._datetime_columns:
+                value, nullable = f"dt({raw})", True
+            else:
+                value, nullable = raw, False
+            if nullable:
+                value = f"(None if {raw} is None else {value})"
+            lines.append(f"    obj.{field} = {value}\n")
+        src = "def read(r):\n    obj = new(cls)\n" + "".join(lines) + "    return obj\n"
+        exec(src, scope)
+        fn: Callable[[Sequence[Any]], E] = scope["read"]
+        return fn
 
 
 # -------------------------------------------------------------------------------------------- jobs

@@ -19,7 +19,7 @@ from chronos_core.ports import Dispatch
 from .claim import OnDispatch
 from .dialects import Dialect
 from .dialects.base import chunks
-from .engine import Database
+from .engine import Database, driver_rows
 from .outcomes import count_outcomes
 from .rows import JOBS, RUNS, cut
 from .tables import jobs, runs
@@ -54,7 +54,8 @@ def get_run(db: Database, run_id: str) -> Run:
     return RUNS.load_row(row)
 
 
-def list_runs(db: Database, job_id: str | None, status: Collection[RunStatus] | None, before: str | None,
+def list_runs(db: Database, d: Dialect, job_id: str | None, status: Collection[RunStatus] | None,
+              before: str | None,
               limit: int, trigger: Collection[Trigger] | None, since: datetime | None,
               until: datetime | None) -> list[Run]:
     def query(statuses: Collection[RunStatus] | None) -> Select[Any]:
@@ -80,8 +81,9 @@ def list_runs(db: Database, job_id: str | None, status: Collection[RunStatus] | 
         queries = [query([s]) for s in sorted(status)]
     else:
         queries = [query(status)]
+    read = d.read_run
     with db.transaction(read=True) as conn:
-        found = [RUNS.load_row(r) for q in queries for r in conn.execute(q)]
+        found = [read(r) for q in queries for r in driver_rows(conn, q)]
     if len(queries) > 1:
         found.sort(key=lambda r: r.id, reverse=True)
     return found[:limit]

@@ -170,6 +170,15 @@ class SqlStore(Store):
         return await self._call(job_ops.list_jobs, self._db, self._dialect, status, type, name, after, limit,
                                 last_status)
 
+    async def list_jobs_with_summaries(self, *, status: JobStatus | None = None, type: str | None = None,
+                                       name: str | None = None, after: str | None = None, limit: int = 100,
+                                       last_status: Collection[RunStatus] | None = None
+                                       ) -> list[tuple[Job, JobSummary]]:
+        if limit <= 0:
+            return []
+        return await self._call(job_ops.list_jobs_with_summaries, self._db, self._dialect, status, type, name,
+                                after, limit, last_status)
+
     async def job_summaries(self, job_ids: Collection[str]) -> dict[str, JobSummary]:
         ids = sorted(set(job_ids))
         return await self._call(job_ops.read_summaries, self._db, ids) if ids else {}
@@ -230,8 +239,8 @@ class SqlStore(Store):
                         until: datetime | None = None) -> list[Run]:
         if limit <= 0:
             return []
-        return await self._call(run_ops.list_runs, self._db, job_id, status, before, limit, trigger, since,
-                                until)
+        return await self._call(run_ops.list_runs, self._db, self._dialect, job_id, status, before, limit,
+                                trigger, since, until)
 
     async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
         items = sorted(outputs.items())

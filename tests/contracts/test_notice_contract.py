@@ -37,6 +37,7 @@ async def test_hook_fields_round_trip(store: Store) -> None:
     got = await store.get_job(job.id)
     assert (got.notify, got.then, got.pause_after_failures, got.alert_after, got.jitter, got.exclude,
             got.paused_reason) == (job.notify, job.then, 3, 90.0, 12.5, job.exclude, "why")
+    assert await store.list_jobs() == [got]
 
 
 async def test_finish_writes_notices_for_final_outcomes_only(store: Store) -> None:

@@ -74,6 +74,7 @@ async def test_job_round_trips_every_field(store: Store) -> None:
     await store.add_jobs([job])
     assert await store.get_job(job.id) == job
     assert await store.get_job_by_name(job.name) == job
+    assert await store.list_jobs() == [job]  # (the listings decode the driver's rows themselves)
     got = await store.get_job(job.id)
     assert got.next_run_at is not None and got.next_run_at.utcoffset() == timedelta(0)
 
@@ -632,6 +633,22 @@ async def test_list_runs_newest_first_with_keyset_and_status(store: Store) -> No
     assert [r.id for r in await store.list_runs(status={RunStatus.MISSED}, before=made[10].id)] == [
         r.id for r in reversed(made[:10]) if r.status is RunStatus.MISSED]
     assert await store.list_runs(new_id()) == []
+
+
+async def test_list_runs_reads_every_field_as_get_run_does(store: Store) -> None:
+    job = make_job("fields")
+    await store.add_jobs([job])
+    waiting = make_run(job, T0, due_at=T0 + 5 * S)
+    await store.add_run(waiting, dispatched=False)
+    running = await running_run(store, job, T0 + S)
+    done = await running_run(store, job, T0 + 2 * S)
+    assert await store.finish_run(done.id, "w1", status=RunStatus.FAILED, finished_at=T0 + 3 * S, exit_code=2,
+                                  output="line ü\nline 2", error="boom ☃", result={"x": [1, 2.5, None]})
+    got = [await store.get_run(r.id) for r in sorted((waiting, running, done), key=lambda r: r.id,
+                                                       reverse=True)]
+    assert await store.list_runs(job.id) == got
+    assert await store.list_runs() == got
+    assert got[0].output_lines == 2 and got[0].result == {"x": [1, 2.5, None]}
 
 
 async def test_delete_runs_keeps_active_runs(store: Store) -> None:

@@ -157,13 +157,14 @@ class StoreDifferential(RuleBasedStateMachine):
         async def snapshot(store: Store) -> tuple[Any, ...]:
             jobs = await store.list_jobs(limit=BIG)
             return (jobs, await store.list_runs(limit=BIG), await store.job_summaries([j.id for j in jobs]),
+                    await store.list_jobs_with_summaries(limit=BIG),
                     await store.next_due_time(), await store.stats([self.now - timedelta(hours=1)]),
                     sorted((r.lease_expires_at, r.id) for r in await store.expired_leases(self.now, BIG)))
         ref = self.call(snapshot(self.memory))
         for name, store in self.stores.items():
             got = self.call(snapshot(store))
-            for part, a, b in zip(("jobs", "runs", "summaries", "next due", "stats", "expired"), got, ref,
-                                  strict=True):
+            for part, a, b in zip(("jobs", "runs", "summaries", "jobs with summaries", "next due", "stats",
+                                   "expired"), got, ref, strict=True):
                 assert a == b, f"after step {self.step}: {name}'s {part} differ from memory's:\n{a!r}\n{b!r}"
 
     # operations ----------------------------------------------------------------------------------

@@ -4,11 +4,14 @@ runs listed across jobs with filters, and the output so far of running runs. Mem
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 
+from chronos_core.hookspec import ChainRule, Exclusion, NotifyRule
 from chronos_core.ids import new_id
-from chronos_core.models import JobSummary, RunStatus, Trigger
+from chronos_core.models import JobStatus, JobSummary, MisfirePolicy, OverlapPolicy, RunStatus, Trigger
 from chronos_core.ports import Store
+from chronos_core.retry import RetryPolicy, RetryStrategy
 
 from .conftest import assert_no_connection_checked_out
 from .test_store_contract import T0, S, make_job, make_run, running_run
@@ -95,6 +98,53 @@ async def test_list_jobs_by_the_status_of_their_last_run(store: Store) -> None:
     assert len(first) == 1
     rest = await store.list_jobs(last_status=failing, after=first[0].id)
     assert [j.id for j in first + rest] == sorted([a.id, c.id])
+
+
+async def test_list_jobs_with_summaries_is_the_list_with_each_jobs_summary(store: Store) -> None:
+    """The listing's one read: the page ``list_jobs`` gives (filters, order, keyset pages) with each job's
+    summary as ``job_summaries`` gives it - every field of both, as written (a job that never ran to an
+    end has an empty summary), decoded like any other read."""
+    hooked = dataclasses.replace(
+        make_job("b-hooked", type="http"), payload={"url": "https://x", "n": [1, 2.5, None], "ü": "☃"},
+        description="d" * 300, timeout=12.5, overlap=OverlapPolicy.FORBID, misfire=MisfirePolicy.FIRE_ALL,
+        misfire_grace=0.25, start_at=T0 + timedelta(microseconds=123456), end_at=T0 + timedelta(days=3),
+        next_run_at=T0 + timedelta(microseconds=999999), history_limit=7, pause_after_failures=3,
+        alert_after=90.0, jitter=12.5, paused_reason="why", then=[ChainRule(job="next")],
+        notify=[NotifyRule.model_validate({"on": ["failed"], "webhook": {"url": "https://hooks.example/x"}})],
+        exclude=[Exclusion(cron="* * * * sat,sun")],
+        retry=RetryPolicy(strategy=RetryStrategy.LINEAR, max_attempts=4, delay=2, max_delay=60, jitter=0.5))
+    jobs = [make_job("a-fails"), hooked, make_job("c-paused", status=JobStatus.PAUSED),
+            make_job("d-never", next_run_at=None, schedule=None), make_job("e-ok")]
+    await store.add_jobs(jobs)
+    await _finish(store, jobs[0], T0, RunStatus.FAILED)
+    await _finish(store, hooked, T0, RunStatus.SUCCEEDED)
+    await _finish(store, hooked, T0 + S, RunStatus.TIMED_OUT, took=2.5)
+    await _finish(store, jobs[4], T0, RunStatus.SUCCEEDED)
+    await _finish(store, jobs[2], T0, RunStatus.CANCELLED)
+    ids = sorted(j.id for j in jobs)
+    failing = {RunStatus.FAILED, RunStatus.TIMED_OUT}
+    for kw in [{}, {"type": "http"}, {"status": JobStatus.PAUSED}, {"name": "b-"}, {"name": "x"},
+               {"last_status": failing}, {"last_status": {RunStatus.SUCCEEDED}}, {"last_status": set()},
+               {"limit": 2}, {"after": ids[1]}, {"after": ids[1], "limit": 2, "last_status": failing},
+               {"status": JobStatus.ACTIVE, "type": "shell", "name": "a"}, {"limit": 0}]:
+        listed = await store.list_jobs(**kw)  # type: ignore[arg-type]
+        summaries = await store.job_summaries([j.id for j in listed])
+        got = await store.list_jobs_with_summaries(**kw)  # type: ignore[arg-type]
+        assert got == [(j, summaries[j.id]) for j in listed], kw
+    pages, after = [], None
+    while page := await store.list_jobs_with_summaries(after=after, limit=2):
+        pages.append(page)
+        after = page[-1][0].id
+    assert [len(p) for p in pages] == [2, 2, 1]
+    by_id = {job.id: (job, summary) for p in pages for job, summary in p}
+    assert [*by_id] == ids
+    assert by_id[hooked.id][0] == hooked and by_id[hooked.id][0].next_run_at.tzinfo is not None  # type: ignore[union-attr]
+    summary = by_id[hooked.id][1]
+    assert (summary.last_run_status, summary.consecutive_failures) == (RunStatus.TIMED_OUT, 1)
+    assert summary.last_run_finished_at == T0 + 3.5 * S and summary.last_success_at == T0 + S
+    assert summary.last_run_finished_at.utcoffset() == timedelta(0)  # type: ignore[union-attr]
+    assert by_id[jobs[2].id][1].last_run_status is RunStatus.CANCELLED
+    assert by_id[jobs[3].id] == (jobs[3], JobSummary())
 
 
 async def test_deleting_a_job_deletes_its_summary(store: Store) -> None:

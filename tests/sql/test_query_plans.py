@@ -3,7 +3,8 @@ claim, a run's start and finish and a job's history page (``limit=50``) find the
 no full scan of ``runs`` (or ``jobs``), and the history page is read in index order (no sort of the job's
 whole history). Checked with the database's own planner: SQLite's ``EXPLAIN QUERY PLAN``, MariaDB's
 ``EXPLAIN``, on every statement the store actually sent (captured from the engine), with its parameters,
-over hundreds of runs and thousands of jobs (so that MariaDB's optimizer has no reason to prefer a scan)."""
+over hundreds of runs and thousands of jobs (so that MariaDB's optimizer has no reason to prefer a scan).
+The page of jobs with their summaries that ``GET /jobs`` reads is checked the same way."""
 
 from __future__ import annotations
 
@@ -138,6 +139,14 @@ async def test_claim_start_finish_and_history_use_indexes(store: SqlStore) -> No
         page = await store.list_runs(job_ids[7], limit=50)
     calls["history"] = sent
     assert len(page) == 50 and all(r.job_id == job_ids[7] for r in page)
+    # the jobs listing (GET /jobs): a page of jobs with their summaries joined, in one query, first and
+    # later pages, read in the primary key's order (no sort of every job)
+    with captured(store) as sent:
+        first = await store.list_jobs_with_summaries(limit=101)
+        later = await store.list_jobs_with_summaries(after=first[-1][0].id, limit=101)
+    calls["jobs listing"] = sent
+    assert len(first) == len(later) == 101
+    assert len([s for s, _ in sent if s.lstrip().upper().startswith("SELECT")]) == 2  # one query a page
     assert all(any(explainable(s) for s, _ in stmts) for stmts in calls.values()), calls
     problems = [f"{what}: {p}" for what, stmts in calls.items() for s, params in stmts
                 for p in plan_problems(store, s, params)]

@@ -10,7 +10,7 @@ the database. Everything else stays on SQLAlchemy Core, in the dialect-neutral m
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Connection, Engine, Select, select
 
 from chronos_core.hooks import OutcomeHooks
-from chronos_core.models import JobSummary, Run, RunStatus
+from chronos_core.models import Job, JobSummary, Run, RunStatus
 
-from ..rows import RunRows, memo
+from ..rows import JOBS, RUNS, SUMMARIES, RunRows, memo
 from ..tables import jobs, runs, utc_text
 
 __all__ = ["CHUNK", "Dialect", "DueRow", "Finish", "Finished", "Start", "chunks"]
@@ -101,6 +101,12 @@ class Dialect(ABC):
         self.insert_head = f"INSERT INTO runs ({', '.join(self.quote(c) for c in self.run_columns)})"
         # the due jobs' version (see claim.JobCache): every column of the definition but next_run_at
         self.definition = [self.quote(c.name) for c in jobs.c if c.name != "next_run_at"]
+        # the listings' readers of driver rows (rows.Codec.reader): a job (its table's columns first),
+        # the summary joined after them (the whole job_summaries row), a run
+        self.read_job: Callable[[Sequence[Any]], Job] = JOBS.reader(self.stored_time)
+        self.read_joined_summary: Callable[[Sequence[Any]], JobSummary] = SUMMARIES.reader(
+            self.stored_time, offset=len(jobs.c))
+        self.read_run: Callable[[Sequence[Any]], Run] = RUNS.reader(self.stored_time)
 
     # SQLAlchemy Core modifiers ------------------------------------------------------------------
     def skip_locked(self, query: Select[Any]) -> Select[Any]:
