@@ -533,9 +533,15 @@ class Jobs:
     async def history(self, job_id: str, *, status: Collection[RunStatus | str] | RunStatus | str |
                       None = None, before: str | None = None, limit: int = 50) -> builtins.list[Run]:
         """The job's runs, newest first; ``before`` is the id of the last run of the previous page."""
-        await self._store.get_job(job_id)
-        statuses = _statuses(status)
-        return await self._store.list_runs(job_id, status=statuses, before=before, limit=limit)
+        try:
+            statuses = _statuses(status)
+        except InvalidArgument:
+            await self._store.get_job(job_id)  # an unknown job is said first
+            raise
+        runs = await self._store.list_runs(job_id, status=statuses, before=before, limit=limit)
+        if not runs:  # runs found say the job exists (a job's runs are deleted with it): no second read
+            await self._store.get_job(job_id)
+        return runs
 
     async def delete_history(self, job_id: str) -> int:
         """Delete the job's finished runs; returns how many."""
