@@ -3,10 +3,12 @@ per-version cache of masked payloads and next fire times follows every change of
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pydantic
+import pytest
 
 from chronos_app.api.schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, JobPage, RunOut, RunPage
 from chronos_core import Payload
@@ -85,6 +87,48 @@ async def test_a_changed_job_is_shown_changed() -> None:
             last = (await c.get("/jobs")).json()["items"][0]["last_run"]
             return last is not None and last["id"] == run["id"]
         await wait_for(summarised)  # the summary of the same job version, shown changed
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_a_read_only_token_pages_through_jobs_with_their_summaries_and_sees_no_secret(
+        backend: str, tmp_path: Path) -> None:
+    """GET /jobs reads its page and each job's summary in one store call (``list_jobs_with_summaries``,
+    one query on SQL): every job on every page, filtered or not, is what GET /jobs/{id} shows, with its
+    last run and every secret masked, for a read-only token."""
+    url = "memory" if backend == "memory" else f"sqlite:///{tmp_path / 'chronos.db'}"
+    app = build_app(scheduler=False, database_url=url, api_tokens=["adm1n-t0k"], readonly_tokens=["r3ad-t0k"])
+    admin, viewer = {"Authorization": "Bearer adm1n-t0k"}, {"Authorization": "Bearer r3ad-t0k"}
+    async with running(app) as c:
+        ids = []
+        for i in range(5):
+            created = await c.post("/jobs", json={**rich_job(), "name": f"rich-{i}"}, headers=admin)
+            assert created.status_code == 201, created.text
+            ids.append(created.json()["id"])
+        run = (await c.post(f"/jobs/{ids[3]}/run", headers=admin)).json()
+
+        async def finished() -> bool:
+            r = await c.get(f"/runs/{run['id']}", headers=viewer)
+            return bool(r.json()["status"] == "succeeded")
+        await wait_for(finished)
+        seen, after = [], None
+        for query in ({"limit": "2"}, {"limit": "2"}, {"limit": "2"}):
+            r = await c.get("/jobs", params={**query, **({"after": after} if after else {})}, headers=viewer)
+            assert r.status_code == 200, r.text
+            page = r.json()
+            seen += page["items"]
+            after = page["next_cursor"]
+            for secret in (SECRET, HOOK_SECRET, "header-secret-1"):
+                assert secret not in r.text
+        assert after is None and [j["id"] for j in seen] == sorted(ids)
+        for shown in seen:
+            assert shown == (await c.get(f"/jobs/{shown['id']}", headers=viewer)).json()
+            assert shown["payload"]["env"] == {"API_TOKEN": "***", "MODE": "fast"}
+            assert shown["notify"][0]["webhook"]["secret"] == "***"
+        assert [j["last_run"] is not None for j in seen] == [i == ids[3] for i in sorted(ids)]
+        done = (await c.get("/jobs", params={"last_status": "succeeded"}, headers=viewer)).json()
+        assert [j["id"] for j in done["items"]] == [ids[3]]
+        assert done["items"][0]["last_run"]["id"] == run["id"]
+        assert SECRET not in str(done) and HOOK_SECRET not in str(done)
 
 
 class OpenPayload(Payload):
