@@ -17,7 +17,7 @@ from .fanout import SseHub
 from .frames import EventFrames
 from .idempotency import IdempotencyCache
 from .metrics import ApiMetrics
-from .shown import ShownJobs
+from .shown import ShownJobs, ShownRuns
 
 __all__ = ["ApiContext", "Op", "api"]
 
@@ -29,6 +29,8 @@ class ApiContext:
     idempotency: IdempotencyCache
     metrics: ApiMetrics
     shown: ShownJobs
+    shown_runs: ShownRuns = field(default_factory=ShownRuns)
+    """Runs that ended, as pages of history show them (kept: they never change)."""
     frames: EventFrames = field(default_factory=EventFrames)
     sse: SseHub = field(init=False)
     """The open SSE streams: their fan-out, keep-alive and shutdown (``close`` ends them all)."""

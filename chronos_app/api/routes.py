@@ -50,7 +50,7 @@ from .schemas import (
     StatusChange,
     WindowStats,
 )
-from .shown import page_json, run_json, runs_page_json
+from .shown import page_json, run_json
 
 __all__ = ["OPS"]
 
@@ -299,7 +299,7 @@ async def job_history(request: Request) -> Response:
                                           before=q.before, limit=q.limit + 1)
     more = len(runs) > q.limit
     runs = runs[:q.limit]
-    return _raw(runs_page_json(runs, runs[-1].id if more else None))  # a RunPage
+    return _raw(ctx.shown_runs.page(runs, runs[-1].id if more else None))  # a RunPage
 
 
 async def delete_job_history(request: Request) -> Response:
@@ -323,7 +323,7 @@ async def list_runs(request: Request) -> Response:
                                        until=q.until)
     more = len(runs) > q.limit
     runs = runs[:q.limit]
-    return _raw(runs_page_json(runs, runs[-1].id if more else None))  # a RunPage
+    return _raw(ctx.shown_runs.page(runs, runs[-1].id if more else None))  # a RunPage
 
 
 async def run_log(request: Request) -> Response:

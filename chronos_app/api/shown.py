@@ -34,11 +34,12 @@ from pydantic_core import to_json as _to_json
 
 from chronos_core import Job, JobSummary, JobTypes, Run
 from chronos_core.hooks import redact_notify
+from chronos_core.models import FINISHED_RUN_STATUSES
 from chronos_core.operations import Jobs
 
 from .schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, LastRun, RunOut
 
-__all__ = ["ShownJobs", "job_dict", "page_json", "run_dict", "run_json", "runs_page_json"]
+__all__ = ["ShownJobs", "ShownRuns", "job_dict", "page_json", "run_dict", "run_json", "runs_page_json"]
 
 def to_json(value: Any) -> bytes:
     # aliases, as the OpenAPI document names them and as input takes them (an exclusion's ``from``)
@@ -91,6 +92,67 @@ def run_json(run: Run, parent_run_id: str | None = None, children: list[str] | N
 def runs_page_json(runs: Sequence[Run], next_cursor: str | None) -> bytes:
     """A ``RunPage``."""
     return to_json({"items": [run_dict(r) for r in runs], "next_cursor": next_cursor})
+
+
+_ENDED = frozenset(FINISHED_RUN_STATUSES)
+_RUN_ENTRY_OVERHEAD = 256  # the entry's tuple and key beside its JSON
+
+
+def _run_key(run: Run) -> tuple[Any, ...]:
+    return (run.status, run.finished_at, run.started_at, run.output_lines, run.exit_code, run.attempt)
+
+
+class ShownRuns:
+    """Runs that ended, as a page of history shows them, kept: at most ``max_entries`` runs and about
+    ``max_bytes`` of JSON (the oldest go first; a run larger than a hundredth of that is not kept).
+
+    A run that ended never changes in any store (its status only moves forward, and every write after
+    the start is fenced on ``running``: the port's invariants), so its JSON is kept by id, checked
+    against its status, times, lines and exit code. Writing the JSON was over half of the CPU of
+    ``GET /jobs/{id}/history?limit=100`` (pydantic-core infers the type of every value: ~9 us a run),
+    and history pages are polled. Runs still queued or running are written every time. The bytes are
+    those :func:`runs_page_json` writes."""
+
+    def __init__(self, max_entries: int = 20_000, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: dict[str, tuple[tuple[Any, ...], bytes]] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def json(self, run: Run) -> bytes:
+        """The run as a page of runs shows it (``RunOut`` without its chain links)."""
+        if run.status not in _ENDED:
+            return to_json(run_dict(run))
+        key = _run_key(run)
+        entry = self._entries.get(run.id)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        body = to_json(run_dict(run))
+        if entry is not None:
+            self._forget(run.id)
+        cost = len(body) + _RUN_ENTRY_OVERHEAD
+        if cost <= self.max_bytes // 100:
+            self._entries[run.id] = (key, body)
+            self._bytes += cost
+            while self._bytes > self.max_bytes or len(self._entries) > self.max_entries:
+                self._forget(next(iter(self._entries)))
+        return body
+
+    def page(self, runs: Sequence[Run], next_cursor: str | None) -> bytes:
+        """A ``RunPage`` (the same bytes as :func:`runs_page_json`)."""
+        json = self.json
+        return page_json([json(r) for r in runs], next_cursor)
+
+    def _forget(self, run_id: str) -> None:
+        _, body = self._entries.pop(run_id)
+        self._bytes -= len(body) + _RUN_ENTRY_OVERHEAD
 
 
 def page_json(items: Sequence[bytes], next_cursor: str | None) -> bytes:

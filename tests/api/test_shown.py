@@ -3,6 +3,8 @@ per-version cache of masked payloads and next fire times follows every change of
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ import pydantic
 import pytest
 
 from chronos_app.api.schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, JobPage, RunOut, RunPage
-from chronos_core import Payload
+from chronos_app.api.shown import ShownRuns, runs_page_json
+from chronos_core import Payload, Run, RunStatus, Trigger
 from tests.api.conftest import build_app, job, running, wait_for
 
 SECRET = "Bearer tok-3f9a81c2d7e6b5a4"
@@ -157,3 +160,37 @@ def test_every_field_shown_has_one_source() -> None:
     for model, sources in ((JobOut, JOB_OUT_SOURCES), (RunOut, RUN_OUT_SOURCES)):
         named = [name for names in sources.values() for name in names]
         assert sorted(named) == sorted(model.model_fields), model.__name__
+
+
+def _run(i: int, status: RunStatus = RunStatus.SUCCEEDED, output: str = "fetched 42 rows\n") -> Run:
+    at = datetime(2030, 1, 1, tzinfo=UTC) + timedelta(minutes=i)
+    ended = status in (RunStatus.SUCCEEDED, RunStatus.FAILED)
+    return Run(id=f"run-{i:04d}", job_id="job-1", scheduled_for=at, trigger=Trigger.SCHEDULE, attempt=1,
+               status=status, created_at=at, due_at=at + timedelta(seconds=0.5), started_at=at,
+               finished_at=at + timedelta(seconds=2) if ended else None, exit_code=0 if ended else None,
+               output=output, output_lines=output.count("\n"), result={"rows": 42} if ended else None)
+
+
+def test_kept_runs_are_the_bytes_of_a_page_written_afresh_and_follow_a_run_to_its_end() -> None:
+    shown = ShownRuns(max_entries=3, max_bytes=100_000)
+    runs = [_run(i) for i in range(5)] + [_run(5, RunStatus.RUNNING)]
+    for _ in range(2):  # written, then kept
+        assert shown.page(runs, "run-0000") == runs_page_json(runs, "run-0000")
+        same_as_model(RunPage, shown.page(runs, None))
+    assert len(shown) == 3  # the newest 3 that ended; a running run is never kept
+    ended = dataclasses.replace(runs[5], status=RunStatus.FAILED, finished_at=runs[5].started_at,
+                                exit_code=1, output="boom\n", output_lines=1, error="exit 1")
+    assert shown.page([ended], None) == runs_page_json([ended], None)
+    assert b'"status":"failed"' in shown.json(ended)
+    big = _run(9, output="x" * 2000)  # over a hundredth of the bound: written, not kept
+    assert shown.json(big) == runs_page_json([big], None)[10:-21] and len(shown) == 3
+    assert shown.nbytes <= shown.max_bytes
+
+
+def test_kept_runs_stay_within_their_bytes() -> None:
+    shown = ShownRuns(max_bytes=500_000)
+    for i in range(1000):
+        body = shown.json(_run(i, output="y" * 1500))
+    each = len(body) + 256  # the JSON and the entry's overhead
+    assert shown.nbytes <= 500_000 < shown.nbytes + each  # full, not over
+    assert len(shown) == shown.nbytes // each and "run-0999" in shown._entries  # the newest kept
