@@ -287,8 +287,9 @@ def late_start(job: Job, run: Run, now: datetime, last_started: datetime | None 
     starts). The misfire grace holds when a run finally starts, as at claim (:func:`is_late`: a queue
     backed up, workers down). ``skip`` records every late run. ``fire_once`` runs one late run for a
     backlog: a late run is recorded only if a run of the job started at or after it was due
-    (``last_started``, from the job's summary), which stands for it; so a job its workers trail steadily
-    still runs, about once per lag."""
+    (``last_started``: the latest start the worker knows of, a run it started itself or the job's
+    summary's last finished attempt), which stands for it; so a job its workers trail steadily still
+    runs, about once per lag."""
     if not is_late(job, run, now):
         return None
     late = (now - run.due_at).total_seconds()

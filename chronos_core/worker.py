@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 from collections import OrderedDict, deque
@@ -131,6 +132,12 @@ async def _finished_within(task: asyncio.Task[ExecutionResult], seconds: float |
     return task.done()
 
 
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Mark a shared future's error as seen (its waiters may all have gone)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 @dataclass(frozen=True, slots=True)
 class _Stop:
     """Why a run's executor task was cancelled: its timeout, or a cancel request with its reason. The
@@ -206,6 +213,11 @@ class Worker:
         # this worker: every worker hears every request); applied when it starts, bounded
         self._early_cancels: OrderedDict[str, str] = OrderedDict()
         self._maskers: dict[tuple[str, datetime], _Masker] = {}
+        # job id -> the latest start time of a run of it started here (the fire_once check of late runs)
+        self._starts: dict[str, datetime] = {}
+        # job id -> the summary's last start, for the late runs waiting for it (one store read for all)
+        self._summary_wanted: dict[str, asyncio.Future[datetime | None]] = {}
+        self._summary_reader: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[Run | None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._background: list[asyncio.Task[None]] = []
@@ -257,6 +269,8 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5.0)
+        if self._summary_reader is not None:
+            self._summary_reader.cancel()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -432,13 +446,13 @@ class Worker:
 
         if is_late(job, run, now):  # past its misfire grace: maybe recorded missed instead
             last = None
-            if job.misfire is MisfirePolicy.FIRE_ONCE:  # (an outage is waited out, as for the start)
-                summary = (await self._retrying(lambda: self._store.job_summaries([job.id]))).get(job.id)
-                last = None if summary is None else summary.last_run_started_at
+            if job.misfire is MisfirePolicy.FIRE_ONCE:
+                last = await self._last_started(job.id, run.due_at)
             if (late := late_start(job, run, now, last)) is not None:
                 return await self._record_late(run, late)
         if not await self._persist(start, run.id, RunStatus.RUNNING, started_here):
             return None
+        self._started_here(job.id, now)
         f.held = True
         f.run = evolve(run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
                        lease_expires_at=now + self.lease)
@@ -448,6 +462,61 @@ class Worker:
             f.held = False
             f.tail = None
             self._early_cancels.pop(run.id, None)
+
+    def _started_here(self, job_id: str, at: datetime) -> None:
+        """Note that a run of the job started here at ``at`` (see :meth:`_last_started`)."""
+        known = self._starts.get(job_id)
+        if known is None or at > known:
+            if known is None and len(self._starts) >= 100_000:
+                self._starts.clear()  # (a bound; what is forgotten is read from the store again)
+            self._starts[job_id] = at
+
+    async def _last_started(self, job_id: str, due_at: datetime) -> datetime | None:
+        """For the ``fire_once`` check of a late run due at ``due_at``: when a run of the job started last,
+        as far as it matters — whether one started at or after ``due_at``. A run this worker started
+        answers it without the store (a worker that falls behind takes one late run of each of its jobs
+        after the other, and each would cost a read); else the job's summary (its last finished attempt's
+        start, by any worker), read for all the late runs that ask at once in one call
+        (:meth:`_read_summaries`), an outage waited out as for the start."""
+        known = self._starts.get(job_id)
+        if known is not None and known >= due_at:
+            return known
+        waiting = self._summary_wanted.get(job_id)
+        if waiting is None:
+            waiting = self._summary_wanted[job_id] = asyncio.get_running_loop().create_future()
+            waiting.add_done_callback(_retrieved)
+            if self._summary_reader is None or self._summary_reader.done():
+                self._summary_reader = asyncio.create_task(self._read_summaries(),
+                                                           name="chronos-worker-summaries")
+        stored = await asyncio.shield(waiting)  # (one caller's cancellation is not the others')
+        known = self._starts.get(job_id)  # (a start here meanwhile)
+        if known is None or (stored is not None and stored > known):
+            return stored
+        return known
+
+    async def _read_summaries(self) -> None:
+        """Read the summaries the late runs waiting in :meth:`_last_started` want, in one store call per
+        round; requests made while a round's read is under way wait for the next round."""
+        await asyncio.sleep(0)  # the handlers taken together reach their check before the read starts
+        while self._summary_wanted:
+            wanted, self._summary_wanted = self._summary_wanted, {}
+            ids = list(wanted)
+            try:
+                found = await self._retrying(functools.partial(self._store.job_summaries, ids))
+            except BaseException as exc:
+                for fut in wanted.values():
+                    if not fut.done():
+                        if isinstance(exc, Exception):
+                            fut.set_exception(exc)
+                        else:
+                            fut.cancel()
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for job_id, fut in wanted.items():
+                summary = found.get(job_id)
+                if not fut.done():
+                    fut.set_result(None if summary is None else summary.last_run_started_at)
 
     async def _record_late(self, run: Run, reason: str) -> Run | None:
         """A slot that waited in the queue past its misfire grace: recorded missed (if still queued)."""

@@ -1,7 +1,13 @@
-"""The body of a group commit: the ``start_run`` / ``finish_run`` calls that arrived together, applied in
-one transaction with each call's compare-and-set exact. The dialect applies what it can in one go (its
-``start_runs`` / ``finish_runs``); the rest, and every finish with a retry to insert, a lease to compare
-or hooks, is checked here run by run from rows read (and locked where rows are locked) first."""
+"""The body of a group commit: the ``start_run`` / ``cancel_queued_run`` / ``finish_run`` calls that arrived
+together, applied in one transaction with each call's compare-and-set exact. The dialect applies what it
+can in one go (its ``start_runs`` / ``finish_runs``); the rest, the cancels (a late slot a worker records
+missed: one per late run, so a service that falls behind must not pay a transaction for each), and every
+finish with a retry to insert, a lease to compare or hooks, is checked here run by run from rows read
+(and locked where rows are locked) first.
+
+Calls in one batch were all in flight at once, so any order is a valid one; the batch applies the starts,
+then the cancels, then the finishes, each seeing what the ones before wrote (a start and a cancel of the
+same queued run: the start wins, the cancel reports False, as if it had come second)."""
 
 from __future__ import annotations
 
@@ -15,8 +21,8 @@ from chronos_core.errors import RunConflict
 from chronos_core.models import RunStatus
 
 from .dialects import Dialect
-from .dialects.base import Finish, Finished, Start, chunks
-from .outcomes import record_summaries
+from .dialects.base import Cancel, Finish, Finished, Start, chunks
+from .outcomes import count_outcomes, record_summaries
 from .rows import cut, memo
 from .tables import runs, utc_text
 
@@ -25,17 +31,24 @@ __all__ = ["apply_writes"]
 _QUEUED, _RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
 
 
-def apply_writes(conn: Connection, d: Dialect, ops: Sequence[Start | Finish]) -> list[Any]:
+Op = Start | Cancel | Finish
+
+
+def apply_writes(conn: Connection, d: Dialect, ops: Sequence[Op]) -> list[Any]:
     """Apply ``ops`` in ``conn``'s transaction: per call True (applied), False (its compare-and-set
     failed) or the exception it raises (a retry whose slot is taken)."""
     results: list[Any] = [False] * len(ops)
     starts = [(i, op) for i, op in enumerate(ops) if isinstance(op, Start)]
+    cancels = [(i, c) for i, c in enumerate(ops) if isinstance(c, Cancel)]
     finishes = [(i, fin) for i, fin in enumerate(ops) if isinstance(fin, Finish)]
     if starts:
         done = d.start_runs(conn, [op for _, op in starts])
         if done is None:
             done = _start_checked(conn, d, [op for _, op in starts])
         for (i, _), ok in zip(starts, done, strict=True):
+            results[i] = ok
+    if cancels:
+        for (i, _), ok in zip(cancels, _cancel_checked(conn, d, [c for _, c in cancels]), strict=True):
             results[i] = ok
     if finishes:
         fast = d.finish_runs(conn, [fin for _, fin in finishes]) if all(
@@ -66,6 +79,32 @@ def _start_checked(conn: Connection, d: Dialect, starts: Sequence[Start]) -> lis
             rows.append({"id": op.run_id, "started_at": op.now, "owner": op.owner,
                          "lease_expires_at": op.until})
     d.update_runs(conn, rows, {"status": _RUNNING, "dispatch_due_at": None})
+    return results
+
+
+def _cancel_checked(conn: Connection, d: Dialect, cancels: Sequence[Cancel]) -> list[bool]:
+    """queued -> cancelled/missed, each a compare-and-set on the run being queued (a second cancel of
+    the same run in this batch loses), with the outcomes counted in the same transaction: a record is
+    counted exactly when it is written."""
+    queued: dict[str, str] = {}  # run id -> job id, of the runs still queued
+    for chunk in chunks(sorted({c.run_id for c in cancels})):
+        # (the status compared here, not in SQL: see _start_checked)
+        queued.update((run_id, job_id) for run_id, status, job_id in conn.execute(d.for_update(
+            select(runs.c.id, runs.c.status, runs.c.job_id).where(runs.c.id.in_(chunk))))
+            if status == _QUEUED)
+    results: list[bool] = []
+    rows = []
+    counted = []
+    for c in cancels:
+        job_id = queued.pop(c.run_id, None)
+        results.append(job_id is not None)
+        if job_id is not None:
+            rows.append({"id": c.run_id, "status": c.status.value, "finished_at": c.now,
+                         "error": cut(c.reason)})
+            counted.append((c.now, job_id, c.status))
+    if rows:
+        d.update_runs(conn, rows, {"dispatch_due_at": None})
+        count_outcomes(conn, d, counted)
     return results
 
 

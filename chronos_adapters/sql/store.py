@@ -1,13 +1,14 @@
 """``SqlStore``: the ``Store`` port on SQLAlchemy 2.x Core, for SQLite (file) and MySQL/MariaDB (pymysql).
 
 The drivers are synchronous: every call runs in the store's own thread pool (never on the event loop),
-one transaction per call (``engine.Database``). ``start_run`` / ``finish_run`` calls that arrive together
-are coalesced into one transaction (group commit, ``group_commit.py``) whose compare-and-set results stay
-exact per call. The due-job claim (``claim.py``) is one transaction: ``FOR UPDATE SKIP LOCKED`` on MySQL
-(schedulers claim disjoint jobs), ``BEGIN IMMEDIATE`` on SQLite (writers are serialized). What the two
-databases are told differently is in ``dialects/``, picked at :meth:`SqlStore.start`; the rest is in
-``job_ops.py``, ``run_ops.py``, ``notice_ops.py`` and ``retention.py``. Driver errors become
-``chronos_core`` exceptions at the boundary, in ``engine.Database``.
+one transaction per call (``engine.Database``). ``start_run`` / ``cancel_queued_run`` / ``finish_run``
+calls that arrive together are coalesced into one transaction (group commit, ``group_commit.py``) whose
+compare-and-set results stay exact per call. The due-job claim (``claim.py``) is one transaction:
+``FOR UPDATE SKIP LOCKED`` on MySQL (schedulers claim disjoint jobs), ``BEGIN IMMEDIATE`` on SQLite
+(writers are serialized). What the two databases are told differently is in ``dialects/``, picked at
+:meth:`SqlStore.start`; the rest is in ``job_ops.py``, ``run_ops.py``, ``notice_ops.py`` and
+``retention.py``. Driver errors become ``chronos_core`` exceptions at the boundary, in
+``engine.Database``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from chronos_core.ports import Claim, Dispatch, JobChange, Planner, Store, Store
 from . import claim, job_ops, notice_ops, run_ops
 from .claim import JobCache, OnDispatch
 from .dialects import Dialect, dialect_for
-from .dialects.base import Finish, Start
+from .dialects.base import Cancel, Finish, Start
 from .engine import Database, is_sqlite, open_engine
-from .group_commit import apply_writes
+from .group_commit import Op, apply_writes
 from .migrate import upgrade_connection
 from .retention import Pruner, stats
 from .rows import RunRows, json_text
@@ -75,7 +76,7 @@ class SqlStore(Store):
         self.max_write_batch = 500
         self._db: Database | None = None
         self._dialect: Dialect | None = None
-        self._pending: list[tuple[Start | Finish, asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
         # group commits in flight at once: MySQL overlaps one batch's commit with the next batch; SQLite
         # serializes writers anyway
@@ -256,8 +257,8 @@ class SqlStore(Store):
                                 status: RunStatus = RunStatus.CANCELLED) -> bool:
         if status not in (RunStatus.CANCELLED, RunStatus.MISSED):
             raise ValueError(f"a queued run ends cancelled or missed, not {status}")
-        return await self._call(run_ops.cancel_queued_run, self._db, self._dialect, run_id, now, reason,
-                                status)
+        # in the group commit: a worker that falls behind records a late slot per run it takes
+        return bool(await self._write(Cancel(run_id, now, reason, status)))
 
     async def expired_leases(self, now: datetime, limit: int) -> list[Run]:
         return await self._call(run_ops.expired_leases, self._db, now, limit)
@@ -272,7 +273,7 @@ class SqlStore(Store):
     async def stats(self, since: Sequence[datetime], top: int = 5) -> StoreStats:
         return await self._call(stats, self._db, since, top)
 
-    # starts and finishes: the group commit -------------------------------------------------------
+    # starts, cancels of queued runs and finishes: the group commit ------------------------------------
     async def start_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
         return bool(await self._write(Start(run_id, owner, now, lease_until)))
 
@@ -289,8 +290,8 @@ class SqlStore(Store):
         return bool(await self._write(Finish(run_id, owner, status, finished_at, exit_code, output, error,
                                              retry, lines, lease_expires_at, hooks, json_text(result))))
 
-    async def _write(self, op: Start | Finish) -> Any:
-        """Queue a start/finish for the next group commit and wait for its own result."""
+    async def _write(self, op: Op) -> Any:
+        """Queue a start/cancel/finish for the next group commit and wait for its own result."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, fut))
         # (a finished flusher may still be in the set until its done-callback runs: count live ones; the
@@ -328,7 +329,7 @@ class SqlStore(Store):
                 else:
                     fut.set_result(result)
 
-    def _apply_writes(self, ops: list[Start | Finish]) -> list[Any]:
+    def _apply_writes(self, ops: list[Op]) -> list[Any]:
         """One group commit (one transaction); if it conflicts, each call alone, so one bad write does
         not fail the others of its batch."""
         try:

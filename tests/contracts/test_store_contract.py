@@ -609,6 +609,37 @@ async def test_cancel_queued_run(store: Store) -> None:
     assert not await store.cancel_queued_run(new_id(), T0, "nothing")
 
 
+async def test_cancels_and_starts_of_queued_runs_in_flight_together_each_end_a_run_once(store: Store) -> None:
+    """cancel_queued_run calls in flight at once with starts of the same runs (a worker recording late
+    slots missed while another starts them; a user's cancel): each run ends one way, the calls that
+    lost say False, and each applied record is counted once."""
+    job = make_job("together")
+    await store.add_jobs([job])
+    runs = [make_run(job, T0 + i * S) for i in range(4)]
+    for run in runs:
+        await store.add_run(run, dispatched=True)
+    at = T0 + 30 * S
+    missed = RunStatus.MISSED
+    a, b, c, d = (r.id for r in runs)
+    results = await asyncio.gather(
+        store.cancel_queued_run(a, at, "late", status=missed),
+        store.cancel_queued_run(a, at, "late", status=missed),
+        store.cancel_queued_run(b, at, "late", status=missed), store.start_run(b, "w", at, at + 30 * S),
+        store.start_run(c, "w", at, at + 30 * S), store.cancel_queued_run(c, at, "stop"),
+        store.cancel_queued_run(d, at, "stop"), store.cancel_queued_run(d, at, "late", status=missed))
+    assert sum(results[0:2]) == sum(results[2:4]) == sum(results[4:6]) == sum(results[6:8]) == 1
+    got = {run_id: await store.get_run(run_id) for run_id in (a, b, c, d)}
+    assert got[a].status is missed
+    assert got[b].status is (missed if results[2] else RunStatus.RUNNING)
+    assert got[c].status is (RunStatus.RUNNING if results[4] else RunStatus.CANCELLED)
+    assert got[d].status is (RunStatus.CANCELLED if results[6] else missed)
+    ended = [r for r in got.values() if r.status is not RunStatus.RUNNING]
+    assert all(r.finished_at == at for r in ended)
+    counts = (await store.stats([T0 - 3600 * S])).windows[0].by_status
+    assert counts == {s: sum(r.status is s for r in ended) for s in {r.status for r in ended}}
+    assert await store.claim_due_runs(T0 + 60 * S, 10) == []
+
+
 async def test_list_runs_newest_first_with_keyset_and_status(store: Store) -> None:
     a, b = make_job("a"), make_job("b")
     await store.add_jobs([a, b])

@@ -105,3 +105,41 @@ async def test_a_batch_that_all_applies_then_one_that_all_fails(store: SqlStore)
                                                            finished_at=T0 + S) for r in runs)))
     assert {(await store.get_run(r.id)).status for r in runs} == {RunStatus.SUCCEEDED}
     assert {(await store.get_run(r.id)).owner for r in runs} == {"w"}
+
+
+async def test_cancels_of_queued_runs_join_the_group_commit_exact_and_counted_once(store: SqlStore) -> None:
+    """A worker that falls behind records a late slot missed for each run it takes: those records go
+    into the same group commit as the starts and finishes (one transaction for the batch, not one each),
+    each call's compare-and-set exact, each applied record counted once in the outcome totals."""
+    job = make_job("cancels")
+    await store.add_jobs([job])
+    queued = [make_run(job, T0 + i * S) for i in range(4)]
+    for run in queued:
+        await store.add_run(run, dispatched=True)
+    running = await running_run(store, job, T0 + 10 * S, owner="w")
+    sizes = count_batches(store)
+    at = T0 + 20 * S
+    missed, cancelled = RunStatus.MISSED, RunStatus.CANCELLED
+    results = await asyncio.gather(
+        store.cancel_queued_run(queued[0].id, at, "late 0", status=missed),
+        store.cancel_queued_run(queued[0].id, at, "late 0 again", status=missed),  # a second one loses
+        store.start_run(queued[1].id, "w", at, at + 30 * S),
+        store.cancel_queued_run(queued[1].id, at, "late 1", status=missed),  # one of these two applies
+        store.cancel_queued_run(queued[2].id, at, "stop", status=cancelled),
+        store.cancel_queued_run(running.id, at, "not queued", status=missed),
+        store.cancel_queued_run(new_id(), at, "no such run", status=missed),
+        store.finish_run(running.id, "w", status=RunStatus.SUCCEEDED, finished_at=at),
+        store.cancel_queued_run(queued[3].id, at, "x" * 9000, status=missed))
+    assert sizes == [9]  # one group commit
+    assert results[:2] == [True, False] and results[4:] == [True, False, False, True, True]
+    assert results[2] != results[3]
+    got = {r.id: await store.get_run(r.id) for r in (*queued, running)}
+    assert (got[queued[0].id].status, got[queued[0].id].finished_at, got[queued[0].id].error) == (
+        missed, at, "late 0")
+    assert got[queued[1].id].status is (RunStatus.RUNNING if results[2] else missed)
+    assert (got[queued[2].id].status, got[queued[2].id].error) == (cancelled, "stop")
+    assert got[queued[3].id].status is missed and len(got[queued[3].id].error or "") < 9000  # cut as stored
+    assert got[running.id].status is RunStatus.SUCCEEDED
+    assert await store.claim_due_runs(T0 + 60 * S, 10) == []  # a record is not dispatched again
+    counts = (await store.stats([T0 - 3600 * S])).windows[0].by_status
+    assert counts == {missed: 2 + (not results[2]), cancelled: 1, RunStatus.SUCCEEDED: 1}

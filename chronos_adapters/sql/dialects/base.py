@@ -1,6 +1,7 @@
 """What differs between SQLite and MySQL/MariaDB, as one interface: the named statements of the due-job
 claim, the batched inserts and updates and the group commit (``sqlite.py`` and ``mysql.py`` implement
-it), and the calls of the group commit they apply (:class:`Start`, :class:`Finish`, :class:`Finished`).
+it), and the calls of the group commit they apply (:class:`Start`, :class:`Cancel`, :class:`Finish`,
+:class:`Finished`).
 
 The hot statements are driver SQL written once per store, binding datetimes as
 :func:`~chronos_adapters.sql.tables.utc_text`: the claim selects, inserts and updates thousands of rows a
@@ -23,7 +24,7 @@ from chronos_core.models import Job, JobSummary, Run, RunStatus
 from ..rows import JOBS, RUNS, SUMMARIES, RunRows, memo
 from ..tables import jobs, runs, utc_text
 
-__all__ = ["CHUNK", "Dialect", "DueRow", "Finish", "Finished", "Start", "chunks"]
+__all__ = ["CHUNK", "Cancel", "Dialect", "DueRow", "Finish", "Finished", "Start", "chunks"]
 
 T = TypeVar("T")
 
@@ -45,6 +46,17 @@ class Start:
     owner: str
     now: datetime
     until: datetime
+
+
+@dataclass(slots=True)
+class Cancel:
+    """A ``cancel_queued_run`` call waiting for the group commit: a queued run ends ``status``
+    (cancelled, or missed: a late slot a worker records) at ``now`` with ``reason`` as its error."""
+
+    run_id: str
+    now: datetime
+    reason: str
+    status: RunStatus
 
 
 @dataclass(slots=True)

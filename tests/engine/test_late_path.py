@@ -1,0 +1,189 @@
+"""The late path: a slot that reaches a worker past its misfire grace. A service that falls behind takes
+one such run after the other, so what each costs decides whether it catches up: the record of a late
+slot goes into the store's group commit, and the ``fire_once`` check is answered from the starts the
+worker made itself, or from one summary read for all the late runs asking at once. Each test runs the
+real engines on a FakeClock over every real store (``tests/engine/test_races.py``'s rig); what must hold
+whatever the cost: every late slot ends recorded exactly once (status, count, event), never started
+twice, never handed back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from chronos_core import EventType, RunStatus, StoreUnavailable, Worker
+from chronos_core.models import Job
+from chronos_core.ports import Dispatch, Store
+from tests.engine.test_races import T0, Rig, S, StepExecutor, build_rig, moving_clock
+
+
+@pytest.fixture
+def rig(store: Store) -> Rig:
+    return build_rig(store, StepExecutor())
+
+
+def count(rig: Rig, *names: str) -> dict[str, list[Any]]:
+    """Record the arguments of every call of these store methods."""
+    seen: dict[str, list[Any]] = {name: [] for name in names}
+
+    def hook_for(name: str) -> Any:
+        async def hook(real: Any, *args: Any, **kwargs: Any) -> Any:
+            seen[name].append(args)
+            return await real(*args, **kwargs)
+        return hook
+    for name in names:
+        rig.store.hooks[name] = hook_for(name)
+    return seen
+
+
+async def queued_slots(rig: Rig, job: Job, *at: int) -> list[Dispatch]:
+    """Tick the scheduler at T0 + each of ``at`` seconds; the dispatches it queued, in order."""
+    out = []
+    for t in at:
+        rig.clock.set(T0 + t * S)
+        await rig.scheduler.tick()
+        while (d := rig.take()) is not None:
+            out.append(d)
+    assert all(d.run.job_id == job.id for d in out)
+    return out
+
+
+async def missed_counted(rig: Rig) -> int:
+    windows = (await rig.store.stats([T0 - 3600 * S])).windows
+    return windows[0].by_status.get(RunStatus.MISSED, 0)
+
+
+async def test_a_late_fire_once_run_is_recorded_when_a_run_of_its_job_started_here_after_it_was_due(
+        rig: Rig) -> None:
+    """fire_once runs one late run for a backlog: the second late run of the job is recorded missed as
+    soon as the first one *started* after its slot (before: only once that run had finished and its
+    summary said so, so every late run taken while the first was running ran too), and without a store
+    read: the worker knows the start it made."""
+    job = await rig.create(schedule="*/10 * * * * *", misfire="fire_once", misfire_grace=5,
+                           payload={"behaviour": "block"})
+    d10, d20 = await queued_slots(rig, job, 10, 20)
+    seen = count(rig, "job_summaries")
+    rig.clock.set(T0 + 27 * S)  # slot 10 is 17 s late, slot 20 7 s late
+    first = asyncio.create_task(rig.worker.process(d10))
+    for _ in range(2000):  # (a SQL store answers from its threads)
+        if rig.executor.started:
+            break
+        await asyncio.sleep(0.001)
+    assert rig.executor.started == [d10.run.id]
+    handler = asyncio.create_task(rig.worker.process(d20))  # while the first is still running
+    for _ in range(2000):  # (a SQL store answers from its threads)
+        if handler.done() or len(rig.executor.started) > 1:
+            break
+        await asyncio.sleep(0.001)
+    rig.executor.release.set()  # (had it started, it would block: let it end)
+    second = await handler
+    assert second is not None and second.status is RunStatus.MISSED, second
+    assert "misfire policy fire_once: the run started at" in (second.error or "")
+    assert len(seen["job_summaries"]) == 1  # for the first one only
+    done = await first
+    assert done is not None and done.status is RunStatus.SUCCEEDED
+    assert rig.executor.started == [d10.run.id]
+    assert {r.scheduled_for: r.status for r in await rig.history(job)} == {
+        T0 + 10 * S: RunStatus.SUCCEEDED, T0 + 20 * S: RunStatus.MISSED}
+
+
+async def test_late_fire_once_runs_of_many_jobs_taken_together_read_the_summaries_once(rig: Rig) -> None:
+    jobs = [await rig.create(name=f"late-{i}", schedule="*/10 * * * * *", misfire="fire_once",
+                             misfire_grace=5) for i in range(5)]
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    dispatches = []
+    while (d := rig.take()) is not None:
+        dispatches.append(d)
+    assert len(dispatches) == 5
+    seen = count(rig, "job_summaries")
+    rig.clock.set(T0 + 20 * S)  # every one of them 10 s late; no run of their jobs started since
+    done = await asyncio.gather(*(rig.worker.process(d) for d in dispatches))
+    assert [r.status for r in done if r is not None] == [RunStatus.SUCCEEDED] * 5
+    assert len(seen["job_summaries"]) == 1
+    assert sorted(seen["job_summaries"][0][0]) == sorted(j.id for j in jobs)
+
+
+async def test_a_summary_read_that_fails_is_waited_out_for_every_late_run_that_shares_it(rig: Rig) -> None:
+    for i in range(3):
+        await rig.create(name=f"late-{i}", schedule="*/10 * * * * *", misfire="fire_once", misfire_grace=5)
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    dispatches = []
+    while (d := rig.take()) is not None:
+        dispatches.append(d)
+    rig.clock.set(T0 + 20 * S)
+    rig.store.fail("job_summaries", StoreUnavailable("connection refused"), times=3)
+    nacks: list[str] = []
+
+    async def nack(real: Any, dispatch: Any, reason: str) -> None:
+        nacks.append(reason)
+        await real(dispatch, reason)
+    rig.queue.hooks["nack"] = nack
+    done = await moving_clock(rig, asyncio.ensure_future(
+        asyncio.gather(*(rig.worker.process(d) for d in dispatches))))
+    assert [r.status for r in done if r is not None] == [RunStatus.SUCCEEDED] * 3
+    assert nacks == [] and sorted(rig.executor.started) == sorted(d.run.id for d in dispatches)
+
+
+async def test_late_records_applied_just_before_the_connection_broke_are_recorded_and_counted_once(
+        rig: Rig) -> None:
+    """Several late runs recorded together (one group commit on SQL): the store applied them, then the
+    answer was lost. Each handler tries again, finds its own record, and stops: one record, one count,
+    one event per slot, nothing handed back."""
+    for i in range(4):
+        await rig.create(name=f"skip-{i}", schedule="*/10 * * * * *", misfire="skip", misfire_grace=5)
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    dispatches = []
+    while (d := rig.take()) is not None:
+        dispatches.append(d)
+    rig.clock.set(T0 + 30 * S)
+    rig.store.fail("cancel_queued_run", StoreUnavailable("connection lost"), times=4, after=True)
+    done = await moving_clock(rig, asyncio.ensure_future(
+        asyncio.gather(*(rig.worker.process(d) for d in dispatches))))
+    assert [r.status for r in done if r is not None] == [RunStatus.MISSED] * 4
+    assert rig.executor.started == []
+    assert sorted(e.run_id for e in rig.published(EventType.RUN_MISSED)) == sorted(
+        d.run.id for d in dispatches)
+    assert await missed_counted(rig) == 4
+    for d in dispatches:
+        assert (await rig.store.get_run(d.run.id)).status is RunStatus.MISSED
+
+
+async def test_a_worker_that_dies_while_its_late_records_wait_leaves_them_to_the_next_one(rig: Rig) -> None:
+    """The worker is gone before its late records reached the store (the process died, its tasks were
+    cancelled): the runs stay queued; handed out again, the next worker records each once."""
+    for i in range(3):
+        await rig.create(name=f"skip-{i}", schedule="*/10 * * * * *", misfire="skip", misfire_grace=5)
+    rig.clock.set(T0 + 10 * S)
+    await rig.scheduler.tick()
+    dispatches = []
+    while (d := rig.take()) is not None:
+        dispatches.append(d)
+    rig.clock.set(T0 + 30 * S)
+    never = asyncio.Event()
+
+    async def hang(real: Any, *args: Any, **kwargs: Any) -> Any:
+        await never.wait()  # the write never reaches the store
+    rig.store.hooks["cancel_queued_run"] = hang
+    handlers = [asyncio.create_task(rig.worker.process(d)) for d in dispatches]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    for h in handlers:
+        h.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
+    del rig.store.hooks["cancel_queued_run"]
+    for d in dispatches:
+        assert (await rig.store.get_run(d.run.id)).status is RunStatus.QUEUED
+    assert await missed_counted(rig) == 0
+    other = Worker(rig.store, rig.queue, rig.bus, rig.clock, {"step": rig.executor},  # type: ignore[arg-type]
+                   job_types=rig.worker._types, lease=30)
+    for d in [*dispatches, *dispatches]:  # (each delivered twice, as a durable queue may)
+        await other.process(d)
+    assert rig.executor.started == []
+    assert await missed_counted(rig) == 3
+    assert sorted(e.run_id for e in rig.published(EventType.RUN_MISSED)) == sorted(
+        d.run.id for d in dispatches)
