@@ -1,7 +1,8 @@
-"""Runs: add one, read and list them, record live output, renew leases, cancel a queued one, find
-expired leases, delete history, release undispatched ones. Each function is one call of the store's
-thread pool, on SQLAlchemy Core, taking the :class:`~.engine.Database` and, where a statement differs,
-the store's :class:`~.dialects.Dialect`. (Starts and finishes go through the group commit.)"""
+"""Runs: add one, read and list them, record live output, renew leases, find expired leases, delete
+history, release undispatched ones. Each function is one call of the store's thread pool, on SQLAlchemy
+Core, taking the :class:`~.engine.Database` and, where a statement differs, the store's
+:class:`~.dialects.Dialect`. (Starts, cancels of queued runs and finishes go through the group commit,
+``group_commit.py``.)"""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ from .dialects import Dialect
 from .dialects.base import chunks
 from .engine import Database, driver_rows
 from .outcomes import count_outcomes
-from .rows import JOBS, RUNS, cut
+from .rows import JOBS, RUNS
 from .tables import jobs, runs
 
-__all__ = ["add_run", "cancel_queued_run", "delete_runs", "expired_leases", "get_run", "list_runs",
-           "next_due_time", "record_output", "release_undispatched", "renew_leases"]
+__all__ = ["add_run", "delete_runs", "expired_leases", "get_run", "list_runs", "next_due_time",
+           "record_output", "release_undispatched", "renew_leases"]
 
 _FINISHED = sorted(s.value for s in FINISHED_RUN_STATUSES)
 
@@ -113,19 +114,6 @@ def renew_leases(db: Database, d: Dialect, ids: Sequence[str], owner: str, until
                 conn.execute(update(runs).where(runs.c.id.in_(mine)).values(lease_expires_at=until))
             held.update(mine)
     return held
-
-
-def cancel_queued_run(db: Database, d: Dialect, run_id: str, now: datetime, reason: str,
-                      status: RunStatus) -> bool:
-    with db.transaction() as conn:
-        done = conn.execute(
-            update(runs).where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED.value)
-            .values(status=status.value, finished_at=now, error=cut(reason),
-                    dispatch_due_at=None)).rowcount == 1
-        if done:
-            job_id = conn.scalar(select(runs.c.job_id).where(runs.c.id == run_id))
-            count_outcomes(conn, d, [(now, str(job_id), status)])
-        return done
 
 
 def expired_leases(db: Database, now: datetime, limit: int) -> list[Run]:
