@@ -485,9 +485,11 @@ class Worker:
         if waiting is None:
             waiting = self._summary_wanted[job_id] = asyncio.get_running_loop().create_future()
             waiting.add_done_callback(_retrieved)
-            if self._summary_reader is None or self._summary_reader.done():
-                self._summary_reader = asyncio.create_task(self._read_summaries(),
-                                                           name="chronos-worker-summaries")
+        # (whether or not the request was there already: a reader cancelled by stop() leaves the
+        # requests made during its last read waiting, and a worker started again must serve them)
+        if self._summary_reader is None or self._summary_reader.done():
+            self._summary_reader = asyncio.create_task(self._read_summaries(),
+                                                       name="chronos-worker-summaries")
         stored = await asyncio.shield(waiting)  # (one caller's cancellation is not the others')
         known = self._starts.get(job_id)  # (a start here meanwhile)
         if known is None or (stored is not None and stored > known):
