@@ -1,7 +1,7 @@
-"""The SQL store's group commit: start_run/finish_run calls that arrive together are applied in one
-transaction, and each call's result stays exact. On SQLite the batch is first tried as one executemany
-whose WHERE holds the compare-and-set; when fewer rows changed than calls it is rolled back and the calls
-run one by one. These batches mix calls that apply with calls that must not."""
+"""The SQL store's group commit: start_run/cancel_queued_run/finish_run calls that arrive together are
+applied in one transaction, and each call's result stays exact. On SQLite the batch is first tried as one
+executemany whose WHERE holds the compare-and-set; when fewer rows changed than calls it is rolled back
+and the calls run one by one. These batches mix calls that apply with calls that must not."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import exc as sa_exc
 
-from chronos_adapters.sql import SqlStore
+from chronos_adapters.sql import SqlStore, group_commit
+from chronos_core.errors import StoreUnavailable
 from chronos_core.ids import new_id
 from chronos_core.models import Run, RunStatus
 from tests.contracts.test_store_contract import T0, S, make_job, make_run, running_run
@@ -143,3 +145,43 @@ async def test_cancels_of_queued_runs_join_the_group_commit_exact_and_counted_on
     assert await store.claim_due_runs(T0 + 60 * S, 10) == []  # a record is not dispatched again
     counts = (await store.stats([T0 - 3600 * S])).windows[0].by_status
     assert counts == {missed: 2 + (not results[2]), cancelled: 1, RunStatus.SUCCEEDED: 1}
+
+
+async def test_a_batch_whose_transaction_fails_fails_every_call_in_it_and_leaves_no_record_half_made(
+        store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late slot's record shares its transaction with the starts and finishes beside it: when that
+    transaction fails after the record's UPDATE (here the outcome count after it: the connection went),
+    all of it is rolled back and every call of the batch is told the store was unavailable, none a quiet
+    False; the callers try again and each write applies, and is counted, once."""
+    job = make_job("fails")
+    await store.add_jobs([job])
+    late, queued = make_run(job, T0), make_run(job, T0 + S)
+    for run in (late, queued):
+        await store.add_run(run, dispatched=True)
+    running = await running_run(store, job, T0 + 2 * S, owner="w")
+    real = group_commit.count_outcomes
+    broken = [True]
+
+    def count_outcomes(*args: Any) -> None:
+        if broken.pop() if broken else False:
+            raise sa_exc.OperationalError("INSERT INTO run_counts", {}, Exception("server has gone away"))
+        real(*args)
+    monkeypatch.setattr(group_commit, "count_outcomes", count_outcomes)
+    sizes = count_batches(store)
+    at = T0 + 20 * S
+
+    def calls() -> list[Any]:
+        return [store.cancel_queued_run(late.id, at, "late", status=RunStatus.MISSED),
+                store.start_run(queued.id, "w", at, at + 30 * S),
+                store.finish_run(running.id, "w", status=RunStatus.SUCCEEDED, finished_at=at)]
+    failed = await asyncio.gather(*calls(), return_exceptions=True)
+    assert sizes == [3]
+    assert [type(r) for r in failed] == [StoreUnavailable] * 3
+    assert [(await store.get_run(r.id)).status for r in (late, queued, running)] == [
+        RunStatus.QUEUED, RunStatus.QUEUED, RunStatus.RUNNING]
+    assert (await store.stats([T0 - 3600 * S])).windows[0].by_status == {}
+    assert await asyncio.gather(*calls()) == [True, True, True]
+    assert [(await store.get_run(r.id)).status for r in (late, queued, running)] == [
+        RunStatus.MISSED, RunStatus.RUNNING, RunStatus.SUCCEEDED]
+    assert (await store.stats([T0 - 3600 * S])).windows[0].by_status == {
+        RunStatus.MISSED: 1, RunStatus.SUCCEEDED: 1}
