@@ -218,6 +218,9 @@ class Worker:
         # job id -> the summary's last start, for the late runs waiting for it (one store read for all)
         self._summary_wanted: dict[str, asyncio.Future[datetime | None]] = {}
         self._summary_reader: asyncio.Task[None] | None = None
+        # job id -> done when the late fire_once run of it deciding now has started (or not): the next
+        # late run of the job decides after it (RR-F1 prototype)
+        self._late_deciding: dict[str, asyncio.Future[None]] = {}
         self._handlers: set[asyncio.Task[Run | None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._background: list[asyncio.Task[None]] = []
@@ -444,15 +447,23 @@ class Worker:
             now = stored.started_at
             return True
 
-        if is_late(job, run, now):  # past its misfire grace: maybe recorded missed instead
-            last = None
-            if job.misfire is MisfirePolicy.FIRE_ONCE:
-                last = await self._last_started(job.id, run.due_at)
-            if (late := late_start(job, run, now, last)) is not None:
-                return await self._record_late(run, late)
-        if not await self._persist(start, run.id, RunStatus.RUNNING, started_here):
-            return None
-        self._started_here(job.id, now)
+        deciding: asyncio.Future[None] | None = None
+        try:
+            if is_late(job, run, now):  # past its misfire grace: maybe recorded missed instead
+                last = None
+                if job.misfire is MisfirePolicy.FIRE_ONCE:
+                    while (other := self._late_deciding.get(job.id)) is not None:
+                        await asyncio.wait([other])
+                    deciding = self._late_deciding[job.id] = asyncio.get_running_loop().create_future()
+                    last = await self._last_started(job.id, run.due_at)
+                if (late := late_start(job, run, now, last)) is not None:
+                    deciding = self._decided(job.id, deciding)  # (a record changes no start)
+                    return await self._record_late(run, late)
+            if not await self._persist(start, run.id, RunStatus.RUNNING, started_here):
+                return None
+            self._started_here(job.id, now)
+        finally:
+            self._decided(job.id, deciding)
         f.held = True
         f.run = evolve(run, status=RunStatus.RUNNING, started_at=now, owner=self.owner,
                        lease_expires_at=now + self.lease)
@@ -462,6 +473,13 @@ class Worker:
             f.held = False
             f.tail = None
             self._early_cancels.pop(run.id, None)
+
+    def _decided(self, job_id: str, deciding: asyncio.Future[None] | None) -> None:
+        if deciding is not None and not deciding.done():
+            deciding.set_result(None)
+            if self._late_deciding.get(job_id) is deciding:
+                del self._late_deciding[job_id]
+        return None
 
     def _started_here(self, job_id: str, at: datetime) -> None:
         """Note that a run of the job started here at ``at`` (see :meth:`_last_started`)."""
