@@ -457,7 +457,7 @@ class Worker:
                     deciding = self._late_deciding[job.id] = asyncio.get_running_loop().create_future()
                     last = await self._last_started(job.id, run.due_at)
                 if (late := late_start(job, run, now, last)) is not None:
-                    deciding = self._decided(job.id, deciding)  # (a record changes no start)
+                    self._decided(job.id, deciding)  # (a record changes no start: next one may go)
                     return await self._record_late(run, late)
             if not await self._persist(start, run.id, RunStatus.RUNNING, started_here):
                 return None
@@ -479,7 +479,6 @@ class Worker:
             deciding.set_result(None)
             if self._late_deciding.get(job_id) is deciding:
                 del self._late_deciding[job_id]
-        return None
 
     def _started_here(self, job_id: str, at: datetime) -> None:
         """Note that a run of the job started here at ``at`` (see :meth:`_last_started`)."""
