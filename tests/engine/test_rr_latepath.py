@@ -101,3 +101,36 @@ async def test_rr_a_request_made_during_a_read_is_not_answered_by_it(rig: Rig) -
     assert done[0] is not None and done[0].status is RunStatus.SUCCEEDED
     assert done[1] is not None and done[1].status is RunStatus.MISSED, done[1]
     assert len(reads) == 3 and reads[2] == [b.id]  # (reads[1]: the other worker's own check)
+
+
+async def test_rr_one_late_run_delivered_to_two_workers_where_one_drops_it_and_one_starts_it(
+        rig: Rig) -> None:
+    """Scale-out redelivery (a rebalance, the relay sending the row again): the same late run reaches two
+    workers at once. Worker 1 started a run of the job after the slot (its own start: drop it), worker 2
+    knows nothing and the summary shows nothing finished (start it). The record and the start race in the
+    store: exactly one applies; the run either ran once or is recorded missed once, counted once."""
+    from tests.engine.test_late_path import another_worker, missed_counted
+    job = await rig.create(schedule="*/10 * * * * *", misfire="fire_once", misfire_grace=5,
+                           payload={"behaviour": "block"})
+    d10, d20 = await queued_slots(rig, job, 10, 20)
+    rig.clock.set(T0 + 27 * S)
+    first = asyncio.create_task(rig.worker.process(d10))  # starts at 27 here, blocks
+    for _ in range(2000):
+        if rig.executor.started:
+            break
+        await asyncio.sleep(0.001)
+    assert rig.executor.started == [d10.run.id]
+    other = another_worker(rig)
+    here, there = asyncio.create_task(rig.worker.process(d20)), asyncio.create_task(other.process(d20))
+    for _ in range(2000):
+        if here.done() and (there.done() or len(rig.executor.started) > 1):
+            break
+        await asyncio.sleep(0.001)
+    rig.executor.release.set()
+    a, b, _ = await asyncio.wait_for(asyncio.gather(here, there, first), 30)
+    outcomes = [r.status for r in (a, b) if r is not None]
+    assert len(outcomes) == 1, (a, b)
+    stored = await rig.store.get_run(d20.run.id)
+    assert stored.status is outcomes[0]
+    assert await missed_counted(rig) == (1 if outcomes[0] is RunStatus.MISSED else 0)
+    assert rig.executor.started.count(d20.run.id) == (0 if outcomes[0] is RunStatus.MISSED else 1)
