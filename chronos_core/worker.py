@@ -219,7 +219,8 @@ class Worker:
         self._summary_wanted: dict[str, asyncio.Future[datetime | None]] = {}
         self._summary_reader: asyncio.Task[None] | None = None
         # job id -> done when the late fire_once run of it deciding now has started (or not): the next
-        # late run of the job decides after it (RR-F1 prototype)
+        # late run of the job decides after it: late runs of one job taken together (a worker draining a
+        # backlog with concurrency > 1) see each other's starts, so one of them runs
         self._late_deciding: dict[str, asyncio.Future[None]] = {}
         self._handlers: set[asyncio.Task[Run | None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
@@ -475,6 +476,8 @@ class Worker:
             self._early_cancels.pop(run.id, None)
 
     def _decided(self, job_id: str, deciding: asyncio.Future[None] | None) -> None:
+        """The late fire_once run of the job deciding under ``deciding`` is done deciding (its start is
+        confirmed or refused, or it is to be recorded missed): the next one of the job may check."""
         if deciding is not None and not deciding.done():
             deciding.set_result(None)
             if self._late_deciding.get(job_id) is deciding:

@@ -9,6 +9,7 @@ twice, never handed back."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -57,6 +58,15 @@ async def queued_slots(rig: Rig, job: Job, *at: int) -> list[Dispatch]:
     return list(out.values())
 
 
+async def first_of(*waits: Awaitable[Any]) -> None:
+    """Until the first of ``waits`` is done (the others are cancelled, tasks given are left running)."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for t, w in zip(tasks, waits, strict=True):
+        if t is not w:
+            t.cancel()
+
+
 async def missed_counted(rig: Rig) -> int:
     windows = (await rig.store.stats([T0 - 3600 * S])).windows
     return windows[0].by_status.get(RunStatus.MISSED, 0)
@@ -90,16 +100,10 @@ async def test_a_late_fire_once_run_is_recorded_when_a_run_of_its_job_started_he
     seen = count(rig, "job_summaries")
     rig.clock.set(T0 + 27 * S)  # slot 10 is 17 s late, slot 20 7 s late
     first = asyncio.create_task(rig.worker.process(d10))
-    for _ in range(2000):  # (a SQL store answers from its threads)
-        if rig.executor.started:
-            break
-        await asyncio.sleep(0.001)
+    await rig.executor.wait_started(1)
     assert rig.executor.started == [d10.run.id]
     handler = asyncio.create_task(rig.worker.process(d20))  # while the first is still running
-    for _ in range(2000):  # (a SQL store answers from its threads)
-        if handler.done() or len(rig.executor.started) > 1:
-            break
-        await asyncio.sleep(0.001)
+    await first_of(handler, rig.executor.wait_started(2))  # recorded, or (wrongly) started
     rig.executor.release.set()  # (had it started, it would block: let it end)
     second = await handler
     assert second is not None and second.status is RunStatus.MISSED, second

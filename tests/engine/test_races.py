@@ -46,9 +46,17 @@ class StepExecutor(Executor):
     def __init__(self) -> None:
         self.started: list[str] = []
         self.release = asyncio.Event()
+        self._began = asyncio.Event()
+
+    async def wait_started(self, n: int) -> None:
+        """Until ``n`` runs have started here (an event per start, not a timed poll)."""
+        while len(self.started) < n:
+            self._began.clear()
+            await self._began.wait()
 
     async def execute(self, job: Job, run: Run, log: LogSink) -> ExecutionResult:
         self.started.append(run.id)
+        self._began.set()
         mode = job.payload.get("behaviour", "ok")
         if mode == "lines":
             for i in range(3):

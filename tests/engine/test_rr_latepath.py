@@ -10,7 +10,7 @@ import pytest
 
 from chronos_core import RunStatus
 from chronos_core.ports import Store
-from tests.engine.test_late_path import queued_slots, queued_slots_of
+from tests.engine.test_late_path import first_of, queued_slots, queued_slots_of
 from tests.engine.test_races import T0, Rig, S, StepExecutor, build_rig
 
 
@@ -28,13 +28,8 @@ async def test_rr_two_late_fire_once_runs_of_one_job_taken_together_run_once(rig
     d10, d20 = await queued_slots(rig, job, 10, 20)
     rig.clock.set(T0 + 40 * S)  # both late (30 s and 20 s), nothing of the job started
     handlers = [asyncio.create_task(rig.worker.process(d)) for d in (d10, d20)]
-    for _ in range(2000):  # (a SQL store answers from its threads)
-        if len(rig.executor.started) >= 1 and all(not h.done() for h in handlers) and \
-                len(rig.executor.started) + sum(h.done() for h in handlers) >= 2:
-            break
-        if any(h.done() for h in handlers):
-            break
-        await asyncio.sleep(0.001)
+    await rig.executor.wait_started(1)  # one of them runs (and blocks)
+    await first_of(*handlers, rig.executor.wait_started(2))  # the other one recorded, or started too
     rig.executor.release.set()
     done = await asyncio.wait_for(asyncio.gather(*handlers), 30)
     statuses = sorted(r.status.value for r in done if r is not None)
@@ -115,17 +110,12 @@ async def test_rr_one_late_run_delivered_to_two_workers_where_one_drops_it_and_o
     d10, d20 = await queued_slots(rig, job, 10, 20)
     rig.clock.set(T0 + 27 * S)
     first = asyncio.create_task(rig.worker.process(d10))  # starts at 27 here, blocks
-    for _ in range(2000):
-        if rig.executor.started:
-            break
-        await asyncio.sleep(0.001)
+    await rig.executor.wait_started(1)
     assert rig.executor.started == [d10.run.id]
     other = another_worker(rig)
     here, there = asyncio.create_task(rig.worker.process(d20)), asyncio.create_task(other.process(d20))
-    for _ in range(2000):
-        if here.done() and (there.done() or len(rig.executor.started) > 1):
-            break
-        await asyncio.sleep(0.001)
+    await asyncio.wait([here])  # here: recorded missed, or found it started there (never runs it)
+    await first_of(there, rig.executor.wait_started(2))  # there: found it recorded, or started it
     rig.executor.release.set()
     a, b, _ = await asyncio.wait_for(asyncio.gather(here, there, first), 30)
     outcomes = [r.status for r in (a, b) if r is not None]
