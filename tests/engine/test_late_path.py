@@ -67,6 +67,19 @@ async def first_of(*waits: Awaitable[Any]) -> None:
             t.cancel()
 
 
+def hold_summary_reads(rig: Rig) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold every ``job_summaries`` read until the first event (the gate) is set; the second is set
+    when a read is under way."""
+    gate, reading = asyncio.Event(), asyncio.Event()
+
+    async def held(real: Any, *args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        await gate.wait()
+        return await real(*args, **kwargs)
+    rig.store.hooks["job_summaries"] = held
+    return gate, reading
+
+
 async def missed_counted(rig: Rig) -> int:
     windows = (await rig.store.stats([T0 - 3600 * S])).windows
     return windows[0].by_status.get(RunStatus.MISSED, 0)
@@ -200,17 +213,11 @@ async def test_a_worker_stopped_during_a_summary_read_serves_the_requests_left_w
     b = await rig.create(name="late-b", schedule="*/10 * * * * *", misfire="fire_once", misfire_grace=5)
     slots = await queued_slots_of(rig, 10, 20)
     rig.clock.set(T0 + 30 * S)  # every one of them late; no run of either job started yet
-    gate, reading = asyncio.Event(), asyncio.Event()
-
-    async def held(real: Any, *args: Any, **kwargs: Any) -> Any:
-        reading.set()
-        await gate.wait()
-        return await real(*args, **kwargs)
-    rig.store.hooks["job_summaries"] = held
+    gate, reading = hold_summary_reads(rig)
     first = asyncio.create_task(rig.worker.process(slots[(a.id, 10)]))
     await reading.wait()  # the first read is under way: b's check waits for the next one
     second = asyncio.create_task(rig.worker.process(slots[(b.id, 10)]))
-    for _ in range(20):
+    for _ in range(20):  # (no I/O before its check: a few turns of the loop take it there)
         await asyncio.sleep(0)
     for handler in (first, second):  # what stop() does to the handlers it still has after its grace
         handler.cancel()

@@ -10,7 +10,7 @@ import pytest
 
 from chronos_core import RunStatus
 from chronos_core.ports import Store
-from tests.engine.test_late_path import first_of, queued_slots, queued_slots_of
+from tests.engine.test_late_path import first_of, hold_summary_reads, queued_slots, queued_slots_of
 from tests.engine.test_races import T0, Rig, S, StepExecutor, build_rig
 
 
@@ -43,13 +43,7 @@ async def test_rr_one_waiter_cancelled_does_not_cancel_the_shared_read_of_the_ot
     b = await rig.create(name="rr-b", schedule="*/10 * * * * *", misfire="fire_once", misfire_grace=5)
     slots = await queued_slots_of(rig, 10)
     rig.clock.set(T0 + 30 * S)
-    gate, reading = asyncio.Event(), asyncio.Event()
-
-    async def held(real: Any, *args: Any, **kwargs: Any) -> Any:
-        reading.set()
-        await gate.wait()
-        return await real(*args, **kwargs)
-    rig.store.hooks["job_summaries"] = held
+    gate, reading = hold_summary_reads(rig)
     first = asyncio.create_task(rig.worker.process(slots[(a.id, 10)]))
     second = asyncio.create_task(rig.worker.process(slots[(b.id, 10)]))
     await asyncio.wait_for(reading.wait(), 30)
