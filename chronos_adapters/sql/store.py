@@ -3,7 +3,8 @@
 The drivers are synchronous: every call runs in the store's own thread pool (never on the event loop),
 one transaction per call (``engine.Database``). ``start_run`` / ``cancel_queued_run`` / ``finish_run``
 calls that arrive together are coalesced into one transaction (group commit, ``group_commit.py``) whose
-compare-and-set results stay exact per call. The due-job claim (``claim.py``) is one transaction:
+compare-and-set results stay exact per call; so are ``add_jobs`` calls (``create_batch.py``), each still
+all or none and answered as alone. The due-job claim (``claim.py``) is one transaction:
 ``FOR UPDATE SKIP LOCKED`` on MySQL (schedulers claim disjoint jobs), ``BEGIN IMMEDIATE`` on SQLite
 (writers are serialized). What the two databases are told differently is in ``dialects/``, picked at
 :meth:`SqlStore.start`; the rest is in ``job_ops.py``, ``run_ops.py``, ``notice_ops.py`` and
@@ -41,6 +42,7 @@ from chronos_core.ports import Claim, Dispatch, JobChange, Planner, Store, Store
 
 from . import claim, job_ops, notice_ops, run_ops
 from .claim import JobCache, OnDispatch
+from .create_batch import CreateBatcher, answer_batch, fail_batch, run_batch
 from .dialects import Dialect, dialect_for
 from .dialects.base import Cancel, Finish, Start
 from .engine import Database, is_sqlite, open_engine
@@ -78,6 +80,8 @@ class SqlStore(Store):
         self._dialect: Dialect | None = None
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        # concurrent add_jobs calls (POST /jobs) written one transaction per batch (create_batch.py)
+        self._creates = CreateBatcher(self._write_creates, parallel=1 if is_sqlite(url) else 2)
         # group commits in flight at once: MySQL overlaps one batch's commit with the next batch; SQLite
         # serializes writers anyway
         self.parallel_commits = 1 if is_sqlite(url) else 2
@@ -111,9 +115,9 @@ class SqlStore(Store):
             raise
 
     async def stop(self) -> None:
-        while self._flushers:
+        while self._flushers or self._creates.flushers:
             with contextlib.suppress(BaseException):
-                await asyncio.gather(*self._flushers)
+                await asyncio.gather(*self._flushers, *self._creates.flushers)
         db, self._db = self._db, None
         if db is not None:
             await db.close()
@@ -157,7 +161,11 @@ class SqlStore(Store):
                 raise NameConflict(job.name)
             seen.add(job.name)
         if jobs_:
-            await self._call(job_ops.add_jobs, self._db, list(jobs_))
+            await self._creates.add(list(jobs_))
+
+    async def _write_creates(self, members: list[list[Job]]) -> list[BaseException | None]:
+        """One batch of creates (see ``create_batch``): each member's result."""
+        return await self._call(run_batch, self._db, members)
 
     async def get_job(self, job_id: str) -> Job:
         return await self._call(job_ops.get_job, self._db, job_id)
@@ -310,24 +318,9 @@ class SqlStore(Store):
             try:
                 results = await self._call(self._apply_writes, [op for op, _ in batch])
             except BaseException as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable(
-                            "the store stopped before the write was done"))
-                if not isinstance(exc, Exception):
-                    for _, fut in self._pending:
-                        if not fut.done():
-                            fut.set_exception(StoreUnavailable("the store stopped"))
-                    self._pending.clear()
-                    raise
+                fail_batch(batch, self._pending, exc)
                 continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                if fut.done():
-                    continue  # the caller gave up waiting
-                if isinstance(result, BaseException):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
+            answer_batch(batch, results)
 
     def _apply_writes(self, ops: list[Op]) -> list[Any]:
         """One group commit (one transaction); if it conflicts, each call alone, so one bad write does

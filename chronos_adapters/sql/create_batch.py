@@ -1,0 +1,159 @@
+"""The group commit of job creates: the ``add_jobs`` calls that arrive together (concurrent ``POST /jobs``)
+written in one transaction, each call still all-or-none on its own and answered as it would be alone.
+
+:class:`CreateBatcher` queues the calls and runs one batch at a time per commit slot (the shape of the
+start/finish group commit in ``store.py``); :func:`insert_batch` is the body of one batch: one read of the
+taken names for every member, then one insert of the accepted members' jobs and summaries. A member whose
+name is taken - by a stored job or by an earlier member of the same batch - gets :class:`NameConflict`,
+exactly as it would when run after those. If the insert still fails on a constraint (another process
+took a name between the read and the insert on MySQL, an id collision, a trigger), the transaction is
+rolled back and every member is run alone (``job_ops.add_jobs``), so each gets its own result; a failure
+of the database itself (an ``OperationalError``: unreachable, locked, no such table) fails every member
+with the store's usual error, and nothing of the batch is written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+from sqlalchemy import exc as sa_exc
+
+from chronos_core.errors import NameConflict, StoreUnavailable
+from chronos_core.models import Job
+
+from .dialects.base import chunks
+from .engine import Database
+from .job_ops import add_jobs
+from .rows import JOBS
+from .tables import job_summaries, jobs
+
+__all__ = ["CreateBatcher", "answer_batch", "fail_batch", "insert_batch", "run_batch"]
+
+Member = list[Job]
+"""One ``add_jobs`` call: its jobs, all or none."""
+
+# errors of the database or the connection, not of a member's rows: the batch fails as a whole
+_DATABASE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
+                    sa_exc.DisconnectionError, StoreUnavailable)
+
+
+def insert_batch(conn: Connection, members: Sequence[Member]) -> list[NameConflict | None]:
+    """Insert the members whose names are free in ``conn``'s transaction; per member None (inserted) or
+    the :class:`NameConflict` it gets alone (its first name taken, in its own order)."""
+    names = sorted({j.name for m in members for j in m})
+    taken: set[str] = set()
+    for chunk in chunks(names):
+        taken.update(conn.scalars(select(jobs.c.name).where(jobs.c.name.in_(chunk))))
+    results: list[NameConflict | None] = []
+    rows: list[dict[str, Any]] = []
+    for member in members:
+        clash = next((j.name for j in member if j.name in taken), None)
+        if clash is not None:
+            results.append(NameConflict(clash))
+            continue
+        taken.update(j.name for j in member)  # a later member of this batch with one of them loses
+        rows.extend(JOBS.row(j) for j in member)
+        results.append(None)
+    if rows:
+        conn.execute(insert(jobs), rows)
+        conn.execute(insert(job_summaries), [{"job_id": r["id"]} for r in rows])
+    return results
+
+
+def run_batch(db: Database, members: Sequence[Member]) -> list[BaseException | None]:
+    """One batch (one transaction); if it fails on something else than the database, each member
+    alone. Per member None (created) or the exception it raises."""
+    if len(members) == 1:
+        add_jobs(db, members[0])
+        return [None]
+    try:
+        with db.transaction() as conn:
+            return list(insert_batch(conn, members))
+    except _DATABASE_ERRORS:
+        raise  # every member gets it (Database.guarded translates it; retries a MySQL deadlock)
+    except Exception:  # a member's rows: each member alone says which
+        pass
+    results: list[BaseException | None] = []
+    for member in members:
+        try:
+            Database.guarded(add_jobs, db, member)
+            results.append(None)
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+class CreateBatcher:
+    """Concurrent ``add_jobs`` calls gathered into batches of at most ``max_jobs`` jobs (a call is never
+    split), at most ``parallel`` batches in flight; ``run`` writes one batch (``run_batch`` in the store's
+    pool) and returns each member's result."""
+
+    def __init__(self, run: Callable[[list[Member]], Awaitable[list[BaseException | None]]], *,
+                 parallel: int, max_jobs: int = 500) -> None:
+        self._run = run
+        self.parallel = parallel
+        self.max_jobs = max_jobs
+        self._pending: list[tuple[Member, asyncio.Future[None]]] = []
+        self.flushers: set[asyncio.Task[None]] = set()
+
+    async def add(self, member: Member) -> None:
+        """Queue ``member`` for the next batch; return when it is committed, or raise its error."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((member, fut))
+        if sum(not t.done() for t in self.flushers) < self.parallel:
+            task = asyncio.create_task(self._flush(), name="chronos-sql-create-batch")
+            self.flushers.add(task)
+            task.add_done_callback(self.flushers.discard)
+        await fut
+
+    def _take(self) -> list[tuple[Member, asyncio.Future[None]]]:
+        size, n = 0, 0
+        for member, _ in self._pending:
+            if n and size + len(member) > self.max_jobs:
+                break
+            size, n = size + len(member), n + 1
+        batch = self._pending[:n]
+        del self._pending[:n]
+        return batch
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._take()
+            try:
+                results = await self._run([m for m, _ in batch])
+            except BaseException as exc:
+                fail_batch(batch, self._pending, exc)
+                continue
+            answer_batch(batch, results)
+
+
+Waiting = list[tuple[Any, asyncio.Future[Any]]]
+"""A group commit's calls, each with the future its caller waits on."""
+
+
+def answer_batch(batch: Waiting, results: Sequence[Any]) -> None:
+    """Each caller its own result: an exception is raised to it, anything else returned."""
+    for (_, fut), result in zip(batch, results, strict=True):
+        if fut.done():
+            continue  # the caller gave up waiting
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+
+def fail_batch(batch: Waiting, pending: Waiting, exc: BaseException) -> None:
+    """The batch failed as a whole: every caller of it gets ``exc``. A cancellation (the store stopping)
+    fails the calls still queued as well and is raised again."""
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable(
+                "the store stopped before the write was done"))
+    if not isinstance(exc, Exception):
+        for _, fut in pending:
+            if not fut.done():
+                fut.set_exception(StoreUnavailable("the store stopped"))
+        pending.clear()
+        raise exc
