@@ -435,7 +435,9 @@ class Scheduler:
                 await watcher
 
     async def _watch_bus(self) -> None:
-        async def on_event(_: Event) -> None:
+        async def on_event(event: Event) -> None:
+            if event.type is not EventType.RUN_RETRY_SCHEDULED and event.data.get("next_run_at", "") is None:
+                return  # a job with no slot to fire (run by hand only, paused, ended): nothing to tick for
             self._wake.set()
 
         await watch(self._bus, set(_WAKE_ON), on_event, None, self._clock)

@@ -581,6 +581,25 @@ async def test_the_loop_sleeps_until_the_next_slot_and_wakes_for_new_jobs(h: Har
         await h.scheduler.stop()
 
 
+async def test_jobs_without_a_slot_do_not_wake_the_loop(h: Harness) -> None:
+    """A job run by hand only (or created paused) has nothing for the scheduler: creating many of them
+    (POST /jobs under load) costs no tick each; a scheduled one still wakes it."""
+    h.scheduler.max_sleep = 3600
+    await h.scheduler.start()
+    try:
+        await settle()
+        ticks = h.scheduler.stats.ticks
+        await h.create()
+        await h.create(schedule="*/30 * * * * *", status="paused")
+        await settle()
+        assert h.scheduler.stats.ticks == ticks
+        await h.create(schedule="*/30 * * * * *")
+        await settle()
+        assert h.scheduler.stats.ticks == ticks + 1
+    finally:
+        await h.scheduler.stop()
+
+
 
 
 async def test_a_job_that_cannot_be_planned_does_not_stall_the_others(h: Harness) -> None:
