@@ -45,9 +45,11 @@ def open_engine(url: str, *, pool_size: int = 5,
     """An engine for ``url`` and how many threads may use it at once (one for an in-memory SQLite
     database: a single shared connection). ``options`` override the defaults."""
     u = make_url(url)
-    opts: dict[str, Any] = {"pool_pre_ping": True}
-    threads = pool_size
     sqlite = is_sqlite(u)
+    # a server closes idle connections (MySQL's wait_timeout, a restart): test each one taken from the
+    # pool. A SQLite file's connection does not go stale, and the ping was a statement per transaction
+    opts: dict[str, Any] = {"pool_pre_ping": not sqlite}
+    threads = pool_size
     if sqlite:
         opts["connect_args"] = {"check_same_thread": False, "timeout": 60}
         if u.database in (None, "", ":memory:"):
