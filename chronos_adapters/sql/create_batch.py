@@ -109,6 +109,9 @@ class CreateBatcher:
         await fut
 
     def _take(self) -> list[tuple[Member, asyncio.Future[None]]]:
+        # a caller gone while its call waited (cancelled: a timeout, an interrupted SyncChronos, shutdown)
+        # is not written, as a call whose thread never started was not: no job without its job.created
+        self._pending = [(m, fut) for m, fut in self._pending if not fut.done()]
         size, n = 0, 0
         for member, _ in self._pending:
             if n and size + len(member) > self.max_jobs:
@@ -121,6 +124,8 @@ class CreateBatcher:
     async def _flush(self) -> None:
         while self._pending:
             batch = self._take()
+            if not batch:
+                continue
             try:
                 results = await self._run([m for m, _ in batch])
             except BaseException as exc:

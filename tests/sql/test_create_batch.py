@@ -147,3 +147,29 @@ async def test_an_unreachable_server_fails_every_call_and_writes_nothing(fresh_m
             assert set(stored(direct)) == {"before"}
     finally:
         proxy.stop()
+
+
+async def test_a_create_cancelled_while_queued_is_not_written(tmp_path: Path) -> None:
+    """A caller gone (a timeout, an interrupted SyncChronos, shutdown) while its create waits for the
+    batch before it: not written - as on one call per transaction, where a call whose thread never
+    started was not - so no job exists without its job.created and an idempotent retry is not a 409.
+    (Found by the race review, racereview-apiwrite F1.)"""
+    async with SqlStore(f"sqlite:///{tmp_path / 'c.db'}", pool_size=1) as s:
+        writer = s._database._writer
+        assert writer.acquire(blocking=False)  # the database busy with another write
+        try:
+            first = asyncio.ensure_future(s.add_jobs([make_job("first")]))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert s._creates.flushers and not s._creates._pending  # first's batch is in the database
+            second = asyncio.ensure_future(s.add_jobs([make_job("second")]))
+            await asyncio.sleep(0)
+            assert len(s._creates._pending) == 1  # queued behind the batch in the database
+            second.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await second
+        finally:
+            writer.release()
+        await first
+        await s.add_jobs([make_job("after")])  # everything queued before it is done
+        assert set(stored(s)) == {"first", "after"}
