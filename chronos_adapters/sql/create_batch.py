@@ -5,16 +5,17 @@ written in one transaction, each call still all-or-none on its own and answered 
 start/finish group commit in ``store.py``); :func:`insert_batch` is the body of one batch: one read of the
 taken names for every member, then one insert of the accepted members' jobs and summaries. A member whose
 name is taken - by a stored job or by an earlier member of the same batch - gets :class:`NameConflict`,
-exactly as it would when run after those. If the insert still fails on a constraint (another process
-took a name between the read and the insert on MySQL, an id collision, a trigger), the transaction is
-rolled back and every member is run alone (``job_ops.add_jobs``), so each gets its own result; a failure
-of the database itself (an ``OperationalError``: unreachable, locked, no such table) fails every member
-with the store's usual error, and nothing of the batch is written."""
+exactly as it would when run after those. If the insert still fails on a member's rows (a constraint:
+another process took a name between the read and the insert on MySQL, an id collision, a trigger; or a
+MySQL lock wait/deadlock on a name another writer holds), the transaction is rolled back and every member
+runs alone (``job_ops.add_jobs``, one call each, concurrently), so each gets its own result and only the
+blocked one waits; a failure of the database itself (an ``OperationalError``: unreachable, locked, no
+such table) fails every member with the store's usual error, and nothing of the batch is written."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
@@ -24,7 +25,7 @@ from chronos_core.errors import NameConflict, StoreUnavailable
 from chronos_core.models import Job
 
 from .dialects.base import chunks
-from .engine import Database
+from .engine import Database, is_lock_conflict
 from .job_ops import add_jobs
 from .rows import JOBS
 from .tables import job_summaries, jobs
@@ -62,51 +63,58 @@ def insert_batch(conn: Connection, members: Sequence[Member]) -> list[NameConfli
     return results
 
 
-def run_batch(db: Database, members: Sequence[Member]) -> list[BaseException | None]:
-    """One batch (one transaction); if it fails on something else than the database, each member
-    alone. Per member None (created) or the exception it raises."""
+def run_batch(db: Database, members: Sequence[Member]) -> list[BaseException | None] | None:
+    """One batch (one transaction): per member None (created) or the exception it gets; None when the
+    batch failed on a member's rows, and each member must run alone."""
     if len(members) == 1:
         add_jobs(db, members[0])
         return [None]
     try:
         with db.transaction() as conn:
             return list(insert_batch(conn, members))
-    except _DATABASE_ERRORS:
-        raise  # every member gets it (Database.guarded translates it; retries a MySQL deadlock)
-    except Exception:  # a member's rows: each member alone says which
-        pass
-    results: list[BaseException | None] = []
-    for member in members:
-        try:
-            Database.guarded(add_jobs, db, member)
-            results.append(None)
-        except Exception as exc:
-            results.append(exc)
-    return results
+    except Exception as exc:
+        if isinstance(exc, _DATABASE_ERRORS) and not is_lock_conflict(exc):
+            raise  # the database's: every member gets it (Database.guarded translates it)
+        # a member's rows: a constraint, or (MySQL) a lock another writer holds on one member's name -
+        # only that member must wait for it, and each member alone says which failed
+        return None
 
 
 class CreateBatcher:
     """Concurrent ``add_jobs`` calls gathered into batches of at most ``max_jobs`` jobs (a call is never
-    split), at most ``parallel`` batches in flight; ``run`` writes one batch (``run_batch`` in the store's
-    pool) and returns each member's result."""
+    split), at most ``parallel`` batches in flight. ``run`` writes one batch (:func:`run_batch` in the
+    store's pool): each member's result, or None to split it; then ``alone`` writes each member as one call
+    of its own, concurrently, each answered as soon as it is done (as without batching: a member waiting
+    on a lock holds up neither the others nor the next batch)."""
 
-    def __init__(self, run: Callable[[list[Member]], Awaitable[list[BaseException | None]]], *,
-                 parallel: int, max_jobs: int = 500) -> None:
+    def __init__(self, run: Callable[[list[Member]], Awaitable[list[BaseException | None] | None]],
+                 alone: Callable[[Member], Awaitable[None]], *, parallel: int, max_jobs: int = 500) -> None:
         self._run = run
+        self._alone = alone
         self.parallel = parallel
         self.max_jobs = max_jobs
         self._pending: list[tuple[Member, asyncio.Future[None]]] = []
-        self.flushers: set[asyncio.Task[None]] = set()
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._singles: set[asyncio.Task[None]] = set()
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """The batches and single calls in flight (the store waits for them at stop)."""
+        return self._flushers | self._singles
 
     async def add(self, member: Member) -> None:
         """Queue ``member`` for the next batch; return when it is committed, or raise its error."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((member, fut))
-        if sum(not t.done() for t in self.flushers) < self.parallel:
-            task = asyncio.create_task(self._flush(), name="chronos-sql-create-batch")
-            self.flushers.add(task)
-            task.add_done_callback(self.flushers.discard)
+        if sum(not t.done() for t in self._flushers) < self.parallel:
+            self._spawn(self._flushers, self._flush(), "chronos-sql-create-batch")
         await fut
+
+    @staticmethod
+    def _spawn(into: set[asyncio.Task[None]], work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        into.add(task)
+        task.add_done_callback(into.discard)
 
     def _take(self) -> list[tuple[Member, asyncio.Future[None]]]:
         # a caller gone while its call waited (cancelled: a timeout, an interrupted SyncChronos, shutdown)
@@ -131,7 +139,19 @@ class CreateBatcher:
             except BaseException as exc:
                 fail_batch(batch, self._pending, exc)
                 continue
+            if results is None:
+                for member, fut in batch:
+                    self._spawn(self._singles, self._single(member, fut), "chronos-sql-create-alone")
+                continue
             answer_batch(batch, results)
+
+    async def _single(self, member: Member, fut: asyncio.Future[None]) -> None:
+        try:
+            await self._alone(member)
+        except BaseException as exc:
+            fail_batch([(member, fut)], [], exc)  # (a cancellation is raised again)
+        else:
+            answer_batch([(member, fut)], [None])
 
 
 Waiting = list[tuple[Any, asyncio.Future[Any]]]

@@ -24,7 +24,8 @@ from sqlalchemy.pool import StaticPool
 
 from chronos_core.errors import RunConflict, StoreUnavailable
 
-__all__ = ["VERSION_TABLE", "Database", "driver_detail", "driver_rows", "is_sqlite", "open_engine"]
+__all__ = ["VERSION_TABLE", "Database", "driver_detail", "driver_rows", "is_lock_conflict", "is_sqlite",
+           "open_engine"]
 
 T = TypeVar("T")
 
@@ -124,6 +125,13 @@ def driver_rows(conn: Connection, statement: Executable) -> list[Sequence[Any]]:
         result.close()
 
 
+def is_lock_conflict(exc: BaseException) -> bool:
+    """A MySQL lock wait timeout or deadlock: the transaction met another's row locks and was rolled
+    back; the database itself is fine (``Database.guarded`` runs such a call again)."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "args", (None,))[0] in _MYSQL_RETRY if orig is not None else False
+
+
 def driver_detail(exc: BaseException) -> str:
     """The driver's message, never the statement or its parameters (they may hold secrets)."""
     orig = getattr(exc, "orig", None) or exc
@@ -154,8 +162,7 @@ class Database:
             except sa_exc.IntegrityError as exc:  # one the caller did not expect: still a domain error
                 raise RunConflict(f"conflicting write: {driver_detail(exc)}") from None
             except sa_exc.DBAPIError as exc:
-                code = getattr(exc.orig, "args", (None,))[0] if exc.orig is not None else None
-                if code in _MYSQL_RETRY and attempt < 7:
+                if is_lock_conflict(exc) and attempt < 7:
                     time.sleep(0.005 * 2 ** attempt)
                     continue
                 if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or \

@@ -81,7 +81,8 @@ class SqlStore(Store):
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
         # concurrent add_jobs calls (POST /jobs) written one transaction per batch (create_batch.py)
-        self._creates = CreateBatcher(self._write_creates, parallel=1 if is_sqlite(url) else 2)
+        self._creates = CreateBatcher(self._write_creates, self._create_alone,
+                                     parallel=1 if is_sqlite(url) else 2)
         # group commits in flight at once: MySQL overlaps one batch's commit with the next batch; SQLite
         # serializes writers anyway
         self.parallel_commits = 1 if is_sqlite(url) else 2
@@ -115,9 +116,9 @@ class SqlStore(Store):
             raise
 
     async def stop(self) -> None:
-        while self._flushers or self._creates.flushers:
+        while self._flushers or self._creates.tasks:
             with contextlib.suppress(BaseException):
-                await asyncio.gather(*self._flushers, *self._creates.flushers)
+                await asyncio.gather(*self._flushers, *self._creates.tasks)
         db, self._db = self._db, None
         if db is not None:
             await db.close()
@@ -163,9 +164,13 @@ class SqlStore(Store):
         if jobs_:
             await self._creates.add(list(jobs_))
 
-    async def _write_creates(self, members: list[list[Job]]) -> list[BaseException | None]:
+    async def _write_creates(self, members: list[list[Job]]) -> list[BaseException | None] | None:
         """One batch of creates (see ``create_batch``): each member's result."""
         return await self._call(run_batch, self._db, members)
+
+    async def _create_alone(self, jobs_: list[Job]) -> None:
+        """One add_jobs call on its own (a batch that had to be split)."""
+        await self._call(job_ops.add_jobs, self._db, jobs_)
 
     async def get_job(self, job_id: str) -> Job:
         return await self._call(job_ops.get_job, self._db, job_id)

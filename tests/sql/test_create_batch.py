@@ -161,7 +161,7 @@ async def test_a_create_cancelled_while_queued_is_not_written(tmp_path: Path) ->
             first = asyncio.ensure_future(s.add_jobs([make_job("first")]))
             for _ in range(3):
                 await asyncio.sleep(0)
-            assert s._creates.flushers and not s._creates._pending  # first's batch is in the database
+            assert s._creates.tasks and not s._creates._pending  # first's batch is in the database
             second = asyncio.ensure_future(s.add_jobs([make_job("second")]))
             await asyncio.sleep(0)
             assert len(s._creates._pending) == 1  # queued behind the batch in the database
@@ -173,3 +173,35 @@ async def test_a_create_cancelled_while_queued_is_not_written(tmp_path: Path) ->
         await first
         await s.add_jobs([make_job("after")])  # everything queued before it is done
         assert set(stored(s)) == {"first", "after"}
+
+
+@pytest.mark.mysql
+async def test_a_name_locked_by_another_writer_holds_up_only_its_own_call(fresh_mysql_url: str) -> None:
+    """Another session holds an uncommitted insert of the name 'x' (another process's create, a slow
+    transaction). The batch's insert waits on that lock and times out (1205): not the database failing -
+    the batch is split, 'a' and 'b' are written at once, and only 'x' waits, retried, until the other
+    session lets go (here: rolls back, so 'x' is created). (Race review F3.)"""
+    import pymysql
+
+    u = make_url(fresh_mysql_url)
+    async with SqlStore(fresh_mysql_url, pool_size=4,
+                        connect_args={"init_command": "SET SESSION innodb_lock_wait_timeout=1"}) as s:
+        await s.add_jobs([make_job("seed")])
+        other = pymysql.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
+                                password=u.password or "", database=u.database, autocommit=False)
+        try:
+            with other.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                cur.execute("BEGIN")
+                columns = ("type, payload, timezone, retry, overlap, misfire, misfire_grace, status, "
+                           "created_at, updated_at")
+                cur.execute(f"INSERT INTO jobs (id, name, {columns}) SELECT %s, 'x', {columns} FROM jobs "
+                            "WHERE name = 'seed'", (make_job("x").id,))
+            a, x, b = (asyncio.ensure_future(s.add_jobs([make_job(n)])) for n in ("a", "x", "b"))
+            assert await asyncio.gather(a, b, return_exceptions=True) == [None, None]  # not held by x
+            assert set(stored(s)) == {"seed", "a", "b"}
+        finally:
+            other.rollback()
+            other.close()
+        await x
+        assert set(stored(s)) == {"seed", "a", "b", "x"}
