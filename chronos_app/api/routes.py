@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -56,6 +58,18 @@ __all__ = ["OPS"]
 
 _ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"  # ids are UUIDv7 text
 _RUN_STATUSES = ", ".join(s.value for s in RunStatus)
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _date_time_text(value: Any) -> Any:
+    # pydantic also takes a number ("0.0", "1700000000") as Unix seconds; the document says date-time
+    # (RFC 3339), and a number in a query is more likely a mistake than a time: refuse it
+    if isinstance(value, str) and not _DATE_TIME.match(value):
+        raise ValueError("expected an RFC 3339 date-time with an offset, e.g. 2027-01-01T09:00:00Z")
+    return value
+
+
+QueryTime = Annotated[AwareDatetime, BeforeValidator(_date_time_text)]
 
 
 class JobListQuery(BaseModel):
@@ -87,8 +101,8 @@ class RunListQuery(HistoryQuery):
     job_id: str | None = Field(default=None, pattern=_ID, description="runs of this job only")
     trigger: str | None = Field(default=None, max_length=100,
                                 description="comma-separated triggers (schedule, manual, retry, catch_up)")
-    since: AwareDatetime | None = Field(default=None, description="scheduled_for at or after this time")
-    until: AwareDatetime | None = Field(default=None, description="scheduled_for at or before this time")
+    since: QueryTime | None = Field(default=None, description="scheduled_for at or after this time")
+    until: QueryTime | None = Field(default=None, description="scheduled_for at or before this time")
 
 
 class LogQuery(BaseModel):

@@ -90,6 +90,9 @@ async def test_bad_run_filters_are_invalid_parameters_not_invalid_jobs(client: h
     problem(await client.get("/runs", params={"since": "yesterday"}), "invalid-parameters", "/since")
     problem(await client.get("/runs", params={"until": "2027-01-01T00:00:00"}), "invalid-parameters",
             "/until")  # no offset: which zone?
+    for number in ("0.0", "0", "1700000000"):  # pydantic alone takes these as Unix seconds
+        problem(await client.get("/runs", params={"until": number}), "invalid-parameters", "/until")
+        problem(await client.get("/runs", params={"since": number}), "invalid-parameters", "/since")
     problem(await client.get("/jobs", params={"after": "garbage"}), "invalid-parameters", "/after")
     job = (await client.post("/jobs", json=shell("a", "true"))).json()
     problem(await client.get(f"/jobs/{job['id']}/history", params={"before": "zzz"}), "invalid-parameters",
