@@ -484,7 +484,13 @@ class EventBus(abc.ABC):
     retains it (a bounded window). A subscription is registered when ``subscribe`` returns: nothing
     published after that is missed. A subscriber that falls behind by more than its buffer is closed with
     :class:`SubscriptionOverflow` rather than silently losing events.
+
+    ``thread_safe`` says whether ``publish`` and ``subscribe`` may be called from any thread and event
+    loop, each subscription being fed on the loop it subscribed from (``chronos serve`` then runs its API
+    on a loop of its own); when False, only from the loop that started the bus.
     """
+
+    thread_safe: ClassVar[bool] = False
 
     async def start(self) -> None:
         """Connect. Idempotent."""

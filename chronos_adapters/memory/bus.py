@@ -117,6 +117,8 @@ class MemoryEventBus(EventBus):
     ``retain`` events for resumption; a subscriber more than ``buffer`` events behind is disconnected
     with ``SubscriptionOverflow``."""
 
+    thread_safe = True  # see the module's docstring
+
     def __init__(self, *, retain: int = 10_000, buffer: int = 10_000) -> None:
         self._seq = 0
         self._recent: deque[_Kept] = deque(maxlen=retain)

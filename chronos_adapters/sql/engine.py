@@ -143,11 +143,13 @@ class Database:
     event loop). :meth:`call` runs a function (one transaction) in the pool through :meth:`guarded`;
     :meth:`transaction` opens one."""
 
-    def __init__(self, engine: Engine, threads: int) -> None:
+    def __init__(self, engine: Engine, threads: int, writer: threading.Lock | None = None) -> None:
         self.engine = engine
         self.sqlite = is_sqlite(engine.url)
         self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chronos-sql")
-        self._writer = threading.Lock()  # SQLite: this process's writing transactions, one at a time
+        # SQLite: this process's writing transactions, one at a time (``writer``: shared with the other
+        # Databases of this process over the same file, see SqlStore.sibling)
+        self._writer = writer or threading.Lock()
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -92,6 +93,21 @@ class SqlStore(Store):
         self._job_cache: JobCache = {}
         # this instance's rows of the per-minute totals (see tables.run_counts)
         self._writer_id = uuid.uuid4().hex[:16]
+        # SQLite's one writer at a time, for this instance and its siblings (see Database.transaction)
+        self._writer_lock = threading.Lock()
+
+    def sibling(self) -> SqlStore:
+        """Another store over the same database, for another event loop or thread of this process (the
+        API on its own loop in ``chronos serve``): its own engine, connections and thread pool (its calls
+        do not queue behind this one's), the same settings, no schema upgrade at start (this one does
+        it), and the same SQLite writer lock, so that the two never wait on each other in SQLite's busy
+        handler. Its group commit (``start_run``/``finish_run``) runs on the loop that calls it."""
+        other = SqlStore(self.url, pool_size=self.pool_size, output_limit=self.output_limit,
+                         create_schema=False, on_dispatch=self.on_dispatch, **self.engine_options)
+        other._writer_lock = self._writer_lock
+        other.max_write_batch = self.max_write_batch
+        other.job_cache_size = self.job_cache_size
+        return other
 
     def __repr__(self) -> str:
         return f"SqlStore({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -106,7 +122,7 @@ class SqlStore(Store):
         if self._db is not None:
             return
         engine, threads = open_engine(self.url, pool_size=self.pool_size, options=self.engine_options)
-        self._db = Database(engine, threads)
+        self._db = Database(engine, threads, self._writer_lock)
         self._dialect = dialect_for(engine, RunRows(self.output_limit), self._writer_id)
         try:
             if self.create_schema:

@@ -72,3 +72,46 @@ async def test_a_waiting_writer_goes_as_soon_as_the_one_before_commits(tmp_path:
             await asyncio.to_thread(holder.join, 30)
         assert asked.is_set()
         assert (await store.get_run(run.id)).status.value == "cancelled"
+
+
+async def test_a_sibling_store_waits_on_the_same_writer_lock(tmp_path: Path) -> None:
+    """The API's own store in ``chronos serve`` (``SqlStore.sibling``: another engine and thread pool over
+    the same file) shares the writer lock: with SQLite's busy handler off, a write of the sibling while
+    the first store holds the write lock waits for the commit instead of failing with "database is
+    locked" (as it does when the sibling has a lock of its own)."""
+    asked = threading.Event()
+    go_on = threading.Event()
+    store = SqlStore(f"sqlite:///{tmp_path / 'w.db'}")
+    lock = store._writer_lock = _AskedLock(store._writer_lock, asked, go_on)  # type: ignore[assignment]
+    async with store:
+        job = make_job("w")
+        await store.add_jobs([job])
+        run = make_run(job, T0)
+        await store.add_run(run, dispatched=True)
+        asked.clear()  # set by the writes above
+        go_on.clear()
+        async with store.sibling() as sibling:
+            for engine in (store.engine, sibling.engine):
+                @event.listens_for(engine, "checkout")
+                def _no_busy_handler(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+                    dbapi_conn.execute("PRAGMA busy_timeout=0")
+
+            holding = threading.Event()
+
+            def hold() -> None:
+                lock.holder = threading.get_ident()
+                with store._tx():
+                    holding.set()
+                    go_on.wait(30)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            assert await asyncio.to_thread(holding.wait, 30)
+            cancel = asyncio.ensure_future(sibling.cancel_queued_run(run.id, T0 + S, "stop"))
+            cancel.add_done_callback(lambda _: go_on.set())  # failed without asking: let the holder go
+            try:
+                assert await cancel  # no "database is locked"
+            finally:
+                await asyncio.to_thread(holder.join, 30)
+            assert asked.is_set()
+            assert (await sibling.get_run(run.id)).status.value == "cancelled"
