@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -119,7 +120,7 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool, jobs: st
     import uvicorn
 
     from .api import create_app
-    from .serving import install_log_filters, uvicorn_options
+    from .serving import install_log_filters, uvicorn_config
     from .tuning import tune_process
 
     settings = _settings()
@@ -133,20 +134,84 @@ def _serve_http(host: str, port: int, *, scheduler: bool, worker: bool, jobs: st
     chronos.wait_for_backends = True  # a database or broker still starting is waited for
     if jobs:
         _jobs_file(container, jobs)
-    app = create_app(container, on_started=tune_process if settings.process_tuning else None)
+    on_started = tune_process if settings.process_tuning else None
+    if scheduler and worker and settings.api_thread:
+        from .front import can_thread
+
+        why = can_thread(chronos)
+        if why is None:
+            sock = listen_socket(host, port)  # the port first, as below
+            install_log_filters()
+            asyncio.run(_serve_threaded(container, sock, host, port, on_started))
+            return
+        log.info("the API shares the engines' event loop (CHRONOS_API_THREAD): %s", why)
+    app = create_app(container, on_started=on_started)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: stop accepting, close the SSE streams, then
     # the lifespan stops Chronos (no more claims; running attempts get shutdown_grace, then are cancelled).
     # uvicorn re-raises the signal once it has shut down; exiting with status 0 then says "stopped cleanly".
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
     install_log_filters()
-    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
-                            timeout_graceful_shutdown=5, proxy_headers=False, server_header=False,
-                            **uvicorn_options(settings))
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, host, port, settings))
     chronos.stopping = lambda: server.should_exit  # SIGTERM while waiting for a backend: give up
     # the port first: a second `chronos serve` must stop here, before its engines start beside the first
     server.run(sockets=[listen_socket(host, port)])
+
+
+async def _serve_threaded(container: Container, sock: socket.socket, host: str, port: int,
+                          on_started: Callable[[], None] | None) -> None:
+    """``chronos serve`` with the API on a thread and event loop of its own (``serving.ApiThread``) and
+    the engines on this one (the main thread's, which also takes SIGTERM/SIGINT). Start: the engines
+    (waiting for a backend still starting, as ``Chronos.start`` does), then the API over a
+    ``ChronosFront`` of them. Stop (a signal, or the API ending on its own): the API first (no new
+    requests; those in flight may still call into the engines, whose loop keeps running), then the
+    engines. A second signal cuts the API's wait for requests in flight short."""
+    from .serving import ApiThread, api_on_thread, uvicorn_config
+
+    settings = container.settings()
+    chronos = container.chronos()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signalled: list[int] = []
+    api: ApiThread | None = None
+
+    def on_signal(sig: int) -> None:
+        if signalled and api is not None:
+            api.stop(force=True)
+        signalled.append(sig)
+        stop.set()
+
+    def api_ended() -> None:  # on the API's thread
+        with contextlib.suppress(RuntimeError):  # this loop closed already
+            loop.call_soon_threadsafe(stop.set)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    chronos.stopping = stop.is_set  # a signal while waiting for a backend: give up
+    try:
+        try:
+            await chronos.start()
+        except Exception:
+            log.exception("start-up failed")
+            raise SystemExit(3) from None
+        if not chronos.started:
+            return
+        try:
+            async with api_on_thread(container, sock, lambda app: uvicorn_config(app, host, port, settings),
+                                     on_started=on_started, on_exit=api_ended) as api:
+                await stop.wait()
+            if not signalled:
+                log.error("the API stopped on its own (%s); stopping the engines",
+                          api.error or ("it was running" if api.started else "its start-up failed"))
+        finally:
+            log.info("stopping: no more claims; running attempts get %ss", chronos.shutdown_grace)
+            await chronos.stop(settings.shutdown_grace)
+        if not signalled:
+            raise SystemExit(1 if api is not None and api.started else 3)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
 
 
 def listen_socket(host: str, port: int) -> socket.socket:

@@ -18,9 +18,10 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from chronos_core import (
     BackendUnavailable,
@@ -54,10 +55,48 @@ from .settings import EngineSettings, Settings
 if TYPE_CHECKING:
     from chronos_adapters.executors import ExecutorConfig
 
-__all__ = ["Chronos"]
+__all__ = ["Chronos", "Gauges", "Served"]
 
 log = logging.getLogger("chronos")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """The engines' figures for ``/metrics`` (None: that engine does not run here, or the queue cannot
+    tell its depth)."""
+
+    queue_depth: int | None
+    fire_lag: float | None
+    active_runs: int | None
+
+
+class Served(Protocol):
+    """What the API uses of a Chronos: the :class:`Chronos` itself (one event loop for the API and the
+    engines), or a ``chronos_app.front.ChronosFront`` (the API on a loop of its own)."""
+
+    settings: EngineSettings
+    clock: Clock
+    job_types: JobTypes
+    executors: dict[str, Executor]
+    bus: EventBus
+    queue: DispatchQueue
+    store: Store
+    jobs: Jobs
+    runs: Runs
+    events: Events
+
+    @property
+    def allow_shell(self) -> bool: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None = None) -> None: ...
+
+    async def gauges(self) -> Gauges: ...
 
 
 class Chronos:
@@ -284,6 +323,13 @@ class Chronos:
         await self.bus.stop()
         await self.queue.stop()
         await self.store.stop()
+
+    async def gauges(self) -> Gauges:
+        """Queue depth, the scheduler's last fire lag, the runs executing here: read on this Chronos's
+        loop (the API on a loop of its own asks through ``ChronosFront.gauges``)."""
+        return Gauges(queue_depth=await self.queue.depth(),
+                      fire_lag=self.scheduler.stats.last_lag if self.scheduler is not None else None,
+                      active_runs=self.worker.active if self.worker is not None else None)
 
     def declare(self, specs: Iterable[Mapping[str, Any]]) -> None:
         """Jobs to apply (:meth:`Jobs.apply`: created, or updated by name) when :meth:`start` runs (what

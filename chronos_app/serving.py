@@ -6,6 +6,8 @@ logs that carry no secret and cannot be flooded.
   keep-alive connections, so a client sending one header line every few seconds (slowloris) would hold
   its socket forever. ``keep_alive_timeout`` closes idle connections, ``max_connections`` answers 503
   beyond that many connections or requests in flight.
+* ``ApiThread``: uvicorn on a thread and event loop of its own (``chronos serve`` with
+  ``CHRONOS_API_THREAD``): the main thread keeps the signals and the engines, and stops it.
 * Logging: ``RedactQuery`` masks secret-named query parameters (``?token=``, also percent-encoded as
   ``?%74oken=``) in uvicorn's access log; ``RateLimited`` lets one ``socket.accept() out of system
   resource`` error through per period (asyncio logs it, with a traceback, on every accept attempt
@@ -16,17 +18,28 @@ logs that carry no secret and cannot be flooded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from chronos_core.secrets import redact_query
 
+from .loops import LoopThread
 from .settings import Settings
 
-__all__ = ["RateLimited", "RedactQuery", "install_log_filters", "timed_protocol", "uvicorn_options"]
+if TYPE_CHECKING:
+    from .container import Container
+
+log = logging.getLogger("chronos")
+
+__all__ = ["ApiThread", "RateLimited", "RedactQuery", "api_on_thread", "install_log_filters",
+           "timed_protocol", "uvicorn_config", "uvicorn_options"]
 
 
 class RedactQuery(logging.Filter):
@@ -137,3 +150,88 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {"http": timed_protocol(settings.header_timeout),
             "timeout_keep_alive": settings.keep_alive_timeout,
             "limit_concurrency": settings.max_connections}
+
+
+def uvicorn_config(app: Any, host: str, port: int, settings: Settings) -> uvicorn.Config:
+    """How ``chronos serve|api`` run uvicorn (:func:`uvicorn_options`, no proxy headers, 5 s for requests
+    in flight at shutdown)."""
+    return uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), lifespan="on",
+                          timeout_graceful_shutdown=5, proxy_headers=False, server_header=False,
+                          **uvicorn_options(settings))
+
+
+class ApiThread:
+    """uvicorn serving ``config``'s app on ``sock`` (bound already) from a thread and event loop of its
+    own. uvicorn installs no signal handler off the main thread: whoever holds the signals calls
+    :meth:`stop` (the graceful shutdown: stop accepting, end the SSE streams, wait for requests in
+    flight up to ``timeout_graceful_shutdown``, then the app's lifespan ends). ``on_exit`` is called on
+    the API's thread once the server has returned, whether asked to or not (its start-up failed)."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket,
+                 on_exit: Callable[[], None] | None = None, *, debug: bool | None = None) -> None:
+        self.server = uvicorn.Server(config)
+        self._sock = sock
+        self._debug = debug
+        self._thread = LoopThread(self._serve, name="chronos-api", on_exit=on_exit)
+
+    async def _serve(self) -> None:
+        if self._debug is not None:  # tests: asyncio's debug mode catches calls from the wrong thread
+            asyncio.get_running_loop().set_debug(self._debug)
+        await self.server.serve(sockets=[self._sock])
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._thread.loop
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, *, force: bool = False) -> None:
+        """Ask the server to shut down (a flag it polls every 0.1 s); ``force``: without waiting for
+        requests in flight (a second signal)."""
+        self.server.should_exit = True
+        if force:
+            self.server.force_exit = True
+
+    @property
+    def exiting(self) -> bool:
+        return bool(self.server.should_exit)
+
+    @property
+    def started(self) -> bool:
+        """Whether the server got through its start-up (the app's lifespan) and listened."""
+        return bool(self.server.started)
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._thread.error
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._thread.join(timeout)
+
+
+@contextlib.asynccontextmanager
+async def api_on_thread(container: Container, sock: socket.socket, config: Callable[[Any], uvicorn.Config],
+                        *, on_started: Callable[[], None] | None = None,
+                        on_exit: Callable[[], None] | None = None,
+                        debug: bool | None = None) -> AsyncIterator[ApiThread]:
+    """The API of the container's Chronos (started already, its engines on this loop) served on
+    ``sock`` from a thread and loop of its own (``config(app)``: its uvicorn settings), over a
+    ``ChronosFront``; at the end of the block it is stopped and waited for (the engines are left to
+    the caller, to stop after it: requests in flight may still call into them)."""
+    from .api import create_app
+    from .front import ChronosFront
+
+    loop = asyncio.get_running_loop()
+    front = ChronosFront(container.chronos(), loop)
+    api: ApiThread | None = None
+    app = create_app(container, on_started=on_started, served=front,
+                     exiting=lambda: api is not None and api.exiting)
+    api = ApiThread(config(app), sock, on_exit=on_exit, debug=debug)
+    api.start()
+    try:
+        yield api
+    finally:
+        api.stop()
+        if not await loop.run_in_executor(None, api.join, 30.0):
+            log.warning("the API did not stop within 30 s; going on without it")

@@ -168,6 +168,10 @@ class Settings(EngineSettings, BaseSettings):
     keep_alive_timeout: float = Field(default=5.0, gt=0, description="seconds an idle connection stays")
     max_connections: int = Field(default=1000, ge=1, description=(
         "open connections (or requests in flight) before new requests get 503"))
+    api_thread: bool = Field(default=True, description=(
+        "chronos serve: the API on a thread and event loop of its own beside the engines', so a burst "
+        "of requests cannot hold up the scheduler (needs the in-process bus; with Kafka the API shares "
+        "the engines' loop)"))
 
     # engines: the fields of EngineSettings (above); the service's own default for shell is off ------
     allow_shell: bool = Field(default=False, description=(

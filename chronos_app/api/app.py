@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..container import Container
+from ..runtime import Served
 from ..ui import PUBLIC_PATHS, PUBLIC_PREFIXES, ui_routes
 from .auth import TokenAuth
 from .context import ApiContext
@@ -78,17 +79,24 @@ class _App(Starlette):
 
 
 def create_app(container: Container | None = None, *,
-               on_started: Callable[[], None] | None = None) -> Starlette:
+               on_started: Callable[[], None] | None = None, served: Served | None = None,
+               exiting: Callable[[], bool] | None = None) -> Starlette:
     """The API over the container's ``Chronos``; the lifespan starts and stops it (and calls
-    ``on_started`` once it has started)."""
+    ``on_started`` once it has started). With ``served`` (a ``ChronosFront``: the engines started
+    already, on another event loop), the API uses it instead and its lifespan starts and stops only that
+    (``exiting``: whether the server is shutting down, for the SSE streams to end, as uvicorn's signal
+    handler tells when it runs on the main thread)."""
     container = container or Container()
     settings = container.settings()
-    chronos = container.chronos()
+    engines = container.chronos()
+    chronos: Served = served if served is not None else engines
     metrics = ApiMetrics()
     ctx = ApiContext(chronos=chronos, settings=settings,
                      idempotency=IdempotencyCache(settings.idempotency_ttl,
                                                   max_bytes=settings.idempotency_max_bytes), metrics=metrics,
                      shown=ShownJobs(chronos.job_types))
+    if exiting is not None:
+        ctx.sse.exiting = exiting
     documents: dict[tuple[str, ...], dict[str, Any]] = {}
 
     async def openapi(request: Request) -> Response:
@@ -109,8 +117,9 @@ def create_app(container: Container | None = None, *,
         await metrics.start(chronos)
         if on_started is not None:
             on_started()
-        log.info("chronos API ready (store: %s, scheduler: %s, worker: %s)", type(chronos.store).__name__,
-                 chronos.scheduler is not None, chronos.worker is not None)
+        log.info("chronos API ready (store: %s, scheduler: %s, worker: %s%s)", type(engines.store).__name__,
+                 engines.scheduler is not None, engines.worker is not None,
+                 ", on a thread of its own" if served is not None else "")
         try:
             yield
         finally:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..runtime import Chronos
+from ..runtime import Served
 from ..settings import Settings
 from .fanout import SseHub
 from .frames import EventFrames
@@ -24,7 +24,8 @@ __all__ = ["ApiContext", "Op", "api"]
 
 @dataclass
 class ApiContext:
-    chronos: Chronos
+    chronos: Served
+    """The Chronos (or, with the API on a loop of its own, its ``ChronosFront``)."""
     settings: Settings
     idempotency: IdempotencyCache
     metrics: ApiMetrics

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from chronos_core import EventType, SubscriptionOverflow
 from chronos_core.models import RUN_EVENT_FOR_STATUS
 
-from ..runtime import Chronos
+from ..runtime import Served
 
 __all__ = ["CONTENT_TYPE", "ApiMetrics"]
 
@@ -40,7 +40,7 @@ class ApiMetrics:
         self.sse_clients = Gauge("chronos_sse_clients", "Open server-sent event streams", registry=r)
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, chronos: Chronos) -> None:
+    async def start(self, chronos: Served) -> None:
         ready = asyncio.Event()
         self._task = asyncio.create_task(self._watch(chronos, ready), name="chronos-api-metrics")
         await ready.wait()
@@ -52,7 +52,7 @@ class ApiMetrics:
                 await self._task
             self._task = None
 
-    async def _watch(self, chronos: Chronos, ready: asyncio.Event) -> None:
+    async def _watch(self, chronos: Served, ready: asyncio.Event) -> None:
         types = set(_STATUS_EVENTS)
         while True:
             sub = chronos.events.subscribe(types=types)
@@ -76,12 +76,12 @@ class ApiMetrics:
         if data.get("trigger") == "schedule" and data.get("attempt") == 1:
             self.start_lag.observe(max(0.0, (started - slot).total_seconds()))
 
-    async def render(self, chronos: Chronos) -> bytes:
-        depth = await chronos.queue.depth()
-        if depth is not None:
-            self.queue_depth.set(depth)
-        if chronos.scheduler is not None:
-            self.fire_lag.set(chronos.scheduler.stats.last_lag)
-        if chronos.worker is not None:
-            self.active_runs.set(chronos.worker.active)
+    async def render(self, chronos: Served) -> bytes:
+        gauges = await chronos.gauges()  # read on the engines' loop (they may run on another)
+        if gauges.queue_depth is not None:
+            self.queue_depth.set(gauges.queue_depth)
+        if gauges.fire_lag is not None:
+            self.fire_lag.set(gauges.fire_lag)
+        if gauges.active_runs is not None:
+            self.active_runs.set(gauges.active_runs)
         return generate_latest(self.registry)
