@@ -645,10 +645,13 @@ def run_scheduler_case(args: argparse.Namespace, tmp: Path, meta: dict[str, Any]
                        tag: str) -> dict[str, Any]:
     """``--sched-rate`` python jobs a second (``@every 1s``, an ``async def`` doing nothing) on a fresh
     ``chronos serve`` for ``--sched-seconds``, with ``GET /jobs?limit=100`` loaded by wrk all along (or
-    not): the share of slots started within 1 s, the start lag p50/p99, slots recorded missed."""
+    not): the share of slots started within 1 s, the start lag p50/p99, slots recorded missed, the
+    server's CPU over the window (``--serve-env``: settings of that server, e.g.
+    ``CHRONOS_API_THREAD=false``)."""
     db = tmp / f"sched-{tag}.db"
     port = free_port()
-    with server(chronos_cmd(port), port, chronos_env(db), tmp / f"chronos-sched-{tag}.log"):
+    extra = dict(kv.split("=", 1) for kv in args.serve_env)
+    with server(chronos_cmd(port), port, chronos_env(db, **extra), tmp / f"chronos-sched-{tag}.log") as proc:
         idle = [job_spec(i, "idle") for i in range(200)]  # a full first page for the listing
         status, body, _ = _post_json(port, "/jobs/apply", {"jobs": idle})
         assert status == 200, body[:300]
@@ -661,26 +664,32 @@ def run_scheduler_case(args: argparse.Namespace, tmp: Path, meta: dict[str, Any]
         status, body, _ = _post_json(port, "/jobs/apply", {"jobs": specs})
         assert status == 200, body[:300]
         load = None
+        time.sleep(max(0.0, base.timestamp() - time.time()))
+        cpu0, load0 = process_cpu(proc.pid), os.getloadavg()[0]
         if loaded:
-            wait = max(0.0, base.timestamp() - time.time())
-            time.sleep(wait)
             if shutil.which("wrk") and not args.no_wrk:
                 load = wrk(port, "/jobs?limit=100", args.sched_seconds, args.connections, None, tmp)
             else:
                 load = pyload(port, "/jobs?limit=100", args.sched_seconds, args.connections, None)
-        time.sleep(max(0.0, end.timestamp() - time.time()) + 3.0)
+        time.sleep(max(0.0, end.timestamp() - time.time()))
+        cpu_s, load1 = process_cpu(proc.pid) - cpu0, os.getloadavg()[0]
+        time.sleep(3.0)
         runs = [r for r in _all_runs(port) if base.timestamp() <= datetime.fromisoformat(
             r["scheduled_for"]).timestamp() < end.timestamp()]
     lags = sorted((datetime.fromisoformat(r["started_at"]) - datetime.fromisoformat(r["scheduled_for"]))
                   .total_seconds() for r in runs if r["started_at"])
     slots = args.sched_rate * args.sched_seconds
     on_time = sum(1 for x in lags if x <= 1.0)
-    return {**meta, "bench": "api", "case": "scheduler while the API is loaded" if loaded else
-            "scheduler, API idle", "store": "sqlite", "rate": args.sched_rate, "seconds": args.sched_seconds,
-            "slots": slots, "started": len(lags), "on_time_pct": round(100 * on_time / slots, 2),
+    case = "scheduler while the API is loaded" if loaded else "scheduler, API idle"
+    return {**meta, "tree": str(ROOT), "bench": "api", "case": case, "store": "sqlite",
+            "rate": args.sched_rate, "seconds": args.sched_seconds, "slots": slots, "started": len(lags),
+            "on_time_pct": round(100 * on_time / slots, 2),
             "missed": sum(1 for r in runs if r["status"] == "missed"),
             "lag_p50_ms": _pct_ms(lags, 0.5), "lag_p99_ms": _pct_ms(lags, 0.99),
-            "api_rps": load.rps if load else None, "api_p99_ms": load.p99_ms if load else None}
+            "api_rps": load.rps if load else None, "api_p99_ms": load.p99_ms if load else None,
+            "api_requests": load.requests if load else None,
+            "server_cpu_pct": round(100 * cpu_s / args.sched_seconds, 1), "serve_env": extra,
+            "loadavg_1m": [round(load0, 2), round(load1, 2)]}
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -709,10 +718,18 @@ def main(argv: list[str] | None = None) -> int:
                         "with --quick)")
     p.add_argument("--sched-rate", type=int, default=200, help="python jobs a second in that case")
     p.add_argument("--sched-seconds", type=int, default=10)
+    p.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting of the scheduler case's server (again for more)")
+    p.add_argument("--only-scheduler", action="store_true", help="the scheduler case alone")
+    p.add_argument("--tree", type=Path, help="the source tree whose chronos serves (default: this one; "
+                   "an A/B against another checkout)")
     p.add_argument("--out", type=Path)
     p.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     p.add_argument("--bodies", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.tree:
+        global ROOT
+        ROOT = args.tree.resolve()
     if args.serve_bare:
         serve_bare(args.serve_bare, args.bodies)
         return 0
@@ -730,9 +747,10 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="chronos-bench-api-") as t:
         tmp = Path(t)
-        results = run_http_cases(args, tmp, meta, lines) if args.cases != ["SSE"] else []
-        sse_line = run_sse(args, tmp, meta) if sse else None
-        sched = args.scheduler if args.scheduler is not None else not args.quick
+        only = args.only_scheduler
+        results = run_http_cases(args, tmp, meta, lines) if args.cases != ["SSE"] and not only else []
+        sse_line = run_sse(args, tmp, meta) if sse and not only else None
+        sched = only or (args.scheduler if args.scheduler is not None else not args.quick)
         sched_lines = [run_scheduler_case(args, tmp, meta, loaded, tag)
                        for loaded, tag in ((False, "idle"), (True, "loaded"))] if sched else []
     lines += sched_lines
@@ -760,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         api = f"; API {x['api_rps']}/s, p99 {x['api_p99_ms']} ms" if x["api_rps"] is not None else ""
         print(f"- {x['case']}: {x['rate']} jobs/s for {x['seconds']} s, {x['on_time_pct']} % of slots "
               f"started within 1 s, lag p50 {x['lag_p50_ms']} ms, p99 {x['lag_p99_ms']} ms, "
-              f"{x['missed']} missed{api}")
+              f"{x['missed']} missed{api}; server CPU {x['server_cpu_pct']} %, load {x['loadavg_1m']}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     print(f"\nresults: {out_path}")
