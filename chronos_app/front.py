@@ -48,8 +48,8 @@ def _api_store(store: Store, loop: asyncio.AbstractEventLoop) -> tuple[Store, bo
 def _in_memory(url: str) -> bool:
     from sqlalchemy.engine import make_url
 
-    database = make_url(url).database
-    return database in (None, "", ":memory:") or "mode=memory" in str(url)
+    database = make_url(url).database or ""
+    return database in ("", ":memory:") or ":memory:" in database or "mode=memory" in str(url)
 
 
 class ChronosFront:
