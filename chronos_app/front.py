@@ -18,6 +18,8 @@ them with the reason each is safe):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from chronos_core import Clock, DispatchQueue, EventBus, Events, Executor, Jobs, JobTypes, Runs, Store
 
@@ -26,6 +28,8 @@ from .runtime import Chronos, Gauges
 from .settings import EngineSettings
 
 __all__ = ["ChronosFront", "can_thread"]
+
+T = TypeVar("T")
 
 
 def can_thread(chronos: Chronos) -> str | None:
@@ -98,3 +102,7 @@ class ChronosFront:
     async def gauges(self) -> Gauges:
         """The engines' figures, read on their own loop."""
         return await call_on(self._loop, self._chronos.gauges())
+
+    async def on_engines(self, coro: Coroutine[Any, Any, T]) -> T:
+        """``coro`` run on the engines' loop (the /metrics run counter subscribes there)."""
+        return await call_on(self._loop, coro)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -59,6 +59,7 @@ __all__ = ["Chronos", "Gauges", "Served"]
 
 log = logging.getLogger("chronos")
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class Served(Protocol):
     async def stop(self, grace: float | None = None) -> None: ...
 
     async def gauges(self) -> Gauges: ...
+
+    async def on_engines(self, coro: Coroutine[Any, Any, T]) -> T:
+        """``coro`` run on the engines' event loop (what it starts stays there)."""
+        ...
 
 
 class Chronos:
@@ -330,6 +335,10 @@ class Chronos:
         return Gauges(queue_depth=await self.queue.depth(),
                       fire_lag=self.scheduler.stats.last_lag if self.scheduler is not None else None,
                       active_runs=self.worker.active if self.worker is not None else None)
+
+    async def on_engines(self, coro: Coroutine[Any, Any, T]) -> T:
+        """``coro`` awaited: this is the engines' loop (see ``ChronosFront.on_engines``)."""
+        return await coro
 
     def declare(self, specs: Iterable[Mapping[str, Any]]) -> None:
         """Jobs to apply (:meth:`Jobs.apply`: created, or updated by name) when :meth:`start` runs (what

@@ -39,13 +39,25 @@ class ApiMetrics:
         self.active_runs = Gauge("chronos_worker_active_runs", "Runs executing in this process", registry=r)
         self.sse_clients = Gauge("chronos_sse_clients", "Open server-sent event streams", registry=r)
         self._task: asyncio.Task[None] | None = None
+        self._chronos: Served | None = None
 
     async def start(self, chronos: Served) -> None:
+        """Count runs from the bus, on the engines' loop (``Served.on_engines``: with the API on a loop
+        of its own, the three events of every run then do not each cross to it; the registry is
+        thread-safe, ``render`` reads it from the API's loop)."""
+        self._chronos = chronos
+        await chronos.on_engines(self._start(chronos))
+
+    async def _start(self, chronos: Served) -> None:
         ready = asyncio.Event()
         self._task = asyncio.create_task(self._watch(chronos, ready), name="chronos-api-metrics")
         await ready.wait()
 
     async def stop(self) -> None:
+        if self._task is not None and self._chronos is not None:
+            await self._chronos.on_engines(self._stop())
+
+    async def _stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

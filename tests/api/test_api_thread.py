@@ -140,7 +140,8 @@ async def test_a_job_created_through_the_api_wakes_the_sleeping_scheduler(url: s
 
 async def test_runs_triggered_through_the_api_run_and_their_events_reach_sse(url: str) -> None:
     """POST /jobs/{id}/run puts the dispatch on the engines' queue (an asyncio.Queue, on their loop); the
-    worker's events reach an SSE stream served on the API's loop; /metrics reads the engines' figures."""
+    worker's events reach an SSE stream served on the API's loop; /metrics reads the engines' figures and
+    counts the run."""
     async with threaded(url) as t:
         async with httpx.AsyncClient(base_url=t.base, timeout=30) as c:
             job = (await c.post("/jobs", json={"name": "manual", **HTTP_JOB})).json()
@@ -157,6 +158,11 @@ async def test_runs_triggered_through_the_api_run_and_their_events_reach_sse(url
             assert "run.started" in seen
             metrics = (await c.get("/metrics")).text
             assert "chronos_queue_depth 0.0" in metrics and "chronos_worker_active_runs" in metrics
+
+            async def counted() -> bool:  # the run counter watches the bus on the engines' loop
+                return 'chronos_runs_total{status="failed"} 1.0' in (await c.get("/metrics")).text
+
+            await wait_for(counted)
             assert (await c.get(f"/runs/{run['id']}")).json()["status"] == "failed"
 
 
