@@ -17,6 +17,8 @@ safe, and what a change must keep:
   drain for all of that loop's subscriptions. A publisher on the subscriber's own loop offers directly,
   unless the inbox still holds events (they came first: the new one goes behind them).
 * A subscription made outside any event loop is fed directly by whoever publishes (as before threads).
+* ``take`` on a subscription's own loop drains that loop's inbox first, so what it returns is everything
+  published before it was called, wherever it was published (see ``MemorySubscription.take``).
 """
 
 from __future__ import annotations
@@ -102,6 +104,17 @@ class MemorySubscription(BufferedSubscription):
         super().__init__(job_id=job_id, run_id=run_id, types=types, buffer=buffer, detach=bus._detach)
         self.inbox = inbox  # None: no event loop when it subscribed, fed directly
         self.waiting = 0  # events for it in the inbox (under the bus's lock)
+
+    def take(self) -> list[Event]:
+        """As :meth:`BufferedSubscription.take`, the events still in its loop's inbox first (published
+        on other threads, their drain not run yet): "take everything, then subscribe elsewhere in the
+        same step misses nothing" holds for those too (an SSE stream handed over to a new group)."""
+        box = self.inbox
+        # Unlocked look: an event put before a subscription registered after it (under the lock) is
+        # in ``items`` by now, or drained into this one already; one put later reaches that one too.
+        if box is not None and box.items and _running_loop() is box.loop:
+            box.drain()
+        return super().take()
 
     def overflowed(self) -> None:
         """Events for it were dropped on their way to its loop (on its loop): it ends with
