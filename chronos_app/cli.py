@@ -201,8 +201,9 @@ async def _serve_threaded(container: Container, sock: socket.socket, host: str, 
                                      on_started=on_started, on_exit=api_ended) as api:
                 await stop.wait()
             if not signalled:
-                log.error("the API stopped on its own (%s); stopping the engines",
-                          api.error or ("it was running" if api.started else "its start-up failed"))
+                why = "its start-up failed" if not api.started else (
+                    f"{type(api.error).__name__}: {api.error}" if api.error is not None else "it returned")
+                log.error("the API stopped on its own (%s); stopping the engines", why)
         finally:
             log.info("stopping: no more claims; running attempts get %ss", chronos.shutdown_grace)
             await chronos.stop(settings.shutdown_grace)

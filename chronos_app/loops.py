@@ -5,7 +5,8 @@ listing, rendering JSON) cannot hold up a scheduler tick for longer than the GIL
 asyncio objects (futures, events, queues, tasks) belong to the loop that made them and are not
 thread-safe. An object of the engines' loop that the API must use is reached through :func:`on_loop`:
 each of its coroutine methods runs on its own loop (``asyncio.run_coroutine_threadsafe``), the caller
-awaiting the result on its loop; a call made on the owning loop itself goes straight through.
+awaiting the result on its loop (a cancelled caller stops waiting; the call still ends there); a call
+made on the owning loop itself goes straight through.
 """
 
 from __future__ import annotations
@@ -28,14 +29,18 @@ T = TypeVar("T")
 
 async def call_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     """Await ``coro`` run on ``loop`` (from any loop; on ``loop`` itself it is simply awaited).
-    Cancelling the caller cancels it there too."""
+
+    Once sent, it runs to its end there: cancelling the caller (a client gone, the server's graceful
+    timeout) stops only the waiting. So a handler cancelled between two such calls is cut where it was
+    before, between awaits, never inside one: ``Jobs.trigger``'s queue put, instant on the engines' loop,
+    cannot be left half done, as it could not when the API shared that loop."""
     try:
         here = asyncio.get_running_loop()
     except RuntimeError:
         here = None
     if here is loop:
         return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+    return await asyncio.shield(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop)))
 
 
 class OnLoop:

@@ -177,7 +177,16 @@ class ApiThread:
     async def _serve(self) -> None:
         if self._debug is not None:  # tests: asyncio's debug mode catches calls from the wrong thread
             asyncio.get_running_loop().set_debug(self._debug)
-        await self.server.serve(sockets=[self._sock])
+        try:
+            await self.server.serve(sockets=[self._sock])
+        finally:
+            # A forced exit (a second signal) skips the app's lifespan shutdown: run it still, briefly,
+            # so that the API's own store is closed and the lifespan task is not left to be cancelled
+            # by asyncio.run's teardown (which uvicorn logs as an error).
+            lifespan = getattr(self.server, "lifespan", None)
+            if self.server.force_exit and self.server.started and lifespan is not None:
+                with contextlib.suppress(Exception, asyncio.TimeoutError):
+                    await asyncio.wait_for(lifespan.shutdown(), 5)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:

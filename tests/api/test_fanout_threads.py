@@ -1,5 +1,5 @@
-"""An SSE stream handed over to a NEW group does not lose an event published by the engines' thread
-(another loop) just before it, still in the API loop's inbox (found by the race review of apithread).
+"""An SSE stream handed over to its group neither loses nor repeats an event the engines' thread (another
+loop) published around the hand-over, still in the API loop's inbox (found by the race review of apithread).
 
 Real MemoryEventBus, SseHub, SseClient (its ASGI send collects the body). The engines' publish is made
 from a thread of its own (its own loop, as the engines' in ``chronos serve``) while the API loop is in
@@ -68,4 +68,38 @@ async def test_an_event_published_on_another_thread_just_before_the_hand_over_re
     await asyncio.wait_for(runner, 5)
     sent = b"".join(bodies)
     assert b'"job_id":"job1"' in sent, f"the stream never got the event ({group}): {sent!r}"
+    await bus.stop()
+    assert b'"job_id":"job1"' in sent, f"the stream never got the event ({group}): {sent!r}"
+    await bus.stop()
+
+
+async def test_an_event_in_the_inbox_for_the_group_is_not_sent_twice_to_a_resumed_stream() -> None:
+    """The other way round: E is published on the engines' thread before the stream subscribes, so it is
+    in the API loop's inbox for the existing group only; the stream resumes from an id before E (its replay
+    holds E, from the bus's window) and hands over before the drain: the group then writes E again."""
+    bus = MemoryEventBus()
+    await bus.start()
+    hub = SseHub(bus, EventFrames(), ping=15)
+    other, _ = await _collect(hub)
+    first = bus.subscribe()
+    await first.start()
+    assert hub.join(other, first, None, None)  # the group exists
+    await asyncio.sleep(0.05)
+    _publish_from_other_thread(bus, _event(0))
+    await asyncio.sleep(0.05)  # drained: the window holds event 1
+    client, bodies = await _collect(hub)
+    runner = asyncio.ensure_future(client.run())
+    _publish_from_other_thread(bus, _event(2))  # in the inbox for the group only (drain pending)
+    own = bus.subscribe(after="1")  # the stream resumes after event 1: its replay holds event 2
+    await own.start()
+    caught = own.take()  # catch_up writes what it took ...
+    assert [e.job_id for e in caught] == ["job2"]
+    assert client.write(b"".join(hub.frames.frame(e) for e in caught))
+    assert hub.join(client, own, None, None)  # ... and, nothing more ready, hands over
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    client.end()
+    await asyncio.wait_for(runner, 5)
+    sent = b"".join(bodies)
+    assert sent.count(b'"job_id":"job2"') == 1, f"sent {sent.count(b'job2')} times: {sent!r}"
     await bus.stop()

@@ -3,15 +3,19 @@ on SIGINT as on SIGTERM, with an SSE stream open; ``CHRONOS_API_THREAD=false`` s
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.cli.test_serve import Served
+from tests.cli.test_serve import CHRONOS, Served, _env, _free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
@@ -63,3 +67,16 @@ def test_with_the_api_thread_off_serve_runs_on_one_loop(tmp_path: Path) -> None:
         if served.proc.poll() is None:
             served.proc.kill()
             served.proc.communicate()
+
+
+def test_an_api_that_fails_to_start_stops_the_engines_and_serve_exits_non_zero(tmp_path: Path) -> None:
+    """The engines start, the API thread's start-up fails (its store cannot open): serve stops the engines
+    and exits 3 with a message that says so; nothing hangs."""
+    env = _env(CHRONOS_PLUGINS="tests.cli.plugin_api_store_fails",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([CHRONOS, "serve", "--port", str(_free_port())], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "the API stopped on its own (its start-up failed); stopping the engines" in done.stderr
+    assert "the API's store cannot open (test plugin)" in done.stderr
+    assert "stopping: no more claims" in done.stderr

@@ -1,6 +1,6 @@
 """``chronos_app.loops``: a coroutine method reached through ``on_loop`` runs on its object's loop (in its
-thread), the caller awaiting on its own; cancelling the caller cancels it there; a call on the owning
-loop itself goes straight through; a LoopThread tells how its main ended."""
+thread), the caller awaiting on its own; a cancelled caller stops waiting while the call ends there; a
+call on the owning loop itself goes straight through; a LoopThread tells how its main ended."""
 
 from __future__ import annotations
 
@@ -19,14 +19,16 @@ class Probe:
     def __init__(self) -> None:
         self.ran_on: list[tuple[asyncio.AbstractEventLoop, int]] = []
         self.cancelled = threading.Event()
+        self.done = threading.Event()
 
     async def where(self, x: int) -> int:
         self.ran_on.append((asyncio.get_running_loop(), threading.get_ident()))
         return x * 2
 
-    async def forever(self) -> None:
+    async def slow(self, go: threading.Event) -> None:
         try:
-            await asyncio.Event().wait()  # an asyncio.Event of the loop it runs on
+            await asyncio.to_thread(go.wait, 10)
+            self.done.set()
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
@@ -46,7 +48,8 @@ def owner() -> Iterator[LoopThread]:
     assert thread.join(10) and thread.error is None
 
 
-async def test_methods_run_on_the_owning_loop_and_cancel_there(owner: LoopThread) -> None:
+async def test_methods_run_on_the_owning_loop_and_end_there_when_the_caller_is_cancelled(
+        owner: LoopThread) -> None:
     asyncio.get_running_loop().set_debug(True)
     probe = Probe()
     assert owner.loop is not None
@@ -54,12 +57,15 @@ async def test_methods_run_on_the_owning_loop_and_cancel_there(owner: LoopThread
     assert await far.where(21) == 42
     assert probe.ran_on == [(owner.loop, owner._thread.ident)]
     assert far.flag == "plain attribute"
-    task = asyncio.ensure_future(far.forever())
+    go = threading.Event()
+    task = asyncio.ensure_future(far.slow(go))
     await asyncio.sleep(0.05)
-    task.cancel()
+    task.cancel()  # the caller stops waiting ...
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await asyncio.to_thread(probe.cancelled.wait, 10)
+    go.set()  # ... the call goes on to its end on its own loop, not cut where it was
+    assert await asyncio.to_thread(probe.done.wait, 10)
+    assert not probe.cancelled.is_set()
 
 
 async def test_a_call_on_the_owning_loop_goes_straight_through() -> None:
