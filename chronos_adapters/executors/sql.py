@@ -337,7 +337,7 @@ def _client_confinement(url: Any) -> dict[str, Any]:
     driver = url.get_driver_name()
     if driver == "mysqlconnector":
         return {"allow_local_infile": False}
-    if driver in ("pymysql", "mysqldb", "mariadbconnector"):
+    if driver in ("pymysql", "mysqldb", "mariadbconnector", "asyncmy", "aiomysql"):
         return {"local_infile": False}
     return {}
 

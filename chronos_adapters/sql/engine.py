@@ -1,8 +1,10 @@
 """How a SQL database is opened and used, by the store and by ``chronos migrate`` alike: the engine
-options per dialect, SQLite's connection set-up (our own BEGIN, WAL) and its private file, the migrations'
-version table, and :class:`Database`: one transaction per call in a thread pool of its own, SQLite's
-writer lock, and driver errors translated into ``chronos_core`` errors (the one place that does). The
-store, the migrations and the command import it; it imports none of them."""
+options per dialect, the MySQL driver a plain ``mysql://`` URL gets, SQLite's connection set-up (our own
+BEGIN, WAL) and its private file, the migrations' version table, and :class:`Database`: one transaction per
+call in a thread pool of its own (or, for an asyncio driver such as ``mysql+asyncmy``, in a greenlet on an
+event loop of its own), SQLite's writer lock, and driver errors translated into ``chronos_core`` errors
+(the one place that does). The store, the migrations and the command import it; it imports none of
+them."""
 
 from __future__ import annotations
 
@@ -13,19 +15,25 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util.concurrency import greenlet_spawn, in_greenlet
+
+try:
+    from sqlalchemy.util.concurrency import await_
+except ImportError:  # SQLAlchemy 2.0's name
+    from sqlalchemy.util.concurrency import await_only as await_  # type: ignore[attr-defined,no-redef]
 
 from chronos_core.errors import RunConflict, StoreUnavailable
 
-__all__ = ["VERSION_TABLE", "Database", "driver_detail", "driver_rows", "is_lock_conflict", "is_sqlite",
-           "open_engine"]
+__all__ = ["MYSQL_DRIVER", "VERSION_TABLE", "Database", "driver_detail", "driver_rows", "engine_url",
+           "is_lock_conflict", "is_sqlite", "open_engine", "run_blocking"]
 
 T = TypeVar("T")
 
@@ -37,15 +45,35 @@ VERSION_TABLE = "chronos_alembic_version"
 """Alembic's version table, named so it cannot clash with an application's own Alembic history."""
 
 
+MYSQL_DRIVER = "pymysql"
+"""The driver of a MySQL/MariaDB URL that names none (``mysql://``, ``mariadb://``): PyMySQL, the one
+the store has always used; ``mysql+asyncmy://`` picks the compiled asyncio driver (BENCHMARKS.md says
+what it saves and where it was not measured faster). SQLAlchemy's own default there would be ``mysqldb``
+(mysqlclient, a C build the ``mysql`` extra does not install). A URL that names its driver keeps it."""
+
+# a connection broken below an asyncio driver's own errors (asyncmy lets a reset socket or a short read,
+# asyncio.IncompleteReadError, through as they are): the database is gone, as with an OperationalError
+_LOST = (OSError, EOFError)
+
+
 def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def engine_url(url: str | URL) -> URL:
+    """``url`` with the MySQL driver spelt out: ``mysql://`` and ``mariadb://`` get :data:`MYSQL_DRIVER`
+    (``mysql+pymysql://``, ``mysql+asyncmy://`` and the like stay as given)."""
+    u = make_url(url)
+    if u.drivername in ("mysql", "mariadb"):
+        u = u.set(drivername=f"{u.drivername}+{MYSQL_DRIVER}")
+    return u
 
 
 def open_engine(url: str, *, pool_size: int = 5,
                 options: Mapping[str, Any] | None = None) -> tuple[Engine, int]:
     """An engine for ``url`` and how many threads may use it at once (one for an in-memory SQLite
     database: a single shared connection). ``options`` override the defaults."""
-    u = make_url(url)
+    u = engine_url(url)
     sqlite = is_sqlite(u)
     # a server closes idle connections (MySQL's wait_timeout, a restart): test each one taken from the
     # pool. A SQLite file's connection does not go stale, and the ping was a statement per transaction
@@ -139,19 +167,55 @@ def driver_detail(exc: BaseException) -> str:
 
 
 class Database:
-    """An open engine and the thread pool that uses it (the drivers are synchronous: no call runs on the
-    event loop). :meth:`call` runs a function (one transaction) in the pool through :meth:`guarded`;
-    :meth:`transaction` opens one."""
+    """An open engine and what runs its calls, never on the caller's event loop: a thread pool for the
+    synchronous drivers (pysqlite, PyMySQL), or for an asyncio driver (``mysql+asyncmy``) an event loop
+    in a thread of its own where each call is a greenlet (SQLAlchemy's ``greenlet_spawn``: the same
+    synchronous code, its I/O awaited on that loop; the calls interleave at their I/O, at most
+    ``pool_size`` connections). :meth:`call` runs a function (one transaction) through :meth:`guarded`;
+    :meth:`transaction` opens one; :meth:`run` and :func:`run_blocking` run other code of the engine."""
 
     def __init__(self, engine: Engine, threads: int) -> None:
         self.engine = engine
         self.sqlite = is_sqlite(engine.url)
-        self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chronos-sql")
+        self.asyncio = bool(engine.dialect.is_async)
         self._writer = threading.Lock()  # SQLite: this process's writing transactions, one at a time
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pending: set[Future[Any]] = set()
+        if self.asyncio:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="chronos-sql-loop",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chronos-sql")
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(self.guarded, fn, *args))
+        return await self.run(self.guarded, fn, *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` where this engine may be used (no error translation)."""
+        if self._loop is None:
+            assert self._executor is not None
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(fn, *args))
+        # shielded: a cancelled caller leaves the call running to its end, as a thread of the pool would
+        return await asyncio.shield(asyncio.wrap_future(self._submit(greenlet_spawn(fn, *args))))
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        return fut
+
+    def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` from synchronous code in any thread but the asyncio driver's own loop, waiting
+        for it (tests, commands)."""
+        if self._loop is None:
+            return fn(*args)
+        return self._submit(greenlet_spawn(fn, *args)).result()
 
     @staticmethod
     def guarded(fn: Callable[..., T], *args: Any) -> T:
@@ -163,7 +227,7 @@ class Database:
                 raise RunConflict(f"conflicting write: {driver_detail(exc)}") from None
             except sa_exc.DBAPIError as exc:
                 if is_lock_conflict(exc) and attempt < 7:
-                    time.sleep(0.005 * 2 ** attempt)
+                    _pause(0.005 * 2 ** attempt)
                     continue
                 if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or \
                         exc.connection_invalidated:
@@ -171,6 +235,11 @@ class Database:
                 raise
             except (sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
                 raise StoreUnavailable(driver_detail(exc)) from None
+            except _LOST as exc:
+                if not in_greenlet():  # a synchronous driver wraps its socket's errors: this is no such
+                    raise
+                raise StoreUnavailable(f"the connection to the database broke: {driver_detail(exc)}") \
+                    from None
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
@@ -193,7 +262,40 @@ class Database:
             if writer:
                 self._writer.release()
 
-    async def close(self) -> None:
-        """Wait for the calls in flight, then close the pool's connections."""
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
-        self.engine.dispose()
+    async def close(self, dispose: bool = True) -> None:
+        """Wait for the calls in flight, then close the pool's connections (unless not ``dispose``)."""
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+            if dispose:
+                self.engine.dispose()
+            return
+        loop, thread = self._loop, self._thread
+        assert loop is not None and thread is not None
+        while self._pending:
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in list(self._pending)),
+                                 return_exceptions=True)
+        try:
+            if dispose:
+                await asyncio.wrap_future(self._submit(greenlet_spawn(self.engine.dispose)))
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
+            loop.close()
+
+
+def _pause(seconds: float) -> None:
+    """Sleep before a retry: on the asyncio driver's loop without holding it up."""
+    if in_greenlet():
+        await_(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
+
+
+def run_blocking(engine: Engine, fn: Callable[[], T]) -> T:
+    """``fn()`` using ``engine`` from synchronous code (``chronos migrate``): as it is for a synchronous
+    driver, for an asyncio one on an event loop of its own in a thread of its own (the caller's thread
+    may be running a loop already)."""
+    if not engine.dialect.is_async:
+        return fn()
+    with ThreadPoolExecutor(1, thread_name_prefix="chronos-sql-once") as once:
+        return once.submit(lambda: asyncio.run(greenlet_spawn(fn))).result()
