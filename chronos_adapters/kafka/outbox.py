@@ -270,6 +270,13 @@ class OutboxRelay:
     def wake(self) -> None:
         self._wake.set()
 
+    def run_blocking(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, code of its own on :attr:`engine`, from synchronous code (tests, tools), after
+        :meth:`open`: on the asyncio driver's loop for ``mysql+asyncmy`` (see ``SqlStore.run_blocking``)."""
+        if self._database is None:
+            raise RuntimeError("the outbox relay is not open")
+        return self._database.run_blocking(fn, *args)
+
     async def _run(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` where the engine may be used: a thread, or the asyncio driver's loop."""
         if self._database is None:
