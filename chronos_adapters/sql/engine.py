@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -183,9 +183,15 @@ class Database:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._pending: set[Future[Any]] = set()
+        self._submitting = threading.Lock()  # a call is submitted, or close() begins: never both at once
+        self._closed: Future[None] | None = None  # the loop's shutdown, once close() has begun
         if self.asyncio:
+            # at most `threads` calls at once, the others wait for one to end (as they would in the thread
+            # pool's queue), never in SQLAlchemy's pool, where after pool_timeout they would fail
+            # (review-asyncmy F1); used on the loop only (it binds to the loop that first waits on it)
+            self._slots = asyncio.Semaphore(max(1, threads))
             self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, name="chronos-sql-loop",
+            self._thread = threading.Thread(target=_serve, args=(self._loop,), name="chronos-sql-loop",
                                             daemon=True)
             self._thread.start()
         else:
@@ -201,21 +207,33 @@ class Database:
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, functools.partial(fn, *args))
         # shielded: a cancelled caller leaves the call running to its end, as a thread of the pool would
-        return await asyncio.shield(asyncio.wrap_future(self._submit(greenlet_spawn(fn, *args))))
+        return await asyncio.shield(asyncio.wrap_future(self._submit(fn, *args)))
 
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+    async def _greenlet(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._slots:
+            return await greenlet_spawn(fn, *args)
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """``fn(*args)`` as a greenlet on the loop, once one of its ``threads`` slots is free."""
         assert self._loop is not None
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        self._pending.add(fut)
-        fut.add_done_callback(self._pending.discard)
+        with self._submitting:
+            if self._closed is not None:  # as a thread pool's submit after its shutdown
+                raise RuntimeError("the database is closed")
+            fut = asyncio.run_coroutine_threadsafe(self._greenlet(fn, *args), self._loop)
+            self._pending.add(fut)
+            fut.add_done_callback(self._pending.discard)
         return fut
 
     def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` from synchronous code in any thread but the asyncio driver's own loop, waiting
-        for it (tests, commands)."""
+        for it (tests, commands). From that loop's thread (code inside a call) it raises RuntimeError:
+        it would wait there for a greenlet that needs that very thread, forever (review-asyncmy F3)."""
         if self._loop is None:
             return fn(*args)
-        return self._submit(greenlet_spawn(fn, *args)).result()
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("Database.run_blocking from within a call of the same database would "
+                               "deadlock its event loop")
+        return self._submit(fn, *args).result()
 
     @staticmethod
     def guarded(fn: Callable[..., T], *args: Any) -> T:
@@ -263,7 +281,13 @@ class Database:
                 self._writer.release()
 
     async def close(self, dispose: bool = True) -> None:
-        """Wait for the calls in flight, then close the pool's connections (unless not ``dispose``)."""
+        """Wait for the calls in flight, then close the pool's connections (unless not ``dispose``).
+
+        Asyncio driver: the calls in flight, the pool's disposal and stopping the loop are one coroutine
+        on the Database's own loop, which runs to its end whether or not this caller is cancelled (as a
+        thread pool's shutdown goes on in its thread): a cancelled close() returns at once and cancels
+        no one's call, and the loop's thread still ends, closing its loop, once they are done
+        (review-asyncmy F2). Not cancelled, close() returns when that thread has ended."""
         if self._executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
             if dispose:
@@ -271,16 +295,35 @@ class Database:
             return
         loop, thread = self._loop, self._thread
         assert loop is not None and thread is not None
-        while self._pending:
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in list(self._pending)),
-                                 return_exceptions=True)
+        with self._submitting:
+            if self._closed is None:
+                self._closed = asyncio.run_coroutine_threadsafe(self._shutdown(dispose), loop)
+            closed = self._closed
+        # shielded: cancelling the wrapper would cancel the shutdown on the loop (and with it the calls)
+        await asyncio.shield(asyncio.wrap_future(closed))
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+    async def _shutdown(self, dispose: bool) -> None:
+        """On the loop: wait for every call submitted (asyncio.wait cancels none), dispose, stop."""
         try:
+            while self._pending:
+                await asyncio.wait([asyncio.wrap_future(f) for f in list(self._pending)])
             if dispose:
-                await asyncio.wrap_future(self._submit(greenlet_spawn(self.engine.dispose)))
+                await greenlet_spawn(self.engine.dispose)
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            await asyncio.get_running_loop().run_in_executor(None, thread.join)
-            loop.close()
+            # stopped after this coroutine's end is handed on (its done callbacks come after this one)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.stop)
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The asyncio driver's loop thread: runs the loop until :meth:`Database.close` stops it, closes it."""
+    try:
+        loop.run_forever()
+    finally:
+        with contextlib.suppress(Exception):  # its threads (getaddrinfo), joined
+            loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
 
 
 def _pause(seconds: float) -> None:
