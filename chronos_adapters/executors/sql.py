@@ -109,6 +109,11 @@ class SqlExecutor(Executor):
                 except Exception as e:  # bad URL, unknown dialect, driver not installed
                     raise ExecutionFailed(self._mask(f"connection {name!r} is misconfigured: "
                                                      f"{type(e).__name__}: {e}"), retryable=False) from None
+                if engine.dialect.is_async:  # a plain thread could never connect it (MissingGreenlet)
+                    engine.dispose()
+                    raise ExecutionFailed(f"connection {name!r} is misconfigured: {url.drivername} is an "
+                                          f"asyncio driver; SQL jobs need a synchronous one "
+                                          f"(mysql+pymysql://)", retryable=False)
                 if engine.dialect.name == "sqlite":
                     event.listen(engine, "connect", confine_sqlite)
                 self._engines[name] = engine

@@ -95,11 +95,16 @@ def _upsert(conn: Connection) -> Any:
 
 
 class OutboxRelay:
-    """Publishes the outbox to ``queue``'s runs topic. ``database`` is a SQLAlchemy URL or engine."""
+    """Publishes the outbox to ``queue``'s runs topic. ``database`` is a SQLAlchemy URL or engine; an
+    engine of an asyncio driver (``mysql+asyncmy``) is refused (ValueError): its connections belong to
+    the event loop of the Database that made them, and the relay runs on a loop of its own; give the URL."""
 
     def __init__(self, database: str | Engine, queue: KafkaDispatchQueue, *, batch: int = 500,
                  interval: float = 1.0, keep_sent: float = 3600.0, settle: float = 1.5,
                  create_table: bool = True, wake_topic: str | None = None) -> None:
+        if not isinstance(database, str) and database.dialect.is_async:
+            raise ValueError("OutboxRelay needs the URL of an asyncio driver's database, not an engine: "
+                             "its connections cannot cross event loops (review-asyncmy F5)")
         self._url = database if isinstance(database, str) else None
         self._engine: Engine | None = None if isinstance(database, str) else database
         self._database: Database | None = None  # what runs the calls (threads, or an asyncio driver's loop)
@@ -288,6 +293,8 @@ class OutboxRelay:
             return await self._run(fn)
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
             raise StoreUnavailable(f"outbox: {type(exc).__name__}") from None
+        except StoreUnavailable:  # an OSError too: as it is
+            raise
         except (OSError, EOFError) as exc:  # an asyncio driver's broken connection (see engine._LOST)
             raise StoreUnavailable(f"outbox: {type(exc).__name__}") from None
 

@@ -51,6 +51,11 @@ the store has always used; ``mysql+asyncmy://`` picks the compiled asyncio drive
 what it saves and where it was not measured faster). SQLAlchemy's own default there would be ``mysqldb``
 (mysqlclient, a C build the ``mysql`` extra does not install). A URL that names its driver keeps it."""
 
+ASYNC_DRIVERS = frozenset({"asyncmy"})
+"""The asyncio drivers :class:`Database` runs (on a loop thread, as greenlets): the tested one. Another
+(``sqlite+aiosqlite``: its writer lock would block the one loop thread; ``mysql+aiomysql``: untested) is
+refused with ValueError rather than run."""
+
 # a connection broken below an asyncio driver's own errors (asyncmy lets a reset socket or a short read,
 # asyncio.IncompleteReadError, through as they are): the database is gone, as with an OperationalError
 _LOST = (OSError, EOFError)
@@ -58,6 +63,13 @@ _LOST = (OSError, EOFError)
 
 def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def check_driver(dialect: Any) -> None:
+    """ValueError for an asyncio dialect (class or instance) that is not in :data:`ASYNC_DRIVERS`."""
+    if dialect.is_async and dialect.driver not in ASYNC_DRIVERS:
+        raise ValueError(f"the asyncio driver {dialect.name}+{dialect.driver} is not supported by the "
+                         f"store: use mysql+asyncmy, or a synchronous driver (mysql+pymysql, sqlite)")
 
 
 def engine_url(url: str | URL) -> URL:
@@ -74,6 +86,9 @@ def open_engine(url: str, *, pool_size: int = 5,
     """An engine for ``url`` and how many threads may use it at once (one for an in-memory SQLite
     database: a single shared connection). ``options`` override the defaults."""
     u = engine_url(url)
+    check_driver(u.get_dialect())
+    if u.get_dialect().driver == "asyncmy":
+        _quiet_asyncmy()
     sqlite = is_sqlite(u)
     # a server closes idle connections (MySQL's wait_timeout, a restart): test each one taken from the
     # pool. A SQLite file's connection does not go stale, and the ping was a statement per transaction
@@ -96,6 +111,15 @@ def open_engine(url: str, *, pool_size: int = 5,
     if sqlite:
         _sqlite_setup(engine)
     return engine, threads
+
+
+def _quiet_asyncmy() -> None:
+    """asyncmy logs every server warning at WARNING with the server's text, which may quote a stored
+    value (``Incorrect string value: '...'``, ``Truncated incorrect ... value``): a job's secret could
+    reach the log (review-asyncmy F12). Its logger keeps only errors, unless the operator set its level."""
+    logger = logging.getLogger("asyncmy")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
 
 
 def _private_sqlite_file(url: URL) -> None:
@@ -178,6 +202,7 @@ class Database:
         self.engine = engine
         self.sqlite = is_sqlite(engine.url)
         self.asyncio = bool(engine.dialect.is_async)
+        check_driver(engine.dialect)
         self._writer = threading.Lock()  # SQLite: this process's writing transactions, one at a time
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -206,7 +231,8 @@ class Database:
             assert self._executor is not None
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, functools.partial(fn, *args))
-        # shielded: a cancelled caller leaves the call running to its end, as a thread of the pool would
+        # shielded: a cancelled caller leaves the call running to its end (it may still commit), as a pool
+        # thread does with a call it has begun (the pool drops one still queued; here it runs too)
         return await asyncio.shield(asyncio.wrap_future(self._submit(fn, *args)))
 
     async def _greenlet(self, fn: Callable[..., T], *args: Any) -> T:
@@ -253,6 +279,8 @@ class Database:
                 raise
             except (sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
                 raise StoreUnavailable(driver_detail(exc)) from None
+            except StoreUnavailable:  # an OSError too (ConnectionError): ours already, as it is
+                raise
             except _LOST as exc:
                 if not in_greenlet():  # a synchronous driver wraps its socket's errors: this is no such
                     raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -126,3 +127,83 @@ async def test_a_call_from_the_databases_own_loop_thread_fails_instead_of_hangin
         assert result == 1
     finally:
         pass  # a hung loop cannot be stopped: leave it (daemon thread)
+
+
+async def test_a_store_error_raised_in_a_call_keeps_its_message(url: str) -> None:
+    """StoreUnavailable is a ConnectionError (an OSError): the greenlet path's clause for a raw socket
+    error must not wrap it again as 'the connection to the database broke: StoreUnavailable: ...'
+    (review-asyncmy F7)."""
+    store = SqlStore(url, pool_size=1)
+    await store.start()
+    try:
+        def fails() -> None:
+            raise StoreUnavailable("the call's own reason")
+
+        with pytest.raises(StoreUnavailable) as caught:
+            await store._call(fails)
+        assert str(caught.value) == str(StoreUnavailable("the call's own reason"))
+    finally:
+        await store.stop()
+
+
+async def test_a_closed_database_closes_again_and_refuses_calls(url: str) -> None:
+    """Direct users of Database (tools, tests): close() twice is a no-op, a call after it is refused
+    with RuntimeError, as the thread pool's executor does (review-asyncmy F9)."""
+    from chronos_adapters.sql.engine import Database, open_engine
+
+    db = Database(*open_engine(url, pool_size=1))
+    assert await db.run(lambda: 1) == 1
+    await db.close()
+    await db.close()
+    with pytest.raises(RuntimeError):
+        await db.run(lambda: 2)
+
+
+async def test_an_untested_asyncio_driver_is_refused(tmp_path: Path) -> None:
+    """sqlite+aiosqlite would take the loop-thread path, where SQLite's writer lock blocks the one loop
+    thread (a second writer stalls 60 s, then fails): refused before it runs (review-asyncmy F4)."""
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'chronos.db'}")
+    with pytest.raises(ValueError, match="asyncio driver"):
+        await store.start()
+    await store.stop()
+
+
+async def test_the_outbox_relay_refuses_an_asyncio_drivers_engine(url: str) -> None:
+    """The relay runs on a Database (an event loop) of its own: an asyncmy engine's connections, made
+    on the store's loop, cannot cross to it; the relay takes the URL instead (review-asyncmy F5)."""
+    from sqlalchemy import create_engine
+
+    from chronos_adapters.kafka import KafkaDispatchQueue
+    from chronos_adapters.kafka.outbox import OutboxRelay
+
+    engine = create_engine(url)
+    try:
+        queue = KafkaDispatchQueue("127.0.0.1:9")  # never connected
+        if engine.dialect.is_async:
+            with pytest.raises(ValueError, match="URL"):
+                OutboxRelay(engine, queue)
+        else:
+            assert OutboxRelay(engine, queue).engine is engine
+    finally:
+        engine.dispose()
+
+
+async def test_a_sql_job_on_an_asyncio_driver_url_is_misconfigured_not_retryable(mysql_server: str) -> None:
+    """An operator's SQL connection on mysql+asyncmy:// (the mysql extra installs it, the docs name it)
+    could never run in the executor's plain thread (MissingGreenlet): 'misconfigured', not retried
+    (review-asyncmy F6; the reviewer's test)."""
+    from chronos_adapters.executors import SqlExecutor
+    from chronos_core.errors import ExecutionFailed
+    from tests.executors._support import Lines, make_job, make_run
+
+    if asyncmy_missing():
+        pytest.skip("asyncmy is not installed")
+    sql = SqlExecutor(connections={"db": with_driver(mysql_server, "asyncmy")})
+    job = make_job("sql", {"connection": "db", "statement": "SELECT 1"})
+    try:
+        with pytest.raises(ExecutionFailed) as caught:
+            await sql.execute(job, make_run(job), Lines())
+        assert not caught.value.retryable, str(caught.value)
+        assert "misconfigured" in str(caught.value)
+    finally:
+        await sql.stop()
