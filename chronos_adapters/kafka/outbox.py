@@ -146,7 +146,16 @@ class OutboxRelay:
         if self._database is None:
             self._database = Database(self.engine, 3)
         if self.create_table:
-            await self._db(self._migrate)
+            try:
+                await self._db(self._migrate)
+            except BaseException:  # nothing closes a relay that never opened: its threads/loop, now
+                database, self._database = self._database, None  # (review-asyncmy F13)
+                if database is not None:
+                    with contextlib.suppress(Exception):
+                        await database.close(dispose=self._url is not None)
+                if self._url is not None:
+                    self._engine = None
+                raise
 
     def _migrate(self) -> None:
         with self.engine.connect() as conn:

@@ -233,11 +233,17 @@ class Database:
                 self._executor, functools.partial(fn, *args))
         # shielded: a cancelled caller leaves the call running to its end (it may still commit), as a pool
         # thread does with a call it has begun (the pool drops one still queued; here it runs too)
-        return await asyncio.shield(asyncio.wrap_future(self._submit(fn, *args)))
+        try:
+            return await asyncio.shield(asyncio.wrap_future(self._submit(fn, *args)))
+        except _Escaped as e:
+            raise e.exc from None
 
     async def _greenlet(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._slots:
-            return await greenlet_spawn(fn, *args)
+            try:
+                return await greenlet_spawn(fn, *args)
+            except (SystemExit, KeyboardInterrupt) as exc:  # out of a task they would end the loop
+                raise _Escaped(exc) from None
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """``fn(*args)`` as a greenlet on the loop, once one of its ``threads`` slots is free."""
@@ -259,7 +265,10 @@ class Database:
         if threading.current_thread() is self._thread:
             raise RuntimeError("Database.run_blocking from within a call of the same database would "
                                "deadlock its event loop")
-        return self._submit(fn, *args).result()
+        try:
+            return self._submit(fn, *args).result()
+        except _Escaped as e:
+            raise e.exc from None
 
     @staticmethod
     def guarded(fn: Callable[..., T], *args: Any) -> T:
@@ -342,6 +351,16 @@ class Database:
             # stopped after this coroutine's end is handed on (its done callbacks come after this one)
             loop = asyncio.get_running_loop()
             loop.call_soon(loop.stop)
+
+
+class _Escaped(Exception):
+    """SystemExit/KeyboardInterrupt raised in a call on the loop thread, carried to its caller to be
+    raised there: raised from the loop's task, it would leave ``run_forever`` and end the loop, every
+    later call waiting forever (review-asyncmy F14). A thread pool's future carries them the same way."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(type(exc).__name__)
+        self.exc = exc
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:

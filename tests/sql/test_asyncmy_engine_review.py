@@ -207,3 +207,33 @@ async def test_a_sql_job_on_an_asyncio_driver_url_is_misconfigured_not_retryable
         assert "misconfigured" in str(caught.value)
     finally:
         await sql.stop()
+
+
+async def test_a_relay_that_could_not_open_leaves_no_thread(url: str) -> None:
+    """OutboxRelay.open() makes its Database (a thread pool, or a loop thread) before the migration; when
+    that fails (the database is down) nothing else would close it, and each retried open made another
+    (review-asyncmy F13)."""
+    from chronos_adapters.kafka import KafkaDispatchQueue
+    from chronos_adapters.kafka.outbox import OutboxRelay
+
+    before = {t.ident for t in _loop_threads()}
+    relay = OutboxRelay(url.replace("127.0.0.1:3306", "127.0.0.1:1"), KafkaDispatchQueue("127.0.0.1:9"))
+    with pytest.raises(StoreUnavailable):
+        await relay.open()
+    assert [t.name for t in _loop_threads() if t.ident not in before] == []
+
+
+async def test_a_system_exit_in_a_call_reaches_its_caller_and_the_store_goes_on(url: str) -> None:
+    """SystemExit raised in a call: its caller gets it (as from a thread pool's future), and the
+    asyncio driver's loop is not ended by it (review-asyncmy F14)."""
+    store = SqlStore(url, pool_size=1)
+    await store.start()
+    try:
+        def boom() -> None:
+            raise SystemExit(3)
+
+        with pytest.raises(SystemExit):
+            store.run_blocking(boom)
+        await asyncio.wait_for(store.ping(), GUARD)
+    finally:
+        await store.stop()
