@@ -6,6 +6,10 @@ to the tree under test, so the engine code is that tree's; the order of the two 
 repetition, so a neighbour's load or a drifting machine falls on both. One JSON line per run (tree,
 repetition, load average before the run, the case's figures). Used for the issue 17 before/after table in
 BENCHMARKS.md (the other tree was a ``git worktree add`` of the commit before the redesign).
+
+``python -m bench.ab --drivers pymysql asyncmy [--cases mariadb:interval:1000 ...]``: the same
+interleaving between two MySQL drivers of this tree (the MariaDB cases, ``--mysql-url`` with each
+driver in turn) instead of two trees.
 """
 
 from __future__ import annotations
@@ -42,22 +46,40 @@ def run_case(tree: Path, store: str, kind: str, n: int, mysql_url: str, timeout:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("other", type=Path, help="the other checkout (e.g. a git worktree of the commit before)")
+    p.add_argument("other", type=Path, nargs="?",
+                   help="the other checkout (e.g. a git worktree of the commit before)")
+    p.add_argument("--drivers", nargs=2, metavar=("A", "B"),
+                   help="compare two MySQL drivers of this tree instead (e.g. pymysql asyncmy)")
+    p.add_argument("--cases", nargs="+", metavar="STORE:KIND:N", help="only these cases")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--out", type=Path, default=HERE / "bench" / "results" / "ab.jsonl")
     p.add_argument("--mysql-url", default=os.environ.get("CHRONOS_BENCH_MYSQL_URL",
                                                          "mysql+pymysql://root@127.0.0.1:3306"))
     p.add_argument("--timeout", type=float, default=400.0)
     args = p.parse_args(argv)
-    trees = {"this": HERE, "other": args.other.resolve()}
+    cases = [(c.split(":")[0], c.split(":")[1], int(c.split(":")[2])) for c in args.cases] \
+        if args.cases else CASES
+    if args.drivers:
+        from sqlalchemy.engine import make_url
+        base = make_url(args.mysql_url)
+        trees = {d: HERE for d in args.drivers}
+        urls = {d: base.set(drivername=f"mysql+{d}").render_as_string(hide_password=False)
+                for d in args.drivers}
+        cases = [c for c in cases if c[0] == "mariadb"]
+    elif args.other is None:
+        p.error("name the other checkout, or --drivers")
+    else:
+        trees = {"this": HERE, "other": args.other.resolve()}
+        urls = {name: args.mysql_url for name in trees}
+    first, second = trees
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as out:
         for rep in range(args.reps):
-            for store, kind, n in CASES:
-                for name in (("this", "other") if rep % 2 == 0 else ("other", "this")):
+            for store, kind, n in cases:
+                for name in ((first, second) if rep % 2 == 0 else (second, first)):
                     row = {"tree": name, "path": str(trees[name]), "rep": rep, "store": store, "kind": kind,
                            "n": n, "load1": os.getloadavg()[0], "t": time.strftime("%H:%M:%S")}
-                    row.update(run_case(trees[name], store, kind, n, args.mysql_url, args.timeout))
+                    row.update(run_case(trees[name], store, kind, n, urls[name], args.timeout))
                     out.write(json.dumps(row) + "\n")
                     out.flush()
                     print(json.dumps(row), flush=True)

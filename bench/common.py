@@ -81,17 +81,23 @@ def peak_rss_mb() -> float:
 
 
 class ServerCpu:
-    """CPU of the local MariaDB server (``mariadbd``/``mysqld``), if it runs on this machine."""
+    """CPU of the local MariaDB server (``mariadbd``/``mysqld``), if it runs on this machine: the one
+    listening on ``port`` (a shared machine may run private servers too), else the first found."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = 3306) -> None:
         self._proc = None
         try:
             import psutil
 
-            for p in psutil.process_iter(["name"]):
-                if p.info["name"] in ("mariadbd", "mysqld"):
-                    self._proc = p
-                    break
+            servers = [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("mariadbd", "mysqld")]
+            for p in servers:
+                with contextlib.suppress(Exception):
+                    if any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                           for c in p.net_connections(kind="tcp")):
+                        self._proc = p
+                        break
+            if self._proc is None and servers:
+                self._proc = servers[0]
         except Exception:  # psutil missing or access denied: report nothing
             self._proc = None
 

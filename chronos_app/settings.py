@@ -128,6 +128,9 @@ class Settings(EngineSettings, BaseSettings):
     db_password: str = Field(default="", validation_alias=_env("db_password", "DB_PASSWORD"), repr=False)
     db_name: str = Field(default="chronos", validation_alias=_env("db_name", "DB_NAME"))
     db_pool_size: int = Field(default=10, ge=1)
+    db_driver: Literal["pymysql", "asyncmy"] = Field(default="pymysql", description=(
+        "the MySQL driver of the URL built from DB_HOST (a CHRONOS_DATABASE_URL names its own: "
+        "mysql+pymysql://, mysql+asyncmy://; a plain mysql:// gets PyMySQL)"))
 
     # bus and dispatch queue ------------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(default=None,
@@ -232,7 +235,7 @@ class Settings(EngineSettings, BaseSettings):
                 auth = quote(self.db_user, safe="")
                 if self.db_password:
                     auth += ":" + quote(self.db_password, safe="")
-                self.database_url = (f"mysql+pymysql://{auth}@{self.db_host}:{self.db_port}/"
+                self.database_url = (f"mysql+{self.db_driver}://{auth}@{self.db_host}:{self.db_port}/"
                                      f"{quote(self.db_name, safe='')}")
             else:
                 self.database_url = DEFAULT_DATABASE_URL

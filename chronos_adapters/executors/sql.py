@@ -109,6 +109,11 @@ class SqlExecutor(Executor):
                 except Exception as e:  # bad URL, unknown dialect, driver not installed
                     raise ExecutionFailed(self._mask(f"connection {name!r} is misconfigured: "
                                                      f"{type(e).__name__}: {e}"), retryable=False) from None
+                if engine.dialect.is_async:  # a plain thread could never connect it (MissingGreenlet)
+                    engine.dispose()
+                    raise ExecutionFailed(f"connection {name!r} is misconfigured: {url.drivername} is an "
+                                          f"asyncio driver; SQL jobs need a synchronous one "
+                                          f"(mysql+pymysql://)", retryable=False)
                 if engine.dialect.name == "sqlite":
                     event.listen(engine, "connect", confine_sqlite)
                 self._engines[name] = engine
@@ -337,7 +342,7 @@ def _client_confinement(url: Any) -> dict[str, Any]:
     driver = url.get_driver_name()
     if driver == "mysqlconnector":
         return {"allow_local_infile": False}
-    if driver in ("pymysql", "mysqldb", "mariadbconnector"):
+    if driver in ("pymysql", "mysqldb", "mariadbconnector", "asyncmy", "aiomysql"):
         return {"local_infile": False}
     return {}
 

@@ -40,7 +40,7 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
-from chronos_adapters.sql.engine import open_engine
+from chronos_adapters.sql.engine import Database, open_engine
 from chronos_adapters.sql.migrate import upgrade_connection
 from chronos_adapters.sql.tables import outbox as outbox_table
 from chronos_adapters.sql.tables import utc_naive
@@ -95,13 +95,19 @@ def _upsert(conn: Connection) -> Any:
 
 
 class OutboxRelay:
-    """Publishes the outbox to ``queue``'s runs topic. ``database`` is a SQLAlchemy URL or engine."""
+    """Publishes the outbox to ``queue``'s runs topic. ``database`` is a SQLAlchemy URL or engine; an
+    engine of an asyncio driver (``mysql+asyncmy``) is refused (ValueError): its connections belong to
+    the event loop of the Database that made them, and the relay runs on a loop of its own; give the URL."""
 
     def __init__(self, database: str | Engine, queue: KafkaDispatchQueue, *, batch: int = 500,
                  interval: float = 1.0, keep_sent: float = 3600.0, settle: float = 1.5,
                  create_table: bool = True, wake_topic: str | None = None) -> None:
+        if not isinstance(database, str) and database.dialect.is_async:
+            raise ValueError("OutboxRelay needs the URL of an asyncio driver's database, not an engine: "
+                             "its connections cannot cross event loops (review-asyncmy F5)")
         self._url = database if isinstance(database, str) else None
         self._engine: Engine | None = None if isinstance(database, str) else database
+        self._database: Database | None = None  # what runs the calls (threads, or an asyncio driver's loop)
         self.queue = queue
         self.batch = batch
         self.interval = interval
@@ -137,8 +143,19 @@ class OutboxRelay:
         (without starting the relay loop)."""
         if self._engine is None and self._url is not None:
             self._engine, _ = open_engine(self._url, pool_size=3)
+        if self._database is None:
+            self._database = Database(self.engine, 3)
         if self.create_table:
-            await self._db(self._migrate)
+            try:
+                await self._db(self._migrate)
+            except BaseException:  # nothing closes a relay that never opened: its threads/loop, now
+                database, self._database = self._database, None  # (review-asyncmy F13)
+                if database is not None:
+                    with contextlib.suppress(Exception):
+                        await database.close(dispose=self._url is not None)
+                if self._url is not None:
+                    self._engine = None
+                raise
 
     def _migrate(self) -> None:
         with self.engine.connect() as conn:
@@ -257,18 +274,37 @@ class OutboxRelay:
             self._task = None
         if self._lock_conn is not None:
             conn, self._lock_conn = self._lock_conn, None
-            await asyncio.to_thread(_end_session, conn)
+            await self._run(_end_session, conn)
+        if self._database is not None:
+            database, self._database = self._database, None
+            await database.close(dispose=self._url is not None)
         if self._url is not None and self._engine is not None:
-            self._engine.dispose()
             self._engine = None
 
     def wake(self) -> None:
         self._wake.set()
 
+    def run_blocking(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, code of its own on :attr:`engine`, from synchronous code (tests, tools), after
+        :meth:`open`: on the asyncio driver's loop for ``mysql+asyncmy`` (see ``SqlStore.run_blocking``)."""
+        if self._database is None:
+            raise RuntimeError("the outbox relay is not open")
+        return self._database.run_blocking(fn, *args)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` where the engine may be used: a thread, or the asyncio driver's loop."""
+        if self._database is None:
+            raise RuntimeError("the outbox relay is not open")
+        return await self._database.run(fn, *args)
+
     async def _db(self, fn: Any) -> Any:
         try:
-            return await asyncio.to_thread(fn)
+            return await self._run(fn)
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            raise StoreUnavailable(f"outbox: {type(exc).__name__}") from None
+        except StoreUnavailable:  # an OSError too: as it is
+            raise
+        except (OSError, EOFError) as exc:  # an asyncio driver's broken connection (see engine._LOST)
             raise StoreUnavailable(f"outbox: {type(exc).__name__}") from None
 
     async def write(self, dispatches: Sequence[Dispatch], now: datetime | None = None) -> None:
@@ -386,7 +422,7 @@ class OutboxRelay:
                 if self._lock_conn is not None:  # the database may have dropped our lock with it
                     conn, self._lock_conn = self._lock_conn, None
                     self._listen(False)
-                    await asyncio.to_thread(_end_session, conn)
+                    await self._run(_end_session, conn)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), backoff or self.interval)

@@ -1,5 +1,5 @@
-"""The durable store on SQLAlchemy Core: SQLite (file, the embedded default) and MySQL/MariaDB (pymysql),
-with the Alembic migrations shipped in this package."""
+"""The durable store on SQLAlchemy Core: SQLite (file, the embedded default) and MySQL/MariaDB (PyMySQL,
+or asyncmy with ``mysql+asyncmy://``), with the Alembic migrations shipped in this package."""
 
 from .migrate import migrate
 from .store import SqlStore

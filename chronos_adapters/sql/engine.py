@@ -1,8 +1,10 @@
 """How a SQL database is opened and used, by the store and by ``chronos migrate`` alike: the engine
-options per dialect, SQLite's connection set-up (our own BEGIN, WAL) and its private file, the migrations'
-version table, and :class:`Database`: one transaction per call in a thread pool of its own, SQLite's
-writer lock, and driver errors translated into ``chronos_core`` errors (the one place that does). The
-store, the migrations and the command import it; it imports none of them."""
+options per dialect, the MySQL driver a plain ``mysql://`` URL gets, SQLite's connection set-up (our own
+BEGIN, WAL) and its private file, the migrations' version table, and :class:`Database`: one transaction per
+call in a thread pool of its own (or, for an asyncio driver such as ``mysql+asyncmy``, in a greenlet on an
+event loop of its own), SQLite's writer lock, and driver errors translated into ``chronos_core`` errors
+(the one place that does). The store, the migrations and the command import it; it imports none of
+them."""
 
 from __future__ import annotations
 
@@ -14,18 +16,24 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util.concurrency import greenlet_spawn, in_greenlet
+
+try:
+    from sqlalchemy.util.concurrency import await_
+except ImportError:  # SQLAlchemy 2.0's name
+    from sqlalchemy.util.concurrency import await_only as await_  # type: ignore[attr-defined,no-redef]
 
 from chronos_core.errors import RunConflict, StoreUnavailable
 
-__all__ = ["VERSION_TABLE", "Database", "driver_detail", "driver_rows", "is_lock_conflict", "is_sqlite",
-           "open_engine"]
+__all__ = ["MYSQL_DRIVER", "VERSION_TABLE", "Database", "driver_detail", "driver_rows", "engine_url",
+           "is_lock_conflict", "is_sqlite", "open_engine", "run_blocking"]
 
 T = TypeVar("T")
 
@@ -37,15 +45,50 @@ VERSION_TABLE = "chronos_alembic_version"
 """Alembic's version table, named so it cannot clash with an application's own Alembic history."""
 
 
+MYSQL_DRIVER = "pymysql"
+"""The driver of a MySQL/MariaDB URL that names none (``mysql://``, ``mariadb://``): PyMySQL, the one
+the store has always used; ``mysql+asyncmy://`` picks the compiled asyncio driver (BENCHMARKS.md says
+what it saves and where it was not measured faster). SQLAlchemy's own default there would be ``mysqldb``
+(mysqlclient, a C build the ``mysql`` extra does not install). A URL that names its driver keeps it."""
+
+ASYNC_DRIVERS = frozenset({"asyncmy"})
+"""The asyncio drivers :class:`Database` runs (on a loop thread, as greenlets): the tested one. Another
+(``sqlite+aiosqlite``: its writer lock would block the one loop thread; ``mysql+aiomysql``: untested) is
+refused with ValueError rather than run."""
+
+# a connection broken below an asyncio driver's own errors (asyncmy lets a reset socket or a short read,
+# asyncio.IncompleteReadError, through as they are): the database is gone, as with an OperationalError
+_LOST = (OSError, EOFError)
+
+
 def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def check_driver(dialect: Any) -> None:
+    """ValueError for an asyncio dialect (class or instance) that is not in :data:`ASYNC_DRIVERS`."""
+    if dialect.is_async and dialect.driver not in ASYNC_DRIVERS:
+        raise ValueError(f"the asyncio driver {dialect.name}+{dialect.driver} is not supported by the "
+                         f"store: use mysql+asyncmy, or a synchronous driver (mysql+pymysql, sqlite)")
+
+
+def engine_url(url: str | URL) -> URL:
+    """``url`` with the MySQL driver spelt out: ``mysql://`` and ``mariadb://`` get :data:`MYSQL_DRIVER`
+    (``mysql+pymysql://``, ``mysql+asyncmy://`` and the like stay as given)."""
+    u = make_url(url)
+    if u.drivername in ("mysql", "mariadb"):
+        u = u.set(drivername=f"{u.drivername}+{MYSQL_DRIVER}")
+    return u
 
 
 def open_engine(url: str, *, pool_size: int = 5,
                 options: Mapping[str, Any] | None = None) -> tuple[Engine, int]:
     """An engine for ``url`` and how many threads may use it at once (one for an in-memory SQLite
     database: a single shared connection). ``options`` override the defaults."""
-    u = make_url(url)
+    u = engine_url(url)
+    check_driver(u.get_dialect())
+    if u.get_dialect().driver == "asyncmy":
+        _quiet_asyncmy()
     sqlite = is_sqlite(u)
     # a server closes idle connections (MySQL's wait_timeout, a restart): test each one taken from the
     # pool. A SQLite file's connection does not go stale, and the ping was a statement per transaction
@@ -68,6 +111,15 @@ def open_engine(url: str, *, pool_size: int = 5,
     if sqlite:
         _sqlite_setup(engine)
     return engine, threads
+
+
+def _quiet_asyncmy() -> None:
+    """asyncmy logs every server warning at WARNING with the server's text, which may quote a stored
+    value (``Incorrect string value: '...'``, ``Truncated incorrect ... value``): a job's secret could
+    reach the log (review-asyncmy F12). Its logger keeps only errors, unless the operator set its level."""
+    logger = logging.getLogger("asyncmy")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
 
 
 def _private_sqlite_file(url: URL) -> None:
@@ -139,21 +191,86 @@ def driver_detail(exc: BaseException) -> str:
 
 
 class Database:
-    """An open engine and the thread pool that uses it (the drivers are synchronous: no call runs on the
-    event loop). :meth:`call` runs a function (one transaction) in the pool through :meth:`guarded`;
-    :meth:`transaction` opens one."""
+    """An open engine and what runs its calls, never on the caller's event loop: a thread pool for the
+    synchronous drivers (pysqlite, PyMySQL), or for an asyncio driver (``mysql+asyncmy``) an event loop
+    in a thread of its own where each call is a greenlet (SQLAlchemy's ``greenlet_spawn``: the same
+    synchronous code, its I/O awaited on that loop; the calls interleave at their I/O, at most
+    ``pool_size`` connections). :meth:`call` runs a function (one transaction) through :meth:`guarded`;
+    :meth:`transaction` opens one; :meth:`run` and :func:`run_blocking` run other code of the engine."""
 
     def __init__(self, engine: Engine, threads: int, writer: threading.Lock | None = None) -> None:
         self.engine = engine
         self.sqlite = is_sqlite(engine.url)
-        self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chronos-sql")
+        self.asyncio = bool(engine.dialect.is_async)
+        check_driver(engine.dialect)
         # SQLite: this process's writing transactions, one at a time (``writer``: shared with the other
         # Databases of this process over the same file, see SqlStore.sibling)
         self._writer = writer or threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pending: set[Future[Any]] = set()
+        self._submitting = threading.Lock()  # a call is submitted, or close() begins: never both at once
+        self._closed: Future[None] | None = None  # the loop's shutdown, once close() has begun
+        if self.asyncio:
+            # at most `threads` calls at once, the others wait for one to end (as they would in the thread
+            # pool's queue), never in SQLAlchemy's pool, where after pool_timeout they would fail
+            # (review-asyncmy F1); used on the loop only (it binds to the loop that first waits on it)
+            self._slots = asyncio.Semaphore(max(1, threads))
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=_serve, args=(self._loop,), name="chronos-sql-loop",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chronos-sql")
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(self.guarded, fn, *args))
+        return await self.run(self.guarded, fn, *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` where this engine may be used (no error translation)."""
+        if self._loop is None:
+            assert self._executor is not None
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(fn, *args))
+        # shielded: a cancelled caller leaves the call running to its end (it may still commit), as a pool
+        # thread does with a call it has begun (the pool drops one still queued; here it runs too)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(self._submit(fn, *args)))
+        except _Escaped as e:
+            raise e.exc from None
+
+    async def _greenlet(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._slots:
+            try:
+                return await greenlet_spawn(fn, *args)
+            except (SystemExit, KeyboardInterrupt) as exc:  # out of a task they would end the loop
+                raise _Escaped(exc) from None
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """``fn(*args)`` as a greenlet on the loop, once one of its ``threads`` slots is free."""
+        assert self._loop is not None
+        with self._submitting:
+            if self._closed is not None:  # as a thread pool's submit after its shutdown
+                raise RuntimeError("the database is closed")
+            fut = asyncio.run_coroutine_threadsafe(self._greenlet(fn, *args), self._loop)
+            self._pending.add(fut)
+            fut.add_done_callback(self._pending.discard)
+        return fut
+
+    def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` from synchronous code in any thread but the asyncio driver's own loop, waiting
+        for it (tests, commands). From that loop's thread (code inside a call) it raises RuntimeError:
+        it would wait there for a greenlet that needs that very thread, forever (review-asyncmy F3)."""
+        if self._loop is None:
+            return fn(*args)
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("Database.run_blocking from within a call of the same database would "
+                               "deadlock its event loop")
+        try:
+            return self._submit(fn, *args).result()
+        except _Escaped as e:
+            raise e.exc from None
 
     @staticmethod
     def guarded(fn: Callable[..., T], *args: Any) -> T:
@@ -165,7 +282,7 @@ class Database:
                 raise RunConflict(f"conflicting write: {driver_detail(exc)}") from None
             except sa_exc.DBAPIError as exc:
                 if is_lock_conflict(exc) and attempt < 7:
-                    time.sleep(0.005 * 2 ** attempt)
+                    _pause(0.005 * 2 ** attempt)
                     continue
                 if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or \
                         exc.connection_invalidated:
@@ -173,6 +290,13 @@ class Database:
                 raise
             except (sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
                 raise StoreUnavailable(driver_detail(exc)) from None
+            except StoreUnavailable:  # an OSError too (ConnectionError): ours already, as it is
+                raise
+            except _LOST as exc:
+                if not in_greenlet():  # a synchronous driver wraps its socket's errors: this is no such
+                    raise
+                raise StoreUnavailable(f"the connection to the database broke: {driver_detail(exc)}") \
+                    from None
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
@@ -195,7 +319,75 @@ class Database:
             if writer:
                 self._writer.release()
 
-    async def close(self) -> None:
-        """Wait for the calls in flight, then close the pool's connections."""
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
-        self.engine.dispose()
+    async def close(self, dispose: bool = True) -> None:
+        """Wait for the calls in flight, then close the pool's connections (unless not ``dispose``).
+
+        Asyncio driver: the calls in flight, the pool's disposal and stopping the loop are one coroutine
+        on the Database's own loop, which runs to its end whether or not this caller is cancelled (as a
+        thread pool's shutdown goes on in its thread): a cancelled close() returns at once and cancels
+        no one's call, and the loop's thread still ends, closing its loop, once they are done
+        (review-asyncmy F2). Not cancelled, close() returns when that thread has ended."""
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+            if dispose:
+                self.engine.dispose()
+            return
+        loop, thread = self._loop, self._thread
+        assert loop is not None and thread is not None
+        with self._submitting:
+            if self._closed is None:
+                self._closed = asyncio.run_coroutine_threadsafe(self._shutdown(dispose), loop)
+            closed = self._closed
+        # shielded: cancelling the wrapper would cancel the shutdown on the loop (and with it the calls)
+        await asyncio.shield(asyncio.wrap_future(closed))
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+    async def _shutdown(self, dispose: bool) -> None:
+        """On the loop: wait for every call submitted (asyncio.wait cancels none), dispose, stop."""
+        try:
+            while self._pending:
+                await asyncio.wait([asyncio.wrap_future(f) for f in list(self._pending)])
+            if dispose:
+                await greenlet_spawn(self.engine.dispose)
+        finally:
+            # stopped after this coroutine's end is handed on (its done callbacks come after this one)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.stop)
+
+
+class _Escaped(Exception):
+    """SystemExit/KeyboardInterrupt raised in a call on the loop thread, carried to its caller to be
+    raised there: raised from the loop's task, it would leave ``run_forever`` and end the loop, every
+    later call waiting forever (review-asyncmy F14). A thread pool's future carries them the same way."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(type(exc).__name__)
+        self.exc = exc
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The asyncio driver's loop thread: runs the loop until :meth:`Database.close` stops it, closes it."""
+    try:
+        loop.run_forever()
+    finally:
+        with contextlib.suppress(Exception):  # its threads (getaddrinfo), joined
+            loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+def _pause(seconds: float) -> None:
+    """Sleep before a retry: on the asyncio driver's loop without holding it up."""
+    if in_greenlet():
+        await_(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
+
+
+def run_blocking(engine: Engine, fn: Callable[[], T]) -> T:
+    """``fn()`` using ``engine`` from synchronous code (``chronos migrate``): as it is for a synchronous
+    driver, for an asyncio one on an event loop of its own in a thread of its own (the caller's thread
+    may be running a loop already)."""
+    if not engine.dialect.is_async:
+        return fn()
+    with ThreadPoolExecutor(1, thread_name_prefix="chronos-sql-once") as once:
+        return once.submit(lambda: asyncio.run(greenlet_spawn(fn))).result()

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
-from .engine import VERSION_TABLE, open_engine
+from .engine import VERSION_TABLE, open_engine, run_blocking
 
 __all__ = ["alembic_config", "current_revision", "head_revision", "migrate", "upgrade_connection"]
 
@@ -56,10 +56,14 @@ def upgrade_connection(conn: Connection) -> None:
 
 
 def migrate(url: str) -> None:
-    """Upgrade the database at ``url`` to the newest schema (what ``chronos migrate`` runs)."""
+    """Upgrade the database at ``url`` to the newest schema (what ``chronos migrate`` runs; with an asyncio
+    driver, ``mysql+asyncmy://``, on an event loop of its own)."""
     engine, _ = open_engine(url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            upgrade_connection(conn)
-    finally:
-        engine.dispose()
+
+    def upgrade() -> None:
+        try:
+            with engine.connect() as conn:
+                upgrade_connection(conn)
+        finally:
+            engine.dispose()
+    run_blocking(engine, upgrade)

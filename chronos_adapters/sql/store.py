@@ -1,13 +1,15 @@
-"""``SqlStore``: the ``Store`` port on SQLAlchemy 2.x Core, for SQLite (file) and MySQL/MariaDB (pymysql).
+"""``SqlStore``: the ``Store`` port on SQLAlchemy 2.x Core, for SQLite (file) and MySQL/MariaDB (PyMySQL;
+or asyncmy, ``mysql+asyncmy://``).
 
-The drivers are synchronous: every call runs in the store's own thread pool (never on the event loop),
-one transaction per call (``engine.Database``). ``start_run`` / ``cancel_queued_run`` / ``finish_run``
-calls that arrive together are coalesced into one transaction (group commit, ``group_commit.py``) whose
-compare-and-set results stay exact per call; so are ``add_jobs`` calls (``create_batch.py``), each still
-all or none and answered as alone. The due-job claim (``claim.py``) is one transaction:
-``FOR UPDATE SKIP LOCKED`` on MySQL (schedulers claim disjoint jobs), ``BEGIN IMMEDIATE`` on SQLite
-(writers are serialized). What the two databases are told differently is in ``dialects/``, picked at
-:meth:`SqlStore.start`; the rest is in ``job_ops.py``, ``run_ops.py``, ``notice_ops.py`` and
+Every call runs off the caller's event loop, one transaction per call (``engine.Database``): in the store's
+own thread pool for the synchronous drivers, as a greenlet on an event loop of the store's own (in its own
+thread) for asyncmy, the same synchronous code either way. ``start_run`` / ``cancel_queued_run`` /
+``finish_run`` calls that arrive together are coalesced into one transaction (group commit,
+``group_commit.py``) whose compare-and-set results stay exact per call; so are ``add_jobs`` calls
+(``create_batch.py``), each still all or none and answered as alone. The due-job claim (``claim.py``) is
+one transaction: ``FOR UPDATE SKIP LOCKED`` on MySQL (schedulers claim disjoint jobs), ``BEGIN IMMEDIATE``
+on SQLite (writers are serialized). What the two databases are told differently is in ``dialects/``,
+picked at :meth:`SqlStore.start`; the rest is in ``job_ops.py``, ``run_ops.py``, ``notice_ops.py`` and
 ``retention.py``. Driver errors become ``chronos_core`` exceptions at the boundary, in
 ``engine.Database``.
 """
@@ -61,9 +63,10 @@ T = TypeVar("T")
 
 class SqlStore(Store):
     """Jobs and runs in SQLite or MySQL/MariaDB. ``url`` is a SQLAlchemy URL (``sqlite:///chronos.db``,
-    ``mysql+pymysql://user:pw@host/db``); ``pool_size`` bounds the connections and the threads that use
-    them; stored output is cut to its last ``output_limit`` characters; with ``create_schema``,
-    :meth:`start` brings the schema to the newest migration. ``engine_options`` go to ``create_engine``."""
+    ``mysql+pymysql://user:pw@host/db``, ``mysql+asyncmy://...``); ``pool_size`` bounds the connections and
+    the threads that use them; stored output is cut to its last ``output_limit`` characters; with
+    ``create_schema``, :meth:`start` brings the schema to the newest migration. ``engine_options`` go to
+    ``create_engine``."""
 
     def __init__(self, url: str, *, pool_size: int = 10, output_limit: int = 64 * 1024,
                  create_schema: bool = True, on_dispatch: OnDispatch | None = None,
@@ -116,6 +119,12 @@ class SqlStore(Store):
     def engine(self) -> Engine:
         """The SQLAlchemy engine (after :meth:`start`)."""
         return self._database.engine
+
+    def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, code of its own on :attr:`engine`, from synchronous code (tests, tools): as it
+        is for a synchronous driver, on the asyncio driver's loop (waiting for it) for ``mysql+asyncmy``.
+        Not from within a call of the store."""
+        return self._database.run_blocking(fn, *args)
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -43,6 +43,11 @@ def test_seed_names_build_a_mysql_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.smtp_host, config.smtp_port, config.smtp_user, config.smtp_password) == (
         "mail", 2525, "u", "smtp-secret")
     assert "smtp-secret" not in repr(s) and "p@ss" not in repr(s)
+    monkeypatch.setenv("CHRONOS_DB_DRIVER", "asyncmy")  # the compiled asyncio driver instead
+    assert Settings().database_url == "mysql+asyncmy://chronos:p%40ss%3Aword@db:3306/jobs"
+    monkeypatch.setenv("CHRONOS_DB_DRIVER", "mysqldb")
+    with pytest.raises(ValueError, match="db_driver"):
+        Settings()
 
 
 def test_chronos_names_win_and_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -233,8 +233,10 @@ async def test_rows_the_store_wrote_wait_for_put_or_are_sent_once_settled(
     try:
         job = make_job("job-hook")
         claimed = [make_dispatch(job) for _ in range(3)]
-        with relay.engine.begin() as conn:  # as the store's claim transaction does
-            write_outbox(conn, claimed, datetime.now(UTC))
+        def write(dispatches: list[Dispatch]) -> None:
+            with relay.engine.begin() as conn:  # as the store's claim transaction does
+                write_outbox(conn, dispatches, datetime.now(UTC))
+        await relay._run(write, claimed)  # (where the engine may be used: an asyncio driver's loop)
         assert await relay.relay_once() == 0  # not handed over yet: run.queued may not be out
         extra = make_dispatch(job)  # a dispatch the store did not write
         await queue.put([*claimed, extra])
@@ -242,8 +244,7 @@ async def test_rows_the_store_wrote_wait_for_put_or_are_sent_once_settled(
         assert [d.run.id for d in await take(consumer, 4)] == [d.run.id for d in [*claimed, extra]]
 
         crashed = [make_dispatch(job) for _ in range(2)]  # the scheduler died before its put
-        with relay.engine.begin() as conn:
-            write_outbox(conn, crashed, datetime.now(UTC))
+        await relay._run(write, crashed)
         relay.settle = timedelta(seconds=0.5)
         await until(lambda: _relayed(relay, 2))
         assert [d.run.id for d in await take(consumer, 2)] == [d.run.id for d in crashed]
@@ -278,7 +279,7 @@ async def test_a_relay_that_lets_go_frees_the_lock_and_databases_do_not_share_it
         # what the relay loop does when it loses the store or the broker:
         conn, first._lock_conn = first._lock_conn, None
         assert conn is not None
-        await asyncio.to_thread(_end_session, conn)
+        await first._run(_end_session, conn)
         # the server frees a named lock once it has noticed the session's end (asynchronously, after the
         # socket closed): the relay loop tries again each round; so does this test, briefly
         for _ in range(50):

@@ -255,9 +255,11 @@ async def outbox_rows(relay: Any) -> list[tuple[str, bool, bool]]:
 
     from chronos_adapters.kafka.outbox import outbox_table as t
 
-    with relay.engine.connect() as conn:
-        return [(r.run_id, bool(r.ready), r.sent_at is not None)
-                for r in conn.execute(select(t).order_by(t.c.seq))]
+    def read() -> list[tuple[str, bool, bool]]:
+        with relay.engine.connect() as conn:
+            return [(r.run_id, bool(r.ready), r.sent_at is not None)
+                    for r in conn.execute(select(t).order_by(t.c.seq))]
+    return list(relay.run_blocking(read))
 
 
 async def test_a_failed_outbox_hand_off_stalls_neither_retries_nor_reaping(sql_url: str) -> None:
@@ -318,12 +320,15 @@ async def test_write_outbox_is_idempotent_per_run(sql_url: str) -> None:
     try:
         job = make_job("job-idem")
         a, b = make_dispatch(job), make_dispatch(job)
-        with relay.engine.begin() as conn:
-            write_outbox(conn, [a, b], T0)
-            conn.execute(update(outbox_table).where(outbox_table.c.run_id == a.run.id)
-                         .values(sent_at=T0.replace(tzinfo=None)))
-        with relay.engine.begin() as conn:
-            write_outbox(conn, [a], T0 + S)  # dispatched again: its row is rewritten, to be sent again
+
+        def write_then_write_again() -> None:
+            with relay.engine.begin() as conn:
+                write_outbox(conn, [a, b], T0)
+                conn.execute(update(outbox_table).where(outbox_table.c.run_id == a.run.id)
+                             .values(sent_at=T0.replace(tzinfo=None)))
+            with relay.engine.begin() as conn:
+                write_outbox(conn, [a], T0 + S)  # dispatched again: its row is rewritten, to be sent again
+        relay.run_blocking(write_then_write_again)
         await relay.write([a, b])  # the scheduler's put marks both ready, adds nothing
         assert await outbox_rows(relay) == [(a.run.id, True, False), (b.run.id, True, False)]
     finally:

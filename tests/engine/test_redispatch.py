@@ -141,13 +141,17 @@ async def test_only_runs_the_outbox_says_were_sent_long_ago_are_dispatched_again
     scheduler = Scheduler(store, queue, bus, clock, redispatch_after=60)
 
     def row(run_id: str) -> Any:
-        with relay.engine.connect() as conn:
-            return conn.execute(select(outbox_table).where(outbox_table.c.run_id == run_id)).one()
+        def read() -> Any:
+            with relay.engine.connect() as conn:
+                return conn.execute(select(outbox_table).where(outbox_table.c.run_id == run_id)).one()
+        return relay.run_blocking(read)
 
     def mark_sent(run_id: str, at: datetime) -> None:
-        with relay.engine.begin() as conn:
-            conn.execute(update(outbox_table).where(outbox_table.c.run_id == run_id)
-                         .values(sent_at=at.replace(tzinfo=None)))
+        def write() -> None:
+            with relay.engine.begin() as conn:
+                conn.execute(update(outbox_table).where(outbox_table.c.run_id == run_id)
+                             .values(sent_at=at.replace(tzinfo=None)))
+        relay.run_blocking(write)
     try:
         job = await jobs.create({"name": "outboxed", "type": "shell", "payload": {"command": "true"}})
         unsent = await jobs.trigger(job.id)  # Kafka is down: its row waits in the outbox

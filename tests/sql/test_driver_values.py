@@ -55,9 +55,12 @@ async def test_mysql_reads_the_text_as_the_instant(fresh_mysql_url: str) -> None
         for d in claim.dispatch:
             assert (await store.get_run(d.run.id)).scheduled_for == d.run.scheduled_for
             assert (await store.get_job(d.job.id)).next_run_at == d.run.scheduled_for + timedelta(seconds=1)
-        with store.engine.begin() as conn:
-            assert store._existing_slots(conn, [d.run for d in claim.dispatch]) == {
-                (d.run.job_id, d.run.scheduled_for, 1) for d in claim.dispatch}
+
+        def existing() -> set[tuple[str, datetime, int]]:
+            with store.engine.begin() as conn:
+                return store._existing_slots(conn, [d.run for d in claim.dispatch])
+        assert store.run_blocking(existing) == {
+            (d.run.job_id, d.run.scheduled_for, 1) for d in claim.dispatch}
 
 
 def test_naive_datetimes_are_refused_as_by_the_column_type() -> None:

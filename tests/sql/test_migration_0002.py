@@ -9,7 +9,7 @@ from alembic import command
 from sqlalchemy import insert
 
 from chronos_adapters.sql import SqlStore
-from chronos_adapters.sql.engine import open_engine
+from chronos_adapters.sql.engine import open_engine, run_blocking
 from chronos_adapters.sql.migrate import alembic_config
 from chronos_adapters.sql.rows import JOBS
 from chronos_adapters.sql.tables import jobs, runs
@@ -36,22 +36,26 @@ async def test_existing_jobs_get_summaries_from_their_history(url: str) -> None:
         make_run(busy, T0 + 30 * S, status=RunStatus.TIMED_OUT, finished_at=T0 + 33 * S),
     ]
     engine, _ = open_engine(url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            cfg = alembic_config(conn)
-            command.upgrade(cfg, "0001")
-            conn.commit()
-            conn.execute(insert(jobs), [{k: v for k, v in JOBS.row(j).items() if k not in _LATER}
-                                        for j in (busy, idle)])
-            for run in history:
-                started = None if run.status is RunStatus.MISSED else run.scheduled_for
-                conn.execute(insert(runs).values(
-                    id=run.id, job_id=run.job_id, scheduled_for=run.scheduled_for, trigger=run.trigger.value,
-                    attempt=run.attempt, status=run.status.value, created_at=run.created_at,
-                    due_at=run.due_at, started_at=started, finished_at=run.finished_at, output="x"))
-            conn.commit()
-    finally:
-        engine.dispose()
+
+    def at_0001_with_history() -> None:
+        try:
+            with engine.connect() as conn:
+                cfg = alembic_config(conn)
+                command.upgrade(cfg, "0001")
+                conn.commit()
+                conn.execute(insert(jobs), [{k: v for k, v in JOBS.row(j).items() if k not in _LATER}
+                                            for j in (busy, idle)])
+                for run in history:
+                    started = None if run.status is RunStatus.MISSED else run.scheduled_for
+                    conn.execute(insert(runs).values(
+                        id=run.id, job_id=run.job_id, scheduled_for=run.scheduled_for,
+                        trigger=run.trigger.value, attempt=run.attempt, status=run.status.value,
+                        created_at=run.created_at, due_at=run.due_at, started_at=started,
+                        finished_at=run.finished_at, output="x"))
+                conn.commit()
+        finally:
+            engine.dispose()
+    run_blocking(engine, at_0001_with_history)  # (an asyncio driver's engine: on a loop of its own)
     store = SqlStore(url)  # upgrades to head on start
     await store.start()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -23,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.mysql import LONGBLOB
 
-from chronos_adapters.sql.engine import open_engine
+from chronos_adapters.sql.engine import open_engine, run_blocking
 from chronos_adapters.sql.migrate import alembic_config, current_revision, head_revision, migrate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -55,12 +56,15 @@ def _old_relays_table() -> Table:
 
 def _outbox_indexes(url: str) -> dict[str, tuple[tuple[str, ...], bool]]:
     engine, _ = open_engine(url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            assert current_revision(conn) == head_revision()
-            found = inspect(conn).get_indexes("chronos_outbox")
-    finally:
-        engine.dispose()
+
+    def read() -> list[Any]:
+        try:
+            with engine.connect() as conn:
+                assert current_revision(conn) == head_revision()
+                return list(inspect(conn).get_indexes("chronos_outbox"))
+        finally:
+            engine.dispose()
+    found = run_blocking(engine, read)
     return {i["name"]: (tuple(c for c in i["column_names"] if c), bool(i["unique"])) for i in found}
 
 
@@ -78,15 +82,18 @@ async def test_an_outbox_an_older_relay_created_is_kept_with_its_rows(url: str) 
 
     waiting = make_dispatch(make_job("job-old"))
     engine, _ = open_engine(url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            command.upgrade(alembic_config(conn), "0005")
-            conn.commit()
-        _old_relays_table().create(engine)
-        with engine.begin() as conn:
-            write_outbox(conn, [waiting], T0)  # written by the store, not handed over yet
-    finally:
-        engine.dispose()
+
+    def at_0005_with_the_old_table() -> None:
+        try:
+            with engine.connect() as conn:
+                command.upgrade(alembic_config(conn), "0005")
+                conn.commit()
+            _old_relays_table().create(engine)
+            with engine.begin() as conn:
+                write_outbox(conn, [waiting], T0)  # written by the store, not handed over yet
+        finally:
+            engine.dispose()
+    run_blocking(engine, at_0005_with_the_old_table)
     migrate(url)  # chronos migrate after the upgrade
     assert set(_outbox_indexes(url)) == {"ix_chronos_outbox_unsent", "ux_chronos_outbox_run"}
     relay = OutboxRelay(url, KafkaDispatchQueue("127.0.0.1:9"))  # the relay loop is not run

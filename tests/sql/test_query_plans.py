@@ -74,13 +74,13 @@ def plan_problems(store: SqlStore, statement: str, parameters: Any) -> list[str]
         return []
     problems = []
     sqlite = store.engine.dialect.name == "sqlite"
-    with store.engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        cur = raw.cursor()
-        cur.execute(("EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN ") + statement, parameters or ())
-        rows = cur.fetchall()
-        names = [d[0] for d in cur.description]
+
+    def explain() -> tuple[list[Any], list[str]]:
+        with store.engine.connect() as conn:
+            result = conn.exec_driver_sql(("EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN ") + statement,
+                                          parameters or ())
+            return [tuple(r) for r in result], list(result.keys())
+    rows, names = store.run_blocking(explain)
     for row in rows:
         r = dict(zip(names, row, strict=True))
         if sqlite:
@@ -113,8 +113,10 @@ async def _history(store: SqlStore) -> list[str]:
             assert await store.start_run(d.run.id, "w", now, now + S)
             assert await store.finish_run(d.run.id, "w", status=RunStatus.SUCCEEDED, finished_at=now)
     if store.engine.dialect.name != "sqlite":
-        with store.engine.begin() as conn:  # InnoDB's statistics, as it updates them by itself in time
-            conn.execute(text("ANALYZE TABLE runs, jobs"))
+        def analyze() -> None:
+            with store.engine.begin() as conn:  # InnoDB's statistics, as it updates them by itself in time
+                conn.execute(text("ANALYZE TABLE runs, jobs"))
+        store.run_blocking(analyze)
     return [j.id for j in jobs]
 
 

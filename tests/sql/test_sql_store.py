@@ -15,6 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from chronos_adapters.sql import SqlStore, migrate
+from chronos_adapters.sql.engine import run_blocking
 from chronos_adapters.sql.migrate import VERSION_TABLE, current_revision, head_revision
 from chronos_adapters.sql.tables import metadata
 from chronos_core.errors import StoreUnavailable
@@ -34,15 +35,18 @@ def test_migrate_brings_an_empty_database_to_head_and_matches_the_tables(url: st
     migrate(url)
     migrate(url)  # idempotent
     engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            assert current_revision(conn) == head_revision() is not None
-            assert {"jobs", "runs", VERSION_TABLE} <= set(inspect(conn).get_table_names())
-            context = MigrationContext.configure(conn, opts={"compare_type": True,
-                                                             "version_table": VERSION_TABLE})
-            assert compare_metadata(context, metadata) == []  # `alembic check`: nothing to autogenerate
-    finally:
-        engine.dispose()
+
+    def check() -> None:
+        try:
+            with engine.connect() as conn:
+                assert current_revision(conn) == head_revision() is not None
+                assert {"jobs", "runs", VERSION_TABLE} <= set(inspect(conn).get_table_names())
+                context = MigrationContext.configure(conn, opts={"compare_type": True,
+                                                                 "version_table": VERSION_TABLE})
+                assert compare_metadata(context, metadata) == []  # `alembic check`: nothing to autogenerate
+        finally:
+            engine.dispose()
+    run_blocking(engine, check)  # (an asyncio driver's engine: on a loop of its own)
 
 
 async def test_start_creates_the_schema_in_an_empty_sqlite_file(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
-"""MySQL/MariaDB's statements (pymysql): concurrent writers lock rows, so the claim takes its due jobs
-``FOR UPDATE SKIP LOCKED`` (schedulers claim disjoint jobs) and reads lock what they are about to change;
-a batch of compare-and-sets is one ``CASE`` update per chunk (one round trip) whose WHERE holds the
-condition, tried in a savepoint and rolled back when any row did not match. SQLAlchemy's MySQL dialects
-set ``CLIENT.FOUND_ROWS``: a rowcount is the rows matched, changed or not."""
+"""MySQL/MariaDB's statements (PyMySQL or asyncmy: the same paramstyle and escaping): concurrent
+writers lock rows, so the claim takes its due jobs ``FOR UPDATE SKIP LOCKED`` (schedulers claim disjoint
+jobs) and reads lock what they are about to change; a batch of compare-and-sets is one ``CASE`` update
+per chunk (one round trip) whose WHERE holds the condition, tried in a savepoint and rolled back when any
+row did not match. SQLAlchemy's MySQL dialects set ``CLIENT.FOUND_ROWS``: a rowcount is the rows
+matched, changed or not."""
 
 from __future__ import annotations
 
