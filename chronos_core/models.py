@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import FieldError, InvalidJob
 from .hookspec import ChainRule, Exclusion, NotifyRule
 from .ids import new_id
 from .retry import RetryPolicy
@@ -37,6 +39,7 @@ __all__ = [
     "Run",
     "RunStatus",
     "Trigger",
+    "check_job_names",
     "count_lines",
     "encode_result",
     "evolve",
@@ -161,6 +164,20 @@ class JobSpec(BaseModel):
     exclude: list[Exclusion] = Field(default_factory=list, max_length=50, description=(
         "blackouts: time ranges {from, to} (in the job's zone) or cron windows {cron}; slots inside are "
         "recorded skipped (excluded)"))
+
+
+def check_job_names(names: Sequence[str], *, index: bool = False) -> None:
+    """Refuse, with :class:`InvalidJob` at ``name`` (``(i, "name")`` with ``index``), a job name with
+    leading or trailing whitespace. The rule for every store: :class:`JobSpec` strips names as it reads
+    them, so only a caller that builds a :class:`Job` itself could give one; and a stored ``'foo '`` next
+    to ``'foo'`` would be two jobs on SQLite and memory but one name on MariaDB, whose ``utf8mb4_bin``
+    is a PAD SPACE collation (the unique index ignores trailing blanks). Names stored before the rule
+    stay readable and deletable."""
+    errors = [FieldError((i, "name") if index else ("name",),
+                         f"{name!r} has leading or trailing whitespace; a job name has none")
+              for i, name in enumerate(names) if name != name.strip()]
+    if errors:
+        raise InvalidJob(errors)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -159,7 +159,9 @@ class Store(abc.ABC):
     # jobs --------------------------------------------------------------------------------------
     @abc.abstractmethod
     async def add_jobs(self, jobs: Sequence[Job]) -> None:
-        """Insert jobs, all or none. :class:`NameConflict` if any name is taken (also within ``jobs``)."""
+        """Insert jobs, all or none. :class:`NameConflict` if any name is taken (also within ``jobs``);
+        before that, :class:`InvalidJob` at ``(i, "name")`` for a name with whitespace at its ends
+        (:func:`~chronos_core.models.check_job_names`: every store refuses it alike)."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job:
@@ -211,7 +213,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def update_job(self, job: Job) -> None:
         """Replace the stored job with the same id, every field, unconditionally (set-up and tests; the
-        operations use :meth:`change_job`). :class:`JobNotFound`, :class:`NameConflict`."""
+        operations use :meth:`change_job`). :class:`JobNotFound`, :class:`NameConflict`; a rename to a name
+        with whitespace at its ends is :class:`InvalidJob` (as in ``add_jobs``), and so is one by
+        :meth:`change_job`."""
 
     @abc.abstractmethod
     async def change_job(self, read: Job, changes: Mapping[str, Any], *,

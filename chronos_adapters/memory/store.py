@@ -44,6 +44,7 @@ from chronos_core.models import (
     Run,
     RunStatus,
     Trigger,
+    check_job_names,
     count_lines,
     evolve,
 )
@@ -130,6 +131,7 @@ class MemoryStore(Store):
             heapq.heappush(self._due, (job.next_run_at, next(self._seq), job.id))
 
     async def add_jobs(self, jobs: Sequence[Job]) -> None:
+        check_job_names([job.name for job in jobs], index=True)
         seen: set[str] = set()
         for job in jobs:
             if job.name in self._names or job.name in seen:
@@ -183,6 +185,7 @@ class MemoryStore(Store):
     async def update_job(self, job: Job) -> None:
         old = await self.get_job(job.id)
         if job.name != old.name:
+            check_job_names([job.name])
             if job.name in self._names:
                 raise NameConflict(job.name)
             del self._names[old.name]
@@ -195,6 +198,8 @@ class MemoryStore(Store):
                          records: Sequence[Run] = ()) -> JobChange | None:
         if "id" in changes:
             raise ValueError("a job's id never changes")
+        if changes.get("name", read.name) != read.name:
+            check_job_names([changes["name"]])
         current = await self.get_job(read.id)
         if current.updated_at != read.updated_at or (
                 "next_run_at" in changes and current.next_run_at != read.next_run_at):

@@ -12,7 +12,15 @@ from sqlalchemy import Connection, Select, delete, insert, select, update
 from sqlalchemy import exc as sa_exc
 
 from chronos_core.errors import JobNotFound, NameConflict, RunConflict
-from chronos_core.models import ACTIVE_RUN_STATUSES, Job, JobStatus, JobSummary, Run, RunStatus
+from chronos_core.models import (
+    ACTIVE_RUN_STATUSES,
+    Job,
+    JobStatus,
+    JobSummary,
+    Run,
+    RunStatus,
+    check_job_names,
+)
 from chronos_core.ports import JobChange
 
 from .dialects import Dialect
@@ -29,16 +37,20 @@ _ACTIVE = sorted(s.value for s in ACTIVE_RUN_STATUSES)
 
 
 def _check_names(conn: Connection, names: list[str]) -> None:
+    """:class:`NameConflict` for the first of ``names`` the jobs' unique index already holds. The
+    ``IN`` compares as the index does: on MariaDB (PAD SPACE) a stored ``'foo '`` (from before names
+    were refused with blanks at their ends) matches ``'foo'``, so the blanks are dropped here too."""
     taken: set[str] = set()
     for chunk in chunks(names):
-        taken.update(conn.scalars(select(jobs.c.name).where(jobs.c.name.in_(chunk))))
+        taken.update(t.rstrip(" ") for t in conn.scalars(select(jobs.c.name).where(jobs.c.name.in_(chunk))))
     for name in names:
-        if name in taken:
+        if name.rstrip(" ") in taken:
             raise NameConflict(name)
 
 
 def add_jobs(db: Database, items: list[Job]) -> None:
     names = [j.name for j in items]
+    check_job_names(names, index=True)
     try:
         with db.transaction() as conn:
             _check_names(conn, names)
@@ -124,6 +136,10 @@ def update_job(db: Database, job: Job) -> None:
     del values["id"]
     try:
         with db.transaction() as conn:
+            if job.name != job.name.strip():  # refused unless it is the stored name (a rename to it)
+                stored = conn.scalar(select(jobs.c.name).where(jobs.c.id == job.id))
+                if stored is not None and stored != job.name:
+                    check_job_names([job.name])
             if conn.execute(update(jobs).where(jobs.c.id == job.id).values(values)).rowcount == 0:
                 raise JobNotFound(job.id)
     except sa_exc.IntegrityError:
@@ -132,6 +148,8 @@ def update_job(db: Database, job: Job) -> None:
 
 def change_job(db: Database, d: Dialect, read: Job, changes: dict[str, Any],
                records: list[Run]) -> JobChange | None:
+    if changes.get("name", read.name) != read.name:
+        check_job_names([changes["name"]])
     changed = JOBS.row(dataclasses.replace(read, **changes))
     values = {c: changed[c] for c, f in zip(JOBS.columns, JOBS.fields, strict=True) if f in changes}
     where = [jobs.c.id == read.id, jobs.c.updated_at == read.updated_at]

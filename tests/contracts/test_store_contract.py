@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from chronos_core.errors import JobNotFound, NameConflict, RunConflict, RunNotFound
+from chronos_core.errors import InvalidJob, JobNotFound, NameConflict, RunConflict, RunNotFound
 from chronos_core.ids import new_id
 from chronos_core.models import (
     Job,
@@ -105,6 +105,33 @@ async def test_names_are_case_and_blank_sensitive(store: Store) -> None:
     assert (await store.get_job_by_name("report")).name == "report"
     with pytest.raises(JobNotFound):
         await store.get_job_by_name("report ")
+
+
+async def test_names_with_blanks_at_their_ends_are_refused_by_every_store(store: Store) -> None:
+    """A name is exact (above), so it cannot have whitespace at its ends: on MariaDB the unique index's
+    PAD SPACE collation makes 'foo ' the name 'foo' (adding it beside 'foo' failed as a RunConflict about
+    ids) while memory and SQLite kept two jobs. Every store refuses such a name alike, as an invalid
+    name located in the batch, before looking for a conflict, and writes nothing."""
+    foo, bar = make_job("foo"), make_job("bar")
+    await store.add_jobs([foo, bar])
+    for name in ["foo ", " foo", "new ", "new\t", "new\u00a0", "\u3000new"]:
+        with pytest.raises(InvalidJob) as info:
+            await store.add_jobs([make_job("ok"), make_job(name)])
+        assert [e.loc for e in info.value.errors] == [(1, "name")]
+        assert repr(name) in info.value.errors[0].reason and "whitespace" in info.value.errors[0].reason
+    with pytest.raises(InvalidJob) as info:  # a rename, whole or as a change
+        await store.update_job(dataclasses.replace(bar, name="foo "))
+    assert [e.loc for e in info.value.errors] == [("name",)]
+    with pytest.raises(InvalidJob):
+        await store.change_job(bar, {"name": "bar ", "updated_at": bar.updated_at + S})
+    assert sorted(j.name for j in await store.list_jobs()) == ["bar", "foo"]
+    assert await store.get_job(bar.id) == bar
+    with pytest.raises(NameConflict) as conflict:  # inner blanks are part of a name; conflicts as before
+        await store.add_jobs([make_job("a  b"), make_job("foo")])
+    assert conflict.value.name == "foo"
+    await store.add_jobs([make_job("a  b")])
+    assert (await store.get_job_by_name("a  b")).name == "a  b"
+    assert_no_connection_checked_out(store)
 
 
 async def test_missing_things_raise_not_found(store: Store) -> None:

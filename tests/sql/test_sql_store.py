@@ -19,7 +19,7 @@ from chronos_adapters.sql.engine import run_blocking
 from chronos_adapters.sql.migrate import VERSION_TABLE, current_revision, head_revision
 from chronos_adapters.sql.tables import metadata
 from chronos_core.errors import StoreUnavailable
-from chronos_core.models import RunStatus
+from chronos_core.models import JobStatus, RunStatus
 from chronos_core.planning import plan_due_job
 from tests.contracts.test_store_contract import T0, S, make_job, make_run
 
@@ -161,3 +161,36 @@ async def test_two_store_instances_claim_disjoint_jobs(url: str) -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_name_stored_with_blanks_before_the_rule_stays_usable(url: str) -> None:
+    """A job whose name ends in a blank, written before stores refused such names: read, listed, updated
+    under its name and deleted as any other. Adding the name without the blank is a NameConflict on
+    MariaDB, whose PAD SPACE unique index holds them as one name (it was a RunConflict about ids, the
+    exact name check missing it); SQLite keeps the two apart, as it always did."""
+    from sqlalchemy import insert
+
+    from chronos_adapters.sql.rows import JOBS
+    from chronos_adapters.sql.tables import job_summaries, jobs
+    from chronos_core.errors import NameConflict
+
+    async with SqlStore(url) as store:
+        old = make_job("legacy ")
+        with store.engine.begin() as conn:
+            conn.execute(insert(jobs), [JOBS.row(old)])
+            conn.execute(insert(job_summaries), [{"job_id": old.id}])
+        assert await store.get_job_by_name("legacy ") == old
+        assert [j.name for j in await store.list_jobs(name="legacy")] == ["legacy "]
+        paused = dataclasses.replace(old, status=JobStatus.PAUSED, updated_at=old.updated_at + S)
+        await store.update_job(paused)  # its own name: not a rename, so not refused
+        assert await store.get_job(old.id) == paused
+        if store.engine.dialect.name == "sqlite":
+            await store.add_jobs([make_job("legacy")])
+            assert (await store.get_job_by_name("legacy")).name == "legacy"
+        else:
+            with pytest.raises(NameConflict) as info:
+                await store.add_jobs([make_job("other"), make_job("legacy")])
+            assert info.value.name == "legacy"
+            assert [j.name for j in await store.list_jobs()] == ["legacy "]
+        await store.delete_job(old.id)
+        assert await store.list_jobs(name="legacy ") == []
