@@ -94,9 +94,10 @@ _CHAIN_ON = Literal["succeeded", "failed", "timed_out", "cancelled"]
 
 class ChainRule(BaseModel):
     """``{"on": ["succeeded"], "job": "load-warehouse"}``: when a run ends so (its final attempt, for a
-    failure), the named job runs once with trigger ``chain``."""
+    failure), the named job runs once with trigger ``chain``. ``job`` is stripped of blanks at its ends,
+    as ``JobSpec.name`` is: no job's name has them, so ``"load-warehouse "`` means that job."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     on: list[_CHAIN_ON] = Field(default_factory=lambda: list[_CHAIN_ON](["succeeded"]), min_length=1,
                                 max_length=4)

@@ -41,6 +41,20 @@ async def test_apply_refusals_point_into_the_set() -> None:
         assert (await c.get("/jobs")).json()["items"] == []
 
 
+async def test_apply_reads_a_name_with_blanks_at_its_ends_as_the_name() -> None:
+    """Jobs as code: a file's ``"nightly "`` is the stored ``nightly`` (unchanged, not a second job nor a
+    store error), and ``"nightly"`` and ``" nightly"`` in one set are the same job given twice."""
+    async with running(build_app(worker=False, scheduler=False)) as c:
+        assert (await c.post("/jobs/apply", json={"jobs": [_http("nightly")]})).status_code == 200
+        again = await c.post("/jobs/apply", json={"jobs": [_http("nightly ", payload={
+            "url": "https://example.com/nightly"})]})
+        assert again.status_code == 200, again.text
+        assert (again.json()["unchanged"], again.json()["created"]) == (["nightly"], [])
+        r = await c.post("/jobs/apply", json={"jobs": [_http("nightly"), _http(" nightly")]})
+        assert r.status_code == 422 and [e["pointer"] for e in r.json()["errors"]] == ["/jobs/1/name"]
+        assert [j["name"] for j in (await c.get("/jobs")).json()["items"]] == ["nightly"]
+
+
 async def test_applying_every_field_of_every_type_twice_changes_nothing(tmp_path: Path) -> None:
     examples = _examples()  # the README's: every job field, every payload field of every type
     app = build_app(sql_connections={"app": f"sqlite:///{tmp_path}/app.db"}, python_modules=["myapp"],

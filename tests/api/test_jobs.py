@@ -68,6 +68,31 @@ async def test_name_conflict_is_409(client: httpx.AsyncClient) -> None:
     assert "hello" in body["detail"]
 
 
+async def test_blanks_at_a_names_ends_are_dropped_so_the_409_names_the_job(client: httpx.AsyncClient) -> None:
+    """A job's name never has whitespace at its ends (the stores refuse it; MariaDB's unique index would
+    not tell 'hello ' from 'hello'): the API drops it, as it does for every field, so 'hello ' beside
+    'hello' is the name conflict naming 'hello', on every store, by POST, PUT and PATCH alike; and a
+    chain's target is read the same way, so a chain to 'hello ' is a chain to 'hello'."""
+    hello = (await client.post("/jobs", json=job())).json()
+    other = (await client.post("/jobs", json=job(name="other"))).json()
+    for name in ["hello ", " hello", "hello\u00a0"]:
+        body = _problem(await client.post("/jobs", json=job(name=name)), 409)
+        assert body["type"].endswith("name-conflict") and "'hello'" in body["detail"]
+    body = _problem(await client.put(f"/jobs/{other['id']}", json=job(name="hello ")), 409)
+    assert "'hello'" in body["detail"]
+    body = _problem(await client.patch(f"/jobs/{other['id']}", json={"name": " hello"},
+                                       headers={"content-type": "application/merge-patch+json"}), 409)
+    assert "'hello'" in body["detail"]
+    r = await client.post("/jobs", json=job(name=" then ", then=[{"job": "hello "}]))
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "then" and r.json()["then"] == [{"on": ["succeeded"], "job": "hello"}]
+    body = _problem(await client.put(f"/jobs/{hello['id']}", json=job(then=[{"job": "then\t"}])), 422)
+    assert [e["pointer"] for e in body["errors"]] == ["/then"]  # hello -> then -> hello: the cycle
+    assert "hello -> then -> hello" in body["errors"][0]["reason"]
+    names = sorted(j["name"] for j in (await client.get("/jobs")).json()["items"])
+    assert names == ["hello", "other", "then"]
+
+
 async def test_media_type_syntax_and_size(client: httpx.AsyncClient) -> None:
     text = {"content-type": "text/plain"}
     _problem(await client.post("/jobs", content=b'{"name": "x"}', headers=text), 415)
