@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -23,6 +24,21 @@ def alive(pid: int) -> bool:
         return False
     state = next(line for line in status.splitlines() if line.startswith("State:"))
     return "Z" not in state.split()[1]
+
+
+def shells_running(word: str) -> list[int]:
+    """This process's children whose command line has ``word``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2:].split()[1]) == os.getpid() and word.encode() in cmdline:
+                found.append(int(entry))
+    return found
 
 
 def live_group_members(pgid: int) -> list[int]:
@@ -115,6 +131,35 @@ async def test_lines_arrive_while_the_command_runs_and_cancel_ends_the_group() -
         await task
     # the shell and its backgrounded grandchild are both gone
     assert [p for p in pids if alive(p)] == []
+
+
+async def test_a_cancel_while_the_process_starts_ends_it_at_once(tmp_path: Path) -> None:
+    """A cancel that lands inside ``create_subprocess_exec`` (the process is running, asyncio is still
+    connecting its pipes): asyncio on its own SIGKILLs the shell alone, then waits for the pipes to
+    close, and the shell's child holds them open until it exits. The cancel hung for the whole command
+    (the API's cancel of a just-started ``sleep 30`` run, under load) and the command ran on."""
+    marker = tmp_path / "pids"
+    job = make_job("shell", {"command": f"sleep 300 & echo $$ $! > {marker}; wait"})
+    task = asyncio.create_task(ShellExecutor().execute(job, make_run(job), Lines()))
+    deadline = time.monotonic() + 20
+    while not shells_running(str(marker)):  # the turn of the loop that forked it has just ended:
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0)  # asyncio has yet to connect its pipes
+    # Block the loop (on purpose) until the shell has forked its child: the pipes stay unconnected,
+    # as on a loaded machine where the cancel request comes in while the loop is slow.
+    while len(marker.read_text().split() if marker.exists() else ()) < 2 or \
+            not marker.read_text().endswith("\n"):
+        assert time.monotonic() < deadline, "the shell did not start"
+        time.sleep(0.01)  # noqa: ASYNC251 - the point: the loop must not turn
+    pids = [int(p) for p in marker.read_text().split()]
+    task.cancel()
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(20):  # (a TimeoutError here: the cancel hung)
+            await task
+    assert time.monotonic() - started < 10  # the group got SIGTERM at once, not after 300 s
+    assert [p for p in pids if alive(p)] == []
+    assert live_group_members(pgid=pids[0]) == []
 
 
 async def test_timeout_leaves_no_process_of_the_group() -> None:
