@@ -71,13 +71,21 @@ class ShellExecutor(Executor):
         env = {**self.base_env, **p.env, "CHRONOS_JOB_ID": job.id, "CHRONOS_RUN_ID": run.id,
                "CHRONOS_ATTEMPT": str(run.attempt)}
         argv = ["/bin/sh", "-c", p.command] if p.command is not None else list(p.argv or ())
+        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd=p.cwd, start_new_session=True))
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, cwd=p.cwd, start_new_session=True)
+            proc = await asyncio.shield(spawn)
         except OSError as exc:  # no such program / directory, not executable, ...
             where = f": {exc.filename}" if exc.filename else ""
             raise ExecutionFailed(f"cannot start: {exc.strerror or exc}{where}", retryable=False) from None
+        except asyncio.CancelledError:
+            # Cancelled while asyncio connects the pipes: the command runs already. Left to asyncio, the
+            # start would SIGKILL the shell alone, then wait for the pipes to close, which the shell's
+            # own child holds open: the cancel would last as long as the command, which would run on.
+            # Instead the start completes and the whole group ends, as for a cancel later on.
+            await self._stop_started(spawn)
+            raise
         pgid = proc.pid  # start_new_session: the child leads a new session and process group
         assert proc.stdout is not None and proc.stderr is not None
         pumps = asyncio.gather(self._pump(proc.stdout, "stdout", log),
@@ -115,6 +123,20 @@ class ShellExecutor(Executor):
                 name = str(-code)
             return ExecutionResult(ok=False, exit_code=code, error=f"killed by signal {name}")
         return ExecutionResult(ok=False, exit_code=code, error=f"exit code {code}")
+
+    async def _stop_started(self, spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+        """End the process that ``spawn`` starts once it has started (a few turns of the loop: asyncio
+        connects its pipes, nothing waits for the process), whatever further cancellations come."""
+        while not spawn.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({spawn})
+        if spawn.cancelled() or spawn.exception() is not None:
+            return  # (cancelled, or it failed: asyncio killed and reaped the process itself)
+        proc = spawn.result()
+        await _end_group(proc.pid, self.kill_grace)
+        with contextlib.suppress(BaseException):
+            async with asyncio.timeout(_DRAIN):  # the group is gone: the pipes close
+                await asyncio.shield(proc.wait())
 
     async def _pump(self, stream: asyncio.StreamReader, name: str, log: LogSink) -> None:
         """Send each line as it arrives; very long lines are cut into ``max_line`` pieces. Memory use is
