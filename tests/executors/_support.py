@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from chronos_core.ids import new_id
@@ -50,3 +52,33 @@ class Lines:
     @property
     def text(self) -> str:
         return "\n".join(line for _, line in self.items)
+
+
+def children_running(word: str) -> list[int]:
+    """This process's children whose command line has ``word``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2:].split()[1]) == os.getpid() and word.encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of process group ``pgid``, read from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2:].split()
+            if int(fields[2]) == pgid and fields[0] != b"Z":
+                members.append(int(entry))
+    return members

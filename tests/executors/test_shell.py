@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import tracemalloc
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from chronos_adapters.executors import ShellExecutor
 from chronos_core.errors import ExecutionFailed
 
-from ._support import Lines, make_job, make_run
+from ._support import Lines, children_running, live_group_members, make_job, make_run
 
 
 def alive(pid: int) -> bool:
@@ -24,35 +23,6 @@ def alive(pid: int) -> bool:
         return False
     state = next(line for line in status.splitlines() if line.startswith("State:"))
     return "Z" not in state.split()[1]
-
-
-def shells_running(word: str) -> list[int]:
-    """This process's children whose command line has ``word``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(b")") + 2:].split()[1]) == os.getpid() and word.encode() in cmdline:
-                found.append(int(entry))
-    return found
-
-
-def live_group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] != b"Z":
-                members.append(int(entry))
-    return members
 
 
 async def run(ex: ShellExecutor, payload: dict, log: Lines | None = None, limit: float = 30):  # type: ignore[no-untyped-def]
@@ -142,7 +112,7 @@ async def test_a_cancel_while_the_process_starts_ends_it_at_once(tmp_path: Path)
     job = make_job("shell", {"command": f"sleep 300 & echo $$ $! > {marker}; wait"})
     task = asyncio.create_task(ShellExecutor().execute(job, make_run(job), Lines()))
     deadline = time.monotonic() + 20
-    while not shells_running(str(marker)):  # the turn of the loop that forked it has just ended:
+    while not children_running(str(marker)):  # the turn of the loop that forked it has just ended:
         assert time.monotonic() < deadline and not task.done()
         await asyncio.sleep(0)  # asyncio has yet to connect its pipes
     # Block the loop (on purpose) until the shell has forked its child: the pipes stay unconnected,
