@@ -4,17 +4,22 @@ thread or a child process; its output, result, traceback, retries, timeouts and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chronos_adapters.executors import ExecutorConfig
+from chronos_adapters.executors import ExecutorConfig, PythonExecutor
 from chronos_app import Chronos
 from chronos_core import InvalidJob, Run, RunStatus
 from chronos_core.python import function_ref, module_allowed
 from tests.executors import pyjobs
+from tests.executors._support import Lines, children_running, live_group_members, make_job, make_run
 
 MOD = "tests.executors.pyjobs"
 
@@ -208,6 +213,67 @@ async def test_process_isolation_cancel_kills_the_child() -> None:
         await chronos.runs.cancel(run.id)
         [done] = await finished(chronos, job.id)
     assert done.status is RunStatus.CANCELLED and not _alive(pid)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def _cancel_and_check(task: asyncio.Task[Any], pid: int, fds: set[str]) -> None:
+    """Cancel ``task``: it must end at once, with the child's group gone and every descriptor of the run
+    closed (the pipes' transports close a few loop turns after the group ends)."""
+    try:
+        task.cancel()
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(20):  # (a TimeoutError here: the cancel hung)
+                await task
+        assert time.monotonic() - started < 10
+        assert not _alive(pid) and live_group_members(pid) == []
+        async with asyncio.timeout(5):
+            while _open_fds() - fds:  # noqa: ASYNC110 - (a TimeoutError: a descriptor stays open)
+                await asyncio.sleep(0.01)
+    finally:  # a child left behind (the bug) is not left to the rest of the session
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+async def test_process_isolation_a_cancel_while_the_child_starts_leaves_nothing() -> None:
+    """A cancel that lands inside ``create_subprocess_exec`` (the child runs, asyncio still connects its
+    pipes): asyncio kills the child itself, but the read end of the result pipe stayed open."""
+    job = make_job("python", {"function": f"{MOD}:sleeper", "isolation": "process"})
+    fds = _open_fds()
+    task = asyncio.create_task(PythonExecutor().execute(job, make_run(job), Lines()))
+    deadline = time.monotonic() + 20
+    while not (pids := children_running("python_child")):  # forked in the turn that just ended:
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0)  # asyncio has yet to connect its pipes
+    await _cancel_and_check(task, pids[0], fds)
+
+
+async def test_process_isolation_a_cancel_while_the_result_pipe_connects_ends_the_child(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel that lands in the ``connect_read_pipe`` of the result pipe, once the child has started:
+    the group was not ended, so the child waited for its request on stdin for as long as the service
+    ran."""
+    job = make_job("python", {"function": f"{MOD}:sleeper", "isolation": "process"})
+    loop = asyncio.get_running_loop()
+    connect = loop.connect_read_pipe
+    connecting: list[asyncio.Task[Any] | None] = []
+
+    async def noted(*args: Any, **kwargs: Any) -> Any:  # (asyncio's own pipes connect from their task)
+        connecting.append(asyncio.current_task())
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "connect_read_pipe", noted)
+    fds = _open_fds()
+    task = asyncio.create_task(PythonExecutor().execute(job, make_run(job), Lines()))
+    deadline = time.monotonic() + 20
+    while task not in connecting:  # the run's task called it in the turn that just ended: it waits in
+        assert time.monotonic() < deadline and not task.done()  # it for one more turn at least
+        await asyncio.sleep(0)
+    [pid] = children_running("python_child")
+    await _cancel_and_check(task, pid, fds)
 
 
 async def test_return_values_not_kept_say_why() -> None:
