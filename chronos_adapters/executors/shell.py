@@ -24,7 +24,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from chronos_core.errors import ExecutionFailed
 from chronos_core.models import Job, Run
@@ -33,7 +33,8 @@ from chronos_core.ports import ExecutionResult, Executor, LogSink
 
 from ._common import parse_payload
 
-__all__ = ["BASE_ENV", "ShellExecutor", "group_members", "minimal_env"]
+__all__ = ["BASE_ENV", "ShellExecutor", "end_group", "group_members", "minimal_env", "start_in_group",
+           "stop_group"]
 
 _CHUNK = 64 * 1024
 _POLL = 0.05
@@ -71,21 +72,13 @@ class ShellExecutor(Executor):
         env = {**self.base_env, **p.env, "CHRONOS_JOB_ID": job.id, "CHRONOS_RUN_ID": run.id,
                "CHRONOS_ATTEMPT": str(run.attempt)}
         argv = ["/bin/sh", "-c", p.command] if p.command is not None else list(p.argv or ())
-        spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, cwd=p.cwd, start_new_session=True))
         try:
-            proc = await asyncio.shield(spawn)
+            proc = await start_in_group(
+                self.kill_grace, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env, cwd=p.cwd)
         except OSError as exc:  # no such program / directory, not executable, ...
             where = f": {exc.filename}" if exc.filename else ""
             raise ExecutionFailed(f"cannot start: {exc.strerror or exc}{where}", retryable=False) from None
-        except asyncio.CancelledError:
-            # Cancelled while asyncio connects the pipes: the command runs already. Left to asyncio, the
-            # start would SIGKILL the shell alone, then wait for the pipes to close, which the shell's
-            # own child holds open: the cancel would last as long as the command, which would run on.
-            # Instead the start completes and the whole group ends, as for a cancel later on.
-            await self._stop_started(spawn)
-            raise
         pgid = proc.pid  # start_new_session: the child leads a new session and process group
         assert proc.stdout is not None and proc.stderr is not None
         pumps = asyncio.gather(self._pump(proc.stdout, "stdout", log),
@@ -98,7 +91,7 @@ class ShellExecutor(Executor):
             if pumps.done():
                 pumps.result()  # a failing log sink surfaces here
             code = await proc.wait() if proc.returncode is None else proc.returncode
-            await _end_group(pgid, _LEFTOVER_GRACE)
+            await end_group(pgid, _LEFTOVER_GRACE)
             try:
                 async with asyncio.timeout(_DRAIN):
                     await pumps
@@ -107,12 +100,9 @@ class ShellExecutor(Executor):
                           "stopped reading", "stderr")
         except BaseException:
             pumps.cancel()
-            await _end_group(pgid, self.kill_grace)
+            await stop_group(proc, self.kill_grace)
             with contextlib.suppress(BaseException):
                 await pumps
-            with contextlib.suppress(BaseException):
-                async with asyncio.timeout(_DRAIN):
-                    await asyncio.shield(proc.wait())
             raise
         if code == 0:
             return ExecutionResult(ok=True, exit_code=0)
@@ -123,20 +113,6 @@ class ShellExecutor(Executor):
                 name = str(-code)
             return ExecutionResult(ok=False, exit_code=code, error=f"killed by signal {name}")
         return ExecutionResult(ok=False, exit_code=code, error=f"exit code {code}")
-
-    async def _stop_started(self, spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
-        """End the process that ``spawn`` starts once it has started (a few turns of the loop: asyncio
-        connects its pipes, nothing waits for the process), whatever further cancellations come."""
-        while not spawn.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({spawn})
-        if spawn.cancelled() or spawn.exception() is not None:
-            return  # (cancelled, or it failed: asyncio killed and reaped the process itself)
-        proc = spawn.result()
-        await _end_group(proc.pid, self.kill_grace)
-        with contextlib.suppress(BaseException):
-            async with asyncio.timeout(_DRAIN):  # the group is gone: the pipes close
-                await asyncio.shield(proc.wait())
 
     async def _pump(self, stream: asyncio.StreamReader, name: str, log: LogSink) -> None:
         """Send each line as it arrives; very long lines are cut into ``max_line`` pieces. Memory use is
@@ -186,7 +162,39 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-async def _end_group(pgid: int, grace: float) -> None:
+async def start_in_group(grace: float, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    """``create_subprocess_exec(*argv, **kwargs)`` in a new session: the child leads its own process
+    group (its pid is the group's id). A cancel while it starts ends the whole group before it goes on.
+
+    Cancelled inside ``create_subprocess_exec``, the process runs already (asyncio is still connecting its
+    pipes, a few turns of the loop). Left to asyncio, the start would SIGKILL the child alone, then wait
+    for the pipes to close, which the child's own children hold open: the cancel would last as long as
+    they run, and they would run on. Instead the start completes (further cancels are ignored meanwhile)
+    and the group is ended as by ``stop_group``, then the cancel goes on: when this raises, nothing of
+    the start is left. An ``OSError`` (no such program, ...) comes as from ``create_subprocess_exec``."""
+    spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(*argv, start_new_session=True, **kwargs))
+    try:
+        return await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        while not spawn.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({spawn})
+        if not spawn.cancelled() and spawn.exception() is None:
+            await stop_group(spawn.result(), grace)
+        # (else it failed: asyncio killed and reaped the process itself)
+        raise
+
+
+async def stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """End the group ``proc`` leads (``end_group``), then wait, at most ``_DRAIN`` seconds, for
+    ``proc`` to be reaped and its pipes to close (the group is gone: they close)."""
+    await end_group(proc.pid, grace)
+    with contextlib.suppress(BaseException):
+        async with asyncio.timeout(_DRAIN):
+            await asyncio.shield(proc.wait())
+
+
+async def end_group(pgid: int, grace: float) -> None:
     """SIGTERM to the group, SIGKILL to whatever is left after ``grace`` seconds."""
     try:
         os.killpg(pgid, signal.SIGTERM)
