@@ -36,7 +36,6 @@ import inspect
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import traceback
@@ -51,7 +50,7 @@ from chronos_core.python import RunContext, context_parameter, module_allowed, s
 from chronos_core.secrets import walk_named
 
 from ._common import Threads, mask, parse_payload
-from .shell import group_members, minimal_env
+from .shell import minimal_env, start_in_group, stop_group
 
 __all__ = ["PythonExecutor", "load_function"]
 
@@ -454,16 +453,19 @@ class PythonExecutor(Executor):
         env["PYTHONUNBUFFERED"] = "1"
         env["CHRONOS_RESULT_FD"] = str(write_fd)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "chronos_adapters.executors.python_child",
+            # a cancel while the child starts ends its group; this returns or raises once the start is
+            # over, so write_fd (the child's copy of it is made in the start) is closed after it either way
+            proc = await start_in_group(
+                self.kill_grace, sys.executable, "-m", "chronos_adapters.executors.python_child",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, pass_fds=(write_fd,))
+                stderr=asyncio.subprocess.PIPE, env=env, pass_fds=(write_fd,))
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         loop = asyncio.get_running_loop()
         messages = asyncio.StreamReader(limit=64 * 1024 * 1024)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(messages), os.fdopen(read_fd, "rb", buffering=0))
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         outcome: dict[str, Any] = {}
 
@@ -475,9 +477,14 @@ class PythonExecutor(Executor):
                 else:
                     outcome.update(msg)
 
-        pumps = asyncio.gather(_pump(proc.stdout, "stdout", log), _pump(proc.stderr, "stderr", log),
-                               read_messages())
-        try:
+        transport: asyncio.ReadTransport | None = None
+        pumps: asyncio.Future[Any] | None = None
+        try:  # from here on the child runs: whatever ends this ends its group
+            # (cancelled in it, connect_read_pipe closes the pipe's file itself)
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(messages), os.fdopen(read_fd, "rb", buffering=0))
+            pumps = asyncio.gather(_pump(proc.stdout, "stdout", log), _pump(proc.stderr, "stderr", log),
+                                   read_messages())
             proc.stdin.write(json.dumps(request).encode())
             with contextlib.suppress(ConnectionError):
                 await proc.stdin.drain()
@@ -485,15 +492,16 @@ class PythonExecutor(Executor):
             await pumps
             code = await proc.wait()
         except BaseException:
-            pumps.cancel()
-            await _end_group(proc.pid, self.kill_grace)
-            with contextlib.suppress(BaseException):
-                await pumps
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(proc.wait(), 5)
+            if pumps is not None:
+                pumps.cancel()
+            await stop_group(proc, self.kill_grace)
+            if pumps is not None:
+                with contextlib.suppress(BaseException):
+                    await pumps
             raise
         finally:
-            transport.close()
+            if transport is not None:
+                transport.close()
         if "error" in outcome:
             err = outcome["error"]
             raise ExecutionFailed(err["text"], retryable=bool(err.get("retryable", True)))
@@ -526,19 +534,3 @@ async def _pump(stream: asyncio.StreamReader, name: str, log: LogSink) -> None:
             pending = pending[_MAX_LINE:]
     if pending:
         await log(pending.decode("utf-8", "replace"), name)
-
-
-async def _end_group(pgid: int, grace: float) -> None:
-    """SIGTERM to the child's process group, SIGKILL to what is left after ``grace`` seconds."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while loop.time() < deadline:
-        if not group_members(pgid):
-            return
-        await asyncio.sleep(0.05)  # no event tells when a group empties
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
