@@ -210,6 +210,7 @@ async def start_in_group(grace: float, *argv: str,
 
 def _kill_late(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
     """A start given up on (``start_in_group``) that completes after all: end it at once."""
+    _retrieve(spawn)
     if spawn.cancelled() or spawn.exception() is not None:
         return
     proc = spawn.result()
@@ -253,6 +254,7 @@ async def _stop_group(proc: asyncio.subprocess.Process, grace: float, reading: a
     finally:
         if reading is not None:
             reading.cancel()  # (done already, as a rule; else a sink is stuck, or a pipe is held outside)
+            reading.add_done_callback(_retrieve)  # (not awaited below when this task is cancelled)
         # Unread, a pipe stays open: asyncio pauses its reading once 128 KiB wait, so it never sees the
         # end, and proc.wait() waits for it.
         _close_pipes(proc)
@@ -262,6 +264,11 @@ async def _stop_group(proc: asyncio.subprocess.Process, grace: float, reading: a
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(_DRAIN):
             await proc.wait()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _close_pipes(proc: asyncio.subprocess.Process) -> None:
