@@ -81,9 +81,18 @@ class _Session:
 
     def attach(self, sock: socket.socket) -> None:
         with self._lock:
-            self.sock = sock
+            # a second descriptor of the connection: TLS (implicit, or STARTTLS later) detaches ``sock``
+            # itself from its descriptor when it wraps it, and a detached socket shuts nothing down
+            self.sock = sock.dup()
             if self.aborted:
                 self._shutdown()
+
+    def release(self) -> None:
+        """The send is over: close the session's descriptor (the connection is smtplib's to close)."""
+        with self._lock:
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
 
     def abort(self) -> None:
         with self._lock:
@@ -93,19 +102,24 @@ class _Session:
     def _shutdown(self) -> None:
         if self.sock is not None:
             with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it; TLS wraps the same fd
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on the connection
 
 
 def _tracked(base: type[S], session: _Session) -> type[S]:
-    """``base`` handing its socket to ``session`` as soon as it is connected, before the greeting."""
+    """``base`` (``SMTP`` or ``SMTP_SSL``) handing its TCP socket to ``session`` as soon as it is
+    connected: before the greeting and, with implicit TLS, before the handshake (which a server may
+    leave unanswered)."""
 
-    class Tracked(base):  # type: ignore[valid-type,misc]
+    class Connected(smtplib.SMTP):
         def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-            sock = super()._get_socket(host, port, timeout)
+            sock = super()._get_socket(host, port, timeout)  # SMTP's: the plain TCP connection
             session.attach(sock)
-            return sock  # type: ignore[no-any-return]
+            return sock
 
-    return Tracked
+    if base is smtplib.SMTP:
+        return Connected  # type: ignore[return-value]
+    # SMTP_SSL wraps what its super()._get_socket returns, which is now Connected's
+    return type("Tracked", (base, Connected), {})
 
 
 class EmailExecutor(Executor):
@@ -163,6 +177,13 @@ class EmailExecutor(Executor):
 
     def _send(self, msg: EmailMessage, sender: str, recipients: list[str],
               session: _Session) -> dict[str, tuple[int, bytes]]:
+        try:
+            return self._session(msg, sender, recipients, session)
+        finally:
+            session.release()
+
+    def _session(self, msg: EmailMessage, sender: str, recipients: list[str],
+                 session: _Session) -> dict[str, tuple[int, bytes]]:
         context = ssl.create_default_context(cafile=self.ca_file)
         # connecting in the constructor also tells STARTTLS which host name to verify
         smtp: smtplib.SMTP

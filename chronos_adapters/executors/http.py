@@ -330,8 +330,10 @@ class HttpExecutor(Executor):
                 raise ExecutionFailed(f"more than {self.max_redirects} redirects", retryable=False)
             nxt = response.next_request
             assert nxt is not None
-            await log(f"HTTP {response.status_code} {response.reason_phrase} -> {_shown_url(nxt.url)}")
-            await response.aclose()
+            try:  # (a cancel or a failing sink while it logs: the response is closed all the same)
+                await log(f"HTTP {response.status_code} {response.reason_phrase} -> {_shown_url(nxt.url)}")
+            finally:
+                await response.aclose()
             if _origin(nxt.url) != origin:
                 if nxt.headers.get("content-length", "0") != "0" or "transfer-encoding" in nxt.headers:
                     raise ExecutionFailed(f"not following a {response.status_code} redirect to another "

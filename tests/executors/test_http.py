@@ -137,6 +137,30 @@ async def test_timeout_cancels_cleanly(http: HttpExecutor, http_server: LocalHtt
     assert (await call(http, {"url": f"{http_server.url}/after"})).ok  # the shared client still works
 
 
+async def test_a_cancel_while_a_redirect_is_logged_releases_its_connection(
+        http: HttpExecutor, http_server: LocalHttpServer) -> None:
+    """The redirect's response is logged before it is closed: a cancel (or a failing sink) there left
+    it open, and its connection taken in the shared pool (100 of them and no HTTP job could connect)."""
+    job = make_job("http", {"url": f"{http_server.url}/redirect?to={http_server.url}/target",
+                            "follow_redirects": True})
+    redirected = asyncio.Event()
+
+    async def slow_sink(line: str, stream: str = "stdout") -> None:
+        if " -> " in line:
+            redirected.set()
+            await asyncio.Event().wait()  # a sink that takes its time: the cancel comes meanwhile
+
+    task = asyncio.create_task(http.execute(job, make_run(job), slow_sink))
+    async with asyncio.timeout(10):
+        await redirected.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert http._client is not None
+    pool = http._client._transport._pool  # type: ignore[attr-defined]
+    assert [c for c in pool.connections if not (c.is_idle() or c.is_closed())] == []
+
+
 async def test_password_in_url_is_not_logged(http: HttpExecutor, http_server: LocalHttpServer) -> None:
     log = Lines()
     await call(http, {"url": f"http://user:hunter2-pw@127.0.0.1:{http_server.port}/p"}, log)
