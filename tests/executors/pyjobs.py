@@ -82,7 +82,8 @@ def stubborn(key: str, seconds: float, ctx: RunContext) -> str:
 
 
 def polite(key: str, ctx: RunContext) -> str:
-    """Stops as soon as the run is cancelled or timed out."""
+    """Stops as soon as the run is cancelled or timed out (``seen[key + ":started"]`` once it runs)."""
+    seen[f"{key}:started"] = "started"
     while not ctx.cancelled:
         time.sleep(0.01)
     seen[key] = "stopped"

@@ -172,6 +172,9 @@ async def test_a_cancelled_thread_sees_ctx_cancelled() -> None:
             return (await chronos.runs.get(run.id)).status is RunStatus.RUNNING
 
         await until(running)
+        # the function itself must be running: a cancel that comes while the call still waits for a
+        # thread (RUNNING in the store already) rightly never runs it, and it could not see the cancel
+        await until(lambda: "polite:started" in pyjobs.seen)
         await chronos.runs.cancel(run.id)
         [done] = await finished(chronos, job.id)
         await until(lambda: "polite" in pyjobs.seen)
