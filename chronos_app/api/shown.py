@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic_core import to_json as _to_json
 
@@ -39,7 +39,8 @@ from chronos_core.operations import Jobs
 
 from .schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, LastRun, RunOut
 
-__all__ = ["ShownJobs", "ShownRuns", "job_dict", "page_json", "run_dict", "run_json", "runs_page_json"]
+__all__ = ["Bounded", "ShownJobs", "ShownRuns", "job_dict", "page_json", "run_dict", "run_json",
+           "runs_page_json"]
 
 def to_json(value: Any) -> bytes:
     # aliases, as the OpenAPI document names them and as input takes them (an exclusion's ``from``)
@@ -94,6 +95,60 @@ def runs_page_json(runs: Sequence[Run], next_cursor: str | None) -> bytes:
     return to_json({"items": [run_dict(r) for r in runs], "next_cursor": next_cursor})
 
 
+V = TypeVar("V")
+
+
+class Bounded(Generic[V]):
+    """Values kept by key, oldest first, within two bounds: at most ``max_entries`` of them and at most
+    ``max_bytes`` of what they are counted for (each value's cost, an estimate its owner gives). The
+    oldest go first; the order is that of keeping (a value kept again under its key is the newest; reading
+    one does not move it). A value counted for more than ``max_bytes`` alone is not kept, and does not
+    push the others out. The bounds may be changed at any time; they are applied at the next keep or
+    weigh. The one bounded cache of ``ShownJobs`` and ``ShownRuns``."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: dict[str, V] = {}
+        self._costs: dict[str, int] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """What the kept values are counted for."""
+        return self._bytes
+
+    def _keep(self, key: str, value: V, cost: int) -> None:
+        """Keep ``value`` under ``key`` (in place of the key's value, as the newest), counted for ``cost``
+        bytes; then as :meth:`_weigh`."""
+        self.forget(key)
+        self._entries[key] = value
+        self._costs[key] = 0
+        self._weigh(key, cost)
+
+    def _weigh(self, key: str, cost: int) -> None:
+        """Count the value kept under ``key`` for ``cost`` bytes, then drop the oldest values while over a
+        bound (a value over the whole budget alone: only itself)."""
+        self._bytes += cost - self._costs[key]
+        self._costs[key] = cost
+        if cost > self.max_bytes:
+            self.forget(key)
+        entries = self._entries
+        while entries and (self._bytes > self.max_bytes or len(entries) > self.max_entries):
+            self.forget(next(iter(entries)))
+
+    def forget(self, key: str) -> None:
+        """Drop the value kept under ``key``, if any (for ``ShownJobs``: the job was deleted, or is
+        dropped to stay within the bounds)."""
+        cost = self._costs.pop(key, None)
+        if cost is not None:
+            del self._entries[key]
+            self._bytes -= cost
+
+
 _ENDED = frozenset(FINISHED_RUN_STATUSES)
 _RUN_ENTRY_OVERHEAD = 256  # the entry's tuple and key beside its JSON
 
@@ -102,7 +157,7 @@ def _run_key(run: Run) -> tuple[Any, ...]:
     return (run.status, run.finished_at, run.started_at, run.output_lines, run.exit_code, run.attempt)
 
 
-class ShownRuns:
+class ShownRuns(Bounded[tuple[tuple[Any, ...], bytes]]):
     """Runs that ended, as a page of history shows them, kept: at most ``max_entries`` runs and about
     ``max_bytes`` of JSON (the oldest go first; a run larger than a hundredth of that is not kept).
 
@@ -114,17 +169,7 @@ class ShownRuns:
     those :func:`runs_page_json` writes."""
 
     def __init__(self, max_entries: int = 20_000, max_bytes: int = 32 * 1024 * 1024) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries: dict[str, tuple[tuple[Any, ...], bytes]] = {}
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
+        super().__init__(max_entries, max_bytes)
 
     def json(self, run: Run) -> bytes:
         """The run as a page of runs shows it (``RunOut`` without its chain links)."""
@@ -136,23 +181,16 @@ class ShownRuns:
             return entry[1]
         body = to_json(run_dict(run))
         if entry is not None:
-            self._forget(run.id)
+            self.forget(run.id)
         cost = len(body) + _RUN_ENTRY_OVERHEAD
         if cost <= self.max_bytes // 100:
-            self._entries[run.id] = (key, body)
-            self._bytes += cost
-            while self._bytes > self.max_bytes or len(self._entries) > self.max_entries:
-                self._forget(next(iter(self._entries)))
+            self._keep(run.id, (key, body), cost)
         return body
 
     def page(self, runs: Sequence[Run], next_cursor: str | None) -> bytes:
         """A ``RunPage`` (the same bytes as :func:`runs_page_json`)."""
         json = self.json
         return page_json([json(r) for r in runs], next_cursor)
-
-    def _forget(self, run_id: str) -> None:
-        _, body = self._entries.pop(run_id)
-        self._bytes -= len(body) + _RUN_ENTRY_OVERHEAD
 
 
 def page_json(items: Sequence[bytes], next_cursor: str | None) -> bytes:
@@ -169,32 +207,20 @@ class _Entry:
     parts: _Parts
     summary: tuple[Any, ...] | None = None
     json: bytes = b""
-    cost: int = 0  # bytes this entry is counted for (see ShownJobs._weigh)
 
 
 _ENTRY_OVERHEAD = 1024  # the entry, its dicts and lists, beyond twice its JSON (measured: ~2.3 KiB for a
 # job of 1 KiB of JSON, tracemalloc)
 
 
-class ShownJobs:
+class ShownJobs(Bounded[_Entry]):
     """Jobs as shown, kept per job version: at most ``max_entries`` jobs and about ``max_bytes`` of them
     (the oldest go first; a job weighing more than ``max_bytes`` is not kept)."""
 
     def __init__(self, types: JobTypes, max_entries: int = 20_000, max_bytes: int = 64 * 1024 * 1024
                  ) -> None:
+        super().__init__(max_entries, max_bytes)
         self._types = types
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries: dict[str, _Entry] = {}
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def nbytes(self) -> int:
-        """What the kept entries are counted for."""
-        return self._bytes
 
     def _entry(self, job: Job) -> _Entry:
         model = self._types.model(job.type) if job.type in self._types else None
@@ -204,20 +230,8 @@ class ShownJobs:
             parts = (self._types.redact(job.type, job.payload), redact_notify(job.notify),
                      Jobs.next_runs(job))
             entry = _Entry(version, parts)
-            self.forget(job.id)
-            self._entries[job.id] = entry
-            self._weigh(job.id, entry, _ENTRY_OVERHEAD)
+            self._keep(job.id, entry, _ENTRY_OVERHEAD)
         return entry
-
-    def _weigh(self, job_id: str, entry: _Entry, cost: int) -> None:
-        """Count the job's ``entry`` for ``cost`` bytes, then drop the oldest entries while over a bound
-        (an entry over the whole budget alone: only itself)."""
-        self._bytes += cost - entry.cost
-        entry.cost = cost
-        if cost > self.max_bytes:
-            self.forget(job_id)
-        while self._entries and (self._bytes > self.max_bytes or len(self._entries) > self.max_entries):
-            self.forget(next(iter(self._entries)))
 
     def parts(self, job: Job) -> _Parts:
         """(masked payload, masked notify rules, next fire times) of ``job``."""
@@ -233,11 +247,5 @@ class ShownJobs:
             entry.summary = key
             if self._entries.get(job.id) is entry:  # (not dropped meanwhile: then nothing is counted)
                 # the masked parts weigh about what the JSON does
-                self._weigh(job.id, entry, 2 * len(entry.json) + _ENTRY_OVERHEAD)
+                self._weigh(job.id, 2 * len(entry.json) + _ENTRY_OVERHEAD)
         return entry.json
-
-    def forget(self, job_id: str) -> None:
-        """Drop the job's entry (it was deleted, or is dropped to stay within the bounds)."""
-        entry = self._entries.pop(job_id, None)
-        if entry is not None:
-            self._bytes -= entry.cost

@@ -13,7 +13,7 @@ import pydantic
 import pytest
 
 from chronos_app.api.schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, JobPage, RunOut, RunPage
-from chronos_app.api.shown import ShownRuns, runs_page_json
+from chronos_app.api.shown import Bounded, ShownRuns, runs_page_json
 from chronos_core import Payload, Run, RunStatus, Trigger
 from tests.api.conftest import build_app, job, running, wait_for
 
@@ -194,3 +194,91 @@ def test_kept_runs_stay_within_their_bytes() -> None:
     each = len(body) + 256  # the JSON and the entry's overhead
     assert shown.nbytes <= 500_000 < shown.nbytes + each  # full, not over
     assert len(shown) == shown.nbytes // each and "run-0999" in shown._entries  # the newest kept
+
+
+class _Kept(Bounded[str]):
+    """The bounded cache alone: keep and weigh as ShownJobs/ShownRuns do."""
+
+    def keep(self, key: str, cost: int) -> None:
+        self._keep(key, key.upper(), cost)
+
+    def weigh(self, key: str, cost: int) -> None:
+        self._weigh(key, cost)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+
+def _counted(kept: _Kept) -> None:
+    """What it says it holds is what it holds, within both bounds."""
+    assert kept.nbytes == sum(kept._costs.values()) and set(kept._costs) == set(kept.keys())
+    assert len(kept) <= kept.max_entries and kept.nbytes <= kept.max_bytes
+
+
+def test_the_bounded_cache_drops_the_oldest_past_its_count() -> None:
+    kept = _Kept(max_entries=3, max_bytes=1000)
+    for key in "abcd":
+        kept.keep(key, 10)
+        _counted(kept)
+    assert kept.keys() == ["b", "c", "d"] and kept.nbytes == 30
+    assert kept._entries.get("b") == "B"  # a read does not make it newer: kept order, not use
+    kept.keep("e", 10)
+    assert kept.keys() == ["c", "d", "e"]
+    kept.keep("c", 20)  # kept again: its new cost, and the newest
+    assert kept.keys() == ["d", "e", "c"] and kept.nbytes == 40
+    _counted(kept)
+
+
+def test_the_bounded_cache_drops_the_oldest_past_its_bytes() -> None:
+    kept = _Kept(max_entries=100, max_bytes=100)
+    for key in "abcd":
+        kept.keep(key, 30)
+    assert kept.keys() == ["b", "c", "d"] and kept.nbytes == 90  # a 4th would be 120
+    kept.keep("e", 100)  # the whole budget: the others go
+    assert kept.keys() == ["e"] and kept.nbytes == 100
+    kept.keep("f", 1)
+    assert kept.keys() == ["f"] and kept.nbytes == 1
+    _counted(kept)
+
+
+def test_a_value_over_the_whole_budget_is_not_kept_and_pushes_none_out() -> None:
+    kept = _Kept(max_entries=100, max_bytes=100)
+    kept.keep("a", 40)
+    kept.keep("b", 40)
+    kept.keep("huge", 101)
+    assert kept.keys() == ["a", "b"] and kept.nbytes == 80
+    kept.keep("a", 101)  # kept again too large: its old value goes as well (it is stale)
+    assert kept.keys() == ["b"] and kept.nbytes == 40
+    _counted(kept)
+
+
+def test_weighing_a_value_again_counts_its_new_cost() -> None:
+    kept = _Kept(max_entries=100, max_bytes=100)
+    for key in "abc":
+        kept.keep(key, 10)
+    kept.weigh("c", 80)  # grown to the bound exactly: all stay
+    assert kept.keys() == ["a", "b", "c"] and kept.nbytes == 100
+    kept.weigh("c", 85)  # past it: the oldest go until it fits
+    assert kept.keys() == ["b", "c"] and kept.nbytes == 95
+    kept.weigh("c", 5)  # shrunk
+    assert kept.nbytes == 15
+    kept.weigh("b", 200)  # over the budget alone: only itself goes
+    assert kept.keys() == ["c"] and kept.nbytes == 5
+    _counted(kept)
+
+
+def test_forgetting_and_changed_bounds() -> None:
+    kept = _Kept(max_entries=10, max_bytes=100)
+    for key in "abcde":
+        kept.keep(key, 10)
+    kept.forget("c")
+    kept.forget("c")  # gone already: nothing happens
+    kept.forget("zzz")
+    assert kept.keys() == ["a", "b", "d", "e"] and kept.nbytes == 40
+    kept.max_entries, kept.max_bytes = 2, 25  # applied at the next keep
+    kept.keep("f", 10)
+    assert kept.keys() == ["e", "f"] and kept.nbytes == 20
+    _counted(kept)
+    kept.max_entries = 0  # nothing is kept
+    kept.keep("g", 1)
+    assert len(kept) == 0 and kept.nbytes == 0
