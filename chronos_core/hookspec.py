@@ -1,18 +1,42 @@
 """The validated shape of the job fields ``notify``, ``then`` and ``exclude`` (the rules that act on
-them are in :mod:`chronos_core.hooks`). Imported by ``models`` for ``JobSpec``: imports no domain model."""
+them are in :mod:`chronos_core.hooks`), and of a job's times (``DateTimeInput``). Imported by ``models``
+for ``JobSpec``: imports no domain model."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .payloads import http_url, parse_address
 
-__all__ = ["ChainRule", "EmailChannel", "Exclusion", "NotifyEvent", "NotifyRule", "WebhookChannel"]
+__all__ = ["ChainRule", "DateTimeInput", "EmailChannel", "Exclusion", "NotifyEvent", "NotifyRule",
+           "WebhookChannel"]
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_EXAMPLE = "2027-01-01T09:00:00Z"
+
+
+def _not_a_number(value: Any) -> Any:
+    """pydantic alone takes a number for a datetime as Unix seconds (``1700000000``, ``0.5``), and a
+    string that is one too (``"1700000000"``, ``"0.0"``). A job's times are date-times (ISO 8601; the
+    OpenAPI document says ``format: date-time``) and a number there is more likely a mistake (seconds or
+    milliseconds? a count of days?) than a time: refused, as the API's query parameters refuse it. Text
+    must start with a calendar date (``YYYY-MM-DD``), which no number does; pydantic reads the rest."""
+    if isinstance(value, int | float | Decimal):  # bool is an int: refused too
+        raise ValueError(f"expected a date-time (ISO 8601 text such as {_EXAMPLE}), not a number")
+    text = value.decode("latin-1") if isinstance(value, bytes | bytearray) else value
+    if isinstance(text, str) and not _DATE.match(text):
+        raise ValueError(f"expected a date-time: ISO 8601 text such as {_EXAMPLE}")
+    return value
+
+
+DateTimeInput = Annotated[datetime, BeforeValidator(_not_a_number)]
+"""A ``datetime`` as a job's fields take it: a ``datetime``, or ISO 8601 text; never a number."""
 
 
 class NotifyEvent(StrEnum):
@@ -111,8 +135,8 @@ class Exclusion(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: datetime | None = Field(default=None, alias="from")
-    to: datetime | None = None
+    from_: DateTimeInput | None = Field(default=None, alias="from")
+    to: DateTimeInput | None = None
     cron: str | None = Field(default=None, min_length=1, max_length=200)
 
     @model_validator(mode="after")

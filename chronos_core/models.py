@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import FieldError, InvalidJob
-from .hookspec import ChainRule, Exclusion, NotifyRule
+from .hookspec import ChainRule, DateTimeInput, Exclusion, NotifyRule
 from .ids import new_id
 from .retry import RetryPolicy
 
@@ -146,8 +146,10 @@ class JobSpec(BaseModel):
     misfire_grace: float = Field(default=5.0, ge=0, le=86400 * 7,
                                  description="seconds after its slot a run still counts as on time")
     status: JobStatus = JobStatus.ACTIVE
-    start_at: datetime | None = None
-    end_at: datetime | None = None
+    start_at: DateTimeInput | None = Field(default=None, description=(
+        "no slot before this time (with a UTC offset; @every counts from it); not a number"))
+    end_at: DateTimeInput | None = Field(default=None, description=(
+        "no slot after this time (with a UTC offset); not a number"))
     history_limit: int | None = Field(default=None, ge=1, le=1_000_000,
                                       description="keep at most this many runs of the job")
     notify: list[NotifyRule] = Field(default_factory=list, max_length=20, description=(
