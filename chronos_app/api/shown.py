@@ -124,7 +124,8 @@ class Bounded(Generic[V]):
     def _keep(self, key: str, value: V, cost: int) -> None:
         """Keep ``value`` under ``key`` (in place of the key's value, as the newest), counted for ``cost``
         bytes; then as :meth:`_weigh`."""
-        self.forget(key)
+        if key in self._costs:
+            self.forget(key)
         self._entries[key] = value
         self._costs[key] = 0
         self._weigh(key, cost)
@@ -136,9 +137,11 @@ class Bounded(Generic[V]):
         self._costs[key] = cost
         if cost > self.max_bytes:
             self.forget(key)
-        entries = self._entries
+        entries, costs = self._entries, self._costs
         while entries and (self._bytes > self.max_bytes or len(entries) > self.max_entries):
-            self.forget(next(iter(entries)))
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self._bytes -= costs.pop(oldest)
 
     def forget(self, key: str) -> None:
         """Drop the value kept under ``key``, if any (for ``ShownJobs``: the job was deleted, or is
