@@ -12,14 +12,16 @@ next fire times (three cron slots walk the calendar). Before they were kept, tho
 ``GET /jobs`` (bench/api.py; BENCHMARKS.md). An entry is keyed by the job's id, its version
 (``updated_at``, which every change of the definition moves forward, see ``Jobs.update``) and
 ``next_run_at`` (the next fire times start there), and is used only for the same payload model (a type
-registered again masks with its new model); the job's JSON is kept with the summary it was written with.
+registered again masks with its new model). What is kept is the job's JSON, written with those parts
+and a summary of runs; a newer summary is spliced in place of the old one's bytes.
 
 The cache is bounded by what it holds, not only by its number of jobs: an entry weighs what its job
-weighs (the masked payload and the JSON, each about the job's size; a job may be 1 MiB), so a count alone
-let a write token make the server hold 20,000 large jobs - creating, reading and deleting each in turn -
-and a read-only token paging through a store of large jobs made it keep a copy of all of them. At most
-``max_bytes`` (estimated as twice the JSON, plus the objects' overhead) are kept, the oldest entries go
-first, a job larger than that is shown without being kept, and a job deleted here is forgotten.
+weighs (its JSON, about the job's size; a job may be 1 MiB), so a count alone let a write token make the
+server hold 20,000 large jobs - creating, reading and deleting each in turn - and a read-only token
+paging through a store of large jobs made it keep a copy of all of them. An entry keeps only the JSON
+bytes (never the masked payload as Python objects, whose size is not the JSON's: see ``ShownJobs``), and
+is counted for them plus a fixed overhead. At most ``max_bytes`` are kept, the oldest entries go first, a
+job larger than that is shown without being kept, and a job deleted here is forgotten.
 """
 
 from __future__ import annotations
@@ -201,54 +203,86 @@ def page_json(items: Sequence[bytes], next_cursor: str | None) -> bytes:
     return b'{"items":[' + b",".join(items) + b'],"next_cursor":' + to_json(next_cursor) + b"}"
 
 
-_Parts = tuple[dict[str, Any], list[dict[str, Any]], list[datetime]]
+# A job's JSON in three pieces: what depends only on the job's version (its fields, the masked payload and
+# notifications, the next fire times), around what depends on its summary of runs (``last_run`` on). The
+# summary's fields are one run of JobOut's order, so a new summary replaces the middle of the bytes kept
+_BY_SUMMARY = _FROM_SUMMARY | {"last_run"}
+_SUMMARY_AT = next(i for i, name in enumerate(_JOB_ORDER) if name in _BY_SUMMARY)
+_SUMMARY_END = _SUMMARY_AT + len(_BY_SUMMARY)
+assert set(_JOB_ORDER[_SUMMARY_AT:_SUMMARY_END]) == _BY_SUMMARY  # one run of fields
+assert _SUMMARY_AT > 0 and _SUMMARY_END < len(_JOB_ORDER)  # with fields before it and after it
+
+
+def _inner(fields: dict[str, Any]) -> bytes:
+    """``fields`` as the members of a JSON object, without its braces."""
+    return to_json(fields)[1:-1]
+
+
+def _summary_json(summary: JobSummary | None) -> bytes:
+    s = summary or _NO_SUMMARY
+    last = _last_run(s)
+    return _inner({name: last if name == "last_run" else getattr(s, name)
+                   for name in _JOB_ORDER[_SUMMARY_AT:_SUMMARY_END]})
 
 
 @dataclasses.dataclass(slots=True)
 class _Entry:
+    """A job's JSON with the summary it was written with, and where that summary's bytes are in it."""
+
     version: tuple[datetime, datetime | None, object]  # updated_at, next_run_at, payload model
-    parts: _Parts
-    summary: tuple[Any, ...] | None = None
-    json: bytes = b""
+    summary: tuple[Any, ...] | None
+    json: bytes
+    at: int  # json[at:end] is the summary's part
+    end: int
 
 
-_ENTRY_OVERHEAD = 1024  # the entry, its dicts and lists, beyond twice its JSON (measured: ~2.3 KiB for a
-# job of 1 KiB of JSON, tracemalloc)
+_ENTRY_OVERHEAD = 1024  # the entry, its version and summary tuples, the key, beside its JSON
 
 
 class ShownJobs(Bounded[_Entry]):
     """Jobs as shown, kept per job version: at most ``max_entries`` jobs and about ``max_bytes`` of them
-    (the oldest go first; a job weighing more than ``max_bytes`` is not kept)."""
+    (the oldest go first; a job weighing more than ``max_bytes`` is not kept).
+
+    An entry is the job's JSON bytes and nothing else: the masked payload and notifications and the next
+    fire times are written into it and dropped, and a new summary of runs is spliced into the bytes
+    (the summary's part is a run of fields in the middle). So what an entry holds is what it is counted
+    for - its JSON plus a fixed overhead - whatever the payload's shape. (Keeping the masked parts, as a
+    copy of every dict and list of the payload, made a payload of 300,000 empty objects - 900 KB of JSON
+    - hold ~22 MB counted as ~1.8 MB: a read-only token paging through a few such jobs grew the process
+    by hundreds of MiB within the 64 MiB budget; review-secattack F1.)"""
 
     def __init__(self, types: JobTypes, max_entries: int = 20_000, max_bytes: int = 64 * 1024 * 1024
                  ) -> None:
         super().__init__(max_entries, max_bytes)
         self._types = types
 
-    def _entry(self, job: Job) -> _Entry:
-        model = self._types.model(job.type) if job.type in self._types else None
-        version = (job.updated_at, job.next_run_at, model)
-        entry = self._entries.get(job.id)
-        if entry is None or entry.version != version:
-            parts = (self._types.redact(job.type, job.payload), redact_notify(job.notify),
-                     Jobs.next_runs(job))
-            entry = _Entry(version, parts)
-            self._keep(job.id, entry, _ENTRY_OVERHEAD)
-        return entry
-
-    def parts(self, job: Job) -> _Parts:
-        """(masked payload, masked notify rules, next fire times) of ``job``."""
-        return self._entry(job).parts
+    def _write(self, job: Job, version: tuple[datetime, datetime | None, object],
+               summary: JobSummary | None, key: tuple[Any, ...] | None) -> _Entry:
+        fields = job_dict(job, self._types.redact(job.type, job.payload), redact_notify(job.notify),
+                          summary, Jobs.next_runs(job))
+        names = _JOB_ORDER
+        head = _inner({name: fields[name] for name in names[:_SUMMARY_AT]})
+        middle = _summary_json(summary)
+        tail = _inner({name: fields[name] for name in names[_SUMMARY_END:]})
+        at = 1 + len(head) + 1
+        return _Entry(version, key, b"".join((b"{", head, b",", middle, b",", tail, b"}")), at,
+                      at + len(middle))
 
     def json(self, job: Job, summary: JobSummary | None) -> bytes:
         """The job as ``JobOut`` serialises it, with its summary of runs."""
-        entry = self._entry(job)
+        model = self._types.model(job.type) if job.type in self._types else None
+        version = (job.updated_at, job.next_run_at, model)
         key = None if summary is None else _summary_key(summary)
-        if not entry.json or entry.summary != key:
-            payload, notify, next_runs = entry.parts
-            entry.json = to_json(job_dict(job, payload, notify, summary, next_runs))
-            entry.summary = key
-            if self._entries.get(job.id) is entry:  # (not dropped meanwhile: then nothing is counted)
-                # the masked parts weigh about what the JSON does
-                self._weigh(job.id, 2 * len(entry.json) + _ENTRY_OVERHEAD)
+        entry = self._entries.get(job.id)
+        if entry is not None and entry.version == version:
+            if entry.summary != key:  # the same job, runs since: only its summary's part is new
+                middle = _summary_json(summary)
+                view = memoryview(entry.json)
+                entry.json = b"".join((view[:entry.at], middle, view[entry.end:]))
+                entry.end = entry.at + len(middle)
+                entry.summary = key
+                self._weigh(job.id, len(entry.json) + _ENTRY_OVERHEAD)
+            return entry.json
+        entry = self._write(job, version, summary, key)
+        self._keep(job.id, entry, len(entry.json) + _ENTRY_OVERHEAD)
         return entry.json

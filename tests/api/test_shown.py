@@ -14,7 +14,8 @@ import pytest
 
 from chronos_app.api.schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, JobPage, RunOut, RunPage
 from chronos_app.api.shown import Bounded, ShownRuns, runs_page_json
-from chronos_core import Payload, Run, RunStatus, Trigger
+from chronos_core import JobSummary, Payload, Run, RunStatus, Trigger
+from chronos_core.operations import Jobs
 from tests.api.conftest import build_app, job, running, wait_for
 
 SECRET = "Bearer tok-3f9a81c2d7e6b5a4"
@@ -132,6 +133,34 @@ async def test_a_read_only_token_pages_through_jobs_with_their_summaries_and_see
         assert [j["id"] for j in done["items"]] == [ids[3]]
         assert done["items"][0]["last_run"]["id"] == run["id"]
         assert SECRET not in str(done) and HOOK_SECRET not in str(done)
+
+
+async def test_a_kept_job_is_only_its_json_and_a_new_summary_is_spliced_into_it() -> None:
+    """ShownJobs keeps a job's JSON bytes and nothing else (review-secattack F1: the masked parts were
+    kept too, and a payload of many small objects weighed ~24x its JSON); a new summary of runs replaces
+    its part of the bytes, which are then what the model writes for the job with that summary."""
+    app = build_app(scheduler=False, worker=False)
+    async with running(app) as c:
+        job_id = (await c.post("/jobs", json=rich_job())).json()["id"]
+        stored = await app.state.api.chronos.store.get_job(job_id)
+    shown, types = app.state.api.shown, app.state.api.chronos.job_types
+    t = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    summaries = [None, JobSummary(), JobSummary(last_run_id="r1", last_run_status=RunStatus.FAILED,
+                                                last_run_scheduled_for=t, last_run_started_at=t,
+                                                last_run_finished_at=t + timedelta(seconds=2.5),
+                                                last_failure_at=t, consecutive_failures=1,
+                                                consecutive_failed_slots=1),
+                 None]
+    for summary in summaries:
+        body = shown.json(stored, summary)
+        entry = shown._entries[job_id]
+        assert body == entry.json
+        assert [type(getattr(entry, f.name)).__name__ for f in dataclasses.fields(entry)] == \
+            ["tuple", "tuple" if summary else "NoneType", "bytes", "int", "int"]  # no masked parts
+        assert shown.nbytes == len(body) + 1024
+        expected = JobOut.of(stored, types, summary, Jobs.next_runs(stored))
+        assert body == expected.model_dump_json(by_alias=True).encode()
+    assert b'"consecutive_failures":0' in shown.json(stored, None)
 
 
 class OpenPayload(Payload):
