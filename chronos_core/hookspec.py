@@ -4,6 +4,7 @@ for ``JobSpec``: imports no domain model."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -14,8 +15,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from .payloads import http_url, parse_address
 
-__all__ = ["ChainRule", "DateTimeInput", "EmailChannel", "Exclusion", "NotifyEvent", "NotifyRule",
-           "WebhookChannel"]
+__all__ = ["HEADER_VALUE_MAX", "NOTIFY_MAX_BYTES", "ChainRule", "DateTimeInput", "EmailChannel", "Exclusion",
+           "NotifyEvent", "NotifyRule", "WebhookChannel", "notify_json"]
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _EXAMPLE = "2027-01-01T09:00:00Z"
@@ -51,6 +52,18 @@ class NotifyEvent(StrEnum):
 
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+HEADER_VALUE_MAX = 8192
+"""Characters in a webhook header's value (servers refuse longer header lines: 8 KiB is usual)."""
+NOTIFY_MAX_BYTES = 60_000
+"""Bytes of a job's notification rules as stored (:func:`notify_json`, UTF-8). The rule for every store:
+MySQL keeps them in a ``TEXT`` column (65,535 bytes), and 20 rules within their fields' bounds could be
+more than that (review-secattack F2: a 500 on MySQL for a job SQLite stored)."""
+
+
+def notify_json(rules: list[NotifyRule]) -> bytes:
+    """The rules as a store writes them: compact JSON, by alias, without nulls, UTF-8."""
+    return json.dumps([r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in rules],
+                      separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class WebhookChannel(BaseModel):
@@ -75,6 +88,9 @@ class WebhookChannel(BaseModel):
                 raise ValueError(f"not a header name: {name[:100]!r}")
             if any(c in value for c in "\r\n\x00"):
                 raise ValueError(f"header {name!r}: CR, LF and NUL are not allowed in a value")
+            if len(name) > 256 or len(value) > HEADER_VALUE_MAX:
+                raise ValueError(f"header {name[:100]!r}: at most 256 characters in a name and "
+                                 f"{HEADER_VALUE_MAX} in a value")
         return v
 
 

@@ -16,10 +16,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import FieldError, InvalidJob
-from .hookspec import ChainRule, DateTimeInput, Exclusion, NotifyRule
+from .hookspec import NOTIFY_MAX_BYTES, ChainRule, DateTimeInput, Exclusion, NotifyRule, notify_json
 from .ids import new_id
 from .retry import RetryPolicy
 
@@ -166,6 +166,14 @@ class JobSpec(BaseModel):
     exclude: list[Exclusion] = Field(default_factory=list, max_length=50, description=(
         "blackouts: time ranges {from, to} (in the job's zone) or cron windows {cron}; slots inside are "
         "recorded skipped (excluded)"))
+
+    @field_validator("notify")
+    @classmethod
+    def _notify_fits(cls, rules: list[NotifyRule]) -> list[NotifyRule]:
+        size = len(notify_json(rules)) if rules else 0
+        if size > NOTIFY_MAX_BYTES:
+            raise ValueError(f"the notification rules are {size} bytes of JSON; at most {NOTIFY_MAX_BYTES}")
+        return rules
 
 
 def check_job_names(names: Sequence[str], *, index: bool = False) -> None:

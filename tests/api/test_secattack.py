@@ -89,8 +89,6 @@ async def test_shown_jobs_budget_holds_for_a_payload_of_many_small_objects(tmp_p
 # ------------------------------------------------------------------------------------------------ F2
 
 @pytest.mark.mysql
-@pytest.mark.xfail(strict=True, reason="F2: on MySQL a notify list over 64 KiB (TEXT) is a DataError: "
-                                       "500, and the INSERT's parameters - the job's secrets - logged")
 async def test_mysql_too_long_notify_logs_no_secret(clean_mysql_url: str, caplog: pytest.LogCaptureFixture
                                                     ) -> None:
     secret = "s3cret-env-value-7f41c2aa"

@@ -1,0 +1,64 @@
+"""Notification rules are bounded in the core, so every store takes or refuses the same jobs
+(review-secattack F2): on MySQL ``notify`` is a TEXT column (65,535 bytes) and 20 rules within their
+fields' old bounds (webhook header values had none) were a DataError - a 500, and the INSERT's
+parameters, the job's secrets, in the error log - for a job SQLite and memory stored."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from chronos_core.hookspec import HEADER_VALUE_MAX, NOTIFY_MAX_BYTES
+
+SECRET = "s3cret-env-value-7f41c2aa"
+HOOK_SECRET = "Bearer hook-secret-19d3e8b2"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def rules(pad: int, count: int = 20) -> list[dict[str, Any]]:
+    return [{"on": ["failed"], "webhook": {"url": "https://example.com/hook",
+                                           "headers": {"Authorization": HOOK_SECRET, "X-Pad": "p" * pad}}}
+            ] * count
+
+
+def spec(name: str = "big-notify", **fields: Any) -> dict[str, Any]:
+    return {"name": name, "type": "http", "schedule": "@every 1h",
+            "payload": {"url": "https://example.com/x", "headers": {"Authorization": f"Bearer {SECRET}"}},
+            **fields}
+
+
+def pointers(r: httpx.Response) -> list[str]:
+    return [e["pointer"] for e in r.json()["errors"]]
+
+
+async def test_too_long_notification_rules_are_refused_on_every_route_and_store(
+        client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    too_long = rules(3100)  # 20 rules of ~3.2 KB: over NOTIFY_MAX_BYTES, every value within its bound
+    r = await client.post("/jobs", json=spec(notify=too_long))
+    assert r.status_code == 422 and pointers(r) == ["/notify"], r.text
+    assert str(NOTIFY_MAX_BYTES) in r.text
+    fits = rules(2800)  # ~58 KB: stored by every store, MySQL included
+    r = await client.post("/jobs", json=spec(notify=fits))
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    got = await client.get(f"/jobs/{job_id}")
+    assert got.status_code == 200 and len(got.json()["notify"]) == 20
+    r = await client.put(f"/jobs/{job_id}", json=spec(notify=too_long))
+    assert r.status_code == 422 and pointers(r) == ["/notify"], r.text
+    r = await client.patch(f"/jobs/{job_id}", json={"notify": too_long}, headers=MERGE)
+    assert r.status_code == 422 and pointers(r) == ["/notify"], r.text
+    r = await client.post("/jobs/apply", json={"jobs": [spec("other", notify=too_long)]})
+    assert r.status_code == 422 and pointers(r) == ["/jobs/0/notify"], r.text
+    for s in (SECRET, HOOK_SECRET):
+        assert s not in caplog.text
+
+
+async def test_a_webhook_header_value_is_bounded(client: httpx.AsyncClient) -> None:
+    r = await client.post("/jobs", json=spec(notify=rules(HEADER_VALUE_MAX + 1, count=1)))
+    assert r.status_code == 422 and pointers(r) == ["/notify/0/webhook/headers"], r.text
+    r = await client.post("/jobs", json=spec(notify=rules(HEADER_VALUE_MAX, count=1)))
+    assert r.status_code == 201, r.text
