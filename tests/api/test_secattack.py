@@ -111,13 +111,37 @@ async def test_mysql_too_long_notify_logs_no_secret(clean_mysql_url: str, caplog
 
 # ------------------------------------------------------------------------------------------------ F3
 
-@pytest.mark.xfail(strict=True, reason="F3: since/until near the ends of the datetime range overflow when "
-                                       "converted to UTC in the SQL store: 500 instead of 422")
-@pytest.mark.parametrize("query", ["until=9999-12-31T23:00:00-05:00", "since=0001-01-01T00:30:00%2B01:00"])
+@pytest.mark.parametrize("query", ["until=9999-12-31T23:00:00-05:00", "since=0001-01-01T00:30:00%2B01:00",
+                                   "until=9999-12-31T23:59:59.999999-00:01"])
 async def test_runs_time_filters_at_the_edges_are_a_client_error(tmp_path: Path, query: str) -> None:
     async with served(sqlite_app(tmp_path)) as c:
         r = await c.get(f"/runs?{query}", headers=AUTH_R)
-    assert r.status_code in (200, 422), (r.status_code, r.text)
+        assert r.status_code == 422, (r.status_code, r.text)
+        assert r.json()["errors"][0]["pointer"] == "/" + query.partition("=")[0], r.text
+        assert "supported range" in r.text
+        edge = "until=9999-12-31T23:59:59Z" if query.startswith("until") else "since=0001-01-01T00:00:00Z"
+        assert (await c.get(f"/runs?{edge}", headers=AUTH_R)).status_code == 200  # the ends themselves
+
+
+async def test_body_date_times_at_the_edges_are_a_client_error(tmp_path: Path) -> None:
+    """start_at/end_at and an @at time without a UTC time are refused at their field; an exclusion's
+    from/to at the ends is stored as text and compared as an aware time (no UTC conversion): taken."""
+    base = {"type": "http", "payload": {"url": "https://example.com/x"}}
+    async with served(sqlite_app(tmp_path)) as c:
+        for i, (extra, pointer) in enumerate((
+                ({"start_at": "9999-12-31T23:00:00-05:00"}, "/start_at"),
+                ({"end_at": "0001-01-01T00:30:00+01:00"}, "/end_at"),
+                ({"schedule": "@at 9999-12-31T23:00:00-05:00"}, "/schedule"))):
+            r = await c.post("/jobs", json={**base, "name": f"edge-{i}", **extra}, headers=AUTH_W)
+            assert r.status_code == 422 and [e["pointer"] for e in r.json()["errors"]] == [pointer], r.text
+        r = await c.post("/jobs", json={**base, "name": "excluded", "schedule": "@every 1h",
+                                        "timezone": "America/New_York",
+                                        "exclude": [{"from": "9999-12-31T20:00:00", "to": "9999-12-31T23:30:00"},
+                                                    {"from": "0001-01-01T00:00:00+01:00",
+                                                     "to": "0001-01-01T00:30:00+01:00"}]}, headers=AUTH_W)
+        assert r.status_code == 201, r.text
+        shown = await c.get(f"/jobs/{r.json()['id']}", headers=AUTH_R)  # next_runs checks the exclusions
+        assert shown.status_code == 200 and len(shown.json()["next_runs"]) == 3, shown.text
 
 
 # ----------------------------------------------------------------------------------- attacked, safe
