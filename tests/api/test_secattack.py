@@ -136,7 +136,8 @@ async def test_body_date_times_at_the_edges_are_a_client_error(tmp_path: Path) -
             assert r.status_code == 422 and [e["pointer"] for e in r.json()["errors"]] == [pointer], r.text
         r = await c.post("/jobs", json={**base, "name": "excluded", "schedule": "@every 1h",
                                         "timezone": "America/New_York",
-                                        "exclude": [{"from": "9999-12-31T20:00:00", "to": "9999-12-31T23:30:00"},
+                                        "exclude": [{"from": "9999-12-31T20:00:00",
+                                                     "to": "9999-12-31T23:30:00"},
                                                     {"from": "0001-01-01T00:00:00+01:00",
                                                      "to": "0001-01-01T00:30:00+01:00"}]}, headers=AUTH_W)
         assert r.status_code == 201, r.text
@@ -202,9 +203,8 @@ async def test_listing_filters_are_bounded(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ F4
 
 @pytest.mark.mysql
-@pytest.mark.xfail(strict=True, reason="F4: /ready is public and its 503 problem carries the driver's "
-                                       "message: the store's MySQL user name and this host's address")
-async def test_public_readiness_does_not_tell_the_database_account(clean_mysql_url: str) -> None:
+async def test_public_readiness_does_not_tell_the_database_account(clean_mysql_url: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     import pymysql  # type: ignore[import-untyped]
     from sqlalchemy.engine import make_url
 
@@ -228,9 +228,12 @@ async def test_public_readiness_does_not_tell_the_database_account(clean_mysql_u
                 for (pid,) in cur.fetchall():
                     with contextlib.suppress(pymysql.Error):
                         cur.execute(f"KILL {int(pid)}")
+            caplog.set_level(logging.WARNING, "chronos.api")
             r = await c.get("/ready")  # no token: /ready is public
         assert r.status_code == 503, r.text
-        assert user not in r.text, r.text
+        assert user not in r.text and "127.0.0.1" not in r.text, r.text
+        assert r.json()["type"].endswith("/store-unavailable") and r.headers["Retry-After"] == "5"
+        assert f"'{user}'" in caplog.text and "second-Pw" not in caplog.text  # the operator reads why
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
