@@ -1,6 +1,8 @@
-"""Proofs of concept of the hostile review 'secattack' (/work/coord/review-secattack.md): each test that
-shows a bug is marked xfail(strict=True) and names its finding; the others pin what was attacked and
-found safe."""
+"""The hostile review 'secattack' (/work/coord/review-secattack.md): its proofs of concept, now regression
+tests of the fixes (branch secfix; each failed on jsonnum, before them) - F1 the shown-jobs cache's byte
+budget, F2 a too-long notify on MySQL (tests/api/test_notify_bounds.py, tests/sql/test_data_errors.py),
+F3 since/until at the ends of the date range, F4 the public /ready - and the pins of what was attacked
+and found safe."""
 
 from __future__ import annotations
 
