@@ -9,14 +9,16 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .payloads import http_url, parse_address
 
-__all__ = ["HEADER_VALUE_MAX", "NOTIFY_MAX_BYTES", "ChainRule", "DateTimeInput", "EmailChannel", "Exclusion",
-           "NotifyEvent", "NotifyRule", "WebhookChannel", "notify_json"]
+__all__ = ["HEADER_NAME_MAX", "HEADER_VALUE_MAX", "NOTIFY_MAX_BYTES", "ChainRule", "DateTimeInput",
+           "EmailChannel", "Exclusion", "NotifyEvent", "NotifyRule", "WebhookChannel", "notify_json",
+           "notify_problems"]
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _EXAMPLE = "2027-01-01T09:00:00Z"
@@ -52,8 +54,11 @@ class NotifyEvent(StrEnum):
 
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+HEADER_NAME_MAX = 256
+"""Characters in a webhook header's name, on input (:func:`notify_problems`)."""
 HEADER_VALUE_MAX = 8192
-"""Characters in a webhook header's value (servers refuse longer header lines: 8 KiB is usual)."""
+"""Characters in a webhook header's value, on input (servers refuse longer header lines: 8 KiB is
+usual). Stored rules are not held to it (:func:`notify_problems`)."""
 NOTIFY_MAX_BYTES = 60_000
 """Bytes of a job's notification rules as stored (:func:`notify_json`, UTF-8). The rule for every store:
 MySQL keeps them in a ``TEXT`` column (65,535 bytes), and 20 rules within their fields' bounds could be
@@ -64,6 +69,30 @@ def notify_json(rules: list[NotifyRule]) -> bytes:
     """The rules as a store writes them: compact JSON, by alias, without nulls, UTF-8."""
     return json.dumps([r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in rules],
                       separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def notify_problems(rules: Sequence[NotifyRule]) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong with ``rules`` as a job's new notification rules, as ``(loc, reason)`` within the
+    job (empty: nothing): a webhook header's name over HEADER_NAME_MAX or value over HEADER_VALUE_MAX
+    characters, the whole over NOTIFY_MAX_BYTES as stored. The bounds for every store and every write
+    (POST, PUT, PATCH, apply, ``serve --jobs``), measured on the rules as they will be stored (after any
+    ``***`` is restored: review-secfix F1). Never applied when rules are read back: a job stored before
+    a bound existed stays readable and runs; a write must bring it within them."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for i, rule in enumerate(rules):
+        hook = rule.webhook
+        if hook is None:
+            continue
+        for name, value in hook.headers.items():
+            if len(name) > HEADER_NAME_MAX or len(value) > HEADER_VALUE_MAX:
+                problems.append((("notify", i, "webhook", "headers"), (
+                    f"header {name[:100]!r} is {len(name)} characters with a value of {len(value)}: at "
+                    f"most {HEADER_NAME_MAX} in a name and {HEADER_VALUE_MAX} in a value")))
+    size = len(notify_json(list(rules))) if rules else 0
+    if size > NOTIFY_MAX_BYTES:
+        problems.append((("notify",), f"the notification rules are {size} bytes of JSON as stored; at "
+                                      f"most {NOTIFY_MAX_BYTES}"))
+    return problems
 
 
 class WebhookChannel(BaseModel):
@@ -88,9 +117,10 @@ class WebhookChannel(BaseModel):
                 raise ValueError(f"not a header name: {name[:100]!r}")
             if any(c in value for c in "\r\n\x00"):
                 raise ValueError(f"header {name!r}: CR, LF and NUL are not allowed in a value")
-            if len(name) > 256 or len(value) > HEADER_VALUE_MAX:
-                raise ValueError(f"header {name[:100]!r}: at most 256 characters in a name and "
-                                 f"{HEADER_VALUE_MAX} in a value")
+        # The lengths (HEADER_NAME_MAX, HEADER_VALUE_MAX) are not checked here: this model also decodes
+        # the rules a store holds and a notice's target, and a job stored before those bounds existed
+        # must stay readable, runnable and editable (review-secfix F3). They bound input only:
+        # notify_problems, which JobSpec and Jobs.update apply.
         return v
 
 

@@ -30,6 +30,7 @@ from .errors import (
 from .events import cancel_request, job_event, publish_best_effort, run_event
 from .filters import enum_set
 from .hooks import Notice, NoticeKind, NoticeStatus, redact_notify, restore_notify
+from .hookspec import NotifyRule, notify_problems
 from .ids import new_id
 from .logs import follow_output
 from .models import (
@@ -62,6 +63,10 @@ def _spec(data: JobSpec | Mapping[str, Any]) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise InvalidJob(field_errors(exc)) from None
+
+
+def _notify_errors(rules: Sequence[NotifyRule]) -> list[FieldError]:
+    return [FieldError(loc, reason) for loc, reason in notify_problems(rules)]
 
 
 def restore_redacted(new: Any, old: Any) -> Any:
@@ -142,6 +147,9 @@ class Jobs:
         if (spec.start_at and spec.end_at and spec.start_at.tzinfo and spec.end_at.tzinfo
                 and spec.end_at <= spec.start_at):
             errors.append(FieldError(("end_at",), "must be after start_at"))
+        # the header bounds (the byte bound too, which JobSpec checked already): on input only, never
+        # when a store reads a job back (review-secfix F3); update measures again once *** is restored
+        errors.extend(_notify_errors(spec.notify))
         caught: list[InvalidJob] = []
         try:
             parse_timezone(spec.timezone)
