@@ -407,6 +407,11 @@ class Jobs:
             spec = self.validate(spec, previous=old)
             if spec.notify:  # webhook secrets and headers shown as *** stay, unless the url moved
                 spec = spec.model_copy(update={"notify": restore_notify(spec.notify, old.notify)})
+                # measured again as it will be stored: the *** put back may be far longer than sent
+                # (review-secfix F1: PUT/PATCH/apply grew notify past NOTIFY_MAX_BYTES on memory and
+                # SQLite while MySQL refused); a job stored over a bound must be brought within it
+                if errors := _notify_errors(spec.notify):
+                    raise InvalidJob(errors)
             await self._check_chains([spec])
             job = self._build(spec, old.created_at)
             if job.status is JobStatus.PAUSED and old.status is JobStatus.PAUSED:
