@@ -189,14 +189,20 @@ def is_lock_conflict(exc: BaseException) -> bool:
     return getattr(orig, "args", (None,))[0] in _MYSQL_RETRY if orig is not None else False
 
 
-_COLUMN = re.compile(r"column '([A-Za-z_][A-Za-z0-9_]{0,63})'")
+# MySQL: "for column 'c' at row 1"; MariaDB's 1366: "for column `db`.`t`.`c` at row 1"
+_COLUMN = re.compile(r"column (?:'|(?:`[^`]*`\.)*`)([A-Za-z_][A-Za-z0-9_]{0,63})['`]")
 
 
 def too_large(exc: sa_exc.DataError) -> InvalidJob:
     """A value the store refused to hold as it is (MySQL strict mode: ``1406 Data too long for column``,
     ``1264 Out of range value``) as :class:`InvalidJob` at the column it names (422). The core bounds
     every field so that this does not happen; this is the store's last word, not the rule. The driver's
-    message is not repeated: some quote the value (``1366 Incorrect string value: '\\xF0...'``)."""
+    message is not repeated: some quote the value (``1366 Incorrect string value: '\\xF0...'``).
+
+    For job writes only (``SqlStore._job_write``): a job's definition is input, and the column is a
+    field of it. Any other write's DataError (a run's outcome, a notice) stays the driver's error, with
+    its parameters hidden (``hide_parameters``): it is not the caller's job that is invalid, and the
+    group commit gives it to that write alone (review-secfix F2)."""
     orig = getattr(exc, "orig", None)
     code = getattr(orig, "args", (None,))[0]
     found = _COLUMN.search(str(orig))
@@ -302,8 +308,6 @@ class Database:
                 return fn(*args)
             except sa_exc.IntegrityError as exc:  # one the caller did not expect: still a domain error
                 raise RunConflict(f"conflicting write: {driver_detail(exc)}") from None
-            except sa_exc.DataError as exc:  # a value the column cannot hold (MySQL: too long, out of range)
-                raise too_large(exc) from None
             except sa_exc.DBAPIError as exc:
                 if is_lock_conflict(exc) and attempt < 7:
                     _pause(0.005 * 2 ** attempt)

@@ -60,3 +60,20 @@ def test_every_engine_hides_statement_parameters(tmp_path: Path) -> None:
         assert SECRET not in str(info.value) and "hidden" in str(info.value)
     finally:
         engine.dispose()
+
+
+def test_the_column_is_found_in_mysql_and_mariadb_texts() -> None:
+    """too_large points at the column: MySQL's ``column 'c'`` and MariaDB's 1366 ``column `db`.`t`.`c```."""
+    from sqlalchemy import exc as sa_exc
+
+    from chronos_adapters.sql.engine import too_large
+
+    class Orig(Exception):
+        pass
+
+    for code, message in [(1406, "Data too long for column 'description' at row 1"),
+                       (1366, "Incorrect string value: '\\xF0\\x9F' for column `chronos`.`jobs`.`description`"
+                              " at row 1")]:
+        err = too_large(sa_exc.DataError("INSERT ...", {}, Orig(code, message)))
+        assert [e.pointer for e in err.errors] == ["/description"], (message, err.errors)
+        assert "xF0" not in str(err)
