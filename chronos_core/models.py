@@ -28,6 +28,7 @@ __all__ = [
     "FAILED_RUN_STATUSES",
     "FINISHED_RUN_STATUSES",
     "RESULT_LIMIT",
+    "STORE_INT",
     "Event",
     "EventType",
     "Job",
@@ -83,6 +84,10 @@ class RunStatus(StrEnum):
 ACTIVE_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 FINISHED_RUN_STATUSES = frozenset(RunStatus) - ACTIVE_RUN_STATUSES
 FAILED_RUN_STATUSES = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT})
+STORE_INT = (-2**31, 2**31 - 1)
+"""The integers every store holds (MySQL's INT: 32-bit signed). A run's exit code from an executor is
+checked against it before it is written (the worker): out of it, the run records no code and says why,
+rather than a store error failing the write (review-secfix F2)."""
 
 
 class Trigger(StrEnum):
