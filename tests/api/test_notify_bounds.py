@@ -93,8 +93,8 @@ async def test_a_job_stored_over_the_bounds_lists_runs_and_is_edited_down(tmp_pa
             assert shown["notify"][0]["webhook"]["headers"] == {"X": "***"}
             run = (await c.post(f"/jobs/{job_id}/run")).json()
 
-            async def succeeded() -> bool:
-                return (await c.get(f"/runs/{run['id']}")).json()["status"] == "succeeded"
+            async def succeeded(run_id: str = run["id"]) -> bool:
+                return (await c.get(f"/runs/{run_id}")).json()["status"] == "succeeded"
             await wait_for(succeeded)
             body = {k: shown[k] for k in ("name", "type", "payload", "notify")}
             r = await c.put(f"/jobs/{job_id}", json=body)  # written back as shown: the stored values
