@@ -191,12 +191,16 @@ async def readiness(request: Request) -> Response:
     """503 (problem) when the store does not answer. ``/ready`` is public (no token), so the problem
     says only that: the driver's message names the store's account and host, and the service's address
     as the server sees it (``Access denied for user 'chronos'@'10.0.3.7'``; review-secattack F4). The
-    message goes to the log (it never holds a statement's parameters: ``driver_detail``)."""
+    message goes to the log (it never holds a statement's parameters: ``driver_detail``), at most once
+    a minute while the store stays down (``ReadinessLog``)."""
+    ctx = api(request)
     try:
-        await api(request).chronos.store.ping()
+        await ctx.chronos.store.ping()
     except Exception as exc:  # StoreUnavailable, or a driver error the adapter did not translate
-        log.warning("not ready: %s", exc if isinstance(exc, StoreUnavailable) else type(exc).__name__)
+        # (rate-limited: /ready is public and asked often; review-secfix I1)
+        ctx.readiness_log.failed(str(exc) if isinstance(exc, StoreUnavailable) else type(exc).__name__)
         raise StoreUnavailable("the store did not answer (the service's log says why)") from None
+    ctx.readiness_log.ready()
     return _json(Readiness(status="ok", store="ok"))
 
 
