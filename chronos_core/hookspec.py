@@ -1,18 +1,45 @@
 """The validated shape of the job fields ``notify``, ``then`` and ``exclude`` (the rules that act on
-them are in :mod:`chronos_core.hooks`). Imported by ``models`` for ``JobSpec``: imports no domain model."""
+them are in :mod:`chronos_core.hooks`), and of a job's times (``DateTimeInput``). Imported by ``models``
+for ``JobSpec``: imports no domain model."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .payloads import http_url, parse_address
 
-__all__ = ["ChainRule", "EmailChannel", "Exclusion", "NotifyEvent", "NotifyRule", "WebhookChannel"]
+__all__ = ["HEADER_NAME_MAX", "HEADER_VALUE_MAX", "NOTIFY_MAX_BYTES", "ChainRule", "DateTimeInput",
+           "EmailChannel", "Exclusion", "NotifyEvent", "NotifyRule", "WebhookChannel", "notify_json",
+           "notify_problems"]
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_EXAMPLE = "2027-01-01T09:00:00Z"
+
+
+def _not_a_number(value: Any) -> Any:
+    """pydantic alone takes a number for a datetime as Unix seconds (``1700000000``, ``0.5``), and a
+    string that is one too (``"1700000000"``, ``"0.0"``). A job's times are date-times (ISO 8601; the
+    OpenAPI document says ``format: date-time``) and a number there is more likely a mistake (seconds or
+    milliseconds? a count of days?) than a time: refused, as the API's query parameters refuse it. Text
+    must start with a calendar date (``YYYY-MM-DD``), which no number does; pydantic reads the rest."""
+    if isinstance(value, int | float | Decimal):  # bool is an int: refused too
+        raise ValueError(f"expected a date-time (ISO 8601 text such as {_EXAMPLE}), not a number")
+    text = value.decode("latin-1") if isinstance(value, bytes | bytearray) else value
+    if isinstance(text, str) and not _DATE.match(text):
+        raise ValueError(f"expected a date-time: ISO 8601 text such as {_EXAMPLE}")
+    return value
+
+
+DateTimeInput = Annotated[datetime, BeforeValidator(_not_a_number)]
+"""A ``datetime`` as a job's fields take it: a ``datetime``, or ISO 8601 text; never a number."""
 
 
 class NotifyEvent(StrEnum):
@@ -27,6 +54,45 @@ class NotifyEvent(StrEnum):
 
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+HEADER_NAME_MAX = 256
+"""Characters in a webhook header's name, on input (:func:`notify_problems`)."""
+HEADER_VALUE_MAX = 8192
+"""Characters in a webhook header's value, on input (servers refuse longer header lines: 8 KiB is
+usual). Stored rules are not held to it (:func:`notify_problems`)."""
+NOTIFY_MAX_BYTES = 60_000
+"""Bytes of a job's notification rules as stored (:func:`notify_json`, UTF-8). The rule for every store:
+MySQL keeps them in a ``TEXT`` column (65,535 bytes), and 20 rules within their fields' bounds could be
+more than that (review-secattack F2: a 500 on MySQL for a job SQLite stored)."""
+
+
+def notify_json(rules: list[NotifyRule]) -> bytes:
+    """The rules as a store writes them: compact JSON, by alias, without nulls, UTF-8."""
+    return json.dumps([r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in rules],
+                      separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def notify_problems(rules: Sequence[NotifyRule]) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong with ``rules`` as a job's new notification rules, as ``(loc, reason)`` within the
+    job (empty: nothing): a webhook header's name over HEADER_NAME_MAX or value over HEADER_VALUE_MAX
+    characters, the whole over NOTIFY_MAX_BYTES as stored. The bounds for every store and every write
+    (POST, PUT, PATCH, apply, ``serve --jobs``), measured on the rules as they will be stored (after any
+    ``***`` is restored: review-secfix F1). Never applied when rules are read back: a job stored before
+    a bound existed stays readable and runs; a write must bring it within them."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for i, rule in enumerate(rules):
+        hook = rule.webhook
+        if hook is None:
+            continue
+        for name, value in hook.headers.items():
+            if len(name) > HEADER_NAME_MAX or len(value) > HEADER_VALUE_MAX:
+                problems.append((("notify", i, "webhook", "headers"), (
+                    f"header {name[:100]!r} is {len(name)} characters with a value of {len(value)}: at "
+                    f"most {HEADER_NAME_MAX} in a name and {HEADER_VALUE_MAX} in a value")))
+    size = len(notify_json(list(rules))) if rules else 0
+    if size > NOTIFY_MAX_BYTES:
+        problems.append((("notify",), f"the notification rules are {size} bytes of JSON as stored; at "
+                                      f"most {NOTIFY_MAX_BYTES}"))
+    return problems
 
 
 class WebhookChannel(BaseModel):
@@ -51,6 +117,10 @@ class WebhookChannel(BaseModel):
                 raise ValueError(f"not a header name: {name[:100]!r}")
             if any(c in value for c in "\r\n\x00"):
                 raise ValueError(f"header {name!r}: CR, LF and NUL are not allowed in a value")
+        # The lengths (HEADER_NAME_MAX, HEADER_VALUE_MAX) are not checked here: this model also decodes
+        # the rules a store holds and a notice's target, and a job stored before those bounds existed
+        # must stay readable, runnable and editable (review-secfix F3). They bound input only:
+        # notify_problems, which JobSpec and Jobs.update apply.
         return v
 
 
@@ -111,8 +181,8 @@ class Exclusion(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: datetime | None = Field(default=None, alias="from")
-    to: datetime | None = None
+    from_: DateTimeInput | None = Field(default=None, alias="from")
+    to: DateTimeInput | None = None
     cron: str | None = Field(default=None, min_length=1, max_length=200)
 
     @model_validator(mode="after")

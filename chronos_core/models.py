@@ -16,10 +16,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import FieldError, InvalidJob
-from .hookspec import ChainRule, Exclusion, NotifyRule
+from .hookspec import NOTIFY_MAX_BYTES, ChainRule, DateTimeInput, Exclusion, NotifyRule, notify_json
 from .ids import new_id
 from .retry import RetryPolicy
 
@@ -28,6 +28,7 @@ __all__ = [
     "FAILED_RUN_STATUSES",
     "FINISHED_RUN_STATUSES",
     "RESULT_LIMIT",
+    "STORE_INT",
     "Event",
     "EventType",
     "Job",
@@ -83,6 +84,10 @@ class RunStatus(StrEnum):
 ACTIVE_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 FINISHED_RUN_STATUSES = frozenset(RunStatus) - ACTIVE_RUN_STATUSES
 FAILED_RUN_STATUSES = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT})
+STORE_INT = (-2**31, 2**31 - 1)
+"""The integers every store holds (MySQL's INT: 32-bit signed). A run's exit code from an executor is
+checked against it before it is written (the worker): out of it, the run records no code and says why,
+rather than a store error failing the write (review-secfix F2)."""
 
 
 class Trigger(StrEnum):
@@ -146,8 +151,10 @@ class JobSpec(BaseModel):
     misfire_grace: float = Field(default=5.0, ge=0, le=86400 * 7,
                                  description="seconds after its slot a run still counts as on time")
     status: JobStatus = JobStatus.ACTIVE
-    start_at: datetime | None = None
-    end_at: datetime | None = None
+    start_at: DateTimeInput | None = Field(default=None, description=(
+        "no slot before this time (with a UTC offset; @every counts from it); not a number"))
+    end_at: DateTimeInput | None = Field(default=None, description=(
+        "no slot after this time (with a UTC offset); not a number"))
     history_limit: int | None = Field(default=None, ge=1, le=1_000_000,
                                       description="keep at most this many runs of the job")
     notify: list[NotifyRule] = Field(default_factory=list, max_length=20, description=(
@@ -164,6 +171,14 @@ class JobSpec(BaseModel):
     exclude: list[Exclusion] = Field(default_factory=list, max_length=50, description=(
         "blackouts: time ranges {from, to} (in the job's zone) or cron windows {cron}; slots inside are "
         "recorded skipped (excluded)"))
+
+    @field_validator("notify")
+    @classmethod
+    def _notify_fits(cls, rules: list[NotifyRule]) -> list[NotifyRule]:
+        size = len(notify_json(rules)) if rules else 0
+        if size > NOTIFY_MAX_BYTES:
+            raise ValueError(f"the notification rules are {size} bytes of JSON; at most {NOTIFY_MAX_BYTES}")
+        return rules
 
 
 def check_job_names(names: Sequence[str], *, index: bool = False) -> None:

@@ -30,6 +30,7 @@ from .errors import (
 from .events import cancel_request, job_event, publish_best_effort, run_event
 from .filters import enum_set
 from .hooks import Notice, NoticeKind, NoticeStatus, redact_notify, restore_notify
+from .hookspec import NotifyRule, notify_problems
 from .ids import new_id
 from .logs import follow_output
 from .models import (
@@ -62,6 +63,10 @@ def _spec(data: JobSpec | Mapping[str, Any]) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise InvalidJob(field_errors(exc)) from None
+
+
+def _notify_errors(rules: Sequence[NotifyRule]) -> list[FieldError]:
+    return [FieldError(loc, reason) for loc, reason in notify_problems(rules)]
 
 
 def restore_redacted(new: Any, old: Any) -> Any:
@@ -142,6 +147,9 @@ class Jobs:
         if (spec.start_at and spec.end_at and spec.start_at.tzinfo and spec.end_at.tzinfo
                 and spec.end_at <= spec.start_at):
             errors.append(FieldError(("end_at",), "must be after start_at"))
+        # the header bounds (the byte bound too, which JobSpec checked already): on input only, never
+        # when a store reads a job back (review-secfix F3); update measures again once *** is restored
+        errors.extend(_notify_errors(spec.notify))
         caught: list[InvalidJob] = []
         try:
             parse_timezone(spec.timezone)
@@ -399,6 +407,11 @@ class Jobs:
             spec = self.validate(spec, previous=old)
             if spec.notify:  # webhook secrets and headers shown as *** stay, unless the url moved
                 spec = spec.model_copy(update={"notify": restore_notify(spec.notify, old.notify)})
+                # measured again as it will be stored: the *** put back may be far longer than sent
+                # (review-secfix F1: PUT/PATCH/apply grew notify past NOTIFY_MAX_BYTES on memory and
+                # SQLite while MySQL refused); a job stored over a bound must be brought within it
+                if errors := _notify_errors(spec.notify):
+                    raise InvalidJob(errors)
             await self._check_chains([spec])
             job = self._build(spec, old.created_at)
             if job.status is JobStatus.PAUSED and old.status is JobStatus.PAUSED:

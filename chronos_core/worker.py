@@ -29,6 +29,7 @@ from .hooks import notify_notices, outcome_hooks, run_facts
 from .hookspec import NotifyEvent, NotifyRule
 from .ids import new_id
 from .models import (
+    STORE_INT,
     Event,
     EventType,
     Job,
@@ -570,6 +571,15 @@ class Worker:
             if alert is not None:
                 alert.cancel()
         status, exit_code, error, value = outcome.status, outcome.exit_code, outcome.error, outcome.value
+        if exit_code is not None and not STORE_INT[0] <= exit_code <= STORE_INT[1]:
+            # an executor's code (a python job's ExecutionFailed(exit_code=2**40)): a store's INT column
+            # cannot hold it, and the finish would fail as a store error (review-secfix F2)
+            note = f"exit code {exit_code} not recorded: outside the 32-bit range a store holds"
+            exit_code = None
+            if status is RunStatus.SUCCEEDED:
+                tail.add(note)
+            else:
+                error = f"{error}; {note}" if error else note
         if outcome.extra:
             for line in outcome.extra.splitlines():
                 tail.add(line)

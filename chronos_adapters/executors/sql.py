@@ -105,7 +105,9 @@ class SqlExecutor(Executor):
             if engine is None:
                 try:
                     url = make_url(self.connections[name])
-                    engine = create_engine(url, pool_pre_ping=True, connect_args=_client_confinement(url))
+                    # hide_parameters: a job's params (secrets) never in an error's text
+                    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True,
+                                           connect_args=_client_confinement(url))
                 except Exception as e:  # bad URL, unknown dialect, driver not installed
                     raise ExecutionFailed(self._mask(f"connection {name!r} is misconfigured: "
                                                      f"{type(e).__name__}: {e}"), retryable=False) from None

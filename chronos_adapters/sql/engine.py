@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +31,7 @@ try:
 except ImportError:  # SQLAlchemy 2.0's name
     from sqlalchemy.util.concurrency import await_only as await_  # type: ignore[attr-defined,no-redef]
 
-from chronos_core.errors import RunConflict, StoreUnavailable
+from chronos_core.errors import InvalidJob, RunConflict, StoreUnavailable
 
 __all__ = ["MYSQL_DRIVER", "VERSION_TABLE", "Database", "driver_detail", "driver_rows", "engine_url",
            "is_lock_conflict", "is_sqlite", "open_engine", "run_blocking"]
@@ -105,6 +106,10 @@ def open_engine(url: str, *, pool_size: int = 5,
         opts.update(pool_size=pool_size, max_overflow=0, pool_timeout=30, pool_recycle=3600,
                     isolation_level="READ COMMITTED")
     opts.update(options or {})
+    # never a statement's parameters in an error's text or an echo: they are the jobs' payloads and
+    # notifications, with their secrets in clear, and an unexpected error is logged with its text
+    # (review-secattack F2: a MySQL DataError logged the INSERT's parameters). Not an option to undo
+    opts["hide_parameters"] = True
     if sqlite:
         _private_sqlite_file(u)
     engine = create_engine(u, **opts)
@@ -182,6 +187,29 @@ def is_lock_conflict(exc: BaseException) -> bool:
     back; the database itself is fine (``Database.guarded`` runs such a call again)."""
     orig = getattr(exc, "orig", None)
     return getattr(orig, "args", (None,))[0] in _MYSQL_RETRY if orig is not None else False
+
+
+# MySQL: "for column 'c' at row 1"; MariaDB's 1366: "for column `db`.`t`.`c` at row 1"
+_COLUMN = re.compile(r"column (?:'|(?:`[^`]*`\.)*`)([A-Za-z_][A-Za-z0-9_]{0,63})['`]")
+
+
+def too_large(exc: sa_exc.DataError) -> InvalidJob:
+    """A value the store refused to hold as it is (MySQL strict mode: ``1406 Data too long for column``,
+    ``1264 Out of range value``) as :class:`InvalidJob` at the column it names (422). The core bounds
+    every field so that this does not happen; this is the store's last word, not the rule. The driver's
+    message is not repeated: some quote the value (``1366 Incorrect string value: '\\xF0...'``).
+
+    For job writes only (``SqlStore._job_write``): a job's definition is input, and the column is a
+    field of it. Any other write's DataError (a run's outcome, a notice) stays the driver's error, with
+    its parameters hidden (``hide_parameters``): it is not the caller's job that is invalid, and the
+    group commit gives it to that write alone (review-secfix F2)."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "args", (None,))[0]
+    found = _COLUMN.search(str(orig))
+    column = found.group(1) if found else None
+    loc: tuple[str, ...] = (("then" if column == "chain" else column),) if column else ()
+    return InvalidJob.single(loc, f"the store cannot hold this value (MySQL error {code}: too long or "
+                                  f"out of range for its column)")
 
 
 def driver_detail(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import Table
 
 from chronos_core.hooks import Notice
-from chronos_core.hookspec import ChainRule, Exclusion, NotifyRule
+from chronos_core.hookspec import ChainRule, Exclusion, NotifyRule, notify_json
 from chronos_core.models import Job, JobSummary, Run, RunStatus
 from chronos_core.retry import RetryPolicy
 
@@ -218,6 +218,11 @@ def _dump_list(items: Sequence[Any]) -> str | None:
                       separators=(",", ":"), ensure_ascii=False)
 
 
+def _dump_notify(rules: Sequence[NotifyRule]) -> str | None:
+    # the bytes JobSpec bounds (NOTIFY_MAX_BYTES: what MySQL's TEXT column holds)
+    return notify_json(list(rules)).decode() if rules else None
+
+
 def _list_loader(item: type[Any]) -> Convert:
     adapter = TypeAdapter(list[item])  # type: ignore[valid-type]
 
@@ -233,7 +238,7 @@ def _compact(value: Any) -> str:
 
 JOBS: Codec[Job] = Codec(
     Job, jobs, renamed={"chain": "then"},  # `then` is a reserved word in SQL
-    encode={"payload": _compact, "retry": RetryPolicy.model_dump_json, "notify": _dump_list,
+    encode={"payload": _compact, "retry": RetryPolicy.model_dump_json, "notify": _dump_notify,
             "then": _dump_list, "exclude": _dump_list},
     decode={"payload": json.loads,
             "retry": functools.lru_cache(maxsize=1024)(RetryPolicy.model_validate_json),

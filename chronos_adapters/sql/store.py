@@ -48,7 +48,7 @@ from .claim import JobCache, OnDispatch
 from .create_batch import CreateBatcher, answer_batch, fail_batch, run_batch
 from .dialects import Dialect, dialect_for
 from .dialects.base import Cancel, Finish, Start
-from .engine import Database, is_sqlite, open_engine
+from .engine import Database, is_sqlite, open_engine, too_large
 from .group_commit import Op, apply_writes
 from .migrate import upgrade_connection
 from .retention import Pruner, stats
@@ -172,6 +172,14 @@ class SqlStore(Store):
             raise StoreUnavailable("the store is not started")
         return await self._db.call(fn, *args)
 
+    async def _job_write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``_call`` for a write of job definitions: a value a column cannot hold is the job's, so
+        :class:`InvalidJob` at that column (422, :func:`too_large`). Only here (review-secfix F2)."""
+        try:
+            return await self._call(fn, *args)
+        except sa_exc.DataError as exc:
+            raise too_large(exc) from None
+
     def _tx(self, read: bool = False) -> contextlib.AbstractContextManager[Connection]:
         """One transaction (see :meth:`Database.transaction`)."""
         return self._database.transaction(read)
@@ -191,11 +199,11 @@ class SqlStore(Store):
 
     async def _write_creates(self, members: list[list[Job]]) -> list[BaseException | None] | None:
         """One batch of creates (see ``create_batch``): each member's result."""
-        return await self._call(run_batch, self._db, members)
+        return await self._job_write(run_batch, self._db, members)
 
     async def _create_alone(self, jobs_: list[Job]) -> None:
         """One add_jobs call on its own (a batch that had to be split)."""
-        await self._call(job_ops.add_jobs, self._db, jobs_)
+        await self._job_write(job_ops.add_jobs, self._db, jobs_)
 
     async def get_job(self, job_id: str) -> Job:
         return await self._call(job_ops.get_job, self._db, job_id)
@@ -223,13 +231,13 @@ class SqlStore(Store):
         return await self._call(job_ops.read_summaries, self._db, ids) if ids else {}
 
     async def update_job(self, job: Job) -> None:
-        await self._call(job_ops.update_job, self._db, job)
+        await self._job_write(job_ops.update_job, self._db, job)
 
     async def change_job(self, read: Job, changes: Mapping[str, Any], *,
                          records: Sequence[Run] = ()) -> JobChange | None:
         if "id" in changes:
             raise ValueError("a job's id never changes")
-        return await self._call(job_ops.change_job, self._db, self._dialect, read, dict(changes),
+        return await self._job_write(job_ops.change_job, self._db, self._dialect, read, dict(changes),
                                 list(records))
 
     async def delete_job(self, job_id: str) -> list[Run]:
@@ -353,19 +361,23 @@ class SqlStore(Store):
             answer_batch(batch, results)
 
     def _apply_writes(self, ops: list[Op]) -> list[Any]:
-        """One group commit (one transaction); if it conflicts, each call alone, so one bad write does
-        not fail the others of its batch."""
+        """One group commit (one transaction); if it conflicts or a value cannot be held, each call
+        alone, so one bad write does not fail the others of its batch (review-secfix F2: a DataError
+        from one run's finish failed every finish of its batch)."""
         try:
             with self._tx() as conn:
                 return apply_writes(conn, self._d, ops)
         except sa_exc.IntegrityError:
             if len(ops) == 1:
                 raise RunConflict("the retry's (job, slot, attempt) already exists") from None
+        except sa_exc.DataError:
+            if len(ops) == 1:
+                raise
         results: list[Any] = []
         for op in ops:
             try:
                 results.extend(Database.guarded(self._apply_writes, [op]))
-            except ChronosError as exc:
+            except (ChronosError, sa_exc.DataError) as exc:  # that write's own answer
                 results.append(exc)
         return results
 

@@ -3,6 +3,8 @@ and the OpenAPI document."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,38 @@ from .idempotency import IdempotencyCache
 from .metrics import ApiMetrics
 from .shown import ShownJobs, ShownRuns
 
-__all__ = ["ApiContext", "Op", "api"]
+__all__ = ["ApiContext", "Op", "ReadinessLog", "api"]
+
+log = logging.getLogger("chronos.api")
+
+
+class ReadinessLog:
+    """The log lines of ``/ready``. It is public, so anyone could ask it many times a second while the
+    store is down; one WARNING per request would flood the log (review-secfix I1). A failure is logged
+    when the service stops being ready, then at most once per ``every`` seconds while it stays so (with
+    the reason of that moment and how many failed checks were not logged); being ready again is logged
+    once."""
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._down = False
+        self._logged_at = 0.0
+        self._quiet = 0
+
+    def failed(self, reason: str) -> None:
+        now = self._clock()
+        if self._down and now - self._logged_at < self.every:
+            self._quiet += 1
+            return
+        more = f" ({self._quiet} more failed checks since the last such line)" if self._quiet else ""
+        log.warning("not ready: %s%s", reason, more)
+        self._down, self._logged_at, self._quiet = True, now, 0
+
+    def ready(self) -> None:
+        if self._down:
+            log.warning("ready again: the store answers")
+            self._down, self._quiet = False, 0
 
 
 @dataclass
@@ -33,6 +66,7 @@ class ApiContext:
     shown_runs: ShownRuns = field(default_factory=ShownRuns)
     """Runs that ended, as pages of history show them (kept: they never change)."""
     frames: EventFrames = field(default_factory=EventFrames)
+    readiness_log: ReadinessLog = field(default_factory=ReadinessLog)
     sse: SseHub = field(init=False)
     """The open SSE streams: their fan-out, keep-alive and shutdown (``close`` ends them all)."""
 

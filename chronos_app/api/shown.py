@@ -12,14 +12,16 @@ next fire times (three cron slots walk the calendar). Before they were kept, tho
 ``GET /jobs`` (bench/api.py; BENCHMARKS.md). An entry is keyed by the job's id, its version
 (``updated_at``, which every change of the definition moves forward, see ``Jobs.update``) and
 ``next_run_at`` (the next fire times start there), and is used only for the same payload model (a type
-registered again masks with its new model); the job's JSON is kept with the summary it was written with.
+registered again masks with its new model). What is kept is the job's JSON, written with those parts
+and a summary of runs; a newer summary is spliced in place of the old one's bytes.
 
 The cache is bounded by what it holds, not only by its number of jobs: an entry weighs what its job
-weighs (the masked payload and the JSON, each about the job's size; a job may be 1 MiB), so a count alone
-let a write token make the server hold 20,000 large jobs - creating, reading and deleting each in turn -
-and a read-only token paging through a store of large jobs made it keep a copy of all of them. At most
-``max_bytes`` (estimated as twice the JSON, plus the objects' overhead) are kept, the oldest entries go
-first, a job larger than that is shown without being kept, and a job deleted here is forgotten.
+weighs (its JSON, about the job's size; a job may be 1 MiB), so a count alone let a write token make the
+server hold 20,000 large jobs - creating, reading and deleting each in turn - and a read-only token
+paging through a store of large jobs made it keep a copy of all of them. An entry keeps only the JSON
+bytes (never the masked payload as Python objects, whose size is not the JSON's: see ``ShownJobs``), and
+is counted for them plus a fixed overhead. At most ``max_bytes`` are kept, the oldest entries go first, a
+job larger than that is shown without being kept, and a job deleted here is forgotten.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic_core import to_json as _to_json
 
@@ -39,7 +41,8 @@ from chronos_core.operations import Jobs
 
 from .schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, LastRun, RunOut
 
-__all__ = ["ShownJobs", "ShownRuns", "job_dict", "page_json", "run_dict", "run_json", "runs_page_json"]
+__all__ = ["Bounded", "ShownJobs", "ShownRuns", "job_dict", "page_json", "run_dict", "run_json",
+           "runs_page_json"]
 
 def to_json(value: Any) -> bytes:
     # aliases, as the OpenAPI document names them and as input takes them (an exclusion's ``from``)
@@ -94,6 +97,63 @@ def runs_page_json(runs: Sequence[Run], next_cursor: str | None) -> bytes:
     return to_json({"items": [run_dict(r) for r in runs], "next_cursor": next_cursor})
 
 
+V = TypeVar("V")
+
+
+class Bounded(Generic[V]):
+    """Values kept by key, oldest first, within two bounds: at most ``max_entries`` of them and at most
+    ``max_bytes`` of what they are counted for (each value's cost, an estimate its owner gives). The
+    oldest go first; the order is that of keeping (a value kept again under its key is the newest; reading
+    one does not move it). A value counted for more than ``max_bytes`` alone is not kept, and does not
+    push the others out. The bounds may be changed at any time; they are applied at the next keep or
+    weigh. The one bounded cache of ``ShownJobs`` and ``ShownRuns``."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: dict[str, V] = {}
+        self._costs: dict[str, int] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """What the kept values are counted for."""
+        return self._bytes
+
+    def _keep(self, key: str, value: V, cost: int) -> None:
+        """Keep ``value`` under ``key`` (in place of the key's value, as the newest), counted for ``cost``
+        bytes; then as :meth:`_weigh`."""
+        if key in self._costs:
+            self.forget(key)
+        self._entries[key] = value
+        self._costs[key] = 0
+        self._weigh(key, cost)
+
+    def _weigh(self, key: str, cost: int) -> None:
+        """Count the value kept under ``key`` for ``cost`` bytes, then drop the oldest values while over a
+        bound (a value over the whole budget alone: only itself)."""
+        self._bytes += cost - self._costs[key]
+        self._costs[key] = cost
+        if cost > self.max_bytes:
+            self.forget(key)
+        entries, costs = self._entries, self._costs
+        while entries and (self._bytes > self.max_bytes or len(entries) > self.max_entries):
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self._bytes -= costs.pop(oldest)
+
+    def forget(self, key: str) -> None:
+        """Drop the value kept under ``key``, if any (for ``ShownJobs``: the job was deleted, or is
+        dropped to stay within the bounds)."""
+        cost = self._costs.pop(key, None)
+        if cost is not None:
+            del self._entries[key]
+            self._bytes -= cost
+
+
 _ENDED = frozenset(FINISHED_RUN_STATUSES)
 _RUN_ENTRY_OVERHEAD = 256  # the entry's tuple and key beside its JSON
 
@@ -102,7 +162,7 @@ def _run_key(run: Run) -> tuple[Any, ...]:
     return (run.status, run.finished_at, run.started_at, run.output_lines, run.exit_code, run.attempt)
 
 
-class ShownRuns:
+class ShownRuns(Bounded[tuple[tuple[Any, ...], bytes]]):
     """Runs that ended, as a page of history shows them, kept: at most ``max_entries`` runs and about
     ``max_bytes`` of JSON (the oldest go first; a run larger than a hundredth of that is not kept).
 
@@ -114,17 +174,7 @@ class ShownRuns:
     those :func:`runs_page_json` writes."""
 
     def __init__(self, max_entries: int = 20_000, max_bytes: int = 32 * 1024 * 1024) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries: dict[str, tuple[tuple[Any, ...], bytes]] = {}
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
+        super().__init__(max_entries, max_bytes)
 
     def json(self, run: Run) -> bytes:
         """The run as a page of runs shows it (``RunOut`` without its chain links)."""
@@ -136,13 +186,10 @@ class ShownRuns:
             return entry[1]
         body = to_json(run_dict(run))
         if entry is not None:
-            self._forget(run.id)
+            self.forget(run.id)
         cost = len(body) + _RUN_ENTRY_OVERHEAD
         if cost <= self.max_bytes // 100:
-            self._entries[run.id] = (key, body)
-            self._bytes += cost
-            while self._bytes > self.max_bytes or len(self._entries) > self.max_entries:
-                self._forget(next(iter(self._entries)))
+            self._keep(run.id, (key, body), cost)
         return body
 
     def page(self, runs: Sequence[Run], next_cursor: str | None) -> bytes:
@@ -150,94 +197,92 @@ class ShownRuns:
         json = self.json
         return page_json([json(r) for r in runs], next_cursor)
 
-    def _forget(self, run_id: str) -> None:
-        _, body = self._entries.pop(run_id)
-        self._bytes -= len(body) + _RUN_ENTRY_OVERHEAD
-
 
 def page_json(items: Sequence[bytes], next_cursor: str | None) -> bytes:
     """A ``JobPage`` (or any ``{"items": [...], "next_cursor": ...}`` page) of items written already."""
     return b'{"items":[' + b",".join(items) + b'],"next_cursor":' + to_json(next_cursor) + b"}"
 
 
-_Parts = tuple[dict[str, Any], list[dict[str, Any]], list[datetime]]
+# A job's JSON in three pieces: what depends only on the job's version (its fields, the masked payload and
+# notifications, the next fire times), around what depends on its summary of runs (``last_run`` on). The
+# summary's fields are one run of JobOut's order, so a new summary replaces the middle of the bytes kept
+_BY_SUMMARY = _FROM_SUMMARY | {"last_run"}
+_SUMMARY_AT = next(i for i, name in enumerate(_JOB_ORDER) if name in _BY_SUMMARY)
+_SUMMARY_END = _SUMMARY_AT + len(_BY_SUMMARY)
+assert set(_JOB_ORDER[_SUMMARY_AT:_SUMMARY_END]) == _BY_SUMMARY  # one run of fields
+assert _SUMMARY_AT > 0 and _SUMMARY_END < len(_JOB_ORDER)  # with fields before it and after it
+
+
+def _inner(fields: dict[str, Any]) -> bytes:
+    """``fields`` as the members of a JSON object, without its braces."""
+    return to_json(fields)[1:-1]
+
+
+def _summary_json(summary: JobSummary | None) -> bytes:
+    s = summary or _NO_SUMMARY
+    last = _last_run(s)
+    return _inner({name: last if name == "last_run" else getattr(s, name)
+                   for name in _JOB_ORDER[_SUMMARY_AT:_SUMMARY_END]})
 
 
 @dataclasses.dataclass(slots=True)
 class _Entry:
+    """A job's JSON with the summary it was written with, and where that summary's bytes are in it."""
+
     version: tuple[datetime, datetime | None, object]  # updated_at, next_run_at, payload model
-    parts: _Parts
-    summary: tuple[Any, ...] | None = None
-    json: bytes = b""
-    cost: int = 0  # bytes this entry is counted for (see ShownJobs._weigh)
+    summary: tuple[Any, ...] | None
+    json: bytes
+    at: int  # json[at:end] is the summary's part
+    end: int
 
 
-_ENTRY_OVERHEAD = 1024  # the entry, its dicts and lists, beyond twice its JSON (measured: ~2.3 KiB for a
-# job of 1 KiB of JSON, tracemalloc)
+_ENTRY_OVERHEAD = 1024  # the entry, its version and summary tuples, the key, beside its JSON
 
 
-class ShownJobs:
+class ShownJobs(Bounded[_Entry]):
     """Jobs as shown, kept per job version: at most ``max_entries`` jobs and about ``max_bytes`` of them
-    (the oldest go first; a job weighing more than ``max_bytes`` is not kept)."""
+    (the oldest go first; a job weighing more than ``max_bytes`` is not kept).
+
+    An entry is the job's JSON bytes and nothing else: the masked payload and notifications and the next
+    fire times are written into it and dropped, and a new summary of runs is spliced into the bytes
+    (the summary's part is a run of fields in the middle). So what an entry holds is what it is counted
+    for - its JSON plus a fixed overhead - whatever the payload's shape. (Keeping the masked parts, as a
+    copy of every dict and list of the payload, made a payload of 300,000 empty objects - 900 KB of JSON
+    - hold ~22 MB counted as ~1.8 MB: a read-only token paging through a few such jobs grew the process
+    by hundreds of MiB within the 64 MiB budget; review-secattack F1.)"""
 
     def __init__(self, types: JobTypes, max_entries: int = 20_000, max_bytes: int = 64 * 1024 * 1024
                  ) -> None:
+        super().__init__(max_entries, max_bytes)
         self._types = types
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries: dict[str, _Entry] = {}
-        self._bytes = 0
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def nbytes(self) -> int:
-        """What the kept entries are counted for."""
-        return self._bytes
-
-    def _entry(self, job: Job) -> _Entry:
-        model = self._types.model(job.type) if job.type in self._types else None
-        version = (job.updated_at, job.next_run_at, model)
-        entry = self._entries.get(job.id)
-        if entry is None or entry.version != version:
-            parts = (self._types.redact(job.type, job.payload), redact_notify(job.notify),
-                     Jobs.next_runs(job))
-            entry = _Entry(version, parts)
-            self.forget(job.id)
-            self._entries[job.id] = entry
-            self._weigh(job.id, entry, _ENTRY_OVERHEAD)
-        return entry
-
-    def _weigh(self, job_id: str, entry: _Entry, cost: int) -> None:
-        """Count the job's ``entry`` for ``cost`` bytes, then drop the oldest entries while over a bound
-        (an entry over the whole budget alone: only itself)."""
-        self._bytes += cost - entry.cost
-        entry.cost = cost
-        if cost > self.max_bytes:
-            self.forget(job_id)
-        while self._entries and (self._bytes > self.max_bytes or len(self._entries) > self.max_entries):
-            self.forget(next(iter(self._entries)))
-
-    def parts(self, job: Job) -> _Parts:
-        """(masked payload, masked notify rules, next fire times) of ``job``."""
-        return self._entry(job).parts
+    def _write(self, job: Job, version: tuple[datetime, datetime | None, object],
+               summary: JobSummary | None, key: tuple[Any, ...] | None) -> _Entry:
+        fields = job_dict(job, self._types.redact(job.type, job.payload), redact_notify(job.notify),
+                          summary, Jobs.next_runs(job))
+        names = _JOB_ORDER
+        head = _inner({name: fields[name] for name in names[:_SUMMARY_AT]})
+        middle = _summary_json(summary)
+        tail = _inner({name: fields[name] for name in names[_SUMMARY_END:]})
+        at = 1 + len(head) + 1
+        return _Entry(version, key, b"".join((b"{", head, b",", middle, b",", tail, b"}")), at,
+                      at + len(middle))
 
     def json(self, job: Job, summary: JobSummary | None) -> bytes:
         """The job as ``JobOut`` serialises it, with its summary of runs."""
-        entry = self._entry(job)
+        model = self._types.model(job.type) if job.type in self._types else None
+        version = (job.updated_at, job.next_run_at, model)
         key = None if summary is None else _summary_key(summary)
-        if not entry.json or entry.summary != key:
-            payload, notify, next_runs = entry.parts
-            entry.json = to_json(job_dict(job, payload, notify, summary, next_runs))
-            entry.summary = key
-            if self._entries.get(job.id) is entry:  # (not dropped meanwhile: then nothing is counted)
-                # the masked parts weigh about what the JSON does
-                self._weigh(job.id, entry, 2 * len(entry.json) + _ENTRY_OVERHEAD)
+        entry = self._entries.get(job.id)
+        if entry is not None and entry.version == version:
+            if entry.summary != key:  # the same job, runs since: only its summary's part is new
+                middle = _summary_json(summary)
+                view = memoryview(entry.json)
+                entry.json = b"".join((view[:entry.at], middle, view[entry.end:]))
+                entry.end = entry.at + len(middle)
+                entry.summary = key
+                self._weigh(job.id, len(entry.json) + _ENTRY_OVERHEAD)
+            return entry.json
+        entry = self._write(job, version, summary, key)
+        self._keep(job.id, entry, len(entry.json) + _ENTRY_OVERHEAD)
         return entry.json
-
-    def forget(self, job_id: str) -> None:
-        """Drop the job's entry (it was deleted, or is dropped to stay within the bounds)."""
-        entry = self._entries.pop(job_id, None)
-        if entry is not None:
-            self._bytes -= entry.cost

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 
 import httpx
+import pytest
 
 from chronos_adapters.memory import MemoryStore
 from chronos_app.api.routes import OPS
@@ -93,11 +95,41 @@ class UnreachableStore(MemoryStore):
         raise StoreUnavailable("connection refused")
 
 
-async def test_readiness_fails_when_the_store_does_not_answer() -> None:
+async def test_readiness_fails_when_the_store_does_not_answer(caplog: pytest.LogCaptureFixture) -> None:
     async with running(build_app(store=UnreachableStore())) as c:
         body = _problem(await c.get("/ready"), 503)
-        assert "connection refused" in body["detail"]
+        # /ready is public: the driver's reason (account, host) is in the log only (review-secattack F4)
+        assert "connection refused" not in body["detail"] and "log" in body["detail"]
+        assert "not ready: store unavailable: connection refused" in caplog.text
         assert (await c.get("/jobs/health")).status_code == 200  # liveness is not readiness
+
+
+async def test_readiness_logs_a_store_outage_once_not_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    """/ready is public: 200 requests while the store is down are one WARNING, not 200 (review-secfix
+    I1); then one line a minute while it stays down, saying how many checks were not logged, and one
+    when it answers again."""
+    store = UnreachableStore()
+    app = build_app(store=store)
+    async with running(app) as c:
+        caplog.set_level(logging.WARNING, logger="chronos.api")
+        for _ in range(200):
+            assert (await c.get("/ready")).status_code == 503
+
+        def lines() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.name == "chronos.api"]
+        assert lines() == ["not ready: store unavailable: connection refused"]
+        now = [1000.0]
+        app.state.api.readiness_log._clock = lambda: now[0]
+        app.state.api.readiness_log._logged_at = now[0]
+        assert (await c.get("/ready")).status_code == 503
+        now[0] += 61
+        assert (await c.get("/ready")).status_code == 503
+        assert lines()[1:] == ["not ready: store unavailable: connection refused (200 more failed checks "
+                               "since the last such line)"]
+        store.ping = MemoryStore.ping.__get__(store)  # type: ignore[method-assign]
+        for _ in range(3):
+            assert (await c.get("/ready")).status_code == 200
+        assert lines()[2:] == ["ready again: the store answers"]
 
 
 async def test_bearer_tokens() -> None:

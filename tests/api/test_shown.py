@@ -13,8 +13,9 @@ import pydantic
 import pytest
 
 from chronos_app.api.schemas import JOB_OUT_SOURCES, RUN_OUT_SOURCES, JobOut, JobPage, RunOut, RunPage
-from chronos_app.api.shown import ShownRuns, runs_page_json
-from chronos_core import Payload, Run, RunStatus, Trigger
+from chronos_app.api.shown import Bounded, ShownRuns, runs_page_json
+from chronos_core import JobSummary, Payload, Run, RunStatus, Trigger
+from chronos_core.operations import Jobs
 from tests.api.conftest import build_app, job, running, wait_for
 
 SECRET = "Bearer tok-3f9a81c2d7e6b5a4"
@@ -134,6 +135,34 @@ async def test_a_read_only_token_pages_through_jobs_with_their_summaries_and_see
         assert SECRET not in str(done) and HOOK_SECRET not in str(done)
 
 
+async def test_a_kept_job_is_only_its_json_and_a_new_summary_is_spliced_into_it() -> None:
+    """ShownJobs keeps a job's JSON bytes and nothing else (review-secattack F1: the masked parts were
+    kept too, and a payload of many small objects weighed ~24x its JSON); a new summary of runs replaces
+    its part of the bytes, which are then what the model writes for the job with that summary."""
+    app = build_app(scheduler=False, worker=False)
+    async with running(app) as c:
+        job_id = (await c.post("/jobs", json=rich_job())).json()["id"]
+        stored = await app.state.api.chronos.store.get_job(job_id)
+    shown, types = app.state.api.shown, app.state.api.chronos.job_types
+    t = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    summaries = [None, JobSummary(), JobSummary(last_run_id="r1", last_run_status=RunStatus.FAILED,
+                                                last_run_scheduled_for=t, last_run_started_at=t,
+                                                last_run_finished_at=t + timedelta(seconds=2.5),
+                                                last_failure_at=t, consecutive_failures=1,
+                                                consecutive_failed_slots=1),
+                 None]
+    for summary in summaries:
+        body = shown.json(stored, summary)
+        entry = shown._entries[job_id]
+        assert body == entry.json
+        assert [type(getattr(entry, f.name)).__name__ for f in dataclasses.fields(entry)] == \
+            ["tuple", "tuple" if summary else "NoneType", "bytes", "int", "int"]  # no masked parts
+        assert shown.nbytes == len(body) + 1024
+        expected = JobOut.of(stored, types, summary, Jobs.next_runs(stored))
+        assert body == expected.model_dump_json(by_alias=True).encode()
+    assert b'"consecutive_failures":0' in shown.json(stored, None)
+
+
 class OpenPayload(Payload):
     note: str = ""
 
@@ -194,3 +223,91 @@ def test_kept_runs_stay_within_their_bytes() -> None:
     each = len(body) + 256  # the JSON and the entry's overhead
     assert shown.nbytes <= 500_000 < shown.nbytes + each  # full, not over
     assert len(shown) == shown.nbytes // each and "run-0999" in shown._entries  # the newest kept
+
+
+class _Kept(Bounded[str]):
+    """The bounded cache alone: keep and weigh as ShownJobs/ShownRuns do."""
+
+    def keep(self, key: str, cost: int) -> None:
+        self._keep(key, key.upper(), cost)
+
+    def weigh(self, key: str, cost: int) -> None:
+        self._weigh(key, cost)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+
+def _counted(kept: _Kept) -> None:
+    """What it says it holds is what it holds, within both bounds."""
+    assert kept.nbytes == sum(kept._costs.values()) and set(kept._costs) == set(kept.keys())
+    assert len(kept) <= kept.max_entries and kept.nbytes <= kept.max_bytes
+
+
+def test_the_bounded_cache_drops_the_oldest_past_its_count() -> None:
+    kept = _Kept(max_entries=3, max_bytes=1000)
+    for key in "abcd":
+        kept.keep(key, 10)
+        _counted(kept)
+    assert kept.keys() == ["b", "c", "d"] and kept.nbytes == 30
+    assert kept._entries.get("b") == "B"  # a read does not make it newer: kept order, not use
+    kept.keep("e", 10)
+    assert kept.keys() == ["c", "d", "e"]
+    kept.keep("c", 20)  # kept again: its new cost, and the newest
+    assert kept.keys() == ["d", "e", "c"] and kept.nbytes == 40
+    _counted(kept)
+
+
+def test_the_bounded_cache_drops_the_oldest_past_its_bytes() -> None:
+    kept = _Kept(max_entries=100, max_bytes=100)
+    for key in "abcd":
+        kept.keep(key, 30)
+    assert kept.keys() == ["b", "c", "d"] and kept.nbytes == 90  # a 4th would be 120
+    kept.keep("e", 100)  # the whole budget: the others go
+    assert kept.keys() == ["e"] and kept.nbytes == 100
+    kept.keep("f", 1)
+    assert kept.keys() == ["f"] and kept.nbytes == 1
+    _counted(kept)
+
+
+def test_a_value_over_the_whole_budget_is_not_kept_and_pushes_none_out() -> None:
+    kept = _Kept(max_entries=100, max_bytes=100)
+    kept.keep("a", 40)
+    kept.keep("b", 40)
+    kept.keep("huge", 101)
+    assert kept.keys() == ["a", "b"] and kept.nbytes == 80
+    kept.keep("a", 101)  # kept again too large: its old value goes as well (it is stale)
+    assert kept.keys() == ["b"] and kept.nbytes == 40
+    _counted(kept)
+
+
+def test_weighing_a_value_again_counts_its_new_cost() -> None:
+    kept = _Kept(max_entries=100, max_bytes=100)
+    for key in "abc":
+        kept.keep(key, 10)
+    kept.weigh("c", 80)  # grown to the bound exactly: all stay
+    assert kept.keys() == ["a", "b", "c"] and kept.nbytes == 100
+    kept.weigh("c", 85)  # past it: the oldest go until it fits
+    assert kept.keys() == ["b", "c"] and kept.nbytes == 95
+    kept.weigh("c", 5)  # shrunk
+    assert kept.nbytes == 15
+    kept.weigh("b", 200)  # over the budget alone: only itself goes
+    assert kept.keys() == ["c"] and kept.nbytes == 5
+    _counted(kept)
+
+
+def test_forgetting_and_changed_bounds() -> None:
+    kept = _Kept(max_entries=10, max_bytes=100)
+    for key in "abcde":
+        kept.keep(key, 10)
+    kept.forget("c")
+    kept.forget("c")  # gone already: nothing happens
+    kept.forget("zzz")
+    assert kept.keys() == ["a", "b", "d", "e"] and kept.nbytes == 40
+    kept.max_entries, kept.max_bytes = 2, 25  # applied at the next keep
+    kept.keep("f", 10)
+    assert kept.keys() == ["e", "f"] and kept.nbytes == 20
+    _counted(kept)
+    kept.max_entries = 0  # nothing is kept
+    kept.keep("g", 1)
+    assert len(kept) == 0 and kept.nbytes == 0

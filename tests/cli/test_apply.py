@@ -132,3 +132,19 @@ def test_serve_refuses_a_bad_jobs_file_before_it_listens(tmp_path: Path) -> None
                        capture_output=True, text=True, cwd=tmp_path, timeout=60, env=_env())
     assert r.returncode == 2 and "job #1 ('x')" in r.stderr and "Traceback" not in r.stderr
     assert "Uvicorn running" not in r.stderr  # stopped before it listened
+
+
+def test_serve_refuses_a_jobs_file_whose_notify_no_store_could_hold_and_prints_no_secret(
+        tmp_path: Path) -> None:
+    """review-secattack F2: the notification rules are bounded in the core (NOTIFY_MAX_BYTES), so
+    ``serve --jobs`` refuses them before it listens, on every store - on MySQL they were an INSERT that
+    failed at start-up with its parameters (the file's expanded ${VAR} secrets) in the log."""
+    rule = {"on": ["failed"], "webhook": {"url": "https://example.com/hook",
+                                          "headers": {"Authorization": "${HOOK_TOKEN}", "X-Pad": "p" * 4000}}}
+    spec = {"name": "big", "type": "http", "payload": {"url": "https://x.example"}, "notify": [rule] * 20}
+    (tmp_path / "jobs.json").write_text(json.dumps([spec]))
+    env = {**_env(), "HOOK_TOKEN": "Bearer hook-secret-19d3e8b2"}
+    r = subprocess.run([CHRONOS, "serve", "--port", str(_free_port()), "--jobs", "jobs.json"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60, env=env)
+    assert r.returncode == 2 and "job #1 ('big')" in r.stderr and "notify" in r.stderr, r.stderr
+    assert "hook-secret-19d3e8b2" not in r.stderr + r.stdout and "Uvicorn running" not in r.stderr

@@ -38,7 +38,7 @@ T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 class StepPayload(Payload):
-    behaviour: str = "ok"  # ok | fail | fatal | block | hang | lines
+    behaviour: str = "ok"  # ok | fail | fatal | huge-code | huge-code-ok | block | hang | lines
 
 
 class StepExecutor(Executor):
@@ -63,6 +63,10 @@ class StepExecutor(Executor):
                 return ExecutionResult(ok=False, exit_code=3, error="exit code 3")
             if mode == "fatal":
                 raise ExecutionFailed("bad request", retryable=False)
+            if mode == "huge-code":  # a python job may raise this: no store's INT holds the code
+                raise ExecutionFailed("boom", retryable=False, exit_code=2**40)
+            if mode == "huge-code-ok":
+                return ExecutionResult(ok=True, exit_code=-2**31 - 1)
             if mode == "block":
                 await self.release.wait()
             if mode == "hang":
@@ -376,6 +380,27 @@ async def test_non_retryable_failures_are_not_retried(h: Harness) -> None:
     runs = await h.history(job)
     assert statuses(runs) == ["failed"]
     assert runs[0].error == "bad request; not retried: the failure is permanent"
+
+
+async def test_an_exit_code_no_store_holds_is_not_recorded_and_the_run_says_why(h: Harness) -> None:
+    """review-secfix F2: MySQL's INT refused 2**40 and the finish failed as a store error (the run stayed
+    running); the worker records no code instead, and says why (in the error, or the output)."""
+    job = await h.create(payload={"behaviour": "huge-code"})
+    await h.jobs.trigger(job.id)
+    ok = await h.create(payload={"behaviour": "huge-code-ok"})
+    await h.jobs.trigger(ok.id)
+    edge = await h.create(payload={"behaviour": "fail"})
+    await h.jobs.trigger(edge.id)
+    await h.drain()
+    (run,) = await h.history(job)
+    assert run.status is RunStatus.FAILED and run.exit_code is None
+    assert run.error == ("boom; exit code 1099511627776 not recorded: outside the 32-bit range a store "
+                         "holds")
+    (run,) = await h.history(ok)
+    assert run.status is RunStatus.SUCCEEDED and run.exit_code is None and run.error is None
+    assert "exit code -2147483649 not recorded" in (run.output or "")
+    (run,) = await h.history(edge)
+    assert run.exit_code == 3
 
 
 async def test_timeout_ends_timed_out_and_is_retried(h: Harness) -> None:

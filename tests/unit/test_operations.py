@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -150,6 +152,37 @@ async def test_start_and_end_bound_the_slots(jobs: Jobs) -> None:
     ended = (T0 - timedelta(days=1)).isoformat()
     done = await jobs.create(shell(name="over", schedule="0 * * * *", end_at=ended))
     assert done.next_run_at is None
+
+
+async def _refused(call: Awaitable[object]) -> InvalidJob:
+    with pytest.raises(InvalidJob) as exc:
+        await call
+    return exc.value
+
+
+async def test_a_number_is_not_a_time(jobs: Jobs) -> None:
+    """pydantic alone reads a number where a datetime is expected as Unix seconds; the library refuses
+    it as the API does: InvalidJob at the field (create, update, patch and apply all validate so)."""
+    later = (T0 + timedelta(days=3)).isoformat()
+    kept = await jobs.create(shell(name="kept"))
+    for value in (0, 1_700_000_000, 1.5, True, Decimal("1700000000"), "1700000000", "0.0", "-1",
+                  b"1700000000"):
+        for pointer, fields in (("/start_at", {"start_at": value}), ("/end_at", {"end_at": value}),
+                                ("/exclude/0/from", {"exclude": [{"from": value, "to": later}]}),
+                                ("/exclude/0/to", {"exclude": [{"from": later, "to": value}]})):
+            for err in [await _refused(jobs.create(shell(name="new", **fields))),
+                        await _refused(jobs.update(kept.id, shell(**fields))),
+                        await _refused(jobs.patch(kept.id, fields))]:
+                assert [e.pointer for e in err.errors] == [pointer], err
+                assert "date-time" in err.errors[0].reason
+            err = await _refused(jobs.apply([shell(name="new", **fields)]))
+            assert [e.pointer for e in err.errors] == [f"/0{pointer}"], err
+    assert await jobs.get(kept.id) == kept
+    start = T0 + timedelta(days=1)
+    job = await jobs.create(shell(start_at=start, end_at=(start + timedelta(days=1)).isoformat(),
+                                  exclude=[{"from": datetime(2031, 1, 1), "to": "2031-01-02T00:00:00"}]))
+    assert (job.start_at, job.end_at) == (start, start + timedelta(days=1))  # datetimes and text, as before
+    assert (job.exclude[0].from_, job.exclude[0].to) == (datetime(2031, 1, 1), datetime(2031, 1, 2))
 
 
 async def test_history_status_filter_is_validated(jobs: Jobs) -> None:

@@ -34,7 +34,7 @@ else:
     if conn is not None:
         _run(conn)
     else:
-        engine = create_engine(_url() or "sqlite:///chronos.db")
+        engine = create_engine(_url() or "sqlite:///chronos.db", hide_parameters=True)
         try:
             with engine.connect() as conn:
                 _run(conn)
