@@ -332,7 +332,8 @@ class Database:
         SQLite's busy handler polls with sleeps of up to 100 ms, while one waiting on the lock is woken
         as soon as the writer before it commits."""
         writer = self.sqlite and not read
-        if not read and getattr(self._inline, "depth", 0):
+        inline: int = getattr(self._inline, "depth", 0)
+        if inline and not read:
             raise RuntimeError("a writing transaction inside an inline read (Database.read): it would "
                                "wait for the writer lock on the caller's event loop")
         # as long as SQLite itself would wait (busy_timeout) before giving up
