@@ -46,6 +46,7 @@ from chronos_core.ports import Claim, Dispatch, JobChange, Planner, Store, Store
 from . import claim, job_ops, notice_ops, run_ops
 from .claim import JobCache, OnDispatch
 from .create_batch import CreateBatcher, answer_batch, fail_batch, run_batch
+from .decoded import DecodedRows
 from .dialects import Dialect, dialect_for
 from .dialects.base import Cancel, Finish, Start
 from .engine import Database, is_sqlite, open_engine
@@ -53,6 +54,7 @@ from .group_commit import Op, apply_writes
 from .migrate import upgrade_connection
 from .retention import Pruner, stats
 from .rows import RunRows, json_text
+from .tables import jobs
 
 __all__ = ["SqlStore"]
 
@@ -139,6 +141,10 @@ class SqlStore(Store):
         engine, threads = open_engine(self.url, pool_size=self.pool_size, options=self.engine_options)
         self._db = Database(engine, threads, self._writer_lock, inline_reads=self.inline_reads)
         self._dialect = dialect_for(engine, RunRows(self.output_limit), self._writer_id)
+        # the listings' decoded jobs and summaries, kept with the driver values they came from (decoded.py)
+        self._listed_jobs = DecodedRows(self._dialect.read_job, 0, len(jobs.c))
+        self._listed_summaries = DecodedRows(self._dialect.read_joined_summary, job_ops.JOINED_SUMMARY.start,
+                                             job_ops.JOINED_SUMMARY.stop)
         try:
             if self.create_schema:
                 await self._call(_upgrade, engine)
@@ -218,8 +224,8 @@ class SqlStore(Store):
     async def list_jobs(self, *, status: JobStatus | None = None, type: str | None = None,
                         name: str | None = None, after: str | None = None, limit: int = 100,
                         last_status: Collection[RunStatus] | None = None) -> list[Job]:
-        return await self._read(job_ops.list_jobs, self._db, self._dialect, status, type, name, after, limit,
-                                last_status)
+        return await self._read(job_ops.list_jobs, self._db, self._dialect, self._listed_jobs, status, type,
+                                name, after, limit, last_status)
 
     async def list_jobs_with_summaries(self, *, status: JobStatus | None = None, type: str | None = None,
                                        name: str | None = None, after: str | None = None, limit: int = 100,
@@ -227,8 +233,8 @@ class SqlStore(Store):
                                        ) -> list[tuple[Job, JobSummary]]:
         if limit <= 0:
             return []
-        return await self._read(job_ops.list_jobs_with_summaries, self._db, self._dialect, status, type, name,
-                                after, limit, last_status)
+        return await self._read(job_ops.list_jobs_with_summaries, self._db, self._dialect, self._listed_jobs,
+                                self._listed_summaries, status, type, name, after, limit, last_status)
 
     async def job_summaries(self, job_ids: Collection[str]) -> dict[str, JobSummary]:
         ids = sorted(set(job_ids))
@@ -245,7 +251,10 @@ class SqlStore(Store):
                                 list(records))
 
     async def delete_job(self, job_id: str) -> list[Run]:
-        return await self._call(job_ops.delete_job, self._db, self._dialect, job_id)
+        removed = await self._call(job_ops.delete_job, self._db, self._dialect, job_id)
+        self._listed_jobs.forget(job_id)
+        self._listed_summaries.forget(job_id)
+        return removed
 
     # scheduling -------------------------------------------------------------------------------
     async def claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
