@@ -1,11 +1,13 @@
-"""What the listings decoded, kept by job id with the driver values it was decoded from.
+"""What the listings decoded, kept by id (a job's, a run's) with the driver values it was decoded from.
 
-A page of ``GET /jobs`` reads the same rows again and again (polled dashboards, ``limit=100`` pages);
-decoding them was a third of a page's CPU (each job's payload ``json.loads``, a dozen timestamps parsed,
-the summary's too: py-spy, BENCHMARKS.md). A row is decoded again only if any of its values differs from
-those its kept object was decoded from (a tuple compare: no version column is trusted), so what is handed
-out is exactly what decoding the row would give. The objects are shared between callers, as the memory
-store shares its own: nothing changes a stored job or summary in place (``Jobs`` builds new ones).
+A page of ``GET /jobs`` or of a job's history reads the same rows again and again (polled dashboards,
+``limit=100`` pages); decoding them was a third of a page's CPU (each job's payload ``json.loads``, a
+dozen timestamps parsed per job, the summary's and each run's too: py-spy, BENCHMARKS.md). A row is
+decoded again only if any of its values differs from those its kept object was decoded from (a tuple
+compare: no version column is trusted), so what is handed out is exactly what decoding the row would
+give (a column's driver type is fixed by its declared type, so equal values decode alike). The objects
+are shared between callers, as the memory store shares its own: nothing changes a stored job, summary
+or run in place (``Jobs`` builds new ones).
 
 Bounded by what it holds, as the API's ``ShownJobs`` (a read token paging through a store of large jobs
 must not make the server keep all of them): at most ``max_entries`` rows and about ``max_bytes`` (twice

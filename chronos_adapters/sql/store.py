@@ -54,7 +54,7 @@ from .group_commit import Op, apply_writes
 from .migrate import upgrade_connection
 from .retention import Pruner, stats
 from .rows import RunRows, json_text
-from .tables import jobs
+from .tables import jobs, runs
 
 __all__ = ["SqlStore"]
 
@@ -145,6 +145,7 @@ class SqlStore(Store):
         self._listed_jobs = DecodedRows(self._dialect.read_job, 0, len(jobs.c))
         self._listed_summaries = DecodedRows(self._dialect.read_joined_summary, job_ops.JOINED_SUMMARY.start,
                                              job_ops.JOINED_SUMMARY.stop)
+        self._listed_runs = DecodedRows(self._dialect.read_run, 0, len(runs.c))
         try:
             if self.create_schema:
                 await self._call(_upgrade, engine)
@@ -299,8 +300,8 @@ class SqlStore(Store):
                         until: datetime | None = None) -> list[Run]:
         if limit <= 0:
             return []
-        return await self._read(run_ops.list_runs, self._db, self._dialect, job_id, status, before, limit,
-                                trigger, since, until)
+        return await self._read(run_ops.list_runs, self._db, self._dialect, self._listed_runs, job_id, status,
+                                before, limit, trigger, since, until)
 
     async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
         items = sorted(outputs.items())

@@ -80,3 +80,24 @@ async def test_a_listing_shows_a_change_that_kept_the_version(tmp_path: Path) ->
         assert summary.last_run_id == run.id and summary.last_run_status is RunStatus.SUCCEEDED
         await store.delete_job(job.id)
         assert len(store._listed_jobs) == 0 and len(store._listed_summaries) == 0
+
+
+async def test_a_runs_page_shows_each_runs_progress(tmp_path: Path) -> None:
+    """Runs listed again are decoded once while their row stays the same, and again as soon as it moves
+    (queued, running, succeeded with its output)."""
+    async with SqlStore(f"sqlite:///{tmp_path / 'd.db'}") as store:
+        job = make_job("runs")
+        await store.add_jobs([job])
+        run = make_run(job, T0)
+        await store.add_run(run, dispatched=True)
+        (queued,) = await store.list_runs(job.id)
+        assert queued.status is RunStatus.QUEUED
+        assert (await store.list_runs(job.id))[0] is queued
+        assert await store.start_run(run.id, "w", T0, T0 + 30 * S)
+        (running,) = await store.list_runs(job.id)
+        assert running.status is RunStatus.RUNNING and running.owner == "w"
+        assert await store.finish_run(run.id, "w", status=RunStatus.SUCCEEDED, finished_at=T0 + S,
+                                      output="done\n")
+        (ended,) = await store.list_runs(job.id)
+        assert (ended.status, ended.output) == (RunStatus.SUCCEEDED, "done\n")
+        assert (await store.list_runs(job.id, status=[RunStatus.SUCCEEDED]))[0] is ended
