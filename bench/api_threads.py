@@ -66,7 +66,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=6)
     p.add_argument("--path", default="/jobs?limit=100", help="{id}: the first listed job's id")
     p.add_argument("--db", type=Path, default=Path(tempfile.gettempdir()) / "chronos-api-threads.db")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for every server")
+    p.add_argument("--tree-env", action="append", default=[], metavar="LABEL:NAME=VALUE",
+                   help="for one tree's server (the same path twice under two labels: an A/B of a setting)")
     p.add_argument("--spy", help="py-spy record the last round into PREFIX-<label>.txt")
     p.add_argument("--spy-args", default="--gil")
     p.add_argument("--out", type=Path, default=HERE / "results" / "api-threads.jsonl")
@@ -82,7 +84,8 @@ def main() -> None:
         tmp = Path(t)
         for i, tree in enumerate(a.trees):
             label, _, path = tree.rpartition("=") if "=" in tree else (tree, "", tree)
-            env = B.chronos_env(a.db, **dict(kv.split("=", 1) for kv in a.env))
+            own = [kv.split(":", 1)[1] for kv in a.tree_env if kv.split(":", 1)[0] == label]
+            env = B.chronos_env(a.db, **dict(kv.split("=", 1) for kv in [*a.env, *own]))
             env["PYTHONPATH"] = f"{HERE / 'api_threads_site'}{os.pathsep}{Path(path).resolve()}"
             port = B.free_port()
             B.ROOT = Path(path).resolve()  # the server's working directory
