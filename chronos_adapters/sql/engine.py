@@ -226,11 +226,20 @@ class Database:
     ``pool_size`` connections). :meth:`call` runs a function (one transaction) through :meth:`guarded`;
     :meth:`transaction` opens one; :meth:`run` and :func:`run_blocking` run other code of the engine."""
 
-    def __init__(self, engine: Engine, threads: int, writer: threading.Lock | None = None) -> None:
+    def __init__(self, engine: Engine, threads: int, writer: threading.Lock | None = None, *,
+                 inline_reads: bool = False) -> None:
         self.engine = engine
         self.sqlite = is_sqlite(engine.url)
         self.asyncio = bool(engine.dialect.is_async)
         check_driver(engine.dialect)
+        # reads (:meth:`read`) run on the caller's own thread, not in the pool: a SQLite file only (its
+        # reads are CPU work in this process and never wait for a writer under WAL; a server's reads
+        # wait on the network, and would hold the caller's loop up meanwhile)
+        if inline_reads and (not self.sqlite or self.asyncio or isinstance(engine.pool, StaticPool)):
+            # (an in-memory database is one connection, shared by the pool's one thread)
+            raise ValueError("inline reads are for a SQLite file's synchronous driver only")
+        self.inline_reads = inline_reads
+        self._inline = threading.local()  # .depth: inside an inline read on this thread
         # SQLite: this process's writing transactions, one at a time (``writer``: shared with the other
         # Databases of this process over the same file, see SqlStore.sibling)
         self._writer = writer or threading.Lock()
@@ -254,6 +263,23 @@ class Database:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.run(self.guarded, fn, *args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`call` for ``fn`` that only reads (its transactions ``read=True``). With
+        ``inline_reads`` it runs right here, on the caller's thread and loop, holding that loop up for
+        as long as it takes (a page of a SQLite file: 1-3 ms): the API's loop in ``chronos serve`` has a
+        thread of its own, and a read handed to a pool thread cost more in handing over the GIL than in
+        reading (sqlite3 lets the GIL go at every step of a statement and each row waited to get it back
+        from the busy loop thread: ARCHITECTURE.md, "Threads in chronos serve"). A write attempted
+        inside it raises RuntimeError: it could wait up to 60 s for the writer lock, on the loop."""
+        if not self.inline_reads:
+            return await self.call(fn, *args)
+        local = self._inline
+        local.depth = getattr(local, "depth", 0) + 1
+        try:
+            return self.guarded(fn, *args)
+        finally:
+            local.depth -= 1
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` where this engine may be used (no error translation)."""
@@ -334,6 +360,10 @@ class Database:
         SQLite's busy handler polls with sleeps of up to 100 ms, while one waiting on the lock is woken
         as soon as the writer before it commits."""
         writer = self.sqlite and not read
+        inline: int = getattr(self._inline, "depth", 0)
+        if inline and not read:
+            raise RuntimeError("a writing transaction inside an inline read (Database.read): it would "
+                               "wait for the writer lock on the caller's event loop")
         # as long as SQLite itself would wait (busy_timeout) before giving up
         if writer and not self._writer.acquire(timeout=60):
             raise StoreUnavailable("another transaction of this store kept the database locked")
