@@ -145,9 +145,10 @@ def _private_sqlite_file(url: URL) -> None:
         pass
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, *, query_only: bool = False) -> None:
     """pysqlite's own transaction handling is off; we emit BEGIN ourselves (IMMEDIATE for writes, so a
-    claim holds the write lock from its first read), with WAL so readers do not block the writer."""
+    claim holds the write lock from its first read), with WAL so readers do not block the writer.
+    ``query_only``: the connection refuses to write (the inline reader's, :class:`Database`)."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -158,6 +159,8 @@ def _sqlite_setup(engine: Engine) -> None:
         with contextlib.suppress(Exception):  # not for in-memory databases
             cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
+        if query_only:
+            cur.execute("PRAGMA query_only=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -240,6 +243,16 @@ class Database:
             raise ValueError("inline reads are for a SQLite file's synchronous driver only")
         self.inline_reads = inline_reads
         self._inline = threading.local()  # .depth: inside an inline read on this thread
+        # the inline reads' own connection, outside the pool (review-apigil F2): with every pool
+        # connection held by a call (a write in SQLite's busy handler), an inline read taking one from the
+        # pool would wait for it on the caller's loop, up to pool_timeout. One connection, opened on the
+        # first inline read, used only by the thread that reads inline (the API's); it cannot write
+        # (query_only). It gets the store's SQLite set-up, not the engine's other options.
+        self._reader: Engine | None = None
+        if inline_reads:
+            self._reader = create_engine(engine.url, poolclass=StaticPool,
+                                         connect_args={"check_same_thread": False, "timeout": 60})
+            _sqlite_setup(self._reader, query_only=True)
         # SQLite: this process's writing transactions, one at a time (``writer``: shared with the other
         # Databases of this process over the same file, see SqlStore.sibling)
         self._writer = writer or threading.Lock()
@@ -367,8 +380,9 @@ class Database:
         # as long as SQLite itself would wait (busy_timeout) before giving up
         if writer and not self._writer.acquire(timeout=60):
             raise StoreUnavailable("another transaction of this store kept the database locked")
+        engine = self._reader if inline and self._reader is not None else self.engine
         try:
-            with self.engine.connect() as conn:
+            with engine.connect() as conn:
                 if read and self.sqlite:
                     conn.execution_options(chronos_read=True)
                 with conn.begin():
@@ -387,6 +401,8 @@ class Database:
         (review-asyncmy F2). Not cancelled, close() returns when that thread has ended."""
         if self._executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+            if self._reader is not None:
+                self._reader.dispose()
             if dispose:
                 self.engine.dispose()
             return

@@ -193,10 +193,19 @@ class SqlStore(Store):
         except sa_exc.DataError as exc:
             raise too_large(exc) from None
 
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn`` (one reading transaction): as :meth:`_call`, or on this thread with ``inline_reads``."""
+    async def _read(self, fn: Callable[..., T], *args: Any, filters: Sequence[Any] = ()) -> T:
+        """``fn`` (one reading transaction): as :meth:`_call`, or on this thread with ``inline_reads``.
+
+        The one rule of which reads may run inline (review-apigil F1): a key lookup, or a page read in
+        its index's own order with no ``filters`` beyond the page's key range (``after``/``before``) and
+        a job's id. A read given any of its other ``filters`` (a run's status, trigger, since/until, a
+        job's last run status) is not indexed as the page is: it may walk the whole run history to find
+        ``limit`` rows, and inline that would stand the caller's loop still for the whole scan, so it
+        goes to the pool, where sqlite3 lets the GIL go while it steps."""
         if self._db is None:
             raise StoreUnavailable("the store is not started")
+        if any(f is not None for f in filters):
+            return await self._db.call(fn, *args)
         return await self._db.read(fn, *args)
 
     def _tx(self, read: bool = False) -> contextlib.AbstractContextManager[Connection]:
@@ -234,7 +243,7 @@ class SqlStore(Store):
                         name: str | None = None, after: str | None = None, limit: int = 100,
                         last_status: Collection[RunStatus] | None = None) -> list[Job]:
         return await self._read(job_ops.list_jobs, self._db, self._dialect, self._listed_jobs, status, type,
-                                name, after, limit, last_status)
+                                name, after, limit, last_status, filters=(last_status,))
 
     async def list_jobs_with_summaries(self, *, status: JobStatus | None = None, type: str | None = None,
                                        name: str | None = None, after: str | None = None, limit: int = 100,
@@ -243,7 +252,8 @@ class SqlStore(Store):
         if limit <= 0:
             return []
         return await self._read(job_ops.list_jobs_with_summaries, self._db, self._dialect, self._listed_jobs,
-                                self._listed_summaries, status, type, name, after, limit, last_status)
+                                self._listed_summaries, status, type, name, after, limit, last_status,
+                                filters=(last_status,))
 
     async def job_summaries(self, job_ids: Collection[str]) -> dict[str, JobSummary]:
         ids = sorted(set(job_ids))
@@ -309,7 +319,7 @@ class SqlStore(Store):
         if limit <= 0:
             return []
         return await self._read(run_ops.list_runs, self._db, self._dialect, self._listed_runs, job_id, status,
-                                before, limit, trigger, since, until)
+                                before, limit, trigger, since, until, filters=(status, trigger, since, until))
 
     async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
         items = sorted(outputs.items())

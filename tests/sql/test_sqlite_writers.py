@@ -127,10 +127,14 @@ async def test_inline_reads_run_on_the_callers_thread_and_writes_in_the_pool(tmp
         async with store.sibling(inline_reads=True) as sibling:
             threads: dict[str, int] = {}
 
-            @event.listens_for(sibling.engine, "begin")
             def _seen(conn: Any) -> None:
                 threads["read" if conn.get_execution_options().get("chronos_read") else "write"] = \
                     threading.get_ident()
+            # the pool's engine, and the inline reads' own connection (review-apigil F2)
+            reader = sibling._database._reader
+            assert reader is not None
+            for engine in (sibling.engine, reader):
+                event.listen(engine, "begin", _seen)
 
             assert [j.id for j, _ in await sibling.list_jobs_with_summaries()] == [job.id]
             assert (await sibling.get_job(job.id)).name == "w"
