@@ -5,8 +5,9 @@ Every collaborator the API reaches is one of these (ARCHITECTURE.md, "Threads in
 them with the reason each is safe):
 
 * **its own** on the API's loop: a SQL store is a :meth:`SqlStore.sibling` (own engine, connections and
-  thread pool; the same SQLite writer lock), opened and closed by :meth:`start` / :meth:`stop`; the
-  ``Jobs``/``Runs``/``Events`` operations over it (they keep no state of their own);
+  thread pool; the same SQLite writer lock; a SQLite file's hot reads run inline, on the API's thread),
+  opened and closed by :meth:`start` / :meth:`stop`; the ``Jobs``/``Runs``/``Events`` operations over it
+  (they keep no state of their own);
 * **marshalled** to the engines' loop (:func:`~chronos_app.loops.on_loop`): the dispatch queue (an
   ``asyncio.Queue`` for the in-process one), a store that cannot have a sibling (the memory store, an
   in-memory SQLite database), and the engines' figures for ``/metrics`` (:meth:`gauges`);
@@ -45,7 +46,9 @@ def _api_store(store: Store, loop: asyncio.AbstractEventLoop) -> tuple[Store, bo
     from chronos_adapters.sql.engine import is_sqlite
 
     if isinstance(store, SqlStore) and not (is_sqlite(store.url) and _in_memory(store.url)):
-        return store.sibling(), True
+        # a SQLite file's hot reads on the API's own thread (SqlStore.sibling, Database.read): no pool
+        # threads fighting the API's loop thread and the engines for the GIL
+        return store.sibling(inline_reads=is_sqlite(store.url)), True
     return on_loop(store, loop), False
 
 

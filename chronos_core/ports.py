@@ -135,6 +135,13 @@ class Store(abc.ABC):
     * ``claim_due`` is atomic: the due jobs it returns, the runs it inserts and the advance of their
       ``next_run_at`` all happen, or none do; two concurrent claims never return the same job for the
       same slot.
+
+    What a store returns (a :class:`Job`, :class:`Run`, :class:`JobSummary`, their payload, result,
+    lists) may be shared with every other caller and with the store itself: the memory store hands out
+    its own jobs, the SQL store's listings hand out the objects they decoded before from the same row.
+    Treat them as read-only: to change one, build a new one (``dataclasses.replace``, a new dict) and
+    write that; changed in place, it would change what later reads of that store show, while the stored
+    row stays as it was (review-apigil F3).
     """
 
     # lifecycle ---------------------------------------------------------------------------------

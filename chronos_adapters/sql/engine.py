@@ -145,9 +145,10 @@ def _private_sqlite_file(url: URL) -> None:
         pass
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, *, query_only: bool = False) -> None:
     """pysqlite's own transaction handling is off; we emit BEGIN ourselves (IMMEDIATE for writes, so a
-    claim holds the write lock from its first read), with WAL so readers do not block the writer."""
+    claim holds the write lock from its first read), with WAL so readers do not block the writer.
+    ``query_only``: the connection refuses to write (the inline reader's, :class:`Database`)."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -158,6 +159,8 @@ def _sqlite_setup(engine: Engine) -> None:
         with contextlib.suppress(Exception):  # not for in-memory databases
             cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
+        if query_only:
+            cur.execute("PRAGMA query_only=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -226,11 +229,30 @@ class Database:
     ``pool_size`` connections). :meth:`call` runs a function (one transaction) through :meth:`guarded`;
     :meth:`transaction` opens one; :meth:`run` and :func:`run_blocking` run other code of the engine."""
 
-    def __init__(self, engine: Engine, threads: int, writer: threading.Lock | None = None) -> None:
+    def __init__(self, engine: Engine, threads: int, writer: threading.Lock | None = None, *,
+                 inline_reads: bool = False) -> None:
         self.engine = engine
         self.sqlite = is_sqlite(engine.url)
         self.asyncio = bool(engine.dialect.is_async)
         check_driver(engine.dialect)
+        # reads (:meth:`read`) run on the caller's own thread, not in the pool: a SQLite file only (its
+        # reads are CPU work in this process and never wait for a writer under WAL; a server's reads
+        # wait on the network, and would hold the caller's loop up meanwhile)
+        if inline_reads and (not self.sqlite or self.asyncio or isinstance(engine.pool, StaticPool)):
+            # (an in-memory database is one connection, shared by the pool's one thread)
+            raise ValueError("inline reads are for a SQLite file's synchronous driver only")
+        self.inline_reads = inline_reads
+        self._inline = threading.local()  # .depth: inside an inline read on this thread
+        # the inline reads' own connection, outside the pool (review-apigil F2): with every pool
+        # connection held by a call (a write in SQLite's busy handler), an inline read taking one from the
+        # pool would wait for it on the caller's loop, up to pool_timeout. One connection, opened on the
+        # first inline read, used only by the thread that reads inline (the API's); it cannot write
+        # (query_only). It gets the store's SQLite set-up, not the engine's other options.
+        self._reader: Engine | None = None
+        if inline_reads:
+            self._reader = create_engine(engine.url, poolclass=StaticPool,
+                                         connect_args={"check_same_thread": False, "timeout": 60})
+            _sqlite_setup(self._reader, query_only=True)
         # SQLite: this process's writing transactions, one at a time (``writer``: shared with the other
         # Databases of this process over the same file, see SqlStore.sibling)
         self._writer = writer or threading.Lock()
@@ -254,6 +276,23 @@ class Database:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.run(self.guarded, fn, *args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`call` for ``fn`` that only reads (its transactions ``read=True``). With
+        ``inline_reads`` it runs right here, on the caller's thread and loop, holding that loop up for
+        as long as it takes (a page of a SQLite file: 1-3 ms): the API's loop in ``chronos serve`` has a
+        thread of its own, and a read handed to a pool thread cost more in handing over the GIL than in
+        reading (sqlite3 lets the GIL go at every step of a statement and each row waited to get it back
+        from the busy loop thread: ARCHITECTURE.md, "Threads in chronos serve"). A write attempted
+        inside it raises RuntimeError: it could wait up to 60 s for the writer lock, on the loop."""
+        if not self.inline_reads:
+            return await self.call(fn, *args)
+        local = self._inline
+        local.depth = getattr(local, "depth", 0) + 1
+        try:
+            return self.guarded(fn, *args)
+        finally:
+            local.depth -= 1
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` where this engine may be used (no error translation)."""
@@ -334,11 +373,16 @@ class Database:
         SQLite's busy handler polls with sleeps of up to 100 ms, while one waiting on the lock is woken
         as soon as the writer before it commits."""
         writer = self.sqlite and not read
+        inline: int = getattr(self._inline, "depth", 0)
+        if inline and not read:
+            raise RuntimeError("a writing transaction inside an inline read (Database.read): it would "
+                               "wait for the writer lock on the caller's event loop")
         # as long as SQLite itself would wait (busy_timeout) before giving up
         if writer and not self._writer.acquire(timeout=60):
             raise StoreUnavailable("another transaction of this store kept the database locked")
+        engine = self._reader if inline and self._reader is not None else self.engine
         try:
-            with self.engine.connect() as conn:
+            with engine.connect() as conn:
                 if read and self.sqlite:
                     conn.execution_options(chronos_read=True)
                 with conn.begin():
@@ -357,6 +401,8 @@ class Database:
         (review-asyncmy F2). Not cancelled, close() returns when that thread has ended."""
         if self._executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+            if self._reader is not None:
+                self._reader.dispose()
             if dispose:
                 self.engine.dispose()
             return

@@ -5,7 +5,7 @@ function is one call of the store's thread pool, on SQLAlchemy Core, taking the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Select, delete, insert, select, update
@@ -96,10 +96,11 @@ def _listing(q: Select[Any], d: Dialect, status: JobStatus | None, type: str | N
     return q
 
 
-def list_jobs(db: Database, d: Dialect, status: JobStatus | None, type: str | None, name: str | None,
-              after: str | None, limit: int, last_status: Collection[RunStatus] | None) -> list[Job]:
+def list_jobs(db: Database, d: Dialect, read: Callable[[Sequence[Any]], Job], status: JobStatus | None,
+              type: str | None, name: str | None, after: str | None, limit: int,
+              last_status: Collection[RunStatus] | None) -> list[Job]:
+    """A page of jobs; ``read`` decodes a driver row of ``jobs`` (the store's ``DecodedRows``)."""
     q = _listing(select(jobs), d, status, type, name, after, limit, last_status)
-    read = d.read_job
     with db.transaction(read=True) as conn:
         return [read(r) for r in driver_rows(conn, q)]
 
@@ -107,14 +108,18 @@ def list_jobs(db: Database, d: Dialect, status: JobStatus | None, type: str | No
 _WITH_SUMMARIES = select(jobs, job_summaries).select_from(
     jobs.outerjoin(job_summaries, job_summaries.c.job_id == jobs.c.id))
 _NO_SUMMARY_ROW = len(jobs.c) + [c.name for c in job_summaries.c].index("consecutive_failures")  # NULL: none
+JOINED_SUMMARY = slice(len(jobs.c), len(jobs.c) + len(job_summaries.c))  # a listing row's summary columns
 
 
-def list_jobs_with_summaries(db: Database, d: Dialect, status: JobStatus | None, type: str | None,
-                             name: str | None, after: str | None, limit: int,
+def list_jobs_with_summaries(db: Database, d: Dialect, read: Callable[[Sequence[Any]], Job],
+                             summary: Callable[[Sequence[Any]], JobSummary], status: JobStatus | None,
+                             type: str | None, name: str | None, after: str | None, limit: int,
                              last_status: Collection[RunStatus] | None) -> list[tuple[Job, JobSummary]]:
-    """The page of ``list_jobs`` and each job's summary, in one query (the summaries' row joined)."""
+    """The page of ``list_jobs`` and each job's summary, in one query (the summaries' row joined);
+    ``summary`` decodes the joined summary's columns (``d.read_joined_summary``, or the store's
+    ``DecodedRows`` of it)."""
     q = _listing(_WITH_SUMMARIES, d, status, type, name, after, limit, last_status)
-    read, summary, none = d.read_job, d.read_joined_summary, _NO_SUMMARY_ROW
+    none = _NO_SUMMARY_ROW
     with db.transaction(read=True) as conn:
         return [(read(r), JobSummary() if r[none] is None else summary(r)) for r in driver_rows(conn, q)]
 

@@ -6,7 +6,7 @@ Core, taking the :class:`~.engine.Database` and, where a statement differs, the 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -55,10 +55,12 @@ def get_run(db: Database, run_id: str) -> Run:
     return RUNS.load_row(row)
 
 
-def list_runs(db: Database, d: Dialect, job_id: str | None, status: Collection[RunStatus] | None,
-              before: str | None,
+def list_runs(db: Database, d: Dialect, read: Callable[[Sequence[Any]], Run], job_id: str | None,
+              status: Collection[RunStatus] | None, before: str | None,
               limit: int, trigger: Collection[Trigger] | None, since: datetime | None,
               until: datetime | None) -> list[Run]:
+    """A page of runs, newest first; ``read`` decodes a driver row of ``runs`` (the store's
+    ``DecodedRows``)."""
     def query(statuses: Collection[RunStatus] | None) -> Select[Any]:
         q = select(runs).order_by(runs.c.id.desc()).limit(limit)
         if job_id is not None:
@@ -82,7 +84,6 @@ def list_runs(db: Database, d: Dialect, job_id: str | None, status: Collection[R
         queries = [query([s]) for s in sorted(status)]
     else:
         queries = [query(status)]
-    read = d.read_run
     with db.transaction(read=True) as conn:
         found = [read(r) for q in queries for r in driver_rows(conn, q)]
     if len(queries) > 1:

@@ -46,6 +46,7 @@ from chronos_core.ports import Claim, Dispatch, JobChange, Planner, Store, Store
 from . import claim, job_ops, notice_ops, run_ops
 from .claim import JobCache, OnDispatch
 from .create_batch import CreateBatcher, answer_batch, fail_batch, run_batch
+from .decoded import DecodedRows
 from .dialects import Dialect, dialect_for
 from .dialects.base import Cancel, Finish, Start
 from .engine import Database, is_sqlite, open_engine, too_large
@@ -53,6 +54,7 @@ from .group_commit import Op, apply_writes
 from .migrate import upgrade_connection
 from .retention import Pruner, stats
 from .rows import RunRows, json_text
+from .tables import jobs, runs
 
 __all__ = ["SqlStore"]
 
@@ -70,8 +72,11 @@ class SqlStore(Store):
 
     def __init__(self, url: str, *, pool_size: int = 10, output_limit: int = 64 * 1024,
                  create_schema: bool = True, on_dispatch: OnDispatch | None = None,
-                 **engine_options: Any) -> None:
+                 inline_reads: bool = False, **engine_options: Any) -> None:
         self.url = url
+        # the hot reads (a job, a page of jobs or runs, summaries) on the caller's thread, not in the pool
+        # (a SQLite file only; see Database.read): the API's own store in ``chronos serve`` (sibling)
+        self.inline_reads = inline_reads
         # called with the transaction's connection whenever runs are handed out for dispatch (claims,
         # retries, manual triggers): the Kafka outbox writes its messages in the same transaction
         self.on_dispatch = on_dispatch
@@ -99,14 +104,17 @@ class SqlStore(Store):
         # SQLite's one writer at a time, for this instance and its siblings (see Database.transaction)
         self._writer_lock = threading.Lock()
 
-    def sibling(self) -> SqlStore:
+    def sibling(self, *, inline_reads: bool = False) -> SqlStore:
         """Another store over the same database, for another event loop or thread of this process (the
         API on its own loop in ``chronos serve``): its own engine, connections and thread pool (its calls
         do not queue behind this one's), the same settings, no schema upgrade at start (this one does
         it), and the same SQLite writer lock, so that the two never wait on each other in SQLite's busy
-        handler. Its group commit (``start_run``/``finish_run``) runs on the loop that calls it."""
+        handler. Its group commit (``start_run``/``finish_run``) runs on the loop that calls it. With
+        ``inline_reads`` (a SQLite file) its hot reads run on the calling thread (:meth:`Database.read`);
+        its writes still go through its pool and the shared writer lock."""
         other = SqlStore(self.url, pool_size=self.pool_size, output_limit=self.output_limit,
-                         create_schema=False, on_dispatch=self.on_dispatch, **self.engine_options)
+                         create_schema=False, on_dispatch=self.on_dispatch, inline_reads=inline_reads,
+                         **self.engine_options)
         other._writer_lock = self._writer_lock
         other.max_write_batch = self.max_write_batch
         other.job_cache_size = self.job_cache_size
@@ -131,8 +139,13 @@ class SqlStore(Store):
         if self._db is not None:
             return
         engine, threads = open_engine(self.url, pool_size=self.pool_size, options=self.engine_options)
-        self._db = Database(engine, threads, self._writer_lock)
+        self._db = Database(engine, threads, self._writer_lock, inline_reads=self.inline_reads)
         self._dialect = dialect_for(engine, RunRows(self.output_limit), self._writer_id)
+        # the listings' decoded jobs and summaries, kept with the driver values they came from (decoded.py)
+        self._listed_jobs = DecodedRows(self._dialect.read_job, 0, len(jobs.c))
+        self._listed_summaries = DecodedRows(self._dialect.read_joined_summary, job_ops.JOINED_SUMMARY.start,
+                                             job_ops.JOINED_SUMMARY.stop)
+        self._listed_runs = DecodedRows(self._dialect.read_run, 0, len(runs.c))
         try:
             if self.create_schema:
                 await self._call(_upgrade, engine)
@@ -180,6 +193,21 @@ class SqlStore(Store):
         except sa_exc.DataError as exc:
             raise too_large(exc) from None
 
+    async def _read(self, fn: Callable[..., T], *args: Any, filters: Sequence[Any] = ()) -> T:
+        """``fn`` (one reading transaction): as :meth:`_call`, or on this thread with ``inline_reads``.
+
+        The one rule of which reads may run inline (review-apigil F1): a key lookup, or a page read in
+        its index's own order with no ``filters`` beyond the page's key range (``after``/``before``) and
+        a job's id. A read given any of its other ``filters`` (a run's status, trigger, since/until, a
+        job's last run status) is not indexed as the page is: it may walk the whole run history to find
+        ``limit`` rows, and inline that would stand the caller's loop still for the whole scan, so it
+        goes to the pool, where sqlite3 lets the GIL go while it steps."""
+        if self._db is None:
+            raise StoreUnavailable("the store is not started")
+        if any(f is not None for f in filters):
+            return await self._db.call(fn, *args)
+        return await self._db.read(fn, *args)
+
     def _tx(self, read: bool = False) -> contextlib.AbstractContextManager[Connection]:
         """One transaction (see :meth:`Database.transaction`)."""
         return self._database.transaction(read)
@@ -206,16 +234,16 @@ class SqlStore(Store):
         await self._job_write(job_ops.add_jobs, self._db, jobs_)
 
     async def get_job(self, job_id: str) -> Job:
-        return await self._call(job_ops.get_job, self._db, job_id)
+        return await self._read(job_ops.get_job, self._db, job_id)
 
     async def get_job_by_name(self, name: str) -> Job:
-        return await self._call(job_ops.get_job_by_name, self._db, name)
+        return await self._read(job_ops.get_job_by_name, self._db, name)
 
     async def list_jobs(self, *, status: JobStatus | None = None, type: str | None = None,
                         name: str | None = None, after: str | None = None, limit: int = 100,
                         last_status: Collection[RunStatus] | None = None) -> list[Job]:
-        return await self._call(job_ops.list_jobs, self._db, self._dialect, status, type, name, after, limit,
-                                last_status)
+        return await self._read(job_ops.list_jobs, self._db, self._dialect, self._listed_jobs, status, type,
+                                name, after, limit, last_status, filters=(last_status,))
 
     async def list_jobs_with_summaries(self, *, status: JobStatus | None = None, type: str | None = None,
                                        name: str | None = None, after: str | None = None, limit: int = 100,
@@ -223,12 +251,13 @@ class SqlStore(Store):
                                        ) -> list[tuple[Job, JobSummary]]:
         if limit <= 0:
             return []
-        return await self._call(job_ops.list_jobs_with_summaries, self._db, self._dialect, status, type, name,
-                                after, limit, last_status)
+        return await self._read(job_ops.list_jobs_with_summaries, self._db, self._dialect, self._listed_jobs,
+                                self._listed_summaries, status, type, name, after, limit, last_status,
+                                filters=(last_status,))
 
     async def job_summaries(self, job_ids: Collection[str]) -> dict[str, JobSummary]:
         ids = sorted(set(job_ids))
-        return await self._call(job_ops.read_summaries, self._db, ids) if ids else {}
+        return await self._read(job_ops.read_summaries, self._db, ids) if ids else {}
 
     async def update_job(self, job: Job) -> None:
         await self._job_write(job_ops.update_job, self._db, job)
@@ -241,7 +270,10 @@ class SqlStore(Store):
                                 list(records))
 
     async def delete_job(self, job_id: str) -> list[Run]:
-        return await self._call(job_ops.delete_job, self._db, self._dialect, job_id)
+        removed = await self._call(job_ops.delete_job, self._db, self._dialect, job_id)
+        self._listed_jobs.forget(job_id)
+        self._listed_summaries.forget(job_id)
+        return removed
 
     # scheduling -------------------------------------------------------------------------------
     async def claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
@@ -278,7 +310,7 @@ class SqlStore(Store):
         await self._call(run_ops.add_run, self._db, self._dialect, self.on_dispatch, run, dispatched)
 
     async def get_run(self, run_id: str) -> Run:
-        return await self._call(run_ops.get_run, self._db, run_id)
+        return await self._read(run_ops.get_run, self._db, run_id)
 
     async def list_runs(self, job_id: str | None = None, *, status: Collection[RunStatus] | None = None,
                         before: str | None = None, limit: int = 50,
@@ -286,8 +318,8 @@ class SqlStore(Store):
                         until: datetime | None = None) -> list[Run]:
         if limit <= 0:
             return []
-        return await self._call(run_ops.list_runs, self._db, self._dialect, job_id, status, before, limit,
-                                trigger, since, until)
+        return await self._read(run_ops.list_runs, self._db, self._dialect, self._listed_runs, job_id, status,
+                                before, limit, trigger, since, until, filters=(status, trigger, since, until))
 
     async def record_output(self, outputs: Mapping[str, tuple[str, int]], owner: str) -> set[str]:
         items = sorted(outputs.items())

@@ -188,6 +188,39 @@ async def test_an_sse_stream_open_at_shutdown_is_ended_cleanly(url: str) -> None
     assert ended.is_set()
 
 
+async def test_on_a_sqlite_file_the_apis_reads_run_on_the_api_thread(tmp_path: Path) -> None:
+    """The API's own store (the sibling) reads a SQLite file on the API's thread itself, not in a pool
+    thread (no GIL handed to and fro per row: BENCHMARKS.md); its writes and the engines' calls still go
+    through pool threads."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: set[tuple[str, bool]] = set()  # (thread, a read?) of the API's own store's transactions
+    engines: list[Any] = []
+
+    def begun(conn: Any) -> None:
+        if conn.engine not in engines:
+            read = bool(conn.get_execution_options().get("chronos_read"))
+            seen.add((threading.current_thread().name, read))
+
+    async with threaded(f"sqlite:///{tmp_path}/chronos.db") as t:
+        engines.append(t.chronos.store.engine)  # type: ignore[attr-defined]
+        event.listen(Engine, "begin", begun)
+        try:
+            async with httpx.AsyncClient(base_url=t.base, timeout=30) as c:
+                job = (await c.post("/jobs", json={"name": "listed", **HTTP_JOB})).json()
+                seen.clear()
+                assert [j["id"] for j in (await c.get("/jobs")).json()["items"]] == [job["id"]]
+                assert (await c.get(f"/jobs/{job['id']}")).status_code == 200
+                assert seen == {("chronos-api", True)}
+                seen.clear()
+                paused = await c.patch(f"/jobs/{job['id']}/status", json={"status": "paused"})
+                assert paused.status_code == 200, paused.text
+                assert ("chronos-api", False) not in seen and any(not read for _, read in seen)
+        finally:
+            event.remove(Engine, "begin", begun)
+
+
 def test_a_front_needs_a_thread_safe_bus() -> None:
     chronos = _container("memory").chronos()
     chronos.bus.thread_safe = False  # type: ignore[misc]  # as the Kafka bus says

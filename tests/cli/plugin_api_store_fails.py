@@ -10,8 +10,8 @@ def register(chronos: Any) -> None:
     store = chronos.store
     make_sibling = store.sibling
 
-    def sibling() -> Any:
-        other = make_sibling()
+    def sibling(**options: Any) -> Any:
+        other = make_sibling(**options)
 
         async def start() -> None:
             raise RuntimeError("the API's store cannot open (test plugin)")

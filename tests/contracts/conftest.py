@@ -1,4 +1,5 @@
-"""Store backends for the contract suite: memory, SQLite (a new file per test) and MariaDB (one database
+"""Store backends for the contract suite: memory, SQLite (a new file per test; as ``sqlite-inline`` with
+its reads run on the caller's thread, as the API's own store in ``chronos serve``) and MariaDB (one database
 per session, emptied before each test), through PyMySQL and, as ``mysql-asyncmy``, through the asyncio
 driver asyncmy (the same database; without asyncmy skipped locally, failed under CI=true)."""
 
@@ -14,7 +15,7 @@ from chronos_adapters.memory import MemoryStore
 from chronos_core.ports import Store
 from tests.conftest import backend_missing
 
-STORE_BACKENDS = ["memory", "sqlite", pytest.param("mysql", marks=pytest.mark.mysql),
+STORE_BACKENDS = ["memory", "sqlite", "sqlite-inline", pytest.param("mysql", marks=pytest.mark.mysql),
                   pytest.param("mysql-asyncmy", marks=pytest.mark.mysql)]
 
 
@@ -34,6 +35,8 @@ async def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Pat
 
         if backend == "sqlite":
             store = SqlStore(f"sqlite:///{tmp_path / 'chronos.db'}")
+        elif backend == "sqlite-inline":
+            store = SqlStore(f"sqlite:///{tmp_path / 'chronos.db'}", inline_reads=True)
         elif backend == "mysql-asyncmy":
             from tests.fixtures.mysql import asyncmy_missing, with_driver
 

@@ -115,3 +115,67 @@ async def test_a_sibling_store_waits_on_the_same_writer_lock(tmp_path: Path) -> 
                 await asyncio.to_thread(holder.join, 30)
             assert asked.is_set()
             assert (await sibling.get_run(run.id)).status.value == "cancelled"
+
+
+async def test_inline_reads_run_on_the_callers_thread_and_writes_in_the_pool(tmp_path: Path) -> None:
+    """The API's own store in ``chronos serve`` on a SQLite file (``sibling(inline_reads=True)``): its hot
+    reads run on the calling thread (no pool thread to hand the GIL to and back, row by row), its writes
+    still in the pool, behind the shared writer lock."""
+    async with SqlStore(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        job = make_job("w")
+        await store.add_jobs([job])
+        async with store.sibling(inline_reads=True) as sibling:
+            threads: dict[str, int] = {}
+
+            def _seen(conn: Any) -> None:
+                threads["read" if conn.get_execution_options().get("chronos_read") else "write"] = \
+                    threading.get_ident()
+            # the pool's engine, and the inline reads' own connection (review-apigil F2)
+            reader = sibling._database._reader
+            assert reader is not None
+            for engine in (sibling.engine, reader):
+                event.listen(engine, "begin", _seen)
+
+            assert [j.id for j, _ in await sibling.list_jobs_with_summaries()] == [job.id]
+            assert (await sibling.get_job(job.id)).name == "w"
+            assert threads == {"read": threading.get_ident()}
+            run = make_run(job, T0)
+            await sibling.add_run(run, dispatched=True)
+            assert threads["write"] != threading.get_ident()
+            assert (await sibling.get_run(run.id)).id == run.id
+        # the engines' store itself keeps every call in its pool
+        assert store._database.inline_reads is False
+
+
+async def test_a_write_inside_an_inline_read_is_refused(tmp_path: Path) -> None:
+    """An inline read runs on the caller's event loop: a writing transaction there could wait up to 60 s
+    for the writer lock while holding the loop, so it raises instead (a read function that writes is a
+    bug in the store)."""
+    import pytest
+
+    async with SqlStore(f"sqlite:///{tmp_path / 'w.db'}", inline_reads=True) as store:
+        db = store._database
+
+        def writes() -> None:
+            with db.transaction():
+                pass
+
+        with pytest.raises(RuntimeError, match="inside an inline read"):
+            await db.read(writes)
+        await db.call(writes)  # through the pool, as before
+        assert not db._writer.locked()
+
+
+def test_inline_reads_only_for_a_sqlite_file() -> None:
+    """A server's reads wait on the network (inline they would hold the loop meanwhile); an in-memory
+    SQLite database is one connection, shared with the pool's thread."""
+    import pytest
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    from chronos_adapters.sql.engine import Database
+
+    with pytest.raises(ValueError, match="SQLite file"):
+        Database(create_engine("sqlite://", poolclass=StaticPool), 1, inline_reads=True)
+    with pytest.raises(ValueError, match="SQLite file"):
+        Database(create_engine("mysql+pymysql://u@127.0.0.1/x"), 1, inline_reads=True)
