@@ -15,7 +15,7 @@ from urllib.parse import quote
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from chronos_core.hookspec import NotifyRule
+from chronos_core.hookspec import NotifyRule, notify_problems
 from chronos_core.secrets import text_secrets
 
 __all__ = ["DEFAULT_DATABASE_URL", "EngineSettings", "Settings"]
@@ -104,6 +104,16 @@ class EngineSettings(BaseModel):
     notifier_min_interval: float = Field(default=0.2, ge=0, description=(
         "shortest pause between two claims of the notifier"))
 
+    @field_validator("notify_default")
+    @classmethod
+    def _notify_bounds(cls, v: list[NotifyRule]) -> list[NotifyRule]:
+        # The bounds a job's own rules are held to on every write (header name/value, bytes as stored):
+        # a default rule past them would fail at every delivery instead of once at start-up.
+        problems = notify_problems(v)
+        if problems:
+            raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {reason}" for loc, reason in problems))
+        return v
+
     @field_validator("max_queued", mode="before")
     @classmethod
     def _unbounded(cls, v: Any) -> Any:
@@ -120,8 +130,8 @@ class Settings(EngineSettings, BaseSettings):
 
     # store ---------------------------------------------------------------------------------------
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the store, or 'memory'. Default: the seed's DB_* "
-        "variables as a MySQL URL when DB_HOST is set, else sqlite:///./chronos.db")
+        default=None, repr=False, description="SQLAlchemy URL of the store, or 'memory'. Default: the "
+        "seed's DB_* variables as a MySQL URL when DB_HOST is set, else sqlite:///./chronos.db")
     db_host: str | None = Field(default=None, validation_alias=_env("db_host", "DB_HOST"))
     db_port: int = Field(default=3306, validation_alias=_env("db_port", "DB_PORT"))
     db_user: str = Field(default="root", validation_alias=_env("db_user", "DB_USER"))

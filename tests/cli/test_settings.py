@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -207,3 +208,25 @@ async def test_history_max_age_prunes_old_runs_of_an_embedded_chronos() -> None:
             await asyncio.sleep(0.01)
             history = await chronos.jobs.history(job.id)
         assert history == []
+
+
+def test_the_database_url_and_its_password_stay_out_of_the_settings_repr(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHRONOS_DATABASE_URL", "mysql+pymysql://chronos:s3cret-pw@db:3306/jobs")
+    s = Settings()
+    assert s.database_url is not None and "s3cret-pw" in s.database_url
+    assert "s3cret-pw" not in repr(s) and "s3cret-pw" not in str(s)
+
+
+def test_a_default_notification_past_a_jobs_bounds_is_a_configuration_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """CHRONOS_NOTIFY_DEFAULT is held to the header bounds a job's own rules are held to: refused at
+    start-up, naming the rule, instead of failing at every delivery."""
+    hook = {"url": "https://ops.example/hook", "headers": {"X-Long": "v" * 9000}}
+    monkeypatch.setenv("CHRONOS_NOTIFY_DEFAULT", f'[{{"on": ["failed"], "webhook": {json.dumps(hook)}}}]')
+    with pytest.raises(ValueError, match=r"notify\.0\.webhook\.headers: header 'X-Long' is 6 characters "
+                                         r"with a value of 9000"):
+        Settings()
+    hook["headers"] = {"X-Long": "v" * 8192}
+    monkeypatch.setenv("CHRONOS_NOTIFY_DEFAULT", f'[{{"on": ["failed"], "webhook": {json.dumps(hook)}}}]')
+    assert Settings().notify_default[0].webhook is not None
