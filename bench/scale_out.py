@@ -33,7 +33,13 @@ stops the scheduler, lets the workers drain, stops them, and reads the history b
 * the CPU model and a **calibration** figure (CPU ms of a fixed pure-Python loop, taken before each
   configuration) in every JSON line, to compare runs across machines and loads.
 
-Prints a table and one JSON line per configuration (``SCALE-OUT-RESULT {...}``).
+* the **start lag in stages** (p50/p99 of each): ``claim`` = slot to the run row (``runs.created_at``),
+  ``send`` = that to the outbox row's ``sent_at`` (the broker acknowledged the dispatch), ``deliver`` =
+  that to ``started_at`` (the worker's fetch and ``start_run``);
+* the load average before and after, and the commit, in every JSON line.
+
+Prints a table and one JSON line per configuration (``SCALE-OUT-RESULT {...}``), and appends the JSON
+lines to ``bench/results/scale_out.jsonl`` (``--out``; ``--no-save`` not), which ``bench.targets`` reads.
 """
 
 from __future__ import annotations
@@ -88,6 +94,56 @@ class RecordingNoop(Executor):
         return _OK
 
 
+class CallTimes:
+    """``--trace``: wall time of the hand-off's calls in a role process (count, mean, max), to see where
+    the start lag goes (each call also waits for the event loop, so under load they include queueing)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[float]] = {}
+
+    def wrap(self, obj: Any, attr: str, name: str) -> None:
+        fn = getattr(obj, attr, None)
+        if fn is None:
+            return
+        times = self.calls.setdefault(name, [])
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                times.append(time.perf_counter() - t0)
+        setattr(obj, attr, timed)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, ts in self.calls.items():
+            if ts:
+                ts = sorted(ts)
+                out[name] = {"n": len(ts), "mean_ms": round(1e3 * sum(ts) / len(ts), 2),
+                             "p50_ms": round(1e3 * ts[len(ts) // 2], 2),
+                             "p99_ms": round(1e3 * ts[min(len(ts) - 1, int(len(ts) * 0.99))], 2)}
+        return out
+
+
+def trace(chronos: Any) -> CallTimes:
+    times = CallTimes()
+    times.wrap(chronos.store, "claim_due", "store.claim_due")
+    times.wrap(chronos.store, "start_run", "store.start_run")
+    times.wrap(chronos.store, "finish_run", "store.finish_run")
+    times.wrap(chronos.bus, "publish", "bus.publish")
+    queue = chronos.queue
+    times.wrap(queue, "put", "queue.put")
+    relay = getattr(queue, "relay", None)
+    if relay is not None:
+        times.wrap(relay, "write", "outbox.write (mark ready)")
+        times.wrap(relay, "relay_once", "relay.relay_once")
+    inner = getattr(queue, "queue", queue)
+    times.wrap(inner, "put_encoded", "runs topic send")
+    times.wrap(inner, "ack", "queue.ack")
+    return times
+
+
 def role_main(role: str, record: str | None) -> None:
     """``chronos scheduler`` / ``chronos worker`` as the CLI runs them, plus the ``noop`` job type."""
     from chronos_app import cli
@@ -98,6 +154,7 @@ def role_main(role: str, record: str | None) -> None:
     noop = RecordingNoop()
     chronos = container.chronos()
     chronos.register_job_type("noop", NoopPayload, noop)  # the container's singleton
+    times = trace(chronos) if os.environ.get("CHRONOS_BENCH_TRACE") else None
 
     async def run() -> None:
         async def say_ready() -> None:  # started, and a worker's consumer has its partitions
@@ -114,6 +171,8 @@ def role_main(role: str, record: str | None) -> None:
     asyncio.run(run())
     if record:
         Path(record).write_text("\n".join(noop.executed))
+        if times is not None:
+            Path(record + ".trace").write_text(json.dumps(times.summary()))
 
 
 # ------------------------------------------------------------------------------------- the driver
@@ -131,6 +190,7 @@ class Config:
     misfire_grace: float = 1.0
     mysql_url: str = "mysql+pymysql://root@127.0.0.1:3306"
     private_mariadb: bool = True
+    trace: bool = False
 
     @property
     def label(self) -> str:
@@ -381,6 +441,18 @@ def read_history(url: str, lo: datetime, hi: datetime, w0: datetime, w1: datetim
                     "JOIN runs r ON r.id = o.run_id WHERE o.sent_at IS NOT NULL "
                     "AND r.scheduled_for >= %s AND r.scheduled_for < %s", (lo_, hi_))
         handoff = sorted(max(0, int(v)) / 1e6 for (v,) in cur.fetchall() if v is not None)
+        # the start lag in its three stages, per first attempt whose slot lies in the window: slot ->
+        # claimed (the run row's created_at), claimed -> sent (outbox sent_at: the broker acknowledged
+        # it), sent -> started (the worker's fetch and start_run)
+        cur.execute("SELECT TIMESTAMPDIFF(MICROSECOND, r.scheduled_for, r.created_at), "
+                    "TIMESTAMPDIFF(MICROSECOND, r.created_at, o.sent_at), "
+                    "TIMESTAMPDIFF(MICROSECOND, o.sent_at, r.started_at) FROM runs r "
+                    "JOIN chronos_outbox o ON o.run_id = r.id WHERE r.attempt = 1 "
+                    "AND o.sent_at IS NOT NULL AND r.started_at IS NOT NULL "
+                    "AND r.scheduled_for >= %s AND r.scheduled_for < %s", (lo_, hi_))
+        stages = list(cur.fetchall())
+    stage = {name: sorted(int(row[i]) / 1e6 for row in stages if row[i] is not None)
+             for i, name in enumerate(("claim", "send", "deliver"))}
     lags: list[float] = []
     done: list[float] = []
     status: dict[str, int] = {}
@@ -398,7 +470,7 @@ def read_history(url: str, lo: datetime, hi: datetime, w0: datetime, w1: datetim
     done.sort()
     return {"status": status, "lags": lags, "done": done, "retries": retries,
             "finished_in_window": finished_in_window, "duplicate_slots": duplicate_slots, "total": total,
-            "handoff": handoff}
+            "handoff": handoff, "stages": stage}
 
 
 def _ms(v: float | None) -> float | None:
@@ -434,6 +506,7 @@ def versions(url: str) -> dict[str, str]:
 def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
     import psutil
 
+    load0 = [round(x, 2) for x in os.getloadavg()]  # the machine's load (others' work too) when it began
     calibration = calibration_ms()
     private = PrivateMariaDb() if cfg.private_mariadb else None
     server_url = cfg.mysql_url
@@ -449,6 +522,9 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="chronos-bench-so-"))
     prefix = f"b{uuid.uuid4().hex[:10]}"
     env = role_env(cfg, url, bootstrap, prefix)
+    if cfg.trace:
+        env["CHRONOS_BENCH_TRACE"] = "1"
+    traces: dict[str, Any] = {}
     try:
         from chronos_adapters.sql import migrate
 
@@ -520,6 +596,9 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
             if p.record and p.record.exists():
                 for rid in p.record.read_text().split():
                     executed[rid] = executed.get(rid, 0) + 1
+        for p in procs:
+            if p.record and Path(str(p.record) + ".trace").exists():
+                traces[p.name] = json.loads(Path(str(p.record) + ".trace").read_text())
         ver = versions(server_url)
     finally:
         for p in procs:
@@ -553,10 +632,28 @@ def run_config(cfg: Config, profile: str | None = None) -> dict[str, Any]:
         "cpu_ms_per_run_total": round(1e3 * sum(cpu.values()) / per_run, 3),
         "handoff_p50_ms": _ms(percentile(hist["handoff"], 0.5)),
         "handoff_p99_ms": _ms(percentile(hist["handoff"], 0.99)),
+        # slot -> claimed -> sent to the runs topic -> started: where the start lag goes
+        **{f"{name}_{q}_ms": _ms(percentile(vals, f)) for name, vals in hist["stages"].items()
+           for q, f in (("p50", 0.5), ("p99", 0.99))},
         "private_mariadb": private is not None, "cpu_model": cpu_model(), "calibration_ms": calibration,
+        "loadavg_before": load0, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "create_s": round(create_s, 2), "versions": ver,
     }
+    if traces:
+        result["trace"] = traces
     return result
+
+
+def _commit() -> str | None:
+    """The checked-out commit (with ``+dirty`` for uncommitted changes), to tell A/B lines apart."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 def _busy(t0: Any, t1: Any) -> float:
@@ -581,6 +678,8 @@ COLUMNS = [("N", "n"), ("S", "schedulers"), ("W", "workers"), ("kind", "kind"),
            ("twice", "executed_twice"),
            ("lag p50 ms", "lag_p50_ms"), ("lag p99 ms", "lag_p99_ms"), ("lag max ms", "lag_max_ms"),
            ("done p99 ms", "done_p99_ms"), ("hand-off p99 ms", "handoff_p99_ms"),
+           ("claim p99 ms", "claim_p99_ms"), ("send p99 ms", "send_p99_ms"),
+           ("deliver p99 ms", "deliver_p99_ms"),
            ("CPU ms/run", "cpu_ms_per_run_total"), ("machine busy %", "machine_busy_pct")]
 
 
@@ -614,8 +713,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=256, help="CHRONOS_CONCURRENCY of each worker")
     ap.add_argument("--partitions", type=int, default=12, help="CHRONOS_KAFKA_RUNS_PARTITIONS")
     ap.add_argument("--profile", help="py-spy the named process during the window (scheduler, worker-1)")
+    ap.add_argument("--trace", action="store_true",
+                    help="time the hand-off's calls in every process (claim, publish, put, relay, send, "
+                         "start, finish, ack) and add them to the JSON line (costs a little CPU)")
     ap.add_argument("--shared-mariadb", action="store_true",
                     help="use the server of --mysql-url instead of a private mariadbd")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale_out.jsonl",
+                    help="append each configuration's JSON line here (what bench.targets reads; "
+                         "default bench/results/scale_out.jsonl)")
+    ap.add_argument("--no-save", action="store_true", help="do not append to --out")
+    ap.add_argument("--label", help="a free-form tag stored in each JSON line (e.g. the commit)")
     ap.add_argument("--mysql-url", default=os.environ.get("CHRONOS_BENCH_MYSQL_URL",
                                                           "mysql+pymysql://root@127.0.0.1:3306"))
     args = ap.parse_args(argv)
@@ -631,14 +738,22 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers:
             cfg = Config(n, w, args.schedulers, kind=args.kind, duration=duration, warmup=warmup,
                          concurrency=args.concurrency, partitions=args.partitions, mysql_url=args.mysql_url,
-                         private_mariadb=not args.shared_mariadb and PrivateMariaDb.available())
+                         private_mariadb=not args.shared_mariadb and PrivateMariaDb.available(),
+                         trace=args.trace)
             print(f"# {cfg.label}: {duration:g} s window ...", file=sys.stderr, flush=True)
             try:
                 r = run_config(cfg, args.profile)
             except Exception as exc:  # report it and go on with the next configuration
                 r = {"n": n, "schedulers": args.schedulers, "workers": w, "kind": args.kind,
                      "error": f"{type(exc).__name__}: {exc}"}
+            if args.label:
+                r["label"] = args.label
+            r.setdefault("commit", _commit())
             print(RESULT_PREFIX + json.dumps(r), flush=True)
+            if not args.no_save:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                with args.out.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
             results.append(r)
     print()
     print(table(results))

@@ -408,6 +408,10 @@ class OutboxRelay:
     async def _loop(self) -> None:
         backoff = 0.0
         while True:
+            # Cleared before reading, not after: a put that lands while a batch is read or sent wakes
+            # the next pass at once (cleared after the batch, its wake was lost and its rows waited for
+            # the next poll, ``interval``: up to 1 s of start lag).
+            self._wake.clear()
             try:
                 lead = await self._lead()
                 self._listen(lead)
@@ -418,12 +422,12 @@ class OutboxRelay:
             except BackendUnavailable as exc:  # the database or the broker: back off, try again
                 self.failures += 1
                 backoff = min(max(backoff * 2, 0.2), 5.0)
+                self._wake.clear()  # puts during an outage do not cut the back-off short
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
                 if self._lock_conn is not None:  # the database may have dropped our lock with it
                     conn, self._lock_conn = self._lock_conn, None
                     self._listen(False)
                     await self._run(_end_session, conn)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), backoff or self.interval)
 

@@ -177,6 +177,38 @@ async def test_a_put_in_another_process_wakes_the_active_relay_at_once(
             await q.stop()
 
 
+async def test_a_put_while_the_relay_sends_a_batch_is_not_left_for_the_next_poll(
+        kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str,
+        consumer: KafkaDispatchQueue) -> None:
+    """A put whose rows become ready while the active relay is sending the batch before them wakes the
+    relay's next pass. Its wake used to be cleared after the batch, so those rows waited for the next
+    poll (here 60 s; 1 s by default: the start-lag tail of a busy scale-out deployment)."""
+    inner = kafka_queue(kafka_bootstrap, kafka_names)
+    queue = OutboxDispatchQueue(inner, OutboxRelay(fresh_mysql_url, inner, interval=60, settle=3600))
+    await queue.start()
+    try:
+        await until(lambda: _true(queue.relay.leading))
+        await asyncio.sleep(1)  # the relay's first pass (an empty outbox) is over: it waits for a wake
+        job = make_job("job-during-send")
+        first, second = make_dispatch(job), make_dispatch(job)
+        send = inner.put_encoded
+        calls = 0
+
+        async def put_meanwhile(messages: list[tuple[str, bytes]]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # the first batch is on its way: the next claim is put now
+                await queue.put([second])
+            await send(messages)
+        inner.put_encoded = put_meanwhile  # type: ignore[method-assign]
+        await queue.put([first])
+        async with asyncio.timeout(15):
+            assert [d.run.id for d in await take(consumer, 2)] == [first.run.id, second.run.id]
+        assert calls == 2
+    finally:
+        await queue.stop()
+
+
 async def test_two_chronos_processes_on_mysql_and_kafka_run_jobs_through_the_outbox(
         kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str) -> None:
     """The container's scaled-out wiring: a scheduler-only and a worker-only Chronos share MariaDB and
