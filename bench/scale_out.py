@@ -121,8 +121,7 @@ class CallTimes:
             if ts:
                 ts = sorted(ts)
                 out[name] = {"n": len(ts), "mean_ms": round(1e3 * sum(ts) / len(ts), 2),
-                             "p50_ms": round(1e3 * ts[len(ts) // 2], 2),
-                             "p99_ms": round(1e3 * ts[min(len(ts) - 1, int(len(ts) * 0.99))], 2)}
+                             "p50_ms": _ms(percentile(ts, 0.5)), "p99_ms": _ms(percentile(ts, 0.99))}
         return out
 
 
