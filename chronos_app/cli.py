@@ -58,11 +58,17 @@ def _container(settings: Settings, *, scheduler: bool, worker: bool) -> Containe
 
 
 def _settings() -> Settings:
+    from pydantic import ValidationError
+
     from .settings import Settings
 
     try:
         return Settings()
-    except ValueError as exc:  # pydantic's ValidationError: say which variable is wrong
+    except ValidationError as exc:  # say which setting is wrong and why, never its value (a secret?)
+        why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                        for e in exc.errors(include_url=False, include_input=False))
+        raise click.UsageError(f"invalid configuration: {why}") from None
+    except ValueError as exc:  # pydantic-settings' parse errors name the variable, not its value
         raise click.UsageError(f"invalid configuration: {exc}") from None
 
 

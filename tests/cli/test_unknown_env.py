@@ -33,3 +33,19 @@ def test_a_service_process_logs_a_misspelt_name(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr.decode()
     assert (b"CHRONOS_HISTORY_MAX_AGES is not a setting (did you mean CHRONOS_HISTORY_MAX_AGE?)"
             in r.stderr)
+
+
+def test_a_refused_setting_is_named_without_echoing_its_value(tmp_path: Path) -> None:
+    """A setting refused at start-up is named with its reason and a non-zero exit, but its value is not
+    printed: a webhook header of CHRONOS_NOTIFY_DEFAULT past the bounds is typically a credential."""
+    secret = "Bearer " + "s3cr3t-" * 1300  # past the 8,192-character bound for a header value
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")}
+    env.update(CHRONOS_DATABASE_URL=f"sqlite:///{tmp_path}/m.db", CHRONOS_NOTIFY_DEFAULT=(
+        '[{"on": ["failed"], "webhook": {"url": "https://ops.example/h", "headers": {"Authorization": "'
+        + secret + '"}}}]'))
+    r = subprocess.run([CHRONOS, "migrate"], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    assert r.returncode == 2
+    err = r.stderr.decode()
+    assert "invalid configuration: notify_default: Value error, notify.0.webhook.headers: header " \
+           "'Authorization' is 13 characters with a value of 9107" in err
+    assert "s3cr3t" not in err and "s3cr3t" not in r.stdout.decode()
