@@ -396,13 +396,17 @@ class OutboxRelay:
                 # The lock lives as long as the session, and that can end under us: the server's
                 # wait_timeout on an idle connection (8 h by default), a KILL, a proxy's idle timeout, a
                 # failover. Then another relay takes the lock while this one would go on believing it
-                # leads: two active relays, a job's runs out of order (review-scaleout F4). Asking
-                # here, at every wake and poll, also keeps the session from ever being idle that long.
+                # leads: two active relays sending the same rows (review-scaleout F4). Asked at every
+                # pass and after every whole batch of a drain, which also keeps an idle session alive;
+                # between two asks (one pass) both may still send: duplicates the workers fence.
                 ours = held.scalar(text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"), {"name": name})
                 held.commit()
                 return bool(ours)
-            if await self._db(still_ours):  # a lost connection: StoreUnavailable, the loop drops it
-                return True
+            try:
+                if await self._db(still_ours):
+                    return True
+            except StoreUnavailable:  # the session is gone, and its lock with it
+                pass
             self._lock_conn = None
             self._listen(False)
             await self._run(_end_session, held)
@@ -431,8 +435,8 @@ class OutboxRelay:
             try:
                 lead = await self._lead()
                 self._listen(lead)
-                if lead:
-                    while await self.relay_once() == self.batch:
+                if lead:  # a drain asks again after every whole batch: the lock can go mid-drain
+                    while await self.relay_once() == self.batch and await self._lead():
                         pass
                 backoff = 0.0
             except BackendUnavailable as exc:  # the database or the broker: back off, try again

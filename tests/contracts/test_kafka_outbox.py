@@ -16,6 +16,7 @@ from chronos_adapters.kafka.outbox import OutboxDispatchQueue, OutboxRelay
 from chronos_core.ports import Dispatch
 from tests.contracts.test_queue_contract import make_dispatch, make_job
 from tests.fixtures.kafka import KafkaNames, TansuProcess
+from tests.fixtures.mysql import with_driver
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mysql, pytest.mark.timeout(180)]
 
@@ -150,31 +151,56 @@ async def test_one_relay_at_a_time_on_mysql(
             await q.stop()
 
 
+def _lock_name(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    return f"chronos_outbox_relay:{make_url(url).database}"[:64]
+
+
+async def _one_leader(queues: list[OutboxDispatchQueue], url: str) -> OutboxDispatchQueue:
+    """The one relay that leads, once exactly one does, checked against the server's lock holder."""
+    from sqlalchemy import create_engine, text
+
+    await until(lambda: _true([q.relay.leading for q in queues].count(True) == 1))
+    await asyncio.sleep(1)  # five polls: it stays so
+    leaders = [q for q in queues if q.relay.leading]
+    assert len(leaders) == 1, "two active relays"
+    engine = create_engine(with_driver(url, "pymysql"))
+    try:
+        with engine.connect() as conn:
+            holder = conn.scalar(text("SELECT IS_USED_LOCK(:n)"), {"n": _lock_name(url)})
+        ours = leaders[0].relay._lock_conn
+        assert ours is not None
+        assert holder == ours.scalar(text("SELECT CONNECTION_ID()"))
+    finally:
+        engine.dispose()
+    return leaders[0]
+
+
 async def test_a_relay_whose_lock_session_ended_stops_leading(
         kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str,
         consumer: KafkaDispatchQueue) -> None:
     """The active relay's lock lives as long as its database session, which the server can end under it
-    (wait_timeout on an idle connection, a KILL, a proxy): the standby then takes the lock, and the old
-    leader must stand by, or two relays send and a job's runs lose their order (review-scaleout F4)."""
+    (wait_timeout on an idle connection, a KILL, a proxy): another relay then takes the lock, and the
+    old leader must stand by, or two relays send the same rows (review-scaleout F4). This is the dead
+    session's path; the next test is a live session that no longer holds the lock."""
     from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
 
     inners = [kafka_queue(kafka_bootstrap, kafka_names) for _ in range(2)]
     queues = [OutboxDispatchQueue(q, OutboxRelay(fresh_mysql_url, q, interval=0.2)) for q in inners]
     await queues[0].start()
     await until(lambda: _true(queues[0].relay.leading))
     await queues[1].start()
-    engine = create_engine(fresh_mysql_url)
+    engine = create_engine(with_driver(fresh_mysql_url, "pymysql"))
     try:
-        await asyncio.sleep(1)
-        assert not queues[1].relay.leading
-        name = f"chronos_outbox_relay:{make_url(fresh_mysql_url).database}"[:64]
+        await _one_leader(queues, fresh_mysql_url)
+        def holder() -> object:
+            with engine.connect() as conn:
+                return conn.scalar(text("SELECT IS_USED_LOCK(:n)"), {"n": _lock_name(fresh_mysql_url)})
+        killed = holder()
         with engine.connect() as conn:  # end the leader's lock session, as wait_timeout would
-            holder = conn.scalar(text("SELECT IS_USED_LOCK(:n)"), {"n": name})
-            conn.execute(text(f"KILL {int(holder)}"))
-        await until(lambda: _true(queues[1].relay.leading))
-        await asyncio.sleep(2)  # ten polls of the old leader
-        assert [q.relay.leading for q in queues] == [False, True]
+            conn.execute(text(f"KILL {int(killed)}"))  # type: ignore[call-overload]
+        await until(lambda: _true(holder() not in (None, killed)))  # a relay took the lock again
+        await _one_leader(queues, fresh_mysql_url)  # either may win the lock again, never both
         job = make_job("job-lock-lost")
         sent = [make_dispatch(job) for _ in range(12)]
         for i in range(0, 12, 2):
@@ -185,6 +211,37 @@ async def test_a_relay_whose_lock_session_ended_stops_leading(
         engine.dispose()
         for q in queues:
             await q.stop()
+
+
+async def test_a_relay_whose_live_session_no_longer_holds_the_lock_stands_by(
+        kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str) -> None:
+    """The session is alive but the lock is another's (a proxy that reconnects or multiplexes
+    underneath): the relay's own ask tells it, not a broken connection (review-lead F3)."""
+    from sqlalchemy import create_engine, text
+
+    q = kafka_queue(kafka_bootstrap, kafka_names)
+    queue = OutboxDispatchQueue(q, OutboxRelay(fresh_mysql_url, q, interval=0.2))
+    await queue.start()
+    engine = create_engine(with_driver(fresh_mysql_url, "pymysql"))
+    other = engine.connect()
+    try:
+        await until(lambda: _true(queue.relay.leading))
+        held = queue.relay._lock_conn
+        assert held is not None
+        name = _lock_name(fresh_mysql_url)
+
+        def release() -> None:
+            held.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+            held.commit()
+        await queue.relay._run(release)
+        assert other.scalar(text("SELECT GET_LOCK(:n, 0)"), {"n": name}) == 1
+        other.commit()
+        await until(lambda: _true(not queue.relay.leading))
+        assert queue.relay.failures == 0  # not taken for an outage
+    finally:
+        other.close()
+        engine.dispose()
+        await queue.stop()
 
 
 async def test_a_put_in_another_process_wakes_the_active_relay_at_once(
