@@ -5,9 +5,9 @@ API's kept pages (chronos_app/api/pages.py) are served only while it stays put."
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +16,13 @@ import pytest
 from chronos_adapters.memory import MemoryStore
 from chronos_adapters.sql import SqlStore
 from tests.contracts.test_store_contract import T0, make_job, make_run
+
+
+async def _in_another_process(code: str, *args: str) -> None:
+    """``python -c code args...`` in another process, waited for (it must succeed)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, *args)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+
 
 
 async def test_the_stamp_moves_with_every_commit_by_any_connection_or_process(tmp_path: Path) -> None:
@@ -38,9 +45,9 @@ async def test_the_stamp_moves_with_every_commit_by_any_connection_or_process(tm
         third = api.data_stamp()
         assert third != second
 
-        subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
-                        "c.execute(\"UPDATE jobs SET description = 'elsewhere'\"); c.commit()", str(path)],
-                       check=True, timeout=60)  # another process
+        await _in_another_process("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "  # another process
+                                  "c.execute(\"UPDATE jobs SET description = 'elsewhere'\"); c.commit()",
+                                  str(path))
         fourth = api.data_stamp()
         assert fourth != third
 
