@@ -14,6 +14,9 @@ the same bytes, both started here, loaded side by side (``make bench-api``; ``py
   ``GET /jobs/health`` (the floor check: routing, middleware, a tiny JSON body). Each case alternates
   bare and Chronos ``--repeats`` times; the summary line gives the median and min-max of each and of
   the per-repeat ratio (chronos rps / bare rps).
+* ``--write-rate N``: another process commits to the store N times a second during every load (of both
+  servers), as a busy scheduler does: ``GET /jobs`` and history pages are kept only while nothing was
+  committed (chronos_app/api/pages.py), so this measures them being built again.
 * The scheduler under load (``--scheduler``, in ``make bench``): ``--sched-rate`` python jobs a second on a
   fresh ``chronos serve`` for ``--sched-seconds``, with the API idle, then with ``GET /jobs?limit=100``
   loaded by wrk all along: the share of slots started within 1 s, lag p50/p99 (issue #18 target 6).
@@ -251,6 +254,36 @@ def _get(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes, s
         conn.close()
 
 
+# A writer beside the load (``--write-rate``): another process committing to the store N times a second,
+# as a busy scheduler does, so that the kept pages (chronos_app/api/pages.py) are built again after each
+# commit. It changes the description of a job that is on no page the cases read (the last one seeded),
+# so the bytes the bare app serves stay Chronos's bytes.
+_WRITER = """
+import sqlite3, sys, time
+db, rate, job_id = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+conn = sqlite3.connect(db, isolation_level=None, timeout=60)
+n, t0 = 0, time.monotonic()
+while True:
+    n += 1
+    conn.execute("UPDATE jobs SET description = ? WHERE id = ?", (f"bench write {n % 2}", job_id))
+    time.sleep(max(0.0, t0 + n / rate - time.monotonic()))
+"""
+
+
+@contextlib.contextmanager
+def writes(db: Path, rate: float, job_id: str) -> Iterator[None]:
+    """``rate`` commits a second to ``db`` from another process while inside (none for 0)."""
+    if rate <= 0:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(db), str(rate), job_id])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # ------------------------------------------------------------------------------------------ load
 
 @dataclass
@@ -429,10 +462,11 @@ def run_http_cases(args: argparse.Namespace, tmp: Path, meta: dict[str, Any], ou
                         if body is not None:  # names are unique: a prefix of each load's own
                             body = post.replace(prefix, f"{prefix}r{rep}{system}")
                         cpu0 = process_cpu(pid)
-                        if loader is not None:
-                            load = loader(port, path, args.duration, args.connections, body, tmp)
-                        else:
-                            load = pyload(port, path, args.duration, args.connections, body)
+                        with writes(db, args.write_rate, ids[-1]):
+                            if loader is not None:
+                                load = loader(port, path, args.duration, args.connections, body, tmp)
+                            else:
+                                load = pyload(port, path, args.duration, args.connections, body)
                         if load.requests:
                             used = process_cpu(pid) - cpu0
                             load.cpu_us_per_request = round(used * 1e6 / load.requests, 1)
@@ -442,7 +476,8 @@ def run_http_cases(args: argparse.Namespace, tmp: Path, meta: dict[str, Any], ou
                                 "rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
                                 "requests": load.requests, "bad": load.bad, "load": load.tool,
                                 "cpu_us_per_request": load.cpu_us_per_request,
-                                "duration_s": args.duration}
+                                "duration_s": args.duration, "write_rate": args.write_rate,
+                                "loadavg_1m": os.getloadavg()[0]}
                         if system == "chronos":
                             line["calibration_bare_rps"] = r.bare[-1].rps
                             line["ratio"] = round(load.rps / r.bare[-1].rps, 4)
@@ -706,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hot", type=int, default=5, help="jobs with --hot-runs runs (the history case)")
     p.add_argument("--hot-runs", type=int, default=150)
     p.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these")
+    p.add_argument("--write-rate", type=float, default=0.0, metavar="N",
+                   help="commits a second to the store by another process during every load (a busy "
+                        "scheduler: the API's kept pages are built again after each commit; default 0)")
     p.add_argument("--no-wrk", action="store_true", help="use the bundled load generator")
     p.add_argument("--sse", action=argparse.BooleanOptionalAction, default=None,
                    help="run the SSE case (default: on, off with --quick)")
@@ -760,7 +798,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(sse_line)
         print(json.dumps(sse_line), flush=True)
     print(f"\nAPI on SQLite, {args.jobs} jobs; {args.repeats} x {args.duration:g} s per load, median "
-          f"(min-max); machine: {meta['cpu_model']} x{meta['cpus']}, shared with other work")
+          f"(min-max); machine: {meta['cpu_model']} x{meta['cpus']}, shared with other work"
+          + (f"; {args.write_rate:g} commits/s by another process during each load"
+             if args.write_rate else ""))
     for r in results:
         print("- " + summary_line(r))
     if sse_line:
