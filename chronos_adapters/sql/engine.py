@@ -282,8 +282,9 @@ class Database:
         connection is part of the stamp because the number is its own (a reconnected reader starts
         again). None without inline reads (a server's data version is not so cheap to read, and the
         pool's connections are many) or when it cannot be read (the read that follows says why). Called
-        on the thread that reads inline: the reader connection is that thread's alone."""
-        if self._reader is None:
+        on the thread that reads inline: the reader connection is that thread's alone. None from inside an
+        inline read (handing the connection back to its pool rolls it back: the read's transaction)."""
+        if self._reader is None or getattr(self._inline, "depth", 0):
             return None
         try:
             pooled = self._reader.raw_connection()  # the pool's one connection (no SQLAlchemy

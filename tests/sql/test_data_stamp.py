@@ -77,3 +77,22 @@ async def test_no_stamp_without_the_inline_reader(tmp_path: Path) -> None:
 async def test_mysql_gives_no_stamp(clean_mysql_url: str) -> None:
     async with SqlStore(clean_mysql_url, create_schema=False) as store:
         assert store.data_stamp() is None
+
+
+async def test_no_stamp_from_inside_an_inline_read(tmp_path: Path) -> None:
+    """Handing the reader connection back to its pool rolls it back: a stamp taken inside an inline read
+    would end that read's transaction under it. None there instead, and the read goes on."""
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    async with SqlStore(url) as engines, engines.sibling(inline_reads=True) as api:
+        await engines.add_jobs([make_job("a"), make_job("b")])
+        db = api._database
+
+        def read() -> tuple[object, int]:
+            with db.transaction(read=True) as conn:
+                first = conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one()
+                stamp = api.data_stamp()
+                assert conn.in_transaction()
+                return stamp, first + conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one()
+
+        assert await db.read(read) == (None, 4)
+        assert api.data_stamp() is not None
