@@ -18,13 +18,14 @@ Nothing in these pages depends on the clock: a job's next fire times are compute
 ``next_run_at`` (``Jobs.next_runs``), a run shows only its stored fields (``start_offset`` is
 ``due_at - scheduled_for``), the summaries are stored. The settings do not change while serving.
 
-Each page is kept with the stamp read *before* its store reads, and served only while the current stamp
-equals it. A write that commits after the stamp was read, before or during or after the reads, moves the
-stamp on, so the next request builds the page again: a page older than the store's data may be kept,
-but it is never served. A store that cannot tell (``data_stamp()`` None: MySQL, the memory store, a
-SQLite store without its inline reader) keeps nothing here. While the scheduler commits (every claim,
-start and finish), the stamp moves with each commit and pages are rebuilt at their full cost: this
-helps an unchanged store, not a busy one.
+Each page is built under the stamp read *before* its store reads; the pages kept are those built
+under the last stamp seen, and the first request that sees a newer one drops them all. A write that
+commits after the stamp was read, before or during or after the reads, moves the stamp on, so the next
+request builds the page again: a page older than the store's data may be kept, but it is never served.
+A store that cannot tell (``data_stamp()`` None: MySQL, the memory store, a SQLite store without its
+inline reader) keeps nothing here. While the scheduler commits (every claim, start and finish), the
+stamp moves with each commit and pages are rebuilt at their full cost: this helps an unchanged store,
+not a busy one.
 
 Bounds: at most 256 pages and 32 MiB of them (``Bounded``: the oldest go first; a page larger than the
 budget alone is not kept).
@@ -64,15 +65,16 @@ class Page:
         return body
 
 
-class KeptPages(Bounded[tuple[object, bytes]]):
-    """Pages as sent, by key (route, path, query, role, job types), each with the store's stamp it was
-    built under (see the module's docstring)."""
+class KeptPages(Bounded[bytes]):
+    """Pages as sent, by key (route, path, query, role, job types), all built under one stamp of the
+    store, the last one seen (see the module's docstring)."""
 
     def __init__(self, store: Store, types: JobTypes, max_entries: int = 256,
                  max_bytes: int = 32 * 1024 * 1024) -> None:
         super().__init__(max_entries, max_bytes)
         self._store = store
         self._types = types
+        self._stamp: object = None  # what every kept page was built under
         self.hits = 0
         self.misses = 0
 
@@ -82,17 +84,24 @@ class KeptPages(Bounded[tuple[object, bytes]]):
         stamp = self._store.data_stamp()
         if stamp is None:
             return Page(None, "", None)
+        if stamp != self._stamp:
+            # a stamp never comes back (the number only grows, the connection is in it): every page
+            # kept so far is older than the store's data and can never be sent again
+            self.clear()
+            self._stamp = stamp
         params = request.path_params
         key = "\x1f".join((route, *(f"{k}={v}" for k, v in sorted(params.items())),
                            repr(request.scope.get("chronos.readonly")), str(self._types.version),
-                           type(query).__name__, query.model_dump_json()))
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] == stamp:
+                           query.model_dump_json()))
+        body = self._entries.get(key)
+        if body is not None:
             self.hits += 1
-            return Page(self, key, stamp, entry[1])
+            return Page(self, key, stamp, body)
         self.misses += 1
         return Page(self, key, stamp)
 
     def keep(self, key: str, stamp: object, body: bytes) -> None:
-        """Keep ``body`` under ``key``, built under ``stamp`` (in place of what the key held)."""
-        self._keep(key, (stamp, body), len(body) + len(key) + _PAGE_OVERHEAD)
+        """Keep ``body`` under ``key`` if it was built under the current stamp (else a commit came while
+        it was built, and a request since has seen it: the page is old already)."""
+        if stamp == self._stamp:
+            self._keep(key, body, len(body) + len(key) + _PAGE_OVERHEAD)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -320,3 +321,43 @@ async def test_nothing_is_kept_when_the_store_cannot_tell(tmp_path: Path) -> Non
             await _get(c, "/jobs")
             await _get(c, "/jobs")
         assert len(pages_of(app)) == 0 and pages_of(app).hits == 0
+
+
+async def test_a_reopened_reader_never_serves_a_page_kept_before(tmp_path: Path) -> None:
+    """The reader connection is part of the stamp: a reopened reader's ``data_version`` starts again
+    and can land on the number an old page was kept under (review-pagecache F1)."""
+    url = _url(tmp_path)
+    app = inline_app(url)
+    pages = pages_of(app)
+    async with running(app) as c:
+        await _created(c, name="a")
+        await _get(c, "/jobs")
+        before = pages._store.data_stamp()
+    other = sqlite3.connect(tmp_path / "chronos.db")
+    other.execute("UPDATE jobs SET description = 'while stopped', "  # a new updated_at: the job's
+                  "updated_at = '2031-01-01 00:00:00.000000'")  # own JSON is kept by it (ShownJobs)
+    other.commit()
+    other.close()
+    async with running(app) as c:  # a new reader whose data_version starts again
+        after = pages._store.data_stamp()
+        assert before is not None and after is not None
+        number = [s[-1] if isinstance(s, tuple) else s for s in (before, after)]
+        assert number[0] == number[1]  # the same data_version: only the connection tells them apart
+        assert b"while stopped" in await _get(c, "/jobs")
+
+
+async def test_pages_kept_under_an_older_stamp_are_dropped_at_once(tmp_path: Path) -> None:
+    """A page can never be sent once the stamp moved on, so it does not stay in memory either
+    (review-pagecache F4)."""
+    url = _url(tmp_path)
+    app = inline_app(url)
+    pages = pages_of(app)
+    async with running(app) as c:
+        await _created(c, name="a")
+        for limit in (1, 2, 3):
+            await _get(c, f"/jobs?limit={limit}")
+        assert len(pages) == 3
+        async with other_store(url) as store:
+            await store.add_jobs([make_job("b")])
+        await _get(c, "/jobs?limit=1")
+        assert len(pages) == 1  # only the page built under the new stamp
