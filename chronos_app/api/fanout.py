@@ -10,8 +10,8 @@ SSE case). Here:
   one bus subscription. The hand-over takes what the stream's own subscription holds and joins the group
   in one step of the event loop; the bus offers each event to every subscription in one step, so nothing
   is lost or sent twice in between (:meth:`SseHub.join`).
-* A group's task takes every event that arrived, waits for the next batch while the last one's writing
-  took less than a quarter of the time (at most :attr:`SseHub.max_interval`), and writes the batch's
+* A group's task takes every event that arrived, waits for the next batch three times as long as the
+  last one's writing took but at most :attr:`SseHub.max_interval` (10 ms), and writes the batch's
   frames (encoded once, :class:`~chronos_app.api.frames.EventFrames`) as **one** write per client:
   straight to the socket's transport when the server is uvicorn (one chunk of the chunked body: the
   server's own send sees only the head and the end), else through the ASGI send.
@@ -328,7 +328,7 @@ class SseHub:
     """The open SSE streams of one API: their groups, keep-alive comments and shutdown."""
 
     def __init__(self, bus: EventBus, frames: EventFrames, *, ping: float, limit: int = 1 << 20,
-                 duty: float = 0.25, max_interval: float = 0.05,
+                 duty: float = 0.25, max_interval: float = 0.01,
                  exiting: Callable[[], bool] = _server_exiting) -> None:
         self.bus = bus
         self.frames = frames
@@ -339,6 +339,13 @@ class SseHub:
         """The share of the loop a busy group's writing may take: it waits ``took * (1 - duty) / duty``
         after a batch before writing the next (at most ``max_interval``)."""
         self.max_interval = max_interval
+        """The longest wait between a group's batches. With 1,000 clients and ~1,500 events/s a batch's
+        write takes 10-35 ms, so this cap is what decides the wait, and the wait is most of an event's
+        delay: at 50 ms the oldest event of a batch was 80 ms old when its write started (delivery p50
+        105 ms). A write's cost is mostly per byte (the same bytes however they are batched: the write
+        takes ~7 ms plus ~0.2 ms per event), so writing 4-5 times as often cost ~2 % more server CPU
+        (BENCHMARKS.md, "SSE: the fan-out's wait"). The writing then takes more than ``duty`` of the
+        API's loop (a batch is one step of it: a request waits behind at most one)."""
         self.exiting = exiting
         self.clients: dict[SseClient, None] = {}
         self.groups: dict[_Key, _Group] = {}
