@@ -21,8 +21,8 @@ the same bytes, both started here, loaded side by side (``make bench-api``; ``py
   ``--sse-rate`` python jobs a second (an ``async def`` that does nothing) run for ``--sse-seconds``:
   the events every client got against what the runs published (queued, started, succeeded), and the
   delivery delay (receipt minus the event's ``time``) of the first event of each read, p50/p99/max.
-  The clients share this machine's two cores with the server (one process, raw sockets, no parsing
-  beyond counting events).
+  The clients share this machine's two cores with the server: ``--sse-procs`` processes (default 4),
+  raw sockets, no parsing beyond counting events; receipt and event time are the same machine's clock.
 
 Every JSON line carries the CPU model and the calibration figure (the bare Starlette rps of the same run
 and case); results go to ``bench/api-latest.jsonl`` (``--quick``: ``bench/results/api-quick.jsonl``).
