@@ -31,9 +31,12 @@ The hub lives on the API's event loop and touches the bus only through subscript
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -72,6 +75,43 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def _held_send() -> Callable[[int, bytes, int, int], int] | None:
+    """libc's ``send`` called **without releasing the GIL** (``ctypes.PyDLL``), on Linux; None elsewhere.
+
+    A batch is one ``send`` per client. ``socket.send`` releases the GIL around each, and taking it back
+    while the engines' thread runs Python costs up to a switch interval: writing 20 KB to each of 1,000
+    loopback sockets took 5-6 ms alone and **220 ms** with one other thread running Python (8-12 ms
+    through this call; BENCHMARKS.md, "SSE: the fan-out's wait"). Held, the other thread still gets
+    the GIL at its switch interval (the interpreter drops it between two calls when asked)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6")
+        send = libc.send
+    except (OSError, AttributeError):  # pragma: no cover - no libc to call
+        return None
+    send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+    send.restype = ctypes.c_ssize_t
+    return send  # type: ignore[no-any-return]
+
+
+_SEND = _held_send()
+_SEND_FLAGS = 0x40 | 0x4000  # MSG_DONTWAIT | MSG_NOSIGNAL (Linux)
+
+
+def _socket_fd(transport: asyncio.WriteTransport) -> int:
+    """The socket's descriptor, for :data:`_SEND`: only under asyncio's own selector transport (whose
+    buffer :meth:`SseClient._out` checks is empty first, so bytes never pass the ones it holds); -1
+    otherwise."""
+    if _SEND is None or type(transport).__module__ != "asyncio.selector_events":
+        return -1
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (OSError, ValueError):  # pragma: no cover - closed meanwhile
+        return -1
+
+
 def server_transport(scope: Scope) -> asyncio.WriteTransport | None:
     """The socket transport of this response, when the server is uvicorn and its body is chunked (so a
     chunk written there is a chunk of the body); None otherwise. ``scope["chronos.send"]`` is the
@@ -96,6 +136,7 @@ class SseClient:
     def __init__(self, send: Send, transport: asyncio.WriteTransport | None, limit: int) -> None:
         self._send = send
         self.transport = transport
+        self._fd = -1 if transport is None else _socket_fd(transport)
         self.limit = limit
         self.sent = False  # a frame went out (the first carries the reconnection delay)
         self.ended = False
@@ -141,10 +182,19 @@ class SseClient:
         if t is None:
             self._buffer += data
             self._wake.set()
-        elif t.is_closing():
+        elif t.is_closing():  # (checked first: the descriptor may be closed, or another socket's, after)
             self.disconnected()
         else:
-            t.write(chunk if chunk is not None else _chunk(data))
+            out = chunk if chunk is not None else _chunk(data)
+            if self._fd >= 0 and _SEND is not None and not t.get_write_buffer_size():
+                n = _SEND(self._fd, out, len(out), _SEND_FLAGS)
+                if n == len(out):
+                    return
+                if n > 0:
+                    out = out[n:]
+                # the rest (or all, on EAGAIN or an error) goes through the transport: it buffers what
+                # the socket does not take, and reports an error as its own send would
+            t.write(out)
 
     def overflow(self, detail: str) -> None:
         """The client lost events: its last frame says so, then the stream ends."""
