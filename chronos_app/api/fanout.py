@@ -14,7 +14,8 @@ SSE case). Here:
   last one's writing took but at most :attr:`SseHub.max_interval` (10 ms), and writes the batch's
   frames (encoded once, :class:`~chronos_app.api.frames.EventFrames`) as **one** write per client:
   straight to the socket's transport when the server is uvicorn (one chunk of the chunked body: the
-  server's own send sees only the head and the end), else through the ASGI send.
+  server's own send sees only the head and the end; on Linux through libc's ``send`` without releasing
+  the GIL while the transport holds nothing unsent, :func:`_held_send`), else through the ASGI send.
 * Each client's unsent output is bounded (:attr:`SseHub.limit` bytes: the transport's buffer, or the
   bytes the ASGI send has not taken). A client that cannot keep up is **told it lost events and
   disconnected**: it gets an ``overflow`` event (``retry: 0``) and the stream ends, as when its own
