@@ -7,6 +7,7 @@ not asyncio's plain socket one (TLS, another loop's) is never written around."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 from typing import Any
@@ -149,3 +150,31 @@ def test_only_asyncio_s_plain_socket_transport_is_written_around() -> None:
         assert SseClient(_never, other, 1024)._fd == -1
     finally:
         sock.close()
+
+
+async def test_a_closed_descriptor_reused_by_another_socket_gets_nothing() -> None:
+    """Once the transport is closing, its descriptor may be closed and taken by another connection: a
+    write must then go nowhere (bytes on another client's connection would leak its events)."""
+    transport, peer = await _pair()
+    a = b = None
+    try:
+        client = SseClient(_never, transport, 1 << 20)
+        fd = client._fd
+        assert fd >= 0
+        transport.close()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # asyncio closes the socket: the descriptor number is free
+        a, b = socket.socketpair()  # one of them takes the same number
+        other = b if a.fileno() == fd else a
+        assert fd in (a.fileno(), b.fileno())
+        client.write(b"event: run.log\r\ndata: SECRET\r\n\r\n")
+        assert client.gone
+        other.settimeout(0.3)
+        with contextlib.suppress(TimeoutError):
+            assert b"SECRET" not in other.recv(100)
+    finally:
+        transport.close()
+        peer.close()
+        for s in (a, b):
+            if s is not None:
+                s.close()
