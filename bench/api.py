@@ -22,7 +22,9 @@ the same bytes, both started here, loaded side by side (``make bench-api``; ``py
   the events every client got against what the runs published (queued, started, succeeded), and the
   delivery delay (receipt minus the event's ``time``) of the first event of each read, p50/p99/max.
   The clients share this machine's two cores with the server: ``--sse-procs`` processes (default 4),
-  raw sockets, no parsing beyond counting events; receipt and event time are the same machine's clock.
+  raw sockets, no parsing beyond counting events and checking that each stream's ids go up (a client
+  counts as having every event only with exactly the expected count and no id out of order: a
+  duplicated or reordered event fails it); receipt and event time are the same machine's clock.
 
 Every JSON line carries the CPU model and the calibration figure (the bare Starlette rps of the same run
 and case); results go to ``bench/api-latest.jsonl`` (``--quick``: ``bench/results/api-quick.jsonl``).
@@ -467,12 +469,15 @@ class SseClient:
     overflow: bool = False
     error: str | None = None
     types: dict[str, int] | None = None  # by event type (one probe client)
+    disorder: int = 0  # ids that did not go up (a duplicated or reordered event)
 
 
 _TIME = re.compile(rb'"time":"([^"]+)"')
 _RUN_EVENT = b"event: run."
 _OVERFLOW = b"event: overflow"
 _KEEP = len(_OVERFLOW) - 1  # the stream's last bytes, kept for the next read: a marker split across reads
+_ID = re.compile(rb"\nid: (\d+)\r\n")  # a frame's id line (the in-memory bus numbers its events)
+_ID_KEEP = 32  # at most, from a read's last newline: the start of an id line split across reads
 _READ_SIZE = 256 * 1024
 
 
@@ -489,6 +494,8 @@ class _SseReader(asyncio.BufferedProtocol):
         self.settled = settled
         self.head: bytes | None = b""
         self.tail = b""
+        self.id_tail = b""  # the last read's bytes from its last newline (an id line may continue here)
+        self.last_id = -1
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def get_buffer(self, sizehint: int) -> bytearray:
@@ -525,11 +532,33 @@ class _SseReader(asyncio.BufferedProtocol):
         if c.types is not None:
             for t in re.findall(rb"event: (\S+)", bytes(buf[start:nbytes])):
                 c.types[t.decode()] = c.types.get(t.decode(), 0) + 1
+        self._check_ids(buf, start, nbytes)
         c.reads += 1
         m = _TIME.search(buf, start, nbytes)
         if m:
             with contextlib.suppress(ValueError):
                 c.delays.append(now - datetime.fromisoformat(m.group(1).decode()).timestamp())
+
+    def _check_ids(self, buf: bytearray, start: int, nbytes: int) -> None:
+        """Count in ``disorder`` the ids of this read that do not go up from the stream's last one. An id
+        line split across reads starts at the last read's last newline: it is matched there, joined with
+        this read's first bytes; the lines wholly in this read are matched in the shared buffer."""
+        ids: list[int] = []
+        if self.id_tail:
+            m = _ID.match(self.id_tail + bytes(buf[start:min(nbytes, start + _ID_KEEP)]))
+            if m:
+                ids.append(int(m.group(1)))
+        ids += map(int, _ID.findall(buf, start, nbytes))
+        if ids:
+            prev = [self.last_id, *ids[:-1]]
+            self.c.disorder += sum(1 for a, b in zip(prev, ids, strict=True) if b <= a)
+            self.last_id = ids[-1]
+        nl = buf.rfind(b"\n", start, nbytes)
+        if nl >= 0:
+            self.id_tail = bytes(buf[nl:nbytes]) if nbytes - nl <= _ID_KEEP else b""
+        elif self.id_tail:  # no newline in this read: the line so far goes on
+            joined = self.id_tail + bytes(buf[start:nbytes])
+            self.id_tail = joined if len(joined) <= _ID_KEEP else b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.head is not None and self.c.error is None:
@@ -587,6 +616,7 @@ async def _sse_load(port: int, n: int, probe: bool) -> None:
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     print(json.dumps([{"events": c.events, "overflow": c.overflow, "error": c.error, "types": c.types,
+                       "disorder": c.disorder,
                        "delays": [round(d, 5) for d in c.delays]} for c in clients]), flush=True)
 
 
@@ -632,7 +662,7 @@ async def _sse_main(args: argparse.Namespace, port: int, tmp: Path, pid: int) ->
         got += json.loads(await p.stdout.readline())
         await p.wait()
     clients = [SseClient(events=g["events"], delays=g["delays"], overflow=g["overflow"], error=g["error"],
-                         types=g["types"]) for g in got]
+                         types=g["types"], disorder=g["disorder"]) for g in got]
     ok = sum(1 for c in clients if c.error is None)
     # what was published: every run of the window (and its events), read back from history
     runs = await loop.run_in_executor(None, lambda: _all_runs(port))
@@ -649,7 +679,10 @@ async def _sse_main(args: argparse.Namespace, port: int, tmp: Path, pid: int) ->
     slots = args.sse_rate * args.sse_seconds
     counts = sorted(c.events for c in clients if c.error is None)
     delays = sorted(d for c in clients for d in c.delays)
-    full = sum(1 for n in counts if n >= expected)
+    # exactly the expected events, ids going up: a duplicated or reordered event is not "every event"
+    full = sum(1 for c in clients if c.error is None and c.events == expected and not c.disorder)
+    extra = sum(1 for n in counts if n > expected)
+    disordered = sum(1 for c in clients if c.disorder)
     return {
         "clients": args.sse_clients, "connected": ok, "rate": args.sse_rate, "seconds": args.sse_seconds,
         "client_procs": procs_n,
@@ -657,7 +690,8 @@ async def _sse_main(args: argparse.Namespace, port: int, tmp: Path, pid: int) ->
         "probe_client_types": clients[0].types,
         "events_per_client_min": counts[0] if counts else 0, "events_per_client_median":
             statistics.median(counts) if counts else 0, "events_per_client_max": counts[-1] if counts else 0,
-        "clients_with_every_event": full, "overflowed": sum(1 for c in clients if c.overflow),
+        "clients_with_every_event": full, "clients_with_extra_events": extra,
+        "clients_with_ids_out_of_order": disordered, "overflowed": sum(1 for c in clients if c.overflow),
         "errors": sum(1 for c in clients if c.error is not None),
         "delay_p50_ms": _pct_ms(delays, 0.5), "delay_p99_ms": _pct_ms(delays, 0.99),
         "delay_max_ms": round(delays[-1] * 1000, 1) if delays else None, "delay_samples": len(delays),
@@ -829,10 +863,14 @@ def main(argv: list[str] | None = None) -> int:
     if sse_line:
         s = sse_line
         met = s["clients_with_every_event"] == s["clients"] and (s["delay_p99_ms"] or 1e9) <= 100
+        error = "" if not (s["clients_with_extra_events"] or s["clients_with_ids_out_of_order"]) else (
+            f" (ERROR: {s['clients_with_extra_events']} clients got more events than published, "
+            f"{s['clients_with_ids_out_of_order']} got ids out of order)")
         print(f"- SSE: {s['connected']}/{s['clients']} clients on /monitor/logs, {s['runs']} runs in "
               f"{s['seconds']} s ({s['rate']}/s nominal): events per client {s['events_per_client_min']}-"
               f"{s['events_per_client_max']} of {s['events_expected']} expected, "
-              f"{s['clients_with_every_event']} clients got every event, {s['overflowed']} overflowed; "
+              f"{s['clients_with_every_event']} clients got every event, {s['overflowed']} overflowed"
+              f"{error}; "
               f"delivery p50 {s['delay_p50_ms']} ms, p99 {s['delay_p99_ms']} ms (target: every event, "
               f"p99 <= 100 ms: {'met' if met else 'NOT met'}); engines meanwhile {s['on_time_pct']} % of "
               f"{s['slots']} slots started within 1 s (lag p99 {s['lag_p99_ms']} ms), server CPU "

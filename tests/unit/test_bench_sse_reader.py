@@ -84,3 +84,17 @@ def test_a_refused_stream_is_an_error_not_events():
     c = asyncio.run(main())
     assert c.error is not None and "503" in c.error
     assert c.events == 0
+
+
+def test_ids_in_order_are_clean_however_split_and_a_duplicate_or_a_swap_is_caught():
+    frames = [f'id: {i}\r\nevent: run.queued\r\ndata: {{"n":{i}}}\r\n\r\n'.encode() for i in range(8, 14)]
+    good = HEAD + b"".join(frames)
+    dup = HEAD + b"".join([*frames[:3], frames[2], *frames[3:]])  # a partial send's rest sent twice
+    swap = HEAD + b"".join([*frames[:2], frames[3], frames[2], *frames[4:]])
+    rng = random.Random(18)
+    for stream, bad in ((good, False), (dup, True), (swap, True)):
+        splits = [[cut] for cut in range(1, len(stream))]
+        splits += [sorted(rng.sample(range(1, len(stream)), rng.randint(2, 60))) for _ in range(200)]
+        for cuts in splits:
+            c = _feed(stream, cuts)
+            assert bool(c.disorder) is bad, (stream is dup, cuts)
