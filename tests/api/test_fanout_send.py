@@ -137,6 +137,7 @@ async def test_a_client_that_does_not_read_is_still_cut_off_at_the_bound(fanout_
     transport, peer = await _pair(sndbuf=4096)
     try:
         client = SseClient(_never, transport, 256 * 1024)
+        assert (client._fd >= 0) is (fanout_send == "held send")  # the way this run takes
         frame = b"id: 1\r\nevent: run.log\r\ndata: %s\r\n\r\n" % (b"y" * 10_000)
         for _ in range(1000):
             if not client.write(frame):
