@@ -2,15 +2,13 @@
 
 One write of ``--size`` bytes to each of ``--sockets`` loopback sockets (a reader process drains them),
 ``--writes`` times 20 ms apart, through ``socket.send`` (releases the GIL around each call) and through
-libc's ``send`` called with the GIL kept (``ctypes.PyDLL``, as ``chronos_app.api.fanout`` does on Linux),
+libc's ``send`` called with the GIL kept (``chronos_app.api.fanout._SEND``, the product's own, imported),
 each alone and beside a thread running Python (as the engines' thread beside the API's); switch interval
 0.5 ms, as ``chronos serve`` tunes it. Prints the p50 and max of one write to all the sockets."""
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import os
 import selectors
 import socket
@@ -18,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from chronos_app.api.fanout import _SEND, _SEND_FLAGS
 
 
 def _reader(port: int, n: int) -> None:
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         c.setblocking(False)
         conns.append(c)
     fds = [c.fileno() for c in conns]
-    send = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6").send
-    send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
-    send.restype = ctypes.c_ssize_t
+    send = _SEND  # the product's own (loading, argument types), so this measures what it runs
+    if send is None:
+        raise SystemExit("no held send on this platform (chronos_app.api.fanout._SEND is None)")
     data = b"x" * args.size
     stop = threading.Event()
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         t, short = time.perf_counter(), 0
         if held:
             for fd in fds:
-                short += send(fd, data, len(data), 0x40 | 0x4000) < len(data)  # DONTWAIT | NOSIGNAL
+                short += send(fd, data, len(data), _SEND_FLAGS) < len(data)  # DONTWAIT | NOSIGNAL
         else:
             for c in conns:
                 try:

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -87,17 +87,16 @@ def _held_send() -> Callable[[int, bytes, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6")
-        send = libc.send
+        send = ctypes.PyDLL(None).send  # the process's own libc (glibc or musl): no ldconfig lookup
     except (OSError, AttributeError):  # pragma: no cover - no libc to call
         return None
     send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
     send.restype = ctypes.c_ssize_t
-    return send  # type: ignore[no-any-return]
+    return send
 
 
 _SEND = _held_send()
-_SEND_FLAGS = 0x40 | 0x4000  # MSG_DONTWAIT | MSG_NOSIGNAL (Linux)
+_SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0) | getattr(socket, "MSG_NOSIGNAL", 0)  # both on Linux
 
 
 def _socket_fd(transport: asyncio.WriteTransport) -> int:
