@@ -81,9 +81,12 @@ def _held_send() -> Callable[[int, bytes, int, int], int] | None:
 
     A batch is one ``send`` per client. ``socket.send`` releases the GIL around each, and taking it back
     while the engines' thread runs Python costs up to a switch interval: writing 20 KB to each of 1,000
-    loopback sockets took 5-6 ms alone and **220 ms** with one other thread running Python (8-12 ms
-    through this call; BENCHMARKS.md, "SSE: the fan-out's wait"). Held, the other thread still gets
-    the GIL at its switch interval (the interpreter drops it between two calls when asked)."""
+    loopback sockets took 5-6 ms alone and **220 ms** with one other thread running Python on an
+    otherwise idle core (8-12 ms through this call). That cost needs the waiting thread to have a core
+    to spin on: at load 6.5 the same write beside the thread took 10.5 ms through ``socket.send``
+    (BENCHMARKS.md, "The GIL hand-backs"); whether this call improves the delivery p99 is not settled
+    (the A/B runs overlap). Held, the other thread still gets the GIL at its switch interval (the
+    interpreter drops it between two calls when asked)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
