@@ -387,13 +387,29 @@ class OutboxRelay:
         """Whether this relay is the active one (always, except on MySQL with another relay active)."""
         if not self._mysql:
             return True
+        # one lock per database: deployments sharing a server must not block each other
+        name = f"{_LOCK_NAME}:{self.engine.url.database or ''}"[:64]
         if self._lock_conn is not None:
-            return True
+            held = self._lock_conn
+
+            def still_ours() -> bool:
+                # The lock lives as long as the session, and that can end under us: the server's
+                # wait_timeout on an idle connection (8 h by default), a KILL, a proxy's idle timeout, a
+                # failover. Then another relay takes the lock while this one would go on believing it
+                # leads: two active relays, a job's runs out of order (review-scaleout F4). Asking
+                # here, at every wake and poll, also keeps the session from ever being idle that long.
+                ours = held.scalar(text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"), {"name": name})
+                held.commit()
+                return bool(ours)
+            if await self._db(still_ours):  # a lost connection: StoreUnavailable, the loop drops it
+                return True
+            self._lock_conn = None
+            self._listen(False)
+            await self._run(_end_session, held)
+            log.warning("this outbox relay lost its lock (its database session ended): it stands by")
 
         def take() -> Connection | None:
             conn = self.engine.connect()
-            # one lock per database: deployments sharing a server must not block each other
-            name = f"{_LOCK_NAME}:{self.engine.url.database or ''}"[:64]
             got = conn.scalar(text("SELECT GET_LOCK(:name, 0)"), {"name": name})
             conn.commit()
             if got == 1:

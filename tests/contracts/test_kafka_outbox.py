@@ -150,6 +150,43 @@ async def test_one_relay_at_a_time_on_mysql(
             await q.stop()
 
 
+async def test_a_relay_whose_lock_session_ended_stops_leading(
+        kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str,
+        consumer: KafkaDispatchQueue) -> None:
+    """The active relay's lock lives as long as its database session, which the server can end under it
+    (wait_timeout on an idle connection, a KILL, a proxy): the standby then takes the lock, and the old
+    leader must stand by, or two relays send and a job's runs lose their order (review-scaleout F4)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    inners = [kafka_queue(kafka_bootstrap, kafka_names) for _ in range(2)]
+    queues = [OutboxDispatchQueue(q, OutboxRelay(fresh_mysql_url, q, interval=0.2)) for q in inners]
+    await queues[0].start()
+    await until(lambda: _true(queues[0].relay.leading))
+    await queues[1].start()
+    engine = create_engine(fresh_mysql_url)
+    try:
+        await asyncio.sleep(1)
+        assert not queues[1].relay.leading
+        name = f"chronos_outbox_relay:{make_url(fresh_mysql_url).database}"[:64]
+        with engine.connect() as conn:  # end the leader's lock session, as wait_timeout would
+            holder = conn.scalar(text("SELECT IS_USED_LOCK(:n)"), {"n": name})
+            conn.execute(text(f"KILL {int(holder)}"))
+        await until(lambda: _true(queues[1].relay.leading))
+        await asyncio.sleep(2)  # ten polls of the old leader
+        assert [q.relay.leading for q in queues] == [False, True]
+        job = make_job("job-lock-lost")
+        sent = [make_dispatch(job) for _ in range(12)]
+        for i in range(0, 12, 2):
+            await queues[i // 2 % 2].put(sent[i:i + 2])  # both schedulers write
+        got = await take(consumer, 12)
+        assert [d.run.id for d in got] == [d.run.id for d in sent]
+    finally:
+        engine.dispose()
+        for q in queues:
+            await q.stop()
+
+
 async def test_a_put_in_another_process_wakes_the_active_relay_at_once(
         kafka_bootstrap: str, kafka_names: KafkaNames, fresh_mysql_url: str,
         consumer: KafkaDispatchQueue) -> None:
