@@ -14,6 +14,9 @@ the same bytes, both started here, loaded side by side (``make bench-api``; ``py
   ``GET /jobs/health`` (the floor check: routing, middleware, a tiny JSON body). Each case alternates
   bare and Chronos ``--repeats`` times; the summary line gives the median and min-max of each and of
   the per-repeat ratio (chronos rps / bare rps).
+* ``--write-rate N``: another process commits to the store N times a second during every load (of both
+  servers), as a busy scheduler does: ``GET /jobs`` and history pages are kept only while nothing was
+  committed (chronos_app/api/pages.py), so this measures them being built again.
 * The scheduler under load (``--scheduler``, in ``make bench``): ``--sched-rate`` python jobs a second on a
   fresh ``chronos serve`` for ``--sched-seconds``, with the API idle, then with ``GET /jobs?limit=100``
   loaded by wrk all along: the share of slots started within 1 s, lag p50/p99 (issue #18 target 6).
@@ -21,8 +24,10 @@ the same bytes, both started here, loaded side by side (``make bench-api``; ``py
   ``--sse-rate`` python jobs a second (an ``async def`` that does nothing) run for ``--sse-seconds``:
   the events every client got against what the runs published (queued, started, succeeded), and the
   delivery delay (receipt minus the event's ``time``) of the first event of each read, p50/p99/max.
-  The clients share this machine's two cores with the server (one process, raw sockets, no parsing
-  beyond counting events).
+  The clients share this machine's two cores with the server: ``--sse-procs`` processes (default 4),
+  raw sockets, no parsing beyond counting events and checking that each stream's ids go up (a client
+  counts as having every event only with exactly the expected count and no id out of order: a
+  duplicated or reordered event fails it); receipt and event time are the same machine's clock.
 
 Every JSON line carries the CPU model and the calibration figure (the bare Starlette rps of the same run
 and case); results go to ``bench/api-latest.jsonl`` (``--quick``: ``bench/results/api-quick.jsonl``).
@@ -251,6 +256,36 @@ def _get(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes, s
         conn.close()
 
 
+# A writer beside the load (``--write-rate``): another process committing to the store N times a second,
+# as a busy scheduler does, so that the kept pages (chronos_app/api/pages.py) are built again after each
+# commit. It changes the description of a job that is on no page the cases read (the last one seeded),
+# so the bytes the bare app serves stay Chronos's bytes.
+_WRITER = """
+import sqlite3, sys, time
+db, rate, job_id = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+conn = sqlite3.connect(db, isolation_level=None, timeout=60)
+n, t0 = 0, time.monotonic()
+while True:
+    n += 1
+    conn.execute("UPDATE jobs SET description = ? WHERE id = ?", (f"bench write {n % 2}", job_id))
+    time.sleep(max(0.0, t0 + n / rate - time.monotonic()))
+"""
+
+
+@contextlib.contextmanager
+def writes(db: Path, rate: float, job_id: str) -> Iterator[None]:
+    """``rate`` commits a second to ``db`` from another process while inside (none for 0)."""
+    if rate <= 0:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(db), str(rate), job_id])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # ------------------------------------------------------------------------------------------ load
 
 @dataclass
@@ -429,10 +464,11 @@ def run_http_cases(args: argparse.Namespace, tmp: Path, meta: dict[str, Any], ou
                         if body is not None:  # names are unique: a prefix of each load's own
                             body = post.replace(prefix, f"{prefix}r{rep}{system}")
                         cpu0 = process_cpu(pid)
-                        if loader is not None:
-                            load = loader(port, path, args.duration, args.connections, body, tmp)
-                        else:
-                            load = pyload(port, path, args.duration, args.connections, body)
+                        with writes(db, args.write_rate, ids[-1]):
+                            if loader is not None:
+                                load = loader(port, path, args.duration, args.connections, body, tmp)
+                            else:
+                                load = pyload(port, path, args.duration, args.connections, body)
                         if load.requests:
                             used = process_cpu(pid) - cpu0
                             load.cpu_us_per_request = round(used * 1e6 / load.requests, 1)
@@ -442,7 +478,8 @@ def run_http_cases(args: argparse.Namespace, tmp: Path, meta: dict[str, Any], ou
                                 "rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
                                 "requests": load.requests, "bad": load.bad, "load": load.tool,
                                 "cpu_us_per_request": load.cpu_us_per_request,
-                                "duration_s": args.duration}
+                                "duration_s": args.duration, "write_rate": args.write_rate,
+                                "loadavg_1m": os.getloadavg()[0]}
                         if system == "chronos":
                             line["calibration_bare_rps"] = r.bare[-1].rps
                             line["ratio"] = round(load.rps / r.bare[-1].rps, 4)
@@ -467,53 +504,96 @@ class SseClient:
     overflow: bool = False
     error: str | None = None
     types: dict[str, int] | None = None  # by event type (one probe client)
+    disorder: int = 0  # ids that did not go up (a duplicated or reordered event)
 
 
 _TIME = re.compile(rb'"time":"([^"]+)"')
 _RUN_EVENT = b"event: run."
+_OVERFLOW = b"event: overflow"
+_KEEP = len(_OVERFLOW) - 1  # the stream's last bytes, kept for the next read: a marker split across reads
+_ID = re.compile(rb"\nid: (\d+)\r\n")  # a frame's id line (the in-memory bus numbers its events)
+_ID_KEEP = 32  # at most, from a read's last newline: the start of an id line split across reads
+_READ_SIZE = 256 * 1024
 
 
-class _SseReader(asyncio.Protocol):
+class _SseReader(asyncio.BufferedProtocol):
     """One client's socket: counts the events it gets and samples the delay of the first event of each
-    read (the oldest in it). A protocol, not a stream reader and a task: 1,000 of them share this
-    process's core with everything else, and the load generator must cost far less than the server."""
+    read (the oldest in it). A buffered protocol reading into one buffer shared by the process's clients
+    (each read is counted before the next starts), not a stream reader and a task: the load generator
+    must cost far less than the server, and its own lag counts in the delay it measures."""
+
+    buffer = bytearray(_READ_SIZE)
 
     def __init__(self, c: SseClient, settled: Callable[[], None]) -> None:
         self.c = c
         self.settled = settled
-        self.head = b""
+        self.head: bytes | None = b""
         self.tail = b""
+        self.id_tail = b""  # the last read's bytes from its last newline (an id line may continue here)
+        self.last_id = -1
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def data_received(self, chunk: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buf = self.buffer
         c = self.c
+        start = 0
         if self.head is not None:
-            self.head += chunk
+            self.head += bytes(buf[:nbytes])
             if b"\r\n\r\n" not in self.head:
                 return
-            head, _, chunk = self.head.partition(b"\r\n\r\n")
-            self.head = None  # type: ignore[assignment]
+            head, _, rest = self.head.partition(b"\r\n\r\n")
+            self.head = None
             if b" 200 " not in head[:16]:
                 c.error = head[:40].decode(errors="replace")
                 self.transport.close()  # type: ignore[attr-defined]
                 return
             self.settled()
-            if not chunk:
+            start = nbytes - len(rest)
+            if not rest:
                 return
         now = time.time()
-        data = self.tail + chunk  # an event's "event: run.x" line may be split across reads
-        c.events += data.count(_RUN_EVENT) - self.tail.count(_RUN_EVENT)
-        self.tail = data[-len(_RUN_EVENT):]
-        if c.types is not None:
-            for t in re.findall(rb"event: (\S+)", chunk):
-                c.types[t.decode()] = c.types.get(t.decode(), 0) + 1
-        c.reads += 1
-        if b"event: overflow" in chunk:
+        # markers inside this read, plus one split across the previous read and this one (the joined
+        # piece is shorter than two markers, so whatever it holds spans the boundary); the shared buffer
+        # holds other reads' bytes after ``nbytes``
+        edge = self.tail[-(len(_RUN_EVENT) - 1):] + bytes(buf[start:min(nbytes, start + len(_RUN_EVENT) - 1)])
+        c.events += buf.count(_RUN_EVENT, start, nbytes) + edge.count(_RUN_EVENT)
+        if _OVERFLOW in self.tail + bytes(buf[start:min(nbytes, start + len(_OVERFLOW) - 1)]) or buf.find(
+                _OVERFLOW, max(start, nbytes - 4096), nbytes) >= 0:  # the last frame of its stream
             c.overflow = True
-        m = _TIME.search(chunk)
+        self.tail = (self.tail + bytes(buf[max(start, nbytes - _KEEP):nbytes]))[-_KEEP:]
+        if c.types is not None:
+            for t in re.findall(rb"event: (\S+)", bytes(buf[start:nbytes])):
+                c.types[t.decode()] = c.types.get(t.decode(), 0) + 1
+        self._check_ids(buf, start, nbytes)
+        c.reads += 1
+        m = _TIME.search(buf, start, nbytes)
         if m:
             with contextlib.suppress(ValueError):
                 c.delays.append(now - datetime.fromisoformat(m.group(1).decode()).timestamp())
+
+    def _check_ids(self, buf: bytearray, start: int, nbytes: int) -> None:
+        """Count in ``disorder`` the ids of this read that do not go up from the stream's last one. An id
+        line split across reads starts at the last read's last newline: it is matched there, joined with
+        this read's first bytes; the lines wholly in this read are matched in the shared buffer."""
+        ids: list[int] = []
+        if self.id_tail:
+            m = _ID.match(self.id_tail + bytes(buf[start:min(nbytes, start + _ID_KEEP)]))
+            if m:
+                ids.append(int(m.group(1)))
+        ids += map(int, _ID.findall(buf, start, nbytes))
+        if ids:
+            prev = [self.last_id, *ids[:-1]]
+            self.c.disorder += sum(1 for a, b in zip(prev, ids, strict=True) if b <= a)
+            self.last_id = ids[-1]
+        nl = buf.rfind(b"\n", start, nbytes)
+        if nl >= 0:
+            self.id_tail = bytes(buf[nl:nbytes]) if nbytes - nl <= _ID_KEEP else b""
+        elif self.id_tail:  # no newline in this read: the line so far goes on
+            joined = self.id_tail + bytes(buf[start:nbytes])
+            self.id_tail = joined if len(joined) <= _ID_KEEP else b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.head is not None and self.c.error is None:
@@ -528,10 +608,12 @@ async def _sse_client(port: int, c: SseClient, settled: Callable[[], None], stop
     try:
         loop = asyncio.get_running_loop()
         transport, reader = await loop.create_connection(lambda: _SseReader(c, settled), HOST, port)
+        assert isinstance(reader, _SseReader)
         transport.write(f"GET /monitor/logs HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream"
                         "\r\n\r\n".encode())
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({reader.done, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        waits: set[asyncio.Future[Any]] = {reader.done, stopping}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
     except OSError as exc:
         c.error = type(exc).__name__
@@ -542,9 +624,12 @@ async def _sse_client(port: int, c: SseClient, settled: Callable[[], None], stop
             transport.close()
 
 
-async def _sse_main(args: argparse.Namespace, port: int, tmp: Path, pid: int) -> dict[str, Any]:
-    clients = [SseClient() for _ in range(args.sse_clients)]
-    clients[0].types = {}
+async def _sse_load(port: int, n: int, probe: bool) -> None:
+    """One load process (``--sse-load``): ``n`` clients; prints ``ready`` once every one streams or
+    failed, and, when its stdin closes, one JSON line of what each client got."""
+    clients = [SseClient() for _ in range(n)]
+    if probe:
+        clients[0].types = {}
     ready, stop = asyncio.Event(), asyncio.Event()
     pending = [len(clients)]
 
@@ -560,7 +645,30 @@ async def _sse_main(args: argparse.Namespace, port: int, tmp: Path, pid: int) ->
             await asyncio.sleep(0.05)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(ready.wait(), 60)
-    ok = sum(1 for c in clients if c.error is None)
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps([{"events": c.events, "overflow": c.overflow, "error": c.error, "types": c.types,
+                       "disorder": c.disorder,
+                       "delays": [round(d, 5) for d in c.delays]} for c in clients]), flush=True)
+
+
+async def _sse_main(args: argparse.Namespace, port: int, tmp: Path, pid: int) -> dict[str, Any]:
+    # The clients are spread over --sse-procs processes (one alone took 58-94 % of a core: its lag in
+    # reading 1,000 sockets counted as the server's delivery delay); every process stamps the receipt
+    # with this machine's clock, as the server stamps the event.
+    procs_n = max(1, min(args.sse_procs, args.sse_clients))
+    shares = [args.sse_clients // procs_n + (i < args.sse_clients % procs_n) for i in range(procs_n)]
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.api", "--sse-load", str(port), "--sse-clients", str(k),
+        *(["--sse-probe"] if i == 0 else []), cwd=HERE.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        limit=1 << 30) for i, k in enumerate(shares)]
+    for p in procs:
+        assert p.stdout is not None
+        line = await asyncio.wait_for(p.stdout.readline(), 120)
+        assert line.strip() == b"ready", line[:300]
     # the jobs: N python jobs @every 1s, phases spread over the second, from 2 s from now for D seconds
     base = datetime.fromtimestamp(int(time.time()) + 3, UTC)
     end = base + timedelta(seconds=args.sse_seconds)
@@ -572,12 +680,25 @@ async def _sse_main(args: argparse.Namespace, port: int, tmp: Path, pid: int) ->
         None, lambda: _post_json(port, "/jobs/apply", {"jobs": specs}))
     assert status == 200, body[:300]
     await asyncio.sleep(max(0.0, base.timestamp() - time.time()))
-    cpu0, own0, load0 = process_cpu(pid), time.process_time(), os.getloadavg()[0]
+
+    def clients_cpu() -> float:
+        return sum(process_cpu(p.pid) for p in procs)
+
+    cpu0, own0, load0 = process_cpu(pid), clients_cpu(), os.getloadavg()[0]
     await asyncio.sleep(max(0.0, end.timestamp() - time.time()))
-    cpu_s, own_s, load1 = process_cpu(pid) - cpu0, time.process_time() - own0, os.getloadavg()[0]
+    cpu_s, own_s, load1 = process_cpu(pid) - cpu0, clients_cpu() - own0, os.getloadavg()[0]
     await asyncio.sleep(args.sse_settle)
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    got: list[dict[str, Any]] = []
+    for p in procs:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.close()
+    for p in procs:
+        assert p.stdout is not None
+        got += json.loads(await p.stdout.readline())
+        await p.wait()
+    clients = [SseClient(events=g["events"], delays=g["delays"], overflow=g["overflow"], error=g["error"],
+                         types=g["types"], disorder=g["disorder"]) for g in got]
+    ok = sum(1 for c in clients if c.error is None)
     # what was published: every run of the window (and its events), read back from history
     runs = await loop.run_in_executor(None, lambda: _all_runs(port))
     by_status: dict[str, int] = {}
@@ -593,14 +714,19 @@ async def _sse_main(args: argparse.Namespace, port: int, tmp: Path, pid: int) ->
     slots = args.sse_rate * args.sse_seconds
     counts = sorted(c.events for c in clients if c.error is None)
     delays = sorted(d for c in clients for d in c.delays)
-    full = sum(1 for n in counts if n >= expected)
+    # exactly the expected events, ids going up: a duplicated or reordered event is not "every event"
+    full = sum(1 for c in clients if c.error is None and c.events == expected and not c.disorder)
+    extra = sum(1 for n in counts if n > expected)
+    disordered = sum(1 for c in clients if c.disorder)
     return {
         "clients": args.sse_clients, "connected": ok, "rate": args.sse_rate, "seconds": args.sse_seconds,
+        "client_procs": procs_n,
         "runs": len(runs), "runs_by_status": by_status, "events_expected": expected,
         "probe_client_types": clients[0].types,
         "events_per_client_min": counts[0] if counts else 0, "events_per_client_median":
             statistics.median(counts) if counts else 0, "events_per_client_max": counts[-1] if counts else 0,
-        "clients_with_every_event": full, "overflowed": sum(1 for c in clients if c.overflow),
+        "clients_with_every_event": full, "clients_with_extra_events": extra,
+        "clients_with_ids_out_of_order": disordered, "overflowed": sum(1 for c in clients if c.overflow),
         "errors": sum(1 for c in clients if c.error is not None),
         "delay_p50_ms": _pct_ms(delays, 0.5), "delay_p99_ms": _pct_ms(delays, 0.99),
         "delay_max_ms": round(delays[-1] * 1000, 1) if delays else None, "delay_samples": len(delays),
@@ -706,6 +832,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hot", type=int, default=5, help="jobs with --hot-runs runs (the history case)")
     p.add_argument("--hot-runs", type=int, default=150)
     p.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these")
+    p.add_argument("--write-rate", type=float, default=0.0, metavar="N",
+                   help="commits a second to the store by another process during every load (a busy "
+                        "scheduler: the API's kept pages are built again after each commit; default 0)")
     p.add_argument("--no-wrk", action="store_true", help="use the bundled load generator")
     p.add_argument("--sse", action=argparse.BooleanOptionalAction, default=None,
                    help="run the SSE case (default: on, off with --quick)")
@@ -713,6 +842,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sse-rate", type=int, default=500, help="python jobs a second during the SSE case")
     p.add_argument("--sse-seconds", type=int, default=10)
     p.add_argument("--sse-settle", type=float, default=5.0)
+    p.add_argument("--sse-procs", type=int, default=4, help="processes the SSE clients are spread over")
+    p.add_argument("--sse-load", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--sse-probe", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--scheduler", action=argparse.BooleanOptionalAction, default=None,
                    help="the scheduler's on-time rate with the API idle and loaded (default: on, off "
                         "with --quick)")
@@ -732,6 +864,9 @@ def main(argv: list[str] | None = None) -> int:
         ROOT = args.tree.resolve()
     if args.serve_bare:
         serve_bare(args.serve_bare, args.bodies)
+        return 0
+    if args.sse_load:
+        asyncio.run(_sse_load(args.sse_load, args.sse_clients, args.sse_probe))
         return 0
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 8.0)
@@ -760,16 +895,22 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(sse_line)
         print(json.dumps(sse_line), flush=True)
     print(f"\nAPI on SQLite, {args.jobs} jobs; {args.repeats} x {args.duration:g} s per load, median "
-          f"(min-max); machine: {meta['cpu_model']} x{meta['cpus']}, shared with other work")
+          f"(min-max); machine: {meta['cpu_model']} x{meta['cpus']}, shared with other work"
+          + (f"; {args.write_rate:g} commits/s by another process during each load"
+             if args.write_rate else ""))
     for r in results:
         print("- " + summary_line(r))
     if sse_line:
         s = sse_line
         met = s["clients_with_every_event"] == s["clients"] and (s["delay_p99_ms"] or 1e9) <= 100
+        error = "" if not (s["clients_with_extra_events"] or s["clients_with_ids_out_of_order"]) else (
+            f" (ERROR: {s['clients_with_extra_events']} clients got more events than published, "
+            f"{s['clients_with_ids_out_of_order']} got ids out of order)")
         print(f"- SSE: {s['connected']}/{s['clients']} clients on /monitor/logs, {s['runs']} runs in "
               f"{s['seconds']} s ({s['rate']}/s nominal): events per client {s['events_per_client_min']}-"
               f"{s['events_per_client_max']} of {s['events_expected']} expected, "
-              f"{s['clients_with_every_event']} clients got every event, {s['overflowed']} overflowed; "
+              f"{s['clients_with_every_event']} clients got every event, {s['overflowed']} overflowed"
+              f"{error}; "
               f"delivery p50 {s['delay_p50_ms']} ms, p99 {s['delay_p99_ms']} ms (target: every event, "
               f"p99 <= 100 ms: {'met' if met else 'NOT met'}); engines meanwhile {s['on_time_pct']} % of "
               f"{s['slots']} slots started within 1 s (lag p99 {s['lag_p99_ms']} ms), server CPU "

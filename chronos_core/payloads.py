@@ -526,6 +526,7 @@ class JobTypes:
     def __init__(self, types: dict[str, type[Payload]] | None = None, *,
                  email_max_recipients: int = DEFAULT_MAX_RECIPIENTS) -> None:
         self._types: dict[str, type[Payload]] = dict(self.BUILTIN if types is None else types)
+        self._version = 0
         self._context: dict[str, Any] = {"email_max_recipients": email_max_recipients}
         self._service_secrets: list[str] = []
 
@@ -541,6 +542,14 @@ class JobTypes:
         if not re.fullmatch(r"[a-z][a-z0-9_.-]{0,49}", name):
             raise ValueError(f"job type names are lowercase identifiers, got {name!r}")
         self._types[name] = payload_model
+        self._version += 1
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever a type is registered (or replaced): what a job of any type shows
+        (its masked payload) may have changed. Read by the API's kept pages (one int, not the tuple of
+        the types on every request)."""
+        return self._version
 
     @property
     def names(self) -> list[str]:

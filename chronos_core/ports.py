@@ -163,6 +163,16 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         """Return if the backend answers; raise :class:`StoreUnavailable` if not."""
 
+    def data_stamp(self) -> object | None:
+        """An opaque value that changes whenever anything this store holds may have changed (a write by
+        this process or any other), or None when the store cannot tell: then nothing read from it may be
+        kept on the strength of the stamp. Cheap, synchronous, and read *before* the reads it vouches
+        for: what was read after a stamp is at least as new as the stamp, so a page read and kept under
+        it is dropped as soon as a later write moves the stamp on. Equal stamps (``==``) mean nothing
+        was committed in between. The default is None (a store that does not implement it keeps
+        nothing cached by the API)."""
+        return None
+
     # jobs --------------------------------------------------------------------------------------
     @abc.abstractmethod
     async def add_jobs(self, jobs: Sequence[Job]) -> None:

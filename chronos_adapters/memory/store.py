@@ -121,6 +121,13 @@ class MemoryStore(Store):
         self._notice_keys: dict[str, str] = {}  # key -> id
         self._pending: dict[str, None] = {}  # ids of pending notices (what a claim looks at)
 
+    def data_stamp(self) -> object | None:
+        """None: the API keeps no pages of this store. A counter bumped by every write would do, but the
+        writes here are many methods changing dicts in place (and, with the API on a thread of its own,
+        run on another loop than the reader of the counter): one write that missed the bump would serve
+        a stale page, and this store is for tests and embedded use, where the pages are not the cost."""
+        return None
+
     def _run(self, run_id: str) -> Run | None:
         value = self._runs.get(run_id)
         if type(value) is tuple:

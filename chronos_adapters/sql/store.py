@@ -167,6 +167,14 @@ class SqlStore(Store):
                 conn.execute(select(literal(1)))
         await self._call(ping)
 
+    def data_stamp(self) -> object | None:
+        """With ``inline_reads`` (a SQLite file): the inline reader's connection and its ``PRAGMA
+        data_version``, which every commit by any other connection or process moves on
+        (:meth:`Database.data_stamp`). Otherwise None: MySQL has no such cheap counter, and a SQLite
+        store without its own reader connection has none to read it on. Call it where the inline reads
+        run (the API's thread)."""
+        return None if self._db is None else self._db.data_stamp()
+
     # plumbing ---------------------------------------------------------------------------------
     @property
     def _database(self) -> Database:

@@ -25,6 +25,7 @@ from .context import ApiContext
 from .idempotency import IdempotencyCache
 from .metrics import ApiMetrics
 from .openapi import build_openapi
+from .pages import KeptPages
 from .problems import EXCEPTION_HANDLERS
 from .routes import OPS
 from .shown import ShownJobs
@@ -94,7 +95,7 @@ def create_app(container: Container | None = None, *,
     ctx = ApiContext(chronos=chronos, settings=settings,
                      idempotency=IdempotencyCache(settings.idempotency_ttl,
                                                   max_bytes=settings.idempotency_max_bytes), metrics=metrics,
-                     shown=ShownJobs(chronos.job_types))
+                     shown=ShownJobs(chronos.job_types), pages=KeptPages(chronos.store, chronos.job_types))
     if exiting is not None:
         ctx.sse.exiting = exiting
     documents: dict[tuple[str, ...], dict[str, Any]] = {}

@@ -19,6 +19,7 @@ from .fanout import SseHub
 from .frames import EventFrames
 from .idempotency import IdempotencyCache
 from .metrics import ApiMetrics
+from .pages import KeptPages
 from .shown import ShownJobs, ShownRuns
 
 __all__ = ["ApiContext", "Op", "ReadinessLog", "api"]
@@ -63,6 +64,8 @@ class ApiContext:
     idempotency: IdempotencyCache
     metrics: ApiMetrics
     shown: ShownJobs
+    pages: KeptPages
+    """Pages of GET /jobs and GET /jobs/{id}/history as sent, while the store has not changed."""
     shown_runs: ShownRuns = field(default_factory=ShownRuns)
     """Runs that ended, as pages of history show them (kept: they never change)."""
     frames: EventFrames = field(default_factory=EventFrames)

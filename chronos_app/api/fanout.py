@@ -10,11 +10,12 @@ SSE case). Here:
   one bus subscription. The hand-over takes what the stream's own subscription holds and joins the group
   in one step of the event loop; the bus offers each event to every subscription in one step, so nothing
   is lost or sent twice in between (:meth:`SseHub.join`).
-* A group's task takes every event that arrived, waits for the next batch while the last one's writing
-  took less than a quarter of the time (at most :attr:`SseHub.max_interval`), and writes the batch's
+* A group's task takes every event that arrived, waits for the next batch three times as long as the
+  last one's writing took but at most :attr:`SseHub.max_interval` (10 ms), and writes the batch's
   frames (encoded once, :class:`~chronos_app.api.frames.EventFrames`) as **one** write per client:
   straight to the socket's transport when the server is uvicorn (one chunk of the chunked body: the
-  server's own send sees only the head and the end), else through the ASGI send.
+  server's own send sees only the head and the end; on Linux through libc's ``send`` without releasing
+  the GIL while the transport holds nothing unsent, :func:`_held_send`), else through the ASGI send.
 * Each client's unsent output is bounded (:attr:`SseHub.limit` bytes: the transport's buffer, or the
   bytes the ASGI send has not taken). A client that cannot keep up is **told it lost events and
   disconnected**: it gets an ``overflow`` event (``retry: 0``) and the stream ends, as when its own
@@ -31,9 +32,12 @@ The hub lives on the API's event loop and touches the bus only through subscript
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import signal
+import socket
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -72,6 +76,45 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def _held_send() -> Callable[[int, bytes, int, int], int] | None:
+    """libc's ``send`` called **without releasing the GIL** (``ctypes.PyDLL``), on Linux; None elsewhere.
+
+    A batch is one ``send`` per client. ``socket.send`` releases the GIL around each, and taking it back
+    while the engines' thread runs Python costs up to a switch interval: writing 20 KB to each of 1,000
+    loopback sockets took 5-6 ms alone and **220 ms** with one other thread running Python on an
+    otherwise idle core (8-12 ms through this call). That cost needs the waiting thread to have a core
+    to spin on: at load 6.5 the same write beside the thread took 10.5 ms through ``socket.send``
+    (BENCHMARKS.md, "The GIL hand-backs"); whether this call improves the delivery p99 is not settled
+    (the A/B runs overlap). Held, the other thread still gets the GIL at its switch interval (the
+    interpreter drops it between two calls when asked)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        send = ctypes.PyDLL(None).send  # the process's own libc (glibc or musl): no ldconfig lookup
+    except (OSError, AttributeError):  # pragma: no cover - no libc to call
+        return None
+    send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+    send.restype = ctypes.c_ssize_t
+    return send
+
+
+_SEND = _held_send()
+_SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0) | getattr(socket, "MSG_NOSIGNAL", 0)  # both on Linux
+
+
+def _socket_fd(transport: asyncio.WriteTransport) -> int:
+    """The socket's descriptor, for :data:`_SEND`: only under asyncio's own selector transport (whose
+    buffer :meth:`SseClient._out` checks is empty first, so bytes never pass the ones it holds); -1
+    otherwise."""
+    if _SEND is None or type(transport).__module__ != "asyncio.selector_events":
+        return -1
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (OSError, ValueError):  # pragma: no cover - closed meanwhile
+        return -1
+
+
 def server_transport(scope: Scope) -> asyncio.WriteTransport | None:
     """The socket transport of this response, when the server is uvicorn and its body is chunked (so a
     chunk written there is a chunk of the body); None otherwise. ``scope["chronos.send"]`` is the
@@ -96,6 +139,7 @@ class SseClient:
     def __init__(self, send: Send, transport: asyncio.WriteTransport | None, limit: int) -> None:
         self._send = send
         self.transport = transport
+        self._fd = -1 if transport is None else _socket_fd(transport)
         self.limit = limit
         self.sent = False  # a frame went out (the first carries the reconnection delay)
         self.ended = False
@@ -141,10 +185,19 @@ class SseClient:
         if t is None:
             self._buffer += data
             self._wake.set()
-        elif t.is_closing():
+        elif t.is_closing():  # (checked first: the descriptor may be closed, or another socket's, after)
             self.disconnected()
         else:
-            t.write(chunk if chunk is not None else _chunk(data))
+            out = chunk if chunk is not None else _chunk(data)
+            if self._fd >= 0 and _SEND is not None and not t.get_write_buffer_size():
+                n = _SEND(self._fd, out, len(out), _SEND_FLAGS)
+                if n == len(out):
+                    return
+                if n > 0:
+                    out = out[n:]
+                # the rest (or all, on EAGAIN or an error) goes through the transport: it buffers what
+                # the socket does not take, and reports an error as its own send would
+            t.write(out)
 
     def overflow(self, detail: str) -> None:
         """The client lost events: its last frame says so, then the stream ends."""
@@ -328,7 +381,7 @@ class SseHub:
     """The open SSE streams of one API: their groups, keep-alive comments and shutdown."""
 
     def __init__(self, bus: EventBus, frames: EventFrames, *, ping: float, limit: int = 1 << 20,
-                 duty: float = 0.25, max_interval: float = 0.05,
+                 duty: float = 0.25, max_interval: float = 0.01,
                  exiting: Callable[[], bool] = _server_exiting) -> None:
         self.bus = bus
         self.frames = frames
@@ -336,9 +389,20 @@ class SseHub:
         self.limit = limit
         """Bytes a client may have unsent before it is told it lost events and disconnected."""
         self.duty = duty
-        """The share of the loop a busy group's writing may take: it waits ``took * (1 - duty) / duty``
-        after a batch before writing the next (at most ``max_interval``)."""
+        """A group waits ``took * (1 - duty) / duty`` after a batch before writing the next, but at most
+        ``max_interval``. So ``duty`` bounds a busy group's share of the loop only while its writes take
+        under ``max_interval * duty / (1 - duty)`` (3.3 ms at the defaults). With 1,000 clients a write
+        takes 10-35 ms, the cap decides, and one group's writing takes 50-78 % of the API's loop; each
+        group paces itself alone, so several busy groups (streams of different filters) are not bounded
+        together. What that costs HTTP requests on the same loop is not measured (BENCHMARKS.md)."""
         self.max_interval = max_interval
+        """The longest wait between a group's batches. With 1,000 clients and ~1,500 events/s a batch's
+        write takes 10-35 ms, so this cap is what decides the wait, and the wait is most of an event's
+        delay: at 50 ms the oldest event of a batch was 80 ms old when its write started (delivery p50
+        105 ms). A write's cost is mostly per byte (the same bytes however they are batched: the write
+        takes ~7 ms plus ~0.2 ms per event), so writing 4-5 times as often cost ~2 % more server CPU
+        (BENCHMARKS.md, "SSE: the fan-out's wait"). The writing then takes more than ``duty`` of the
+        API's loop (a batch is one step of it: a request waits behind at most one)."""
         self.exiting = exiting
         self.clients: dict[SseClient, None] = {}
         self.groups: dict[_Key, _Group] = {}

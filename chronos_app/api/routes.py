@@ -263,6 +263,9 @@ async def list_jobs(request: Request) -> Response:
     ctx = api(request)
     q = parse_query(request, JobListQuery)
     last_status = _statuses(q.last_status, "last_status")
+    page = ctx.pages.page(request, "jobs", q)  # the store's stamp, before the reads (pages.py)
+    if page.body is not None:
+        return _raw(page.body)
     # the jobs with their summaries in one store read (one query on SQL)
     listed = await ctx.chronos.jobs.list_with_summaries(status=q.status, type=q.type, name=q.name,
                                                         after=q.after, limit=q.limit + 1,
@@ -270,8 +273,8 @@ async def list_jobs(request: Request) -> Response:
     more = len(listed) > q.limit
     listed = listed[:q.limit]
     shown = ctx.shown.json
-    return _raw(page_json([shown(job, summary) for job, summary in listed],
-                          listed[-1][0].id if more else None))  # a JobPage
+    return _raw(page.keep(page_json([shown(job, summary) for job, summary in listed],
+                                    listed[-1][0].id if more else None)))  # a JobPage
 
 
 async def get_job(request: Request) -> Response:
@@ -336,11 +339,15 @@ async def set_job_status(request: Request) -> Response:
 async def job_history(request: Request) -> Response:
     ctx = api(request)
     q = parse_query(request, HistoryQuery)
-    runs = await ctx.chronos.jobs.history(request.path_params["job_id"], status=_statuses(q.status),
+    statuses = _statuses(q.status)
+    page = ctx.pages.page(request, "history", q)  # the store's stamp, before the reads (pages.py)
+    if page.body is not None:
+        return _raw(page.body)
+    runs = await ctx.chronos.jobs.history(request.path_params["job_id"], status=statuses,
                                           before=q.before, limit=q.limit + 1)
     more = len(runs) > q.limit
     runs = runs[:q.limit]
-    return _raw(ctx.shown_runs.page(runs, runs[-1].id if more else None))  # a RunPage
+    return _raw(page.keep(ctx.shown_runs.page(runs, runs[-1].id if more else None)))  # a RunPage
 
 
 async def delete_job_history(request: Request) -> Response:

@@ -145,6 +145,12 @@ class Bounded(Generic[V]):
             del entries[oldest]
             self._bytes -= costs.pop(oldest)
 
+    def clear(self) -> None:
+        """Drop every value kept."""
+        self._entries.clear()
+        self._costs.clear()
+        self._bytes = 0
+
     def forget(self, key: str) -> None:
         """Drop the value kept under ``key``, if any (for ``ShownJobs``: the job was deleted, or is
         dropped to stay within the bounds)."""

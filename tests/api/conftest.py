@@ -16,7 +16,7 @@ import uvicorn
 from dependency_injector import providers
 from starlette.applications import Starlette
 
-from chronos_app.api import create_app
+from chronos_app.api import create_app, fanout
 from chronos_app.container import Container
 from chronos_app.settings import Settings
 
@@ -34,6 +34,18 @@ def build_app(*, worker: bool = True, scheduler: bool = True, store: Any = None,
     if store is not None:
         container.store.override(providers.Object(store))
     return create_app(container)
+
+
+@pytest.fixture(params=["held send", "transport write"])
+def fanout_send(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test through each of the fan-out's two ways to a socket: libc's send holding the GIL
+    (Linux), and asyncio's ``transport.write`` alone (``_SEND is None``: macOS, Windows, no libc), so the
+    fallback is exercised on Linux too."""
+    if request.param == "transport write":
+        monkeypatch.setattr(fanout, "_SEND", None)
+    elif fanout._SEND is None:
+        pytest.skip("no held send on this platform")
+    return str(request.param)
 
 
 @contextlib.asynccontextmanager

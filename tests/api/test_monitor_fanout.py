@@ -28,7 +28,7 @@ async def _until(check: Any) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_many_clients_share_one_subscription_and_each_gets_every_event() -> None:
+async def test_many_clients_share_one_subscription_and_each_gets_every_event(fanout_send: str) -> None:
     app = build_app(sse_ping=60, worker=False, scheduler=False)
     ctx = app.state.api
     async with live(app) as base, httpx.AsyncClient(base_url=base, timeout=30,
@@ -48,6 +48,8 @@ async def test_many_clients_share_one_subscription_and_each_gets_every_event() -
         await _until(lambda: sum(len(g.members) for g in ctx.sse.groups.values()) == 20)
         assert bus.subscribers == before + 1  # one for the 20 streams
         assert all(client.transport is not None for client in ctx.sse.clients)  # straight to the sockets
+        held = fanout_send == "held send"
+        assert all((client._fd >= 0) is held for client in ctx.sse.clients)  # the way this run takes
         for n in range(3):
             await bus.publish([_log(10 * n + i) for i in range(10)])
         async with asyncio.timeout(30):
@@ -60,7 +62,7 @@ async def test_many_clients_share_one_subscription_and_each_gets_every_event() -
         assert "\nchronos_sse_clients 0.0\n" in (await c.get("/metrics")).text
 
 
-async def test_a_client_that_stops_reading_is_told_it_lost_events_and_disconnected() -> None:
+async def test_a_client_that_stops_reading_is_told_it_lost_events_and_disconnected(fanout_send: str) -> None:
     app = build_app(sse_ping=60, worker=False, scheduler=False)
     ctx = app.state.api
     ctx.sse.limit = 64 * 1024
@@ -78,6 +80,7 @@ async def test_a_client_that_stops_reading_is_told_it_lost_events_and_disconnect
         assert received.startswith(b"HTTP/1.1 200")
         await _until(lambda: ctx.sse.groups)
         [client] = ctx.sse.clients
+        assert (client._fd >= 0) is (fanout_send == "held send")  # the way this run takes
         client.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         # the client reads nothing more; the events go on
         published = 0
