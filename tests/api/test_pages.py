@@ -361,3 +361,31 @@ async def test_pages_kept_under_an_older_stamp_are_dropped_at_once(tmp_path: Pat
             await store.add_jobs([make_job("b")])
         await _get(c, "/jobs?limit=1")
         assert len(pages) == 1  # only the page built under the new stamp
+async def test_a_page_built_under_an_older_stamp_is_not_kept_after_a_newer_request(tmp_path: Path) -> None:
+    """Two requests of one page at once (a filtered listing reads in the pool, so the loop runs other
+    requests meanwhile): A takes the stamp and reads the old rows; a commit lands; B takes the new
+    stamp, builds and keeps the new page; then A keeps its old page. The next request must not get A's."""
+    url = _url(tmp_path)
+    app = inline_app(url)
+    store: SqlStore = app.state.api.chronos.store
+    async with running(app) as c, other_store(url) as other:
+        a = await _created(c, name="a")
+        target = await other.get_job(a["id"])
+        read = store.list_jobs_with_summaries
+        done = False
+        seen: dict[str, Any] = {}
+
+        async def interleaved(*args: Any, **kwargs: Any) -> Any:
+            nonlocal done
+            result = await read(*args, **kwargs)
+            if not done:
+                done = True
+                await other.update_job(dataclasses.replace(target, description="committed meanwhile",
+                                                           updated_at=target.updated_at + S))
+                seen["b"] = (await c.get("/jobs")).json()["items"][0]["description"]  # request B
+            return result
+
+        store.list_jobs_with_summaries = interleaved  # type: ignore[method-assign]
+        first = (await c.get("/jobs")).json()["items"][0]["description"]  # request A: old rows
+        assert first is None and seen["b"] == "committed meanwhile"
+        assert b"committed meanwhile" in await _get(c, "/jobs")  # C: not A's old page
