@@ -81,8 +81,9 @@ class Dispatch:
 class Claim:
     """The outcome of one claim: runs to dispatch, records written, running runs to ask to stop
     (``cancel``: replaced, overlap ``replace``), queued runs it cancelled (``cancelled``, as stored:
-    replaced before they started), and duplicate slots (a run for the same (job, slot, attempt) already
-    existed: another scheduler fired it)."""
+    replaced before they started), duplicate slots (a run for the same (job, slot, attempt) already
+    existed: another scheduler fired it), how many jobs it claimed and how many queued runs it inserted
+    that are due later (``waiting``: the job's jitter; :meth:`Store.claim_due_runs` hands them out)."""
 
     dispatch: list[Dispatch] = field(default_factory=list)
     recorded: list[Run] = field(default_factory=list)
@@ -90,6 +91,7 @@ class Claim:
     duplicates: int = 0
     jobs: int = 0
     cancelled: list[Run] = field(default_factory=list)
+    waiting: int = 0
 
 
 @dataclass(slots=True)
@@ -162,6 +164,16 @@ class Store(abc.ABC):
 
     async def ping(self) -> None:
         """Return if the backend answers; raise :class:`StoreUnavailable` if not."""
+
+    @property
+    def claim_holds_loop(self) -> bool:
+        """Whether :meth:`claim_due` runs on the event loop without awaiting (the memory store): while a
+        batch is claimed nothing else on the loop runs (no worker starts a run). The scheduler then ends
+        a tick's claiming after a batch that left runs waiting for their jitter, so the runs that come
+        due are handed out and started before the next batch is claimed (the claim order of such a store
+        must follow the jittered slot, see :meth:`claim_due`). False (the default): the claim runs off the
+        loop (a store's threads), and the tick claims on."""
+        return False
 
     # jobs --------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -252,6 +264,9 @@ class Store(abc.ABC):
 
         A planned run whose (job, slot, attempt) already exists is not inserted and is counted in
         ``duplicates``. Concurrent claims (other processes) never claim the same job at the same time.
+        Among jobs due at the same ``next_run_at`` the order is the store's; a store whose
+        :attr:`claim_holds_loop` is true claims them smallest jitter offset first (the order their
+        jittered slots come due in, :func:`~chronos_core.planning.jitter_offset`).
         """
 
     @abc.abstractmethod

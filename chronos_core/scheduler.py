@@ -223,24 +223,24 @@ class Scheduler:
                             "was lost with the store connection)", released)
         self._unsure = False
 
-    async def _batches(self, room: int | None, batch: Callable[[int], Awaitable[tuple[int, int]]]
+    async def _batches(self, room: int | None, batch: Callable[[int], Awaitable[tuple[int, bool]]]
                        ) -> int | None:
         """Backpressure: call ``batch(limit)`` (claim up to ``limit``, dispatch; it returns how many it
-        dispatched and how many it claimed) while the queue has room (None: unbounded) and a batch came
-        back full; the room left."""
+        dispatched and whether to claim on: a full batch came back) while the queue has room (None:
+        unbounded) and the batch says so; the room left."""
         while room is None or room > 0:
             limit = self.batch_size if room is None else min(self.batch_size, room)
-            dispatched, claimed = await batch(limit)
+            dispatched, more = await batch(limit)
             if room is not None:
                 room -= dispatched
-            if claimed < limit:
+            if not more:
                 break
         return room
 
     async def _fire(self, now: datetime, room: int | None) -> int | None:
         """Claim due jobs in batches; the room left in the queue."""
 
-        async def batch(limit: int) -> tuple[int, int]:
+        async def batch(limit: int) -> tuple[int, bool]:
             claim = await self._store.claim_due(now, limit, self._planner)
             self.stats.fired += len(claim.dispatch)
             self.stats.recorded += len(claim.recorded)
@@ -258,26 +258,33 @@ class Scheduler:
                                        ).total_seconds()
                 await self._dispatch(claim.dispatch)
             handed = len(claim.dispatch)
-            if claim.jobs == limit and handed < limit:
+            more = claim.jobs == limit
+            if more and handed < limit:
                 # More to claim: first hand out the queued runs due meanwhile (the jittered slots of the
                 # batches before), or a burst of 10,000 jittered jobs starts the earliest ones only once
                 # the last batch is claimed.
                 handed = limit - (await self._dispatch_due(self._clock.now(), limit - handed) or 0)
-            return handed, claim.jobs
+                if claim.waiting and self._store.claim_holds_loop:
+                    # A claim that holds the loop keeps the workers from starting what was just handed
+                    # out: end the tick here, and claim the rest in the next one (due at once). The
+                    # store claims in jittered-slot order, so the jobs left unclaimed come due after
+                    # those waiting now.
+                    more = False
+            return handed, more
 
         return await self._batches(room, batch)
 
     async def _dispatch_due(self, now: datetime, room: int | None) -> int | None:
         """Hand out queued runs whose time has come (retries, released runs); the room left."""
 
-        async def batch(limit: int) -> tuple[int, int]:
+        async def batch(limit: int) -> tuple[int, bool]:
             due = await self._store.claim_due_runs(now, limit)
             if due:
                 self.stats.retries_dispatched += len(due)
                 if self.publish_queued:
                     await self._publish([run_event(d.run, now) for d in due])
                 await self._dispatch(due)
-            return len(due), len(due)
+            return len(due), len(due) == limit
 
         return await self._batches(room, batch)
 

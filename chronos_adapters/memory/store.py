@@ -48,7 +48,7 @@ from chronos_core.models import (
     count_lines,
     evolve,
 )
-from chronos_core.planning import replaced_reason
+from chronos_core.planning import jitter_offset, replaced_reason
 from chronos_core.ports import Claim, Dispatch, JobChange, Planner, RunCounts, SlotPlan, Store, StoreStats
 
 __all__ = ["MemoryStore"]
@@ -89,6 +89,7 @@ _RAN = frozenset(s.value for s in FINISHED_RUN_STATUSES - {RunStatus.MISSED, Run
 _SLOT_TRIGGERS = frozenset({Trigger.SCHEDULE.value, Trigger.CATCH_UP.value})
 _MINUTE = timedelta(minutes=1)
 _HOUR = timedelta(hours=1)
+_US = timedelta(microseconds=1)
 
 
 class MemoryStore(Store):
@@ -112,7 +113,9 @@ class MemoryStore(Store):
         self._hour: tuple[datetime, datetime, dict[tuple[str, str], int]] | None = None
         self._active: dict[str, dict[str, None]] = defaultdict(dict)  # job id -> active run ids
         self._seq = itertools.count()
-        self._due: list[tuple[datetime, int, str]] = []  # (next_run_at, seq, job id)
+        # (next_run_at, its jitter offset in µs, seq, job id): the jobs due at one instant come out in the
+        # order their jittered slots come due (see claim_due)
+        self._due: list[tuple[datetime, int, int, str]] = []
         self._undispatched: dict[str, None] = {}
         self._waiting: list[tuple[datetime, int, str]] = []  # (due_at, seq, run id), undispatched
         self._leases: list[tuple[datetime, int, str]] = []  # (lease_expires_at, seq, run id)
@@ -143,7 +146,11 @@ class MemoryStore(Store):
 
     def _index_due(self, job: Job) -> None:
         if job.status is JobStatus.ACTIVE and job.next_run_at is not None:
-            heapq.heappush(self._due, (job.next_run_at, next(self._seq), job.id))
+            self._push_due(job, job.next_run_at)
+
+    def _push_due(self, job: Job, at: datetime) -> None:
+        offset = 0 if not job.jitter else jitter_offset(job.id, at, job.jitter) // _US
+        heapq.heappush(self._due, (at, offset, next(self._seq), job.id))
 
     async def add_jobs(self, jobs: Sequence[Job]) -> None:
         check_job_names([job.name for job in jobs], index=True)
@@ -277,15 +284,22 @@ class MemoryStore(Store):
             heapq.heappush(self._waiting, (run.due_at, next(self._seq), run.id))
         return True
 
+    @property
+    def claim_holds_loop(self) -> bool:
+        return True  # claim_due never awaits
+
     async def claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
+        """Earliest ``next_run_at`` first; the jobs due at one instant smallest jitter offset first (the
+        order their runs come due in): a burst of jittered jobs claimed batch by batch claims the runs
+        due first first, and later batches hold runs due later (see ``Store.claim_holds_loop``)."""
         claim = Claim()
         due = self._due
-        popped: list[tuple[datetime, int, str]] = []
+        popped: list[tuple[datetime, int, int, str]] = []
         plans: dict[str, tuple[Job, SlotPlan]] = {}
         try:  # plan every claimed job first: a planner that fails leaves nothing changed
             while due and len(plans) < limit and due[0][0] <= now:
                 popped.append(heapq.heappop(due))
-                at, _, job_id = popped[-1]
+                at, _, _, job_id = popped[-1]
                 job = self._jobs.get(job_id)
                 if (job is None or job.status is not JobStatus.ACTIVE or self._next[job_id] != at
                         or job_id in plans):
@@ -310,6 +324,8 @@ class MemoryStore(Store):
                 if run.status is RunStatus.QUEUED:
                     if due:
                         claim.dispatch.append(Dispatch(run, job))
+                    else:
+                        claim.waiting += 1
                     replacing = run
                 else:
                     claim.recorded.append(run)
@@ -319,7 +335,7 @@ class MemoryStore(Store):
                 self._replace(plan.cancel, replacing, now, claim)
             at = self._next[job_id] = plan.next_run_at
             if at is not None:
-                heapq.heappush(self._due, (at, next(self._seq), job_id))  # the job is active
+                self._push_due(job, at)  # the job is active
         return claim
 
     def _replace(self, run_ids: Sequence[str], by: Run, now: datetime, claim: Claim) -> None:
@@ -348,7 +364,7 @@ class MemoryStore(Store):
 
     async def next_due_time(self) -> datetime | None:
         while self._due:
-            at, _, job_id = self._due[0]
+            at, _, _, job_id = self._due[0]
             job = self._jobs.get(job_id)
             if job is not None and job.status is JobStatus.ACTIVE and self._next[job_id] == at:
                 break

@@ -127,6 +127,8 @@ def _claim_in(conn: Connection, d: Dialect, cache: JobCache, cache_size: int,
             if run.status is queued:
                 if run.due_at <= now:
                     dispatch.append(Dispatch(run, job))
+                else:
+                    claim.waiting += 1
             else:
                 recorded.append(run)
         outbox = [n for _, p in plans for n in p.notices]
