@@ -111,3 +111,21 @@ async def test_an_unjittered_burst_is_claimed_in_one_tick(b: B) -> None:
     await b.scheduler.tick()
     assert len(b.claims) == 3  # nothing waits: the tick claims on
     assert len(b.handed()) == 120
+
+
+def test_event_times_are_the_isoformat_of_each_time_whatever_its_zone() -> None:
+    # _iso remembers the text of UTC times (a burst's runs share their slot); an equal instant in another
+    # zone has another text
+    from datetime import UTC, datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from chronos_core.events import _iso
+
+    utc = datetime(2030, 1, 1, 13, 0, 0, 250, tzinfo=UTC)
+    berlin = utc.astimezone(ZoneInfo("Europe/Berlin"))
+    plus2 = utc.astimezone(timezone(timedelta(hours=2)))
+    assert berlin == utc == plus2
+    for _ in range(2):
+        assert [_iso(t) for t in (utc, berlin, plus2, None)] == [
+            "2030-01-01T13:00:00.000250+00:00", "2030-01-01T14:00:00.000250+01:00",
+            "2030-01-01T15:00:00.000250+02:00", None]
