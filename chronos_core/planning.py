@@ -25,6 +25,7 @@ __all__ = [
     "excluded_by",
     "is_late",
     "jitter_offset",
+    "jitter_order",
     "late_start",
     "next_slot",
     "plan_dropped",
@@ -119,6 +120,14 @@ def jitter_offset(job_id: str, slot: datetime, jitter: float) -> timedelta:
     digest = hashlib.sha256(f"{job_id}|{slot.isoformat()}".encode()).digest()
     fraction = int.from_bytes(digest[:8], "big") / 2**64  # [0, 1)
     return timedelta(microseconds=round(fraction * jitter * 1_000_000))
+
+
+def jitter_order(job_id: str, slot: datetime | None, jitter: float | None) -> int:
+    """The slot's :func:`jitter_offset` in microseconds (0 without jitter or slot): what stores order the
+    jobs due at one instant by, so that they are claimed in the order their jittered slots come due."""
+    if not jitter or slot is None:
+        return 0
+    return jitter_offset(job_id, slot, jitter) // _US
 
 
 def _window_matches(expression: str, timezone: str, anchor: datetime, slot: datetime) -> bool:

@@ -170,8 +170,8 @@ class Store(abc.ABC):
         """Whether :meth:`claim_due` runs on the event loop without awaiting (the memory store): while a
         batch is claimed nothing else on the loop runs (no worker starts a run). The scheduler then ends
         a tick's claiming after a batch that left runs waiting for their jitter, so the runs that come
-        due are handed out and started before the next batch is claimed (the claim order of such a store
-        must follow the jittered slot, see :meth:`claim_due`). False (the default): the claim runs off the
+        due are handed out and started before the next batch is claimed (the jobs left unclaimed come due
+        later: see the claim's order in :meth:`claim_due`). False (the default): the claim runs off the
         loop (a store's threads), and the tick claims on."""
         return False
 
@@ -264,9 +264,9 @@ class Store(abc.ABC):
 
         A planned run whose (job, slot, attempt) already exists is not inserted and is counted in
         ``duplicates``. Concurrent claims (other processes) never claim the same job at the same time.
-        Among jobs due at the same ``next_run_at`` the order is the store's; a store whose
-        :attr:`claim_holds_loop` is true claims them smallest jitter offset first (the order their
-        jittered slots come due in, :func:`~chronos_core.planning.jitter_offset`).
+        Among jobs due at the same ``next_run_at``, the smallest jitter offset first
+        (:func:`~chronos_core.planning.jitter_order`: the order their jittered slots come due in), so
+        a burst of jittered jobs claimed batch by batch claims the runs due first first.
         """
 
     @abc.abstractmethod

@@ -48,7 +48,7 @@ from chronos_core.models import (
     count_lines,
     evolve,
 )
-from chronos_core.planning import jitter_offset, replaced_reason
+from chronos_core.planning import jitter_order, replaced_reason
 from chronos_core.ports import Claim, Dispatch, JobChange, Planner, RunCounts, SlotPlan, Store, StoreStats
 
 __all__ = ["MemoryStore"]
@@ -89,7 +89,6 @@ _RAN = frozenset(s.value for s in FINISHED_RUN_STATUSES - {RunStatus.MISSED, Run
 _SLOT_TRIGGERS = frozenset({Trigger.SCHEDULE.value, Trigger.CATCH_UP.value})
 _MINUTE = timedelta(minutes=1)
 _HOUR = timedelta(hours=1)
-_US = timedelta(microseconds=1)
 
 
 class MemoryStore(Store):
@@ -149,8 +148,7 @@ class MemoryStore(Store):
             self._push_due(job, job.next_run_at)
 
     def _push_due(self, job: Job, at: datetime) -> None:
-        offset = 0 if not job.jitter else jitter_offset(job.id, at, job.jitter) // _US
-        heapq.heappush(self._due, (at, offset, next(self._seq), job.id))
+        heapq.heappush(self._due, (at, jitter_order(job.id, at, job.jitter), next(self._seq), job.id))
 
     async def add_jobs(self, jobs: Sequence[Job]) -> None:
         check_job_names([job.name for job in jobs], index=True)
