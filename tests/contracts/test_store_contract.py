@@ -251,7 +251,8 @@ async def test_claim_takes_one_instants_jobs_in_the_order_their_jittered_slots_c
     # 30 jobs with jitter due at T0 and one without: claimed 10 at a time, smallest jitter offset first
     # (the unjittered one, offset 0, first of all); the claim writes the offset of each job's next slot
     # too, so the next instant's claims follow its order
-    jittered = [dataclasses.replace(make_job(f"jit{i}"), jitter=60.0) for i in range(30)]
+    jittered = [dataclasses.replace(make_job(f"jit{i}"), jitter=60.0) for i in range(29)]
+    jittered.append(dataclasses.replace(make_job("a-day"), jitter=86400.0))  # the largest offset there is
     plain = make_job("plain")
     await store.add_jobs([*jittered, plain])
     await store.update_job(dataclasses.replace(jittered[0], description="changed"))  # (a full rewrite)

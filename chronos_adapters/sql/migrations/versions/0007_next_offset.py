@@ -23,7 +23,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("next_offset", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("next_offset", sa.BigInteger(), nullable=False, server_default="0"))
     op.create_index("ix_jobs_status_next_run_at_next_offset", "jobs",
                     ["status", "next_run_at", "next_offset"])
     op.drop_index("ix_jobs_status_next_run_at", table_name="jobs")
