@@ -65,6 +65,9 @@ class Scheduler:
         self._bus = bus
         self._clock = clock
         self.batch_size = batch_size
+        # The next claim's size (see _fire): a tenth of a batch after an idle tick or a batch that left
+        # runs waiting for their jitter, doubling with each batch that did not, up to batch_size.
+        self._claim_size = self._small_claim
         self.max_sleep = max_sleep
         self.limits = limits or Limits()
         self.publish_queued = publish_queued
@@ -237,11 +240,25 @@ class Scheduler:
                 break
         return room
 
+    @property
+    def _small_claim(self) -> int:
+        return max(1, self.batch_size // 10)
+
     async def _fire(self, now: datetime, room: int | None) -> int | None:
-        """Claim due jobs in batches; the room left in the queue."""
+        """Claim due jobs in batches; the room left in the queue.
+
+        A batch's size follows what the claims before found (slow start): a tenth of ``batch_size``
+        after a claim that found nothing or left runs waiting for their jitter, twice the last claim's
+        jobs otherwise (up to ``batch_size``). A jittered run that comes due while a batch is claimed
+        waits for that claim to end (on SQLite a cold batch of 1,000 takes 0.1-0.4 s): the burst's first
+        batch, and every batch claimed while jittered runs are due one after the other, stays small, so
+        its claim is short. An unjittered burst grows to full batches after a few claims."""
 
         async def batch(limit: int) -> tuple[int, bool]:
+            limit = min(limit, self._claim_size)
             claim = await self._store.claim_due(now, limit, self._planner)
+            self._claim_size = (self._small_claim if claim.waiting
+                                else min(self.batch_size, max(self._small_claim, 2 * claim.jobs)))
             self.stats.fired += len(claim.dispatch)
             self.stats.recorded += len(claim.recorded)
             self.stats.duplicates += claim.duplicates

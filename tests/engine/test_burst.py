@@ -29,6 +29,8 @@ class B:
     jobs: Jobs
     scheduler: Scheduler
     claims: list[list[str]]  # the job ids of each claim, in claim order
+    waits: list[tuple[int, int, int]]  # per claim: (runs it left waiting for their jitter, its tick, limit)
+    ticks: int = 0
     advance: float = 0.0  # seconds the clock moves during each claim (a large burst takes a while)
 
     async def burst(self, n: int, **spec: Any) -> list[Job]:
@@ -49,7 +51,7 @@ async def b() -> AsyncIterator[B]:
     types = JobTypes()
     types.register("step", StepPayload)
     harness = B(clock=clock, store=store, queue=queue, jobs=Jobs(store, queue, bus, clock, types),
-                scheduler=Scheduler(store, queue, bus, clock, batch_size=50), claims=[])
+                scheduler=Scheduler(store, queue, bus, clock, batch_size=50), claims=[], waits=[])
     real, seen = store.claim_due, set[str]()
 
     async def watched(now: Any, limit: int, planner: Any) -> Any:
@@ -57,6 +59,7 @@ async def b() -> AsyncIterator[B]:
         new = [r for r in await store.list_runs(limit=1000) if r.id not in seen]
         seen.update(r.id for r in new)
         harness.claims.append([r.job_id for r in new])
+        harness.waits.append((claim.waiting, harness.ticks, limit))
         harness.clock.advance(harness.advance)
         return claim
 
@@ -73,13 +76,13 @@ async def test_the_memory_store_claims_one_instants_jobs_smallest_jitter_offset_
     jobs = await b.burst(120, jitter=30)
     by_id = {j.id: j for j in jobs}
     b.clock.set(HOUR)
-    for _ in range(5):  # (a tick may end after a batch that left runs waiting: tick until all claimed)
+    for _ in range(30):  # (a tick may end after a batch that left runs waiting: tick until all claimed)
         await b.scheduler.tick()
     batches = [c for c in b.claims if c]
-    assert [len(c) for c in batches] == [50, 50, 20]
+    assert [len(c) for c in batches] == [5] * 24  # a tenth of a batch while runs wait for their jitter
     assert sorted(i for c in batches for i in c) == sorted(by_id)  # every job claimed once
     in_order = sorted(by_id, key=lambda i: offset(by_id[i]))  # the order their jittered slots come due
-    assert [set(c) for c in batches] == [set(in_order[:50]), set(in_order[50:100]), set(in_order[100:])]
+    assert [set(c) for c in batches] == [set(in_order[k:k + 5]) for k in range(0, 120, 5)]
 
 
 async def test_a_tick_ends_its_claiming_after_a_batch_that_left_runs_waiting_for_their_jitter(b: B) -> None:
@@ -88,7 +91,7 @@ async def test_a_tick_ends_its_claiming_after_a_batch_that_left_runs_waiting_for
     b.clock.set(HOUR)
     b.advance = 1.0  # each claim takes a second
     nxt = await b.scheduler.tick()
-    assert len(b.claims) == 1  # not three: the other 70 jobs are claimed by the next ticks
+    assert [len(c) for c in b.claims] == [5]  # the other 115 jobs are claimed by the next ticks
     first = b.handed()
     # handed out before the tick ended: the first batch's runs whose offset passed during its claim
     assert first and all(d.run.due_at <= HOUR + timedelta(seconds=1) for d in first)
@@ -96,21 +99,49 @@ async def test_a_tick_ends_its_claiming_after_a_batch_that_left_runs_waiting_for
                                          if r.due_at <= b.clock.now()}
     assert nxt is not None and nxt <= b.clock.now()  # the rest is due at once: the loop ticks again
     handed = [d.run for d in first]
-    for _ in range(40):
+    for _ in range(60):
+        b.ticks += 1
         await b.scheduler.tick()
         handed.extend(d.run for d in b.handed())
         assert all(r.due_at <= b.clock.now() for r in handed)  # none before its jittered slot
-    assert [len(c) for c in b.claims if c] == [50, 50, 20]  # one batch a tick
+    for (waiting, tick, limit), (_, next_tick, next_limit), size in zip(
+            b.waits, b.waits[1:], map(len, b.claims), strict=False):
+        if waiting:  # the tick ended there, and the next claim is a tenth of a batch
+            assert next_tick > tick and next_limit == 5
+        elif size == limit:  # all due by the claim's end (the clock moved): the tick claimed on, larger
+            assert next_tick == tick and next_limit == min(50, 2 * size)
+    assert any(w for w, _, _ in b.waits)
+    assert any(not w and n for (w, _, _), n in zip(b.waits, b.claims, strict=True))
     assert sorted(r.job_id for r in handed) == sorted(by_id)  # every slot handed out once
 
 
-async def test_an_unjittered_burst_is_claimed_in_one_tick(b: B) -> None:
+async def test_an_unjittered_burst_is_claimed_in_one_tick_in_growing_batches(b: B) -> None:
     await b.burst(120)
     b.clock.set(HOUR)
     b.advance = 1.0
     await b.scheduler.tick()
-    assert len(b.claims) == 3  # nothing waits: the tick claims on
+    # nothing waits: the tick claims on, from a tenth of a batch (after idle ticks) doubling up to a batch
+    assert [len(c) for c in b.claims] == [5, 10, 20, 40, 45]
     assert len(b.handed()) == 120
+    await b.burst(0)
+    b.clock.set(HOUR + timedelta(hours=1))
+    await b.scheduler.tick()  # the next hour's slots: the last claim found 45, so it starts at 50
+    assert [len(c) for c in b.claims][5:] == [50, 50, 20]
+
+
+async def test_a_batch_that_leaves_runs_waiting_makes_the_next_claim_small_again(b: B) -> None:
+    jobs = await b.jobs.create_many([{"name": f"plain-{i}", "type": "step", "schedule": "0 * * * *"}
+                                     for i in range(60)])
+    await b.burst(60, jitter=30)  # (named burst-i: claimed after the plain ones, offset 0)
+    b.clock.set(HOUR)
+    await b.scheduler.tick()
+    await b.scheduler.tick()
+    sizes = [len(c) for c in b.claims]
+    # 5, 10, 20 plain, then 40 of which 25 plain and 15 jittered: waiting, so the tick ends and the next
+    # claim is 5 again
+    assert sizes[:5] == [5, 10, 20, 40, 5]
+    assert [w > 0 for w, _, _ in b.waits[:5]] == [False, False, False, True, True]
+    assert len(jobs) == 60
 
 
 def test_event_times_are_the_isoformat_of_each_time_whatever_its_zone() -> None:
