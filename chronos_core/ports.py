@@ -83,7 +83,9 @@ class Claim:
     (``cancel``: replaced, overlap ``replace``), queued runs it cancelled (``cancelled``, as stored:
     replaced before they started), duplicate slots (a run for the same (job, slot, attempt) already
     existed: another scheduler fired it), how many jobs it claimed and how many queued runs it inserted
-    that are due later (``waiting``: the job's jitter; :meth:`Store.claim_due_runs` hands them out)."""
+    that are due later (``waiting``: the job's jitter; :meth:`Store.claim_due_runs` hands them out), and
+    ``next_due``: when the earliest-due job left unclaimed comes due (its next slot plus its jitter
+    offset), None if the store does not tell (the SQL stores) or holds no due job."""
 
     dispatch: list[Dispatch] = field(default_factory=list)
     recorded: list[Run] = field(default_factory=list)
@@ -92,6 +94,7 @@ class Claim:
     jobs: int = 0
     cancelled: list[Run] = field(default_factory=list)
     waiting: int = 0
+    next_due: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -169,9 +172,9 @@ class Store(abc.ABC):
     def claim_holds_loop(self) -> bool:
         """Whether :meth:`claim_due` runs on the event loop without awaiting (the memory store): while a
         batch is claimed nothing else on the loop runs (no worker starts a run). The scheduler then ends
-        a tick's claiming after a batch that left runs waiting for their jitter, so the runs that come
-        due are handed out and started before the next batch is claimed (the jobs left unclaimed come due
-        later: see the claim's order in :meth:`claim_due`). False (the default): the claim runs off the
+        a tick's claiming after a batch that left runs waiting for their jitter when no job left unclaimed
+        is due yet (``Claim.next_due``), so the runs that come due are handed out and started before the
+        next batch is claimed. False (the default): the claim runs off the
         loop (a store's threads), and the tick claims on."""
         return False
 

@@ -257,7 +257,11 @@ class Scheduler:
         async def batch(limit: int) -> tuple[int, bool]:
             limit = min(limit, self._claim_size)
             claim = await self._store.claim_due(now, limit, self._planner)
-            self._claim_size = (self._small_claim if claim.waiting
+            # Runs left waiting for their jitter: the next claim stays small (and, on a store whose claim
+            # holds the loop, the tick ends) unless a job left unclaimed is due already: one of a later
+            # instant may come due before the jittered jobs of an earlier one it is claimed after.
+            hold = bool(claim.waiting) and (claim.next_due is None or claim.next_due > self._clock.now())
+            self._claim_size = (self._small_claim if hold
                                 else min(self.batch_size, max(self._small_claim, 2 * claim.jobs)))
             self.stats.fired += len(claim.dispatch)
             self.stats.recorded += len(claim.recorded)
@@ -281,11 +285,10 @@ class Scheduler:
                 # batches before), or a burst of 10,000 jittered jobs starts the earliest ones only once
                 # the last batch is claimed.
                 handed = limit - (await self._dispatch_due(self._clock.now(), limit - handed) or 0)
-                if claim.waiting and self._store.claim_holds_loop:
+                if hold and self._store.claim_holds_loop:
                     # A claim that holds the loop keeps the workers from starting what was just handed
-                    # out: end the tick here, and claim the rest in the next one (due at once). The
-                    # store claims in jittered-slot order, so the jobs left unclaimed come due after
-                    # those waiting now.
+                    # out: end the tick here, and claim the rest in the next one (due at once). No job
+                    # left unclaimed is due yet (claim.next_due), so none waits for that.
                     more = False
             return handed, more
 

@@ -115,6 +115,10 @@ class MemoryStore(Store):
         # (next_run_at, its jitter offset in µs, seq, job id): the jobs due at one instant come out in the
         # order their jittered slots come due (see claim_due)
         self._due: list[tuple[datetime, int, int, str]] = []
+        # (next_run_at + its jitter offset, seq, job id, next_run_at): the same entries in the order they
+        # come due, across instants (a job of a later instant may come due before the jittered jobs of an
+        # earlier one): what Claim.next_due reports
+        self._due_at: list[tuple[datetime, int, str, datetime]] = []
         self._undispatched: dict[str, None] = {}
         self._waiting: list[tuple[datetime, int, str]] = []  # (due_at, seq, run id), undispatched
         self._leases: list[tuple[datetime, int, str]] = []  # (lease_expires_at, seq, run id)
@@ -148,7 +152,20 @@ class MemoryStore(Store):
             self._push_due(job, job.next_run_at)
 
     def _push_due(self, job: Job, at: datetime) -> None:
-        heapq.heappush(self._due, (at, jitter_order(job.id, at, job.jitter), next(self._seq), job.id))
+        offset, seq = jitter_order(job.id, at, job.jitter), next(self._seq)
+        heapq.heappush(self._due, (at, offset, seq, job.id))
+        heapq.heappush(self._due_at, (at + timedelta(microseconds=offset) if offset else at, seq, job.id, at))
+
+    def _next_due(self) -> datetime | None:
+        """When the earliest-due job comes due (its jittered slot), None if none is indexed."""
+        heap = self._due_at
+        while heap:
+            due_at, _, job_id, at = heap[0]
+            job = self._jobs.get(job_id)
+            if job is not None and job.status is JobStatus.ACTIVE and self._next[job_id] == at:
+                return due_at
+            heapq.heappop(heap)
+        return None
 
     async def add_jobs(self, jobs: Sequence[Job]) -> None:
         check_job_names([job.name for job in jobs], index=True)
@@ -334,6 +351,7 @@ class MemoryStore(Store):
             at = self._next[job_id] = plan.next_run_at
             if at is not None:
                 self._push_due(job, at)  # the job is active
+        claim.next_due = self._next_due()
         return claim
 
     def _replace(self, run_ids: Sequence[str], by: Run, now: datetime, claim: Claim) -> None:

@@ -160,3 +160,15 @@ def test_event_times_are_the_isoformat_of_each_time_whatever_its_zone() -> None:
         assert [_iso(t) for t in (utc, berlin, plus2, None)] == [
             "2030-01-01T13:00:00.000250+00:00", "2030-01-01T14:00:00.000250+01:00",
             "2030-01-01T15:00:00.000250+02:00", None]
+
+
+async def test_a_due_job_of_a_later_instant_does_not_wait_behind_jittered_jobs_not_due_yet(b: B) -> None:
+    # 120 jobs at 12:59 with jitter 600 s (their runs due 12:59..13:09), claimed before x (13:00, no
+    # jitter): the tick must not end (nor the claims shrink) while x, due now, is still unclaimed
+    await b.jobs.create_many([{"name": f"j-{i}", "type": "step", "schedule": "59 12 * * *", "jitter": 600,
+                               "misfire_grace": 3600} for i in range(120)])
+    (x,) = await b.jobs.create_many([{"name": "x", "type": "step", "schedule": "0 13 * * *"}])
+    b.clock.set(HOUR)  # 13:00: all due
+    await b.scheduler.tick()
+    assert any(x.id in c for c in b.claims), [len(c) for c in b.claims]  # claimed in the first tick
+    assert x.id in {d.run.job_id for d in b.handed()}
