@@ -228,8 +228,8 @@ class MemoryStore(Store):
             del self._names[old.name]
             self._names[job.name] = job.id
         self._set(job)
-        if job.next_run_at != old.next_run_at or job.status is not old.status:
-            self._index_due(job)
+        if job.next_run_at != old.next_run_at or job.status is not old.status or job.jitter != old.jitter:
+            self._index_due(job)  # (jitter: the claim rank is the slot's jitter offset, as on SQL)
 
     async def change_job(self, read: Job, changes: Mapping[str, Any], *,
                          records: Sequence[Run] = ()) -> JobChange | None:
@@ -248,8 +248,9 @@ class MemoryStore(Store):
             del self._names[current.name]
             self._names[job.name] = job.id
         self._set(job)
-        if job.next_run_at != current.next_run_at or job.status is not current.status:
-            self._index_due(job)
+        if (job.next_run_at != current.next_run_at or job.status is not current.status
+                or job.jitter != current.jitter):
+            self._index_due(job)  # (a second live entry for the same slot is safe: see claim_due)
         return JobChange(job, [r for r in records if self._insert_run(r, dispatched=True)])
 
     async def delete_job(self, job_id: str) -> list[Run]:

@@ -271,6 +271,21 @@ async def test_claim_takes_one_instants_jobs_in_the_order_their_jittered_slots_c
                            {j.id for j in order[19:29]}, {order[29].id}]
 
 
+async def test_a_jitter_change_moves_the_jobs_claim_rank(store: Store) -> None:
+    # 20 jittered jobs due at T0; the two with the largest offsets lose their jitter, one through
+    # change_job (as Jobs.update / patch / pause / resume write: jitter is not a timing field, next_run_at
+    # stays), one through update_job: both are due at T0 sharp now, and the first claim of 5 holds them
+    jittered = [dataclasses.replace(make_job(f"jit{i}"), jitter=60.0) for i in range(20)]
+    await store.add_jobs(jittered)
+    last, second = sorted(jittered, key=lambda j: jitter_order(j.id, T0, j.jitter))[-1:-3:-1]
+    read = await store.get_job(last.id)
+    assert await store.change_job(read, {"jitter": None, "updated_at": read.updated_at + S}) is not None
+    read = await store.get_job(second.id)
+    await store.update_job(dataclasses.replace(read, jitter=None, updated_at=read.updated_at + S))
+    claim = await store.claim_due(T0, 5, plan_due_job)
+    assert {last.id, second.id} <= {d.run.job_id for d in claim.dispatch}, "the unjittered jobs come first"
+
+
 async def test_claim_records_missed_slots_and_one_catch_up(store: Store) -> None:
     job = make_job("late", next_run_at=T0, misfire=MisfirePolicy.FIRE_ONCE, misfire_grace=1)
     await store.add_jobs([job])
