@@ -178,3 +178,32 @@ async def test_a_due_job_of_a_later_instant_does_not_wait_behind_jittered_jobs_n
     assert any(x.id in c for c in b.claims), [len(c) for c in b.claims]  # claimed in the first tick
     assert x.id in {d.run.job_id for d in b.handed()}
 
+
+async def test_a_burst_split_over_ticks_keeps_its_jitter_past_the_grace(b: B) -> None:
+    # 120 jittered jobs (jitter 600 s, misfire_grace 1 s), each claim takes 0.1 s: the tick ends after each
+    # batch that left runs waiting, and the later ticks plan with a later `now`, past slot + grace. The
+    # grace counts from each jittered slot, so no slot becomes a catch-up run handed out at once
+    jobs = await b.burst(120, jitter=600, misfire_grace=1)
+    b.clock.set(HOUR)
+    b.advance = 0.1
+    for _ in range(40):
+        await b.scheduler.tick()
+    runs = await b.store.list_runs(limit=1000)
+    assert len(runs) == 120
+    by_id = {j.id: j for j in jobs}
+    assert all(r.trigger.value == "schedule" and r.due_at == r.scheduled_for + offset(by_id[r.job_id])
+               for r in runs)
+    assert all(d.run.due_at <= b.clock.now() for d in b.handed())  # none before its jittered slot
+
+
+async def test_a_jittered_slot_claimed_past_the_grace_starts_at_its_jittered_time(b: B) -> None:
+    jobs = await b.burst(20, jitter=600)  # misfire_grace 5 s (default), fire_once (default)
+    late = {j.id for j in jobs if offset(j) > timedelta(seconds=60)}
+    assert late
+    b.clock.set(HOUR + timedelta(seconds=6))  # the scheduler gets to the burst 6 s after its slot
+    for _ in range(10):
+        await b.scheduler.tick()
+    early = [d.run for d in b.handed() if d.run.job_id in late]
+    assert not early, "runs started before their jittered slot (catch-up without jitter)"
+    runs = await b.store.list_runs(limit=100)
+    assert {r.job_id for r in runs if r.trigger.value == "schedule"} >= late
