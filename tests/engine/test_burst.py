@@ -207,3 +207,23 @@ async def test_a_jittered_slot_claimed_past_the_grace_starts_at_its_jittered_tim
     assert not early, "runs started before their jittered slot (catch-up without jitter)"
     runs = await b.store.list_runs(limit=100)
     assert {r.job_id for r in runs if r.trigger.value == "schedule"} >= late
+
+
+async def test_a_batch_of_records_only_claims_on(b: B) -> None:
+    # a burst whose slots are all skipped (exclude): no run waits, so the tick claims on (review F4.1)
+    await b.burst(120, exclude=[{"cron": "0 13 * * *"}])
+    b.clock.set(HOUR)
+    await b.scheduler.tick()
+    assert sum(map(len, b.claims)) == 120, [len(c) for c in b.claims]  # all claimed in one tick
+
+
+async def test_a_claim_that_found_nothing_makes_the_next_claim_small_again(b: B) -> None:
+    await b.burst(120)
+    b.clock.set(HOUR)
+    await b.scheduler.tick()  # 5, 10, 20, 40, 45: the next claim would be 50
+    b.clock.set(HOUR + timedelta(minutes=30))
+    await b.scheduler.tick()  # an idle tick: its claim finds nothing
+    b.clock.set(HOUR + timedelta(hours=1))
+    await b.scheduler.tick()
+    sizes = [len(c) for c in b.claims]
+    assert sizes[:6] == [5, 10, 20, 40, 45, 0] and sizes[6] == 5, sizes
