@@ -156,8 +156,10 @@ class Scheduler:
         return None if depth is None else max(0, self.max_queued - depth)
 
     async def tick(self) -> datetime | None:
-        """Fire everything due now (as far as ``max_queued`` lets it), dispatch due retries, reap and
-        prune; return the next due time (None: nothing scheduled).
+        """Fire what is due now (as far as ``max_queued`` lets it; on a store whose claim holds the loop
+        the claiming may end after a batch that left jittered runs waiting, see ``_fire``: the next due
+        time returned is then already due), dispatch due retries, reap and prune; return the next due
+        time (None: nothing scheduled).
 
         The phases are independent: one that fails for another reason than an unreachable store or
         queue (:class:`BackendUnavailable`, raised at once) is logged and the others still run, so e.g. a
@@ -248,8 +250,9 @@ class Scheduler:
         """Claim due jobs in batches; the room left in the queue.
 
         A batch's size follows what the claims before found (slow start): a tenth of ``batch_size``
-        after a claim that found nothing or left runs waiting for their jitter, twice the last claim's
-        jobs otherwise (up to ``batch_size``). A jittered run that comes due while a batch is claimed
+        after a claim that found nothing or left runs waiting for their jitter while no unclaimed job
+        was due yet (``Claim.next_due``), twice the last claim's jobs otherwise (up to ``batch_size``).
+        A jittered run that comes due while a batch is claimed
         waits for that claim to end (on SQLite a cold batch of 1,000 takes 0.1-0.4 s): the burst's first
         batch, and every batch claimed while jittered runs are due one after the other, stays small, so
         its claim is short. An unjittered burst grows to full batches after a few claims."""
