@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import SubscriptionOverflow
@@ -19,8 +19,28 @@ __all__ = ["cancel_request", "job_event", "outcome_events", "publish_best_effort
 log = logging.getLogger("chronos.events")
 
 
+_ISO: dict[datetime, str] = {}
+_ISO_KEPT = 4096
+
+
 def _iso(t: datetime | None) -> str | None:
-    return None if t is None else t.isoformat()
+    """``t.isoformat()``, remembered: the runs of a burst share their slot, and a run's start time goes
+    into its ``run.started`` and its outcome event (``isoformat`` costs ~1.3 µs, ~12 % of a memory burst's
+    CPU when computed six times per run). Equal datetimes of another zone are other keys (an aware
+    datetime's hash and equality ignore the zone, its text does not)."""
+    if t is None:
+        return None
+    key = t if t.tzinfo is UTC else None
+    if key is not None:
+        text = _ISO.get(key)
+        if text is not None:
+            return text
+    text = t.isoformat()
+    if key is not None:
+        if len(_ISO) >= _ISO_KEPT:
+            _ISO.clear()
+        _ISO[key] = text
+    return text
 
 
 def run_data(run: Run) -> dict[str, Any]:

@@ -25,6 +25,7 @@ __all__ = [
     "excluded_by",
     "is_late",
     "jitter_offset",
+    "jitter_order",
     "late_start",
     "next_slot",
     "plan_dropped",
@@ -121,6 +122,14 @@ def jitter_offset(job_id: str, slot: datetime, jitter: float) -> timedelta:
     return timedelta(microseconds=round(fraction * jitter * 1_000_000))
 
 
+def jitter_order(job_id: str, slot: datetime | None, jitter: float | None) -> int:
+    """The slot's :func:`jitter_offset` in microseconds (0 without jitter or slot): what stores order the
+    jobs due at one instant by, so that they are claimed in the order their jittered slots come due."""
+    if not jitter or slot is None:
+        return 0
+    return jitter_offset(job_id, slot, jitter) // _US
+
+
 def _window_matches(expression: str, timezone: str, anchor: datetime, slot: datetime) -> bool:
     """Whether the slot falls in a cron window: the minute (5 fields) or second (6) it is in matches."""
     unit = timedelta(seconds=1) if len(expression.split()) == 6 else timedelta(minutes=1)
@@ -174,10 +183,18 @@ def _shape(job: Job, plan: SlotPlan, now: datetime) -> None:
         plan.cancel = []  # nothing runs instead of what overlap replace would cancel
 
 
+def _on_time(job: Job, s: datetime, cutoff: datetime) -> bool:
+    """Whether slot ``s`` is reached within the grace: from its jittered time for a job with ``jitter``
+    (the slot is due then, as :func:`is_late` judges it at start), so a jittered slot claimed late (a big
+    burst claimed over many ticks, a scheduler that comes back) still starts at its jittered time."""
+    return s >= cutoff or (bool(job.jitter) and s + jitter_offset(job.id, s, job.jitter or 0) >= cutoff)
+
+
 def _plan_due_job(job: Job, active_run_ids: Sequence[str], now: datetime, limits: Limits) -> SlotPlan:
     cutoff = now - timedelta(seconds=job.misfire_grace)  # slots before it were missed
     s = job.next_run_at
-    if s is not None and cutoff <= s <= now and (not active_run_ids or job.overlap is OverlapPolicy.ALLOW):
+    if (s is not None and s <= now and _on_time(job, s, cutoff)
+            and (not active_run_ids or job.overlap is OverlapPolicy.ALLOW)):
         # The usual case, decided without the general walk below (same outcome): one slot due, on time,
         # nothing in its way.
         nxt = next_slot(job, s)
@@ -195,8 +212,9 @@ def _plan_walk(job: Job, active_run_ids: Sequence[str], now: datetime, limits: L
     dropped, first_dropped, last_dropped = 0, None, None
     uncounted: datetime | None = None
     walked = 0
+    leap_to = cutoff - timedelta(seconds=job.jitter or 0)  # (no slot before it is on time, jittered)
     while s is not None and s <= now:
-        if s >= cutoff:
+        if _on_time(job, s, cutoff):
             due.append(s)
         else:
             if len(missed) == missed.maxlen:  # the oldest listed slot goes into the summary
@@ -207,9 +225,9 @@ def _plan_walk(job: Job, active_run_ids: Sequence[str], now: datetime, limits: L
             walked += 1
             if walked == MAX_SLOTS_WALKED:
                 nxt = next_slot(job, s)
-                if nxt is not None and nxt < cutoff:
+                if nxt is not None and nxt < leap_to:
                     # An outage too long to walk slot by slot: leap to the last slots before the cutoff.
-                    w = _tail_window(job, s, cutoff, limits.max_slots_listed)
+                    w = _tail_window(job, s, leap_to, limits.max_slots_listed)
                     first_dropped = first_dropped or missed[0]
                     uncounted, s = w, next_slot(job, w)
                     missed.clear()

@@ -81,8 +81,11 @@ class Dispatch:
 class Claim:
     """The outcome of one claim: runs to dispatch, records written, running runs to ask to stop
     (``cancel``: replaced, overlap ``replace``), queued runs it cancelled (``cancelled``, as stored:
-    replaced before they started), and duplicate slots (a run for the same (job, slot, attempt) already
-    existed: another scheduler fired it)."""
+    replaced before they started), duplicate slots (a run for the same (job, slot, attempt) already
+    existed: another scheduler fired it), how many jobs it claimed and how many queued runs it inserted
+    that are due later (``waiting``: the job's jitter; :meth:`Store.claim_due_runs` hands them out), and
+    ``next_due``: when the earliest-due job left unclaimed comes due (its next slot plus its jitter
+    offset), None if the store does not tell (the SQL stores) or holds no due job."""
 
     dispatch: list[Dispatch] = field(default_factory=list)
     recorded: list[Run] = field(default_factory=list)
@@ -90,6 +93,8 @@ class Claim:
     duplicates: int = 0
     jobs: int = 0
     cancelled: list[Run] = field(default_factory=list)
+    waiting: int = 0
+    next_due: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -172,6 +177,16 @@ class Store(abc.ABC):
         was committed in between. The default is None (a store that does not implement it keeps
         nothing cached by the API)."""
         return None
+
+    @property
+    def claim_holds_loop(self) -> bool:
+        """Whether :meth:`claim_due` runs on the event loop without awaiting (the memory store): while a
+        batch is claimed nothing else on the loop runs (no worker starts a run). The scheduler then ends
+        a tick's claiming after a batch that left runs waiting for their jitter when no job left unclaimed
+        is due yet (``Claim.next_due``), so the runs that come due are handed out and started before the
+        next batch is claimed. False (the default): the claim runs off the
+        loop (a store's threads), and the tick claims on."""
+        return False
 
     # jobs --------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -262,6 +277,9 @@ class Store(abc.ABC):
 
         A planned run whose (job, slot, attempt) already exists is not inserted and is counted in
         ``duplicates``. Concurrent claims (other processes) never claim the same job at the same time.
+        Among jobs due at the same ``next_run_at``, the smallest jitter offset first
+        (:func:`~chronos_core.planning.jitter_order`: the order their jittered slots come due in), so
+        a burst of jittered jobs claimed batch by batch claims the runs due first first.
         """
 
     @abc.abstractmethod

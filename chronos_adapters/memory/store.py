@@ -48,7 +48,7 @@ from chronos_core.models import (
     count_lines,
     evolve,
 )
-from chronos_core.planning import replaced_reason
+from chronos_core.planning import jitter_order, replaced_reason
 from chronos_core.ports import Claim, Dispatch, JobChange, Planner, RunCounts, SlotPlan, Store, StoreStats
 
 __all__ = ["MemoryStore"]
@@ -112,7 +112,13 @@ class MemoryStore(Store):
         self._hour: tuple[datetime, datetime, dict[tuple[str, str], int]] | None = None
         self._active: dict[str, dict[str, None]] = defaultdict(dict)  # job id -> active run ids
         self._seq = itertools.count()
-        self._due: list[tuple[datetime, int, str]] = []  # (next_run_at, seq, job id)
+        # (next_run_at, its jitter offset in µs, seq, job id): the jobs due at one instant come out in the
+        # order their jittered slots come due (see claim_due)
+        self._due: list[tuple[datetime, int, int, str]] = []
+        # (next_run_at + its jitter offset, seq, job id, next_run_at): the same entries in the order they
+        # come due, across instants (a job of a later instant may come due before the jittered jobs of an
+        # earlier one): what Claim.next_due reports
+        self._due_at: list[tuple[datetime, int, str, datetime]] = []
         self._undispatched: dict[str, None] = {}
         self._waiting: list[tuple[datetime, int, str]] = []  # (due_at, seq, run id), undispatched
         self._leases: list[tuple[datetime, int, str]] = []  # (lease_expires_at, seq, run id)
@@ -150,7 +156,23 @@ class MemoryStore(Store):
 
     def _index_due(self, job: Job) -> None:
         if job.status is JobStatus.ACTIVE and job.next_run_at is not None:
-            heapq.heappush(self._due, (job.next_run_at, next(self._seq), job.id))
+            self._push_due(job, job.next_run_at)
+
+    def _push_due(self, job: Job, at: datetime) -> None:
+        offset, seq = jitter_order(job.id, at, job.jitter), next(self._seq)
+        heapq.heappush(self._due, (at, offset, seq, job.id))
+        heapq.heappush(self._due_at, (at + timedelta(microseconds=offset) if offset else at, seq, job.id, at))
+
+    def _next_due(self) -> datetime | None:
+        """When the earliest-due job comes due (its jittered slot), None if none is indexed."""
+        heap = self._due_at
+        while heap:
+            due_at, _, job_id, at = heap[0]
+            job = self._jobs.get(job_id)
+            if job is not None and job.status is JobStatus.ACTIVE and self._next[job_id] == at:
+                return due_at
+            heapq.heappop(heap)
+        return None
 
     async def add_jobs(self, jobs: Sequence[Job]) -> None:
         check_job_names([job.name for job in jobs], index=True)
@@ -213,8 +235,8 @@ class MemoryStore(Store):
             del self._names[old.name]
             self._names[job.name] = job.id
         self._set(job)
-        if job.next_run_at != old.next_run_at or job.status is not old.status:
-            self._index_due(job)
+        if job.next_run_at != old.next_run_at or job.status is not old.status or job.jitter != old.jitter:
+            self._index_due(job)  # (jitter: the claim rank is the slot's jitter offset, as on SQL)
 
     async def change_job(self, read: Job, changes: Mapping[str, Any], *,
                          records: Sequence[Run] = ()) -> JobChange | None:
@@ -233,8 +255,9 @@ class MemoryStore(Store):
             del self._names[current.name]
             self._names[job.name] = job.id
         self._set(job)
-        if job.next_run_at != current.next_run_at or job.status is not current.status:
-            self._index_due(job)
+        if (job.next_run_at != current.next_run_at or job.status is not current.status
+                or job.jitter != current.jitter):
+            self._index_due(job)  # (a second live entry for the same slot is safe: see claim_due)
         return JobChange(job, [r for r in records if self._insert_run(r, dispatched=True)])
 
     async def delete_job(self, job_id: str) -> list[Run]:
@@ -284,15 +307,22 @@ class MemoryStore(Store):
             heapq.heappush(self._waiting, (run.due_at, next(self._seq), run.id))
         return True
 
+    @property
+    def claim_holds_loop(self) -> bool:
+        return True  # claim_due never awaits
+
     async def claim_due(self, now: datetime, limit: int, planner: Planner) -> Claim:
+        """Earliest ``next_run_at`` first; the jobs due at one instant smallest jitter offset first (the
+        order their runs come due in): a burst of jittered jobs claimed batch by batch claims the runs
+        due first first, and later batches hold runs due later (see ``Store.claim_holds_loop``)."""
         claim = Claim()
         due = self._due
-        popped: list[tuple[datetime, int, str]] = []
+        popped: list[tuple[datetime, int, int, str]] = []
         plans: dict[str, tuple[Job, SlotPlan]] = {}
         try:  # plan every claimed job first: a planner that fails leaves nothing changed
             while due and len(plans) < limit and due[0][0] <= now:
                 popped.append(heapq.heappop(due))
-                at, _, job_id = popped[-1]
+                at, _, _, job_id = popped[-1]
                 job = self._jobs.get(job_id)
                 if (job is None or job.status is not JobStatus.ACTIVE or self._next[job_id] != at
                         or job_id in plans):
@@ -317,6 +347,8 @@ class MemoryStore(Store):
                 if run.status is RunStatus.QUEUED:
                     if due:
                         claim.dispatch.append(Dispatch(run, job))
+                    else:
+                        claim.waiting += 1
                     replacing = run
                 else:
                     claim.recorded.append(run)
@@ -326,7 +358,8 @@ class MemoryStore(Store):
                 self._replace(plan.cancel, replacing, now, claim)
             at = self._next[job_id] = plan.next_run_at
             if at is not None:
-                heapq.heappush(self._due, (at, next(self._seq), job_id))  # the job is active
+                self._push_due(job, at)  # the job is active
+        claim.next_due = self._next_due()
         return claim
 
     def _replace(self, run_ids: Sequence[str], by: Run, now: datetime, claim: Claim) -> None:
@@ -355,7 +388,7 @@ class MemoryStore(Store):
 
     async def next_due_time(self) -> datetime | None:
         while self._due:
-            at, _, job_id = self._due[0]
+            at, _, _, job_id = self._due[0]
             job = self._jobs.get(job_id)
             if job is not None and job.status is JobStatus.ACTIVE and self._next[job_id] == at:
                 break

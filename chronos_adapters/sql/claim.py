@@ -16,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 
 from chronos_core.errors import StoreUnavailable
 from chronos_core.models import ACTIVE_RUN_STATUSES, Job, JobStatus, OverlapPolicy, Run, RunStatus
-from chronos_core.planning import replaced_reason
+from chronos_core.planning import jitter_order, replaced_reason
 from chronos_core.ports import Claim, Dispatch, Planner
 
 from .dialects import Dialect
@@ -104,6 +104,7 @@ def _claim_in(conn: Connection, d: Dialect, cache: JobCache, cache_size: int,
     values = d.rows.values
     dt = memo(utc_text)
     next_at: dict[datetime | None, list[str]] = defaultdict(list)
+    offsets: list[tuple[str, int]] = []  # (job id, next_offset) of the jittered jobs (others keep 0)
     replaces: list[tuple[Run, list[str]]] = []  # (the replacing run, the runs it replaces)
     for job, plan in plans:
         for run in plan.runs:
@@ -114,6 +115,8 @@ def _claim_in(conn: Connection, d: Dialect, cache: JobCache, cache_size: int,
             if plan.cancel and run.status is RunStatus.QUEUED:
                 replaces.append((run, plan.cancel))
         next_at[plan.next_run_at].append(job.id)
+        if job.jitter:
+            offsets.append((job.id, jitter_order(job.id, plan.next_run_at, job.jitter)))
     taken: set[str] = set()
     if new:
         # slots that already have a run are duplicates, left out
@@ -127,6 +130,8 @@ def _claim_in(conn: Connection, d: Dialect, cache: JobCache, cache_size: int,
             if run.status is queued:
                 if run.due_at <= now:
                     dispatch.append(Dispatch(run, job))
+                else:
+                    claim.waiting += 1
             else:
                 recorded.append(run)
         outbox = [n for _, p in plans for n in p.notices]
@@ -134,6 +139,8 @@ def _claim_in(conn: Connection, d: Dialect, cache: JobCache, cache_size: int,
             went_in = {run.id for run, _ in made if not (taken and run.id in taken)}
             insert_notices(conn, [n for n in outbox if n.run_id in went_in])
     d.set_next_run_at(conn, next_at)
+    if offsets:
+        d.set_next_offsets(conn, offsets)
     for by, replaced in replaces:
         if by.id not in taken:  # a duplicate replaces nothing (its slot was planned again)
             _replace(conn, replaced, by, now, claim)

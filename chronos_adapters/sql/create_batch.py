@@ -27,7 +27,7 @@ from chronos_core.models import Job
 from .dialects.base import chunks
 from .engine import Database, is_lock_conflict
 from .job_ops import add_jobs
-from .rows import JOBS
+from .rows import job_row
 from .tables import job_summaries, jobs
 
 __all__ = ["CreateBatcher", "answer_batch", "fail_batch", "insert_batch", "run_batch"]
@@ -55,7 +55,7 @@ def insert_batch(conn: Connection, members: Sequence[Member]) -> list[NameConfli
             results.append(NameConflict(clash))
             continue
         taken.update(j.name for j in member)  # a later member of this batch with one of them loses
-        rows.extend(JOBS.row(j) for j in member)
+        rows.extend(job_row(j) for j in member)
         results.append(None)
     if rows:
         conn.execute(insert(jobs), rows)

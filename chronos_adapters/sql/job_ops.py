@@ -21,13 +21,14 @@ from chronos_core.models import (
     RunStatus,
     check_job_names,
 )
+from chronos_core.planning import jitter_order
 from chronos_core.ports import JobChange
 
 from .dialects import Dialect
 from .dialects.base import chunks
 from .engine import Database, driver_rows
 from .outcomes import count_outcomes
-from .rows import JOBS, RUNS, SUMMARIES, memo
+from .rows import JOBS, RUNS, SUMMARIES, job_row, memo
 from .tables import job_summaries, jobs, runs, utc_text
 
 __all__ = ["add_jobs", "change_job", "delete_job", "get_job", "get_job_by_name", "list_jobs",
@@ -54,7 +55,7 @@ def add_jobs(db: Database, items: list[Job]) -> None:
     try:
         with db.transaction() as conn:
             _check_names(conn, names)
-            conn.execute(insert(jobs), [JOBS.row(j) for j in items])
+            conn.execute(insert(jobs), [job_row(j) for j in items])
             conn.execute(insert(job_summaries), [{"job_id": j.id} for j in items])
     except sa_exc.IntegrityError:
         with db.transaction(read=True) as conn:  # lost a race: say which name
@@ -137,7 +138,7 @@ def read_summaries(db: Database, ids: Sequence[str]) -> dict[str, JobSummary]:
 
 
 def update_job(db: Database, job: Job) -> None:
-    values = JOBS.row(job)
+    values = job_row(job)
     del values["id"]
     try:
         with db.transaction() as conn:
@@ -155,8 +156,12 @@ def change_job(db: Database, d: Dialect, read: Job, changes: dict[str, Any],
                records: list[Run]) -> JobChange | None:
     if changes.get("name", read.name) != read.name:
         check_job_names([changes["name"]])
-    changed = JOBS.row(dataclasses.replace(read, **changes))
+    after = dataclasses.replace(read, **changes)
+    changed = JOBS.row(after)
     values = {c: changed[c] for c, f in zip(JOBS.columns, JOBS.fields, strict=True) if f in changes}
+    if "next_run_at" in changes or "jitter" in changes:
+        # the claim's order (see tables.jobs): next_run_at is compared below, so it is the one written
+        values["next_offset"] = jitter_order(read.id, after.next_run_at, after.jitter)
     where = [jobs.c.id == read.id, jobs.c.updated_at == read.updated_at]
     if "next_run_at" in changes:
         where.append(jobs.c.next_run_at.is_(None) if read.next_run_at is None

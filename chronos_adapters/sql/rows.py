@@ -23,12 +23,13 @@ from sqlalchemy import Table
 from chronos_core.hooks import Notice
 from chronos_core.hookspec import ChainRule, Exclusion, NotifyRule, notify_json
 from chronos_core.models import Job, JobSummary, Run, RunStatus
+from chronos_core.planning import jitter_order
 from chronos_core.retry import RetryPolicy
 
 from .tables import UtcDateTime, job_summaries, jobs, notices, runs
 
-__all__ = ["JOBS", "NOTICES", "RUNS", "SUMMARIES", "Codec", "RunRows", "cut", "json_text", "memo",
-           "with_next_run_at"]
+__all__ = ["JOBS", "NOTICES", "RUNS", "SUMMARIES", "Codec", "RunRows", "cut", "job_row", "json_text",
+           "memo", "with_next_run_at"]
 
 E = TypeVar("E")
 Convert = Callable[[Any], Any]
@@ -244,6 +245,14 @@ JOBS: Codec[Job] = Codec(
             "retry": functools.lru_cache(maxsize=1024)(RetryPolicy.model_validate_json),
             "notify": _list_loader(NotifyRule), "then": _list_loader(ChainRule),
             "exclude": _list_loader(Exclusion)})
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    """:meth:`Codec.row` of the job, with the column derived from it: ``next_offset``, the jitter order of
+    its ``next_run_at`` (the claim's order among the jobs due at one instant)."""
+    row = JOBS.row(job)
+    row["next_offset"] = jitter_order(job.id, job.next_run_at, job.jitter)
+    return row
 
 
 def _copier() -> Callable[[Job, datetime | None], Job]:

@@ -138,8 +138,11 @@ jobs = Table(
     Column("jitter", Float),
     Column("exclude", Text),
     Column("paused_reason", Text),
+    # the jitter offset of next_run_at's slot in µs (chronos_core.planning.jitter_order; 0 without
+    # jitter): the claim takes the jobs due at one instant in the order their jittered slots come due
+    Column("next_offset", BigInteger, nullable=False, server_default="0"),  # (jitter: up to a day)
     UniqueConstraint("name"),
-    Index(None, "status", "next_run_at"),  # the due-job claim
+    Index(None, "status", "next_run_at", "next_offset"),  # the due-job claim, in its order
     **_MYSQL,
 )
 

@@ -23,7 +23,7 @@ from chronos_core.models import (
     RunStatus,
     Trigger,
 )
-from chronos_core.planning import plan_due_job
+from chronos_core.planning import jitter_order, plan_due_job
 from chronos_core.ports import Store
 from chronos_core.retry import RetryPolicy, RetryStrategy
 
@@ -245,6 +245,45 @@ async def test_claim_due_claims_earliest_first_up_to_the_limit(store: Store) -> 
     assert await store.list_runs(future.id) == [] and await store.list_runs(paused.id) == []
     # claimed runs are dispatched: claim_due_runs does not hand them out again
     assert await store.claim_due_runs(now, 100) == []
+
+
+async def test_claim_takes_one_instants_jobs_in_the_order_their_jittered_slots_come_due(store: Store) -> None:
+    # 30 jobs with jitter due at T0 and one without: claimed 10 at a time, smallest jitter offset first
+    # (the unjittered one, offset 0, first of all); the claim writes the offset of each job's next slot
+    # too, so the next instant's claims follow its order
+    jittered = [dataclasses.replace(make_job(f"jit{i}"), jitter=60.0) for i in range(29)]
+    jittered.append(dataclasses.replace(make_job("a-day"), jitter=86400.0))  # the largest offset there is
+    plain = make_job("plain")
+    await store.add_jobs([*jittered, plain])
+    await store.update_job(dataclasses.replace(jittered[0], description="changed"))  # (a full rewrite)
+    seen: set[str] = set()
+    for at in (T0, T0 + S):
+        order = sorted(jittered, key=lambda j: jitter_order(j.id, at, j.jitter))
+        batches = []
+        for _ in range(4):
+            claim = await store.claim_due(at, 10, plan_due_job)
+            new = [r for r in await store.list_runs(limit=200) if r.id not in seen]
+            seen.update(r.id for r in new)
+            batches.append({r.job_id for r in new})
+            assert {d.run.job_id for d in claim.dispatch} <= {plain.id}
+            assert claim.waiting == len(batches[-1] - {plain.id})  # the others are due later
+        assert batches == [{plain.id} | {j.id for j in order[:9]}, {j.id for j in order[9:19]},
+                           {j.id for j in order[19:29]}, {order[29].id}]
+
+
+async def test_a_jitter_change_moves_the_jobs_claim_rank(store: Store) -> None:
+    # 20 jittered jobs due at T0; the two with the largest offsets lose their jitter, one through
+    # change_job (as Jobs.update / patch / pause / resume write: jitter is not a timing field, next_run_at
+    # stays), one through update_job: both are due at T0 sharp now, and the first claim of 5 holds them
+    jittered = [dataclasses.replace(make_job(f"jit{i}"), jitter=60.0) for i in range(20)]
+    await store.add_jobs(jittered)
+    last, second = sorted(jittered, key=lambda j: jitter_order(j.id, T0, j.jitter))[-1:-3:-1]
+    read = await store.get_job(last.id)
+    assert await store.change_job(read, {"jitter": None, "updated_at": read.updated_at + S}) is not None
+    read = await store.get_job(second.id)
+    await store.update_job(dataclasses.replace(read, jitter=None, updated_at=read.updated_at + S))
+    claim = await store.claim_due(T0, 5, plan_due_job)
+    assert {last.id, second.id} <= {d.run.job_id for d in claim.dispatch}, "the unjittered jobs come first"
 
 
 async def test_claim_records_missed_slots_and_one_catch_up(store: Store) -> None:

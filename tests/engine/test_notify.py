@@ -330,9 +330,13 @@ async def test_jitter_delays_each_slot_by_its_offset_within_bounds(h: H) -> None
 
 
 async def test_a_burst_of_jittered_jobs_hands_out_due_runs_between_claim_batches(h: H) -> None:
-    # 120 jobs at one instant, claimed in batches of 50; the clock moves 10 s during each claim (a large
+    # 120 jobs at one instant, claimed in batches of 5 (a tenth of the batch size while runs wait for
+    # their jitter); the clock moves 10 s during each claim (a large
     # burst takes a while to claim): the first batch's runs whose offset came meanwhile are handed out
-    # before the next batch is claimed, not only once the whole burst is claimed
+    # before the next batch is claimed, not only once the whole burst is claimed. (A store whose claim
+    # holds the loop ends the tick after such a batch instead: tests/engine/test_burst.py.)
+    if h.store.claim_holds_loop:
+        pytest.skip("the claim holds the loop: the tick ends after the first batch (test_burst.py)")
     for i in range(120):
         await h.create(name=f"burst-{i}", schedule="0 * * * *", jitter=30)
     h.clock.set(T0.replace(hour=13))
@@ -346,8 +350,8 @@ async def test_a_burst_of_jittered_jobs_hands_out_due_runs_between_claim_batches
 
     h.store.claim_due = slow_claim  # type: ignore[method-assign]
     await h.scheduler.tick()
-    assert len(waiting) == 3 and waiting[0] == 0
-    assert waiting[1] > 0  # about a third of the first 50 (offsets under 10 s of 30)
+    assert len(waiting) == 25 and waiting[0] == 0  # (the last finds nothing)
+    assert waiting[1] > 0  # the first 5 (the smallest offsets, under 10 s of 30)
     handed = []
     while (d := h.queue.get_nowait()) is not None:
         assert d.run.due_at <= h.clock.now()  # none before its offset

@@ -112,7 +112,9 @@ class Dialect(ABC):
         self.run_columns = [c.name for c in runs.c]
         self.insert_head = f"INSERT INTO runs ({', '.join(self.quote(c) for c in self.run_columns)})"
         # the due jobs' version (see claim.JobCache): every column of the definition but next_run_at
-        self.definition = [self.quote(c.name) for c in jobs.c if c.name != "next_run_at"]
+        # (and next_offset, which follows it)
+        self.definition = [self.quote(c.name) for c in jobs.c
+                           if c.name not in ("next_run_at", "next_offset")]
         # the listings' readers of driver rows (rows.Codec.reader): a job (its table's columns first),
         # the summary joined after them (the whole job_summaries row), a run
         self.read_job: Callable[[Sequence[Any]], Job] = JOBS.reader(self.stored_time)
@@ -136,12 +138,18 @@ class Dialect(ABC):
     # the claim ----------------------------------------------------------------------------------
     @abstractmethod
     def due_jobs(self, conn: Connection, status: str, now: datetime, limit: int) -> list[DueRow]:
-        """The jobs of ``status`` due at ``now``, oldest ``next_run_at`` first, at most ``limit``: each
-        with a version of its definition that changes whenever any column but ``next_run_at`` does."""
+        """The jobs of ``status`` due at ``now``, oldest ``next_run_at`` first (then smallest
+        ``next_offset``: the order their jittered slots come due in), at most ``limit``: each with a
+        version of its definition that changes whenever any column but ``next_run_at`` (and
+        ``next_offset``) does."""
 
     @abstractmethod
     def set_next_run_at(self, conn: Connection, next_at: dict[datetime | None, list[str]]) -> None:
         """Each job's new ``next_run_at`` (the job ids by value)."""
+
+    @abstractmethod
+    def set_next_offsets(self, conn: Connection, offsets: Sequence[tuple[str, int]]) -> None:
+        """Each (job id, ``next_offset``): the jitter order of the jittered jobs' new ``next_run_at``."""
 
     def insert_runs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         """Insert runs given as :meth:`RunRows.values` (driver datetimes); a taken slot fails it."""

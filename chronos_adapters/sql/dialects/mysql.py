@@ -55,11 +55,11 @@ class MysqlDialect(Dialect):
 
     def __init__(self, engine: Engine, rows: RunRows, writer: str) -> None:
         super().__init__(engine, rows, writer)
-        # the version is a digest of the definition computed by MySQL; the index (status, next_run_at)
-        # serves the condition and the order
+        # the version is a digest of the definition computed by MySQL; the index (status, next_run_at,
+        # next_offset) serves the condition and the order
         self._due_sql = (f"SELECT next_run_at, id, SHA2(JSON_ARRAY({', '.join(self.definition)}), 256) "
-                         "FROM jobs WHERE status = %s AND next_run_at <= %s ORDER BY next_run_at LIMIT %s "
-                         "FOR UPDATE SKIP LOCKED")
+                         "FROM jobs WHERE status = %s AND next_run_at <= %s "
+                         "ORDER BY next_run_at, next_offset LIMIT %s FOR UPDATE SKIP LOCKED")
         quoted = [self.quote(c) for c in SUMMARIES.columns]
         self._summary_head = f"INSERT INTO job_summaries (job_id, {', '.join(quoted)})"
         self._summary_tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in quoted)
@@ -102,6 +102,14 @@ class MysqlDialect(Dialect):
             params += (job_id for job_id, _ in part)
             conn.exec_driver_sql(
                 f"UPDATE jobs SET next_run_at = CASE id {' '.join(['WHEN %s THEN %s'] * len(part))} END "
+                f"WHERE id IN ({', '.join(['%s'] * len(part))})", tuple(params))
+
+    def set_next_offsets(self, conn: Connection, offsets: Sequence[tuple[str, int]]) -> None:
+        for part in chunks(list(offsets)):
+            params: list[Any] = [x for pair in part for x in pair]
+            params += (job_id for job_id, _ in part)
+            conn.exec_driver_sql(
+                f"UPDATE jobs SET next_offset = CASE id {' '.join(['WHEN %s THEN %s'] * len(part))} END "
                 f"WHERE id IN ({', '.join(['%s'] * len(part))})", tuple(params))
 
     def insert_new_runs(self, conn: Connection, planned: Sequence[Run],

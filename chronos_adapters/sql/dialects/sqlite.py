@@ -135,7 +135,9 @@ class SqliteDialect(Dialect):
 
     def __init__(self, engine: Engine, rows: RunRows, writer: str) -> None:
         super().__init__(engine, rows, writer)
-        self._due = ["next_run_at", "id", f"json_array({', '.join(self.definition)})"]
+        # (the offset as text that sorts as the number: see due_jobs)
+        self._due = ["next_run_at", "printf('%015d', next_offset)", "id",
+                     f"json_array({', '.join(self.definition)})"]
         # only the slot key: any other constraint (a primary key) still fails the statement
         slot_key = ", ".join(self.quote(c) for c in ("job_id", "scheduled_for", "attempt"))
         self._skip_taken = f" ON CONFLICT ({slot_key}) DO NOTHING"
@@ -168,14 +170,17 @@ class SqliteDialect(Dialect):
     def due_jobs(self, conn: Connection, status: str, now: datetime, limit: int) -> list[DueRow]:
         # the version is the definition as JSON
         due = _folded(conn, self._due, "FROM jobs WHERE status = ? AND next_run_at <= ? "
-                      "ORDER BY next_run_at LIMIT ?", (status, utc_text(now), limit))
-        due.sort()  # by next_run_at (stored text sorts as time): the folded order
-        return [(self.stored_time(r[0]), str(r[1]), r[2]) for r in due]
+                      "ORDER BY next_run_at, next_offset LIMIT ?", (status, utc_text(now), limit))
+        due.sort()  # by next_run_at (stored text sorts as time), next_offset: the folded order
+        return [(self.stored_time(r[0]), str(r[2]), r[3]) for r in due]
 
     def set_next_run_at(self, conn: Connection, next_at: dict[datetime | None, list[str]]) -> None:
         update_from_values(conn, "jobs", _from_values(["next_run_at"]), [
             (job_id, text) for value, job_ids in next_at.items()
             for text in [None if value is None else utc_text(value)] for job_id in job_ids])
+
+    def set_next_offsets(self, conn: Connection, offsets: Sequence[tuple[str, int]]) -> None:
+        update_from_values(conn, "jobs", _from_values(["next_offset"]), offsets)
 
     def insert_runs(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         insert_rows(conn, self.insert_head, rows)
